@@ -1,0 +1,59 @@
+"""robustkit: audit trained Keras image classifiers for robustness and reliability.
+
+The public API (TensorFlow is imported only when a function that needs it is called):
+
+* :func:`audit` runs studies on a checkpoint and a dataset and returns an :class:`AuditResult`;
+* :func:`load_results` reads an audit folder; :func:`render_report` writes its HTML report;
+* :func:`load_model` / :func:`load_dataset` give the :class:`ModelAdapter` / :class:`Dataset`;
+* :func:`generate_phantom` writes the procedural chest X-ray phantom; :func:`train` trains.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuditResult",
+    "Dataset",
+    "ModelAdapter",
+    "StudyResult",
+    "__version__",
+    "audit",
+    "generate_phantom",
+    "load_dataset",
+    "load_model",
+    "load_results",
+    "render_report",
+    "train",
+]
+
+_LAZY = {
+    "AuditResult": ("robustkit.results", "AuditResult"),
+    "StudyResult": ("robustkit.results", "StudyResult"),
+    "load_results": ("robustkit.results", "load_results"),
+    "render_report": ("robustkit.report", "render_report"),
+    "Dataset": ("robustkit.data", "Dataset"),
+    "load_dataset": ("robustkit.data", "load_dataset"),
+    "generate_phantom": ("robustkit.phantom", "generate_phantom"),
+    "ModelAdapter": ("robustkit.model", "ModelAdapter"),
+    "load_model": ("robustkit.model", "load_model"),
+    "audit": ("robustkit.audit", "audit"),
+    "train": ("robustkit.train", "train"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'robustkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

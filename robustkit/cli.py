@@ -1,0 +1,228 @@
+"""The ``robustkit`` command: a thin layer over the public API.
+
+Every command has ``--help``. Input errors print one line ``robustkit: error: ...`` and
+exit with code 2; a command that ran but found a failure (a failed study) exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from robustkit import __version__
+from robustkit.errors import RobustkitError
+
+__all__ = ["main"]
+
+_DEMO_OUT = Path("reports") / "demo"
+
+
+_COMMON = argparse.ArgumentParser(add_help=False)
+_COMMON.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                     help="no progress bars or chatter (for CI)")
+
+
+def _studies_arg(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def _add_phantom(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "phantom",
+        parents=[_COMMON],
+        help="write a procedural chest X-ray phantom dataset",
+        description="Write a folder-per-class chest X-ray phantom (COVID-19/, NORMAL/, Viral Pneumonia/) "
+        "with a masks/ tree of lesion masks. Deterministic by seed.",
+    )
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--per-class", type=int, default=100, help="images per class (default 100)")
+    p.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--shortcut", action="store_true",
+                   help="burn a text marker that correlates with the class into each image")
+    p.set_defaults(func=_cmd_phantom)
+
+
+def _cmd_phantom(a: argparse.Namespace) -> int:
+    from robustkit.phantom import generate_phantom
+
+    out = generate_phantom(a.out, per_class=a.per_class, size=a.size, seed=a.seed,
+                           shortcut=a.shortcut, progress=not a.quiet)
+    print(out)
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        parents=[_COMMON],
+        help="train a classifier with the original recipe",
+        description="Train InceptionV3 (or a small CNN) on a folder-per-class dataset with the original "
+        "recipe; keeps the best checkpoint by validation loss and writes the history JSON and plot "
+        "beside it.",
+    )
+    p.add_argument("--data", required=True, type=Path, help="folder-per-class dataset or CSV manifest")
+    p.add_argument("--out", required=True, type=Path, help="checkpoint to write (.keras)")
+    p.add_argument("--arch", default="inception_v3", help="inception_v3 (default) or small_cnn")
+    p.add_argument("--input-size", type=int, default=256, help="input side in pixels (default 256)")
+    p.add_argument("--epochs", type=int, default=20, help="training epochs (default 20)")
+    p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
+    p.add_argument("--weights", default="none",
+                   help="imagenet (Keras's cached weights only), none (from scratch, default) or PATH")
+    p.add_argument("--learning-rate", type=float, default=None, help="override the recipe's learning rate")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(a: argparse.Namespace) -> int:
+    from robustkit.train import train
+
+    res = train(a.data, a.out, arch=a.arch, input_size=a.input_size, epochs=a.epochs,
+                batch_size=a.batch_size, weights=a.weights, seed=a.seed,
+                learning_rate=a.learning_rate, quiet=a.quiet)
+    print(res.checkpoint)
+    return 0
+
+
+def _add_audit_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", choices=["quick", "standard", "full"], default=None,
+                   help="study settings: quick, standard (default) or full")
+    p.add_argument("--studies", type=_studies_arg, default=None,
+                   help="comma-separated study names (default: every available study)")
+    p.add_argument("--config", type=Path, default=None, help="audit config (TOML)")
+    p.add_argument("--seed", type=int, default=None, help="seed of every random choice (default 0)")
+    p.add_argument("--limit", type=int, default=None, help="audit a stratified subsample of N images")
+    p.add_argument("--batch-size", type=int, default=None, help="images per model call")
+    p.add_argument("--fresh", action="store_true", help="ignore finished studies in --out and start over")
+    p.add_argument("--on-bad-input", choices=["fail", "skip"], default="fail",
+                   help="unreadable images: stop (default) or skip and list them")
+    p.add_argument("--trust-model", action="store_true",
+                   help="allow checkpoints with serialized code (Lambda layers); off by default")
+
+
+def _add_audit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "audit",
+        parents=[_COMMON],
+        help="audit a checkpoint on a dataset",
+        description="Run the studies on a checkpoint and a dataset and write results.json, records.npz "
+        "and report.html into --out. Re-running into the same folder resumes: finished studies "
+        "with unchanged model, data and config are reused.",
+    )
+    p.add_argument("--model", required=True, type=Path, help="checkpoint (.keras, .h5, .hdf5, SavedModel)")
+    p.add_argument("--data", required=True, type=Path, help="folder-per-class dataset or CSV manifest")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--reference", type=Path, default=None,
+                   help="an earlier audit folder, for relative metrics (corruption error)")
+    _add_audit_options(p)
+    p.set_defaults(func=_cmd_audit)
+
+
+def _cmd_audit(a: argparse.Namespace) -> int:
+    from robustkit.audit import audit
+
+    result = audit(a.model, a.data, studies=a.studies, profile=a.profile, seed=a.seed, config=a.config,
+                   out=a.out, limit=a.limit, batch_size=a.batch_size, fresh=a.fresh, quiet=a.quiet,
+                   reference=a.reference, trust_model=a.trust_model, on_bad_input=a.on_bad_input)
+    return _finish(result, a.out)
+
+
+def _finish(result, out: Path) -> int:  # type: ignore[no-untyped-def]
+    failed = [n for n, s in result.studies.items() if s.status != "ok"]
+    for name, check in result.checks():
+        if check.status != "pass":
+            print(f"[{check.status}] {name}: {check.name}: {check.detail}", file=sys.stderr)
+    acc = result.studies["clean"].metrics.get("accuracy")
+    print(f"clean accuracy {acc:.4f} on {len(result.ids)} images", file=sys.stderr)
+    print(out / "report.html")
+    if failed:
+        print(f"robustkit: studies failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        parents=[_COMMON],
+        help="re-render the HTML report of an audit folder",
+        description="Re-render DIR/report.html from DIR/results.json and DIR/records.npz alone "
+        "(no model is loaded and TensorFlow is not imported).",
+    )
+    p.add_argument("dir", type=Path, help="audit folder")
+    p.add_argument("--out", type=Path, default=None, help="HTML file to write (default DIR/report.html)")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(a: argparse.Namespace) -> int:
+    from robustkit.report import render_report
+
+    print(render_report(a.dir, a.out))
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        parents=[_COMMON],
+        help="the whole job on the embedded phantom: data, InceptionV3, audit, report",
+        description="Generate the phantom chest X-ray data, train (or reuse a cached) InceptionV3 "
+        "checkpoint from scratch, audit it with every available study, and print the report's path.",
+    )
+    p.add_argument("--out", type=Path, default=_DEMO_OUT, help=f"report folder (default {_DEMO_OUT})")
+    p.add_argument("--cache", type=Path, default=Path("data") / "generated",
+                   help="where phantom data and the checkpoint are cached (default data/generated)")
+    p.add_argument("--profile", choices=["quick", "standard", "full"], default="standard",
+                   help="study settings (default standard)")
+    p.add_argument("--retrain", action="store_true", help="train again even if a cached checkpoint exists")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(a: argparse.Namespace) -> int:
+    from robustkit.demo import run_demo
+
+    result = run_demo(out=a.out, cache=a.cache, profile=a.profile, retrain=a.retrain, seed=a.seed, quiet=a.quiet)
+    return _finish(result, a.out)
+
+
+_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_demo, _add_phantom, _add_train, _add_audit, _add_report,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="robustkit",
+        description="Audit trained Keras image classifiers (chest X-ray first) for robustness and reliability.",
+    )
+    parser.add_argument("--version", action="version", version=f"robustkit {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or chatter (for CI)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in _COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args))
+    except RobustkitError as exc:
+        print(f"robustkit: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("robustkit: interrupted; finished studies are kept in the output folder.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""The audit config: a TOML file (or dict) of run options and per-study overrides.
+
+```toml
+seed = 0
+profile = "quick"             # quick | standard | full
+limit = 300                   # audit a seeded, stratified subsample of this size
+batch_size = 32
+studies = ["clean", "noise"]  # default: every available study
+
+[noise]                       # overrides of one study's config
+max_samples = 100
+```
+Unknown keys, wrong types and out-of-range values raise ConfigError naming the key.
+No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from robustkit.errors import ConfigError, check_range, param_error
+from robustkit.studies.base import PROFILES
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["AuditConfig", "load_config"]
+
+_TOP_KEYS = {"seed", "profile", "limit", "batch_size", "studies"}
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """Run options of one audit (study options live in ``overrides``)."""
+
+    seed: int = 0
+    profile: str = "standard"
+    limit: int | None = None
+    batch_size: int | None = None
+    studies: tuple[str, ...] | None = None
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        check_range("seed", self.seed, low=0, integer=True)
+        if self.profile not in PROFILES:
+            raise param_error("profile", "one of " + ", ".join(map(repr, PROFILES)), self.profile)
+        if self.limit is not None:
+            check_range("limit", self.limit, low=1, integer=True)
+        if self.batch_size is not None:
+            check_range("batch_size", self.batch_size, low=1, integer=True)
+
+    def merged(self, **cli: Any) -> AuditConfig:
+        """A copy with the non-None command-line values taking precedence."""
+        values = {k: v for k, v in cli.items() if v is not None}
+        if "studies" in values:
+            values["studies"] = tuple(values["studies"])
+        cfg = AuditConfig(**{**self.__dict__, **values})
+        cfg.validate()
+        return cfg
+
+
+def load_config(source: str | Path | dict[str, Any] | None) -> AuditConfig:
+    """Read an audit config from a TOML file or a dict; ``None`` gives the defaults."""
+    if source is None:
+        return AuditConfig()
+    where = ""
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        where = f"{path}: "
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{path}: expected an audit config (TOML), got no such file.") from exc
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: expected valid TOML, got a parse error: {exc}.") from exc
+    else:
+        raw = dict(source)
+    from robustkit.studies import available
+
+    known = set(available())
+    top = {k: v for k, v in raw.items() if not isinstance(v, dict)}
+    tables = {k: v for k, v in raw.items() if isinstance(v, dict)}
+    for key in top:
+        if key not in _TOP_KEYS:
+            raise ConfigError(f"{where}Unknown key {key!r}; expected one of {', '.join(sorted(_TOP_KEYS))} "
+                              f"or a [study] table ({', '.join(sorted(known))}).")
+    for key in tables:
+        if key not in known:
+            raise ConfigError(f"{where}Unknown study table [{key}]; expected one of {', '.join(sorted(known))}.")
+    studies = top.get("studies")
+    if studies is not None and (not isinstance(studies, list) or not all(isinstance(s, str) for s in studies)):
+        raise param_error("studies", "a list of study names", studies)
+    try:
+        cfg = AuditConfig(
+            seed=top.get("seed", 0),
+            profile=top.get("profile", "standard"),
+            limit=top.get("limit"),
+            batch_size=top.get("batch_size"),
+            studies=tuple(studies) if studies is not None else None,
+            overrides={k: dict(v) for k, v in tables.items()},
+        )
+        cfg.validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{where}{exc}") from exc
+    return cfg

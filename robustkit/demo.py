@@ -1,0 +1,77 @@
+"""``robustkit demo``: the whole job on the embedded default.
+
+Generates the phantom chest X-ray train and test sets, trains (or reuses a cached)
+InceptionV3 checkpoint from scratch with the demo recipe, audits it on the held-out test
+set with every available study, and writes the report. Generated data and the
+checkpoint are cached under ``cache`` (keyed by the recipe and seed), so a second run
+only audits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from robustkit.results import AuditResult
+
+__all__ = ["demo_paths", "run_demo"]
+
+
+def _key(obj: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def demo_paths(cache: Path, seed: int) -> dict[str, Path]:
+    """Where the demo keeps its train set, test set and checkpoint for this recipe and seed."""
+    from robustkit.phantom import PHANTOM_VERSION
+    from robustkit.train import DEMO_RECIPE
+
+    key = _key({"recipe": DEMO_RECIPE, "seed": seed, "phantom": PHANTOM_VERSION})
+    return {
+        "train": cache / f"phantom-train-{key}",
+        "test": cache / f"phantom-test-{key}",
+        "checkpoint": cache / f"demo-{DEMO_RECIPE['arch']}-{key}.keras",
+    }
+
+
+def _say(quiet: bool, text: str) -> None:
+    if not quiet:
+        print(text, file=sys.stderr, flush=True)
+
+
+def run_demo(
+    *,
+    out: str | Path = Path("reports") / "demo",
+    cache: str | Path = Path("data") / "generated",
+    profile: str = "standard",
+    retrain: bool = False,
+    seed: int = 0,
+    quiet: bool = False,
+) -> AuditResult:
+    """Run the demo audit and return its result (the report is ``out/report.html``)."""
+    from robustkit.audit import audit
+    from robustkit.phantom import generate_phantom
+    from robustkit.train import DEMO_RECIPE, train
+
+    r = DEMO_RECIPE
+    paths = demo_paths(Path(cache), seed)
+    for split, per_class, split_seed in (
+        ("train", r["train_per_class"], seed),
+        ("test", r["test_per_class"], seed + 10_000),
+    ):
+        if not (paths[split] / "phantom.json").is_file():
+            _say(quiet, f"demo: writing the {split} phantom ({per_class} per class) to {paths[split]}")
+            generate_phantom(paths[split], per_class=per_class, size=r["phantom_size"], seed=split_seed,
+                             progress=not quiet)
+    if retrain or not paths["checkpoint"].is_file():
+        _say(quiet, f"demo: training {r['arch']} from scratch ({r['epochs']} epochs) -> {paths['checkpoint']}")
+        train(paths["train"], paths["checkpoint"], arch=r["arch"], input_size=r["input_size"],
+              epochs=r["epochs"], batch_size=r["batch_size"], weights="none", seed=seed,
+              learning_rate=r.get("learning_rate"), quiet=quiet)
+    else:
+        _say(quiet, f"demo: reusing the cached checkpoint {paths['checkpoint']}")
+    _say(quiet, f"demo: auditing on the held-out test phantom -> {out}")
+    return audit(paths["checkpoint"], paths["test"], profile=profile, seed=seed, out=out, quiet=quiet)

@@ -1,0 +1,348 @@
+"""ModelAdapter: a trained Keras classifier seen in pixel space, with compiled passes.
+
+Every study hands the adapter float32 images in [0, 1], NHWC. The adapter adds the model's
+own input scaling, finds the logits before a final softmax (so that attacks and temperature
+scaling do not saturate), and gives compiled, batched ``logits``, ``probs`` and input
+gradients. No study calls ``model.predict`` itself.
+
+Example:
+    >>> adapter = load_model("demo.keras")                      # doctest: +SKIP
+    >>> adapter.probs(images).argmax(axis=1)                    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from robustkit._tf import keras, tf
+from robustkit.errors import ModelError, check_choice
+
+__all__ = ["INPUT_SCALES", "ModelAdapter", "file_fingerprint", "load_model"]
+
+INPUT_SCALES = ("unit", "255", "symmetric")
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """sha256 of a file, or of every file under a folder (sorted by relative path)."""
+    p = Path(path)
+    h = hashlib.sha256()
+    files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+    for f in files:
+        if p.is_dir():
+            h.update(f.relative_to(p).as_posix().encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _meta_path(path: Path) -> Path:
+    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
+    return path.with_name(stem + ".meta.json")
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    meta = _meta_path(path)
+    if not meta.is_file():
+        return {}
+    try:
+        obj = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{meta}: expected a JSON object of model metadata, got unreadable content ({exc}).") from exc
+    if not isinstance(obj, dict):
+        raise ModelError(f"{meta}: expected a JSON object of model metadata, got {type(obj).__name__}.")
+    return obj
+
+
+def _load_keras(path: Path, *, trust: bool) -> keras.Model:
+    if path.is_dir():
+        return _load_saved_model(path)
+    if path.suffix.lower() not in MODEL_SUFFIXES:
+        raise ModelError(
+            f"{path}: expected a Keras checkpoint (.keras, .h5, .hdf5 or a SavedModel folder), "
+            f"got a {path.suffix or 'suffix-less'} file."
+        )
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=not trust)
+    except Exception as exc:  # noqa: BLE001 - every loader failure becomes one clear error
+        text = str(exc)
+        if "safe_mode" in text or "Lambda" in text or "arbitrary code" in text:
+            raise ModelError(
+                f"{path}: the checkpoint holds serialized code (for example a Lambda layer), which "
+                "robustkit does not run by default; pass --trust-model (trust=True) if you trust its source."
+            ) from exc
+        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        raise ModelError(f"{path}: expected a loadable Keras model, got an error while loading: {first[:300]}") from exc
+
+
+def _load_saved_model(path: Path) -> keras.Model:
+    if not (path / "saved_model.pb").is_file():
+        raise ModelError(f"{path}: expected a SavedModel folder (with saved_model.pb), got a folder without it.")
+    try:
+        layer = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default")
+        sig = layer._endpoint_signatures["serving_default"] if hasattr(layer, "_endpoint_signatures") else None
+        spec = _saved_model_input_spec(path)
+        inp = keras.Input(shape=spec[1:], dtype="float32")
+        out = layer(inp)
+        if isinstance(out, dict):
+            out = next(iter(out.values()))
+        del sig
+        return keras.Model(inp, out)
+    except ModelError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise ModelError(f"{path}: expected a SavedModel with a serving_default signature, got: {exc}") from exc
+
+
+def _saved_model_input_spec(path: Path) -> tuple[int | None, ...]:
+    loaded = tf.saved_model.load(str(path))
+    fn = loaded.signatures["serving_default"]
+    specs = list(fn.structured_input_signature[1].values())
+    if len(specs) != 1 or specs[0].shape.rank != 4:
+        raise ModelError(f"{path}: expected one image input of rank 4, got {specs}.")
+    return tuple(specs[0].shape.as_list())
+
+
+def _softmax_head(model: keras.Model) -> tuple[Callable[[Any], Any], str] | None:
+    """If the model ends in a softmax, return a function from inputs to the logits before it."""
+    last = model.layers[-1]
+    activation = getattr(last, "activation", None)
+    name = getattr(activation, "__name__", "")
+    if isinstance(last, keras.layers.Softmax) or (
+        isinstance(last, keras.layers.Activation) and name == "softmax"
+    ):
+        trunk = keras.Model(model.inputs, last.input)
+        return (lambda x: trunk(x, training=False)), f"input of the final {type(last).__name__} layer"
+    if isinstance(last, keras.layers.Dense) and name == "softmax":
+        trunk = keras.Model(model.inputs, last.input)
+        kernel, bias = last.kernel, last.bias
+
+        def logits(x: Any) -> Any:
+            z = tf.matmul(trunk(x, training=False), kernel)
+            return z + bias if bias is not None else z
+
+        return logits, f"pre-activation of the final Dense layer {last.name!r}"
+    return None
+
+
+class ModelAdapter:
+    """A Keras image classifier in pixel space with compiled batched passes.
+
+    Args:
+        model: the Keras model (input NHWC, output ``(N, K)`` probabilities or logits).
+        class_names: the K class names in output order.
+        name: a display name (the checkpoint's file name).
+        fingerprint: sha256 of the checkpoint file.
+        input_scale: what the model expects: ``unit`` [0, 1], ``255`` [0, 255] or
+            ``symmetric`` [-1, 1]; robustkit always passes [0, 1] and scales inside the graph.
+        batch_size: images per compiled call; chosen from the input size when omitted.
+        path: where the checkpoint came from.
+        meta: the checkpoint's sidecar metadata (``<stem>.meta.json``), if any.
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        *,
+        class_names: list[str] | None = None,
+        name: str = "model",
+        fingerprint: str = "",
+        input_scale: str = "unit",
+        batch_size: int | None = None,
+        path: Path | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        check_choice("input_scale", input_scale, INPUT_SCALES)
+        self.model = model
+        self.name = name
+        self.path = path
+        self.fingerprint = fingerprint
+        self.input_scale = input_scale
+        self.meta = dict(meta or {})
+        self._check_input()
+        self.num_classes = self._check_output()
+        self.class_names = self._resolve_class_names(class_names)
+        self.batch_size = batch_size or self._default_batch_size()
+        self.logits_source, self._raw_logits = self._find_logits()
+        spec = tf.TensorSpec((None, *self.input_shape), tf.float32)
+        self._logits_tf = tf.function(self.logits_graph, input_signature=[spec])
+        self._grad_tf = tf.function(
+            self._gradient_graph, input_signature=[spec, tf.TensorSpec((None,), tf.int32)]
+        )
+        self.calls = 0
+
+    # -- construction helpers -------------------------------------------------------------
+    def _check_input(self) -> None:
+        shape = tuple(self.model.inputs[0].shape) if getattr(self.model, "inputs", None) else None
+        if len(getattr(self.model, "inputs", []) or []) != 1 or shape is None or len(shape) != 4:
+            raise ModelError(
+                f"{self.name}: expected a model with one image input of shape (N, H, W, C), got inputs {shape}."
+            )
+        h, w, c = shape[1:]
+        if h is None or w is None or c not in (1, 3):
+            raise ModelError(
+                f"{self.name}: expected a fixed input size with 1 or 3 channels, got input shape {shape}."
+            )
+        self.input_shape: tuple[int, int, int] = (int(h), int(w), int(c))
+
+    def _check_output(self) -> int:
+        outputs = getattr(self.model, "outputs", None) or []
+        shape = tuple(outputs[0].shape) if outputs else None
+        if len(outputs) != 1 or shape is None or len(shape) != 2 or not shape[1] or shape[1] < 2:
+            raise ModelError(
+                f"{self.name}: expected a classifier whose output is a vector of class scores (N, K) "
+                f"with K >= 2, got output shape {shape}."
+            )
+        return int(shape[1])
+
+    def _resolve_class_names(self, class_names: list[str] | None) -> list[str]:
+        names = class_names if class_names is not None else self.meta.get("class_names")
+        if names is None:
+            return [f"class_{k}" for k in range(self.num_classes)]
+        names = [str(n) for n in names]
+        if len(names) != self.num_classes:
+            raise ModelError(
+                f"{self.name}: expected {self.num_classes} class names for its {self.num_classes} outputs, "
+                f"got {len(names)}: {names}."
+            )
+        return names
+
+    def _default_batch_size(self) -> int:
+        h, w, c = self.input_shape
+        target = 4_000_000 / (h * w * c)
+        return int(min(64, max(4, 2 ** math.floor(math.log2(max(target, 1.0))))))
+
+    def _find_logits(self) -> tuple[str, Callable[[Any], Any]]:
+        head = _softmax_head(self.model)
+        if head is not None:
+            fn, source = head
+            return source, fn
+        probe = self.model(np.linspace(0, 1, 2 * int(np.prod(self.input_shape)), dtype=np.float32)
+                           .reshape(2, *self.input_shape) * self._scale_mul + self._scale_add, training=False)
+        p = np.asarray(probe)
+        looks_like_probs = bool(np.all(p >= 0) and np.allclose(p.sum(axis=1), 1.0, atol=1e-3))
+        if looks_like_probs:
+            def log_probs(x: Any) -> Any:
+                return tf.math.log(tf.maximum(self.model(x, training=False), 1e-12))
+
+            return "log of the output probabilities (softmax layer not found)", log_probs
+        return "model output (taken as logits)", lambda x: self.model(x, training=False)
+
+    @property
+    def _scale_mul(self) -> float:
+        return {"unit": 1.0, "255": 255.0, "symmetric": 2.0}[self.input_scale]
+
+    @property
+    def _scale_add(self) -> float:
+        return -1.0 if self.input_scale == "symmetric" else 0.0
+
+    # -- graphs ---------------------------------------------------------------------------
+    def logits_graph(self, x: Any) -> Any:
+        """Pixel-space images ``(N, H, W, C)`` in [0, 1] -> logits ``(N, K)``; traceable."""
+        z = self._raw_logits(x * self._scale_mul + self._scale_add)
+        return tf.cast(z, tf.float32)
+
+    def _gradient_graph(self, x: Any, target: Any) -> Any:
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            z = self.logits_graph(x)
+            picked = tf.gather(z, target, axis=1, batch_dims=1)
+        return tape.gradient(picked, x)
+
+    # -- batched numpy API ----------------------------------------------------------------
+    def _check_batch(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
+            raise ModelError(
+                f"{self.name}: expected images of shape (N, {', '.join(map(str, self.input_shape))}), got {x.shape}."
+            )
+        return x
+
+    def _chunks(self, n: int) -> Iterator[slice]:
+        for start in range(0, n, self.batch_size):
+            yield slice(start, min(n, start + self.batch_size))
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Logits ``(N, K)`` of pixel-space images ``(N, H, W, C)``, computed in batches."""
+        x = self._check_batch(x)
+        out = np.empty((len(x), self.num_classes), dtype=np.float32)
+        for sl in self._chunks(len(x)):
+            out[sl] = self._logits_tf(tf.constant(x[sl])).numpy()
+            self.calls += 1
+        return out
+
+    def probs(self, x: np.ndarray) -> np.ndarray:
+        """Softmax probabilities ``(N, K)`` of pixel-space images."""
+        return softmax(self.logits(x))
+
+    def gradient(self, x: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """Input gradient ``(N, H, W, C)`` of the logit of class ``target[i]`` for each image."""
+        x = self._check_batch(x)
+        t = np.asarray(target, dtype=np.int32).reshape(-1)
+        out = np.empty_like(x)
+        for sl in self._chunks(len(x)):
+            out[sl] = self._grad_tf(tf.constant(x[sl]), tf.constant(t[sl])).numpy()
+            self.calls += 1
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able provenance for results.json."""
+        return {
+            "name": self.name,
+            "path": str(self.path) if self.path else None,
+            "fingerprint": self.fingerprint,
+            "class_names": list(self.class_names),
+            "input_shape": list(self.input_shape),
+            "input_scale": self.input_scale,
+            "logits_source": self.logits_source,
+            "parameters": int(self.model.count_params()),
+            "arch": self.meta.get("arch", self.model.name),
+            "batch_size": self.batch_size,
+        }
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of logits ``(N, K)`` in float64-stable form."""
+    z = np.asarray(z, dtype=np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def load_model(
+    path: str | Path,
+    *,
+    class_names: list[str] | None = None,
+    input_scale: str | None = None,
+    trust: bool = False,
+    batch_size: int | None = None,
+) -> ModelAdapter:
+    """Load a checkpoint (``.keras``, legacy ``.h5``/``.hdf5``, SavedModel folder) as an adapter.
+
+    Class names and input scaling come from the arguments, else from the sidecar
+    ``<stem>.meta.json`` that ``robustkit train`` writes, else defaults (``class_0``...,
+    ``unit``). Keras safe mode stays on unless ``trust`` is set.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"{p}: expected a model checkpoint, got no such file.")
+    meta = _read_meta(p) if p.is_file() else {}
+    model = _load_keras(p, trust=trust)
+    scale = input_scale or meta.get("input_scale", "unit")
+    return ModelAdapter(
+        model,
+        class_names=class_names,
+        name=p.name,
+        fingerprint=file_fingerprint(p),
+        input_scale=scale,
+        batch_size=batch_size,
+        path=p,
+        meta=meta,
+    )
