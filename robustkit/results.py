@@ -244,6 +244,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results and reports are for sharing
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -265,7 +268,7 @@ def save_results(result: AuditResult, out_dir: str | Path) -> Path:
     import io
 
     buf = io.BytesIO()
-    np.savez_compressed(buf, **result.record_arrays())
+    np.savez_compressed(buf, **result.record_arrays())  # type: ignore[arg-type]
     atomic_write_bytes(out / RECORDS_FILE, buf.getvalue())
     text = json.dumps(result.to_json(), indent=2, sort_keys=False, allow_nan=False)
     atomic_write_text(out / RESULTS_FILE, text + "\n")
