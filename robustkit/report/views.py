@@ -243,3 +243,17 @@ def _example(ex: Mapping[str, Any]) -> dict[str, Any] | None:
         "confidence": fmt(ex.get("confidence")),
         "src": "data:image/png;base64," + png,
     }
+
+
+def _load_study_views() -> None:
+    """Import ``robustkit.report.view_<study>`` modules; each registers its views with @view."""
+    import importlib
+    import importlib.util
+
+    for name in ("perturbation", "noise", "adversarial", "calibration", "saliency"):
+        module = f"robustkit.report.view_{name}"
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
+
+
+_load_study_views()

@@ -90,8 +90,9 @@ class CleanStudy(Study):
         )
         result.checks = _checks(y, names, self.config.min_support)
         result.records.update(
-            logits=logits, probs=probs, pred=pred.astype(np.int16), correct=(pred == y)
+            logits=logits, probs=probs, pred=pred.astype(np.int16), correct=(pred == y)[:, None]
         )
+        result.data["correct_metrics"] = ["accuracy"]
         return result
 
 
