@@ -189,8 +189,27 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     return _finish(result, a.out)
 
 
+def _add_studies(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "studies",
+        parents=[_COMMON],
+        help="list the available studies, their options, profiles and metrics",
+        description="List every available study with its config options (and their values in each "
+        "profile) and every metric it reports, with its meaning and direction.",
+    )
+    p.add_argument("--markdown", action="store_true", help="print Markdown tables (as in the README)")
+    p.set_defaults(func=_cmd_studies)
+
+
+def _cmd_studies(a: argparse.Namespace) -> int:
+    from robustkit.studies.catalog import describe_studies
+
+    print(describe_studies(markdown=a.markdown))
+    return 0
+
+
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_demo, _add_phantom, _add_train, _add_audit, _add_report,
+    _add_demo, _add_phantom, _add_train, _add_audit, _add_report, _add_studies,
 ]
 
 
