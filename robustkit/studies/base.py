@@ -18,7 +18,7 @@ import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 
@@ -107,18 +107,24 @@ class _NullBar:
         return None
 
 
-class Study(ABC):
-    """Base class of every study. Subclasses set the class attributes and implement ``run``."""
+C = TypeVar("C", bound=StudyConfig)
+
+
+class Study(ABC, Generic[C]):
+    """Base class of every study. Subclasses set the class attributes and implement ``run``.
+
+    ``Study[MyConfig]`` types ``self.config`` as ``MyConfig``.
+    """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
-    Config: ClassVar[type[StudyConfig]] = StudyConfig
+    Config: ClassVar[type[Any]] = StudyConfig
     profiles: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     metric_docs: ClassVar[Mapping[str, tuple[str, str]]] = {}
     headline: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, config: StudyConfig | None = None) -> None:
-        self.config = config if config is not None else self.Config()
+    def __init__(self, config: C | None = None) -> None:
+        self.config: C = config if config is not None else self.Config()
         self.config.validate()
 
     def __repr__(self) -> str:
@@ -131,7 +137,7 @@ class Study(ABC):
         return f"{type(self).__name__}({', '.join(changed)})"
 
     @classmethod
-    def configure(cls, profile: str = "standard", overrides: Mapping[str, Any] | None = None) -> Study:
+    def configure(cls, profile: str = "standard", overrides: Mapping[str, Any] | None = None) -> Study[Any]:
         """Build the study from its defaults, a profile, then user overrides (validated)."""
         if profile not in PROFILES:
             raise param_error("profile", "one of " + ", ".join(map(repr, PROFILES)), profile)
@@ -159,7 +165,8 @@ class Study(ABC):
         result.name = self.name
         result.config = self.config_dict()
         result.seconds = time.perf_counter() - start
-        result.directions = {k: v[1] for k, v in self.metric_docs.items()} | result.directions  # type: ignore[misc]
+        declared: dict[str, Any] = {k: v[1] for k, v in self.metric_docs.items()}
+        result.directions = declared | result.directions
         result.data.setdefault("description", self.description)
         result.data.setdefault("metric_docs", {k: v[0] for k, v in self.metric_docs.items()})
         result.data.setdefault("headline", [h for h in self.headline if h in result.metrics])

@@ -49,7 +49,7 @@ class CleanConfig(StudyConfig):
 
 
 @register
-class CleanStudy(Study):
+class CleanStudy(Study[CleanConfig]):
     name = "clean"
     description = (
         "How well the model classifies the unmodified images: accuracy, per-class precision, "
