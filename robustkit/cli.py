@@ -13,7 +13,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from robustkit import __version__
+from robustkit.compare import add_compare_parser
 from robustkit.errors import RobustkitError
+from robustkit.gate import add_gate_parser
 
 __all__ = ["main"]
 
@@ -209,7 +211,10 @@ def _cmd_studies(a: argparse.Namespace) -> int:
 
 
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_demo, _add_phantom, _add_train, _add_audit, _add_report, _add_studies,
+    _add_demo, _add_phantom, _add_train, _add_audit, _add_report,
+    lambda sub: add_compare_parser(sub, parents=[_COMMON]),
+    lambda sub: add_gate_parser(sub, parents=[_COMMON]),
+    _add_studies,
 ]
 
 

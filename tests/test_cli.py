@@ -28,7 +28,7 @@ def _one_line_error(err: str) -> str:
 def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    assert {"demo", "phantom", "train", "audit", "report"} <= set(commands)
+    assert {"demo", "phantom", "train", "audit", "report", "compare", "gate", "studies"} <= set(commands)
     for name in commands:
         with pytest.raises(SystemExit) as exc:
             main([name, "--help"])

@@ -1,0 +1,371 @@
+"""Paired statistics for comparing two models on the same samples.
+
+Both models of a comparison saw the same samples under the same seeded conditions, so
+their per-sample outcomes are paired:
+
+* :func:`mcnemar_exact` tests a difference of two accuracies (any mean of a 0/1 column)
+  with the exact McNemar test: a two-sided binomial test on the discordant pairs
+  (McNemar 1947; Edwards 1948 for the exact form).
+* :func:`paired_bootstrap` gives a percentile interval and a p-value for the difference of
+  any statistic recomputed from per-sample arrays, resampling the *pairs* (Efron and
+  Tibshirani 1993, ch. 16).
+* :func:`holm` adjusts a family of p-values for multiple testing (Holm 1979); it controls
+  the family-wise error rate without assuming independence.
+* :data:`PAIRED_STATISTICS` says how to recompute a stored metric from a study's
+  per-sample records (:class:`PairedRecords`), so that compare can bootstrap its
+  difference. Register more with :func:`paired_statistic`.
+
+Pure numpy and scipy; no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from robustkit.errors import check_range, param_error
+
+__all__ = [
+    "PAIRED_STATISTICS",
+    "BootstrapResult",
+    "McNemarResult",
+    "PairedRecords",
+    "Statistic",
+    "StatisticFactory",
+    "binary_column",
+    "find_statistic",
+    "holm",
+    "mcnemar_exact",
+    "paired_bootstrap",
+    "paired_statistic",
+    "resample_indices",
+]
+
+
+@dataclass(frozen=True)
+class McNemarResult:
+    """The exact McNemar test of two paired 0/1 columns.
+
+    Attributes:
+        b: pairs where the first column is 1 and the second 0.
+        c: pairs where the first column is 0 and the second 1.
+        p_value: two-sided exact p-value, ``min(1, 2 P(X <= min(b, c)))`` with
+            ``X ~ Binomial(b + c, 1/2)``; 1 when there is no discordant pair.
+    """
+
+    b: int
+    c: int
+    p_value: float
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    """A paired bootstrap of ``statistic(second) - statistic(first)``.
+
+    Attributes:
+        delta: the difference on the samples themselves.
+        low, high: percentile interval of the difference over the resamples.
+        p_value: two-sided p-value from the bootstrap standard error
+            (``2 Phi(-|delta| / se)``); 1 when ``delta`` is 0, 0 when ``se`` is 0 and
+            ``delta`` is not.
+        n_valid: resamples where the statistic was defined on both sides.
+    """
+
+    delta: float
+    low: float
+    high: float
+    p_value: float
+    n_valid: int
+
+
+def mcnemar_exact(first: np.ndarray, second: np.ndarray) -> McNemarResult:
+    """Exact two-sided McNemar test of two paired 0/1 columns.
+
+    Args:
+        first, second: ``(N,)`` booleans (or 0/1), the same samples in the same order.
+
+    Example:
+        >>> mcnemar_exact(np.array([1, 1, 1, 0]), np.array([0, 0, 1, 0])).b
+        2
+    """
+    a = np.asarray(first, dtype=bool)
+    b_ = np.asarray(second, dtype=bool)
+    if a.shape != b_.shape or a.ndim != 1:
+        raise param_error("second", f"a 1-D array shaped like the first {a.shape}", b_.shape, where="mcnemar_exact")
+    b = int(np.sum(a & ~b_))
+    c = int(np.sum(~a & b_))
+    n = b + c
+    if n == 0:
+        return McNemarResult(b, c, 1.0)
+    from scipy.stats import binom  # imported here: keeps `robustkit --help` fast
+
+    p = float(min(1.0, 2.0 * binom.cdf(min(b, c), n, 0.5)))
+    return McNemarResult(b, c, p)
+
+
+def resample_indices(n: int, n_boot: int, *, seed: int) -> np.ndarray:
+    """Bootstrap indices ``(n_boot, n)`` drawn with replacement, seeded."""
+    check_range("n_boot", n_boot, low=1, integer=True, where="resample_indices")
+    dtype = np.int32 if n < 2**31 else np.int64
+    return np.random.default_rng(seed).integers(0, max(n, 1), size=(n_boot, n), dtype=dtype)
+
+
+def paired_bootstrap(
+    first: Callable[[np.ndarray], np.ndarray],
+    second: Callable[[np.ndarray], np.ndarray],
+    n: int,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    indices: np.ndarray | None = None,
+    chunk: int = 250,
+) -> BootstrapResult:
+    """Paired bootstrap of ``second - first``, each a statistic of resampled row indices.
+
+    Args:
+        first, second: map an index array ``(B, n)`` to ``(B,)`` values of the statistic
+            (NaN where undefined); the same row index means the same sample on both sides.
+        n: number of paired samples.
+        n_boot: resamples (ignored when ``indices`` is given).
+        seed: seed of the resampling.
+        level: coverage of the interval.
+        indices: precomputed ``(B, n)`` indices, to share resamples between statistics.
+        chunk: resamples evaluated at once (bounds memory to ``chunk * n`` values).
+
+    Returns:
+        A :class:`BootstrapResult`; NaN interval and p-value when fewer than half of the
+        resamples gave a defined difference.
+    """
+    check_range("level", level, low=0.0, high=1.0, low_open=True, where="paired_bootstrap")
+    ident = np.arange(n)[None, :]
+    delta = float(np.asarray(second(ident))[0] - np.asarray(first(ident))[0])
+    idx = indices if indices is not None else resample_indices(n, n_boot, seed=seed)
+    diffs = np.concatenate([
+        np.asarray(second(idx[i:i + chunk]), dtype=np.float64) - np.asarray(first(idx[i:i + chunk]), dtype=np.float64)
+        for i in range(0, len(idx), chunk)
+    ]) if len(idx) else np.empty(0)
+    ok = diffs[np.isfinite(diffs)]
+    if not math.isfinite(delta) or len(ok) < max(1, len(diffs) / 2):
+        return BootstrapResult(delta, math.nan, math.nan, math.nan, len(ok))
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(ok, [alpha, 1.0 - alpha])
+    return BootstrapResult(delta, float(low), float(high), _normal_p(delta, ok), len(ok))
+
+
+def _normal_p(delta: float, diffs: np.ndarray) -> float:
+    if delta == 0.0:
+        return 1.0
+    se = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0
+    if se == 0.0:
+        return 0.0
+    from scipy.stats import norm
+
+    return float(min(1.0, 2.0 * norm.sf(abs(delta) / se)))
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (NaN entries stay NaN and are not counted).
+
+    Example:
+        >>> [round(p, 3) for p in holm([0.01, 0.04, 0.03])]
+        [0.03, 0.06, 0.06]
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    m = len(finite)
+    if m == 0:
+        return out.tolist()
+    order = finite[np.argsort(p[finite], kind="mergesort")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        stepped = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    out[order] = np.minimum(stepped, 1.0)
+    return out.tolist()
+
+
+# ---------------------------------------------------------------- statistics from records
+
+Statistic = Callable[[np.ndarray], np.ndarray]
+"""Maps resampled row indices ``(B, n)`` to the statistic's values ``(B,)``."""
+
+
+@dataclass(frozen=True)
+class PairedRecords:
+    """One study's per-sample arrays of one audit, rows in the paired sample order.
+
+    Attributes:
+        records: every per-sample array of the study (first axis ``n``), reordered so that
+            row ``i`` is the same sample id in both audits of a comparison.
+        data: the study's stored ``data`` (``correct_metrics`` and the like).
+        config: the study's config (``n_bins`` ...).
+        labels: ``(n,)`` class names of the samples (names, not indices, so that two
+            models with different class orders still pair).
+        class_names: the audit's class order (what ``records['pred']`` indexes).
+    """
+
+    records: Mapping[str, np.ndarray]
+    data: Mapping[str, Any] = field(default_factory=dict)
+    config: Mapping[str, Any] = field(default_factory=dict)
+    labels: np.ndarray = field(default_factory=lambda: np.asarray([], dtype=str))
+    class_names: Sequence[str] = ()
+
+    @property
+    def n(self) -> int:
+        return int(len(self.labels))
+
+
+StatisticFactory = Callable[[PairedRecords, str], "Statistic | None"]
+"""``(records, metric name within its study) -> Statistic``, or None where it does not apply."""
+
+PAIRED_STATISTICS: dict[str, StatisticFactory] = {}
+"""fnmatch pattern over the full dotted metric name -> factory. Later entries are tried
+first; compare keeps a statistic only if it reproduces the stored metric on both audits."""
+
+
+def paired_statistic(pattern: str) -> Callable[[StatisticFactory], StatisticFactory]:
+    """Register the decorated factory for metrics whose full name matches ``pattern``.
+
+    Example:
+        >>> @paired_statistic("mystudy.mean_margin")
+        ... def _margin(pr, metric):
+        ...     col = pr.records.get("margin")
+        ...     return None if col is None else (lambda idx: col[idx].mean(axis=1))
+    """
+
+    def register(fn: StatisticFactory) -> StatisticFactory:
+        PAIRED_STATISTICS[pattern] = fn
+        return fn
+
+    return register
+
+
+def find_statistic(full_name: str, pr: PairedRecords, *, check: float | None = None) -> Statistic | None:
+    """The first registered statistic (latest first) that applies to ``full_name``.
+
+    Args:
+        full_name: ``<study>.<metric>``.
+        pr: the study's paired records.
+        check: the stored metric value; a statistic that does not reproduce it (to 1e-6)
+            on the unresampled samples is skipped.
+    """
+    metric = full_name.partition(".")[2]
+    for pattern in reversed(list(PAIRED_STATISTICS)):
+        if not fnmatch.fnmatchcase(full_name, pattern):
+            continue
+        stat = PAIRED_STATISTICS[pattern](pr, metric)
+        if stat is not None and (check is None or _reproduces(stat, pr.n, check)):
+            return stat
+    return None
+
+
+def _reproduces(stat: Statistic, n: int, value: float) -> bool:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        got = float(np.asarray(stat(np.arange(n)[None, :]))[0])
+    return math.isfinite(got) and math.isfinite(value) and abs(got - value) <= 1e-6 * max(1.0, abs(value))
+
+
+def binary_column(pr: PairedRecords, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The 0/1 per-sample column whose mean is ``metric``, and the mask of samples it averages.
+
+    A study declares such columns as ``records[key]`` ``(n, M)`` with ``data[key + "_metrics"]``
+    the ``M`` metric names (``correct`` / ``correct_metrics`` for accuracies). A per-class
+    ``recall.<class>`` is the accuracy column over the samples of that class.
+    """
+    for key, names in pr.data.items():
+        if not key.endswith("_metrics") or not isinstance(names, (list, tuple)) or metric not in names:
+            continue
+        arr = pr.records.get(key[: -len("_metrics")])
+        if arr is not None and arr.ndim == 2 and arr.shape[1] == len(names):
+            return np.asarray(arr[:, list(names).index(metric)], dtype=bool), np.ones(pr.n, dtype=bool)
+    root, _, cls = metric.partition(".")
+    if root == "recall" and cls in set(map(str, pr.labels)):
+        found = binary_column(pr, "accuracy")
+        if found is not None:
+            return found[0], pr.labels == cls
+    return None
+
+
+def _masked_mean(col: np.ndarray, mask: np.ndarray) -> Statistic:
+    col = col.astype(np.float64)
+
+    def stat(idx: np.ndarray) -> np.ndarray:
+        m = mask[idx]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(m, col[idx], 0.0).sum(axis=1) / m.sum(axis=1)
+
+    return stat
+
+
+@paired_statistic("*")
+def _column_mean(pr: PairedRecords, metric: str) -> Statistic | None:
+    """A 0/1 column (accuracies, recalls), or ``records[metric]`` (n,): its mean."""
+    found = binary_column(pr, metric)
+    if found is not None:
+        return _masked_mean(*found)
+    for key in (metric, metric[len("mean_"):] if metric.startswith("mean_") else None):
+        arr = pr.records.get(key) if key else None
+        if arr is not None and arr.ndim == 1 and np.issubdtype(arr.dtype, np.number):
+            return _masked_mean(np.nan_to_num(arr.astype(np.float64)), np.isfinite(arr))
+    return None
+
+
+@paired_statistic("*.precision.*")
+def _precision(pr: PairedRecords, metric: str) -> Statistic | None:
+    """Per-class precision from ``records['pred']`` (indices into ``class_names``) and labels."""
+    cls = metric.partition(".")[2]
+    pred = pr.records.get("pred")
+    if pred is None or pred.ndim != 1 or cls not in list(pr.class_names):
+        return None
+    predicted = pred.astype(np.int64) == list(pr.class_names).index(cls)
+    return _masked_mean(pr.labels == cls, predicted)
+
+
+@paired_statistic("*.balanced_accuracy")
+def _balanced_accuracy(pr: PairedRecords, metric: str) -> Statistic | None:
+    """Mean of the per-class recalls (classes present in the labels)."""
+    found = binary_column(pr, "accuracy")
+    if found is None:
+        return None
+    per_class = [_masked_mean(found[0], pr.labels == c) for c in np.unique(pr.labels)]
+
+    def stat(idx: np.ndarray) -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(np.stack([s(idx) for s in per_class]), axis=0)
+
+    return stat
+
+
+@paired_statistic("*.ece")
+def _ece(pr: PairedRecords, metric: str) -> Statistic | None:
+    """Equal-width ECE from ``confidence`` (n,) and ``correct`` (n,) or (n, 1).
+
+    Only samples with ``split == 1`` count when the study stores a ``split`` (the
+    evaluation half of a calibration study); ``n_bins`` comes from the study's config.
+    """
+    conf, corr = pr.records.get("confidence"), pr.records.get("correct")
+    if conf is None or corr is None or conf.ndim != 1:
+        return None
+    corr = corr[:, 0] if corr.ndim == 2 else corr
+    split = pr.records.get("split")
+    keep = (split == 1) if split is not None else np.ones(pr.n, dtype=bool)
+    n_bins = int(pr.config.get("n_bins", 15) or 15)
+    bins = np.clip((conf.astype(np.float64) * n_bins).astype(np.int64), 0, n_bins - 1)
+    gap = np.where(keep, corr.astype(np.float64) - conf.astype(np.float64), 0.0)
+
+    def stat(idx: np.ndarray) -> np.ndarray:
+        rows = np.arange(idx.shape[0])[:, None] * n_bins
+        sums = np.bincount((rows + bins[idx]).ravel(), weights=gap[idx].ravel(), minlength=idx.shape[0] * n_bins)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.abs(sums.reshape(idx.shape[0], n_bins)).sum(axis=1) / keep[idx].sum(axis=1)
+
+    return stat
