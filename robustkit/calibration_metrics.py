@@ -1,0 +1,468 @@
+"""Calibration and selective-prediction metrics as pure numpy functions.
+
+Every estimator states its binning, because calibration numbers are meaningless without
+it (anchors disagree on 10, 15, 20 or 30 bins, equal-width or equal-mass):
+
+* **equal-width** bins: edges ``np.linspace(0, 1, n_bins + 1)``; bin ``m`` holds the
+  confidences in ``(e_m, e_{m+1}]`` and the first bin also holds exactly 0, so a
+  confidence of exactly 1.0 falls in the last bin and one on an inner edge in the bin
+  below it (Guo et al. 2017's convention). Empty bins carry no weight.
+* **equal-mass** bins: the samples sorted by confidence (stable sort) and cut into
+  ``n_bins`` groups whose sizes differ by at most one (``np.array_split``), so tied
+  confidences may straddle a cut (Nixon et al. 2019's adaptive binning).
+
+Directions: every ``*_error``-type metric here (ECE, MCE, Brier, NLL, AURC) is
+lower-is-better; coverage and sensitivity are higher-is-better. No TensorFlow here.
+
+Example:
+    >>> import numpy as np
+    >>> p = np.array([[0.9, 0.1], [0.6, 0.4]]); y = np.array([0, 1])
+    >>> round(ece(p, y, n_bins=10), 3)
+    0.35
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+__all__ = [
+    "TemperatureFit",
+    "aurc",
+    "brier",
+    "classwise_ece",
+    "classwise_ece_adaptive",
+    "coverage_at_risk",
+    "debiased_l2_ce",
+    "e_aurc",
+    "ece",
+    "ece_equal_mass",
+    "equal_mass_bins",
+    "equal_width_bins",
+    "fit_temperature",
+    "log_softmax",
+    "mce",
+    "nll",
+    "optimal_aurc",
+    "referral",
+    "reliability_bins",
+    "risk_coverage",
+    "sample_nll",
+    "selective_sensitivity",
+    "softmax",
+    "wilson_interval",
+]
+
+BINNINGS = ("equal_width", "equal_mass")
+_LOG_T_BOUNDS = (float(np.log(1e-2)), float(np.log(1e2)))
+
+
+# ---------------------------------------------------------------- inputs and bins
+
+
+def _check(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if p.ndim != 2 or p.shape[0] != y.shape[0]:
+        raise ValueError(f"expected probs (N, K) and labels (N,), got {p.shape} and {y.shape}.")
+    return p, y
+
+
+def _top_label(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Confidence (max probability) and correctness of the argmax, both ``(N,)``."""
+    p, y = _check(probs, labels)
+    return p.max(axis=1), (p.argmax(axis=1) == y).astype(np.float64)
+
+
+def equal_width_bins(conf: np.ndarray, n_bins: int) -> np.ndarray:
+    """Bin index ``(N,)`` of each confidence: bins ``(e_m, e_{m+1}]``, 0 in the first bin."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    idx = np.searchsorted(edges, np.asarray(conf, dtype=np.float64), side="left") - 1
+    return np.clip(idx, 0, n_bins - 1)
+
+
+def equal_mass_bins(conf: np.ndarray, n_bins: int) -> np.ndarray:
+    """Bin index ``(N,)``: sorted by confidence (stable) and cut in ``n_bins`` near-equal groups."""
+    conf = np.asarray(conf, dtype=np.float64)
+    order = np.argsort(conf, kind="mergesort")
+    idx = np.empty(len(conf), dtype=np.int64)
+    for b, part in enumerate(np.array_split(order, n_bins)):
+        idx[part] = b
+    return idx
+
+
+def _bin(conf: np.ndarray, n_bins: int, binning: str) -> np.ndarray:
+    if binning not in BINNINGS:
+        raise ValueError(f"expected binning in {BINNINGS}, got {binning!r}.")
+    return equal_width_bins(conf, n_bins) if binning == "equal_width" else equal_mass_bins(conf, n_bins)
+
+
+def _bin_stats(conf: np.ndarray, hit: np.ndarray, idx: np.ndarray, n_bins: int) -> tuple[np.ndarray, ...]:
+    """Per bin: count, mean confidence, mean outcome (NaN in empty bins)."""
+    count = np.bincount(idx, minlength=n_bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(idx, weights=conf, minlength=n_bins) / count
+        mean_hit = np.bincount(idx, weights=hit, minlength=n_bins) / count
+    return count, mean_conf, mean_hit
+
+
+def _binned_l1(conf: np.ndarray, hit: np.ndarray, n_bins: int, binning: str) -> float:
+    if len(conf) == 0:
+        return float("nan")
+    count, mc, mh = _bin_stats(conf, hit, _bin(conf, n_bins, binning), n_bins)
+    keep = count > 0
+    return float(np.sum(count[keep] / len(conf) * np.abs(mh[keep] - mc[keep])))
+
+
+# ---------------------------------------------------------------- top-label calibration
+
+
+def ece(probs: np.ndarray, labels: np.ndarray, *, n_bins: int = 15, binning: str = "equal_width") -> float:
+    """Top-label expected calibration error (lower is better, in [0, 1]).
+
+    ``sum_b n_b / N * |acc_b - conf_b|`` over populated bins of the max probability
+    (Guo et al. 2017, "On calibration of modern neural networks"; Naeini et al. 2015).
+
+    Args:
+        probs: ``(N, K)`` probabilities.
+        labels: ``(N,)`` class indices.
+        n_bins: number of bins.
+        binning: ``equal_width`` (default) or ``equal_mass``.
+    """
+    conf, hit = _top_label(probs, labels)
+    return _binned_l1(conf, hit, n_bins, binning)
+
+
+def ece_equal_mass(probs: np.ndarray, labels: np.ndarray, *, n_bins: int = 15) -> float:
+    """Top-label ECE with equal-mass bins (lower is better; Nixon et al. 2019, adaptive binning)."""
+    return ece(probs, labels, n_bins=n_bins, binning="equal_mass")
+
+
+def mce(probs: np.ndarray, labels: np.ndarray, *, n_bins: int = 15, binning: str = "equal_width") -> float:
+    """Maximum calibration error: the largest ``|acc_b - conf_b|`` over populated bins.
+
+    Lower is better (Naeini et al. 2015; Guo et al. 2017). Very sensitive to sparsely
+    populated bins: read it with the bin counts.
+    """
+    conf, hit = _top_label(probs, labels)
+    if len(conf) == 0:
+        return float("nan")
+    count, mc, mh = _bin_stats(conf, hit, _bin(conf, n_bins, binning), n_bins)
+    return float(np.max(np.abs(mh - mc)[count > 0]))
+
+
+def debiased_l2_ce(probs: np.ndarray, labels: np.ndarray, *, n_bins: int = 15) -> float:
+    """Debiased top-label L2 calibration error (lower is better).
+
+    Kumar, Liang & Ma 2019, "Verified uncertainty calibration": in each of ``n_bins``
+    equal-mass bins the plug-in ``(conf_b - acc_b)^2`` is biased upward by the variance of
+    ``acc_b``; subtract ``acc_b (1 - acc_b) / (n_b - 1)`` (bins of one sample count 0),
+    weight by ``n_b / N``, clip the sum at 0 and take the square root.
+    """
+    conf, hit = _top_label(probs, labels)
+    if len(conf) == 0:
+        return float("nan")
+    count, mc, mh = _bin_stats(conf, hit, equal_mass_bins(conf, n_bins), n_bins)
+    keep = count >= 2
+    err = (mc[keep] - mh[keep]) ** 2 - mh[keep] * (1.0 - mh[keep]) / (count[keep] - 1.0)
+    return float(np.sqrt(max(float(np.sum(count[keep] / len(conf) * err)), 0.0)))
+
+
+# ---------------------------------------------------------------- classwise calibration
+
+
+def _classwise(probs: np.ndarray, labels: np.ndarray, n_bins: int, binning: str) -> float:
+    p, y = _check(probs, labels)
+    if len(y) == 0:
+        return float("nan")
+    errs = [_binned_l1(p[:, k], (y == k).astype(np.float64), n_bins, binning) for k in range(p.shape[1])]
+    return float(np.mean(errs))
+
+
+def classwise_ece(probs: np.ndarray, labels: np.ndarray, *, n_bins: int = 15) -> float:
+    """Static calibration error (SCE; Nixon et al. 2019, "Measuring calibration in deep learning").
+
+    For every class k, ``p[:, k]`` is binned (equal width) against the outcome ``y == k``;
+    the binned L1 errors are averaged over classes. Lower is better.
+    """
+    return _classwise(probs, labels, n_bins, "equal_width")
+
+
+def classwise_ece_adaptive(probs: np.ndarray, labels: np.ndarray, *, n_bins: int = 15) -> float:
+    """Adaptive calibration error (ACE; Nixon et al. 2019): classwise ECE with equal-mass bins.
+
+    Lower is better.
+    """
+    return _classwise(probs, labels, n_bins, "equal_mass")
+
+
+# ---------------------------------------------------------------- proper scores
+
+
+def brier(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Multi-class Brier score ``mean_i sum_k (p_ik - [y_i = k])^2`` in [0, 2] (lower is better).
+
+    Brier 1950, "Verification of forecasts expressed in terms of probability".
+    """
+    p, y = _check(probs, labels)
+    if len(y) == 0:
+        return float("nan")
+    onehot = np.eye(p.shape[1])[y]
+    return float(np.mean(np.sum((p - onehot) ** 2, axis=1)))
+
+
+def nll(probs: np.ndarray, labels: np.ndarray, *, eps: float = 1e-15) -> float:
+    """Negative log-likelihood ``-mean log p_{i, y_i}`` (lower is better; probabilities
+    clipped at ``eps``). Prefer :func:`sample_nll` on logits, which never clips."""
+    p, y = _check(probs, labels)
+    if len(y) == 0:
+        return float("nan")
+    return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], eps, 1.0))))
+
+
+def log_softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise ``log softmax(logits / temperature)`` in float64, ``(N, K)``."""
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.sum(np.exp(z), axis=1, keepdims=True))
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise ``softmax(logits / temperature)`` in float64, ``(N, K)``."""
+    return np.exp(log_softmax(logits, temperature))
+
+
+def sample_nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Per-sample negative log-likelihood ``(N,)`` of ``softmax(logits / T)``, exact (no clipping)."""
+    y = np.asarray(labels, dtype=np.int64).reshape(-1)
+    return -log_softmax(logits, temperature)[np.arange(len(y)), y]
+
+
+# ---------------------------------------------------------------- temperature scaling
+
+
+@dataclass(frozen=True)
+class TemperatureFit:
+    """A fitted temperature.
+
+    Attributes:
+        temperature: T > 0; calibrated probabilities are ``softmax(logits / T)``.
+        nll_before: mean NLL at T = 1 on the fitting data.
+        nll_after: mean NLL at the fitted T on the fitting data.
+        grad_log_t: ``d NLL / d log T`` at the fitted T (about 0 at an interior optimum).
+        at_bound: the optimum hit the search bounds (T in [0.01, 100]).
+        n: samples it was fitted on.
+    """
+
+    temperature: float
+    nll_before: float
+    nll_after: float
+    grad_log_t: float
+    at_bound: bool
+    n: int
+
+
+def _nll_and_grad(logits: np.ndarray, y: np.ndarray, log_t: float) -> tuple[float, float]:
+    """Mean NLL of ``softmax(z / T)`` and its derivative in ``log T``:
+    ``d/dlogT = mean(z_y - E_p[z]) / T``."""
+    t = float(np.exp(log_t))
+    lp = log_softmax(logits, t)
+    rows = np.arange(len(y))
+    loss = float(-np.mean(lp[rows, y]))
+    expected = np.sum(np.exp(lp) * logits, axis=1)
+    grad = float(np.mean(logits[rows, y] - expected) / t)
+    return loss, grad
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> TemperatureFit:
+    """Fit temperature scaling by minimising the NLL over ``log T`` (so T stays positive).
+
+    Guo et al. 2017, "On calibration of modern neural networks", Section 4.2. A bounded
+    Brent search (``scipy.optimize.minimize_scalar``) over ``log T`` in
+    ``[log 0.01, log 100]``; the NLL is convex in ``1/T``, so the minimum is unique.
+
+    Args:
+        logits: ``(N, K)`` pre-softmax outputs (of the calibration split).
+        labels: ``(N,)`` class indices.
+
+    Returns:
+        A :class:`TemperatureFit` with the gradient at the optimum for a convergence check.
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if len(y) == 0:
+        raise ValueError("fit_temperature: expected at least one sample, got none.")
+    res = minimize_scalar(lambda s: _nll_and_grad(z, y, s)[0], bounds=_LOG_T_BOUNDS,
+                          method="bounded", options={"xatol": 1e-9})
+    log_t = float(res.x)
+    loss, grad = _nll_and_grad(z, y, log_t)
+    at_bound = min(abs(log_t - b) for b in _LOG_T_BOUNDS) < 1e-4
+    return TemperatureFit(float(np.exp(log_t)), _nll_and_grad(z, y, 0.0)[0], loss, grad, at_bound, len(y))
+
+
+# ---------------------------------------------------------------- reliability diagrams
+
+
+def wilson_interval(successes: np.ndarray, n: np.ndarray, *, z: float = 1.959964) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval (95% by default) of a binomial proportion; NaN where ``n == 0``.
+
+    Wilson 1927, "Probable inference, the law of succession, and statistical inference".
+    """
+    k = np.asarray(successes, dtype=np.float64)
+    n = np.asarray(n, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = k / n
+        denom = 1.0 + z**2 / n
+        centre = (p + z**2 / (2 * n)) / denom
+        half = z / denom * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2))
+    return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
+
+
+def reliability_bins(conf: np.ndarray, hit: np.ndarray, *, n_bins: int = 15,
+                     binning: str = "equal_width") -> dict[str, list[Any]]:
+    """The numbers of a reliability diagram, one entry per bin.
+
+    Args:
+        conf: ``(N,)`` confidences (top-label, or ``p[:, k]`` for a classwise diagram).
+        hit: ``(N,)`` outcomes (correct, or ``y == k``).
+        n_bins: number of bins.
+        binning: ``equal_width`` or ``equal_mass``.
+
+    Returns:
+        Lists over bins: ``lower``/``upper`` (bin range; for equal-mass the min/max
+        confidence in it), ``count``, ``confidence`` (mean), ``accuracy`` (mean outcome),
+        ``low``/``high`` (Wilson 95% interval on the accuracy); None where a bin is empty.
+    """
+    conf = np.asarray(conf, dtype=np.float64)
+    hit = np.asarray(hit, dtype=np.float64)
+    idx = _bin(conf, n_bins, binning)
+    count, mc, mh = _bin_stats(conf, hit, idx, n_bins)
+    lo, hi = wilson_interval(np.bincount(idx, weights=hit, minlength=n_bins), count)
+    if binning == "equal_width":
+        edges = np.linspace(0.0, 1.0, n_bins + 1)
+        lower, upper = edges[:-1], edges[1:]
+    else:
+        lower = np.array([conf[idx == b].min() if c else np.nan for b, c in enumerate(count)])
+        upper = np.array([conf[idx == b].max() if c else np.nan for b, c in enumerate(count)])
+
+    def plain(a: np.ndarray) -> list[Any]:
+        return [None if not np.isfinite(v) else round(float(v), 6) for v in a]
+
+    return {"lower": plain(lower), "upper": plain(upper), "count": [int(c) for c in count],
+            "confidence": plain(mc), "accuracy": plain(mh), "low": plain(lo), "high": plain(hi)}
+
+
+# ---------------------------------------------------------------- selective prediction
+
+
+def risk_coverage(conf: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Risk-coverage curve (Geifman & El-Yaniv 2017): keep the k most confident samples.
+
+    Samples are sorted by decreasing confidence (stable: ties keep their order); for
+    ``k = 1..N`` the coverage is ``k / N`` and the risk the error rate of the k kept.
+
+    Returns:
+        ``(coverage, risk)``, each ``(N,)``.
+    """
+    conf = np.asarray(conf, dtype=np.float64)
+    wrong = 1.0 - np.asarray(correct, dtype=np.float64)
+    order = np.argsort(-conf, kind="mergesort")
+    k = np.arange(1, len(conf) + 1, dtype=np.float64)
+    return k / max(len(conf), 1), np.cumsum(wrong[order]) / k
+
+
+def aurc(conf: np.ndarray, correct: np.ndarray) -> float:
+    """Area under the risk-coverage curve: the mean of the risks at k = 1..N (lower is better).
+
+    Geifman, Uziel & El-Yaniv 2019, "Bias-reduced uncertainty estimation for deep neural
+    classifiers" (ICLR).
+    """
+    if len(np.asarray(conf)) == 0:
+        return float("nan")
+    return float(np.mean(risk_coverage(conf, correct)[1]))
+
+
+def optimal_aurc(correct: np.ndarray) -> float:
+    """AURC of an oracle confidence that ranks every correct sample above every error.
+
+    The exact finite-sample value (the mean over k of ``max(0, k - n_correct) / k``), which
+    tends to Geifman et al.'s ``r + (1 - r) log(1 - r)`` for an error rate r.
+    """
+    c = np.asarray(correct, dtype=np.float64)
+    if len(c) == 0:
+        return float("nan")
+    return aurc(c, c)
+
+
+def e_aurc(conf: np.ndarray, correct: np.ndarray) -> float:
+    """Excess AURC: ``AURC - optimal AURC`` (lower is better, 0 for a perfect ranking).
+
+    Geifman, Uziel & El-Yaniv 2019; it removes the part of AURC due to the error rate alone.
+    """
+    return aurc(conf, correct) - optimal_aurc(correct)
+
+
+def coverage_at_risk(conf: np.ndarray, correct: np.ndarray, target: float) -> tuple[float, float]:
+    """The largest coverage whose risk is at most ``target`` (higher is better).
+
+    Only thresholds a deployment can apply are considered: keep every sample whose
+    confidence is at least ``t``, for ``t`` a confidence value seen (so tied samples are
+    kept or referred together). Geifman & El-Yaniv 2017, "Selective classification for
+    deep neural networks".
+
+    Returns:
+        ``(coverage, threshold)``; ``(0.0, inf)`` when no threshold meets the target.
+    """
+    conf = np.asarray(conf, dtype=np.float64)
+    if len(conf) == 0:
+        return float("nan"), float("nan")
+    order = np.argsort(-conf, kind="mergesort")
+    s = conf[order]
+    wrong = np.cumsum(1.0 - np.asarray(correct, dtype=np.float64)[order])
+    ends = np.r_[np.flatnonzero(np.diff(s) != 0), len(s) - 1]  # last position of each tie group
+    k = ends + 1.0
+    ok = wrong[ends] / k <= target + 1e-12
+    if not np.any(ok):
+        return 0.0, float("inf")
+    best = ends[ok][-1]
+    return float((best + 1) / len(conf)), float(s[best])
+
+
+def selective_sensitivity(conf: np.ndarray, labels: np.ndarray, pred: np.ndarray,
+                          positive: int, threshold: float) -> float:
+    """Sensitivity (recall) of class ``positive`` among the kept cases ``conf >= threshold``.
+
+    Higher is better; NaN when no case of the class is kept.
+    """
+    keep = np.asarray(conf, dtype=np.float64) >= threshold
+    pos = keep & (np.asarray(labels) == positive)
+    if not np.any(pos):
+        return float("nan")
+    return float(np.mean(np.asarray(pred)[pos] == positive))
+
+
+def referral(conf: np.ndarray, labels: np.ndarray, pred: np.ndarray, positive: int,
+             fraction: float) -> dict[str, float]:
+    """Refer the least confident ``fraction`` of cases; error and sensitivity of the rest.
+
+    The ``round(fraction * N)`` least confident cases (stable order on ties) are referred.
+
+    Returns:
+        ``n_referred``, ``n_kept``, ``error`` (among kept), ``sensitivity`` (of ``positive``
+        among kept) and ``threshold`` (the lowest kept confidence).
+    """
+    conf = np.asarray(conf, dtype=np.float64)
+    labels, pred = np.asarray(labels), np.asarray(pred)
+    n_ref = int(np.floor(fraction * len(conf) + 0.5))
+    kept = np.argsort(-conf, kind="mergesort")[: len(conf) - n_ref]
+    pos = kept[labels[kept] == positive]
+    return {
+        "n_referred": float(n_ref),
+        "n_kept": float(len(kept)),
+        "error": float(np.mean(pred[kept] != labels[kept])) if len(kept) else float("nan"),
+        "sensitivity": float(np.mean(pred[pos] == positive)) if len(pos) else float("nan"),
+        "threshold": float(conf[kept].min()) if len(kept) else float("nan"),
+    }
