@@ -1,0 +1,88 @@
+"""Cost of the saliency study relative to the bare gradient passes it needs (target <= 1.2).
+
+Builds robustkit's InceptionV3 (random weights) at 128 px and a small phantom set with
+lesion masks, runs the study once (after the clean pass, as in an audit), then times as
+many warm ``ModelAdapter.gradient`` image passes, and ``ModelAdapter.logits`` passes, as
+the study reported, at the same batch size.
+
+Usage:
+    python benchmarks/bench_saliency.py [--size 128] [--samples 6] [--batch-size 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+
+def _model(size: int):
+    try:
+        from robustkit.train import build_model
+
+        return build_model("inception_v3", input_size=size, channels=1)
+    except ImportError:
+        from robustkit._tf import keras
+
+        return keras.applications.InceptionV3(weights=None, input_shape=(size, size, 3), classes=3)
+
+
+def _bare_seconds(adapter, n_grad: int, n_fwd: int) -> float:
+    bs = adapter.batch_size
+    x = np.random.default_rng(0).random((bs, *adapter.input_shape)).astype(np.float32)
+    t = np.zeros(bs, np.int32)
+    adapter.gradient(x[:1], t[:1])  # warm: traced once, as the study's functions are
+    start = time.perf_counter()
+    for done in range(0, n_grad, bs):
+        k = min(bs, n_grad - done)
+        adapter.gradient(x[:k], t[:k])
+    for done in range(0, n_fwd, bs):
+        adapter.logits(x[: min(bs, n_fwd - done)])
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--samples", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args()
+
+    from robustkit.data import load_dataset
+    from robustkit.model import ModelAdapter
+    from robustkit.phantom import generate_phantom
+    from robustkit.studies import AuditContext, get_study
+
+    with tempfile.TemporaryDirectory() as tmp:
+        generate_phantom(Path(tmp) / "ph", per_class=max(2, args.samples // 3), size=args.size, seed=0)
+        data = load_dataset(Path(tmp) / "ph")
+        model = _model(args.size)
+        adapter = ModelAdapter(model, class_names=list(data.class_names), batch_size=args.batch_size,
+                               input_scale="unit")
+        study = get_study("saliency").configure("standard", {
+            "max_samples": args.samples, "stability_samples": args.samples, "smoothgrad_n": 10, "ig_steps": 16,
+            "n_noise": 1, "randomization_samples": 2, "randomization_steps": 4, "deletion_steps": 10,
+        })
+        ctx = AuditContext(seed=0)
+        sub = data.subset(study.select(data, ctx))
+        ctx.clean_logits(adapter, sub)  # the audit's clean pass, shared with every study
+        start = time.perf_counter()
+        result = study.execute(adapter, data, ctx)
+        study_s = time.perf_counter() - start
+        passes = result.data["passes"]
+        bare_s = _bare_seconds(adapter, passes["gradient"], passes["forward"])
+    print(f"InceptionV3 {args.size}px, {len(result.records['index'])} images, batch {args.batch_size}")
+    print(f"gradient image-passes {passes['gradient']}, forward image-passes {passes['forward']}")
+    print(f"study {study_s:.1f} s, bare passes {bare_s:.1f} s, ratio {study_s / bare_s:.2f} (target <= 1.2)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,420 @@
+"""Attribution maps through the ModelAdapter: gradients, SmoothGrad, IG, Grad-CAM, activations.
+
+Every method explains the (pre-softmax) logit of a chosen class and returns a non-negative
+relevance map ``(N, H, W)`` at the input size:
+
+* ``vanilla_gradient``: max over channels of |d logit / d x|, min-max scaled per image
+  (the original project's map; Simonyan et al. 2014).
+* ``smoothgrad``: the same map of the gradient averaged over ``n`` noisy copies, noise
+  sigma = ``noise`` x (max - min) of the image (Smilkov et al. 2017).
+* ``integrated_gradients``: |sum over channels of (x - b) * mean gradient| along the
+  straight path from the baseline ``b`` (black in pixel space) to ``x``, midpoint Riemann
+  sum (Sundararajan et al. 2017).
+* ``gradcam``: relu(sum_k alpha_k A_k) on a 4-D feature map A, alpha_k the spatial mean
+  of d logit / d A_k, bilinearly upsampled (Selvaraju et al. 2017).
+
+The gradient methods share one compiled function with a fixed input signature that builds
+the noisy or interpolated points of several images inside the graph and sums their
+gradients, so SmoothGrad samples and IG steps run as big batches. :func:`block_groups` and
+:func:`randomize_weights` implement the cascading model randomisation of Adebayo et al.
+(2018) in place (weights are restored by :func:`restore_weights`), so the compiled
+functions are reused without retracing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from robustkit._tf import keras, tf
+from robustkit.errors import ConfigError
+from robustkit.model import ModelAdapter
+
+__all__ = [
+    "METHODS",
+    "Explainer",
+    "block_groups",
+    "find_gradcam_layer",
+    "flat_layers",
+    "randomize_weights",
+    "restore_weights",
+    "snapshot_weights",
+]
+
+METHODS = ("vanilla_gradient", "smoothgrad", "integrated_gradients", "gradcam")
+Path_ = tuple[str, ...]
+
+
+# ----------------------------------------------------------------- the layer graph
+
+
+def _is_container(layer: Any) -> bool:
+    return isinstance(layer, keras.Model) and bool(getattr(layer, "_inbound_nodes", None))
+
+
+def flat_layers(model: keras.Model) -> list[tuple[Path_, Any]]:
+    """Every layer in topological order, nested functional models expanded in place.
+
+    Returns:
+        ``(path, layer)`` pairs; the path of a layer inside a nested model ``backbone``
+        is ``("backbone", name)``.
+    """
+    out: list[tuple[Path_, Any]] = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model) and hasattr(layer, "layers"):
+            out.extend(((layer.name, *p), sub) for p, sub in flat_layers(layer))
+        else:
+            out.append(((layer.name,), layer))
+    return out
+
+
+def _rank4(layer: Any) -> bool:
+    try:
+        shape = layer.output.shape
+    except (AttributeError, ValueError):
+        return False
+    return len(shape) == 4
+
+
+def find_gradcam_layer(model: keras.Model) -> str:
+    """Name (``a/b`` when nested) of the last layer with a 4-D output: the Grad-CAM layer.
+
+    For robustkit's InceptionV3 this is ``mixed10`` (a Concatenate), the last feature map
+    before global pooling.
+    """
+    candidates = [p for p, layer in flat_layers(model)
+                  if _rank4(layer) and not isinstance(layer, keras.layers.InputLayer)]
+    if not candidates:
+        raise ConfigError(f"{model.name}: expected a layer with a 4-D feature map for Grad-CAM, got none.")
+    return "/".join(candidates[-1])
+
+
+def _resolve(model: keras.Model, name: str) -> Path_:
+    table = [p for p, _ in flat_layers(model)]
+    wanted = tuple(name.split("/"))
+    hits = [p for p in table if p == wanted or p[-1] == wanted[-1] and len(wanted) == 1]
+    if not hits:
+        raise ConfigError(
+            f"The 'layer' parameter of study 'saliency' must name a layer of {model.name}; got {name!r}. "
+            f"Layers with 4-D outputs include: {', '.join('/'.join(p) for p, layer in flat_layers(model) if _rank4(layer))[-400:]}."
+        )
+    return hits[0]
+
+
+def _layer_at(model: keras.Model, path: Path_) -> Any:
+    layer = model.get_layer(path[0])
+    return layer if len(path) == 1 else _layer_at(layer, path[1:])
+
+
+def _head(model: keras.Model, adapter: ModelAdapter) -> tuple[Any, Callable[[Any], Any]]:
+    """The symbolic tensor the logits are computed from, and the function that does it.
+
+    Mirrors :class:`ModelAdapter`'s choice: the input of a final softmax, or the
+    pre-activation of a final softmax Dense layer, else the output (log-probabilities when
+    the adapter says the output is probabilities).
+    """
+    last = model.layers[-1]
+    act = getattr(getattr(last, "activation", None), "__name__", "")
+    if isinstance(last, keras.layers.Softmax) or (isinstance(last, keras.layers.Activation) and act == "softmax"):
+        return last.input, lambda t: t
+    if isinstance(last, keras.layers.Dense) and act == "softmax":
+        kernel, bias = last.kernel, last.bias
+        return last.input, lambda t: (tf.matmul(t, kernel) + bias) if bias is not None else tf.matmul(t, kernel)
+    if adapter.logits_source.startswith("log of"):
+        return model.outputs[0], lambda t: tf.math.log(tf.maximum(t, 1e-12))
+    return model.outputs[0], lambda t: t
+
+
+def _tap(adapter: ModelAdapter, paths: Sequence[Path_]) -> Callable[[Any], tuple[list[Any], Any]]:
+    """A traceable function: model input -> ([feature maps at ``paths``], logits)."""
+    model = adapter.model
+    head_tensor, head_fn = _head(model, adapter)
+    inp = model.inputs[0]
+    roots = {p[0] for p in paths}
+    if all(len(p) == 1 for p in paths):
+        trunk = keras.Model(inp, [*(model.get_layer(p[0]).output for p in paths), head_tensor])
+
+        def flat(x: Any) -> tuple[list[Any], Any]:
+            *feats, h = trunk(x, training=False)
+            return list(feats), head_fn(h)
+
+        return flat
+    if len(roots) != 1 or any(len(p) != 2 for p in paths):
+        raise ConfigError(f"expected layers of {model.name} at the top level or inside one nested model, got {paths}.")
+    nested = model.get_layer(next(iter(roots)))
+    node = nested._inbound_nodes[0]
+    inner = keras.Model(nested.inputs[0], [*(nested.get_layer(p[1]).output for p in paths), nested.outputs[0]])
+    pre = None if node.input_tensors[0] is inp else keras.Model(inp, node.input_tensors[0])
+    post = keras.Model(node.output_tensors[0], head_tensor)
+
+    def split(x: Any) -> tuple[list[Any], Any]:
+        *feats, out = inner(x if pre is None else pre(x, training=False), training=False)
+        return list(feats), head_fn(post(out, training=False))
+
+    return split
+
+
+# ----------------------------------------------------------------- the explainer
+
+
+class Explainer:
+    """Compiled attribution methods for one adapter.
+
+    Args:
+        adapter: the model in pixel space.
+        layer: the Grad-CAM layer (``name`` or ``nested/name``); found automatically when empty.
+
+    Attributes:
+        grad_points: images whose input gradient was computed (every SmoothGrad sample and
+            IG step counts); ``forward_points``: images passed forward only.
+    """
+
+    def __init__(self, adapter: ModelAdapter, *, layer: str = "") -> None:
+        self.adapter = adapter
+        self.layer = "/".join(_resolve(adapter.model, layer or find_gradcam_layer(adapter.model)))
+        self.grad_points = 0
+        self.forward_points = 0
+        h, w, c = adapter.input_shape
+        img = tf.TensorSpec((None, h, w, c), tf.float32)
+        vec, ints = tf.TensorSpec((None,), tf.float32), tf.TensorSpec((None,), tf.int32)
+        self._grad_sum = tf.function(
+            self._grad_sum_graph, input_signature=[img, img, vec, vec, vec, tf.TensorSpec((2,), tf.int32), ints]
+        )
+        self._cam_tap = _tap(adapter, [tuple(self.layer.split("/"))])
+        self._cam = tf.function(self._cam_graph, input_signature=[img, ints])
+
+    # graphs ---------------------------------------------------------------------------
+    def _grad_sum_graph(self, x: Any, base: Any, alphas: Any, weights: Any, sigma: Any, seed: Any, target: Any):
+        """Sum over s of weights[s] * grad at base + alphas[s] (x - base) + sigma * noise."""
+        shape = tf.shape(x)
+        s = tf.shape(alphas)[0]
+        pts = base[None] + alphas[:, None, None, None, None] * (x - base)[None]
+        noise = tf.random.stateless_normal(tf.shape(pts), seed) * sigma[None, :, None, None, None]
+        pts = tf.reshape(pts + noise, tf.concat([[s * shape[0]], shape[1:]], 0))
+        tgt = tf.tile(target, [s])
+        with tf.GradientTape() as tape:
+            tape.watch(pts)
+            z = self.adapter.logits_graph(pts)
+            picked = tf.gather(z, tgt, axis=1, batch_dims=1)
+        g = tf.reshape(tape.gradient(picked, pts), tf.concat([[s], shape], 0))
+        return tf.tensordot(weights, g, axes=1), tf.reshape(z, [s, shape[0], -1])
+
+    def _cam_graph(self, x: Any, target: Any) -> Any:
+        a = self.adapter
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            feats, z = self._cam_tap(x * a._scale_mul + a._scale_add)
+            picked = tf.gather(tf.cast(z, tf.float32), target, axis=1, batch_dims=1)
+        fmap = tf.cast(feats[0], tf.float32)
+        grads = tape.gradient(picked, feats[0])
+        alpha = tf.reduce_mean(tf.cast(grads, tf.float32), axis=[1, 2], keepdims=True)
+        cam = tf.nn.relu(tf.reduce_sum(alpha * fmap, axis=-1, keepdims=True))
+        h, w, _ = a.input_shape
+        return tf.image.resize(cam, (h, w), method="bilinear")[..., 0]
+
+    # numpy API ------------------------------------------------------------------------
+    def gradient_sum(
+        self, x: np.ndarray, target: np.ndarray, *, alphas: np.ndarray, weights: np.ndarray,
+        base: np.ndarray | None = None, sigma: np.ndarray | None = None, seed: int = 0,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Weighted sum of input gradients at ``S`` points per image, in batches of the adapter's size.
+
+        Returns:
+            ``(N, H, W, C)`` gradient sums and the logits ``(S, N, K)`` at the points.
+        """
+        x = np.asarray(x, np.float32)
+        base = np.zeros_like(x) if base is None else np.broadcast_to(base, x.shape).astype(np.float32)
+        sigma = np.zeros(len(x), np.float32) if sigma is None else np.asarray(sigma, np.float32)
+        t = np.asarray(target, np.int32)
+        s_all, bs = len(alphas), self.adapter.batch_size
+        per_img = max(1, bs // s_all)
+        step = min(s_all, bs)
+        out = np.zeros_like(x)
+        logits = np.zeros((s_all, len(x), self.adapter.num_classes), np.float32)
+        for i in range(0, len(x), per_img):
+            sl = slice(i, min(len(x), i + per_img))
+            for j in range(0, s_all, step):
+                k = slice(j, min(s_all, j + step))
+                g, z = self._grad_sum(x[sl], base[sl], np.asarray(alphas[k], np.float32),
+                                      np.asarray(weights[k], np.float32), sigma[sl],
+                                      np.array([seed, i * 100003 + j], np.int32), t[sl])
+                out[sl] += g.numpy()
+                logits[k, sl] = z.numpy()
+                self.grad_points += (sl.stop - sl.start) * (k.stop - k.start)
+        return out, logits
+
+    def vanilla_gradient(self, x: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Maps ``(N, H, W)`` and the logits ``(N, K)`` of the images."""
+        g, z = self.gradient_sum(x, target, alphas=np.ones(1), weights=np.ones(1), base=x)
+        return _minmax(np.abs(g).max(axis=-1)), z[0]
+
+    def smoothgrad(self, x: np.ndarray, target: np.ndarray, *, n: int = 25, noise: float = 0.15,
+                   seed: int = 0) -> np.ndarray:
+        sigma = noise * (x.reshape(len(x), -1).max(axis=1) - x.reshape(len(x), -1).min(axis=1))
+        g, _ = self.gradient_sum(x, target, alphas=np.ones(n), weights=np.full(n, 1.0 / n), base=x,
+                                 sigma=sigma, seed=seed)
+        return _minmax(np.abs(g).max(axis=-1))
+
+    def integrated_gradients(self, x: np.ndarray, target: np.ndarray, *, steps: int = 64,
+                             baseline: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """Maps ``(N, H, W)`` and the attributions ``(N, H, W, C)`` (their sum ~ logit(x) - logit(b))."""
+        alphas = (np.arange(steps) + 0.5) / steps
+        base = np.full_like(x, baseline)
+        g, _ = self.gradient_sum(x, target, alphas=alphas, weights=np.full(steps, 1.0 / steps), base=base)
+        attr = (x - base) * g
+        return np.abs(attr.sum(axis=-1)), attr
+
+    def gradcam(self, x: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """Grad-CAM maps ``(N, H, W)`` (relu, upsampled; not rescaled)."""
+        out = []
+        for i in range(0, len(x), self.adapter.batch_size):
+            sl = slice(i, i + self.adapter.batch_size)
+            out.append(self._cam(np.asarray(x[sl], np.float32), np.asarray(target[sl], np.int32)).numpy())
+            self.grad_points += len(x[sl])
+        return np.concatenate(out) if out else np.zeros((0, *self.adapter.input_shape[:2]), np.float32)
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        self.forward_points += len(x)
+        return self.adapter.logits(x)
+
+    def explain(self, method: str, x: np.ndarray, target: np.ndarray, *, smoothgrad_n: int = 25,
+                smoothgrad_noise: float = 0.15, ig_steps: int = 64, seed: int = 0) -> np.ndarray:
+        """The non-negative map ``(N, H, W)`` of ``method`` (one of :data:`METHODS`)."""
+        if method == "vanilla_gradient":
+            return self.vanilla_gradient(x, target)[0]
+        if method == "smoothgrad":
+            return self.smoothgrad(x, target, n=smoothgrad_n, noise=smoothgrad_noise, seed=seed)
+        if method == "integrated_gradients":
+            return self.integrated_gradients(x, target, steps=ig_steps)[0]
+        if method == "gradcam":
+            return self.gradcam(x, target)
+        raise ConfigError(f"expected a saliency method from {', '.join(METHODS)}, got {method!r}.")
+
+    def activations(self, x: np.ndarray, layers: Sequence[str]) -> list[np.ndarray]:
+        """Feature maps ``(N, h, w, channels)`` of ``layers`` for a few images (eager)."""
+        a = self.adapter
+        tap = _tap(a, [_resolve(a.model, name) for name in layers])
+        feats, _ = tap(tf.constant(np.asarray(x, np.float32) * a._scale_mul + a._scale_add))
+        self.forward_points += len(x)
+        return [np.asarray(f, np.float32) for f in feats]
+
+
+def _minmax(maps: np.ndarray) -> np.ndarray:
+    lo = maps.min(axis=(1, 2), keepdims=True)
+    span = maps.max(axis=(1, 2), keepdims=True) - lo
+    return np.where(span > 0, (maps - lo) / np.where(span > 0, span, 1), 0).astype(np.float32)
+
+
+def activation_layers(model: keras.Model, n: int, gradcam_layer: str) -> list[str]:
+    """``n`` block outputs spread from the stem to the Grad-CAM layer (4-D cut points)."""
+    last = tuple(gradcam_layer.split("/"))
+    groups = _cut_layers(model, prefix=last[:-1])
+    weighted = [i for i, (_, layer) in enumerate(groups) if layer.weights]
+    groups = groups[weighted[0]:] if weighted else groups
+    names = [p for p, layer in groups if _rank4(layer) and not isinstance(layer, keras.layers.InputLayer)]
+    names = names[: names.index(last) + 1] if last in names else names
+    if not names:
+        return []
+    picks = np.unique(np.linspace(0, len(names) - 1, min(n, len(names))).round().astype(int))
+    return ["/".join(names[i]) for i in picks]
+
+
+# ----------------------------------------------------------------- randomisation
+
+
+def _cut_layers(model: keras.Model, prefix: Path_ = ()) -> list[tuple[Path_, Any]]:
+    """Layers every path through ``model`` passes (no edge jumps over them), in order."""
+    container = _layer_at(model, prefix) if prefix else model
+    layers = list(container.layers)
+    index = {id(layer): i for i, layer in enumerate(layers)}
+    span = np.zeros(len(layers) + 1, dtype=int)
+    for i, layer in enumerate(layers):
+        for node in getattr(layer, "_inbound_nodes", []):
+            for t in node.input_tensors:
+                j = index.get(id(t._keras_history.operation))
+                if j is not None and j < i - 1:
+                    span[j + 1] += 1
+                    span[i] -= 1
+    cuts = np.cumsum(span[:-1]) == 0
+    return [((*prefix, layer.name), layer) for layer, cut in zip(layers, cuts) if cut]
+
+
+def _segments(container: keras.Model) -> list[tuple[str, list[Any]]]:
+    """Weighted layers of ``container`` in blocks ending at cut points, bottom up, with labels."""
+    cut_ids = {id(layer) for _, layer in _cut_layers(container)}
+    blocks: list[tuple[str, list[Any]]] = []
+    open_block: list[Any] = []
+    for layer in container.layers:
+        if _is_container(layer) and hasattr(layer, "layers"):
+            blocks.extend(_segments(layer))
+            continue
+        if layer.weights:
+            open_block.append(layer)
+        if id(layer) in cut_ids and open_block:
+            blocks.append((layer.name, open_block))
+            open_block = []
+    if open_block:
+        blocks.append((open_block[-1].name, open_block))
+    merged: list[tuple[str, list[Any]]] = []
+    for label, block in blocks:
+        if merged and all(isinstance(b, keras.layers.BatchNormalization) for b in block):
+            merged[-1][1].extend(block)
+        else:
+            merged.append((label, block))
+    return merged
+
+
+def block_groups(model: keras.Model, steps: int | None = None) -> list[tuple[str, list[Any]]]:
+    """Blocks of weighted layers, top (logits) first, merged into at most ``steps`` groups.
+
+    A block ends at a layer that every path through the network passes (for InceptionV3
+    the ``mixed`` concatenations; for a plain CNN every layer), nested models expanded;
+    batch normalisation joins the layer before it.
+
+    Returns:
+        ``(label, layers)`` pairs, the label naming the group's top and bottom blocks.
+    """
+    blocks = _segments(model)[::-1]
+    if steps is None or steps >= len(blocks):
+        return blocks
+    parts = np.array_split(np.arange(len(blocks)), steps)
+    return [(_label([blocks[i][0] for i in part]), [layer for i in part for layer in blocks[i][1]])
+            for part in parts]
+
+
+def _label(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{names[0]}..{names[-1]}"
+
+
+def snapshot_weights(model: keras.Model) -> list[np.ndarray]:
+    return [np.array(v.numpy()) for v in model.weights]
+
+
+def restore_weights(model: keras.Model, values: list[np.ndarray]) -> None:
+    for v, value in zip(model.weights, values):
+        v.assign(value)
+
+
+def _reinit(name: str, shape: tuple[int, ...], rng: np.random.Generator, like: np.ndarray) -> np.ndarray:
+    base = name.split("/")[-1]
+    if base in ("bias", "beta", "moving_mean"):
+        return np.zeros(shape, np.float32)
+    if base in ("gamma", "moving_variance"):
+        return np.ones(shape, np.float32)
+    if len(shape) >= 2 and "kernel" in base:
+        rf = math.prod(shape[:-2])
+        fan_in, fan_out = rf * shape[-2], rf * shape[-1]
+        limit = math.sqrt(6.0 / (fan_in + fan_out))
+        return rng.uniform(-limit, limit, shape).astype(np.float32)
+    return (rng.standard_normal(shape) * (like.std() or 1.0)).astype(np.float32)
+
+
+def randomize_weights(layers: Sequence[Any], rng: np.random.Generator) -> None:
+    """Re-initialise every weight of ``layers`` in place (Glorot-uniform kernels, zero biases,
+    identity batch normalisation), as in Adebayo et al. (2018)."""
+    for layer in layers:
+        for v in layer.weights:
+            v.assign(_reinit(v.name, tuple(v.shape), rng, np.asarray(v.numpy())))

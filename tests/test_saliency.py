@@ -1,0 +1,322 @@
+"""The saliency study: known answers on analytic models, metrics against references, the study."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from robustkit import saliency_metrics as SM
+from robustkit.errors import ConfigError
+
+# ------------------------------------------------------------------ pure metrics
+
+
+def test_spearman_matches_scipy_with_ties() -> None:
+    rng = np.random.default_rng(0)
+    a = np.round(rng.random((5, 12, 12)), 1)  # many ties
+    b = np.round(a + 0.3 * rng.random((5, 12, 12)), 1)
+    ours = SM.spearman(a, b)
+    ref = [spearmanr(x.ravel(), y.ravel()).statistic for x, y in zip(a, b)]
+    np.testing.assert_allclose(ours, ref, atol=1e-12)
+    assert math.isnan(SM.spearman(np.ones((12, 12)), a[0])[0])
+
+
+def _ssim_slow(a: np.ndarray, b: np.ndarray) -> float:
+    """A loop over every window position: Gaussian-weighted moments, Wang et al. (2004)."""
+    a, b = SM.minmax(a)[0], SM.minmax(b)[0]
+    r = np.arange(-5, 6)
+    g = np.exp(-0.5 * (r / 1.5) ** 2)
+    win = np.outer(g, g) / np.outer(g, g).sum()
+    c1, c2 = 0.01**2, 0.03**2
+    vals = []
+    for i in range(a.shape[0] - 10):
+        for j in range(a.shape[1] - 10):
+            pa, pb = a[i : i + 11, j : j + 11], b[i : i + 11, j : j + 11]
+            ma, mb = (win * pa).sum(), (win * pb).sum()
+            va, vb = (win * pa * pa).sum() - ma**2, (win * pb * pb).sum() - mb**2
+            cov = (win * pa * pb).sum() - ma * mb
+            vals.append((2 * ma * mb + c1) * (2 * cov + c2) / ((ma**2 + mb**2 + c1) * (va + vb + c2)))
+    return float(np.mean(vals))
+
+
+def test_ssim_known_values_and_slow_reference() -> None:
+    rng = np.random.default_rng(1)
+    a = rng.random((20, 18))
+    b = a + 0.3 * rng.random((20, 18))
+    assert SM.ssim(a, a)[0] == pytest.approx(1.0, abs=1e-12)
+    assert SM.ssim(a, -a)[0] < 0.0
+    assert SM.ssim(a, b)[0] == pytest.approx(_ssim_slow(a, b), abs=1e-10)
+    with pytest.raises(ValueError):
+        SM.ssim(np.ones((5, 5)), np.ones((5, 5)))
+
+
+def test_topk_intersection_and_relative_change() -> None:
+    a = np.arange(100, dtype=float).reshape(1, 10, 10)
+    assert SM.topk_intersection(a, a, fraction=0.1)[0] == 1.0
+    assert SM.topk_intersection(a, -a, fraction=0.1)[0] == 0.0
+    assert SM.relative_change(a, 2 * a)[0] == pytest.approx(1.0)
+
+
+def test_localisation_scores_by_hand() -> None:
+    maps = np.zeros((3, 4, 4))
+    maps[0, 0, 0], maps[0, 3, 3] = 3.0, 1.0  # max at (0, 0)
+    maps[1, 3, 3], maps[1, 0, 0] = 3.0, 1.0
+    maps[2] = 1.0
+    masks = np.zeros((3, 4, 4), bool)
+    masks[0, 0, 0] = masks[1, 0, 0] = True
+    np.testing.assert_array_equal(SM.pointing_game(maps[:2], masks[:2]), [1.0, 0.0])
+    np.testing.assert_allclose(SM.relevance_mass(maps[:2], masks[:2]), [0.75, 0.25])
+    np.testing.assert_allclose(SM.relevance_rank_accuracy(maps[:2], masks[:2]), [1.0, 0.0])
+    assert np.isnan(SM.pointing_game(maps, masks)[2])  # empty mask: left out
+    assert np.isnan(SM.relevance_mass(maps, masks)[2])
+    two = np.zeros((1, 4, 4), bool)
+    two[0, 0, :2] = True
+    m = np.arange(16, dtype=float).reshape(1, 4, 4)[:, ::-1, ::-1].copy()  # largest at (0, 0)
+    assert SM.relevance_rank_accuracy(m, two)[0] == 1.0
+    assert SM.relevance_mass(m, two)[0] == pytest.approx((15 + 14) / m.sum())
+
+
+def test_deletion_auc_perfect_ordering_beats_reversed() -> None:
+    region = np.zeros((8, 8), bool)
+    region[2:4, 2:6] = True
+    image = np.where(region, 1.0, 0.2)[..., None].astype(np.float32)
+    fractions = np.linspace(0, 1, 17)
+
+    def score(images: np.ndarray) -> np.ndarray:  # a "model" that looks at the region only
+        return images[:, region, 0].mean(axis=1)
+
+    perfect = SM.deletion_images(image, region.astype(float), fractions, fill="black")
+    reverse = SM.deletion_images(image, 1.0 - region, fractions, fill="black")
+    a_good = SM.curve_auc(fractions, score(perfect)[None])[0]
+    a_bad = SM.curve_auc(fractions, score(reverse)[None])[0]
+    assert score(perfect)[0] == 1.0 and score(perfect)[-1] == 0.0
+    assert a_good == pytest.approx(0.125 * 0.5 * 1.0 + 0.0, abs=1e-9)  # drops linearly to 0 by 1/8
+    assert a_bad > 0.8 and a_good < a_bad
+    mean_fill = SM.deletion_images(image, region.astype(float), np.array([1.0]), fill="mean")
+    np.testing.assert_allclose(mean_fill, image.mean())
+
+
+# ------------------------------------------------------------------ analytic models
+
+
+def _adapter(model):
+    from robustkit.model import ModelAdapter
+
+    return ModelAdapter(model, batch_size=16)
+
+
+def _smooth_model(size: int = 10):
+    from robustkit._tf import keras
+
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((size, size, 3))
+    x = keras.layers.Conv2D(4, 3, activation="tanh", padding="same")(inp)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    out = keras.layers.Dense(3, kernel_initializer=keras.initializers.RandomNormal(stddev=3.0))(x)
+    return keras.Model(inp, out)
+
+
+def test_integrated_gradients_completeness() -> None:
+    from robustkit.saliency import Explainer
+
+    adapter = _adapter(_smooth_model())
+    x = np.random.default_rng(0).random((6, 10, 10, 3)).astype(np.float32)
+    z = adapter.logits(x)
+    t = z.argmax(axis=1).astype(np.int32)
+    ex = Explainer(adapter)
+    _, attr = ex.integrated_gradients(x, t, steps=64)
+    delta = z[np.arange(6), t] - adapter.logits(np.zeros_like(x[:1]))[0, t]
+    assert np.all(np.abs(delta) > 0.05)
+    np.testing.assert_allclose(attr.reshape(6, -1).sum(axis=1), delta, rtol=0.02)
+    assert ex.grad_points == 6 * 64  # every step is one gradient pass, batched
+
+
+def test_gradcam_gives_the_known_weighted_feature_map() -> None:
+    from robustkit._tf import keras
+    from robustkit.saliency import Explainer, find_gradcam_layer
+
+    inp = keras.Input((12, 12, 1))
+    feat = keras.layers.Conv2D(2, 1, activation="relu", name="features")(inp)
+    pooled = keras.layers.GlobalAveragePooling2D()(feat)
+    model = keras.Model(inp, keras.layers.Dense(2, activation="softmax", name="head")(pooled))
+    model.get_layer("features").set_weights([np.array([1.0, -1.0]).reshape(1, 1, 1, 2), np.array([-0.5, 0.5])])
+    w = np.array([[1.0, -1.0], [-2.0, 0.5]])
+    model.get_layer("head").set_weights([w, np.zeros(2)])
+    assert find_gradcam_layer(model) == "features"
+    x = np.random.default_rng(1).random((3, 12, 12, 1)).astype(np.float32)
+    a = np.stack([np.maximum(x[..., 0] - 0.5, 0), np.maximum(0.5 - x[..., 0], 0)], axis=-1)
+    for c in (0, 1):
+        cam = Explainer(_adapter(model)).gradcam(x, np.full(3, c, np.int32))
+        expected = np.maximum((a * w[:, c]).sum(axis=-1), 0) / 144.0
+        np.testing.assert_allclose(cam, expected, atol=1e-6)
+
+
+def _region_model():
+    """A model that sees only rows 3-7, columns 8-12 of a 16 x 16 image."""
+    from robustkit._tf import keras, tf
+
+    window = np.zeros((1, 16, 16, 1), np.float32)
+    window[:, 3:8, 8:13] = 1.0
+
+    class Window(keras.layers.Layer):
+        def call(self, x):
+            return x * tf.constant(window)
+
+    inp = keras.Input((16, 16, 1))
+    x = keras.layers.Conv2D(4, 3, padding="same", use_bias=False, activation="relu",
+                            kernel_initializer=keras.initializers.Constant(0.1))(Window()(inp))
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    dense = keras.layers.Dense(2, kernel_initializer=keras.initializers.Constant(1.0))
+    model = keras.Model(inp, dense(x))
+    dense.set_weights([np.array([[1.0, 0.5]] * 4), np.array([0.0, 0.0])])
+    region = window[0, ..., 0].astype(bool)
+    return model, region
+
+
+def test_every_method_points_at_the_only_region_the_model_sees() -> None:
+    from robustkit.saliency import METHODS, Explainer
+
+    model, region = _region_model()
+    ex = Explainer(_adapter(model))
+    x = (0.2 + 0.8 * np.random.default_rng(2).random((4, 16, 16, 1))).astype(np.float32)
+    t = np.zeros(4, np.int32)
+    masks = np.repeat(region[None], 4, axis=0)
+    for method in METHODS:
+        maps = ex.explain(method, x, t, smoothgrad_n=8, ig_steps=16, seed=1)
+        np.testing.assert_array_equal(SM.pointing_game(maps, masks), 1.0, err_msg=method)
+        if method == "gradcam":  # the 3x3 conv's feature map reaches one pixel beyond the window
+            masks_used = np.zeros_like(masks)
+            masks_used[:, 2:9, 7:14] = True
+        else:
+            masks_used = masks
+        np.testing.assert_allclose(SM.relevance_mass(maps, masks_used), 1.0, atol=1e-6, err_msg=method)
+
+
+def test_layer_finder_and_blocks_on_inception_v3_nested_backbone() -> None:
+    from robustkit._tf import keras
+    from robustkit.saliency import Explainer, block_groups, find_gradcam_layer
+
+    backbone = keras.applications.InceptionV3(weights=None, input_shape=(75, 75, 3), include_top=False)
+    inp = keras.Input((75, 75, 3))
+    x = keras.layers.GlobalAveragePooling2D()(backbone(inp))
+    x = keras.layers.Dense(8, activation="relu")(x)
+    model = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(x))
+    assert find_gradcam_layer(model) == f"{backbone.name}/mixed10"
+    labels = [label for label, _ in block_groups(model)]
+    assert labels[:2] == [model.layers[-1].name, model.layers[-2].name]
+    assert [s for s in labels if s.startswith("mixed")] == [f"mixed{k}" for k in range(10, -1, -1)]
+    ex = Explainer(_adapter(model), layer="mixed10")
+    cam = ex.gradcam(np.full((1, 75, 75, 3), 0.5, np.float32), np.zeros(1, np.int32))
+    assert cam.shape == (1, 75, 75) and np.all(np.isfinite(cam))
+
+
+def test_randomization_makes_maps_dissimilar_and_weights_come_back(toy_model: Path) -> None:
+    from robustkit.model import load_model
+    from robustkit.saliency import (
+        Explainer,
+        block_groups,
+        randomize_weights,
+        restore_weights,
+        snapshot_weights,
+    )
+
+    adapter = load_model(toy_model)
+    ex = Explainer(adapter)
+    x = (0.3 + 0.2 * np.random.default_rng(3).random((4, 32, 32, 1))).astype(np.float32)
+    t = adapter.logits(x).argmax(axis=1).astype(np.int32)
+    before, _ = ex.vanilla_gradient(x, t)
+    snap = snapshot_weights(adapter.model)
+    groups = block_groups(adapter.model)
+    assert [g[0] for g in groups] == ["predictions", "conv2", "conv1"]  # layer by layer, top down
+    rng = np.random.default_rng(0)
+    for _, layers in groups:
+        randomize_weights(layers, rng)
+    after, _ = ex.vanilla_gradient(x, t)
+    assert np.nanmean(SM.spearman(before, after)) < 0.5
+    restore_weights(adapter.model, snap)
+    np.testing.assert_allclose(ex.vanilla_gradient(x, t)[0], before, atol=1e-6)
+
+
+# ------------------------------------------------------------------ the study
+
+_FAST = {"smoothgrad_n": 6, "ig_steps": 16, "max_samples": 18, "stability_samples": 9, "n_noise": 1,
+         "randomization_samples": 2, "deletion_steps": 8}
+
+
+@pytest.fixture(scope="module")
+def study_runs(toy_model: Path, toy_data: Path):
+    from robustkit.data import load_dataset
+    from robustkit.model import load_model
+    from robustkit.studies import AuditContext, get_study
+
+    adapter, data = load_model(toy_model), load_dataset(toy_data)
+    study = get_study("saliency").configure("standard", _FAST)
+    first = study.execute(adapter, data, AuditContext(seed=4))
+    second = study.execute(adapter, data, AuditContext(seed=4))
+    return first, second, data
+
+
+def test_study_metric_names_and_checks(study_runs) -> None:
+    result, _, _ = study_runs
+    for m in ("vanilla_gradient", "smoothgrad", "integrated_gradients", "gradcam"):
+        for root in ("stability.spearman", "stability.ssim", "stability.topk", "max_sensitivity",
+                     "randomization.spearman", "randomization.ssim", "localization.pointing_game",
+                     "localization.mass", "localization.rank_accuracy", "deletion_auc"):
+            assert f"{root}.{m}" in result.metrics, f"{root}.{m}"
+    for root in ("localization.pointing_game", "localization.mass", "localization.rank_accuracy", "deletion_auc"):
+        assert f"{root}.random" in result.metrics
+    assert result.direction("deletion_auc.gradcam") == "lower"
+    assert result.direction("localization.mass.random") == "higher"
+    names = {c.name for c in result.checks}
+    assert "IG completeness" in names and "randomisation sanity: gradcam" in names
+    assert result.metrics["completeness_error.integrated_gradients"] < 0.05
+    assert result.metrics["localization.mass.integrated_gradients"] > result.metrics["localization.mass.random"]
+
+
+def test_study_is_deterministic_and_counts_normal_as_excluded(study_runs) -> None:
+    first, second, data = study_runs
+    assert first.metrics.keys() == second.metrics.keys()
+    for k, v in first.metrics.items():
+        assert v == pytest.approx(second.metrics[k], nan_ok=True, abs=1e-6), k
+    labels = np.asarray(data.labels)[first.records["index"]]
+    normal = labels == list(data.class_names).index("NORMAL")
+    assert first.metrics["n_localization_excluded"] == normal.sum() > 0
+    pg = first.records["pointing_game"]
+    assert pg.shape == (len(labels), 5)
+    assert np.all(np.isnan(pg[normal])) and not np.any(np.isnan(pg[~normal]))
+
+
+@pytest.mark.parametrize("override", [
+    {"methods": ["foo"]}, {"methods": []}, {"deletion_fill": "grey"}, {"smoothgrad_n": 0},
+    {"ig_steps": 1.5}, {"randomization_threshold": 2.0}, {"bogus": 1},
+])
+def test_bad_config_raises(override) -> None:
+    from robustkit.studies import get_study
+
+    with pytest.raises(ConfigError):
+        get_study("saliency").configure("standard", override)
+
+
+def test_unknown_gradcam_layer_raises(toy_model: Path) -> None:
+    from robustkit.model import load_model
+    from robustkit.saliency import Explainer
+
+    with pytest.raises(ConfigError, match="layer"):
+        Explainer(load_model(toy_model), layer="no_such_layer")
+
+
+def test_report_renders_the_saliency_section(toy_model: Path, toy_data: Path, tmp_path: Path) -> None:
+    from robustkit.audit import audit
+    from robustkit.report.views import build_view
+
+    result = audit(toy_model, toy_data, studies=["saliency"], profile="quick", out=tmp_path, seed=0)
+    ctx, error = build_view(result.studies["saliency"], result)
+    assert error is None
+    assert ctx["gallery"] and ctx["gallery"][0]["images"][0]["maps"]
+    assert len(ctx["figures"]) >= 3  # randomisation (2 measures) and deletion
+    html = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "Activation maps" in html and "could not be built" not in html
