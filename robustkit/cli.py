@@ -103,6 +103,13 @@ def _add_audit_options(p: argparse.ArgumentParser) -> None:
                    help="unreadable images: stop (default) or skip and list them")
     p.add_argument("--trust-model", action="store_true",
                    help="allow checkpoints with serialized code (Lambda layers); off by default")
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="STUDY.KEY=VALUE",
+                   help="override one study option, e.g. --set noise.max_samples=50 or "
+                   "--set perturbation.severities=[1,3,5] (TOML values; repeatable)")
+    p.add_argument("--layer", default=None,
+                   help="saliency: the layer Grad-CAM explains (default: the last 4-D feature map)")
+    p.add_argument("--layers", type=_studies_arg, default=None,
+                   help="saliency: comma-separated layers for the activation-map panel")
 
 
 def _add_audit(sub: argparse._SubParsersAction) -> None:
@@ -126,10 +133,29 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
 def _cmd_audit(a: argparse.Namespace) -> int:
     from robustkit.audit import audit
 
-    result = audit(a.model, a.data, studies=a.studies, profile=a.profile, seed=a.seed, config=a.config,
-                   out=a.out, limit=a.limit, batch_size=a.batch_size, fresh=a.fresh, quiet=a.quiet,
+    result = audit(a.model, a.data, studies=a.studies, profile=a.profile, seed=a.seed,
+                   config=_config_with_settings(a), out=a.out, limit=a.limit, batch_size=a.batch_size, fresh=a.fresh, quiet=a.quiet,
                    reference=a.reference, trust_model=a.trust_model, on_bad_input=a.on_bad_input)
     return _finish(result, a.out)
+
+
+def _config_with_settings(a: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The --config file (or defaults) plus --set, --layer and --layers overrides."""
+    import dataclasses
+
+    from robustkit.config import load_config, parse_setting
+
+    cfg = load_config(a.config)
+    settings = list(a.settings)
+    if a.layer is not None:
+        settings.append(f"saliency.layer={a.layer!r}")
+    if a.layers is not None:
+        settings.append(f"saliency.layers={a.layers!r}")
+    overrides = {k: dict(v) for k, v in cfg.overrides.items()}
+    for text in settings:
+        study, key, value = parse_setting(text)
+        overrides.setdefault(study, {})[key] = value
+    return dataclasses.replace(cfg, overrides=overrides)
 
 
 def _finish(result, out: Path) -> int:  # type: ignore[no-untyped-def]

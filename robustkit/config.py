@@ -29,7 +29,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["AuditConfig", "load_config"]
+__all__ = ["AuditConfig", "load_config", "parse_setting"]
 
 _TOP_KEYS = {"seed", "profile", "limit", "batch_size", "studies"}
 
@@ -108,3 +108,23 @@ def load_config(source: str | Path | dict[str, Any] | None) -> AuditConfig:
     except ConfigError as exc:
         raise ConfigError(f"{where}{exc}") from exc
     return cfg
+
+
+def parse_setting(text: str) -> tuple[str, str, Any]:
+    """Split ``study.key=value`` (value in TOML syntax, bare words as strings).
+
+    >>> parse_setting("noise.severities=[1, 3]")
+    ('noise', 'severities', [1, 3])
+    """
+    target, sep, raw = text.partition("=")
+    study, dot, key = target.strip().partition(".")
+    if not sep or not dot or not study or not key:
+        raise param_error("--set", "of the form STUDY.KEY=VALUE", text)
+    from robustkit.studies import get_study
+
+    get_study(study)  # an unknown study is refused here, naming the choices
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return study, key, value

@@ -110,3 +110,18 @@ def test_bad_option_values(capsys, toy_model: Path, toy_data: Path, tmp_path: Pa
     assert code == 2 and "'limit'" in _one_line_error(err)
     code, _, err = _run(capsys, "phantom", "--out", str(tmp_path / "p"), "--per-class", "0", "-q")
     assert code == 2 and "per_class" in _one_line_error(err)
+
+
+def test_set_overrides_reach_the_study_config(capsys, toy_model: Path, toy_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    code, _, _ = _run(capsys, "audit", "--model", str(toy_model), "--data", str(toy_data), "--out", str(out),
+                      "--studies", "clean", "--set", "clean.n_bootstrap=50", "--set", "clean.n_examples=0", "-q")
+    assert code == 0
+    cfg = json.loads((out / "results.json").read_text())["config"]["studies"]["clean"]
+    assert cfg["n_bootstrap"] == 50 and cfg["n_examples"] == 0
+    code, _, err = _run(capsys, "audit", "--model", str(toy_model), "--data", str(toy_data), "--out", str(out),
+                        "--studies", "clean", "--set", "clean.n_bootstrap", "-q")
+    assert code == 2 and "STUDY.KEY=VALUE" in _one_line_error(err)
+    code, _, err = _run(capsys, "audit", "--model", str(toy_model), "--data", str(toy_data), "--out", str(out),
+                        "--studies", "clean", "--set", "clean.n_boot=5", "-q")
+    assert code == 2 and "Unknown key 'n_boot'" in _one_line_error(err)
