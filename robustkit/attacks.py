@@ -1,0 +1,621 @@
+"""Compiled gradient attacks in pixel space: FGSM and PGD for Linf and L2, and cheap sweeps.
+
+One small base, :class:`GradientAttack`, holds the whole projected-gradient loop once, as a
+``tf.function`` over a batch (a ``tf.while_loop`` over the steps, so the graph does not grow
+with them); the Linf and L2 variants supply only ``_normalize`` (the step direction) and
+``_project`` (back into the epsilon ball), the design of foolbox's ``gradient_descent_base``.
+Epsilon and step size are per-sample tensors, so one trace serves every epsilon of a sweep:
+the graph is compiled once per (model, norm, steps, loss, targeted), and the batch
+dimension is left open.
+
+The loop (Madry et al. 2018, "Towards Deep Learning Models Resistant to Adversarial
+Attacks"): start at ``x0`` or at a uniform random point of the ball, then ``steps`` times
+``x <- clip01(x0 + project(x + step * normalize(grad loss) - x0))``. Every iterate is
+checked with the logits of the forward pass that also gives its gradient (no extra cost),
+and the first adversarial iterate of a sample is what is returned; a last forward pass
+checks the final iterate. Losses are always *maximised*: ``ce`` is the cross-entropy of the
+label (untargeted) or minus that of the target (targeted); ``margin`` is the Carlini-Wagner
+margin on the logits, ``max_{j != y} z_j - z_y`` (untargeted) or ``z_t - max_{j != t} z_j``
+(targeted) (Carlini and Wagner 2017, "Towards Evaluating the Robustness of Neural Networks").
+
+Example:
+    >>> attack = LinfPGD(steps=20, restarts=1)                          # doctest: +SKIP
+    >>> out = attack(adapter, images, labels, epsilons=2 / 255)         # doctest: +SKIP
+    >>> out.success.mean(), out.loss_trace.mean(axis=0)                 # doctest: +SKIP
+    >>> sweep = epsilon_sweep(attack, adapter, images, labels, [1 / 255, 2 / 255, 4 / 255])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import weakref
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from robustkit._tf import tf
+from robustkit.errors import check_choice, check_range, param_error
+from robustkit.model import ModelAdapter
+
+__all__ = [
+    "DECISION_ATTACKS",
+    "FGM",
+    "FGSM",
+    "FOOLBOX_ATTACKS",
+    "LOSSES",
+    "AttackResult",
+    "GradientAttack",
+    "L2PGD",
+    "LinfPGD",
+    "MinimalPerturbation",
+    "SweepResult",
+    "epsilon_sweep",
+    "foolbox_model",
+    "loss_gradient",
+    "run_foolbox",
+]
+
+LOSSES = ("ce", "margin")
+
+# (adapter) -> {(kind, steps, loss, targeted): compiled function}; dies with the adapter
+_COMPILED: weakref.WeakKeyDictionary[ModelAdapter, dict[tuple[Any, ...], Any]] = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class AttackResult:
+    """What one attack call returns.
+
+    Attributes:
+        adv: adversarial images ``(N, H, W, C)`` in [0, 1] (the first adversarial iterate of a
+            sample, else its last iterate).
+        success: ``(N,)`` bool: misclassified (untargeted) or classified as the target.
+        logits: logits ``(N, K)`` of ``adv``.
+        loss_trace: ``(N, steps + 1)`` attack loss at every iterate of the last run of each
+            sample (the loss is maximised, so it should rise and flatten).
+        gradient_evals: per-sample input-gradient evaluations spent (sum over samples).
+    """
+
+    adv: np.ndarray
+    success: np.ndarray
+    logits: np.ndarray
+    loss_trace: np.ndarray
+    gradient_evals: int
+
+    @property
+    def pred(self) -> np.ndarray:
+        """Predicted class ``(N,)`` of the adversarial images."""
+        return self.logits.argmax(axis=1)
+
+
+def _attack_loss(z: Any, labels: Any, loss: str, targeted: bool) -> Any:
+    """Per-sample loss ``(N,)`` to maximise, from logits ``(N, K)`` and classes ``(N,)``."""
+    if loss == "ce":
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=z)
+        return -ce if targeted else ce
+    k = tf.shape(z)[1]
+    onehot = tf.one_hot(labels, k, dtype=z.dtype)
+    own = tf.reduce_sum(z * onehot, axis=1)
+    other = tf.reduce_max(z - onehot * 1e9, axis=1)
+    return own - other if targeted else other - own
+
+
+def _is_adversarial(z: Any, labels: Any, targeted: bool) -> Any:
+    pred = tf.argmax(z, axis=1, output_type=tf.int32)
+    return tf.equal(pred, labels) if targeted else tf.not_equal(pred, labels)
+
+
+def _bcast(v: Any) -> Any:
+    """A per-sample vector ``(N,)`` shaped to broadcast against images ``(N, H, W, C)``."""
+    return tf.reshape(v, (-1, 1, 1, 1))
+
+
+class GradientAttack(ABC):
+    """Projected gradient ascent on an attack loss, batched and compiled (the base of all).
+
+    Args:
+        steps: gradient steps per run (FGSM: 1).
+        step_size_factor: the step is ``step_size_factor * epsilon / steps`` (2.5 is the
+            common choice: the iterate can cross the ball and still settle); ignored when
+            ``abs_stepsize`` is given.
+        abs_stepsize: an absolute step size in pixel units (as foolbox's ``abs_stepsize``).
+        random_start: start the first run at a uniform random point of the ball.
+        restarts: runs per sample; a run after the first starts at a random point and
+            attacks only the samples that earlier runs did not break.
+        loss: ``"ce"`` (cross-entropy) or ``"margin"`` (Carlini-Wagner margin on logits).
+        targeted: push each sample to a given target class instead of away from its label.
+    """
+
+    norm: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        *,
+        steps: int = 20,
+        step_size_factor: float = 2.5,
+        abs_stepsize: float | None = None,
+        random_start: bool = True,
+        restarts: int = 1,
+        loss: str = "ce",
+        targeted: bool = False,
+    ) -> None:
+        check_range("steps", steps, low=1, integer=True)
+        check_range("step_size_factor", step_size_factor, low=0, low_open=True)
+        if abs_stepsize is not None:
+            check_range("abs_stepsize", abs_stepsize, low=0, low_open=True)
+        check_range("restarts", restarts, low=1, integer=True)
+        check_choice("loss", loss, LOSSES)
+        if not isinstance(random_start, bool) or not isinstance(targeted, bool):
+            raise param_error("random_start/targeted", "true or false", (random_start, targeted))
+        self.steps = steps
+        self.step_size_factor = step_size_factor
+        self.abs_stepsize = abs_stepsize
+        self.random_start = random_start
+        self.restarts = restarts
+        self.loss = loss
+        self.targeted = targeted
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+    # -- what a variant supplies ------------------------------------------------------------
+    @staticmethod
+    @abstractmethod
+    def _normalize(g: Any) -> Any:
+        """The step direction ``(N, H, W, C)`` from the loss gradient."""
+
+    @staticmethod
+    @abstractmethod
+    def _project(delta: Any, eps: Any) -> Any:
+        """``delta`` ``(N, H, W, C)`` moved into the ball of per-sample radius ``eps`` ``(N,)``."""
+
+    @staticmethod
+    @abstractmethod
+    def _random_start(shape: Any, eps: Any, seed: Any) -> Any:
+        """A uniform random point of the ball, ``(N, H, W, C)``, from a stateless seed ``(2,)``."""
+
+    # -- the loop, written once -------------------------------------------------------------
+    def _compiled(self, model: ModelAdapter) -> Callable[..., Any]:
+        cls = type(self)
+        key = (cls._normalize, cls._project, cls._random_start, self.steps, self.loss, self.targeted)
+        cache = _COMPILED.setdefault(model, {})
+        if key not in cache:
+            cache[key] = self._build(model)
+        return cache[key]
+
+    def _build(self, model: ModelAdapter) -> Callable[..., Any]:
+        steps, loss, targeted = self.steps, self.loss, self.targeted
+        normalize, project, random_start = self._normalize, self._project, self._random_start
+        image = tf.TensorSpec((None, *model.input_shape), tf.float32)
+        vec = tf.TensorSpec((None,), tf.float32)
+        spec = [image, tf.TensorSpec((None,), tf.int32), vec, vec, tf.TensorSpec((), tf.bool),
+                tf.TensorSpec((2,), tf.int32)]
+
+        def value_and_grad(x: Any, labels: Any) -> tuple[Any, Any, Any]:
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                z = model.logits_graph(x)
+                per_sample = _attack_loss(z, labels, loss, targeted)
+                total = tf.reduce_sum(per_sample)
+            g = tape.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            return z, per_sample, g
+
+        def run(x0: Any, labels: Any, eps: Any, alpha: Any, rand: Any, seed: Any) -> tuple[Any, ...]:
+            noise = random_start(tf.shape(x0), eps, seed)
+            x = tf.clip_by_value(x0 + tf.where(rand, noise, tf.zeros_like(noise)), 0.0, 1.0)
+            best = x0
+            best_z = tf.zeros((tf.shape(x0)[0], model.num_classes), tf.float32)
+            found = tf.zeros((tf.shape(x0)[0],), tf.bool)
+            trace = tf.TensorArray(tf.float32, size=steps + 1)
+            for i in tf.range(steps):
+                z, per_sample, g = value_and_grad(x, labels)
+                new = tf.logical_and(_is_adversarial(z, labels, targeted), tf.logical_not(found))
+                best = tf.where(_bcast(new), x, best)
+                best_z = tf.where(new[:, None], z, best_z)
+                found = tf.logical_or(found, new)
+                trace = trace.write(i, per_sample)
+                x = x + _bcast(alpha) * normalize(g)
+                x = tf.clip_by_value(x0 + project(x - x0, eps), 0.0, 1.0)
+            z = model.logits_graph(x)
+            trace = trace.write(steps, _attack_loss(z, labels, loss, targeted))
+            new = tf.logical_not(found)  # unbroken samples return their last iterate
+            best = tf.where(_bcast(new), x, best)
+            best_z = tf.where(new[:, None], z, best_z)
+            success = _is_adversarial(best_z, labels, targeted)
+            return best, best_z, success, tf.transpose(trace.stack())
+
+        return tf.function(run, input_signature=spec)
+
+    # -- the public call --------------------------------------------------------------------
+    def _step_sizes(self, eps: np.ndarray) -> np.ndarray:
+        if self.abs_stepsize is not None:
+            return np.full_like(eps, self.abs_stepsize)
+        return (self.step_size_factor * eps / self.steps).astype(np.float32)
+
+    def __call__(
+        self,
+        model: ModelAdapter,
+        x: np.ndarray,
+        labels: np.ndarray,
+        *,
+        epsilons: float | np.ndarray,
+        target: np.ndarray | None = None,
+        seed: int = 0,
+    ) -> AttackResult:
+        """Attack images ``x`` ``(N, H, W, C)`` with labels ``(N,)`` within ``epsilons``.
+
+        Args:
+            model: the adapter (its ``batch_size`` sets the chunks).
+            x: pixel-space images in [0, 1].
+            labels: true classes ``(N,)``.
+            epsilons: the radius, a scalar or one per sample ``(N,)``, in pixel units.
+            target: target classes ``(N,)``; required when the attack is targeted.
+            seed: seed of the random starts (same seed, same result).
+        """
+        x = _check_images(model, x)
+        n = len(x)
+        eps = np.broadcast_to(np.asarray(epsilons, dtype=np.float32), (n,)).copy()
+        if np.any(~np.isfinite(eps)) or np.any(eps < 0):
+            raise param_error("epsilons", "finite numbers >= 0", epsilons)
+        if self.targeted and target is None:
+            raise param_error("target", "target classes (N,) for a targeted attack", None)
+        classes = np.asarray(target if self.targeted else labels, dtype=np.int32).reshape(-1)
+        out = _empty_result(x, model.num_classes, self.steps)
+        todo = np.arange(n)
+        for r in range(self.restarts):
+            if todo.size == 0:
+                break
+            rand = self.random_start or r > 0
+            part = self._run_chunks(model, x[todo], classes[todo], eps[todo], rand, (seed, r))
+            out.gradient_evals += part.gradient_evals
+            _merge(out, part, todo)
+            todo = todo[~part.success]
+        return out
+
+    def _run_chunks(self, model: ModelAdapter, x: np.ndarray, classes: np.ndarray, eps: np.ndarray,
+                    rand: bool, seed: tuple[int, int]) -> AttackResult:
+        fn = self._compiled(model)
+        alpha = self._step_sizes(eps)
+        out = _empty_result(x, model.num_classes, self.steps)
+        for c, start in enumerate(range(0, len(x), model.batch_size)):
+            sl = slice(start, min(len(x), start + model.batch_size))
+            s = np.array([seed[0] % (2**31 - 1), (seed[1] * 100_003 + c) % (2**31 - 1)], dtype=np.int32)
+            adv, z, ok, trace = fn(tf.constant(x[sl]), tf.constant(classes[sl]), tf.constant(eps[sl]),
+                                   tf.constant(alpha[sl]), tf.constant(rand), tf.constant(s))
+            model.calls += 1
+            out.adv[sl], out.logits[sl], out.success[sl], out.loss_trace[sl] = adv, z, ok, trace
+            out.gradient_evals += (sl.stop - sl.start) * self.steps
+        return out
+
+
+def _check_images(model: ModelAdapter, x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 4 or tuple(x.shape[1:]) != tuple(model.input_shape):
+        raise param_error("x", f"images of shape (N, {', '.join(map(str, model.input_shape))})", x.shape)
+    return x
+
+
+def _empty_result(x: np.ndarray, k: int, steps: int) -> AttackResult:
+    n = len(x)
+    return AttackResult(adv=x.copy(), success=np.zeros(n, bool), logits=np.zeros((n, k), np.float32),
+                        loss_trace=np.zeros((n, steps + 1), np.float32), gradient_evals=0)
+
+
+def _merge(out: AttackResult, part: AttackResult, where: np.ndarray) -> None:
+    out.adv[where], out.logits[where] = part.adv, part.logits
+    out.success[where], out.loss_trace[where] = part.success, part.loss_trace
+
+
+class LinfPGD(GradientAttack):
+    """PGD in the Linf ball: sign of the gradient, clip the perturbation to ``[-eps, eps]``."""
+
+    norm = "linf"
+
+    @staticmethod
+    def _normalize(g: Any) -> Any:
+        return tf.sign(g)
+
+    @staticmethod
+    def _project(delta: Any, eps: Any) -> Any:
+        e = _bcast(eps)
+        return tf.clip_by_value(delta, -e, e)
+
+    @staticmethod
+    def _random_start(shape: Any, eps: Any, seed: Any) -> Any:
+        return tf.random.stateless_uniform(shape, seed, -1.0, 1.0) * _bcast(eps)
+
+
+def _l2_norms(v: Any) -> Any:
+    return tf.sqrt(tf.reduce_sum(tf.square(v), axis=[1, 2, 3]))
+
+
+class L2PGD(GradientAttack):
+    """PGD in the L2 ball: unit-L2 gradient step, rescale a perturbation longer than ``eps``."""
+
+    norm = "l2"
+
+    @staticmethod
+    def _normalize(g: Any) -> Any:
+        return g / _bcast(tf.maximum(_l2_norms(g), 1e-12))
+
+    @staticmethod
+    def _project(delta: Any, eps: Any) -> Any:
+        factor = tf.minimum(1.0, eps / tf.maximum(_l2_norms(delta), 1e-12))
+        return delta * _bcast(factor)
+
+    @staticmethod
+    def _random_start(shape: Any, eps: Any, seed: Any) -> Any:
+        direction = tf.random.stateless_normal(shape, seed)
+        direction = direction / _bcast(tf.maximum(_l2_norms(direction), 1e-12))
+        dims = tf.cast(tf.reduce_prod(shape[1:]), tf.float32)
+        u = tf.random.stateless_uniform(shape[:1], seed + 1)
+        return direction * _bcast(eps * u ** (1.0 / dims))  # uniform in the ball
+
+
+class FGSM(LinfPGD):
+    """Fast gradient sign method (Goodfellow et al. 2015): one Linf step of size ``eps``."""
+
+    def __init__(self, *, loss: str = "ce", targeted: bool = False) -> None:
+        super().__init__(steps=1, step_size_factor=1.0, random_start=False, restarts=1, loss=loss,
+                         targeted=targeted)
+
+
+class FGM(L2PGD):
+    """Fast gradient method in L2: one step of length ``eps`` along the normalised gradient."""
+
+    def __init__(self, *, loss: str = "ce", targeted: bool = False) -> None:
+        super().__init__(steps=1, step_size_factor=1.0, random_start=False, restarts=1, loss=loss,
+                         targeted=targeted)
+
+
+# ------------------------------------------------------------------------------- sweeps
+
+
+@dataclass
+class SweepResult:
+    """An epsilon sweep over increasing radii (each run on the previous run's survivors).
+
+    Attributes:
+        epsilons: the radii ``(E,)`` in increasing order, pixel units.
+        correct: ``(N, E)`` bool: still correctly classified within each radius
+            (non-increasing along the row by construction).
+        min_eps: ``(N,)`` smallest radius of the grid that broke the sample: 0 for a sample
+            misclassified on its clean image, inf if none did.
+        adv_pred: ``(N, E)`` predicted class of the adversarial (or clean) image per radius.
+        adv_conf: ``(N, E)`` softmax confidence of that prediction.
+        loss_traces: one ``(steps + 1,)`` mean loss trace per radius (NaN if nothing was run).
+        kept: position -> adversarial image at ``min_eps``, for the positions asked to keep.
+        gradient_evals: per-sample gradient evaluations spent.
+    """
+
+    epsilons: np.ndarray
+    correct: np.ndarray
+    min_eps: np.ndarray
+    adv_pred: np.ndarray
+    adv_conf: np.ndarray
+    loss_traces: np.ndarray
+    kept: dict[int, np.ndarray]
+    gradient_evals: int
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def epsilon_sweep(
+    attack: GradientAttack,
+    model: ModelAdapter,
+    x: np.ndarray,
+    labels: np.ndarray,
+    epsilons: Sequence[float],
+    *,
+    clean_logits: np.ndarray | None = None,
+    target: np.ndarray | None = None,
+    keep: Sequence[int] = (),
+    seed: int = 0,
+) -> SweepResult:
+    """Attack at increasing radii, each time only the samples that survived the smaller ones.
+
+    An adversarial example inside a small ball lies inside every larger one, so a sample
+    broken at ``eps_k`` stays broken at every larger radius and is not attacked again.
+    Samples misclassified on their clean image count as broken at radius 0.
+
+    Args:
+        attack: the attack (its steps, restarts, loss ...).
+        model: the adapter.
+        x: images ``(N, H, W, C)``; labels: classes ``(N,)``.
+        epsilons: radii in pixel units (sorted here).
+        clean_logits: ``(N, K)`` clean logits if already computed (else one clean pass).
+        target: target classes ``(N,)`` for a targeted attack.
+        keep: positions whose adversarial image at ``min_eps`` is kept (for a gallery).
+        seed: seed of the random starts.
+    """
+    eps = np.sort(np.asarray(epsilons, dtype=np.float64))
+    labels = np.asarray(labels).reshape(-1)
+    z0 = model.logits(x) if clean_logits is None else np.asarray(clean_logits, np.float32)
+    clean_pred, clean_conf = z0.argmax(axis=1), _softmax(z0).max(axis=1)
+    n, e = len(x), len(eps)
+    alive = clean_pred == labels
+    out = SweepResult(
+        epsilons=eps,
+        correct=np.zeros((n, e), bool),
+        min_eps=np.where(alive, np.inf, 0.0),
+        adv_pred=np.repeat(clean_pred[:, None], e, 1),
+        adv_conf=np.repeat(clean_conf[:, None], e, 1).astype(np.float32),
+        loss_traces=np.full((e, attack.steps + 1), np.nan, np.float32),
+        kept={},
+        gradient_evals=0,
+    )
+    keep_set = {int(i) for i in keep}
+    for k, radius in enumerate(eps):
+        todo = np.flatnonzero(alive)
+        if todo.size:
+            res = attack(model, x[todo], labels[todo], epsilons=float(radius),
+                         target=None if target is None else np.asarray(target)[todo], seed=seed * 1009 + k)
+            out.gradient_evals += res.gradient_evals
+            out.loss_traces[k] = res.loss_trace.mean(axis=0)
+            broken = res.pred != labels[todo]
+            _record_broken(out, res, todo, broken, k, keep_set)
+            alive[todo[broken]] = False
+        out.correct[:, k] = alive
+    return out
+
+
+def _record_broken(out: SweepResult, res: AttackResult, todo: np.ndarray, broken: np.ndarray, k: int,
+                   keep: set[int]) -> None:
+    idx = todo[broken]
+    out.min_eps[idx] = out.epsilons[k]
+    out.adv_pred[idx, k:] = res.pred[broken][:, None]
+    out.adv_conf[idx, k:] = _softmax(res.logits[broken]).max(axis=1)[:, None]
+    for j, pos in zip(np.flatnonzero(broken), idx):
+        if int(pos) in keep:
+            out.kept[int(pos)] = res.adv[j]
+
+
+# ------------------------------------------------------------------------------- gradients
+
+
+def loss_gradient(model: ModelAdapter, x: np.ndarray, labels: np.ndarray, *, loss: str = "ce") -> np.ndarray:
+    """Input gradient ``(N, H, W, C)`` of the untargeted attack loss at ``x`` (zero if unconnected).
+
+    This is the direction the first step of an attack from the clean image follows; NaN,
+    inf or all-zero gradients mean the attack cannot work as intended.
+    """
+    check_choice("loss", loss, LOSSES)
+    x = _check_images(model, x)
+    fn = _COMPILED.setdefault(model, {}).get(("grad", loss))
+    if fn is None:
+        spec = [tf.TensorSpec((None, *model.input_shape), tf.float32), tf.TensorSpec((None,), tf.int32)]
+
+        def grad(xb: Any, yb: Any) -> Any:
+            with tf.GradientTape() as tape:
+                tape.watch(xb)
+                value = tf.reduce_sum(_attack_loss(model.logits_graph(xb), yb, loss, False))
+            return tape.gradient(value, xb, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+        fn = _COMPILED[model][("grad", loss)] = tf.function(grad, input_signature=spec)
+    y = np.asarray(labels, dtype=np.int32).reshape(-1)
+    out = np.empty_like(x)
+    for start in range(0, len(x), model.batch_size):
+        sl = slice(start, min(len(x), start + model.batch_size))
+        out[sl] = fn(tf.constant(x[sl]), tf.constant(y[sl])).numpy()
+        model.calls += 1
+    return out
+
+
+# ------------------------------------------------------------------------------- foolbox
+
+#: foolbox attacks the study can run for breadth (all minimise an L2 perturbation).
+FOOLBOX_ATTACKS = ("deepfool", "carlini_wagner", "hop_skip_jump", "boundary")
+#: the decision-based (black-box) ones among them.
+DECISION_ATTACKS = ("hop_skip_jump", "boundary")
+
+
+@dataclass
+class MinimalPerturbation:
+    """Per-sample result of a minimum-norm attack.
+
+    Attributes:
+        adv: adversarial images ``(N, H, W, C)`` (the clean image where none was found).
+        success: ``(N,)`` bool: the returned image is misclassified by the model.
+        l2: ``(N,)`` L2 norm of the perturbation (inf where not found).
+        linf: ``(N,)`` Linf norm of the perturbation (inf where not found).
+    """
+
+    adv: np.ndarray
+    success: np.ndarray
+    l2: np.ndarray
+    linf: np.ndarray
+
+
+def _import_foolbox() -> Any:
+    import warnings
+
+    with warnings.catch_warnings():  # foolbox's imports use deprecated scipy paths
+        warnings.simplefilter("ignore")
+        import foolbox
+
+    return foolbox
+
+
+def foolbox_model(model: ModelAdapter) -> Any:
+    """foolbox's ``TensorFlowModel`` around the adapter's compiled pixel -> logits function."""
+    fb = _import_foolbox()
+    spec = tf.TensorSpec((None, *model.input_shape), tf.float32)
+    fn = tf.function(model.logits_graph, input_signature=[spec])
+    device = "/GPU:0" if tf.config.list_physical_devices("GPU") else "/CPU:0"
+    return fb.TensorFlowModel(fn, bounds=(0.0, 1.0), device=device)
+
+
+def _foolbox_attack(fb: Any, name: str, num_classes: int) -> Any:
+    """The foolbox attack ``name`` with the budgets the study documents."""
+    if name == "deepfool":
+        return fb.attacks.L2DeepFoolAttack(steps=50, candidates=min(10, num_classes), overshoot=0.02)
+    if name == "carlini_wagner":
+        return fb.attacks.L2CarliniWagnerAttack(binary_search_steps=5, steps=100, stepsize=1e-2, initial_const=1e-2)
+    if name == "hop_skip_jump":
+        return fb.attacks.HopSkipJumpAttack(steps=16, initial_gradient_eval_steps=32, max_gradient_eval_steps=256)
+    if name == "boundary":
+        return fb.attacks.BoundaryAttack(steps=2000)
+    raise param_error("foolbox_attacks", "names from " + ", ".join(map(repr, FOOLBOX_ATTACKS)), name)
+
+
+def _decision_starts(fb: Any, fmodel: Any, model: ModelAdapter, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Misclassified starting points: blended uniform noise, else the nearest other-class image.
+
+    Returns the starting images ``(N, H, W, C)`` and ``(N,)`` whether each is misclassified.
+    """
+    import warnings
+
+    init = fb.attacks.LinearSearchBlendedUniformNoiseAttack(steps=50)
+    with warnings.catch_warnings():  # it warns when noise cannot flip some samples; handled below
+        warnings.simplefilter("ignore", UserWarning)
+        start = np.array(init.run(fmodel, tf.constant(x), fb.criteria.Misclassification(tf.constant(y))))
+    ok = model.logits(start).argmax(axis=1) != y
+    pred = model.logits(x).argmax(axis=1)
+    flat = x.reshape(len(x), -1)
+    for i in np.flatnonzero(~ok):
+        others = np.flatnonzero(pred != y[i])
+        if others.size:
+            j = others[np.argmin(np.linalg.norm(flat[others] - flat[i], axis=1))]
+            start[i], ok[i] = x[j], True
+    return start, ok
+
+
+def run_foolbox(name: str, model: ModelAdapter, x: np.ndarray, labels: np.ndarray, *, seed: int = 0) -> MinimalPerturbation:
+    """Run foolbox's minimum-norm attack ``name`` (untargeted) and measure its perturbations.
+
+    Decision-based attacks start from foolbox's blended-noise search, or, where noise
+    cannot flip a sample, from the nearest image of the batch that the model puts in another
+    class (as foolbox's dataset attack); samples with neither count as not broken. Seeds TensorFlow's global generator (foolbox draws from it).
+
+    Args:
+        name: one of :data:`FOOLBOX_ATTACKS`.
+        model: the adapter; x: images ``(N, H, W, C)``; labels: classes ``(N,)``.
+        seed: seed of foolbox's random draws.
+    """
+    fb = _import_foolbox()
+    x = _check_images(model, x)
+    attack = _foolbox_attack(fb, name, model.num_classes)
+    fmodel = foolbox_model(model)
+    tf.random.set_seed(seed)
+    y = np.asarray(labels, dtype=np.int64).reshape(-1)  # foolbox compares with int64 argmax
+    adv = x.copy()
+    todo = np.arange(len(x))
+    kwargs: dict[str, Any] = {}
+    if name in DECISION_ATTACKS and len(x):
+        start, ok = _decision_starts(fb, fmodel, model, x, y)
+        todo = todo[ok]
+        kwargs["starting_points"] = tf.constant(start[ok])
+    if todo.size:
+        criterion = fb.criteria.Misclassification(tf.constant(y[todo]))
+        raw, _, _ = attack(fmodel, tf.constant(x[todo]), criterion, epsilons=None, **kwargs)
+        adv[todo] = np.clip(np.asarray(raw), 0.0, 1.0)
+    success = model.logits(adv).argmax(axis=1) != y
+    delta = (adv - x).reshape(len(x), -1).astype(np.float64)
+    l2 = np.where(success, np.linalg.norm(delta, axis=1), np.inf)
+    linf = np.where(success, np.abs(delta).max(axis=1, initial=0.0), np.inf)
+    return MinimalPerturbation(adv=adv, success=success, l2=l2, linf=linf)

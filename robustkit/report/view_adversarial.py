@@ -1,0 +1,119 @@
+"""Report view of the ``adversarial`` study: curves, minimal-perturbation histogram, gallery.
+
+Reads stored numbers only (``result.data``: ``curves``, ``histograms``, ``gallery``,
+``clean_accuracy``); never runs a model and never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib
+import numpy as np
+
+from robustkit.report import figures
+from robustkit.report.figures import _STYLE, PALETTE, _figure, _label, _to_svg
+from robustkit.report.views import fmt, generic_view, view
+from robustkit.results import AuditResult, StudyResult
+
+__all__ = ["adversarial_view", "grouped_bars_svg"]
+
+_BASE64 = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
+
+
+def grouped_bars_svg(categories: Sequence[str], groups: Mapping[str, Sequence[float]], *, xlabel: str,
+                     ylabel: str) -> str:
+    """Bars of several groups (classes) side by side over shared categories (budgets).
+
+    Args:
+        categories: the x labels, e.g. ``["clean error", "0.5", ..., "not broken"]``.
+        groups: group name -> one count per category.
+        xlabel, ylabel: axis labels.
+    """
+    with matplotlib.rc_context(_STYLE):
+        fig = _figure(5.5, 3.2)
+        ax = fig.subplots()
+        width = 0.8 / max(1, len(groups))
+        pos = np.arange(len(categories))
+        for i, (name, values) in enumerate(groups.items()):
+            ax.bar(pos + (i - (len(groups) - 1) / 2) * width, values, width=width,
+                   color=PALETTE[i % len(PALETTE)], label=_label(name))
+        ax.set_xticks(pos, [_label(c) for c in categories], rotation=30, ha="right")
+        ax.set_xlabel(_label(xlabel))
+        ax.set_ylabel(_label(ylabel))
+        if groups:
+            ax.legend(loc="best")
+        return _to_svg(fig)
+
+
+def _num(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _curve_figure(norm: str, curve: Mapping[str, Any], clean: float) -> dict[str, Any]:
+    x = [0.0] + [_num(e) for e in curve.get("epsilons", [])]
+    series = {"PGD": (x, [clean] + [_num(v) for v in curve.get("pgd", [])])}
+    bands = {"PGD": ([clean] + [_num(v) for v in curve.get("low", [])],
+                     [clean] + [_num(v) for v in curve.get("high", [])])}
+    if curve.get("fgsm"):
+        series["FGSM"] = (x, [clean] + [_num(v) for v in curve["fgsm"]])
+    unit = "epsilon (/255, Linf)" if norm == "linf" else "epsilon (L2 norm)"
+    return {
+        "title": f"Robust accuracy against the {'Linf' if norm == 'linf' else 'L2'} budget",
+        "svg": figures.line_chart_svg(series, xlabel=unit, ylabel="robust accuracy", ylim=(0.0, 1.02), bands=bands),
+        "caption": "Share of images still classified correctly when an attacker may change them within each "
+                   "budget (0: the clean accuracy). The band is the bootstrap 95% interval; FGSM (one step) "
+                   "should never lie below PGD.",
+    }
+
+
+def _histogram_figure(norm: str, hist: Mapping[str, Any]) -> dict[str, Any]:
+    bins = list(hist.get("bins", []))
+    cats = ["clean error" if b == 0 else "not broken" if b is None else f"{_num(b):g}" for b in bins]
+    counts = {str(k): [_num(v) for v in vals] for k, vals in dict(hist.get("counts", {})).items()}
+    unit = "/255" if norm == "linf" else "L2"
+    return {
+        "title": f"Minimal {'Linf' if norm == 'linf' else 'L2'} perturbation per class",
+        "svg": grouped_bars_svg(cats, counts, xlabel=f"smallest budget that broke the image ({unit})",
+                                ylabel="images"),
+        "caption": "For each class, how many images were broken first at each budget; 'clean error' images "
+                   "were wrong without any attack and 'not broken' ones survived the largest budget. Mass on "
+                   "the left means a fragile class.",
+    }
+
+
+def _gallery_item(e: Mapping[str, Any]) -> dict[str, Any] | None:
+    srcs = {}
+    for key in ("clean_png", "delta_png", "adv_png"):
+        png = re.sub(r"\s+", "", str(e.get(key, "")))
+        if not png or not _BASE64.match(png):
+            return None
+        srcs[key[:-4]] = "data:image/png;base64," + png
+    return {
+        "id": str(e.get("id", "")), "label": str(e.get("label", "")), "epsilon": str(e.get("epsilon", "")),
+        "clean_pred": str(e.get("clean_pred", "")), "clean_confidence": fmt(e.get("clean_confidence")),
+        "adv_pred": str(e.get("adv_pred", "")), "adv_confidence": fmt(e.get("adv_confidence")), **srcs,
+    }
+
+
+@view("adversarial")
+def adversarial_view(study: StudyResult, audit: AuditResult) -> dict[str, Any]:
+    """Robust-accuracy curves, minimal-perturbation histograms, gallery, foolbox table, checks."""
+    ctx = generic_view(study, audit)
+    data = study.data
+    clean = _num(data.get("clean_accuracy"))
+    for norm, curve in dict(data.get("curves", {})).items():
+        ctx["figures"].append(_curve_figure(str(norm), curve, clean))
+    for norm, hist in dict(data.get("histograms", {})).items():
+        ctx["figures"].append(_histogram_figure(str(norm), hist))
+    ctx["gallery"] = [g for g in (_gallery_item(e) for e in data.get("gallery", [])) if g is not None]
+    ctx["n_samples"] = fmt(study.metrics.get("n_samples"), "n_samples")
+    ctx["clean_accuracy"] = fmt(clean)
+    ctx["gradient_evals"] = {str(k): fmt(v, "n") for k, v in dict(data.get("gradient_evals", {})).items()}
+    return ctx
