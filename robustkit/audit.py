@@ -30,9 +30,16 @@ __all__ = ["audit", "plan_studies"]
 
 
 def plan_studies(config: AuditConfig) -> list[Study]:
-    """The configured study objects, in audit order (``clean`` always runs first)."""
+    """The configured study objects, in audit order (``clean`` always runs first).
+
+    The override tables of studies that are not run are validated too, so that a bad value
+    in a config file is reported whichever studies a run selects.
+    """
     names = list(config.studies) if config.studies else available()
     ordered = ["clean"] + [n for n in names if n != "clean"]
+    for name, overrides in config.overrides.items():
+        if name not in ordered:
+            get_study(name).configure(config.profile, overrides)
     return [get_study(n).configure(config.profile, config.overrides.get(n)) for n in ordered]
 
 

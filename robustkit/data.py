@@ -236,33 +236,41 @@ def _read_pil(path: Path, max_pixels: int) -> np.ndarray:
 # --------------------------------------------------------------------------- DICOM
 
 
+@contextmanager
+def _dicom_guard(path: Path, expected: str) -> Iterator[None]:
+    """Silence pydicom's warnings and turn whatever a malformed file makes pydicom (or a header
+    value) raise into a DataError naming the file; DataError passes through."""
+    try:
+        with _quiet():
+            yield
+    except DataError:
+        raise
+    except Exception as exc:  # pydicom raises InvalidDicomError, ValueError, KeyError, TypeError ...
+        raise _bad(path, f"{expected}, got {type(exc).__name__}: {exc}") from None
+
+
 def _open_dicom(path: Path, max_pixels: int) -> Any:
     """Read a DICOM file (pixel data not decoded) and check it can be decoded."""
     import pydicom
     from pydicom.pixels import get_decoder
 
-    try:
-        with _quiet():
-            ds = pydicom.dcmread(path)
-    except Exception as exc:
-        raise _bad(
-            path, f"expected a readable DICOM file, got {type(exc).__name__}: {exc}"
-        ) from None
-    if "PixelData" not in ds:
-        raise _bad(path, "expected a DICOM image, got a DICOM file without pixel data.")
-    uid = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if uid is None:
-        raise _bad(path, "expected a DICOM file with a transfer syntax, got none in its file meta.")
-    try:
-        available = get_decoder(uid).is_available
-    except NotImplementedError:
-        available = False
-    if not available:
-        raise _bad(
-            path,
-            f"expected a DICOM transfer syntax pydicom can decode, got {uid.name} ({uid}) with no decoder installed.",
-        )
-    _check_pixels(path, int(ds.get("Columns", 0)), int(ds.get("Rows", 0)), max_pixels)
+    with _dicom_guard(path, "expected a readable DICOM file"):
+        ds = pydicom.dcmread(path)
+        if "PixelData" not in ds:
+            raise _bad(path, "expected a DICOM image, got a DICOM file without pixel data.")
+        uid = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        if uid is None:
+            raise _bad(path, "expected a DICOM file with a transfer syntax, got none in its file meta.")
+        try:
+            available = get_decoder(uid).is_available
+        except NotImplementedError:
+            available = False
+        if not available:
+            raise _bad(
+                path,
+                f"expected a DICOM transfer syntax pydicom can decode, got {uid.name} ({uid}) with no decoder installed.",
+            )
+        _check_pixels(path, int(ds.get("Columns", 0)), int(ds.get("Rows", 0)), max_pixels)
     return ds
 
 
@@ -284,26 +292,26 @@ def _voi_window(arr: np.ndarray, center: float | None, width: float | None) -> n
 
 def _read_dicom(path: Path, max_pixels: int) -> np.ndarray:
     ds = _open_dicom(path, max_pixels)
-    try:
-        with _quiet():
-            raw = ds.pixel_array
-    except Exception as exc:
-        raise _bad(
-            path, f"expected decodable DICOM pixel data, got {type(exc).__name__}: {exc}"
-        ) from None
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
-        raise _bad(path, f"expected a single-frame DICOM image, got {frames} frames.")
-    if int(ds.get("SamplesPerPixel", 1)) == 3:
-        bits = int(ds.get("BitsStored", 8))
-        return (raw.astype(np.float64) / (2**bits - 1)).clip(0, 1).astype(np.float32)
-    slope = _first(ds.get("RescaleSlope")) or 1.0
-    intercept = _first(ds.get("RescaleIntercept")) or 0.0
-    arr = raw.astype(np.float64) * slope + intercept
-    out = _voi_window(arr, _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth")))
-    if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
-        out = 1.0 - out
-    return out.astype(np.float32)
+    with _dicom_guard(path, "expected decodable DICOM pixel data"):
+        raw = ds.pixel_array
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        if frames > 1:
+            raise _bad(path, f"expected a single-frame DICOM image, got {frames} frames.")
+        if int(ds.get("SamplesPerPixel", 1)) == 3:
+            bits = int(ds.get("BitsStored", 8))
+            out = raw.astype(np.float64) / (2**bits - 1)
+        else:
+            slope = _first(ds.get("RescaleSlope")) or 1.0
+            intercept = _first(ds.get("RescaleIntercept")) or 0.0
+            arr = raw.astype(np.float64) * slope + intercept
+            if not np.all(np.isfinite(arr)):
+                raise _bad(path, f"expected finite DICOM rescale values, got slope {slope}, intercept {intercept}.")
+            out = _voi_window(arr, _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth")))
+            if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
+                out = 1.0 - out
+    if not np.all(np.isfinite(out)):
+        raise _bad(path, "expected finite pixel values, got NaN or infinity after the DICOM rescale and window.")
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- reading
@@ -483,15 +491,17 @@ class Dataset:
 
     @cached_property
     def fingerprint(self) -> str:
-        """sha256 hex of the content: ids, labels, image and mask bytes, class names."""
+        """sha256 hex of the content: ids, labels, image and mask bytes, class names, and the
+        relative paths of the files skipped as unreadable (so a skip shows in the fingerprint)."""
         store = self._store
         rows = sorted(
             (s.id, s.label, store.sha256(s.path), store.sha256(s.mask_path) if s.mask_path else "")
             for s in self.samples
         )
-        payload = json.dumps(
-            {"class_names": self.class_names, "samples": rows}, separators=(",", ":")
-        )
+        content: dict[str, Any] = {"class_names": self.class_names, "samples": rows}
+        if self.skipped:
+            content["skipped"] = sorted(path for path, _ in self.skipped)
+        payload = json.dumps(content, separators=(",", ":"))
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
     def _derive(

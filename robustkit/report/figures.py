@@ -26,6 +26,10 @@ from matplotlib.figure import Figure
 
 __all__ = [
     "PALETTE",
+    "STYLE",
+    "new_figure",
+    "safe_label",
+    "to_svg",
     "confusion_matrix_svg",
     "image_data_uri",
     "line_chart_svg",
@@ -37,7 +41,7 @@ PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F
 _MAX_LABEL = 24
 _MAX_LEGEND = 10
 
-_STYLE: Any = {  # typed Any: matplotlib types rc keys as a Literal union
+STYLE: Any = {  # typed Any: matplotlib types rc keys as a Literal union
     "font.family": "DejaVu Sans",
     "font.size": 9,
     "axes.titlesize": 10,
@@ -61,7 +65,7 @@ _METADATA = re.compile(r"<metadata>.*?</metadata>\s*", re.S)
 _COMMENT = re.compile(r"<!--.*?-->\s*", re.S)
 
 
-def _label(text: object) -> str:
+def safe_label(text: object) -> str:
     """Make an outside string safe for matplotlib text: no mathtext, bounded length."""
     s = str(text)
     if len(s) > _MAX_LABEL:
@@ -69,9 +73,9 @@ def _label(text: object) -> str:
     return s.replace("\\", "\\\\").replace("$", r"\$")
 
 
-def _to_svg(fig: Figure) -> str:
+def to_svg(fig: Figure) -> str:
     buf = io.StringIO()
-    with matplotlib.rc_context(_STYLE):
+    with matplotlib.rc_context(STYLE):
         fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
     text = _PROLOGUE.sub("", buf.getvalue(), count=1)
     text = _METADATA.sub("", text)
@@ -79,8 +83,8 @@ def _to_svg(fig: Figure) -> str:
     return text.strip()
 
 
-def _figure(width: float, height: float) -> Figure:
-    with matplotlib.rc_context(_STYLE):
+def new_figure(width: float, height: float) -> Figure:
+    with matplotlib.rc_context(STYLE):
         return Figure(figsize=(width, height), layout="constrained")
 
 
@@ -101,12 +105,12 @@ def confusion_matrix_svg(matrix: Sequence[Sequence[float]], class_names: Sequenc
     totals = counts.sum(axis=1, keepdims=True)
     rates = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
     side = min(4.6, 2.4 + 0.35 * k)
-    with matplotlib.rc_context(_STYLE):
-        fig = _figure(2 * side + 0.6, side)
+    with matplotlib.rc_context(STYLE):
+        fig = new_figure(2 * side + 0.6, side)
         axes = fig.subplots(1, 2)
         _matrix_panel(axes[0], counts, class_names, "Counts", "{:.0f}")
         _matrix_panel(axes[1], rates, class_names, "Row-normalised (recall)", "{:.2f}", vmax=1.0)
-        return _to_svg(fig)
+        return to_svg(fig)
 
 
 def _matrix_panel(ax, values: np.ndarray, names: Sequence[str], title: str, fmt: str, vmax: float | None = None) -> None:
@@ -114,7 +118,7 @@ def _matrix_panel(ax, values: np.ndarray, names: Sequence[str], title: str, fmt:
     top = vmax if vmax is not None else max(float(values.max()), 1.0)
     ax.imshow(values, cmap="Blues", vmin=0.0, vmax=top, aspect="equal")
     ax.grid(False)
-    labels = [_label(n) for n in names]
+    labels = [safe_label(n) for n in names]
     ax.set_xticks(range(k), labels, rotation=30 if k > 2 else 0, ha="right" if k > 2 else "center")
     ax.set_yticks(range(k), labels)
     ax.set_xlabel("Predicted")
@@ -140,13 +144,13 @@ def roc_curves_svg(
         aucs: optional class name -> area under the curve, shown in the legend.
     """
     aucs = aucs or {}
-    with matplotlib.rc_context(_STYLE):
-        fig = _figure(5.0, 3.6)
+    with matplotlib.rc_context(STYLE):
+        fig = new_figure(5.0, 3.6)
         ax = fig.subplots()
         ax.plot([0, 1], [0, 1], linestyle=":", color="#888888", linewidth=1)
         for i, (name, (fpr, tpr)) in enumerate(curves.items()):
             auc = aucs.get(name)
-            label = _label(name) + (f" (AUC {auc:.3f})" if auc is not None and np.isfinite(auc) else "")
+            label = safe_label(name) + (f" (AUC {auc:.3f})" if auc is not None and np.isfinite(auc) else "")
             ax.plot(fpr, tpr, color=PALETTE[i % len(PALETTE)], linewidth=1.6,
                     label=label if i < _MAX_LEGEND else None)
         ax.set_xlim(-0.01, 1.01)
@@ -156,7 +160,7 @@ def roc_curves_svg(
         ax.set_aspect("equal")
         if curves:
             ax.legend(loc="lower right")
-        return _to_svg(fig)
+        return to_svg(fig)
 
 
 def line_chart_svg(
@@ -176,23 +180,23 @@ def line_chart_svg(
         bands: optional name -> ``(low, high)`` over the same x as the series.
     """
     bands = bands or {}
-    with matplotlib.rc_context(_STYLE):
-        fig = _figure(5.0, 3.5)
+    with matplotlib.rc_context(STYLE):
+        fig = new_figure(5.0, 3.5)
         ax = fig.subplots()
         for i, (name, (x, y)) in enumerate(series.items()):
             colour = PALETTE[i % len(PALETTE)]
             ax.plot(x, y, marker="o", markersize=3, color=colour, linewidth=1.5,
-                    label=_label(name) if i < _MAX_LEGEND else None)
+                    label=safe_label(name) if i < _MAX_LEGEND else None)
             if name in bands:
                 lo, hi = bands[name]
                 ax.fill_between(x, lo, hi, color=colour, alpha=0.15, linewidth=0)
-        ax.set_xlabel(_label(xlabel))
-        ax.set_ylabel(_label(ylabel))
+        ax.set_xlabel(safe_label(xlabel))
+        ax.set_ylabel(safe_label(ylabel))
         if ylim is not None:
             ax.set_ylim(*ylim)
         if series:
             ax.legend(loc="best")
-        return _to_svg(fig)
+        return to_svg(fig)
 
 
 def image_data_uri(image: np.ndarray) -> str:
@@ -209,3 +213,6 @@ def image_data_uri(image: np.ndarray) -> str:
     buf = io.BytesIO()
     matplotlib.image.imsave(buf, arr, format="png", cmap="gray", vmin=0.0, vmax=1.0)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+# Old private names, kept while in-flight view modules move to the public ones.
+_STYLE, _figure, _label, _to_svg = STYLE, new_figure, safe_label, to_svg

@@ -201,11 +201,18 @@ def _model_rows(audit: AuditResult) -> list[dict[str, str]]:
     ])
 
 
+def _skipped_text(entry: Any) -> str:
+    """``path (reason)`` for a skipped-file entry ({path, reason} or a plain path)."""
+    if isinstance(entry, Mapping):
+        return f"{entry.get('path', '?')} ({entry.get('reason', 'no reason recorded')})"
+    return _basename(entry) or ""
+
+
 def _data_rows(audit: AuditResult) -> list[dict[str, str]]:
     d = audit.dataset
     skipped = _first(d, "skipped", "skipped_files")
     if isinstance(skipped, (list, tuple)):
-        skipped = f"{len(skipped)}: " + ", ".join(_basename(s) or "" for s in skipped[:10]) + (" \u2026" if len(skipped) > 10 else "")
+        skipped = f"{len(skipped)}: " + "; ".join(_skipped_text(s) for s in skipped[:10]) + (" \u2026" if len(skipped) > 10 else "")
     return _rows([
         ("Dataset", _basename(_first(d, "root", "path", "name"))),
         ("Samples", _first(d, "n_samples", "n") or len(audit.ids)),

@@ -15,7 +15,7 @@ import matplotlib
 import numpy as np
 
 from robustkit.report import figures
-from robustkit.report.figures import _STYLE, PALETTE, _figure, _label, _to_svg
+from robustkit.report.figures import PALETTE, STYLE, new_figure, safe_label, to_svg
 from robustkit.report.views import fmt, generic_view, view
 from robustkit.results import AuditResult, StudyResult
 
@@ -33,20 +33,20 @@ def grouped_bars_svg(categories: Sequence[str], groups: Mapping[str, Sequence[fl
         groups: group name -> one count per category.
         xlabel, ylabel: axis labels.
     """
-    with matplotlib.rc_context(_STYLE):
-        fig = _figure(5.5, 3.2)
+    with matplotlib.rc_context(STYLE):
+        fig = new_figure(5.5, 3.2)
         ax = fig.subplots()
         width = 0.8 / max(1, len(groups))
         pos = np.arange(len(categories))
         for i, (name, values) in enumerate(groups.items()):
             ax.bar(pos + (i - (len(groups) - 1) / 2) * width, values, width=width,
-                   color=PALETTE[i % len(PALETTE)], label=_label(name))
-        ax.set_xticks(pos, [_label(c) for c in categories], rotation=30, ha="right")
-        ax.set_xlabel(_label(xlabel))
-        ax.set_ylabel(_label(ylabel))
+                   color=PALETTE[i % len(PALETTE)], label=safe_label(name))
+        ax.set_xticks(pos, [safe_label(c) for c in categories], rotation=30, ha="right")
+        ax.set_xlabel(safe_label(xlabel))
+        ax.set_ylabel(safe_label(ylabel))
         if groups:
             ax.legend(loc="best")
-        return _to_svg(fig)
+        return to_svg(fig)
 
 
 def _num(v: Any) -> float:

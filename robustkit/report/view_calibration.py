@@ -51,7 +51,7 @@ def _reliability_panel(ax: Any, hist_ax: Any, bins: Mapping[str, Any], title: st
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_ylabel("Accuracy")
-    ax.set_title(figures._label(title))
+    ax.set_title(figures.safe_label(title))
     ax.legend(loc="upper left")
     hist_ax.bar(centre, count, width=width, color=_GREY)
     hist_ax.set_xlim(0, 1)
@@ -65,19 +65,19 @@ def reliability_svg(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
     Args:
         before, after: :func:`robustkit.calibration_metrics.reliability_bins` outputs.
     """
-    with matplotlib.rc_context(figures._STYLE):
-        fig = figures._figure(8.4, 4.6)
+    with matplotlib.rc_context(figures.STYLE):
+        fig = figures.new_figure(8.4, 4.6)
         axes = fig.subplots(2, 2, gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
         _reliability_panel(axes[0, 0], axes[1, 0], before, "Before scaling")
         _reliability_panel(axes[0, 1], axes[1, 1], after, "After scaling")
-        return figures._to_svg(fig)
+        return figures.to_svg(fig)
 
 
 def classwise_svg(classwise: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
     """One small reliability panel per class: observed frequency of the class against p_k."""
     k = max(len(classwise), 1)
-    with matplotlib.rc_context(figures._STYLE):
-        fig = figures._figure(min(3.0 * k, 10.0), 3.0)
+    with matplotlib.rc_context(figures.STYLE):
+        fig = figures.new_figure(min(3.0 * k, 10.0), 3.0)
         axes = np.atleast_1d(fig.subplots(1, k, sharey=True))
         for ax, (name, pair) in zip(axes, classwise.items()):
             ax.plot([0, 1], [0, 1], linestyle=":", color=_GREY, linewidth=1)
@@ -89,26 +89,26 @@ def classwise_svg(classwise: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> s
                         label="before scaling" if key == "before" else "after scaling")
             ax.set_xlim(0, 1)
             ax.set_ylim(0, 1)
-            ax.set_title(figures._label(name))
+            ax.set_title(figures.safe_label(name))
             ax.set_xlabel("Predicted probability")
         axes[0].set_ylabel("Observed frequency")
         axes[0].legend(loc="upper left")
-        return figures._to_svg(fig)
+        return figures.to_svg(fig)
 
 
 def shift_svg(curves: Mapping[str, Mapping[str, Sequence[float]]]) -> str:
     """ECE before (solid) and after (dashed) scaling, and accuracy, against shift severity."""
-    with matplotlib.rc_context(figures._STYLE):
-        fig = figures._figure(9.0, 3.8)
+    with matplotlib.rc_context(figures.STYLE):
+        fig = figures.new_figure(9.0, 3.8)
         ax_ece, ax_acc = fig.subplots(1, 2)
         for i, (name, c) in enumerate(curves.items()):
             colour = figures.PALETTE[i % len(figures.PALETTE)]
             sev = _arr(c.get("severity"))
             ax_ece.plot(sev, _arr(c.get("ece")), "-", marker="o", markersize=3, color=colour,
-                        label=figures._label(name))
+                        label=figures.safe_label(name))
             ax_ece.plot(sev, _arr(c.get("ece_ts")), "--", marker="s", markersize=3, color=colour)
             ax_acc.plot(sev, _arr(c.get("accuracy")), "-", marker="o", markersize=3, color=colour,
-                        label=figures._label(name))
+                        label=figures.safe_label(name))
         ax_ece.plot([], [], "-", color="#444444", label="before scaling")
         ax_ece.plot([], [], "--", color="#444444", label="after scaling")
         ax_ece.set_xlabel("Severity (0 = clean)")
@@ -118,13 +118,13 @@ def shift_svg(curves: Mapping[str, Mapping[str, Sequence[float]]]) -> str:
         ax_acc.set_xlabel("Severity (0 = clean)")
         ax_acc.set_ylabel("Accuracy")
         ax_acc.set_ylim(0, 1.02)
-        return figures._to_svg(fig)
+        return figures.to_svg(fig)
 
 
 def risk_coverage_svg(curve: Mapping[str, Sequence[float]], points: Sequence[Mapping[str, Any]]) -> str:
     """Risk against coverage, the oracle's curve dotted, and the target-risk operating points."""
-    with matplotlib.rc_context(figures._STYLE):
-        fig = figures._figure(5.2, 4.2)
+    with matplotlib.rc_context(figures.STYLE):
+        fig = figures.new_figure(5.2, 4.2)
         ax = fig.subplots()
         cov = _arr(curve.get("coverage"))
         ax.plot(cov, _arr(curve.get("risk")), color=_BLUE, linewidth=1.6, label="model (scaled confidence)")
@@ -144,7 +144,7 @@ def risk_coverage_svg(curve: Mapping[str, Sequence[float]], points: Sequence[Map
         ax.set_xlabel("Coverage (share of cases kept)")
         ax.set_ylabel("Risk (error among kept)")
         fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=2)
-        return figures._to_svg(fig)
+        return figures.to_svg(fig)
 
 
 def _pair_rows(study: StudyResult) -> list[dict[str, Any]]:

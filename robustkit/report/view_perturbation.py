@@ -1,0 +1,174 @@
+"""Views of the ``perturbation`` and ``noise`` studies: heat map, curves, examples, parameters.
+
+Both studies store the same things (see :mod:`robustkit.studies.conditions`), so one view
+serves both. Everything is drawn from the stored metrics and ``data`` (the transform
+descriptions, the example thumbnails); nothing here runs a model or imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib
+import numpy as np
+
+from robustkit.report import figures
+from robustkit.report.views import fmt, fmt_interval, generic_view, metric_rows, view
+from robustkit.results import AuditResult, StudyResult
+
+__all__ = ["accuracy_heatmap_svg", "condition_view", "severity_curves_svg"]
+
+_BASE64 = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
+_SUMMARY = ("n_samples", "mean_accuracy", "relative_robustness", "worst_accuracy", "mean_flip_rate", "mean_corruption_error")
+_LINESTYLES = ("-", "--", ":", "-.")
+
+
+def accuracy_heatmap_svg(values: Sequence[Sequence[float]], rows: Sequence[str], severities: Sequence[int],
+                         *, clean: float | None = None) -> str:
+    """Draw accuracy per transform (rows) and severity (columns), coloured and numbered.
+
+    Args:
+        values: ``(T, S)`` accuracies in [0, 1] (NaN for a condition not run).
+        rows: ``T`` transform names.
+        severities: ``S`` severities.
+        clean: clean accuracy, drawn as a first column when given.
+    """
+    arr = np.asarray(values, dtype=float).reshape(len(rows), len(severities))
+    cols = [str(s) for s in severities]
+    if clean is not None:
+        arr = np.column_stack([np.full(len(rows), clean), arr])
+        cols = ["clean", *cols]
+    with matplotlib.rc_context(figures._STYLE):
+        fig = figures._figure(1.6 + 0.55 * len(cols), 0.9 + 0.3 * len(rows))
+        ax = fig.subplots()
+        im = ax.imshow(np.ma.masked_invalid(arr), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+        ax.grid(False)
+        ax.set_xticks(range(len(cols)), cols)
+        ax.set_yticks(range(len(rows)), [figures._label(r) for r in rows])
+        ax.set_xlabel("Severity")
+        for i in range(arr.shape[0]):
+            for j in range(arr.shape[1]):
+                v = arr[i, j]
+                text = "n/a" if not np.isfinite(v) else f"{v:.2f}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                        color="#222222" if np.isfinite(v) and v > 0.6 else "white")
+        if clean is not None:
+            ax.axvline(0.5, color="white", linewidth=2)
+        fig.colorbar(im, ax=ax, shrink=0.8, label="Accuracy")
+        return figures._to_svg(fig)
+
+
+def severity_curves_svg(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
+                        clean: float | None = None) -> str:
+    """Accuracy against severity, one line per transform, clean accuracy as a dashed line."""
+    with matplotlib.rc_context(figures._STYLE):
+        fig = figures._figure(6.4, 3.8)
+        ax = fig.subplots()
+        if clean is not None and math.isfinite(clean):
+            ax.axhline(clean, color="#222222", linestyle="--", linewidth=1.4, label="clean", zorder=5)
+        for i, (name, (x, y)) in enumerate(series.items()):
+            colour = figures.PALETTE[i % len(figures.PALETTE)]
+            style = _LINESTYLES[(i // len(figures.PALETTE)) % len(_LINESTYLES)]
+            ax.plot(x, y, marker="o", markersize=3, color=colour, linestyle=style, linewidth=1.4,
+                    label=figures._label(name))
+        ax.set_xlabel("Severity")
+        ax.set_ylabel("Accuracy")
+        ax.set_ylim(-0.02, 1.02)
+        xs = sorted({float(v) for x, _ in series.values() for v in x})
+        if xs:
+            ax.set_xticks(xs, [f"{v:g}" for v in xs])
+        if series:
+            ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), ncols=1 if len(series) <= 12 else 2)
+        return figures._to_svg(fig)
+
+
+@view("perturbation")
+@view("noise")
+def condition_view(study: StudyResult, audit: AuditResult) -> dict[str, Any]:
+    """Heat map, curves, example grid, severity parameters and per-condition table."""
+    ctx = generic_view(study, audit)
+    data = study.data
+    transforms = [t for t in data.get("transforms", []) if isinstance(t, Mapping)]
+    severities = [int(s) for s in data.get("severities", [])]
+    clean = _float(data.get("clean_accuracy"))
+    names = [str(t.get("name")) for t in transforms]
+    ctx["summary"] = metric_rows(study, _SUMMARY)
+    ctx["n_samples"] = fmt(study.metrics.get("n_samples"), "n_samples")
+    ctx["clean_accuracy"] = fmt(clean)
+    ctx["worst_condition"] = str(data.get("worst_condition") or "")
+    ctx["reference"] = str(data.get("reference") or "")
+    ctx["corruption_errors"] = metric_rows(study, [f"corruption_error.{n}" for n in names])
+    grid = [[study.metrics.get(f"accuracy.{n}.{s}", float("nan")) for s in severities] for n in names]
+    if names and severities:
+        ctx["figures"] = [
+            {"title": "Accuracy by transform and severity", "svg": accuracy_heatmap_svg(grid, names, severities, clean=clean),
+             "caption": "Each cell is the accuracy on the transformed images; the first column is the clean accuracy. "
+                        "Darker cells are worse. Read along a row: accuracy should fall as severity grows."},
+            {"title": "Accuracy against severity",
+             "svg": severity_curves_svg({n: (severities, row) for n, row in zip(names, grid)}, clean=clean),
+             "caption": "One line per transform; the dashed line is the clean accuracy. A line far below it marks "
+                        "a shift the model does not tolerate; a line that rises with severity needs a look."},
+        ]
+    ctx["parameters"] = _parameter_rows(transforms)
+    ctx["param_severities"] = list(range(1, 6))
+    ctx["examples"] = _example_rows(data.get("examples") or {}, names)
+    ctx["conditions"] = _condition_rows(study, transforms, severities, list(data.get("class_names") or audit.class_names))
+    ctx["recall_classes"] = [str(c) for c in (data.get("class_names") or audit.class_names)]
+    ctx["tables"] = [t for t in ctx["tables"] if t["title"] != "conditions"]
+    return ctx
+
+
+def _float(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _uri(png: Any) -> str | None:
+    text = re.sub(r"\s+", "", str(png or ""))
+    return "data:image/png;base64," + text if text and _BASE64.match(text) else None
+
+
+def _example_rows(examples: Mapping[str, Any], names: Sequence[str]) -> list[dict[str, Any]]:
+    clean = _uri(examples.get("clean"))
+    rows = []
+    for n in names:
+        cells = [{"severity": s, "src": _uri(examples.get(f"{n}.{s}"))} for s in range(1, 6)]
+        if any(c["src"] for c in cells):
+            rows.append({"name": n, "clean": clean, "cells": cells})
+    return rows
+
+
+def _parameter_rows(transforms: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": str(t.get("name", "")),
+            "param_name": str(t.get("param_name", "")),
+            "params": [str(p) for p in t.get("params", [])][:5],
+            "description": str(t.get("description", "")),
+            "source": str(t.get("source", "")),
+        }
+        for t in transforms
+    ]
+
+
+def _condition_rows(study: StudyResult, transforms: Sequence[Mapping[str, Any]], severities: Sequence[int],
+                    classes: Sequence[str]) -> list[dict[str, Any]]:
+    rows = []
+    for t in transforms:
+        name, params = str(t.get("name")), list(t.get("params", []))
+        for s in severities:
+            c = f"{name}.{s}"
+            if f"accuracy.{c}" not in study.metrics:
+                continue
+            rows.append({
+                "condition": c,
+                "parameter": str(params[s - 1]) if 0 < s <= len(params) else "",
+                "accuracy": fmt(study.metrics[f"accuracy.{c}"]),
+                "interval": fmt_interval(study.intervals.get(f"accuracy.{c}")),
+                "flip_rate": fmt(study.metrics.get(f"flip_rate.{c}")),
+                "confidence": fmt(study.metrics.get(f"mean_confidence.{c}")),
+                "recalls": [fmt(study.metrics.get(f"recall.{k}.{c}")) for k in classes],
+            })
+    return rows
