@@ -39,7 +39,7 @@ args = json.loads(sys.argv[1])
 import robustkit.data as data_module
 if args["no_cache"]:
     data_module.CACHE_BYTES = 0
-from robustkit.audit import audit
+from robustkit.runner import audit
 from robustkit.model import load_model
 
 def rss_mb():

@@ -5,7 +5,7 @@ The public API (TensorFlow is imported only when a function that needs it is cal
 * :func:`audit` runs studies on a checkpoint and a dataset and returns an :class:`AuditResult`;
 * :func:`load_results` reads an audit folder; :func:`render_report` writes its HTML report;
 * :func:`load_model` / :func:`load_dataset` give the :class:`ModelAdapter` / :class:`Dataset`;
-* :func:`generate_phantom` writes the procedural chest X-ray phantom; :func:`train` trains.
+* :func:`generate_phantom` writes the procedural chest X-ray phantom; :func:`train_model` trains.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ __all__ = [
     "load_model",
     "load_results",
     "render_report",
-    "train",
+    "train_model",
 ]
 
 _LAZY = {
@@ -39,8 +39,8 @@ _LAZY = {
     "generate_phantom": ("robustkit.phantom", "generate_phantom"),
     "ModelAdapter": ("robustkit.model", "ModelAdapter"),
     "load_model": ("robustkit.model", "load_model"),
-    "audit": ("robustkit.audit", "audit"),
-    "train": ("robustkit.train", "train"),
+    "audit": ("robustkit.runner", "audit"),
+    "train_model": ("robustkit.train", "train"),
 }
 
 

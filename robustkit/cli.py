@@ -131,7 +131,7 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_audit(a: argparse.Namespace) -> int:
-    from robustkit.audit import audit
+    from robustkit.runner import audit
 
     result = audit(a.model, a.data, studies=a.studies, profile=a.profile, seed=a.seed,
                    config=_config_with_settings(a), out=a.out, limit=a.limit, batch_size=a.batch_size, fresh=a.fresh, quiet=a.quiet,

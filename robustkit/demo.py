@@ -52,8 +52,8 @@ def run_demo(
     quiet: bool = False,
 ) -> AuditResult:
     """Run the demo audit and return its result (the report is ``out/report.html``)."""
-    from robustkit.audit import audit
     from robustkit.phantom import generate_phantom
+    from robustkit.runner import audit
     from robustkit.train import DEMO_RECIPE, train
 
     r = DEMO_RECIPE

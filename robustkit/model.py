@@ -24,7 +24,7 @@ import numpy as np
 from robustkit._tf import keras, tf
 from robustkit.errors import ModelError, check_choice
 
-__all__ = ["INPUT_SCALES", "ModelAdapter", "file_fingerprint", "load_model"]
+__all__ = ["INPUT_SCALES", "ModelAdapter", "file_fingerprint", "load_model", "logits_head", "softmax"]
 
 INPUT_SCALES = ("unit", "255", "symmetric")
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -88,13 +88,11 @@ def _load_saved_model(path: Path) -> keras.Model:
         raise ModelError(f"{path}: expected a SavedModel folder (with saved_model.pb), got a folder without it.")
     try:
         layer = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default")
-        sig = layer._endpoint_signatures["serving_default"] if hasattr(layer, "_endpoint_signatures") else None
         spec = _saved_model_input_spec(path)
         inp = keras.Input(shape=spec[1:], dtype="float32")
         out = layer(inp)
         if isinstance(out, dict):
             out = next(iter(out.values()))
-        del sig
         return keras.Model(inp, out)
     except ModelError:
         raise
@@ -111,25 +109,25 @@ def _saved_model_input_spec(path: Path) -> tuple[int | None, ...]:
     return tuple(specs[0].shape.as_list())
 
 
-def _softmax_head(model: keras.Model) -> tuple[Callable[[Any], Any], str] | None:
-    """If the model ends in a softmax, return a function from inputs to the logits before it."""
+def logits_head(model: keras.Model) -> tuple[Any, Callable[[Any], Any], str] | None:
+    """Where a softmax-ended model's logits are: a symbolic tensor, the function from it to
+    the logits, and a description; ``None`` when the model does not end in a softmax.
+
+    A final ``Softmax``/``Activation('softmax')`` layer: its input. A final Dense layer with a
+    softmax activation: its pre-activation ``h @ kernel + bias``, from the Dense layer's input.
+    """
     last = model.layers[-1]
-    activation = getattr(last, "activation", None)
-    name = getattr(activation, "__name__", "")
-    if isinstance(last, keras.layers.Softmax) or (
-        isinstance(last, keras.layers.Activation) and name == "softmax"
-    ):
-        trunk = keras.Model(model.inputs, last.input)
-        return (lambda x: trunk(x, training=False)), f"input of the final {type(last).__name__} layer"
+    name = getattr(getattr(last, "activation", None), "__name__", "")
+    if isinstance(last, keras.layers.Softmax) or (isinstance(last, keras.layers.Activation) and name == "softmax"):
+        return last.input, (lambda t: t), f"input of the final {type(last).__name__} layer"
     if isinstance(last, keras.layers.Dense) and name == "softmax":
-        trunk = keras.Model(model.inputs, last.input)
         kernel, bias = last.kernel, last.bias
 
-        def logits(x: Any) -> Any:
-            z = tf.matmul(trunk(x, training=False), kernel)
+        def dense(t: Any) -> Any:
+            z = tf.matmul(t, kernel)
             return z + bias if bias is not None else z
 
-        return logits, f"pre-activation of the final Dense layer {last.name!r}"
+        return last.input, dense, f"pre-activation of the final Dense layer {last.name!r}"
     return None
 
 
@@ -220,11 +218,29 @@ class ModelAdapter:
         target = 4_000_000 / (h * w * c)
         return int(min(64, max(4, 2 ** math.floor(math.log2(max(target, 1.0))))))
 
+    def head(self) -> tuple[Any, Callable[[Any], Any]]:
+        """The symbolic tensor of the model the logits come from, and the function to them.
+
+        For tools that tap inner layers (Grad-CAM): ``keras.Model(model.inputs, [layer.output,
+        tensor])`` then ``fn(tensor_value)`` gives the same logits as :meth:`logits_graph`.
+        """
+        found = logits_head(self.model)
+        if found is not None:
+            return found[0], found[1]
+        if self.logits_source.startswith("log of"):
+            return self.model.outputs[0], lambda t: tf.math.log(tf.maximum(t, 1e-12))
+        return self.model.outputs[0], lambda t: t
+
+    def scale_input(self, x: Any) -> Any:
+        """Pixel space [0, 1] -> the range the model's input expects (traceable)."""
+        return x * self._scale_mul + self._scale_add
+
     def _find_logits(self) -> tuple[str, Callable[[Any], Any]]:
-        head = _softmax_head(self.model)
-        if head is not None:
-            fn, source = head
-            return source, fn
+        found = logits_head(self.model)
+        if found is not None:
+            tensor, fn, source = found
+            trunk = keras.Model(self.model.inputs, tensor)
+            return source, lambda x: fn(trunk(x, training=False))
         probe = self.model(np.linspace(0, 1, 2 * int(np.prod(self.input_shape)), dtype=np.float32)
                            .reshape(2, *self.input_shape) * self._scale_mul + self._scale_add, training=False)
         p = np.asarray(probe)
@@ -247,7 +263,7 @@ class ModelAdapter:
     # -- graphs ---------------------------------------------------------------------------
     def logits_graph(self, x: Any) -> Any:
         """Pixel-space images ``(N, H, W, C)`` in [0, 1] -> logits ``(N, K)``; traceable."""
-        z = self._raw_logits(x * self._scale_mul + self._scale_add)
+        z = self._raw_logits(self.scale_input(x))
         return tf.cast(z, tf.float32)
 
     def _gradient_graph(self, x: Any, target: Any) -> Any:

@@ -109,29 +109,10 @@ def _layer_at(model: keras.Model, path: Path_) -> Any:
     return layer if len(path) == 1 else _layer_at(layer, path[1:])
 
 
-def _head(model: keras.Model, adapter: ModelAdapter) -> tuple[Any, Callable[[Any], Any]]:
-    """The symbolic tensor the logits are computed from, and the function that does it.
-
-    Mirrors :class:`ModelAdapter`'s choice: the input of a final softmax, or the
-    pre-activation of a final softmax Dense layer, else the output (log-probabilities when
-    the adapter says the output is probabilities).
-    """
-    last = model.layers[-1]
-    act = getattr(getattr(last, "activation", None), "__name__", "")
-    if isinstance(last, keras.layers.Softmax) or (isinstance(last, keras.layers.Activation) and act == "softmax"):
-        return last.input, lambda t: t
-    if isinstance(last, keras.layers.Dense) and act == "softmax":
-        kernel, bias = last.kernel, last.bias
-        return last.input, lambda t: (tf.matmul(t, kernel) + bias) if bias is not None else tf.matmul(t, kernel)
-    if adapter.logits_source.startswith("log of"):
-        return model.outputs[0], lambda t: tf.math.log(tf.maximum(t, 1e-12))
-    return model.outputs[0], lambda t: t
-
-
 def _tap(adapter: ModelAdapter, paths: Sequence[Path_]) -> Callable[[Any], tuple[list[Any], Any]]:
     """A traceable function: model input -> ([feature maps at ``paths``], logits)."""
     model = adapter.model
-    head_tensor, head_fn = _head(model, adapter)
+    head_tensor, head_fn = adapter.head()
     inp = model.inputs[0]
     roots = {p[0] for p in paths}
     if all(len(p) == 1 for p in paths):
@@ -206,7 +187,7 @@ class Explainer:
         a = self.adapter
         with tf.GradientTape() as tape:
             tape.watch(x)
-            feats, z = self._cam_tap(x * a._scale_mul + a._scale_add)
+            feats, z = self._cam_tap(a.scale_input(x))
             picked = tf.gather(tf.cast(z, tf.float32), target, axis=1, batch_dims=1)
         fmap = tf.cast(feats[0], tf.float32)
         grads = tape.gradient(picked, feats[0])
@@ -297,7 +278,7 @@ class Explainer:
         """Feature maps ``(N, h, w, channels)`` of ``layers`` for a few images (eager)."""
         a = self.adapter
         tap = _tap(a, [_resolve(a.model, name) for name in layers])
-        feats, _ = tap(tf.constant(np.asarray(x, np.float32) * a._scale_mul + a._scale_add))
+        feats, _ = tap(a.scale_input(tf.constant(np.asarray(x, np.float32))))
         self.forward_points += len(x)
         return [np.asarray(f, np.float32) for f in feats]
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from robustkit.audit import audit
 from robustkit.data import load_dataset
 from robustkit.errors import ConfigError
 from robustkit.model import ModelAdapter, load_model
+from robustkit.runner import audit
 from robustkit.studies import AuditContext
 from robustkit.studies.adversarial import AdversarialConfig, AdversarialStudy, eps_name
 

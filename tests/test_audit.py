@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 import robustkit
-from robustkit.audit import audit
 from robustkit.config import load_config
 from robustkit.errors import ConfigError
 from robustkit.results import load_results
+from robustkit.runner import audit
 from robustkit.studies import Study, StudyConfig, available, get_study
 from robustkit.studies.clean import CleanStudy
 from tests.conftest import CLASSES

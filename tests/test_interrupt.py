@@ -27,7 +27,6 @@ import pytest
 
 import robustkit
 from robustkit import results as results_module
-from robustkit.audit import audit
 from robustkit.results import (
     AuditResult,
     StudyResult,
@@ -36,6 +35,7 @@ from robustkit.results import (
     load_results,
     save_results,
 )
+from robustkit.runner import audit
 from robustkit.studies.clean import CleanStudy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,7 +91,7 @@ if mode == "write":
         return real_replace(src, dst)
 
     os.replace = hanging_replace
-from robustkit.audit import audit
+from robustkit.runner import audit
 audit(model, data, studies=["clean", "slow_tail"], out=out, seed=0, profile="quick",
       config={"clean": {"n_bootstrap": 50}}, report=True)
 print("FINISHED", flush=True)

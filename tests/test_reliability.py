@@ -1,6 +1,6 @@
 """Reliability end to end: determinism, bad models, bad datasets, bad configs, hostile strings, skips.
 
-Everything goes through the public entry points (``robustkit.audit.audit`` and the CLI's
+Everything goes through the public entry points (``robustkit.runner.audit`` and the CLI's
 ``main``) on the toy fixtures of conftest.py. Input errors must leave the CLI as one line
 ``robustkit: error: ...`` with exit code 2 that names the file or key and the expectation.
 """
@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from robustkit.audit import audit
 from robustkit.cli import main
 from robustkit.data import load_dataset
 from robustkit.errors import ModelError
 from robustkit.model import load_model
+from robustkit.runner import audit
 from robustkit.studies import available, get_study
 from tests.conftest import CLASSES, SIZE, build_toy_model
 

@@ -310,8 +310,8 @@ def test_unknown_gradcam_layer_raises(toy_model: Path) -> None:
 
 
 def test_report_renders_the_saliency_section(toy_model: Path, toy_data: Path, tmp_path: Path) -> None:
-    from robustkit.audit import audit
     from robustkit.report.views import build_view
+    from robustkit.runner import audit
 
     result = audit(toy_model, toy_data, studies=["saliency"], profile="quick", out=tmp_path, seed=0)
     ctx, error = build_view(result.studies["saliency"], result)

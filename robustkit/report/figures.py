@@ -213,6 +213,3 @@ def image_data_uri(image: np.ndarray) -> str:
     buf = io.BytesIO()
     matplotlib.image.imsave(buf, arr, format="png", cmap="gray", vmin=0.0, vmax=1.0)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-# Old private names, kept while in-flight view modules move to the public ones.
-_STYLE, _figure, _label, _to_svg = STYLE, new_figure, safe_label, to_svg

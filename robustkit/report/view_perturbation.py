@@ -41,13 +41,13 @@ def accuracy_heatmap_svg(values: Sequence[Sequence[float]], rows: Sequence[str],
     if clean is not None:
         arr = np.column_stack([np.full(len(rows), clean), arr])
         cols = ["clean", *cols]
-    with matplotlib.rc_context(figures._STYLE):
-        fig = figures._figure(1.6 + 0.55 * len(cols), 0.9 + 0.3 * len(rows))
+    with matplotlib.rc_context(figures.STYLE):
+        fig = figures.new_figure(1.6 + 0.55 * len(cols), 0.9 + 0.3 * len(rows))
         ax = fig.subplots()
         im = ax.imshow(np.ma.masked_invalid(arr), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
         ax.grid(False)
         ax.set_xticks(range(len(cols)), cols)
-        ax.set_yticks(range(len(rows)), [figures._label(r) for r in rows])
+        ax.set_yticks(range(len(rows)), [figures.safe_label(r) for r in rows])
         ax.set_xlabel("Severity")
         for i in range(arr.shape[0]):
             for j in range(arr.shape[1]):
@@ -58,14 +58,14 @@ def accuracy_heatmap_svg(values: Sequence[Sequence[float]], rows: Sequence[str],
         if clean is not None:
             ax.axvline(0.5, color="white", linewidth=2)
         fig.colorbar(im, ax=ax, shrink=0.8, label="Accuracy")
-        return figures._to_svg(fig)
+        return figures.to_svg(fig)
 
 
 def severity_curves_svg(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
                         clean: float | None = None) -> str:
     """Accuracy against severity, one line per transform, clean accuracy as a dashed line."""
-    with matplotlib.rc_context(figures._STYLE):
-        fig = figures._figure(6.4, 3.8)
+    with matplotlib.rc_context(figures.STYLE):
+        fig = figures.new_figure(6.4, 3.8)
         ax = fig.subplots()
         if clean is not None and math.isfinite(clean):
             ax.axhline(clean, color="#222222", linestyle="--", linewidth=1.4, label="clean", zorder=5)
@@ -73,7 +73,7 @@ def severity_curves_svg(series: Mapping[str, tuple[Sequence[float], Sequence[flo
             colour = figures.PALETTE[i % len(figures.PALETTE)]
             style = _LINESTYLES[(i // len(figures.PALETTE)) % len(_LINESTYLES)]
             ax.plot(x, y, marker="o", markersize=3, color=colour, linestyle=style, linewidth=1.4,
-                    label=figures._label(name))
+                    label=figures.safe_label(name))
         ax.set_xlabel("Severity")
         ax.set_ylabel("Accuracy")
         ax.set_ylim(-0.02, 1.02)
@@ -82,7 +82,7 @@ def severity_curves_svg(series: Mapping[str, tuple[Sequence[float], Sequence[flo
             ax.set_xticks(xs, [f"{v:g}" for v in xs])
         if series:
             ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), ncols=1 if len(series) <= 12 else 2)
-        return figures._to_svg(fig)
+        return figures.to_svg(fig)
 
 
 @view("perturbation")
