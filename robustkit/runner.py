@@ -9,6 +9,7 @@ unchanged checkpoint in CI costs nothing; ``fresh=True`` starts over.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import platform
 import sys
 import time
@@ -23,7 +24,14 @@ from robustkit.config import AuditConfig, load_config
 from robustkit.data import Dataset, load_dataset
 from robustkit.errors import DataError, ModelError, RobustkitError
 from robustkit.model import ModelAdapter, load_model
-from robustkit.results import RESULTS_FILE, AuditResult, StudyResult, load_results, save_results
+from robustkit.results import (
+    RESULTS_FILE,
+    AuditResult,
+    StudyResult,
+    atomic_write_text,
+    load_results,
+    save_results,
+)
 from robustkit.studies import AuditContext, Study, available, get_study
 
 __all__ = ["audit", "plan_studies"]
@@ -160,11 +168,20 @@ def audit(
     result.seconds = time.perf_counter() - start
     if out_dir is not None:
         save_results(result, out_dir)
+        _write_exports(result, out_dir)
         if report:
             from robustkit.report import render_report
 
             render_report(result, out_dir / "report.html")
     return result
+
+
+def _write_exports(result: AuditResult, out: Path) -> None:
+    """Small files a deployment reads: ``temperature.json`` from the calibration study."""
+    cal = result.studies.get("calibration")
+    export = cal.data.get("temperature_export") if cal is not None and cal.status == "ok" else None
+    if export:
+        atomic_write_text(out / "temperature.json", json.dumps(export, indent=2) + "\n")
 
 
 def _run_one(study: Study, model: ModelAdapter, data: Dataset, ctx: AuditContext, quiet: bool) -> StudyResult:
