@@ -75,6 +75,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default="none",
                    help="imagenet (Keras's cached weights only), none (from scratch, default) or PATH")
     p.add_argument("--learning-rate", type=float, default=None, help="override the recipe's learning rate")
+    p.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="train without the recipe's augmentation (rotation, shifts, zoom)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.set_defaults(func=_cmd_train)
 
@@ -84,7 +86,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
     res = train(a.data, a.out, arch=a.arch, input_size=a.input_size, epochs=a.epochs,
                 batch_size=a.batch_size, weights=a.weights, seed=a.seed,
-                learning_rate=a.learning_rate, quiet=a.quiet)
+                learning_rate=a.learning_rate, augment=a.augment, quiet=a.quiet)
     print(res.checkpoint)
     return 0
 

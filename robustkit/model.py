@@ -171,9 +171,9 @@ class ModelAdapter:
         self.batch_size = batch_size or self._default_batch_size()
         self.logits_source, self._raw_logits = self._find_logits()
         spec = tf.TensorSpec((None, *self.input_shape), tf.float32)
-        self._logits_tf = tf.function(self.logits_graph, input_signature=[spec])
+        self._logits_tf = tf.function(self.logits_graph, input_signature=[spec], autograph=False)
         self._grad_tf = tf.function(
-            self._gradient_graph, input_signature=[spec, tf.TensorSpec((None,), tf.int32)]
+            self._gradient_graph, input_signature=[spec, tf.TensorSpec((None,), tf.int32)], autograph=False
         )
         self.calls = 0
 
@@ -261,6 +261,7 @@ class ModelAdapter:
         return -1.0 if self.input_scale == "symmetric" else 0.0
 
     # -- graphs ---------------------------------------------------------------------------
+    @tf.autograph.experimental.do_not_convert  # plain graph code; autograph trips on the lambdas
     def logits_graph(self, x: Any) -> Any:
         """Pixel-space images ``(N, H, W, C)`` in [0, 1] -> logits ``(N, K)``; traceable."""
         z = self._raw_logits(self.scale_input(x))

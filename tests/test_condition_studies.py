@@ -71,6 +71,10 @@ def test_flip_rate_is_the_share_changed_from_the_clean_prediction(pert: StudyRes
     clean = _clean_pred(model, data)
     for col, c in enumerate(pert.data["conditions"]):
         assert pert.metrics[f"flip_rate.{c}"] == pytest.approx(np.mean(pert.records["pred"][:, col] != clean))
+    # the per-sample flips behind each flip rate, for compare's paired tests
+    assert pert.data["flipped_metrics"] == [f"flip_rate.{c}" for c in pert.data["conditions"]]
+    for col, name in enumerate(pert.data["flipped_metrics"]):
+        assert pert.metrics[name] == pytest.approx(pert.records["flipped"][:, col].mean())
 
 
 def test_study_level_metrics(pert: StudyResult, model, data) -> None:

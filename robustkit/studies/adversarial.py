@@ -7,7 +7,7 @@ the grid. FGSM runs beside it as a sanity baseline; in the ``full`` profile fool
 DeepFool, Carlini-Wagner and a decision-based attack (HopSkipJump) add breadth on a small
 subsample. Checks after Carlini et al. 2019 ("On Evaluating Adversarial Robustness") and
 Pintor et al. 2022 ("Indicators of Attack Failure") say whether the attack was strong enough
-for the numbers to be believed.
+for the numbers to be believed (:mod:`robustkit.studies.adversarial_checks`).
 
 Units: Linf radii are given in pixel units (``2 / 255``, a scalar or a list) and named and
 reported in /255 units (``robust_accuracy.linf.2``); L2 radii are the L2 norm of the
@@ -27,8 +27,9 @@ from robustkit import metrics as M
 from robustkit.errors import check_choice, check_range, param_error
 from robustkit.images import png_base64
 from robustkit.model import softmax
-from robustkit.results import Check, StudyResult
+from robustkit.results import StudyResult
 from robustkit.studies import register
+from robustkit.studies.adversarial_checks import CheckInputs, eps_name, run_checks
 from robustkit.studies.base import AuditContext, Study, StudyConfig
 
 if TYPE_CHECKING:
@@ -39,12 +40,6 @@ __all__ = ["AdversarialConfig", "AdversarialStudy", "eps_name"]
 
 NORMS = ("linf", "l2")
 _WHERE = "study 'adversarial'"
-
-
-def eps_name(norm: str, eps: float) -> str:
-    """The metric suffix of a radius: Linf in /255 units (``0.5``, ``8``), L2 as is (``0.25``)."""
-    value = eps * 255 if norm == "linf" else eps
-    return f"{round(value, 4):g}"
 
 
 def _as_sorted(values: Any) -> tuple[float, ...]:
@@ -204,11 +199,11 @@ class AdversarialStudy(Study):
         _fill_foolbox(result, foolbox, sweeps)
         result.intervals = _intervals(result.records["correct"], columns, y, cfg.n_bootstrap,
                                       ctx.seed_for("adversarial", "bootstrap"))
-        inputs = _CheckInputs(model=model, x=x, y=y, logits=logits, target=target, sweeps=sweeps, fgsm=fgsm,
-                              foolbox=foolbox, make_attack=self._attack, seed=ctx.seed_for("adversarial", "checks"),
-                              subset=np.sort(ctx.rng("adversarial", "checks").permutation(len(y))[: cfg.check_samples]),
-                              tolerance=cfg.tolerance, large_epsilon_linf=cfg.large_epsilon_linf, loss=cfg.loss)
-        result.checks, check_data = _run_checks(inputs)
+        inputs = CheckInputs(model=model, x=x, y=y, logits=logits, target=target, sweeps=sweeps, fgsm=fgsm,
+                             foolbox=foolbox, make_attack=self._attack, seed=ctx.seed_for("adversarial", "checks"),
+                             subset=np.sort(ctx.rng("adversarial", "checks").permutation(len(y))[: cfg.check_samples]),
+                             tolerance=cfg.tolerance, large_epsilon_linf=cfg.large_epsilon_linf, loss=cfg.loss)
+        result.checks, check_data = run_checks(inputs)
         result.data.update(
             class_names=names,
             clean_accuracy=float(np.mean(logits.argmax(axis=1) == y)) if len(y) else float("nan"),
@@ -437,205 +432,3 @@ def _gallery(x: np.ndarray, y: np.ndarray, logits: np.ndarray, sweeps: dict[str,
             "adv_png": png_base64(adv, max_side=96),
         })
     return out
-
-
-# ------------------------------------------------------------------------------ checks
-# After Carlini et al. 2019, "On Evaluating Adversarial Robustness", and Pintor et al. 2022,
-# "Indicators of Attack Failure": each says whether the attack was strong enough to believe.
-
-_NEAR_ZERO = 0.05  # robust accuracy allowed at the large radius
-_ZERO_GRADIENT_SHARE = 0.05  # share of all-zero input gradients before warning
-_FLAT_SHARE = 0.1  # the last 20% of steps may add at most this share of the loss rise
-
-
-@dataclass
-class _CheckInputs:
-    model: ModelAdapter
-    x: np.ndarray
-    y: np.ndarray
-    logits: np.ndarray
-    target: np.ndarray | None
-    sweeps: dict[str, A.SweepResult]
-    fgsm: A.SweepResult | None
-    foolbox: dict[str, Any]
-    make_attack: Any
-    seed: int
-    subset: np.ndarray
-    tolerance: float
-    large_epsilon_linf: float
-    loss: str
-
-    @property
-    def norm(self) -> str:
-        return "linf" if "linf" in self.sweeps else next(iter(self.sweeps))
-
-
-def _run_checks(c: _CheckInputs) -> tuple[list[Check], dict[str, Any]]:
-    data: dict[str, Any] = {}
-    checks = [
-        _check_large_epsilon(c, data),
-        _check_sensitivity(c, data),
-        _check_black_box(c),
-        _check_minimum_norm(c),
-        _check_loss_trace(c),
-        _check_gradients(c, data),
-        _check_determinism(c, data),
-        _check_fgsm(c),
-    ]
-    return [k for k in checks if k is not None], data
-
-
-def _check_large_epsilon(c: _CheckInputs, data: dict[str, Any]) -> Check:
-    s, n = c.sweeps[c.norm], len(c.y)
-    eps = c.large_epsilon_linf if c.norm == "linf" else c.large_epsilon_linf * math.sqrt(c.x[0].size)
-    label = f"Linf {eps_name('linf', eps)}/255" if c.norm == "linf" else f"L2 {eps:.3g}"
-    alive = np.flatnonzero(s.correct[:, -1]) if s.correct.shape[1] else np.flatnonzero(s.min_eps > 0)
-    if alive.size:
-        res = c.make_attack(c.norm)(c.model, c.x[alive], c.y[alive], epsilons=eps, seed=c.seed,
-                                    target=None if c.target is None else c.target[alive])
-        alive = alive[res.pred == c.y[alive]]
-    acc = alive.size / n if n else float("nan")
-    data["large_epsilon"] = {"norm": c.norm, "epsilon": float(eps), "robust_accuracy": acc}
-    if n and acc > _NEAR_ZERO:
-        return Check("near zero at a large epsilon", "fail",
-                     f"robust accuracy is still {acc:.3f} at {label} ({alive.size} of {n} images unbroken); an attack "
-                     f"that works should break nearly every image at this budget (at most {_NEAR_ZERO:g} expected).")
-    return Check("near zero at a large epsilon", "pass",
-                 f"robust accuracy falls to {acc:.3f} at {label} (at most {_NEAR_ZERO:g} expected).")
-
-
-def _check_sensitivity(c: _CheckInputs, data: dict[str, Any]) -> Check:
-    s = c.sweeps[c.norm]
-    if not s.epsilons.size or not c.subset.size:
-        return Check("steps and restarts", "pass", "nothing to re-attack.")
-    k = len(s.epsilons) // 2
-    alive = c.subset[s.correct[c.subset, k]]
-    base = c.make_attack(c.norm)
-    drops = {}
-    for label, attack in (("2x steps", c.make_attack(c.norm, steps=2 * base.steps, restarts=1)),
-                          ("+1 restart", c.make_attack(c.norm, restarts=1, random_start=True))):
-        broken = 0
-        if alive.size:
-            res = attack(c.model, c.x[alive], c.y[alive], epsilons=float(s.epsilons[k]), seed=c.seed + 7,
-                         target=None if c.target is None else c.target[alive])
-            broken = int(np.sum(res.pred != c.y[alive]))
-        drops[label] = broken / len(c.subset)
-    where = f"{c.norm} {eps_name(c.norm, s.epsilons[k])}{'/255' if c.norm == 'linf' else ''}"
-    data["sensitivity"] = {"epsilon": float(s.epsilons[k]), "samples": int(len(c.subset)), **drops}
-    text = ", ".join(f"{k_}: -{v:.3f}" for k_, v in drops.items())
-    if max(drops.values()) > c.tolerance:
-        return Check("steps and restarts", "warn",
-                     f"a stronger attack lowers robust accuracy at {where} on {len(c.subset)} images ({text}), more "
-                     f"than the tolerance {c.tolerance:g}: the attack has not converged; raise steps or restarts.")
-    return Check("steps and restarts", "pass",
-                 f"doubling the steps or adding a restart changes robust accuracy at {where} by at most "
-                 f"{c.tolerance:g} on {len(c.subset)} images ({text}).")
-
-
-def _beaten(c: _CheckInputs, r: A.MinimalPerturbation) -> list[str]:
-    """Radii where attack result ``r`` broke images inside the ball that PGD left correct."""
-    pos, found = c.foolbox["positions"], []
-    for norm, s in c.sweeps.items():
-        dist = r.linf if norm == "linf" else r.l2
-        for k, eps in enumerate(s.epsilons):
-            n = int(np.sum((dist <= eps * (1 + 1e-4)) & r.success & s.correct[pos, k]))
-            if n:
-                found.append(f"{n} at {norm} {eps_name(norm, eps)}{'/255' if norm == 'linf' else ''}")
-    return found
-
-
-def _check_black_box(c: _CheckInputs) -> Check | None:
-    names = [n for n in c.foolbox if n in A.DECISION_ATTACKS]
-    if not names:
-        return None
-    found = [f"{n}: {', '.join(b)}" for n in names if (b := _beaten(c, c.foolbox[n]))]
-    if found:
-        return Check("black-box never beats white-box", "fail",
-                     f"a decision-based attack broke images inside budgets where PGD failed ({'; '.join(found)}): "
-                     "the gradients mislead PGD (gradient masking) or PGD is too weak.")
-    return Check("black-box never beats white-box", "pass",
-                 f"{', '.join(names)} found no adversarial example inside a budget where PGD failed.")
-
-
-def _check_minimum_norm(c: _CheckInputs) -> Check | None:
-    names = [n for n in c.foolbox if n != "positions" and n not in A.DECISION_ATTACKS]
-    if not names:
-        return None
-    found = [f"{n}: {', '.join(b)}" for n in names if (b := _beaten(c, c.foolbox[n]))]
-    if found:
-        return Check("minimum-norm attacks vs PGD", "warn",
-                     f"foolbox attacks broke images inside budgets where PGD failed ({'; '.join(found)}): PGD "
-                     "underestimates the attack; raise steps or restarts.")
-    return Check("minimum-norm attacks vs PGD", "pass",
-                 f"{', '.join(names)} found no adversarial example inside a budget where PGD failed.")
-
-
-def _check_loss_trace(c: _CheckInputs) -> Check:
-    s = c.sweeps[c.norm]
-    runs = [k for k in range(len(s.epsilons)) if np.all(np.isfinite(s.loss_traces[k]))]
-    if not runs:
-        return Check("loss rises and flattens", "pass", "no image survived to be attacked; nothing to judge.")
-    k = runs[len(runs) // 2] if len(s.epsilons) // 2 not in runs else len(s.epsilons) // 2
-    trace = s.loss_traces[k]
-    steps = len(trace) - 1
-    rise = float(trace[-1] - trace[0])
-    tail = float(abs(trace[-1] - trace[int(math.floor(0.8 * steps))]))
-    where = f"{c.norm} {eps_name(c.norm, s.epsilons[k])}{'/255' if c.norm == 'linf' else ''}"
-    if steps < 5:
-        return Check("loss rises and flattens", "warn", f"only {steps} steps: too few to judge convergence.")
-    if rise <= 0:
-        return Check("loss rises and flattens", "warn",
-                     f"the mean attack loss did not rise over the {steps} steps at {where} ({trace[0]:.4g} -> "
-                     f"{trace[-1]:.4g}): optimisation incomplete or the step size is wrong.")
-    if tail > max(_FLAT_SHARE * rise, 1e-3 * (1 + abs(float(trace[-1])))):
-        return Check("loss rises and flattens", "warn",
-                     f"the mean attack loss at {where} still changes by {tail:.4g} over the last 20% of steps "
-                     f"({tail / rise:.0%} of its rise): optimisation incomplete; raise steps.")
-    return Check("loss rises and flattens", "pass",
-                 f"the mean attack loss at {where} rises by {rise:.4g} and the last 20% of steps change it by "
-                 f"{tail:.3g} (under {_FLAT_SHARE:.0%} of the rise).")
-
-
-def _check_gradients(c: _CheckInputs, data: dict[str, Any]) -> Check:
-    g = A.loss_gradient(c.model, c.x, c.y, loss=c.loss).reshape(len(c.x), -1)
-    bad = int(np.sum(~np.all(np.isfinite(g), axis=1)))
-    zero = float(np.mean(np.all(g == 0, axis=1))) if len(g) else 0.0
-    data["gradients"] = {"non_finite": bad, "zero_share": zero}
-    if bad:
-        return Check("gradients finite and non-zero", "fail",
-                     f"{bad} of {len(g)} images have NaN or inf input gradients: attacks on them are meaningless.")
-    if zero > _ZERO_GRADIENT_SHARE:
-        return Check("gradients finite and non-zero", "warn",
-                     f"{zero:.0%} of the images have an all-zero input gradient (over {_ZERO_GRADIENT_SHARE:.0%}): "
-                     "saturation or gradient masking (for example a non-differentiable input step); "
-                     "robust accuracy overstates robustness.")
-    return Check("gradients finite and non-zero", "pass",
-                 f"input gradients of the attack loss are finite, and {zero:.0%} of the images have an all-zero one.")
-
-
-def _check_determinism(c: _CheckInputs, data: dict[str, Any]) -> Check:
-    xs = c.x[c.subset]
-    first, second = c.model.logits(xs), c.model.logits(xs)
-    diff = float(np.max(np.abs(first - second))) if len(xs) else 0.0
-    drift = float(np.max(np.abs(first - c.logits[c.subset]))) if len(xs) else 0.0
-    data["determinism"] = {"max_abs_diff": diff, "max_abs_diff_clean_pass": drift}
-    if diff > 0 or drift > 1e-3 * (1 + float(np.abs(first).max(initial=0))):
-        return Check("deterministic predictions", "warn",
-                     f"two passes over the same {len(xs)} images differ (largest logit change {max(diff, drift):.3g}): "
-                     "a randomised model needs expectation over transformation (EOT) in the attack, which this "
-                     "study does not do.")
-    return Check("deterministic predictions", "pass", f"two passes over {len(xs)} images give identical logits.")
-
-
-def _check_fgsm(c: _CheckInputs) -> Check | None:
-    if c.fgsm is None or "linf" not in c.sweeps:
-        return None
-    s, f = c.sweeps["linf"], c.fgsm
-    worse = [f"{eps_name('linf', e)}/255 (PGD {s.correct[:, k].mean():.3f} > FGSM {f.correct[:, k].mean():.3f})"
-             for k, e in enumerate(s.epsilons) if s.correct[:, k].mean() > f.correct[:, k].mean() + c.tolerance]
-    if worse:
-        return Check("FGSM vs PGD", "warn",
-                     f"one-step FGSM beats multi-step PGD at {', '.join(worse)}: a sign of gradient masking or a "
-                     "badly tuned PGD step.")
-    return Check("FGSM vs PGD", "pass",
-                 f"PGD robust accuracy is at most FGSM's (+{c.tolerance:g}) at every Linf budget.")

@@ -172,10 +172,12 @@ class ConditionStudy(Study):
         worst = names[int(np.nanargmin([result.metrics[f"accuracy.{c}"] for c in names]))] if len(y) else None
         result.checks = self._checks(result.metrics, plan, clean_acc)
         result.tables["conditions"] = _condition_table(result.metrics, plan)
-        result.records.update(pred=pred, confidence=conf, correct=correct)
+        flipped = pred != clean_pred[:, None]
+        result.records.update(pred=pred, confidence=conf, correct=correct, flipped=flipped)
         result.data.update(
             conditions=names,
             correct_metrics=[f"accuracy.{c}" for c in names],
+            flipped_metrics=[f"flip_rate.{c}" for c in names],  # paired (McNemar) tests in compare
             class_names=class_names,
             clean_accuracy=clean_acc,
             worst_condition=worst,
