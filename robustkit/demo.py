@@ -27,7 +27,7 @@ DEMO_AUDIT: dict[str, dict[str, Any]] = {
     "perturbation": {"max_samples": 90},
     "noise": {"max_samples": 90},
     "adversarial": {"max_samples": 48},
-    "saliency": {"max_samples": 12, "stability_samples": 6, "smoothgrad_n": 16, "ig_steps": 48,
+    "saliency": {"max_samples": 12, "stability_samples": 6, "smoothgrad_n": 16,
                  "randomization_samples": 3, "randomization_steps": 4},
 }
 

@@ -292,7 +292,7 @@ def test_study_is_deterministic_and_counts_normal_as_excluded(study_runs) -> Non
 
 @pytest.mark.parametrize("override", [
     {"methods": ["foo"]}, {"methods": []}, {"deletion_fill": "grey"}, {"smoothgrad_n": 0},
-    {"ig_steps": 1.5}, {"randomization_threshold": 2.0}, {"bogus": 1},
+    {"ig_steps": 1.5}, {"randomization_threshold": 2.0}, {"randomization_metric": "pearson"}, {"bogus": 1},
 ])
 def test_bad_config_raises(override) -> None:
     from robustkit.studies import get_study

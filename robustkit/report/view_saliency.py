@@ -97,6 +97,7 @@ def saliency_view(study: StudyResult, audit: AuditResult) -> dict[str, Any]:
     rand = data.get("randomization") or {}
     ctx["figures"] = _randomization_figures(rand)
     ctx["randomization_passed"] = [str(m) for m in rand.get("passed", [])]
+    ctx["randomization_metric"] = str(rand.get("metric", "spearman"))
     ctx["randomization_images"] = rand.get("n_images")
     deletion = _deletion_figure(data.get("deletion") or {})
     if deletion:
