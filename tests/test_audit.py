@@ -197,3 +197,21 @@ def test_audit_config_file(tmp_path: Path) -> None:
     path.write_text("[nosuchstudy]\nx = 1\n")
     with pytest.raises(ConfigError, match=r"Unknown study table \[nosuchstudy\]"):
         load_config(path)
+
+
+@pytest.mark.inception
+def test_audit_of_the_real_inception_v3_architecture(toy_data: Path, tmp_path: Path) -> None:
+    """The demo's architecture (InceptionV3 + the original head) at a small input, end to end."""
+    from robustkit.data import load_dataset
+    from robustkit.train import build_model
+
+    model = build_model("inception_v3", input_size=75, num_classes=3, seed=0)
+    path = tmp_path / "inception.keras"
+    model.save(path)
+    result = audit(path, toy_data, studies=["clean"], seed=0)
+    assert result.model["parameters"] == 22_360_611 and result.model["input_shape"] == [75, 75, 3]
+    data = load_dataset(toy_data)
+    x = data.load_images(np.arange(len(data)), size=(75, 75), channels=3)
+    expected = np.mean(model.predict(x, verbose=0).argmax(axis=1) == data.labels)
+    assert result.metric("clean.accuracy") == pytest.approx(expected)
+    np.testing.assert_allclose(result.records("clean")["probs"], model.predict(x, verbose=0), atol=1e-5)
