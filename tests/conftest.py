@@ -80,6 +80,15 @@ def train_toy_model(data_root: Path, out: Path, *, epochs: int = 30, seed: int =
     return out
 
 
+def strip_volatile(obj: object) -> object:
+    """A results JSON without timings ("seconds") and dates ("created"), recursively."""
+    if isinstance(obj, dict):
+        return {k: strip_volatile(v) for k, v in obj.items() if k not in ("seconds", "created")}
+    if isinstance(obj, list):
+        return [strip_volatile(v) for v in obj]
+    return obj
+
+
 @pytest.fixture(scope="session")
 def toy_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_toy_dataset(tmp_path_factory.mktemp("toy") / "data")

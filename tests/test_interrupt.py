@@ -37,6 +37,7 @@ from robustkit.results import (
 )
 from robustkit.runner import audit
 from robustkit.studies.clean import CleanStudy
+from tests.conftest import strip_volatile
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((Path(robustkit.__file__).parent / "schema" / "results.schema.json").read_text())
@@ -108,13 +109,6 @@ def slow_tail_study():
     yield namespace["SlowTailStudy"]
     _REGISTRY.pop("slow_tail", None)
 
-
-def _strip_volatile(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _strip_volatile(v) for k, v in obj.items() if k not in ("seconds", "created")}
-    if isinstance(obj, list):
-        return [_strip_volatile(v) for v in obj]
-    return obj
 
 
 def _start(model: Path, data: Path, out: Path, mode: str) -> subprocess.Popen[str]:
@@ -238,7 +232,7 @@ def test_killed_audit_keeps_complete_results_and_resumes_to_the_same_numbers(
     ref_disk = json.loads((ref_out / "results.json").read_text(encoding="utf-8"))
     jsonschema.validate(on_disk, SCHEMA)
     for name in STUDIES:
-        assert _strip_volatile(on_disk["studies"][name]) == _strip_volatile(ref_disk["studies"][name])
+        assert strip_volatile(on_disk["studies"][name]) == strip_volatile(ref_disk["studies"][name])
     again = load_results(out)
     for name in STUDIES:
         for key, arr in reference.records(name).items():

@@ -24,7 +24,7 @@ from robustkit.errors import ModelError
 from robustkit.model import load_model
 from robustkit.runner import audit
 from robustkit.studies import available, get_study
-from tests.conftest import CLASSES, SIZE, build_toy_model
+from tests.conftest import CLASSES, SIZE, build_toy_model, strip_volatile
 
 HOSTILE_CLASSES = ["<script>alert(1)", '"><img src=x onerror=alert(1)>', "a&b 'q' <b>"]
 HOSTILE_FILES = ["<script>alert(2)", '" onmouseover="alert(3)', "x'><svg onload=alert(4)>"]
@@ -58,14 +58,6 @@ def _audit_cli(capsys, model: Path, data: Path, out: Path, *extra: str) -> tuple
     return _cli(capsys, "audit", "--model", str(model), "--data", str(data), "--out", str(out),
                 "--studies", "clean", *extra)
 
-
-def _strip_volatile(obj: Any) -> Any:
-    """The JSON without timings ("seconds") and dates ("created"), recursively."""
-    if isinstance(obj, dict):
-        return {k: _strip_volatile(v) for k, v in obj.items() if k not in ("seconds", "created")}
-    if isinstance(obj, list):
-        return [_strip_volatile(v) for v in obj]
-    return obj
 
 
 class _Tags(HTMLParser):
@@ -116,7 +108,7 @@ def test_same_seed_gives_identical_results_json_and_records(
         runs.append(out)
     a, b = (json.loads((out / "results.json").read_text(encoding="utf-8")) for out in runs)
     assert a["created"] and a["studies"]["clean"]["seconds"] >= 0  # the volatile keys exist
-    assert _strip_volatile(a) == _strip_volatile(b)
+    assert strip_volatile(a) == strip_volatile(b)
     with np.load(runs[0] / "records.npz") as ra, np.load(runs[1] / "records.npz") as rb:
         assert sorted(ra.files) == sorted(rb.files)
         for key in ra.files:
