@@ -34,6 +34,7 @@ _SIGNIFICANT = ("regression", "improvement", "changed")
 _CSS = """
 /* compare page */
 table.deltas { width: 100%; }
+table.deltas td:first-child, table.deltas th:first-child { min-width: 16em; word-break: normal; overflow-wrap: anywhere; }
 tr.verdict-regression td { background: var(--fail-bg); }
 tr.verdict-improvement td { background: var(--pass-bg); }
 td.verdict { white-space: nowrap; font-weight: 600; }
