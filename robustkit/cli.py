@@ -238,7 +238,7 @@ def _cmd_studies(a: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+_COMMANDS: list[Callable[[argparse._SubParsersAction], object]] = [
     _add_demo, _add_phantom, _add_train, _add_audit, _add_report,
     lambda sub: add_compare_parser(sub, parents=[_COMMON]),
     lambda sub: add_gate_parser(sub, parents=[_COMMON]),
