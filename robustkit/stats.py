@@ -278,7 +278,8 @@ def binary_column(pr: PairedRecords, metric: str) -> tuple[np.ndarray, np.ndarra
 
     A study declares such columns as ``records[key]`` ``(n, M)`` with ``data[key + "_metrics"]``
     the ``M`` metric names (``correct`` / ``correct_metrics`` for accuracies). A per-class
-    ``recall.<class>`` is the accuracy column over the samples of that class.
+    ``recall.<class>`` (or ``recall.<class>.<condition>``) is the accuracy column (of that
+    condition) over the samples of that class.
     """
     for key, names in pr.data.items():
         if not key.endswith("_metrics") or not isinstance(names, (list, tuple)) or metric not in names:
@@ -286,11 +287,15 @@ def binary_column(pr: PairedRecords, metric: str) -> tuple[np.ndarray, np.ndarra
         arr = pr.records.get(key[: -len("_metrics")])
         if arr is not None and arr.ndim == 2 and arr.shape[1] == len(names):
             return np.asarray(arr[:, list(names).index(metric)], dtype=bool), np.ones(pr.n, dtype=bool)
-    root, _, cls = metric.partition(".")
-    if root == "recall" and cls in set(map(str, pr.labels)):
-        found = binary_column(pr, "accuracy")
-        if found is not None:
-            return found[0], pr.labels == cls
+    root, _, rest = metric.partition(".")
+    if root != "recall":
+        return None
+    for cls in sorted(set(map(str, pr.labels)), key=len, reverse=True):  # longest name first
+        if rest == cls or rest.startswith(cls + "."):
+            condition = rest[len(cls) + 1 :]
+            found = binary_column(pr, f"accuracy.{condition}" if condition else "accuracy")
+            if found is not None:
+                return found[0], pr.labels == cls
     return None
 
 

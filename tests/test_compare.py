@@ -226,6 +226,24 @@ def test_recall_is_mcnemar_on_the_class_subset(base_correct) -> None:
     assert d.verdict == "regression"
 
 
+def test_recall_under_a_condition_is_mcnemar_on_that_column_and_class(base_correct) -> None:
+    audits = [make_audit(base_correct), make_audit(base_correct, shift=np.arange(300) % 5 == 0)]
+    for a in audits:
+        pert, col = a.studies["perturbation"], a.studies["perturbation"].data["correct_metrics"].index
+        for k, c in enumerate(CLASSES):
+            name = pert.data["correct_metrics"][0]  # accuracy.<t>.1
+            column = pert.records["correct"][:, col(name)]
+            pert.metrics[f"recall.{c}.{name.partition('.')[2]}"] = float(column[a.labels == k].mean())
+    cond = audits[0].studies["perturbation"].data["correct_metrics"][0].partition(".")[2]
+    d = _delta(compare(audits, correction="none"), f"perturbation.recall.COVID-19.{cond}")
+    a_col = audits[0].studies["perturbation"].records["correct"][:, 0]
+    b_col = audits[1].studies["perturbation"].records["correct"][:, 0]
+    covid = audits[0].labels == 0  # both audits store the samples in the same order here
+    b, c = int(np.sum(a_col[covid] & ~b_col[covid])), int(np.sum(~a_col[covid] & b_col[covid]))
+    assert d.test == "mcnemar-exact" and d.discordant == (b, c) and b > 0
+    assert d.p_value == pytest.approx(binomtest(min(b, c), b + c, 0.5).pvalue)
+
+
 def test_other_metrics_get_a_paired_bootstrap_or_not_testable(base_correct) -> None:
     base = make_audit(base_correct)
     cand = make_audit(base_correct, conf_shift=-0.25)
