@@ -385,7 +385,9 @@ class SweepResult:
             misclassified on its clean image, inf if none did.
         adv_pred: ``(N, E)`` predicted class of the adversarial (or clean) image per radius.
         adv_conf: ``(N, E)`` softmax confidence of that prediction.
-        loss_traces: one ``(steps + 1,)`` mean loss trace per radius (NaN if nothing was run).
+        loss_traces: one ``(steps + 1,)`` mean loss trace per radius over the images the attack
+            failed to break there (NaN if it broke every image or nothing was run): a loss that
+            is still rising on those is a sign the optimisation stopped too early.
         kept: position -> adversarial image at ``min_eps``, for the positions asked to keep.
         gradient_evals: per-sample gradient evaluations spent.
     """
@@ -456,8 +458,9 @@ def epsilon_sweep(
             res = attack(model, x[todo], labels[todo], epsilons=float(radius),
                          target=None if target is None else np.asarray(target)[todo], seed=seed * 1009 + k)
             out.gradient_evals += res.gradient_evals
-            out.loss_traces[k] = res.loss_trace.mean(axis=0)
             broken = res.pred != labels[todo]
+            if not broken.all():  # convergence matters where the attack failed (Pintor et al. 2022)
+                out.loss_traces[k] = res.loss_trace[~broken].mean(axis=0)
             _record_broken(out, res, todo, broken, k, keep_set)
             alive[todo[broken]] = False
         out.correct[:, k] = alive

@@ -108,6 +108,15 @@ def test_sweep_is_monotone_consistent_and_cheaper_than_independent_runs(toy) -> 
     assert traces == [1] * len(traces)  # one compile for every radius and batch size
 
 
+def test_sweep_loss_trace_follows_the_images_the_attack_failed_to_break(toy) -> None:
+    model, x, y = toy
+    attack = A.LinfPGD(steps=4, random_start=False)
+    sweep = A.epsilon_sweep(attack, model, x, y, [0.5 / 255, 1.0])
+    assert sweep.correct[:, 0].any() and np.all(np.isfinite(sweep.loss_traces[0]))
+    assert not sweep.correct[:, 1].any()  # a budget of the whole range breaks everything
+    assert np.all(np.isnan(sweep.loss_traces[1]))  # so there is no failed optimisation to judge
+
+
 def test_loss_gradient_is_zero_through_a_rounding_input() -> None:
     from robustkit._tf import keras
 

@@ -181,7 +181,8 @@ def _check_loss_trace(c: CheckInputs) -> Check:
     s = c.sweeps[c.norm]
     runs = [k for k in range(len(s.epsilons)) if np.all(np.isfinite(s.loss_traces[k]))]
     if not runs:
-        return Check("loss rises and flattens", "pass", "no image survived to be attacked; nothing to judge.")
+        return Check("loss rises and flattens", "pass",
+                     "the attack broke every image it ran on: no failed optimisation to judge.")
     k = runs[len(runs) // 2] if len(s.epsilons) // 2 not in runs else len(s.epsilons) // 2
     trace = s.loss_traces[k]
     steps = len(trace) - 1
@@ -196,8 +197,9 @@ def _check_loss_trace(c: CheckInputs) -> Check:
                      f"{trace[-1]:.4g}): optimisation incomplete or the step size is wrong.")
     if tail > max(_FLAT_SHARE * rise, 1e-3 * (1 + abs(float(trace[-1])))):
         return Check("loss rises and flattens", "warn",
-                     f"the mean attack loss at {where} still changes by {tail:.4g} over the last 20% of steps "
-                     f"({tail / rise:.0%} of its rise): optimisation incomplete; raise steps.")
+                     f"on the images it failed to break at {where}, the mean attack loss still changes by "
+                     f"{tail:.4g} over the last 20% of steps ({tail / rise:.0%} of its rise): optimisation "
+                     "incomplete; raise steps.")
     return Check("loss rises and flattens", "pass",
                  f"the mean attack loss at {where} rises by {rise:.4g} and the last 20% of steps change it by "
                  f"{tail:.3g} (under {_FLAT_SHARE:.0%} of the rise).")
