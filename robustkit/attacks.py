@@ -209,7 +209,7 @@ class GradientAttack(ABC):
             best_z = tf.zeros((tf.shape(x0)[0], model.num_classes), tf.float32)
             found = tf.zeros((tf.shape(x0)[0],), tf.bool)
             trace = tf.TensorArray(tf.float32, size=steps + 1)
-            for i in tf.range(steps):
+            for i in (range(steps) if steps <= _UNROLL_STEPS else tf.range(steps)):
                 z, per_sample, g = value_and_grad(x, labels)
                 new = tf.logical_and(_is_adversarial(z, labels, targeted), tf.logical_not(found))
                 best = tf.where(_bcast(new), x, best)
@@ -288,6 +288,12 @@ class GradientAttack(ABC):
             out.adv[sl], out.logits[sl], out.success[sl], out.loss_trace[sl] = adv, z, ok, trace
             out.gradient_evals += (sl.stop - sl.start) * self.steps
         return out
+
+
+#: Loops up to this many steps are unrolled in the graph (no while-loop between the gradient
+#: passes, which lets TensorFlow schedule them as one graph); longer ones stay a tf.while_loop
+#: so that tracing stays fast.
+_UNROLL_STEPS = 12
 
 
 def _check_images(model: ModelAdapter, x: np.ndarray) -> np.ndarray:

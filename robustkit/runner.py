@@ -111,6 +111,7 @@ def audit(
     reference: str | Path | AuditResult | None = None,
     trust_model: bool = False,
     on_bad_input: str = "fail",
+    input_scale: str | None = None,
 ) -> AuditResult:
     """Audit a classifier and return (and, with ``out``, write) the :class:`AuditResult`.
 
@@ -132,6 +133,8 @@ def audit(
             corruption error.
         trust_model: allow checkpoints with serialized code (Keras safe mode off).
         on_bad_input: ``fail`` or ``skip`` unreadable images.
+        input_scale: the range the checkpoint expects (``unit`` [0, 1], ``255``, ``symmetric``
+            [-1, 1]); default: its ``.meta.json``, else ``unit``.
 
     Example:
         >>> result = audit("demo.keras", "data/phantom", profile="quick", out="reports/a")  # doctest: +SKIP
@@ -140,7 +143,9 @@ def audit(
     cfg = config if isinstance(config, AuditConfig) else load_config(config)  # type: ignore[arg-type]
     cfg = cfg.merged(seed=seed, profile=profile, limit=limit, batch_size=batch_size, studies=studies)
     plan = plan_studies(cfg)
-    adapter = model if isinstance(model, ModelAdapter) else load_model(model, trust=trust_model, batch_size=cfg.batch_size)
+    adapter = model if isinstance(model, ModelAdapter) else load_model(
+        model, trust=trust_model, batch_size=cfg.batch_size, input_scale=input_scale
+    )
     if cfg.batch_size:
         adapter.batch_size = cfg.batch_size
     dataset = data if isinstance(data, Dataset) else load_dataset(data, on_bad_input=on_bad_input)

@@ -125,3 +125,26 @@ def test_set_overrides_reach_the_study_config(capsys, toy_model: Path, toy_data:
     code, _, err = _run(capsys, "audit", "--model", str(toy_model), "--data", str(toy_data), "--out", str(out),
                         "--studies", "clean", "--set", "clean.n_boot=5", "-q")
     assert code == 2 and "Unknown key 'n_boot'" in _one_line_error(err)
+
+
+def test_input_scale_option(capsys, toy_data: Path, tmp_path: Path) -> None:
+    import numpy as np
+
+    from robustkit._tf import keras
+    from robustkit.data import load_dataset
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((SIZE, SIZE, 1))
+    out = keras.layers.Dense(3)(keras.layers.Flatten()(inp))
+    path = tmp_path / "raw255.keras"
+    model = keras.Model(inp, out)
+    model.save(path)
+    code, _, _ = _run(capsys, "audit", "--model", str(path), "--data", str(toy_data), "--out", str(tmp_path / "o"),
+                      "--studies", "clean", "--input-scale", "255", "-q")
+    assert code == 0
+    saved = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert saved["model"]["input_scale"] == "255"
+    data = load_dataset(toy_data)
+    x = data.load_images(np.arange(len(data)), size=(SIZE, SIZE), channels=1)
+    logits = np.load(tmp_path / "o" / "records.npz")["clean/logits"]
+    np.testing.assert_allclose(logits, model.predict(x * 255.0, verbose=0), rtol=1e-4, atol=1e-3)
