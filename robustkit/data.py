@@ -227,14 +227,12 @@ class Dataset:
         labels = self.labels
         return [np.flatnonzero(labels == k) for k in range(len(self.class_names))]
 
-    def subsample(self, n: int | None, *, seed: int) -> Dataset:
-        """A seeded, stratified subsample of ``n`` samples (proportional per class, at least
-        one per class present), in original order; ``self`` if ``n`` is None or >= len."""
-        if n is None:
-            return self
+    def subsample_positions(self, n: int, *, seed: int) -> np.ndarray:
+        """Positions ``(m,)`` of a seeded, stratified subsample of ``n`` samples (proportional
+        per class, at least one per class present), sorted; every position if ``n`` >= len."""
         check_range("n", n, low=1, integer=True, where="Dataset.subsample")
         if n >= len(self):
-            return self
+            return np.arange(len(self), dtype=np.int64)
         groups = self._by_class()
         counts = np.array([len(g) for g in groups], dtype=np.int64)
         present = int((counts > 0).sum())
@@ -252,7 +250,17 @@ class Dataset:
             for g, a in zip(groups, alloc, strict=True)
             if a
         ]
-        return self.subset(np.sort(np.concatenate(picked)))
+        return np.sort(np.concatenate(picked)).astype(np.int64)
+
+    def subsample(self, n: int | None, *, seed: int) -> Dataset:
+        """A seeded, stratified subsample of ``n`` samples (proportional per class, at least
+        one per class present), in original order; ``self`` if ``n`` is None or >= len."""
+        if n is None:
+            return self
+        check_range("n", n, low=1, integer=True, where="Dataset.subsample")
+        if n >= len(self):
+            return self
+        return self.subset(self.subsample_positions(n, seed=seed))
 
     def split(self, fraction: float, *, seed: int) -> tuple[Dataset, Dataset]:
         """Seeded stratified split; the first part gets about ``fraction`` of every class

@@ -473,6 +473,7 @@ def test_subsample_stratified_counts_and_determinism(tmp_path: Path) -> None:
     assert sub.class_counts() == {"a": 1, "b": 3, "c": 1}
     positions = [list(ds.ids).index(i) for i in sub.ids]
     assert positions == sorted(positions)
+    assert ds.subsample_positions(5, seed=3).tolist() == positions  # what studies sub-sample with
     assert list(ds.subsample(5, seed=3).ids) == list(sub.ids)
     assert ds.subsample(10, seed=0).class_counts() == {"a": 1, "b": 6, "c": 3}
     assert {tuple(ds.subsample(5, seed=s).ids) for s in range(5)} != {tuple(sub.ids)}

@@ -179,23 +179,12 @@ class Study(ABC, Generic[C]):
         n = self.config.max_samples
         if n is None or n >= len(data):
             return np.arange(len(data), dtype=np.int64)
-        return _stratified_positions(data.labels, n, ctx.rng("select", self.name))
+        n = max(n, len(np.unique(data.labels)))  # at least one image of every class
+        return data.subsample_positions(n, seed=ctx.seed_for("select", self.name))
 
     @abstractmethod
     def run(self, model: ModelAdapter, data: Dataset, ctx: AuditContext) -> StudyResult:
         """Compute the study on ``data`` (already this study's samples)."""
-
-
-def _stratified_positions(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    labels = np.asarray(labels)
-    classes, counts = np.unique(labels, return_counts=True)
-    share = np.maximum(1, np.floor(counts / counts.sum() * n)).astype(int)
-    while share.sum() < n and np.any(share < counts):
-        k = int(np.argmax((counts - share) / counts))
-        share[k] += 1
-    picked = [rng.choice(np.flatnonzero(labels == c), size=min(s, cnt), replace=False)
-              for c, s, cnt in zip(classes, share, counts)]
-    return np.sort(np.concatenate(picked)).astype(np.int64)
 
 
 def _plain(v: Any) -> Any:
