@@ -29,7 +29,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["AuditConfig", "load_config", "parse_setting"]
+__all__ = ["AuditConfig", "load_config", "parse_setting", "read_toml"]
 
 _TOP_KEYS = {"seed", "profile", "limit", "batch_size", "studies"}
 
@@ -64,20 +64,25 @@ class AuditConfig:
         return cfg
 
 
+def read_toml(path: str | Path, *, what: str) -> dict[str, Any]:
+    """Parse a TOML file; ConfigError naming the file when it is missing or not TOML."""
+    p = Path(path)
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except (FileNotFoundError, IsADirectoryError) as exc:
+        raise ConfigError(f"{p}: expected {what} (TOML), got no such file.") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: expected {what} in valid TOML, got a parse error: {exc}.") from exc
+
+
 def load_config(source: str | Path | dict[str, Any] | None) -> AuditConfig:
     """Read an audit config from a TOML file or a dict; ``None`` gives the defaults."""
     if source is None:
         return AuditConfig()
     where = ""
     if isinstance(source, (str, Path)):
-        path = Path(source)
-        where = f"{path}: "
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise ConfigError(f"{path}: expected an audit config (TOML), got no such file.") from exc
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: expected valid TOML, got a parse error: {exc}.") from exc
+        where = f"{Path(source)}: "
+        raw = read_toml(source, what="an audit config")
     else:
         raw = dict(source)
     from robustkit.studies import available

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,13 +38,9 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 from robustkit.compare import MetricDelta, check_comparable, paired_deltas
+from robustkit.config import read_toml
 from robustkit.errors import ConfigError, check_choice, check_range, param_error
 from robustkit.results import AuditResult, atomic_write_text, load_results
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 __all__ = ["GateReport", "MetricOutcome", "Policy", "Rule", "RuleOutcome", "add_gate_parser", "gate", "load_policy", "parse_policy"]
 
@@ -167,14 +162,7 @@ class GateReport:
 
 def load_policy(path: str | Path) -> Policy:
     """Read and validate a TOML policy file."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: expected a policy file (TOML), got no such file.")
-    try:
-        obj = tomllib.loads(p.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{p}: expected TOML, got a parse error ({exc}).") from exc
-    return parse_policy(obj, source=str(p))
+    return parse_policy(read_toml(path, what="a policy file"), source=str(Path(path)))
 
 
 def parse_policy(obj: Mapping[str, Any], *, source: str = "policy") -> Policy:
