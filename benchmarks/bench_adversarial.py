@@ -1,4 +1,4 @@
-"""Benchmark the compiled PGD of robustkit.attacks on InceptionV3 (128x128, batch 32, CPU).
+"""Benchmark the compiled PGD of robustkit.model.attacks on InceptionV3 (128x128, batch 32, CPU).
 
 Prints, in one run:
   1. PGD wall time / time of the same number of bare compiled input-gradient passes
@@ -23,16 +23,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from robustkit import attacks as A  # noqa: E402
 from robustkit._tf import keras, tf  # noqa: E402
-from robustkit.model import ModelAdapter  # noqa: E402
+from robustkit.model import attacks as A  # noqa: E402
+from robustkit.model.adapter import ModelAdapter  # noqa: E402
 
 SIZE, BATCH, CLASSES = 128, 32, 3
 
 
 def _model() -> keras.Model:
     try:
-        from robustkit.train import build_model
+        from robustkit.model.training import build_model
 
         return build_model("inception_v3", input_size=SIZE, num_classes=CLASSES)
     except ImportError:

@@ -32,8 +32,8 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from robustkit.data import load_dataset  # noqa: E402
-from robustkit.model import ModelAdapter, load_model  # noqa: E402
+from robustkit.data.dataset import load_dataset  # noqa: E402
+from robustkit.model.adapter import ModelAdapter, load_model  # noqa: E402
 from robustkit.studies import AuditContext, get_study  # noqa: E402
 from robustkit.studies.conditions import _plan  # noqa: E402
 
@@ -48,11 +48,11 @@ RUNS = (
 
 
 def _build(folder: Path) -> Path:
-    """InceptionV3 at 128 px (robustkit.train's model, else keras.applications), saved as .keras."""
+    """InceptionV3 at 128 px (robustkit.model.training's model, else keras.applications), saved as .keras."""
     from robustkit._tf import keras
 
     try:
-        from robustkit.train import build_model
+        from robustkit.model.training import build_model
 
         model = build_model("inception_v3", input_size=SIZE, num_classes=3, channels=3, weights="none")
     except ImportError:
@@ -67,7 +67,7 @@ def _build(folder: Path) -> Path:
 def _data(folder: Path, n: int, seed: int):
     per_class = -(-n // 3)
     try:
-        from robustkit.phantom import generate_phantom
+        from robustkit.data.phantom import generate_phantom
 
         root = generate_phantom(folder / "phantom", per_class=per_class, size=SIZE, seed=seed)
     except ImportError:

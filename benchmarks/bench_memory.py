@@ -6,7 +6,7 @@ Usage (from the repository root)::
     python benchmarks/bench_memory.py --studies clean,calibration --size 64
 
 For each dataset size the audit runs in a fresh subprocess, once with robustkit's default
-image cache (resized images kept in memory up to ``robustkit.data.CACHE_BYTES``, 256 MB)
+image cache (resized images kept in memory up to ``robustkit.data.dataset.CACHE_BYTES``, 256 MB)
 and once with the cache off (pure streaming). Each child reports:
 
 * ``rss_model``: peak RSS (``ru_maxrss``) after importing TensorFlow and loading the model;
@@ -36,11 +36,11 @@ CHILD = r"""
 import json, os, resource, sys, time, tracemalloc
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 args = json.loads(sys.argv[1])
-import robustkit.data as data_module
+import robustkit.data.dataset as data_module
 if args["no_cache"]:
     data_module.CACHE_BYTES = 0
 from robustkit.runner import audit
-from robustkit.model import load_model
+from robustkit.model.adapter import load_model
 
 def rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     studies = [s for s in a.studies.split(",") if s]
     counts = [int(n) for n in a.sizes.split(",")]
     sys.path.insert(0, str(REPO))
-    from robustkit.phantom import generate_phantom
+    from robustkit.data.phantom import generate_phantom
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="rk-bench-mem-") as tmp:

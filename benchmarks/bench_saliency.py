@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 
 def _model(size: int):
     try:
-        from robustkit.train import build_model
+        from robustkit.model.training import build_model
 
         return build_model("inception_v3", input_size=size, channels=1)
     except ImportError:
@@ -56,9 +56,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
 
-    from robustkit.data import load_dataset
-    from robustkit.model import ModelAdapter
-    from robustkit.phantom import generate_phantom
+    from robustkit.data.dataset import load_dataset
+    from robustkit.data.phantom import generate_phantom
+    from robustkit.model.adapter import ModelAdapter
     from robustkit.studies import AuditContext, get_study
 
     with tempfile.TemporaryDirectory() as tmp:

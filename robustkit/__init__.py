@@ -34,13 +34,13 @@ _LAZY = {
     "StudyResult": ("robustkit.results", "StudyResult"),
     "load_results": ("robustkit.results", "load_results"),
     "render_report": ("robustkit.report", "render_report"),
-    "Dataset": ("robustkit.data", "Dataset"),
-    "load_dataset": ("robustkit.data", "load_dataset"),
-    "generate_phantom": ("robustkit.phantom", "generate_phantom"),
-    "ModelAdapter": ("robustkit.model", "ModelAdapter"),
-    "load_model": ("robustkit.model", "load_model"),
+    "Dataset": ("robustkit.data.dataset", "Dataset"),
+    "load_dataset": ("robustkit.data.dataset", "load_dataset"),
+    "generate_phantom": ("robustkit.data.phantom", "generate_phantom"),
+    "ModelAdapter": ("robustkit.model.adapter", "ModelAdapter"),
+    "load_model": ("robustkit.model.adapter", "load_model"),
     "audit": ("robustkit.runner", "audit"),
-    "train_model": ("robustkit.train", "train"),
+    "train_model": ("robustkit.model.training", "train"),
 }
 
 

@@ -49,7 +49,7 @@ def _add_phantom(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_phantom(a: argparse.Namespace) -> int:
-    from robustkit.phantom import generate_phantom
+    from robustkit.data.phantom import generate_phantom
 
     out = generate_phantom(a.out, per_class=a.per_class, size=a.size, seed=a.seed,
                            shortcut=a.shortcut, progress=not a.quiet)
@@ -82,7 +82,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_train(a: argparse.Namespace) -> int:
-    from robustkit.train import train
+    from robustkit.model.training import train
 
     res = train(a.data, a.out, arch=a.arch, input_size=a.input_size, epochs=a.epochs,
                 batch_size=a.batch_size, weights=a.weights, seed=a.seed,

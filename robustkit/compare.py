@@ -8,7 +8,7 @@ study needs no change here:
   ``data[key + "_metrics"]`` naming the ``M`` metrics; accuracies use ``correct``) and a
   per-class ``recall.<class>`` get the exact McNemar test on the discordant pairs;
 * other metrics get a paired bootstrap of the difference where a statistic in
-  :data:`robustkit.stats.PAIRED_STATISTICS` recomputes the stored value from the records;
+  :data:`robustkit.metrics.paired.PAIRED_STATISTICS` recomputes the stored value from the records;
 * the rest get their delta and the verdict ``not testable``.
 
 Samples are paired by id. p-values are Holm-adjusted over every tested metric of one
@@ -36,8 +36,7 @@ from typing import Any
 import numpy as np
 
 from robustkit.errors import ConfigError, RobustkitError, check_choice, check_range, param_error
-from robustkit.results import AuditResult, atomic_write_text, load_results
-from robustkit.stats import (
+from robustkit.metrics.paired import (
     PairedRecords,
     binary_column,
     find_statistic,
@@ -46,6 +45,7 @@ from robustkit.stats import (
     paired_bootstrap,
     resample_indices,
 )
+from robustkit.results import AuditResult, atomic_write_text, load_results
 
 __all__ = [
     "VERDICTS",

@@ -38,8 +38,8 @@ def _key(obj: dict[str, Any]) -> str:
 
 def demo_paths(cache: Path, seed: int) -> dict[str, Path]:
     """Where the demo keeps its train set, test set and checkpoint for this recipe and seed."""
-    from robustkit.phantom import PHANTOM_VERSION
-    from robustkit.train import DEMO_RECIPE
+    from robustkit.data.phantom import PHANTOM_VERSION
+    from robustkit.model.training import DEMO_RECIPE
 
     key = _key({"recipe": DEMO_RECIPE, "seed": seed, "phantom": PHANTOM_VERSION})
     return {
@@ -64,9 +64,9 @@ def run_demo(
     quiet: bool = False,
 ) -> AuditResult:
     """Run the demo audit and return its result (the report is ``out/report.html``)."""
-    from robustkit.phantom import generate_phantom
+    from robustkit.data.phantom import generate_phantom
+    from robustkit.model.training import DEMO_RECIPE, train
     from robustkit.runner import audit
-    from robustkit.train import DEMO_RECIPE, train
 
     r = DEMO_RECIPE
     paths = demo_paths(Path(cache), seed)

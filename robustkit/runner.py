@@ -21,9 +21,9 @@ import numpy as np
 
 from robustkit import __version__
 from robustkit.config import AuditConfig, load_config
-from robustkit.data import Dataset, load_dataset
+from robustkit.data.dataset import Dataset, load_dataset
 from robustkit.errors import DataError, ModelError, RobustkitError
-from robustkit.model import ModelAdapter, load_model
+from robustkit.model.adapter import ModelAdapter, load_model
 from robustkit.results import (
     RESULTS_FILE,
     AuditResult,

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from robustkit.data import load_dataset
+from robustkit.data.dataset import load_dataset
 from robustkit.errors import ConfigError
-from robustkit.model import ModelAdapter, load_model
+from robustkit.model.adapter import ModelAdapter, load_model
 from robustkit.runner import audit
 from robustkit.studies import AuditContext
 from robustkit.studies.adversarial import AdversarialConfig, AdversarialStudy, eps_name

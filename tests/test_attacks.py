@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from robustkit import attacks as A
-from robustkit.data import load_dataset
+from robustkit.data.dataset import load_dataset
 from robustkit.errors import ConfigError
-from robustkit.model import ModelAdapter, load_model
+from robustkit.model import attacks as A
+from robustkit.model.adapter import ModelAdapter, load_model
 
 
 def _linear_adapter(weights: np.ndarray, bias: np.ndarray, size: int = 4) -> ModelAdapter:

@@ -202,8 +202,8 @@ def test_audit_config_file(tmp_path: Path) -> None:
 @pytest.mark.inception
 def test_audit_of_the_real_inception_v3_architecture(toy_data: Path, tmp_path: Path) -> None:
     """The demo's architecture (InceptionV3 + the original head) at a small input, end to end."""
-    from robustkit.data import load_dataset
-    from robustkit.train import build_model
+    from robustkit.data.dataset import load_dataset
+    from robustkit.model.training import build_model
 
     model = build_model("inception_v3", input_size=75, num_classes=3, seed=0)
     path = tmp_path / "inception.keras"

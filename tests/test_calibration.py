@@ -11,9 +11,9 @@ import jsonschema
 import numpy as np
 import pytest
 
-import robustkit
-from robustkit import calibration_metrics as CM
+import robustkit.data
 from robustkit.errors import ConfigError
+from robustkit.metrics import calibration as CM
 from robustkit.results import AuditResult
 from robustkit.studies import AuditContext, get_study
 from robustkit.studies.calibration import CalibrationStudy
@@ -218,8 +218,8 @@ def test_wilson_interval_known_value() -> None:
 
 
 def _adapter_and_data(toy_model: Path, toy_data: Path):
-    from robustkit.data import load_dataset
-    from robustkit.model import load_model
+    from robustkit.data.dataset import load_dataset
+    from robustkit.model.adapter import load_model
 
     model = load_model(toy_model)
     return model, load_dataset(toy_data).with_class_order(model.class_names)
@@ -296,11 +296,11 @@ def test_study_same_seed_same_numbers(result, toy) -> None:
 
 
 def test_study_without_transforms_skips_shift_with_a_check(toy, monkeypatch) -> None:
-    fake = types.ModuleType("robustkit.transforms")
+    fake = types.ModuleType("robustkit.data.transforms")
     fake.TRANSFORMS = {}
     fake.get_transform = lambda name: None
-    monkeypatch.setitem(sys.modules, "robustkit.transforms", fake)
-    monkeypatch.setattr(robustkit, "transforms", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "robustkit.data.transforms", fake)
+    monkeypatch.setattr(robustkit.data, "transforms", fake, raising=False)
     res = _run(toy)
     assert not any(k.count(".") == 2 and k.startswith("ece.") for k in res.metrics)
     check = next(c for c in res.checks if c.name == "calibration under shift")

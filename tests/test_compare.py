@@ -17,9 +17,9 @@ from robustkit import cli
 from robustkit.compare import add_compare_parser, compare, save_comparison
 from robustkit.errors import ConfigError, RobustkitError
 from robustkit.gate import add_gate_parser
+from robustkit.metrics.paired import holm, mcnemar_exact, paired_bootstrap
 from robustkit.report.compare_render import render_comparison
 from robustkit.results import AuditResult, StudyResult, save_results
-from robustkit.stats import holm, mcnemar_exact, paired_bootstrap
 
 CLASSES = ["COVID-19", "NORMAL", "Viral Pneumonia"]
 HOSTILE = '<script>alert(1)</script>"><img src=x onerror=alert(1)>'

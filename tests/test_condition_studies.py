@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import robustkit
-from robustkit.data import load_dataset
+from robustkit.data.dataset import load_dataset
 from robustkit.errors import ConfigError
-from robustkit.model import ModelAdapter, load_model
+from robustkit.model.adapter import ModelAdapter, load_model
 from robustkit.results import AuditResult, StudyResult
 from robustkit.runner import audit
 from robustkit.studies import AuditContext, get_study

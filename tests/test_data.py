@@ -1,4 +1,4 @@
-"""Tests of robustkit.data: decoding known pixels, layouts, sampling, fingerprints, errors."""
+"""Tests of robustkit.data.dataset: decoding known pixels, layouts, sampling, fingerprints, errors."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from robustkit import data as data_module
-from robustkit.data import Dataset, Sample, load_dataset, read_image
+from robustkit.data.dataset import Dataset, Sample, load_dataset, read_image
+from robustkit.data import dataset as data_module
 from robustkit.errors import ConfigError, DataError
 
 CLASSES = ["COVID-19", "NORMAL", "Viral Pneumonia"]

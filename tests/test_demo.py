@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import robustkit.train
+import robustkit.model.training
 from robustkit.demo import demo_paths, run_demo
 
 TINY = {
@@ -23,7 +23,7 @@ TINY = {
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end_and_reuses_its_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(robustkit.train, "DEMO_RECIPE", TINY)
+    monkeypatch.setattr(robustkit.model.training, "DEMO_RECIPE", TINY)
     out, cache = tmp_path / "report", tmp_path / "cache"
     result = run_demo(out=out, cache=cache, profile="quick", quiet=True)
     paths = demo_paths(cache, 0)
@@ -34,7 +34,7 @@ def test_demo_runs_end_to_end_and_reuses_its_cache(tmp_path: Path, monkeypatch: 
     assert saved["model"]["fingerprint"] == result.model["fingerprint"]
 
     trained = []
-    monkeypatch.setattr(robustkit.train, "train", lambda *a, **k: trained.append(1))
+    monkeypatch.setattr(robustkit.model.training, "train", lambda *a, **k: trained.append(1))
     again = run_demo(out=out, cache=cache, profile="quick", quiet=True)
     assert trained == []  # the cached checkpoint was reused, and so were the finished studies
     np.testing.assert_equal(again.metrics(), result.metrics())  # NaN == NaN here

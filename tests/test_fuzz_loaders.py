@@ -33,7 +33,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from robustkit.data import IMAGE_SUFFIXES, load_dataset, read_image
+from robustkit.data.dataset import IMAGE_SUFFIXES, load_dataset, read_image
 from robustkit.errors import DataError
 
 MAX_PIXELS = 250_000  # small, so that a mutated header cannot make a test decode a huge image

@@ -12,7 +12,7 @@ import pytest
 
 from robustkit._tf import keras
 from robustkit.errors import ModelError
-from robustkit.model import ModelAdapter, load_model, softmax
+from robustkit.model.adapter import ModelAdapter, load_model, softmax
 from tests.conftest import CLASSES, SIZE, build_toy_model
 
 

@@ -1,4 +1,4 @@
-"""Tests of the procedural chest X-ray phantom (robustkit.phantom)."""
+"""Tests of the procedural chest X-ray phantom (robustkit.data.phantom)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from robustkit.errors import ConfigError
-from robustkit.phantom import (
+from robustkit.data.phantom import (
     CLASS_NAMES,
     SHORTCUT_MARKERS,
     PhantomCase,
     generate_phantom,
     render_case,
 )
+from robustkit.errors import ConfigError
 
 
 def _read(path) -> tuple[str, tuple[int, int], np.ndarray]:

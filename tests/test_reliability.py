@@ -19,9 +19,9 @@ import pytest
 from PIL import Image
 
 from robustkit.cli import main
-from robustkit.data import load_dataset
+from robustkit.data.dataset import load_dataset
 from robustkit.errors import ModelError
-from robustkit.model import load_model
+from robustkit.model.adapter import load_model
 from robustkit.runner import audit
 from robustkit.studies import available, get_study
 from tests.conftest import CLASSES, SIZE, build_toy_model, strip_volatile

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from robustkit import saliency_metrics as SM
 from robustkit.errors import ConfigError
+from robustkit.metrics import saliency as SM
 
 # ------------------------------------------------------------------ pure metrics
 
@@ -104,7 +104,7 @@ def test_deletion_auc_perfect_ordering_beats_reversed() -> None:
 
 
 def _adapter(model):
-    from robustkit.model import ModelAdapter
+    from robustkit.model.adapter import ModelAdapter
 
     return ModelAdapter(model, batch_size=16)
 
@@ -121,7 +121,7 @@ def _smooth_model(size: int = 10):
 
 
 def test_integrated_gradients_completeness() -> None:
-    from robustkit.saliency import Explainer
+    from robustkit.model.explainers import Explainer
 
     adapter = _adapter(_smooth_model())
     x = np.random.default_rng(0).random((6, 10, 10, 3)).astype(np.float32)
@@ -137,7 +137,7 @@ def test_integrated_gradients_completeness() -> None:
 
 def test_gradcam_gives_the_known_weighted_feature_map() -> None:
     from robustkit._tf import keras
-    from robustkit.saliency import Explainer, find_gradcam_layer
+    from robustkit.model.explainers import Explainer, find_gradcam_layer
 
     inp = keras.Input((12, 12, 1))
     feat = keras.layers.Conv2D(2, 1, activation="relu", name="features")(inp)
@@ -178,7 +178,7 @@ def _region_model():
 
 
 def test_every_method_points_at_the_only_region_the_model_sees() -> None:
-    from robustkit.saliency import METHODS, Explainer
+    from robustkit.model.explainers import METHODS, Explainer
 
     model, region = _region_model()
     ex = Explainer(_adapter(model))
@@ -198,7 +198,7 @@ def test_every_method_points_at_the_only_region_the_model_sees() -> None:
 
 def test_layer_finder_and_blocks_on_inception_v3_nested_backbone() -> None:
     from robustkit._tf import keras
-    from robustkit.saliency import Explainer, block_groups, find_gradcam_layer
+    from robustkit.model.explainers import Explainer, block_groups, find_gradcam_layer
 
     backbone = keras.applications.InceptionV3(weights=None, input_shape=(75, 75, 3), include_top=False)
     inp = keras.Input((75, 75, 3))
@@ -215,8 +215,8 @@ def test_layer_finder_and_blocks_on_inception_v3_nested_backbone() -> None:
 
 
 def test_randomization_makes_maps_dissimilar_and_weights_come_back(toy_model: Path) -> None:
-    from robustkit.model import load_model
-    from robustkit.saliency import (
+    from robustkit.model.adapter import load_model
+    from robustkit.model.explainers import (
         Explainer,
         block_groups,
         randomize_weights,
@@ -249,8 +249,8 @@ _FAST = {"smoothgrad_n": 6, "ig_steps": 16, "max_samples": 18, "stability_sample
 
 @pytest.fixture(scope="module")
 def study_runs(toy_model: Path, toy_data: Path):
-    from robustkit.data import load_dataset
-    from robustkit.model import load_model
+    from robustkit.data.dataset import load_dataset
+    from robustkit.model.adapter import load_model
     from robustkit.studies import AuditContext, get_study
 
     adapter, data = load_model(toy_model), load_dataset(toy_data)
@@ -302,8 +302,8 @@ def test_bad_config_raises(override) -> None:
 
 
 def test_unknown_gradcam_layer_raises(toy_model: Path) -> None:
-    from robustkit.model import load_model
-    from robustkit.saliency import Explainer
+    from robustkit.model.adapter import load_model
+    from robustkit.model.explainers import Explainer
 
     with pytest.raises(ConfigError, match="layer"):
         Explainer(load_model(toy_model), layer="no_such_layer")

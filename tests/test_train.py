@@ -1,4 +1,4 @@
-"""Tests of robustkit.train: the model factory, the training loop and what it writes."""
+"""Tests of robustkit.model.training: the model factory, the training loop and what it writes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from robustkit.errors import ConfigError
-from robustkit.train import ARCHITECTURES, DEMO_RECIPE, TrainResult, build_model, train
+from robustkit.model.training import ARCHITECTURES, DEMO_RECIPE, TrainResult, build_model, train
 
 CLASSES = ("COVID-19", "NORMAL", "Viral Pneumonia")
 
@@ -132,7 +132,7 @@ def test_training_writes_checkpoint_history_plot_and_meta(tiny_run: TrainResult)
 def test_best_checkpoint_is_the_epoch_of_lowest_validation_loss(tiny_run: TrainResult, tiny_data: Path) -> None:
     import keras
 
-    from robustkit.data import load_dataset
+    from robustkit.data.dataset import load_dataset
 
     history = json.loads(tiny_run.history_json.read_text())
     val_losses = [row["val_loss"] for row in history["epochs"]]

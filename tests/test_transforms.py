@@ -9,8 +9,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from robustkit.errors import ConfigError
-from robustkit.transforms import (
+from robustkit.data.transforms import (
     TRANSFORMS,
     family_transforms,
     get_transform,
@@ -18,6 +17,7 @@ from robustkit.transforms import (
     translate,
     zoom,
 )
+from robustkit.errors import ConfigError
 
 NAMES = sorted(TRANSFORMS)
 

@@ -63,7 +63,7 @@ def reliability_svg(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
     """Reliability diagrams before and after scaling, each over its confidence histogram.
 
     Args:
-        before, after: :func:`robustkit.calibration_metrics.reliability_bins` outputs.
+        before, after: :func:`robustkit.metrics.calibration.reliability_bins` outputs.
     """
     with matplotlib.rc_context(figures.STYLE):
         fig = figures.new_figure(8.4, 4.6)

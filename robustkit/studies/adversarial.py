@@ -1,6 +1,6 @@
 """Study ``adversarial``: worst-case robustness, measured fast and checked for honesty.
 
-Compiled PGD (Linf and L2; :mod:`robustkit.attacks`) runs an epsilon sweep in increasing
+Compiled PGD (Linf and L2; :mod:`robustkit.model.attacks`) runs an epsilon sweep in increasing
 order, attacking at each radius only the samples that survived the smaller ones, so robust
 accuracy is non-increasing by construction and each sample gets its minimal perturbation on
 the grid. FGSM runs beside it as a sanity baseline; in the ``full`` profile foolbox's
@@ -22,19 +22,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from robustkit import attacks as A
-from robustkit import metrics as M
+from robustkit.data.images import png_base64
 from robustkit.errors import check_choice, check_range, param_error
-from robustkit.images import png_base64
-from robustkit.model import softmax
+from robustkit.metrics import classification as M
+from robustkit.model import attacks as A
+from robustkit.model.adapter import softmax
 from robustkit.results import StudyResult
 from robustkit.studies import register
 from robustkit.studies.adversarial_checks import CheckInputs, eps_name, run_checks
 from robustkit.studies.base import AuditContext, Study, StudyConfig
 
 if TYPE_CHECKING:
-    from robustkit.data import Dataset
-    from robustkit.model import ModelAdapter
+    from robustkit.data.dataset import Dataset
+    from robustkit.model.adapter import ModelAdapter
 
 __all__ = ["AdversarialConfig", "AdversarialStudy", "eps_name"]
 

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from robustkit import attacks as A
+from robustkit.model import attacks as A
 from robustkit.results import Check
 
 if TYPE_CHECKING:
-    from robustkit.model import ModelAdapter
+    from robustkit.model.adapter import ModelAdapter
 
 __all__ = ["CheckInputs", "eps_name", "run_checks"]
 

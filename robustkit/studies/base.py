@@ -26,8 +26,8 @@ from robustkit.errors import ConfigError, check_range, param_error
 from robustkit.results import AuditResult, StudyResult
 
 if TYPE_CHECKING:
-    from robustkit.data import Dataset
-    from robustkit.model import ModelAdapter
+    from robustkit.data.dataset import Dataset
+    from robustkit.model.adapter import ModelAdapter
 
 __all__ = ["PROFILES", "AuditContext", "Study", "StudyConfig"]
 

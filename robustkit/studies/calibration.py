@@ -6,9 +6,9 @@ temperature is fitted by minimising the NLL (Guo et al. 2017), and a disjoint *e
 split, on which every reported metric is computed, before (no suffix) and after (``_ts``)
 scaling. Logits come from the audit's shared clean pass (no extra model pass); a
 softmax-ended model is scaled on the logits before its softmax. Calibration under shift
-(Ovadia et al. 2019) applies :mod:`robustkit.transforms` to the evaluation images at
+(Ovadia et al. 2019) applies :mod:`robustkit.data.transforms` to the evaluation images at
 several severities. Selective prediction uses the scaled max probability as confidence.
-The math lives in :mod:`robustkit.calibration_metrics`.
+The math lives in :mod:`robustkit.metrics.calibration`.
 """
 
 from __future__ import annotations
@@ -18,16 +18,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from robustkit import calibration_metrics as CM
-from robustkit import metrics as M
 from robustkit.errors import DataError, ModelError, check_range, param_error
+from robustkit.metrics import calibration as CM
+from robustkit.metrics import classification as M
 from robustkit.results import Check, StudyResult
 from robustkit.studies import register
 from robustkit.studies.base import AuditContext, Study, StudyConfig
 
 if TYPE_CHECKING:
-    from robustkit.data import Dataset
-    from robustkit.model import ModelAdapter
+    from robustkit.data.dataset import Dataset
+    from robustkit.model.adapter import ModelAdapter
 
 __all__ = ["CalibrationConfig", "CalibrationStudy"]
 
@@ -51,7 +51,7 @@ class CalibrationConfig(StudyConfig):
         n_bootstrap: bootstrap resamples of the evaluation split for the 95% intervals.
         target_risks: error rates among kept cases for ``coverage_at_risk.<r>``.
         referral_fractions: shares of least confident cases referred in the referral table.
-        shift_transforms: transforms of :mod:`robustkit.transforms` for calibration under
+        shift_transforms: transforms of :mod:`robustkit.data.transforms` for calibration under
             shift (those not available are skipped, with a check saying so).
         shift_severities: severities (1..5) of each shift transform (0, the clean split, is always drawn).
         positive_class: class whose sensitivity among kept cases is reported; empty: the
@@ -326,9 +326,9 @@ def _selective(result: StudyResult, e: _EvalSet, cfg: CalibrationConfig, pos_nam
 def _shift_transforms(requested: tuple[str, ...]) -> tuple[dict[str, Any], str | None]:
     """The requested transforms that exist, and why none could run (or None)."""
     try:
-        from robustkit import transforms
+        from robustkit.data import transforms
     except ImportError:
-        return {}, "robustkit.transforms is not available in this installation"
+        return {}, "robustkit.data.transforms is not available in this installation"
     present = {t: transforms.get_transform(t) for t in requested if t in transforms.TRANSFORMS}
     if not present:
         return {}, f"none of {list(requested)} is a known transform (known: {sorted(transforms.TRANSFORMS)})"

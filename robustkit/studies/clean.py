@@ -12,17 +12,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from robustkit import metrics as M
+from robustkit.data.images import png_base64
 from robustkit.errors import ModelError, check_range
-from robustkit.images import png_base64
-from robustkit.model import softmax
+from robustkit.metrics import classification as M
+from robustkit.model.adapter import softmax
 from robustkit.results import Check, StudyResult
 from robustkit.studies import register
 from robustkit.studies.base import AuditContext, Study, StudyConfig
 
 if TYPE_CHECKING:
-    from robustkit.data import Dataset
-    from robustkit.model import ModelAdapter
+    from robustkit.data.dataset import Dataset
+    from robustkit.model.adapter import ModelAdapter
 
 __all__ = ["CleanConfig", "CleanStudy"]
 

@@ -33,17 +33,17 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from robustkit import metrics as M
+from robustkit.data.images import png_base64
+from robustkit.data.transforms import SEVERITIES, Transform, family_transforms, get_transform
 from robustkit.errors import check_choice, check_range, param_error
-from robustkit.images import png_base64
-from robustkit.model import softmax
+from robustkit.metrics import classification as M
+from robustkit.model.adapter import softmax
 from robustkit.results import Check, StudyResult
 from robustkit.studies.base import AuditContext, Study, StudyConfig
-from robustkit.transforms import SEVERITIES, Transform, family_transforms, get_transform
 
 if TYPE_CHECKING:
-    from robustkit.data import Dataset
-    from robustkit.model import ModelAdapter
+    from robustkit.data.dataset import Dataset
+    from robustkit.model.adapter import ModelAdapter
 
 __all__ = ["BLOCK", "ConditionConfig", "ConditionStudy", "condition_name", "corruption_errors"]
 
@@ -62,7 +62,7 @@ class ConditionConfig(StudyConfig):
     """Options of a condition study (the family's transforms at chosen severities).
 
     Attributes:
-        transforms: names of the transforms to run (see :mod:`robustkit.transforms`).
+        transforms: names of the transforms to run (see :mod:`robustkit.data.transforms`).
         severities: severities to run, each in 1..5.
         n_bootstrap: bootstrap resamples for the accuracy intervals (0: no intervals).
         rise_warn: warn when accuracy at the highest severity run exceeds that at the lowest,
@@ -266,7 +266,7 @@ class ConditionStudy(Study):
 
 def _one_channel(x: np.ndarray) -> np.ndarray:
     """A grayscale image repeated in every channel as one channel (every transform treats it
-    so, see :mod:`robustkit.transforms`); other batches unchanged."""
+    so, see :mod:`robustkit.data.transforms`); other batches unchanged."""
     if x.shape[-1] > 1 and np.array_equal(x, np.broadcast_to(x[..., :1], x.shape)):
         return np.ascontiguousarray(x[..., :1])
     return x

@@ -1,7 +1,7 @@
 """Study ``noise``: detector and quantum noise (Gaussian, Poisson, speckle, salt-and-pepper).
 
 Five severities each, from MedMNIST-C's ChestMNIST settings (see
-:mod:`robustkit.transforms`). Noise is drawn from the audit seed, per block of samples, so a
+:mod:`robustkit.data.transforms`). Noise is drawn from the audit seed, per block of samples, so a
 re-run gives the same images and the same numbers. The loop, metrics and checks live in
 :class:`robustkit.studies.conditions.ConditionStudy`.
 """
@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from robustkit.data.transforms import family_transforms
 from robustkit.studies import register
 from robustkit.studies.conditions import ConditionConfig, ConditionStudy
-from robustkit.transforms import family_transforms
 
 __all__ = ["NoiseConfig", "NoiseStudy"]
 

@@ -3,7 +3,7 @@
 Exposure, gamma and window (contrast), blur, motion, resolution loss, JPEG, rotation,
 translation, zoom, a laterality flip, inversion, a burned-in laterality marker and
 collimation, five severities each (parameters and their sources in
-:mod:`robustkit.transforms`). The loop, metrics and checks live in
+:mod:`robustkit.data.transforms`). The loop, metrics and checks live in
 :class:`robustkit.studies.conditions.ConditionStudy`; this module declares the transforms,
 the profiles and the marker probe.
 """
@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from robustkit.data.transforms import family_transforms
 from robustkit.errors import check_range
 from robustkit.studies import register
 from robustkit.studies.conditions import ConditionConfig, ConditionStudy
-from robustkit.transforms import family_transforms
 
 __all__ = ["PerturbationConfig", "PerturbationStudy"]
 

@@ -1,7 +1,7 @@
 """Study ``saliency``: attribution maps, and checks that they mean something.
 
 Four methods (vanilla gradient, SmoothGrad, Integrated Gradients, Grad-CAM; see
-:mod:`robustkit.saliency`) explain the logit of the predicted class. The study measures
+:mod:`robustkit.model.explainers`) explain the logit of the predicted class. The study measures
 
 * stability: similarity of each map with the maps of slightly perturbed copies (Gaussian
   noise, a brightness change, a shift whose map is shifted back), over samples whose
@@ -23,12 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from robustkit import saliency_metrics as SM
+from robustkit.data.images import png_base64
 from robustkit.errors import ConfigError, check_choice, check_range
-from robustkit.images import png_base64
-from robustkit.model import softmax
-from robustkit.results import Check, StudyResult
-from robustkit.saliency import (
+from robustkit.metrics import saliency as SM
+from robustkit.model.adapter import softmax
+from robustkit.model.explainers import (
     METHODS,
     Explainer,
     activation_layers,
@@ -37,12 +36,13 @@ from robustkit.saliency import (
     restore_weights,
     snapshot_weights,
 )
+from robustkit.results import Check, StudyResult
 from robustkit.studies import register
 from robustkit.studies.base import AuditContext, Study, StudyConfig
 
 if TYPE_CHECKING:
-    from robustkit.data import Dataset
-    from robustkit.model import ModelAdapter
+    from robustkit.data.dataset import Dataset
+    from robustkit.model.adapter import ModelAdapter
 
 __all__ = ["SaliencyConfig", "SaliencyStudy"]
 

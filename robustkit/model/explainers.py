@@ -31,7 +31,7 @@ import numpy as np
 
 from robustkit._tf import keras, tf
 from robustkit.errors import ConfigError
-from robustkit.model import ModelAdapter
+from robustkit.model.adapter import ModelAdapter
 
 __all__ = [
     "METHODS",

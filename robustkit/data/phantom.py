@@ -455,7 +455,7 @@ def render_case(label: int, *, size: int, rng: np.random.Generator, shortcut: bo
 def _metadata(*, seed: int, size: int, per_class: int, shortcut: bool) -> dict[str, object]:
     markers = {name: {"text": t, "corner": c} for name, (t, c) in zip(CLASS_NAMES, SHORTCUT_MARKERS, strict=True)}
     return {
-        "generator": "robustkit.phantom",
+        "generator": "robustkit.data.phantom",
         "version": PHANTOM_VERSION,
         "seed": seed,
         "size": size,

@@ -37,7 +37,7 @@ import numpy as np
 
 from robustkit._tf import tf
 from robustkit.errors import check_choice, check_range, param_error
-from robustkit.model import ModelAdapter
+from robustkit.model.adapter import ModelAdapter
 
 __all__ = [
     "DECISION_ATTACKS",

@@ -12,7 +12,7 @@ Two layouts are read:
   relative to the folder of the CSV file.
 
 :func:`scan_layout` finds the entries (image, label, optional mask) without decoding them;
-:func:`robustkit.data.load_dataset` builds the :class:`~robustkit.data.Dataset` from them.
+:func:`robustkit.data.dataset.load_dataset` builds the :class:`~robustkit.data.dataset.Dataset` from them.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from robustkit.data.imageio import IMAGE_SUFFIXES, _bad, _check_file, _check_mask_shape, _probe
 from robustkit.errors import DataError
-from robustkit.imageio import IMAGE_SUFFIXES, _bad, _check_file, _check_mask_shape, _probe
 
 __all__ = ["scan_layout"]
 

@@ -57,7 +57,7 @@ __all__ = [
 FAMILIES = ("perturbation", "noise")
 SEVERITIES = (1, 2, 3, 4, 5)
 REFERENCE_SIDE = 224  # MedMNIST-C's resolution: pixel sizes "at 224 px" are scaled from it
-MARKER_DARK = 0.02  # the backing box of a burned-in annotation (as in robustkit.phantom)
+MARKER_DARK = 0.02  # the backing box of a burned-in annotation (as in robustkit.data.phantom)
 
 TransformFn = Callable[[np.ndarray, Any, Any], np.ndarray]  # (x, param, rng or None) -> y
 
@@ -432,7 +432,7 @@ _ALL = (
        graded=False),
     _t("marker", "perturbation", "A burned-in laterality marker 'R' (bright block letter on a dark box) in the top-left corner.",
        "letter height (share of side), opacity", ((0.04, 0.5), (0.06, 0.6), (0.08, 0.75), (0.10, 0.9), (0.12, 1.0)),
-       _marker, "No published setting; sized around robustkit.phantom's shortcut markers (letters ~0.11 of the "
+       _marker, "No published setting; sized around robustkit.data.phantom's shortcut markers (letters ~0.11 of the "
        "side, 3% margin) so that a model that learned those markers reacts to it."),
     _t("collimation", "perturbation", "Collimation / electronic shuttering: black borders on all four sides.",
        "border width (share of side)", (0.03, 0.06, 0.1, 0.14, 0.18), _collimation,

@@ -16,8 +16,8 @@ TIFF (8- and 16-bit, grayscale, RGB, RGBA, palette, CMYK) are read with pillow; 
 pydicom (rescale slope/intercept, VOI window, MONOCHROME1 inverted to MONOCHROME2). Every
 failure raises :class:`~robustkit.errors.DataError` naming the file and the problem.
 
-Decoding one file lives in :mod:`robustkit.imageio` (``read_image`` and ``IMAGE_SUFFIXES``
-are re-exported here), finding the files of a layout in :mod:`robustkit.layouts`.
+Decoding one file lives in :mod:`robustkit.data.imageio` (``read_image`` and ``IMAGE_SUFFIXES``
+are re-exported here), finding the files of a layout in :mod:`robustkit.data.layouts`.
 
 Example:
     >>> data = load_dataset("data/phantom")                       # doctest: +SKIP
@@ -38,8 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from robustkit.errors import check_choice, check_range, param_error
-from robustkit.imageio import (
+from robustkit.data.imageio import (
     IMAGE_SUFFIXES,
     _bad,
     _check_mask_shape,
@@ -48,7 +47,8 @@ from robustkit.imageio import (
     _probe,
     read_image,
 )
-from robustkit.layouts import _check_nonempty, _filter_bad, scan_layout
+from robustkit.data.layouts import _check_nonempty, _filter_bad, scan_layout
+from robustkit.errors import check_choice, check_range, param_error
 
 __all__ = [
     "CACHE_BYTES",

@@ -392,7 +392,7 @@ def _check_train_args(arch: str, epochs: int, batch_size: int, val_fraction: flo
 
 
 def _load_split(data: Any, val_fraction: float, seed: int, input_size: int):
-    from robustkit.data import load_dataset
+    from robustkit.data.dataset import load_dataset
 
     ds = data if hasattr(data, "load_images") else load_dataset(data)
     tr, va = ds.split(val_fraction, seed=seed)
@@ -420,7 +420,7 @@ def train(
     """Train ``arch`` on a folder dataset and save the best checkpoint by validation loss.
 
     Args:
-        data: a dataset folder/manifest path or a loaded ``robustkit.data.Dataset``.
+        data: a dataset folder/manifest path or a loaded ``robustkit.data.dataset.Dataset``.
         out: checkpoint path (``.keras``); ``<stem>.history.json``, ``<stem>.history.png``
             and ``<stem>.meta.json`` are written beside it.
         learning_rate: None = 1e-3 from scratch (with warm-up + cosine), 1e-4 pretrained.

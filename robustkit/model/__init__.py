@@ -1,0 +1,14 @@
+"""The model side: everything that runs TensorFlow.
+
+* :mod:`~robustkit.model.adapter`: :class:`ModelAdapter`, a checkpoint in pixel space with
+  compiled batched passes (logits, probabilities, features, input gradients);
+* :mod:`~robustkit.model.attacks`: the compiled attack loops (FGSM, PGD; Linf and L2);
+* :mod:`~robustkit.model.explainers`: gradient, SmoothGrad, Integrated Gradients, Grad-CAM;
+* :mod:`~robustkit.model.training`: architectures and the training recipe.
+"""
+
+from __future__ import annotations
+
+from robustkit.model.adapter import ModelAdapter, load_model
+
+__all__ = ["ModelAdapter", "load_model"]
