@@ -20,8 +20,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from robustkit.data.dataset import Dataset, Sample, load_dataset, read_image
 from robustkit.data import dataset as data_module
+from robustkit.data.dataset import Dataset, Sample, load_dataset, read_image
 from robustkit.errors import ConfigError, DataError
 
 CLASSES = ["COVID-19", "NORMAL", "Viral Pneumonia"]
