@@ -1,11 +1,23 @@
-"""The study protocol: one small base class, a typed config with profiles, one ``run``.
+"""The study protocol: a per-sample ``map`` and a pure ``reduce``, a typed config with profiles.
 
 A study declares its ``name``, a frozen dataclass ``Config`` with defaults, ``profiles``
 (``quick``, ``standard``, ``full``) that override those defaults, what its metrics mean
-(``metric_docs``: root name -> (meaning, direction)), and implements :meth:`Study.run`.
-The public :meth:`Study.execute` is fixed: it picks the study's samples, times the run,
-stamps config, directions and documentation on the result, and records which samples
-the per-sample arrays cover. Configuration is validated once, in :meth:`Study.configure`.
+(``metric_docs``: root name -> (meaning, direction)), and implements two methods:
+
+* :meth:`Study.map` takes a batch of samples (a :class:`~robustkit.data.Dataset` of a few
+  samples) and returns per-sample records: a dict of arrays whose first axis is the batch.
+  It is the only code that calls the model. Every random draw in it is keyed by
+  ``(seed, study, condition, sample id)`` (:meth:`AuditContext.rng`), never by a batch
+  position, so any split of the samples into shards and batches gives the same records.
+* :meth:`Study.reduce` takes the records of all the study's samples (in sample order) and the
+  samples' dataset and returns the :class:`StudyResult`: metrics, intervals, tables, checks.
+  Pure numpy/scipy over the records (it may read the data side, never the model).
+
+The fixed parts live here once: :meth:`Study.execute` (the in-process engine: select the
+study's samples, map them in batches, merge, reduce, stamp), :func:`merge_records` (what a
+distributed engine uses to put shards back in sample order) and :meth:`Study.finalize`
+(timing, config, directions and documentation stamped on the result). Configuration is
+validated once, in :meth:`Study.configure`.
 """
 
 from __future__ import annotations
@@ -15,7 +27,7 @@ import hashlib
 import time
 import types
 import typing
-from abc import ABC, abstractmethod
+from abc import ABC
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
@@ -29,7 +41,10 @@ if TYPE_CHECKING:
     from robustkit.data.dataset import Dataset
     from robustkit.model.adapter import ModelAdapter
 
-__all__ = ["PROFILES", "AuditContext", "Study", "StudyConfig"]
+__all__ = ["PROFILES", "AuditContext", "Records", "Study", "StudyConfig", "merge_records"]
+
+#: Per-sample records: name -> array whose first axis is the sample.
+Records = dict[str, np.ndarray]
 
 PROFILES = ("quick", "standard", "full")
 
@@ -63,6 +78,15 @@ class AuditContext:
     progress: ProgressFactory | None = None
     reference: AuditResult | None = None
     cache: dict[str, Any] = field(default_factory=dict)
+    #: the audited model's description (``ModelAdapter.describe()``), for ``reduce``s that
+    #: need its name, input shape or output kind without touching the model
+    model_info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int] | None:
+        """The model's input ``(H, W, C)``, from :attr:`model_info`."""
+        shape = self.model_info.get("input_shape")
+        return (int(shape[0]), int(shape[1]), int(shape[2])) if shape else None
 
     def rng(self, *keys: object) -> np.random.Generator:
         """A generator seeded by the audit seed and ``keys`` (stable across runs and machines)."""
@@ -125,7 +149,10 @@ class Study(ABC, Generic[C]):
 
     def __init__(self, config: C | None = None) -> None:
         self.config: C = config if config is not None else self.Config()
-        self.config.validate()
+        try:
+            self.config.validate()
+        except ConfigError as exc:
+            raise _placed(exc, self.name) from None
 
     def __repr__(self) -> str:
         defaults = self.Config()
@@ -157,22 +184,58 @@ class Study(ABC, Generic[C]):
     def config_dict(self) -> dict[str, Any]:
         return {k: _plain(v) for k, v in dataclasses.asdict(self.config).items()}
 
-    def execute(self, model: ModelAdapter, data: Dataset, ctx: AuditContext) -> StudyResult:
-        """Run the study on its samples of ``data`` and return its stamped result."""
+    def execute(
+        self, model: ModelAdapter, data: Dataset, ctx: AuditContext, *, batch_size: int | None = None
+    ) -> StudyResult:
+        """Run the study on its samples of ``data`` in this process and return its stamped result.
+
+        ``batch_size`` (default: the model's) is the number of samples per :meth:`map` call;
+        it changes nothing in the result.
+        """
         start = time.perf_counter()
+        ctx.model_info = model.describe()
         index = self.select(data, ctx)
-        result = self.run(model, data.subset(index), ctx)
+        sub = data.subset(index)
+        if type(self).run is not Study.run:  # a study written against the older one-call protocol
+            result = self.run(model, sub, ctx)
+        else:
+            result = self.reduce(self.map_all(model, sub, ctx, batch_size=batch_size), sub, ctx)
+        return self.finalize(result, index, time.perf_counter() - start)
+
+    def map_all(
+        self, model: ModelAdapter, data: Dataset, ctx: AuditContext, *, batch_size: int | None = None
+    ) -> Records:
+        """:meth:`map` over ``data`` in batches of ``batch_size``, merged in sample order."""
+        bs = int(batch_size or model.batch_size)
+        parts = []
+        with ctx.bar(len(data), self.name) as bar:
+            for start in range(0, len(data), bs):
+                pos = np.arange(start, min(len(data), start + bs))
+                parts.append((pos, self.map(model, data.subset(pos), ctx)))
+                bar.update(len(pos))
+        return merge_records(parts, len(data), study=self.name)
+
+    def finalize(self, result: StudyResult, index: np.ndarray, seconds: float) -> StudyResult:
+        """Stamp name, config, timing, directions and documentation on a reduced result."""
         result.name = self.name
         result.config = self.config_dict()
-        result.seconds = time.perf_counter() - start
+        result.seconds = seconds
         declared: dict[str, Any] = {k: v[1] for k, v in self.metric_docs.items()}
         result.directions = declared | result.directions
         result.data.setdefault("description", self.description)
         result.data.setdefault("metric_docs", {k: v[0] for k, v in self.metric_docs.items()})
         result.data.setdefault("headline", [h for h in self.headline if h in result.metrics])
         if result.records:
-            result.records["index"] = index.astype(np.int64)
+            result.records["index"] = np.asarray(index, dtype=np.int64)
         return result
+
+    def map(self, model: ModelAdapter, batch: Dataset, ctx: AuditContext) -> Records:
+        """Per-sample records of ``batch`` (arrays with ``len(batch)`` rows): the model work."""
+        raise NotImplementedError(f"study {self.name!r} implements neither map/reduce nor run")
+
+    def reduce(self, records: Records, data: Dataset, ctx: AuditContext) -> StudyResult:
+        """The result from the records of every sample of ``data`` (in its order); no model."""
+        raise NotImplementedError(f"study {self.name!r} implements neither map/reduce nor run")
 
     def select(self, data: Dataset, ctx: AuditContext) -> np.ndarray:
         """Positions of this study's samples in ``data`` (seeded and stratified)."""
@@ -182,9 +245,47 @@ class Study(ABC, Generic[C]):
         n = max(n, len(np.unique(data.labels)))  # at least one image of every class
         return data.subsample_positions(n, seed=ctx.seed_for("select", self.name))
 
-    @abstractmethod
     def run(self, model: ModelAdapter, data: Dataset, ctx: AuditContext) -> StudyResult:
-        """Compute the study on ``data`` (already this study's samples)."""
+        """The older one-call protocol (not shardable): a study that overrides it runs whole."""
+        return self.reduce(self.map_all(model, data, ctx), data, ctx)
+
+
+def merge_records(parts: list[tuple[np.ndarray, Records]], n: int, *, study: str = "") -> Records:
+    """Put per-batch records back in sample order.
+
+    Args:
+        parts: ``(positions, records)`` per batch, in any order; ``positions`` are the
+            batch's sample positions ``(B,)`` and every record array has ``B`` rows.
+        n: the number of samples; every position in ``0..n-1`` must appear exactly once.
+        study: the study's name, for error messages.
+
+    Returns:
+        One array per record name with ``n`` rows, row ``i`` from the sample at position ``i``.
+    """
+    positions = np.concatenate([np.asarray(p, dtype=np.int64) for p, _ in parts]) if parts else np.zeros(0, np.int64)
+    if len(positions) != n or not np.array_equal(np.sort(positions), np.arange(n)):
+        raise AssertionError(f"study {study!r}: batches cover {len(positions)} positions, expected each of 0..{n - 1} once")
+    order = np.argsort(positions, kind="stable")
+    names = list(parts[0][1]) if parts else []
+    merged: Records = {}
+    for name in names:
+        chunks = []
+        for pos, rec in parts:
+            arr = np.asarray(rec[name])
+            if arr.shape[:1] != (len(pos),):
+                raise AssertionError(f"study {study!r}: record {name!r} has {arr.shape[:1]} rows for a batch of {len(pos)}")
+            chunks.append(arr)
+        merged[name] = np.concatenate(chunks)[order]
+    return merged
+
+
+def _placed(exc: ConfigError, study: str) -> ConfigError:
+    """The error in the one form, naming the study ("The 'x' parameter of study 'y' must be ...")."""
+    text = str(exc)
+    head, sep, tail = text.partition(" parameter must be ")
+    if sep and head.startswith("The '"):
+        return ConfigError(f"{head} parameter of study {study!r} must be {tail}")
+    return exc
 
 
 def _plain(v: Any) -> Any:

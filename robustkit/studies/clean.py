@@ -70,14 +70,18 @@ class CleanStudy(Study[CleanConfig]):
     }
     headline = ("accuracy", "recall.COVID-19", "auc.macro")
 
-    def run(self, model: ModelAdapter, data: Dataset, ctx: AuditContext) -> StudyResult:
-        logits = ctx.clean_logits(model, data)
+    def map(self, model: ModelAdapter, batch: Dataset, ctx: AuditContext) -> dict[str, np.ndarray]:
+        """Logits and probabilities ``(B, K)`` of the unmodified images."""
+        logits = ctx.clean_logits(model, batch)
         if not np.all(np.isfinite(logits)):
-            bad = [str(s) for s in data.ids[~np.all(np.isfinite(logits), axis=1)][:3]]
+            bad = [str(s) for s in batch.ids[~np.all(np.isfinite(logits), axis=1)][:3]]
             raise ModelError(f"{model.name}: expected finite outputs on the clean data, got NaN or inf for {bad}.")
-        probs = softmax(logits)
+        return {"logits": logits, "probs": softmax(logits)}
+
+    def reduce(self, records: dict[str, np.ndarray], data: Dataset, ctx: AuditContext) -> StudyResult:
+        logits, probs = records["logits"], records["probs"]
         y, pred = np.asarray(data.labels), probs.argmax(axis=1)
-        names = list(model.class_names)
+        names = list(data.class_names)
         metrics, table = _point_metrics(y, pred, probs, names)
         intervals = _intervals(y, pred, probs, names, self.config, ctx)
         result = StudyResult(name=self.name, metrics=metrics, intervals=intervals)
@@ -86,7 +90,7 @@ class CleanStudy(Study[CleanConfig]):
             class_names=names,
             confusion=M.confusion_matrix(y, pred, len(names)).tolist(),
             roc=_roc_curves(y, probs, names),
-            examples=_examples(model, data, y, pred, probs, self.config.n_examples),
+            examples=_examples(ctx, data, y, pred, probs, self.config.n_examples),
         )
         result.checks = _checks(y, names, self.config.min_support)
         result.records.update(
@@ -174,15 +178,15 @@ def _checks(y: np.ndarray, names: list[str], min_support: int) -> list[Check]:
     return [Check("per-class support", "pass", f"every class has at least {min_support} images.")]
 
 
-def _examples(model, data, y, pred, probs, n: int) -> list[dict[str, Any]]:
-    if n <= 0 or len(y) == 0:
+def _examples(ctx: AuditContext, data, y, pred, probs, n: int) -> list[dict[str, Any]]:
+    if n <= 0 or len(y) == 0 or ctx.input_shape is None:
         return []
     wrong = np.flatnonzero(pred != y)
     right = np.flatnonzero(pred == y)
     chosen = np.r_[wrong[: (n + 1) // 2], right[: n - min(len(wrong), (n + 1) // 2)]][:n]
-    h, w, c = model.input_shape
+    h, w, c = ctx.input_shape
     images = data.load_images(chosen, size=(h, w), channels=c)
-    names = model.class_names
+    names = list(data.class_names)
     return [
         {
             "id": str(data.ids[i]),

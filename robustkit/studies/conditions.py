@@ -9,9 +9,9 @@ and turns the predictions into metrics, intervals, checks and per-sample records
 Costs and seeds. Each distinct condition costs one forward pass per sample; conditions that
 are the same operation (a flip or an inversion at every severity) are computed once. The clean
 predictions come from :meth:`AuditContext.clean_logits` (no extra clean pass). A random
-transform draws, for every block of :data:`BLOCK` consecutive samples, from
-``ctx.rng(study, transform, severity, block)``, so results are the same for the same seed and
-do not depend on the batch size when it is a multiple of :data:`BLOCK`.
+transform draws each image's noise from ``ctx.rng(study, transform, severity, sample id)``,
+so results are the same for the same seed whatever the batch size, the order of the samples
+or the shards they are split into.
 
 Metrics (``t`` a transform, ``s`` a severity): ``accuracy.t.s`` (bootstrap 95% interval),
 ``flip_rate.t.s``, ``mean_confidence.t.s``, ``recall.<class>.t.s``; ``accuracy.t`` (mean over
@@ -27,7 +27,6 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -45,9 +44,8 @@ if TYPE_CHECKING:
     from robustkit.data.dataset import Dataset
     from robustkit.model.adapter import ModelAdapter
 
-__all__ = ["BLOCK", "ConditionConfig", "ConditionStudy", "condition_name", "corruption_errors"]
+__all__ = ["ConditionConfig", "ConditionStudy", "condition_name", "corruption_errors"]
 
-BLOCK = 8  # samples per random draw: results do not depend on batch sizes that are multiples
 EXAMPLE_SIDE = 96  # px of the example thumbnails kept in results.json
 _PREFETCH = 2  # transformed batches prepared ahead of the model
 
@@ -152,17 +150,21 @@ class ConditionStudy(Study):
     #: transforms whose flip rate alone is checked against ``flip_warn`` (shortcut probes)
     probes: ClassVar[tuple[str, ...]] = ()
 
-    def run(self, model: ModelAdapter, data: Dataset, ctx: AuditContext) -> StudyResult:
+    def map(self, model: ModelAdapter, batch: Dataset, ctx: AuditContext) -> dict[str, np.ndarray]:
+        """Predicted class and confidence ``(B, n_conditions)`` under every condition, and the
+        clean prediction ``(B,)``."""
+        plan = _plan(self.config.transforms, self.config.severities)
+        clean_pred = ctx.clean_logits(model, batch).argmax(axis=1).astype(np.int16)
+        pred, conf = self._sweep(model, batch, ctx, plan)
+        return {"pred": pred, "confidence": conf, "clean_pred": clean_pred}
+
+    def reduce(self, records: dict[str, np.ndarray], data: Dataset, ctx: AuditContext) -> StudyResult:
         plan = _plan(self.config.transforms, self.config.severities)
         y = np.asarray(data.labels, dtype=np.int64)
-        clean_pred = ctx.clean_logits(model, data).argmax(axis=1)
-        h, w, c = model.input_shape
-        first = data.load_images(np.arange(min(1, len(data))), size=(h, w), channels=c)
-        with ThreadPoolExecutor(1, thread_name_prefix="robustkit-examples") as pool:
-            examples = pool.submit(self._examples, first, ctx)  # drawn while the model runs
-            pred, conf = self._sweep(model, data, ctx, plan)
+        pred, conf = records["pred"], records["confidence"]
+        clean_pred = records["clean_pred"].astype(np.int64)
         correct = pred == y[:, None]
-        names, class_names = plan.names, list(model.class_names)
+        names, class_names = plan.names, list(data.class_names)
         result = StudyResult(name=self.name)
         result.metrics = _condition_metrics(y, pred, conf, clean_pred, names, class_names)
         clean_acc = float(np.mean(clean_pred == y)) if len(y) else float("nan")
@@ -183,63 +185,56 @@ class ConditionStudy(Study):
             worst_condition=worst,
             severities=sorted(self.config.severities),
             transforms=[_describe(get_transform(t)) for t in self.config.transforms],
-            examples=examples.result(),
+            examples=self._examples(data, ctx),
             reference=_reference_name(ctx, self.name),
         )
         return result
 
     # -- the sweep -------------------------------------------------------------------------
-    def _sweep(self, model: ModelAdapter, data: Dataset, ctx: AuditContext, plan: _Plan) -> tuple[np.ndarray, np.ndarray]:
-        """Predicted class and confidence ``(N, n_conditions)`` under every condition."""
-        n, m = len(data), len(plan.conditions)
+    def _sweep(self, model: ModelAdapter, batch: Dataset, ctx: AuditContext, plan: _Plan) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted class and confidence ``(B, n_conditions)`` under every condition: each
+        distinct job is transformed in a background thread while the model runs the previous one."""
+        n, m = len(batch), len(plan.conditions)
         pred = np.zeros((n, m), dtype=np.int16)
         conf = np.zeros((n, m), dtype=np.float32)
-        with ctx.bar(n * len(plan.jobs), self.name) as bar:
-            for sl, job, x in _prefetch(self._batches(model, data, ctx, plan), _PREFETCH):
-                p = softmax(model.logits(x))
-                cols = plan.columns[job]
-                pred[sl, cols] = p.argmax(axis=1).astype(np.int16)[:, None]
-                conf[sl, cols] = p.max(axis=1)[:, None]
-                bar.update(sl.stop - sl.start)
+        for job, x in _prefetch(self._jobs(model, batch, ctx, plan), _PREFETCH):
+            p = softmax(model.logits(x))
+            cols = plan.columns[job]
+            pred[:, cols] = p.argmax(axis=1).astype(np.int16)[:, None]
+            conf[:, cols] = p.max(axis=1)[:, None]
         return pred, conf
 
-    def _batches(self, model: ModelAdapter, data: Dataset, ctx: AuditContext, plan: _Plan
-                 ) -> Iterator[tuple[slice, int, np.ndarray]]:
-        """Yield ``(rows, job, transformed images)``: every job on one loaded batch, then the next."""
+    def _jobs(self, model: ModelAdapter, batch: Dataset, ctx: AuditContext, plan: _Plan
+              ) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(job, transformed images)`` for every distinct job on the batch's images."""
         h, w, c = model.input_shape
-        bs = model.batch_size
-        for start in range(0, len(data), bs):
-            sl = slice(start, min(len(data), start + bs))
-            x = _one_channel(data.load_images(np.arange(sl.start, sl.stop), size=(h, w), channels=c))
-            for j, (t, s) in enumerate(plan.jobs):
-                y = self._transform(t, s, x, sl.start, ctx)
-                yield sl, j, (np.repeat(y, c, axis=-1) if y.shape[-1] != c else y)
+        x = _one_channel(batch.load_images(np.arange(len(batch)), size=(h, w), channels=c))
+        for j, (t, s) in enumerate(plan.jobs):
+            y = self._transform(t, s, x, batch.ids, ctx)
+            yield j, (np.repeat(y, c, axis=-1) if y.shape[-1] != c else y)
 
-    def _transform(self, t: Transform, s: int, x: np.ndarray, start: int, ctx: AuditContext) -> np.ndarray:
-        """Apply ``t`` at ``s`` to rows ``start..`` of the study: one call, or one per block if random."""
+    def _transform(self, t: Transform, s: int, x: np.ndarray, ids: np.ndarray, ctx: AuditContext) -> np.ndarray:
+        """Apply ``t`` at ``s`` to ``x``: one call, or, for a random transform, one call per
+        image with its own generator keyed by (seed, study, transform, severity, sample id)."""
         if not t.random:
             return t(x, s)
-        out = np.empty_like(x)
-        pos = start
-        while pos < start + len(x):
-            block, offset = divmod(pos, BLOCK)
-            stop = min(start + len(x), (block + 1) * BLOCK)
-            keys = (self.name, t.name, s, block) if offset == 0 else (self.name, t.name, s, block, offset)
-            out[pos - start:stop - start] = t(x[pos - start:stop - start], s, rng=ctx.rng(*keys))
-            pos = stop
-        return out
+        return np.concatenate([
+            t(x[i:i + 1], s, rng=ctx.rng(self.name, t.name, s, str(ids[i]))) for i in range(len(x))
+        ]) if len(x) else x.copy()
 
-    def _examples(self, x: np.ndarray, ctx: AuditContext) -> dict[str, str]:
-        """Thumbnails of ``x`` ``(1, H, W, C)``, the study's first image, clean and at every
-        severity of every transform (with the noise that image gets in the sweep)."""
-        if len(x) == 0:
+    def _examples(self, data: Dataset, ctx: AuditContext) -> dict[str, str]:
+        """Thumbnails of the study's first image, clean and at every severity of every
+        transform (with the noise that image gets in the sweep)."""
+        if len(data) == 0 or ctx.input_shape is None:
             return {}
-        x = _one_channel(x)
+        h, w, c = ctx.input_shape
+        x = _one_channel(data.load_images(np.arange(1), size=(h, w), channels=c))
         out = {"clean": png_base64(x[0], max_side=EXAMPLE_SIDE)}
         for name in self.config.transforms:
             t = get_transform(name)
             for s in SEVERITIES:
-                out[condition_name(name, s)] = png_base64(self._transform(t, s, x, 0, ctx)[0], max_side=EXAMPLE_SIDE)
+                out[condition_name(name, s)] = png_base64(self._transform(t, s, x, data.ids[:1], ctx)[0],
+                                                          max_side=EXAMPLE_SIDE)
         return out
 
     # -- statistics ------------------------------------------------------------------------

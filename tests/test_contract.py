@@ -1,0 +1,237 @@
+"""The study contract, run over every registered study (built-in and a plug-in defined here).
+
+For each study: ``map`` over the samples split into three shards in shuffled order, with
+batch sizes 1, 7 and 32, then ``reduce``, gives the one-pass result (count-based metrics
+exactly, floats within 1e-5, results.json equal apart from timings); the result validates
+against the JSON Schema; the same seed gives the same numbers; and a bad value for every
+config field is rejected with the one error form ("The 'x' parameter of study 'y' must be
+...").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import numpy as np
+import pytest
+
+import robustkit
+from robustkit.data.dataset import load_dataset
+from robustkit.errors import ConfigError, check_range
+from robustkit.model.adapter import load_model
+from robustkit.results import Check, StudyResult
+from robustkit.studies import _REGISTRY, available, get_study, register
+from robustkit.studies.base import AuditContext, Study, StudyConfig, merge_records
+
+SCHEMA = json.loads((Path(robustkit.__file__).parent / "schema" / "results.schema.json").read_text())
+
+
+@dataclass(frozen=True)
+class BrightnessConfig(StudyConfig):
+    """A plug-in's config: one declared constraint."""
+
+    gain: float = 1.5
+
+    def validate(self) -> None:
+        super().validate()
+        check_range("gain", self.gain, low=0.0, low_open=True, where="study 'contract_plugin'")
+
+
+class BrightnessStudy(Study[BrightnessConfig]):
+    """The smallest third-party study: accuracy under a seeded per-sample brightness change."""
+
+    name = "contract_plugin"
+    description = "accuracy when each image is scaled by a random gain (a test plug-in)"
+    Config = BrightnessConfig
+    metric_docs = {"accuracy": ("share right under the gain", "higher")}
+
+    def map(self, model, batch, ctx):
+        h, w, c = model.input_shape
+        x = batch.load_images(np.arange(len(batch)), size=(h, w), channels=c)
+        gains = np.array([ctx.rng(self.name, str(i)).uniform(1.0, self.config.gain) for i in batch.ids])
+        pred = model.logits(np.clip(x * gains[:, None, None, None], 0, 1).astype(np.float32)).argmax(axis=1)
+        return {"pred": pred.astype(np.int16), "gain": gains.astype(np.float32)}
+
+    def reduce(self, records, data, ctx):
+        correct = records["pred"] == data.labels
+        res = StudyResult(name=self.name, metrics={"accuracy": float(correct.mean())})
+        res.records.update(correct=correct[:, None], gain=records["gain"])
+        res.data["correct_metrics"] = ["accuracy"]
+        res.checks = [Check("gain applied", "pass" if np.all(records["gain"] >= 1) else "fail", "")]
+        return res
+
+
+#: small settings per study so that the suite runs in a minute on two cores
+SMALL: dict[str, dict[str, Any]] = {
+    "clean": {"n_bootstrap": 20},
+    "perturbation": {"n_bootstrap": 20, "transforms": ["jpeg", "rotation", "marker"], "severities": [1, 5]},
+    "noise": {"n_bootstrap": 20, "severities": [2, 5]},
+    "adversarial": {"max_samples": 12},
+    "calibration": {"n_bootstrap": 20},
+    "saliency": {"max_samples": 6},
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def plugin():
+    register(BrightnessStudy)
+    yield
+    _REGISTRY.pop(BrightnessStudy.name, None)
+
+
+@pytest.fixture(scope="module")
+def model(toy_model: Path):
+    return load_model(toy_model, batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def data(toy_data: Path):
+    return load_dataset(toy_data)
+
+
+def _names() -> list[str]:
+    return available() + [BrightnessStudy.name]
+
+
+def _study(name: str) -> Study:
+    cls = BrightnessStudy if name == BrightnessStudy.name else get_study(name)
+    return cls.configure("quick", SMALL.get(name, {}))
+
+
+def _sharded(study: Study, model, data, *, seed: int, batch_size: int) -> StudyResult:
+    """The engine's work done by hand: shuffled shards, batches of ``batch_size``, merge, reduce."""
+    ctx = AuditContext(seed=seed, model_info=model.describe())
+    index = study.select(data, ctx)
+    sub = data.subset(index)
+    order = np.random.default_rng(batch_size).permutation(len(sub))
+    parts = []
+    for shard in np.array_split(order, 3)[::-1]:
+        for start in range(0, len(shard), batch_size):
+            pos = shard[start:start + batch_size]
+            parts.append((pos, study.map(model, sub.subset(pos), ctx)))
+    records = merge_records(parts, len(sub), study=study.name)
+    return study.finalize(study.reduce(records, sub, ctx), index, 0.0)
+
+
+def _one_pass(study: Study, model, data, *, seed: int = 0) -> StudyResult:
+    return study.execute(model, data, AuditContext(seed=seed), batch_size=len(data))
+
+
+def _strip(obj: Any) -> Any:
+    """results.json of a study without its timings."""
+    if isinstance(obj, dict):
+        return {k: _strip(v) for k, v in obj.items() if k not in {"seconds", "time_s", "timings"}}
+    if isinstance(obj, list):
+        return [_strip(v) for v in obj]
+    return obj
+
+
+def _assert_close(a: Any, b: Any, where: str = "") -> None:
+    """Equal JSON apart from floats, which agree within 1e-5 (relative or absolute)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), f"{where}: keys differ: {set(a) ^ set(b)}"
+        for k in a:
+            _assert_close(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), f"{where}: lengths differ"
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_close(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and isinstance(b, (int, float)):
+        assert (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-5), (
+            f"{where}: {a} != {b}")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _names())
+def test_shards_and_batch_sizes_give_the_one_pass_result(name: str, model, data) -> None:
+    study = _study(name)
+    whole = _one_pass(study, model, data)
+    assert whole.status == "ok"
+    for bs in (1, 7, 32):
+        part = _sharded(study, model, data, seed=0, batch_size=bs)
+        assert set(part.records) == set(whole.records)
+        for key, arr in whole.records.items():
+            other = part.records[key]
+            assert other.shape == arr.shape, key
+            if arr.dtype.kind in "biuUS":
+                np.testing.assert_array_equal(other, arr, err_msg=f"{name}: {key} at batch size {bs}")
+            else:
+                np.testing.assert_allclose(other, arr, rtol=1e-5, atol=1e-5, err_msg=f"{name}: {key}, bs {bs}")
+        _assert_close(_strip(whole.to_json()), _strip(part.to_json()), f"{name}@bs{bs}")
+
+
+@pytest.mark.parametrize("name", _names())
+def test_result_is_schema_valid_and_same_seed_same_numbers(name: str, model, data) -> None:
+    a = _one_pass(_study(name), model, data, seed=5)
+    b = _one_pass(_study(name), model, data, seed=5)
+    jsonschema.validate(a.to_json(), {"$defs": SCHEMA["$defs"], "$ref": "#/$defs/study"})
+    assert json.dumps(_strip(a.to_json()), sort_keys=True) == json.dumps(_strip(b.to_json()), sort_keys=True)
+    for key in a.records:
+        np.testing.assert_array_equal(a.records[key], b.records[key])
+
+
+def _invalid_values(hint: Any) -> list[Any]:
+    """Values of the wrong type for a field with type ``hint``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return [v for v in _invalid_values(inner[0]) if all(v not in _valid_sample(a) for a in inner)]
+    if origin is tuple:
+        return [[{"a": 1}]]
+    if hint is bool:
+        return ["yes", 1]
+    if hint in (int, float):
+        return ["many", True]
+    if hint is str:
+        return [3, ["a"]]
+    return []
+
+
+def _valid_sample(hint: Any) -> list[Any]:
+    return [] if hint is not str else ["many", "yes"]
+
+
+def _bad_configs() -> list[tuple[str, str, Any]]:
+    cases = []
+    for name in _names():
+        cls = BrightnessStudy if name == BrightnessStudy.name else get_study(name)
+        hints = typing.get_type_hints(cls.Config)
+        for f in dataclasses.fields(cls.Config):
+            for value in _invalid_values(hints[f.name]):
+                cases.append((name, f.name, value))
+            default = f.default if f.default is not dataclasses.MISSING else None
+            if isinstance(default, (int, float)) and not isinstance(default, bool):
+                cases.append((name, f.name, -10**9))  # below every declared lower bound in the house
+    return cases
+
+
+@pytest.mark.parametrize(("name", "key", "value"), _bad_configs())
+def test_every_config_field_refuses_a_bad_value_with_the_one_error_form(name: str, key: str, value: Any) -> None:
+    cls = BrightnessStudy if name == BrightnessStudy.name else get_study(name)
+    if value == -10**9 and key in _UNBOUNDED.get(name, ()):
+        pytest.skip(f"{name}.{key} takes any number")
+    with pytest.raises(ConfigError, match=rf"^The '{key}' parameter of study '{name}' must be .+ Got .+ instead\.$"):
+        cls.configure("standard", {key: value})
+
+
+#: numeric fields with no lower bound (checked here so that the list stays honest)
+_UNBOUNDED: dict[str, tuple[str, ...]] = {}
+
+
+def test_merge_records_orders_shards_and_refuses_gaps() -> None:
+    parts = [(np.array([2, 0]), {"v": np.array([20, 0])}), (np.array([1, 3]), {"v": np.array([10, 30])})]
+    np.testing.assert_array_equal(merge_records(parts, 4)["v"], [0, 10, 20, 30])
+    with pytest.raises(AssertionError, match="expected each of 0..4 once"):
+        merge_records(parts, 5)
+    with pytest.raises(AssertionError, match="rows for a batch of 2"):
+        merge_records([(np.array([0, 1]), {"v": np.array([1])})], 2)
