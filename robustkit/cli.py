@@ -132,7 +132,19 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reference", type=Path, default=None,
                    help="an earlier audit folder, for relative metrics (corruption error)")
     _add_audit_options(p)
+    _add_engine_options(p)
     p.set_defaults(func=_cmd_audit)
+
+
+def _add_engine_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine", "where the studies run (the numbers are the same)")
+    g.add_argument("--engine", choices=["inprocess", "ray"], default=None,
+                   help="inprocess (default) or ray: an actor pool on a Ray cluster (pip install \"robustkit[ray]\")")
+    g.add_argument("--ray-address", default=None,
+                   help="the Ray cluster to join (default: RAY_ADDRESS, else a local instance on this machine's CPUs)")
+    g.add_argument("--workers", type=int, default=None, help="Ray actors, each with a copy of the model (default 1)")
+    g.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs per Ray actor (default 1)")
+    g.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per Ray actor (default 0)")
 
 
 def _cmd_audit(a: argparse.Namespace) -> int:
@@ -141,7 +153,8 @@ def _cmd_audit(a: argparse.Namespace) -> int:
     result = audit(a.model, a.data, studies=a.studies, profile=a.profile, seed=a.seed,
                    config=_config_with_settings(a), out=a.out, limit=a.limit, batch_size=a.batch_size, fresh=a.fresh, quiet=a.quiet,
                    reference=a.reference, trust_model=a.trust_model, on_bad_input=a.on_bad_input,
-                   input_scale=a.input_scale)
+                   input_scale=a.input_scale, engine=a.engine, ray_address=a.ray_address, workers=a.workers,
+                   cpus_per_worker=a.cpus_per_worker, gpus_per_worker=a.gpus_per_worker)
     return _finish(result, a.out)
 
 

@@ -9,6 +9,10 @@ studies = ["clean", "noise"]  # default: every available study
 
 [noise]                       # overrides of one study's config
 max_samples = 100
+
+[engine]                      # where the studies' maps run (default: in this process)
+name = "ray"                  # inprocess | ray
+workers = 4                   # also: address, cpus_per_worker, gpus_per_worker
 ```
 Unknown keys, wrong types and out-of-range values raise ConfigError naming the key.
 No TensorFlow here.
@@ -44,6 +48,7 @@ class AuditConfig:
     batch_size: int | None = None
     studies: tuple[str, ...] | None = None
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    engine: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         check_range("seed", self.seed, low=0, integer=True)
@@ -53,15 +58,33 @@ class AuditConfig:
             check_range("limit", self.limit, low=1, integer=True)
         if self.batch_size is not None:
             check_range("batch_size", self.batch_size, low=1, integer=True)
+        _check_engine(self.engine)
 
     def merged(self, **cli: Any) -> AuditConfig:
-        """A copy with the non-None command-line values taking precedence."""
-        values = {k: v for k, v in cli.items() if v is not None}
+        """A copy with the non-None command-line values taking precedence (``engine``: per key)."""
+        values = {k: v for k, v in cli.items() if v is not None and k != "engine"}
+        engine = {k: v for k, v in (cli.get("engine") or {}).items() if v is not None}
+        if engine:
+            values["engine"] = {**self.engine, **engine}
         if "studies" in values:
             values["studies"] = tuple(values["studies"])
         cfg = AuditConfig(**{**self.__dict__, **values})
         cfg.validate()
         return cfg
+
+
+_ENGINE_KEYS = ("name", "address", "workers", "cpus_per_worker", "gpus_per_worker")
+
+
+def _check_engine(engine: dict[str, Any]) -> None:
+    """The ``[engine]`` table: known keys, a known engine name (values: by the engine)."""
+    from robustkit.engines import ENGINES
+
+    for key in engine:
+        if key not in _ENGINE_KEYS:
+            raise ConfigError(f"Unknown key {key!r} in [engine]; expected one of {', '.join(_ENGINE_KEYS)}.")
+    if "name" in engine and engine["name"] not in ENGINES:
+        raise param_error("engine", "one of " + ", ".join(map(repr, ENGINES)), engine["name"])
 
 
 def read_toml(path: str | Path, *, what: str) -> dict[str, Any]:
@@ -89,7 +112,10 @@ def load_config(source: str | Path | dict[str, Any] | None) -> AuditConfig:
 
     known = set(available())
     top = {k: v for k, v in raw.items() if not isinstance(v, dict)}
-    tables = {k: v for k, v in raw.items() if isinstance(v, dict)}
+    tables = {k: v for k, v in raw.items() if isinstance(v, dict) and k != "engine"}
+    engine = raw.get("engine", {})
+    if not isinstance(engine, dict):
+        raise ConfigError(f"{where}expected [engine] to be a table, got {engine!r}.")
     for key in top:
         if key not in _TOP_KEYS:
             raise ConfigError(f"{where}Unknown key {key!r}; expected one of {', '.join(sorted(_TOP_KEYS))} "
@@ -108,6 +134,7 @@ def load_config(source: str | Path | dict[str, Any] | None) -> AuditConfig:
             batch_size=top.get("batch_size"),
             studies=tuple(studies) if studies is not None else None,
             overrides={k: dict(v) for k, v in tables.items()},
+            engine=dict(engine),
         )
         cfg.validate()
     except ConfigError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import platform
+import shutil
 import sys
 import time
 from collections.abc import Mapping
@@ -22,7 +23,7 @@ import numpy as np
 from robustkit import __version__
 from robustkit.config import AuditConfig, load_config
 from robustkit.data.dataset import Dataset, load_dataset
-from robustkit.errors import DataError, ModelError, RobustkitError
+from robustkit.errors import ConfigError, DataError, ModelError, RobustkitError
 from robustkit.model.adapter import ModelAdapter, load_model
 from robustkit.results import (
     RESULTS_FILE,
@@ -112,6 +113,11 @@ def audit(
     trust_model: bool = False,
     on_bad_input: str = "fail",
     input_scale: str | None = None,
+    engine: str | None = None,
+    ray_address: str | None = None,
+    workers: int | None = None,
+    cpus_per_worker: float | None = None,
+    gpus_per_worker: float | None = None,
 ) -> AuditResult:
     """Audit a classifier and return (and, with ``out``, write) the :class:`AuditResult`.
 
@@ -135,13 +141,22 @@ def audit(
         on_bad_input: ``fail`` or ``skip`` unreadable images.
         input_scale: the range the checkpoint expects (``unit`` [0, 1], ``255``, ``symmetric``
             [-1, 1]); default: its ``.meta.json``, else ``unit``.
+        engine: ``inprocess`` (default) or ``ray`` (``pip install "robustkit[ray]"``): where
+            the studies' maps run; the numbers are the same.
+        ray_address: the Ray cluster to join (default: ``RAY_ADDRESS``, else a local instance).
+        workers: Ray actors, each with a copy of the model.
+        cpus_per_worker: CPUs per Ray actor (TensorFlow's thread pools follow it).
+        gpus_per_worker: GPUs per Ray actor (a fraction shares a GPU).
 
     Example:
         >>> result = audit("demo.keras", "data/phantom", profile="quick", out="reports/a")  # doctest: +SKIP
         >>> result.metric("clean.accuracy")                                                 # doctest: +SKIP
     """
     cfg = config if isinstance(config, AuditConfig) else load_config(config)  # type: ignore[arg-type]
-    cfg = cfg.merged(seed=seed, profile=profile, limit=limit, batch_size=batch_size, studies=studies)
+    cfg = cfg.merged(seed=seed, profile=profile, limit=limit, batch_size=batch_size, studies=studies,
+                     engine={"name": engine, "address": ray_address, "workers": workers,
+                             "cpus_per_worker": cpus_per_worker, "gpus_per_worker": gpus_per_worker})
+    ray_options = _ray_options(cfg)
     plan = plan_studies(cfg)
     adapter = model if isinstance(model, ModelAdapter) else load_model(
         model, trust=trust_model, batch_size=cfg.batch_size, input_scale=input_scale
@@ -160,16 +175,29 @@ def audit(
     result = _new_result(adapter, dataset, cfg, plan)
     ctx = AuditContext(seed=cfg.seed, quiet=quiet, progress=_progress_factory(), reference=ref)
     start = time.perf_counter()
+    pending = []
     for study in plan:
         done = prev.studies.get(study.name) if prev else None
         if done is not None and done.status == "ok" and done.config == study.config_dict():
             result.studies[study.name] = done
             _say(quiet, f"{study.name}: reused from {out_dir}")
-            continue
-        result.studies[study.name] = _run_one(study, adapter, dataset, ctx, quiet)
+        else:
+            pending.append(study)
+
+    def finished(res: StudyResult) -> None:
+        if res.name == "clean" and res.status == "failed":
+            raise ModelError(f"{adapter.name}: the clean study failed, so no other study can be read: {res.error}")
+        result.studies[res.name] = res
         result.seconds = time.perf_counter() - start
         if out_dir is not None:
             save_results(result, out_dir)
+
+    if ray_options is None:
+        for study in pending:
+            finished(_run_one(study, adapter, dataset, ctx, quiet))
+    elif pending:
+        _run_on_ray(pending, adapter, dataset, ctx, ray_options, out_dir, fresh, trust_model, finished, quiet)
+    result.studies = {s.name: result.studies[s.name] for s in plan}  # audit order
     result.seconds = time.perf_counter() - start
     if out_dir is not None:
         save_results(result, out_dir)
@@ -179,6 +207,38 @@ def audit(
 
             render_report(result, out_dir / "report.html")
     return result
+
+
+def _ray_options(cfg: AuditConfig) -> Any:
+    """The Ray engine's options, or None for the in-process engine."""
+    engine = dict(cfg.engine)
+    if engine.pop("name", "inprocess") != "ray":
+        if any(v is not None for k, v in engine.items()):
+            raise ConfigError(f"The engine options {sorted(engine)} need --engine ray; got the in-process engine.")
+        return None
+    from robustkit.engines.ray_engine import RayOptions, require_ray
+
+    require_ray()
+    options = RayOptions(batch_size=cfg.batch_size, **engine)
+    options.validate()
+    return options
+
+
+def _run_on_ray(pending: list[Study], adapter: ModelAdapter, dataset: Dataset, ctx: AuditContext, options: Any,
+                out: Path | None, fresh: bool, trust: bool, finished: Any, quiet: bool) -> None:
+    from robustkit.engines.ray_engine import SHARDS, run_studies_ray
+
+    if adapter.path is None:
+        raise ConfigError("The 'engine' option 'ray' needs a checkpoint path (every worker loads it); "
+                          "got an in-memory ModelAdapter.")
+    if out is not None and fresh:
+        shutil.rmtree(out / SHARDS, ignore_errors=True)
+    spec = {"path": str(adapter.path), "class_names": list(adapter.class_names), "input_scale": adapter.input_scale,
+            "trust": trust, "batch_size": adapter.batch_size}
+    _say(quiet, f"ray: {', '.join(s.name for s in pending)} on {options.workers} worker(s)")
+    run_studies_ray(pending, adapter, dataset, ctx, options=options, model_spec=spec, out=out, on_result=finished)
+    if out is not None:
+        shutil.rmtree(out / SHARDS, ignore_errors=True)  # every study is saved: the shards are spent
 
 
 def _write_exports(result: AuditResult, out: Path) -> None:
@@ -217,6 +277,8 @@ def _new_result(model: ModelAdapter, data: Dataset, cfg: AuditConfig, plan: list
             "limit": cfg.limit,
             "batch_size": model.batch_size,
             "studies": {s.name: s.config_dict() for s in plan},
+            "engine": {"name": cfg.engine.get("name", "inprocess"),
+                       **{k: v for k, v in cfg.engine.items() if k != "name" and v is not None}},
         },
         environment=_environment(),
         ids=np.asarray(data.ids).astype(str),

@@ -1,0 +1,334 @@
+"""The Ray engine: every study's ``map`` on a Ray Data actor pool, ``reduce`` on the driver.
+
+The sample positions of the audit become a Ray dataset; ``map_batches`` runs them through an
+actor pool (:class:`ray.data.ActorPoolStrategy`), each actor loading the checkpoint once into
+a :class:`~robustkit.model.ModelAdapter` and running the maps of every study on its batches.
+Images are read by path inside the actors, so every worker must see the checkpoint and the
+data at the same paths (a shared filesystem or the same mount on every node). Each batch comes
+back to the driver as one payload (positions + records per study), is written to
+``<out>/shards/`` as it arrives (a killed driver resumes from there) and the records are put
+in sample order with :func:`~robustkit.studies.base.merge_records` before each study's
+``reduce``. Since every random draw of a map is keyed by sample id, the result equals the
+in-process engine's.
+
+Faults: Ray Data restarts a dead actor and re-runs its unfinished batches (its actor pools
+default to unlimited ``max_restarts`` and ``max_task_retries``); a batch that comes back twice
+is kept once (by its positions), and a missing position is an error, never a silent gap. A
+study whose ``map`` raises fails alone (status ``failed``), as in the in-process engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from robustkit.errors import ConfigError, check_range, param_error
+from robustkit.results import StudyResult, atomic_write_bytes
+from robustkit.studies.base import AuditContext, Study, merge_records
+
+if TYPE_CHECKING:
+    from robustkit.data.dataset import Dataset
+    from robustkit.model.adapter import ModelAdapter
+
+__all__ = ["RayOptions", "require_ray", "run_studies_ray"]
+
+INSTALL = 'pip install "robustkit[ray]"'
+SHARDS = "shards"
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """How the Ray engine runs.
+
+    Attributes:
+        address: a cluster to connect to (``ray://...`` or ``host:port``); ``None`` uses
+            ``RAY_ADDRESS`` if set, else starts a local instance with this machine's CPUs and
+            stops it at the end.
+        workers: actors in the pool (each holds one copy of the model).
+        cpus_per_worker: CPUs reserved per actor (TensorFlow's thread pools are sized to it).
+        gpus_per_worker: GPUs per actor (fractions share a GPU).
+        batch_size: samples per map call (default: the model's batch size).
+    """
+
+    address: str | None = None
+    workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    batch_size: int | None = None
+
+    def validate(self) -> None:
+        check_range("workers", self.workers, low=1, integer=True)
+        check_range("cpus_per_worker", self.cpus_per_worker, low=0.0, low_open=True)
+        check_range("gpus_per_worker", self.gpus_per_worker, low=0.0)
+        if self.batch_size is not None:
+            check_range("batch_size", self.batch_size, low=1, integer=True)
+        if self.address is not None and not isinstance(self.address, str):
+            raise param_error("ray_address", "a string such as 'ray://head:10001' or 'auto'", self.address)
+
+
+def require_ray() -> Any:
+    """The ``ray`` module, or a one-line error naming the install command."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"The 'engine' option 'ray' needs Ray: {INSTALL}") from None
+    return ray
+
+
+# ------------------------------------------------------------------------------ the actor
+
+
+class _StudyMapper:
+    """One Ray actor: the checkpoint loaded once, every study's ``map`` on each batch."""
+
+    def __init__(self, *, model_spec: dict[str, Any], studies: list[Study], data: Dataset,
+                 selections: dict[str, np.ndarray], seed: int, threads: int) -> None:
+        _limit_threads(threads)
+        from robustkit.model.adapter import load_model
+
+        self.model = load_model(**model_spec)
+        self.studies = studies
+        self.data = data
+        self.selections = {k: _lookup(v) for k, v in selections.items()}
+        self.ctx = AuditContext(seed=seed, model_info=self.model.describe())
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        positions = np.asarray(batch["pos"], dtype=np.int64)
+        per_study: dict[str, Any] = {}
+        for study in self.studies:
+            local = self.selections[study.name](positions)  # positions in the study's own subset
+            keep = local >= 0
+            if not keep.any():
+                continue
+            sub = self.data.subset(positions[keep])
+            try:
+                per_study[study.name] = (local[keep], study.map(self.model, sub, self.ctx))
+            except Exception as exc:  # noqa: BLE001 - reported on the driver, the other studies go on
+                per_study[study.name] = (None, _error(exc))
+        payload = {"pos": positions, "studies": per_study}
+        return {"payload": np.array([pickle.dumps(payload, protocol=5)], dtype=object),
+                "first": positions[:1], "n": np.array([len(positions)])}
+
+
+def _error(exc: Exception) -> dict[str, str]:
+    from robustkit.errors import RobustkitError
+
+    kind = type(exc).__name__ if isinstance(exc, RobustkitError) else ""
+    return {"kind": kind, "message": f"{type(exc).__name__}: {exc}"[:2000], "text": str(exc)}
+
+
+def _lookup(selected: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """A function from audit positions to positions in a study's subset (-1: not selected)."""
+    table = {int(p): i for i, p in enumerate(selected)}
+    return lambda pos: np.array([table.get(int(p), -1) for p in pos], dtype=np.int64)
+
+
+def _limit_threads(threads: int) -> None:
+    """TensorFlow in an actor uses its reserved CPUs only, and grows GPU memory on demand."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from robustkit._tf import tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(max(1, threads))
+        tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, threads)))
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)
+    except RuntimeError:  # already initialised in this process (a reused worker): keep its settings
+        pass
+
+
+# ------------------------------------------------------------------------------ the driver
+
+
+def run_studies_ray(
+    studies: list[Study],
+    model: ModelAdapter,
+    data: Dataset,
+    ctx: AuditContext,
+    *,
+    options: RayOptions,
+    model_spec: dict[str, Any],
+    out: Path | None = None,
+    on_result: Callable[[StudyResult], None] | None = None,
+) -> dict[str, StudyResult]:
+    """Run ``studies`` on ``data`` through Ray and return their reduced, stamped results.
+
+    Args:
+        studies: configured studies (``clean`` first, as the runner orders them).
+        model: the driver's adapter (for its description and batch size; the actors load
+            their own from ``model_spec``).
+        data: the audit's samples.
+        ctx: the audit context (seed, progress, reference).
+        options: the engine's settings.
+        model_spec: keyword arguments of :func:`robustkit.model.adapter.load_model` that every
+            actor uses (the checkpoint path must be readable on every node).
+        out: the audit folder; finished batches are kept in ``out/shards`` for resume.
+        on_result: called with each study's result as soon as it is reduced.
+    """
+    options.validate()
+    ray = require_ray()
+    ctx.model_info = model.describe()
+    selections = {s.name: s.select(data, ctx) for s in studies}
+    key = _run_key(studies, model, data, ctx.seed)
+    shard_dir = out / SHARDS / key if out is not None else None
+    done = _load_shards(shard_dir)
+    todo = np.setdiff1d(np.arange(len(data)), np.concatenate([p["pos"] for p in done]) if done else [])
+    if done and not ctx.quiet:
+        print(f"ray: {len(data) - len(todo)} of {len(data)} samples from finished shards in {shard_dir}",
+              file=sys.stderr, flush=True)
+    started = _connect(ray, options)
+    try:
+        if len(todo):
+            done += _map_on_ray(ray, todo, studies, data, selections, ctx, options, model_spec, model, shard_dir)
+    finally:
+        if started:
+            ray.shutdown()
+    results = {}
+    for study in studies:
+        results[study.name] = _reduce(study, done, data, selections[study.name], ctx)
+        if on_result is not None:
+            on_result(results[study.name])
+    return results
+
+
+def _connect(ray: Any, options: RayOptions) -> bool:
+    """Join the named cluster (or ``RAY_ADDRESS``); else start a local one. True if started here."""
+    _quiet(ray)
+    if ray.is_initialized():
+        return False
+    address = options.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False, ignore_reinit_error=True)
+        return True
+    ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
+             ignore_reinit_error=True)
+    return True
+
+
+def _quiet(ray: Any) -> None:
+    """No Ray Data progress bars or INFO lines on the driver: robustkit draws its own bar."""
+    import logging
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _map_on_ray(ray: Any, todo: np.ndarray, studies: list[Study], data: Dataset,
+                selections: dict[str, np.ndarray], ctx: AuditContext, options: RayOptions,
+                model_spec: dict[str, Any], model: ModelAdapter, shard_dir: Path | None) -> list[dict[str, Any]]:
+    bs = int(options.batch_size or model.batch_size)
+    ds = ray.data.from_items([{"pos": int(p)} for p in todo], override_num_blocks=max(1, -(-len(todo) // bs)))
+    mapped = ds.map_batches(
+        _StudyMapper,
+        batch_size=bs,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=options.workers),
+        fn_constructor_kwargs={
+            "model_spec": model_spec, "studies": studies, "data": data, "selections": selections,
+            "seed": ctx.seed, "threads": int(max(1, options.cpus_per_worker)),
+        },
+        num_cpus=options.cpus_per_worker,
+        num_gpus=options.gpus_per_worker or None,
+    )  # Ray Data's actor pools restart dead actors and retry their tasks by default
+    got: list[dict[str, Any]] = []
+    seen: set[tuple[int, ...]] = set()
+    with ctx.bar(len(todo), "ray") as bar:
+        for batch in mapped.iter_batches(batch_size=1, batch_format="numpy"):
+            payload = pickle.loads(batch["payload"][0])
+            sig = tuple(int(p) for p in payload["pos"])
+            if sig in seen:  # a retried batch that also finished the first time
+                continue
+            seen.add(sig)
+            if shard_dir is not None:
+                _save_shard(shard_dir, payload)
+            got.append(payload)
+            bar.update(len(sig))
+    return got
+
+
+def _reduce(study: Study, payloads: list[dict[str, Any]], data: Dataset, selected: np.ndarray,
+            ctx: AuditContext) -> StudyResult:
+    import time
+
+    start = time.perf_counter()
+    parts = [p["studies"][study.name] for p in payloads if study.name in p["studies"]]
+    errors = [rec for pos, rec in parts if pos is None]
+    if errors:
+        return _failed(study, errors[0], time.perf_counter() - start)
+    unique: dict[tuple[int, ...], Any] = {}
+    for pos, rec in parts:
+        unique.setdefault(tuple(int(i) for i in pos), (pos, rec))
+    sub = data.subset(selected)
+    records = merge_records(list(unique.values()), len(sub), study=study.name)
+    result = study.reduce(records, sub, ctx)
+    return study.finalize(result, selected, time.perf_counter() - start)
+
+
+def _failed(study: Study, error: dict[str, str], seconds: float) -> StudyResult:
+    """A study whose map raised: a robustkit error (bad input) stops the audit as in-process."""
+    from robustkit import errors as E
+
+    cls = getattr(E, error["kind"], None) if error["kind"] else None
+    if isinstance(cls, type) and issubclass(cls, E.RobustkitError):
+        raise cls(error["text"])
+    return StudyResult(name=study.name, status="failed", seconds=seconds, config=study.config_dict(),
+                       error=error["message"])
+
+
+# ------------------------------------------------------------------------------ shards on disk
+
+
+def _run_key(studies: list[Study], model: ModelAdapter, data: Dataset, seed: int) -> str:
+    """Shards belong to one model, data, seed and set of study configs."""
+    text = repr((model.fingerprint, data.fingerprint, seed, [(s.name, s.config_dict()) for s in studies]))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _save_shard(folder: Path, payload: dict[str, Any]) -> None:
+    """One finished batch as ``.npz`` (no pickles on disk): ``pos`` and ``<study>|<record>``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pos = np.asarray(payload["pos"], dtype=np.int64)
+    arrays: dict[str, np.ndarray] = {"pos": pos}
+    for name, (local, records) in payload["studies"].items():
+        if local is None:  # a failed map is re-run on resume, not stored
+            continue
+        arrays[f"{name}|"] = np.asarray(local, dtype=np.int64)
+        arrays.update({f"{name}|{k}": np.asarray(v) for k, v in records.items()})
+    digest = hashlib.sha1(pos.tobytes()).hexdigest()[:8]
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
+    atomic_write_bytes(folder / f"{int(pos.min()):08d}-{len(pos):05d}-{digest}.npz", buf.getvalue())
+
+
+def _load_shards(folder: Path | None) -> list[dict[str, Any]]:
+    """The batches a killed run finished (a torn or unreadable file is dropped and re-run)."""
+    if folder is None or not folder.is_dir():
+        return []
+    out = []
+    for f in sorted(folder.glob("*.npz")):
+        try:
+            with np.load(f, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except Exception:  # noqa: BLE001 - re-computed, never trusted
+            f.unlink(missing_ok=True)
+            continue
+        studies: dict[str, Any] = {}
+        for key in arrays:
+            name, _, rec = key.partition("|")
+            if key != "pos" and not rec:
+                studies[name] = (arrays[key], {k.partition("|")[2]: v for k, v in arrays.items()
+                                               if k.startswith(name + "|") and k != key})
+        out.append({"pos": arrays["pos"], "studies": studies})
+    return out
