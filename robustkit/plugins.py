@@ -112,7 +112,9 @@ class StudyPlugin:
     exports: tuple[Export, ...] = ()
 
     def load_study(self) -> type:
-        """Import and return the study class."""
+        """Import and return the study class (a bare class from an entry point as it came)."""
+        if self.study in _CLASSES:
+            return _CLASSES[self.study]
         return load_attr(self.study, what=f"the study class of {self.name!r}")
 
     def load_view(self) -> Callable[..., dict[str, Any]] | None:
@@ -157,6 +159,7 @@ BUILTIN_PLUGINS: tuple[StudyPlugin, ...] = (
 )
 
 _PLUGINS: dict[str, StudyPlugin] = {p.name: p for p in BUILTIN_PLUGINS}
+_CLASSES: dict[str, type] = {}  # bare Study subclasses from entry points, by their "module:qualname"
 _LOADED_ENTRY_POINTS = False
 
 
@@ -176,7 +179,9 @@ def _from_entry_point(name: str, obj: Any) -> StudyPlugin:
         return obj
     study_name = getattr(obj, "name", None) if isinstance(obj, type) else None
     if isinstance(obj, type) and study_name:
-        return StudyPlugin(str(study_name), f"{obj.__module__}:{obj.__qualname__}")
+        ref = f"{obj.__module__}:{obj.__qualname__}"
+        _CLASSES[ref] = obj
+        return StudyPlugin(str(study_name), ref)
     raise param_error(f"entry point {name!r} of group {ENTRY_POINT_GROUP!r}",
                       "a StudyPlugin record or a Study subclass", type(obj).__name__)
 
