@@ -8,7 +8,9 @@ study needs no change here:
   ``data[key + "_metrics"]`` naming the ``M`` metrics; accuracies use ``correct``) and a
   per-class ``recall.<class>`` get the exact McNemar test on the discordant pairs;
 * other metrics get a paired bootstrap of the difference where a statistic in
-  :data:`robustkit.metrics.paired.PAIRED_STATISTICS` recomputes the stored value from the records;
+  :data:`robustkit.metrics.paired.PAIRED_STATISTICS` recomputes the stored value from the
+  records (the study's record in :mod:`robustkit.plugins` says which columns back which
+  metrics; ECE reuses the calibration metric's own binning);
 * the rest get their delta and the verdict ``not testable``.
 
 Samples are paired by id. p-values are Holm-adjusted over every tested metric of one
@@ -23,10 +25,8 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,6 +45,7 @@ from robustkit.metrics.paired import (
     paired_bootstrap,
     resample_indices,
 )
+from robustkit.plugins import plugin
 from robustkit.results import AuditResult, atomic_write_text, load_results
 
 __all__ = [
@@ -52,7 +53,6 @@ __all__ = [
     "CandidateComparison",
     "Comparison",
     "MetricDelta",
-    "add_compare_parser",
     "check_comparable",
     "compare",
     "paired_deltas",
@@ -369,7 +369,13 @@ def _records(audit: AuditResult, study: str, rows: np.ndarray) -> PairedRecords:
     recs = {k: v[rows] for k, v in s.records.items() if k != "index" and v.ndim >= 1 and len(v) == len(index)}
     names = np.asarray(audit.class_names, dtype=str)
     labels = names[np.asarray(audit.labels, dtype=np.int64)[index[rows]]]
-    return PairedRecords(recs, s.data, s.config, labels, list(audit.class_names))
+    record = plugin(study)
+    if record is None:
+        return PairedRecords(recs, s.data, s.config, labels, list(audit.class_names))
+    spec = record.paired
+    ece = {m: (c.confidence, c.correct) for m, c in spec.ece.items()}
+    return PairedRecords(recs, s.data, s.config, labels, list(audit.class_names),
+                         binary=spec.binary, ece=ece, subset=spec.subset)
 
 
 # ---------------------------------------------------------------- helpers
@@ -419,52 +425,3 @@ def _j(v: Any) -> Any:
     if math.isnan(f):
         return None
     return f if math.isfinite(f) else ("inf" if f > 0 else "-inf")
-
-
-# ---------------------------------------------------------------- command line
-
-_HELP = """\
-Compare audits of the same dataset metric by metric. The first DIR is the baseline; every
-other DIR is compared with it. Samples are paired by id: accuracy-type metrics get an exact
-McNemar test on the discordant pairs, other metrics a paired bootstrap of the difference
-where the per-sample records recompute them, and the rest are reported as "not testable".
-p-values are Holm-adjusted over the tested metrics of each candidate (--correction none to
-turn that off). Writes OUT/compare.json and OUT/compare.html.
-
-Audits of different datasets (fingerprint or sample ids), different major schema versions,
-or different seeds/study configs are refused (exit 2); --allow-config-mismatch accepts the
-last case and the report states it."""
-
-
-def add_compare_parser(sub: argparse._SubParsersAction, parents: Sequence[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:
-    """Add the ``compare`` subcommand to ``sub`` (its handler is ``args.func``)."""
-    p = sub.add_parser("compare", parents=list(parents), help="compare audits with paired tests (compare.json, compare.html)",
-                       description=_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="audit folders; the first is the baseline (at least two)")
-    p.add_argument("--out", required=True, type=Path, help="output folder for compare.json and compare.html")
-    p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
-    p.add_argument("--correction", choices=["holm", "none"], default="holm",
-                   help="multiple-testing correction over each candidate's metrics (default holm)")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
-    p.add_argument("--allow-config-mismatch", action="store_true",
-                   help="compare audits whose seeds or study configs differ (the report says so)")
-    p.set_defaults(func=_cmd_compare)
-    return p
-
-
-def _cmd_compare(a: argparse.Namespace) -> int:
-    from robustkit.report.compare_render import render_comparison
-
-    if len(a.dirs) < 2:
-        raise param_error("DIR", "at least two audit folders (baseline first)", [str(d) for d in a.dirs])
-    cmp = compare(a.dirs, alpha=a.alpha, allow_config_mismatch=a.allow_config_mismatch,
-                  correction=a.correction, n_boot=a.n_boot, seed=a.seed)
-    save_comparison(cmp, a.out)
-    html = render_comparison(cmp, a.out)
-    for c in cmp.candidates:
-        counts = ", ".join(f"{n} {v}" for v, n in c.counts().items())
-        print(f"{c.label} vs {cmp.baseline_label}: {counts}", file=sys.stderr)
-    print(html)
-    return 0
-

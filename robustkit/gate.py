@@ -28,10 +28,9 @@ without a baseline or on a metric that has no direction. No TensorFlow here.
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,10 +38,10 @@ from xml.etree import ElementTree as ET
 
 from robustkit.compare import MetricDelta, check_comparable, paired_deltas
 from robustkit.config import read_toml
-from robustkit.errors import ConfigError, check_choice, check_range, param_error
-from robustkit.results import AuditResult, atomic_write_text, load_results
+from robustkit.errors import ConfigError, check_range, param_error
+from robustkit.results import AuditResult, load_results
 
-__all__ = ["GateReport", "MetricOutcome", "Policy", "Rule", "RuleOutcome", "add_gate_parser", "gate", "load_policy", "parse_policy"]
+__all__ = ["GateReport", "MetricOutcome", "Policy", "Rule", "RuleOutcome", "gate", "github_error", "load_policy", "parse_policy"]
 
 _RULE_KEYS = ("metric", "min", "max", "max_drop", "name", "description")
 _TOP_KEYS = ("rule", "alpha")
@@ -311,55 +310,6 @@ def _gh_prop(text: str) -> str:
     return _gh_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
-_HELP = """\
-Check an audit against a policy file (TOML) of rules on dotted metric names and exit
-0 when every rule holds, 1 when a rule fails, 2 for a usage or input error.
-
-  [[rule]]
-  metric = "clean.accuracy"            # full dotted name; fnmatch wildcards (* ? [..])
-  min = 0.90                           # and/or max = ...
-  [[rule]]
-  metric = "perturbation.accuracy.*.5" # every matching metric must hold
-  min = 0.60
-  [[rule]]
-  metric = "clean.recall.COVID-19"
-  max_drop = 0.01                      # needs --baseline: fails on a significant drop
-                                       # (paired test, Holm over the rule's metrics)
-                                       # larger than this
-
-Optional per rule: name, description; optional top-level: alpha (default 0.05).
-A rule naming a metric the audit lacks, or a wildcard matching nothing, is an error
-(exit 2), never a pass. --junit writes one <testcase> per rule."""
-
-
-def add_gate_parser(sub: argparse._SubParsersAction, parents: Sequence[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:
-    """Add the ``gate`` subcommand to ``sub`` (its handler is ``args.func``)."""
-    p = sub.add_parser("gate", parents=list(parents), help="check an audit against a policy file; exit 0/1/2 for CI",
-                       description=_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dir", type=Path, metavar="DIR", help="audit folder of the checkpoint to gate")
-    p.add_argument("--policy", required=True, type=Path, help="policy file (TOML), e.g. data/policy.toml")
-    p.add_argument("--baseline", type=Path, default=None, help="baseline audit folder (needed by max_drop rules)")
-    p.add_argument("--junit", type=Path, default=None, help="write JUnit XML here (one test case per rule)")
-    p.add_argument("--format", choices=["text", "github"], default="text", dest="output_format",
-                   help="text (default) or github: also print ::error/::notice workflow annotations")
-    p.add_argument("--allow-config-mismatch", action="store_true",
-                   help="accept a baseline audited with other seeds or study configs")
-    p.add_argument("--seed", type=int, default=0, help="seed of the paired bootstrap (default 0)")
-    p.set_defaults(func=_cmd_gate)
-    return p
-
-
-def _cmd_gate(a: argparse.Namespace) -> int:
-    check_choice("format", a.output_format, ("text", "github"))
-    try:
-        report = gate(a.dir, a.policy, baseline=a.baseline, allow_config_mismatch=a.allow_config_mismatch, seed=a.seed)
-    except Exception as exc:
-        if a.output_format == "github":
-            print(f"::error title={_gh_prop('robustkit gate: input error')}::{_gh_data(str(exc))}")
-        raise
-    if a.junit is not None:
-        atomic_write_text(a.junit, report.junit())
-    print(report.text())
-    if a.output_format == "github":
-        print(report.github())
-    return report.exit_code
+def github_error(title: str, text: str) -> str:
+    """A GitHub Actions ``::error`` workflow annotation line (title and text escaped)."""
+    return f"::error title={_gh_prop(title)}::{_gh_data(text)}"

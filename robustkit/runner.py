@@ -242,11 +242,15 @@ def _run_on_ray(pending: list[Study], adapter: ModelAdapter, dataset: Dataset, c
 
 
 def _write_exports(result: AuditResult, out: Path) -> None:
-    """Small files a deployment reads: ``temperature.json`` from the calibration study."""
-    cal = result.studies.get("calibration")
-    export = cal.data.get("temperature_export") if cal is not None and cal.status == "ok" else None
-    if export:
-        atomic_write_text(out / "temperature.json", json.dumps(export, indent=2) + "\n")
+    """Small files a deployment reads (``temperature.json``), as each study's record declares."""
+    from robustkit.plugins import plugin
+
+    for name, study in result.studies.items():
+        record = plugin(name)
+        for export in record.exports if record is not None and study.status == "ok" else ():
+            obj = study.data.get(export.data_key)
+            if obj:
+                atomic_write_text(out / export.filename, json.dumps(obj, indent=2) + "\n")
 
 
 def _run_one(study: Study, model: ModelAdapter, data: Dataset, ctx: AuditContext, quiet: bool) -> StudyResult:

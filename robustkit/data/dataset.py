@@ -57,6 +57,7 @@ __all__ = [
     "Sample",
     "load_dataset",
     "read_image",
+    "stratified_split",
 ]
 
 
@@ -266,21 +267,8 @@ class Dataset:
         """Seeded stratified split; the first part gets about ``fraction`` of every class
         (at least one sample on each side for a class with two or more)."""
         check_range("fraction", fraction, low=0.0, high=1.0, low_open=True, where="Dataset.split")
-        rng = np.random.default_rng(seed)
-        first: list[np.ndarray] = []
-        second: list[np.ndarray] = []
-        for group in self._by_class():
-            k = int(np.floor(fraction * len(group) + 0.5))
-            if len(group) >= 2:
-                k = min(max(k, 1), len(group) - 1)
-            perm = rng.permutation(group)
-            first.append(perm[:k])
-            second.append(perm[k:])
-        empty = np.zeros(0, dtype=np.int64)
-        return (
-            self.subset(np.sort(np.concatenate(first + [empty]))),
-            self.subset(np.sort(np.concatenate(second + [empty]))),
-        )
+        first, second = stratified_split(self.labels, fraction, rng=np.random.default_rng(seed))
+        return self.subset(first), self.subset(second)
 
     def _image(self, sample: Sample, size: tuple[int, int], channels: int) -> np.ndarray:
         key = (sample.path, size, channels)
@@ -401,6 +389,35 @@ def _allocate(counts: np.ndarray, n: int) -> np.ndarray:
     while alloc.sum() > n:
         alloc[int(np.argmax(np.where(alloc > 1, alloc - quota, -np.inf)))] -= 1
     return alloc
+
+
+def stratified_split(labels: np.ndarray, fraction: float, *,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded stratified split of positions: the one home of the split (datasets, studies).
+
+    Each class present (in increasing label order) is permuted with ``rng`` and cut at
+    ``round(fraction * size)`` (half up), clamped so that a class of two or more samples
+    has at least one sample on each side.
+
+    Args:
+        labels: ``(N,)`` class indices.
+        fraction: share of each class in the first part, in (0, 1].
+        rng: the generator to draw the permutations from.
+
+    Returns:
+        ``(first, second)``: sorted int64 positions, disjoint, together ``0..N-1``.
+    """
+    y = np.asarray(labels).reshape(-1)
+    first: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
+    second: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
+    for k in np.unique(y):
+        group = rng.permutation(np.flatnonzero(y == k))
+        n = int(np.floor(fraction * len(group) + 0.5))
+        if len(group) >= 2:
+            n = min(max(n, 1), len(group) - 1)
+        first.append(group[:n])
+        second.append(group[n:])
+    return np.sort(np.concatenate(first)).astype(np.int64), np.sort(np.concatenate(second)).astype(np.int64)
 
 
 def _resolve_classes(found: Sequence[str], given: Sequence[str] | None, where: Path) -> list[str]:

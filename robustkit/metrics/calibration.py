@@ -39,7 +39,9 @@ __all__ = [
     "debiased_l2_ce",
     "e_aurc",
     "ece",
+    "ece_compute",
     "ece_equal_mass",
+    "ece_update",
     "equal_mass_bins",
     "equal_width_bins",
     "fit_temperature",
@@ -112,9 +114,59 @@ def _bin_stats(conf: np.ndarray, hit: np.ndarray, idx: np.ndarray, n_bins: int) 
 def _binned_l1(conf: np.ndarray, hit: np.ndarray, n_bins: int, binning: str) -> float:
     if len(conf) == 0:
         return float("nan")
-    count, mc, mh = _bin_stats(conf, hit, _bin(conf, n_bins, binning), n_bins)
-    keep = count > 0
-    return float(np.sum(count[keep] / len(conf) * np.abs(mh[keep] - mc[keep])))
+    bins, gap = ece_update(conf, hit, n_bins=n_bins, binning=binning)
+    return float(ece_compute(bins, gap, np.arange(len(conf))[None, :], n_bins=n_bins)[0])
+
+
+# ---------------------------------------------------------------- ECE stages (shared with compare)
+
+
+def ece_update(conf: np.ndarray, hit: np.ndarray, *, n_bins: int,
+               binning: str = "equal_width") -> tuple[np.ndarray, np.ndarray]:
+    """First stage of the binned L1 calibration error: per-sample bin and signed gap.
+
+    The point metric (:func:`ece`) and a paired bootstrap of it (compare) both go through
+    this stage and :func:`ece_compute`, so they share one binning convention (see the module
+    docstring). A bootstrap keeps the bins of the full sample, as torchmetrics' stages do.
+
+    Args:
+        conf: ``(N,)`` confidences in [0, 1].
+        hit: ``(N,)`` outcomes (1 correct, 0 wrong).
+        n_bins: number of bins.
+        binning: ``equal_width`` or ``equal_mass``.
+
+    Returns:
+        ``(bins, gap)``: bin index ``(N,)`` int64 and ``hit - conf`` ``(N,)`` float64.
+    """
+    conf = np.asarray(conf, dtype=np.float64).reshape(-1)
+    hit = np.asarray(hit, dtype=np.float64).reshape(-1)
+    return _bin(conf, n_bins, binning), hit - conf
+
+
+def ece_compute(bins: np.ndarray, gap: np.ndarray, rows: np.ndarray, *, n_bins: int,
+                keep: np.ndarray | None = None) -> np.ndarray:
+    """Second stage: ``sum_b |sum_{i in b} gap_i| / n`` for each row of sample indices.
+
+    Equal to ``sum_b n_b / n * |acc_b - conf_b|`` over populated bins (Guo et al. 2017).
+
+    Args:
+        bins, gap: the output of :func:`ece_update`, ``(N,)`` each.
+        rows: ``(B, n)`` indices into the samples (``np.arange(N)[None]`` for the point
+            metric; bootstrap resamples otherwise).
+        n_bins: number of bins.
+        keep: optional ``(N,)`` mask of the samples that count (others are ignored).
+
+    Returns:
+        ``(B,)`` errors; NaN for a row with no kept sample.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    weight = np.ones(len(gap)) if keep is None else np.asarray(keep, dtype=np.float64)
+    offset = np.arange(rows.shape[0])[:, None] * n_bins
+    sums = np.bincount((offset + bins[rows]).ravel(), weights=(gap * weight)[rows].ravel(),
+                       minlength=rows.shape[0] * n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        n = weight[rows].sum(axis=1)
+        return np.where(n > 0, np.abs(sums.reshape(rows.shape[0], n_bins)).sum(axis=1) / n, np.nan)
 
 
 # ---------------------------------------------------------------- top-label calibration

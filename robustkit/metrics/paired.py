@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from robustkit.errors import check_range, param_error
+from robustkit.metrics.calibration import ece_compute, ece_update
 
 __all__ = [
     "PAIRED_STATISTICS",
@@ -209,6 +210,13 @@ class PairedRecords:
         labels: ``(n,)`` class names of the samples (names, not indices, so that two
             models with different class orders still pair).
         class_names: the audit's class order (what ``records['pred']`` indexes).
+        binary: record keys whose ``(n, M)`` 0/1 columns back the metrics named in
+            ``data[key + "_metrics"]``; None: every such key in ``data``.
+        ece: metric -> ``(confidence column, correct column)`` of an equal-width ECE;
+            empty: ``ece`` from ``confidence`` and ``correct`` where the records hold them.
+        subset: ``(column, value)``: only those samples count for the ECE metrics; None:
+            ``split == 1`` where the records hold a ``split`` (a calibration study's
+            evaluation half), else all.
     """
 
     records: Mapping[str, np.ndarray]
@@ -216,6 +224,9 @@ class PairedRecords:
     config: Mapping[str, Any] = field(default_factory=dict)
     labels: np.ndarray = field(default_factory=lambda: np.asarray([], dtype=str))
     class_names: Sequence[str] = ()
+    binary: Sequence[str] | None = None
+    ece: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    subset: tuple[str, int] | None = None
 
     @property
     def n(self) -> int:
@@ -284,6 +295,8 @@ def binary_column(pr: PairedRecords, metric: str) -> tuple[np.ndarray, np.ndarra
     for key, names in pr.data.items():
         if not key.endswith("_metrics") or not isinstance(names, (list, tuple)) or metric not in names:
             continue
+        if pr.binary is not None and key[: -len("_metrics")] not in pr.binary:
+            continue
         arr = pr.records.get(key[: -len("_metrics")])
         if arr is not None and arr.ndim == 2 and arr.shape[1] == len(names):
             return np.asarray(arr[:, list(names).index(metric)], dtype=bool), np.ones(pr.n, dtype=bool)
@@ -350,27 +363,32 @@ def _balanced_accuracy(pr: PairedRecords, metric: str) -> Statistic | None:
     return stat
 
 
-@paired_statistic("*.ece")
+@paired_statistic("*.ece*")
 def _ece(pr: PairedRecords, metric: str) -> Statistic | None:
-    """Equal-width ECE from ``confidence`` (n,) and ``correct`` (n,) or (n, 1).
+    """Equal-width top-label ECE, recomputed with the calibration metric's own stages.
 
-    Only samples with ``split == 1`` count when the study stores a ``split`` (the
-    evaluation half of a calibration study); ``n_bins`` comes from the study's config.
+    :func:`robustkit.metrics.calibration.ece_update` / ``ece_compute`` bin the samples
+    exactly as the study's point metric does (one binning convention); the bootstrap keeps
+    the bins of the full sample. Columns and subset come from ``pr.ece`` / ``pr.subset``;
+    ``n_bins`` from the study's config (15 when absent).
     """
-    conf, corr = pr.records.get("confidence"), pr.records.get("correct")
+    columns = pr.ece.get(metric) or (("confidence", "correct") if metric == "ece" and not pr.ece else None)
+    if columns is None:
+        return None
+    conf, corr = pr.records.get(columns[0]), pr.records.get(columns[1])
     if conf is None or corr is None or conf.ndim != 1:
         return None
     corr = corr[:, 0] if corr.ndim == 2 else corr
-    split = pr.records.get("split")
-    keep = (split == 1) if split is not None else np.ones(pr.n, dtype=bool)
+    keep = _subset(pr)
     n_bins = int(pr.config.get("n_bins", 15) or 15)
-    bins = np.clip((conf.astype(np.float64) * n_bins).astype(np.int64), 0, n_bins - 1)
-    gap = np.where(keep, corr.astype(np.float64) - conf.astype(np.float64), 0.0)
+    bins, gap = ece_update(conf, corr, n_bins=n_bins)
+    return lambda idx: ece_compute(bins, gap, idx, n_bins=n_bins, keep=keep)
 
-    def stat(idx: np.ndarray) -> np.ndarray:
-        rows = np.arange(idx.shape[0])[:, None] * n_bins
-        sums = np.bincount((rows + bins[idx]).ravel(), weights=gap[idx].ravel(), minlength=idx.shape[0] * n_bins)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.abs(sums.reshape(idx.shape[0], n_bins)).sum(axis=1) / keep[idx].sum(axis=1)
 
-    return stat
+def _subset(pr: PairedRecords) -> np.ndarray:
+    """Mask ``(n,)`` of the samples an ECE counts (see :attr:`PairedRecords.subset`)."""
+    column, value = pr.subset if pr.subset is not None else ("split", 1)
+    col = pr.records.get(column)
+    if col is None:
+        return np.ones(pr.n, dtype=bool) if pr.subset is None else np.zeros(pr.n, dtype=bool)
+    return np.asarray(col) == value

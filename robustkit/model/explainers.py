@@ -31,6 +31,7 @@ import numpy as np
 
 from robustkit._tf import keras, tf
 from robustkit.errors import ConfigError
+from robustkit.metrics.saliency import minmax
 from robustkit.model.adapter import ModelAdapter
 
 __all__ = [
@@ -284,9 +285,8 @@ class Explainer:
 
 
 def _minmax(maps: np.ndarray) -> np.ndarray:
-    lo = maps.min(axis=(1, 2), keepdims=True)
-    span = maps.max(axis=(1, 2), keepdims=True) - lo
-    return np.where(span > 0, (maps - lo) / np.where(span > 0, span, 1), 0).astype(np.float32)
+    """:func:`robustkit.metrics.saliency.minmax` (the one home of min-max scaling), float32."""
+    return minmax(maps).astype(np.float32)
 
 
 def activation_layers(model: keras.Model, n: int, gradcam_layer: str) -> list[str]:

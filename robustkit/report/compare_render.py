@@ -20,6 +20,7 @@ from markupsafe import Markup
 
 from robustkit.compare import COMPARE_HTML, CandidateComparison, Comparison, MetricDelta
 from robustkit.errors import param_error
+from robustkit.metrics.calibration import reliability_bins
 from robustkit.report import figures
 from robustkit.report.render import _environment, _read_template
 from robustkit.report.views import fmt
@@ -239,12 +240,10 @@ def _reliability(study: str, audits: list[tuple[str, AuditResult]]) -> dict[str,
 
 
 def _reliability_points(rec: dict[str, np.ndarray], n_bins: int) -> tuple[list[float], list[float]]:
+    """Mean confidence and accuracy of the populated bins, binned by the calibration metric."""
     conf = rec["confidence"].astype(np.float64)
     corr = (rec["correct"][:, 0] if rec["correct"].ndim == 2 else rec["correct"]).astype(np.float64)
     keep = rec["split"] == 1 if "split" in rec else np.ones(len(conf), dtype=bool)
-    bins = np.clip((conf * n_bins).astype(np.int64), 0, n_bins - 1)[keep]
-    count = np.bincount(bins, minlength=n_bins)
-    nz = count > 0
-    mean_conf = np.bincount(bins, weights=conf[keep], minlength=n_bins)[nz] / count[nz]
-    acc = np.bincount(bins, weights=corr[keep], minlength=n_bins)[nz] / count[nz]
-    return mean_conf.tolist(), acc.tolist()
+    bins = reliability_bins(conf[keep], corr[keep], n_bins=n_bins)
+    shown = [i for i, c in enumerate(bins["count"]) if c > 0]
+    return [bins["confidence"][i] for i in shown], [bins["accuracy"][i] for i in shown]

@@ -19,6 +19,7 @@ import jinja2
 from markupsafe import Markup
 
 from robustkit.errors import param_error
+from robustkit.plugins import plugin
 from robustkit.report import views
 from robustkit.results import AuditResult, StudyResult, atomic_write_text, load_results
 
@@ -98,10 +99,20 @@ def _read_template(name: str) -> str:
     return node.read_text(encoding="utf-8")
 
 
+def _read_plugin_template(name: str) -> str:
+    """``package:path/in/package`` -> the text of a template shipped by a plug-in."""
+    package, _, rel = name.partition(":")
+    node = importlib.resources.files(package)
+    for part in rel.split("/"):
+        node = node.joinpath(part)
+    return node.read_text(encoding="utf-8")
+
+
 def _load(name: str) -> tuple[str, None, Callable[[], bool]] | None:
     try:
-        return _read_template(name), None, lambda: True
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        text = _read_plugin_template(name) if ":" in name else _read_template(name)
+        return text, None, lambda: True
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, ImportError, TypeError):
         return None
 
 
@@ -121,8 +132,11 @@ def _environment() -> jinja2.Environment:
 
 
 def _partial_for(env: jinja2.Environment, name: str) -> str:
+    record = plugin(name)
+    candidates = [record.template] if record is not None and record.template else []
     if _PARTIAL_NAME.match(name):
-        candidate = f"partials/{name}.html.j2"
+        candidates.append(f"partials/{name}.html.j2")
+    for candidate in candidates:
         try:
             env.get_template(candidate)
             return candidate

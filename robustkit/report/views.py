@@ -1,7 +1,9 @@
 """Views: turn one stored :class:`StudyResult` into the context of its report partial.
 
-A view is a function ``(study, audit) -> dict`` registered under the study's name with
-:func:`view`. The dict is handed to ``templates/partials/<name>.html.j2`` as ``view``.
+A view is a function ``(study, audit) -> dict`` named by the study's record in
+:mod:`robustkit.plugins` (or registered under the study's name with :func:`view`). The
+dict is handed to the record's partial template (``templates/partials/<name>.html.j2``
+for the built-ins) as ``view``.
 A study without a view gets :func:`generic_view`, rendered by ``partials/_generic.html.j2``.
 Views only read stored numbers and draw figures (the scikit-learn Display pattern); they
 never run a model. Every string they return is plain text that the templates escape,
@@ -22,6 +24,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from robustkit.plugins import plugin
 from robustkit.report import figures
 from robustkit.results import AuditResult, StudyResult
 
@@ -177,13 +180,23 @@ def build_view(study: StudyResult, audit: AuditResult) -> tuple[dict[str, Any], 
     A view that fails on malformed stored data does not sink the whole report: the study
     falls back to the generic view and the error is shown in its section.
     """
-    fn = VIEWS.get(study.name)
-    if fn is None or study.status != "ok":
+    if study.status != "ok":
         return generic_view(study, audit), None
     try:
+        fn = _find_view(study.name)
+        if fn is None:
+            return generic_view(study, audit), None
         return fn(study, audit), None
     except Exception as exc:  # noqa: BLE001 - reported in the page, never swallowed silently
         return generic_view(study, audit), f"{type(exc).__name__}: {exc}"
+
+
+def _find_view(name: str) -> View | None:
+    """The view of study ``name``: one added with :func:`view`, else its plug-in record's."""
+    if name in VIEWS:
+        return VIEWS[name]
+    record = plugin(name)
+    return None if record is None else record.load_view()
 
 
 # ---------------------------------------------------------------- clean
@@ -243,17 +256,3 @@ def _example(ex: Mapping[str, Any]) -> dict[str, Any] | None:
         "confidence": fmt(ex.get("confidence")),
         "src": "data:image/png;base64," + png,
     }
-
-
-def _load_study_views() -> None:
-    """Import ``robustkit.report.view_<study>`` modules; each registers its views with @view."""
-    import importlib
-    import importlib.util
-
-    for name in ("perturbation", "noise", "adversarial", "calibration", "saliency"):
-        module = f"robustkit.report.view_{name}"
-        if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module)
-
-
-_load_study_views()

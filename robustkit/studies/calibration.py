@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from robustkit.data.dataset import stratified_split
 from robustkit.errors import DataError, ModelError, check_range, param_error
 from robustkit.metrics import calibration as CM
 from robustkit.metrics import classification as M
@@ -175,17 +176,8 @@ class _EvalSet:
 
 
 def _split(y: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified positions ``(calibration, evaluation)``; a class of >= 2 samples gets one each side."""
-    first, second = [], []
-    for k in np.unique(y):
-        group = rng.permutation(np.flatnonzero(y == k))
-        n = int(np.floor(fraction * len(group) + 0.5))
-        if len(group) >= 2:
-            n = min(max(n, 1), len(group) - 1)
-        first.append(group[:n])
-        second.append(group[n:])
-    empty = np.zeros(0, dtype=np.int64)
-    return np.sort(np.concatenate(first + [empty])), np.sort(np.concatenate(second + [empty]))
+    """Stratified positions ``(calibration, evaluation)`` (:func:`robustkit.data.dataset.stratified_split`)."""
+    return stratified_split(y, fraction, rng=rng)
 
 
 def _positive_class(names: list[str], wanted: str) -> int:

@@ -1,0 +1,210 @@
+"""One registration record per study, readable without TensorFlow.
+
+A study is one :class:`StudyPlugin`: its study class and report view as ``"module:attr"``
+strings (imported only when used), its partial template, the record columns that back its
+metrics for compare's paired tests, and the small files it exports beside
+``results.json``. The runner, the study registry, the report and compare all read this one
+table (the timm ``@register_model`` pattern): nothing about a study is kept anywhere else.
+
+Third parties ship a study, with its view and template, through one entry point in the
+group ``robustkit.studies`` whose object is a :class:`StudyPlugin` (a bare ``Study``
+subclass still works: it gets the generic view). Keep that object in a module that does
+not import TensorFlow, so that the report and compare can read it.
+
+Example:
+    >>> plugin("clean").view
+    'robustkit.report.views:clean_view'
+    >>> [e.filename for e in plugin("calibration").exports]
+    ['temperature.json']
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+from robustkit.errors import ConfigError, param_error
+
+__all__ = [
+    "BUILTIN_PLUGINS",
+    "ENTRY_POINT_GROUP",
+    "EceColumns",
+    "Export",
+    "PairedSpec",
+    "StudyPlugin",
+    "load_attr",
+    "plugin",
+    "plugins",
+    "register_plugin",
+]
+
+ENTRY_POINT_GROUP = "robustkit.studies"
+
+
+@dataclass(frozen=True)
+class EceColumns:
+    """The record columns an ECE-type metric is recomputed from (equal-width bins).
+
+    Attributes:
+        confidence: column ``(n,)`` of top-label confidences.
+        correct: column ``(n,)`` or ``(n, 1)`` of 0/1 outcomes.
+    """
+
+    confidence: str = "confidence"
+    correct: str = "correct"
+
+
+@dataclass(frozen=True)
+class PairedSpec:
+    """Which per-sample record columns back which metrics (read by compare).
+
+    Attributes:
+        binary: record keys ``key`` holding ``(n, M)`` 0/1 columns whose means are the
+            ``M`` metrics named in ``data[key + "_metrics"]`` (accuracies: ``correct``).
+        ece: metric name -> the columns its binned ECE is recomputed from; the number of
+            bins is the study config's ``n_bins`` (15 when absent).
+        subset: ``(column, value)``: only samples whose ``records[column] == value`` count
+            for the ECE metrics (calibration's evaluation split), or None for all.
+    """
+
+    binary: tuple[str, ...] = ("correct",)
+    ece: Mapping[str, EceColumns] = field(default_factory=dict)
+    subset: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class Export:
+    """A small JSON file written beside ``results.json`` from the study's stored data.
+
+    Attributes:
+        filename: file name in the audit folder (``temperature.json``).
+        data_key: key of the study's ``data`` that holds the JSON object.
+    """
+
+    filename: str
+    data_key: str
+
+
+@dataclass(frozen=True)
+class StudyPlugin:
+    """Everything robustkit needs to know about one study.
+
+    Attributes:
+        name: the study's name (its key in results and metric names).
+        study: ``"module:Class"`` of the :class:`robustkit.studies.Study` subclass.
+        view: ``"module:function"`` of its report view ``(study, audit) -> dict``, or None
+            for the generic view.
+        template: its report partial: a name under robustkit's ``templates/``
+            (``partials/clean.html.j2``) or ``"package:path/in/package.html.j2"`` for a
+            template shipped in another package; None for the generic partial.
+        paired: the columns behind its metrics, for compare.
+        exports: files written beside ``results.json``.
+    """
+
+    name: str
+    study: str
+    view: str | None = None
+    template: str | None = None
+    paired: PairedSpec = field(default_factory=PairedSpec)
+    exports: tuple[Export, ...] = ()
+
+    def load_study(self) -> type:
+        """Import and return the study class (a bare class from an entry point as it came)."""
+        if self.study in _CLASSES:
+            return _CLASSES[self.study]
+        return load_attr(self.study, what=f"the study class of {self.name!r}")
+
+    def load_view(self) -> Callable[..., dict[str, Any]] | None:
+        """Import and return the view function, or None when the study has none."""
+        return None if self.view is None else load_attr(self.view, what=f"the report view of {self.name!r}")
+
+
+def load_attr(ref: str, *, what: str) -> Any:
+    """Import ``"module:attr"`` and return the attribute; ConfigError naming ``what`` otherwise."""
+    module, sep, attr = ref.partition(":")
+    if not sep or not module or not attr:
+        raise param_error(what, "a 'module:attribute' string", ref)
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"cannot load {what}: expected an importable {ref!r}, got {type(exc).__name__}: {exc}") from exc
+
+
+_CONDITIONS = PairedSpec(binary=("correct", "flipped"))
+_CAL = PairedSpec(
+    ece={"ece": EceColumns("confidence"), "ece_ts": EceColumns("confidence_ts")},
+    subset=("split", 1),
+)
+
+#: Built-in studies, in the order an audit runs them.
+BUILTIN_PLUGINS: tuple[StudyPlugin, ...] = (
+    StudyPlugin("clean", "robustkit.studies.clean:CleanStudy",
+                "robustkit.report.views:clean_view", "partials/clean.html.j2"),
+    StudyPlugin("perturbation", "robustkit.studies.perturbation:PerturbationStudy",
+                "robustkit.report.view_perturbation:condition_view", "partials/perturbation.html.j2",
+                paired=_CONDITIONS),
+    StudyPlugin("noise", "robustkit.studies.noise:NoiseStudy",
+                "robustkit.report.view_perturbation:condition_view", "partials/noise.html.j2",
+                paired=_CONDITIONS),
+    StudyPlugin("adversarial", "robustkit.studies.adversarial:AdversarialStudy",
+                "robustkit.report.view_adversarial:adversarial_view", "partials/adversarial.html.j2"),
+    StudyPlugin("calibration", "robustkit.studies.calibration:CalibrationStudy",
+                "robustkit.report.view_calibration:calibration_view", "partials/calibration.html.j2",
+                paired=_CAL, exports=(Export("temperature.json", "temperature_export"),)),
+    StudyPlugin("saliency", "robustkit.studies.saliency:SaliencyStudy",
+                "robustkit.report.view_saliency:saliency_view", "partials/saliency.html.j2"),
+)
+
+_PLUGINS: dict[str, StudyPlugin] = {p.name: p for p in BUILTIN_PLUGINS}
+_CLASSES: dict[str, type] = {}  # bare Study subclasses from entry points, by their "module:qualname"
+_LOADED_ENTRY_POINTS = False
+
+
+def register_plugin(record: StudyPlugin) -> StudyPlugin:
+    """Add (or replace) the record of a study; returns it."""
+    if not isinstance(record, StudyPlugin):
+        raise param_error("plugin", "a robustkit.plugins.StudyPlugin", type(record).__name__)
+    if not record.name:
+        raise param_error("plugin.name", "a non-empty study name", record.name)
+    _PLUGINS[record.name] = record
+    return record
+
+
+def _from_entry_point(name: str, obj: Any) -> StudyPlugin:
+    """A record from an entry point's object: a StudyPlugin, or (older) a Study subclass."""
+    if isinstance(obj, StudyPlugin):
+        return obj
+    study_name = getattr(obj, "name", None) if isinstance(obj, type) else None
+    if isinstance(obj, type) and study_name:
+        ref = f"{obj.__module__}:{obj.__qualname__}"
+        _CLASSES[ref] = obj
+        return StudyPlugin(str(study_name), ref)
+    raise param_error(f"entry point {name!r} of group {ENTRY_POINT_GROUP!r}",
+                      "a StudyPlugin record or a Study subclass", type(obj).__name__)
+
+
+def _load_entry_points() -> None:
+    global _LOADED_ENTRY_POINTS
+    if _LOADED_ENTRY_POINTS:
+        return
+    _LOADED_ENTRY_POINTS = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name not in _PLUGINS:
+            record = _from_entry_point(ep.name, ep.load())
+            _PLUGINS.setdefault(record.name, record)
+
+
+def plugins() -> dict[str, StudyPlugin]:
+    """Every known record (built-ins first in audit order, then plug-ins), by name."""
+    _load_entry_points()
+    return dict(_PLUGINS)
+
+
+def plugin(name: str) -> StudyPlugin | None:
+    """The record of study ``name``, or None when no such study is known."""
+    if name not in _PLUGINS:
+        _load_entry_points()
+    return _PLUGINS.get(name)
