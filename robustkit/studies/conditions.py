@@ -37,7 +37,7 @@ from robustkit.data.images import png_base64
 from robustkit.data.transforms import SEVERITIES, Transform, family_transforms, get_transform
 from robustkit.errors import check_choice, check_range, param_error
 from robustkit.metrics import classification as M
-from robustkit.model.adapter import softmax
+from robustkit.metrics.outputs import probabilities
 from robustkit.results import Check, StudyResult
 from robustkit.studies.base import AuditContext, Study, StudyConfig
 
@@ -196,7 +196,7 @@ class ConditionStudy(Study):
         conf = np.zeros((n, m), dtype=np.float32)
         with ctx.bar(n * len(plan.jobs), self.name) as bar:
             for sl, job, x in _prefetch(self._batches(model, data, ctx, plan), _PREFETCH):
-                p = softmax(model.logits(x))
+                p = probabilities(model.logits(x), model.output_kind)
                 cols = plan.columns[job]
                 pred[sl, cols] = p.argmax(axis=1).astype(np.int16)[:, None]
                 conf[sl, cols] = p.max(axis=1)[:, None]
