@@ -22,7 +22,7 @@ import numpy as np
 from robustkit import __version__
 from robustkit.config import AuditConfig, load_config
 from robustkit.data.dataset import Dataset, load_dataset
-from robustkit.errors import DataError, ModelError, RobustkitError
+from robustkit.errors import ConfigError, DataError, ModelError, RobustkitError
 from robustkit.model.adapter import ModelAdapter, load_model
 from robustkit.results import (
     RESULTS_FILE,
@@ -87,6 +87,7 @@ def _previous(out: Path | None, fresh: bool, model: ModelAdapter, data: Dataset,
         return None
     same = (
         prev.model.get("fingerprint") == model.fingerprint
+        and prev.model.get("output_kind", "softmax") == model.output_kind  # same model, other reading
         and prev.dataset.get("fingerprint") == data.fingerprint
         and prev.config.get("seed") == seed
         and list(map(str, prev.ids)) == list(map(str, data.ids))
@@ -112,6 +113,7 @@ def audit(
     trust_model: bool = False,
     on_bad_input: str = "fail",
     input_scale: str | None = None,
+    output: str | None = None,
 ) -> AuditResult:
     """Audit a classifier and return (and, with ``out``, write) the :class:`AuditResult`.
 
@@ -135,6 +137,9 @@ def audit(
         on_bad_input: ``fail`` or ``skip`` unreadable images.
         input_scale: the range the checkpoint expects (``unit`` [0, 1], ``255``, ``symmetric``
             [-1, 1]); default: its ``.meta.json``, else ``unit``.
+        output: the model's output kind (``softmax``, ``sigmoid``, ``multilabel``, ``logits``);
+            default: its ``.meta.json``, else detected from the final layer. ``multilabel`` is
+            recognised but refused for now.
 
     Example:
         >>> result = audit("demo.keras", "data/phantom", profile="quick", out="reports/a")  # doctest: +SKIP
@@ -144,8 +149,9 @@ def audit(
     cfg = cfg.merged(seed=seed, profile=profile, limit=limit, batch_size=batch_size, studies=studies)
     plan = plan_studies(cfg)
     adapter = model if isinstance(model, ModelAdapter) else load_model(
-        model, trust=trust_model, batch_size=cfg.batch_size, input_scale=input_scale
+        model, trust=trust_model, batch_size=cfg.batch_size, input_scale=input_scale, output=output
     )
+    _check_output_kind(adapter, output)
     if cfg.batch_size:
         adapter.batch_size = cfg.batch_size
     dataset = data if isinstance(data, Dataset) else load_dataset(data, on_bad_input=on_bad_input)
@@ -179,6 +185,16 @@ def audit(
 
             render_report(result, out_dir / "report.html")
     return result
+
+
+def _check_output_kind(adapter: ModelAdapter, output: str | None) -> None:
+    """Refuse what the studies cannot score yet (multi-label) and a kind an adapter cannot take."""
+    if output is not None and output != adapter.output_kind:
+        raise ConfigError(f"--output {output}: expected it on the ModelAdapter (ModelAdapter(output=...)) when "
+                          f"auditing an adapter, got an adapter of kind {adapter.output_kind!r}.")
+    if adapter.output_kind == "multilabel":
+        raise ConfigError("--output multilabel: expected softmax, sigmoid or logits (multi-label audits are "
+                          f"not supported yet), got 'multilabel' ({adapter.output_kind_reason}).")
 
 
 def _write_exports(result: AuditResult, out: Path) -> None:
