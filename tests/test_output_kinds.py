@@ -106,6 +106,22 @@ def test_sigmoid_audit_states_the_kind_in_results_report_and_exports(sigmoid_aud
     assert "Output kind" in html and "sigmoid (" in html
 
 
+def test_sigmoid_calibration_numbers_match_an_independent_computation(sigmoid_audit) -> None:
+    from sklearn.metrics import log_loss
+
+    _, result, _ = sigmoid_audit
+    clean, cal = result.records("clean"), result.records("calibration")
+    z = clean["logits"][_positions(clean, cal)].astype(np.float64)
+    y = result.labels[cal["index"]]
+    fit_rows, ev = cal["split"] == 0, cal["split"] == 1
+    t = OUT.fit_temperature(z[fit_rows], y[fit_rows], "sigmoid").temperature
+    assert result.metric("calibration.temperature") == pytest.approx(t, rel=1e-9)
+    p = expit(z[ev])  # one-vs-rest binary NLL of the model's own sigmoid outputs, summed over outputs
+    nll = sum(log_loss((y[ev] == k).astype(int), p[:, k], labels=[0, 1]) for k in range(3))
+    assert result.metric("calibration.nll") == pytest.approx(nll, rel=1e-5)
+    assert result.metric("calibration.ece") == pytest.approx(CM.ece(p, y[ev], n_bins=15), rel=1e-5)
+
+
 def test_softmax_audit_path_is_unchanged(toy_model: Path) -> None:
     adapter = load_model(toy_model)
     x = _images()

@@ -1,9 +1,11 @@
 """ModelAdapter: a trained Keras classifier seen in pixel space, with compiled passes.
 
 Every study hands the adapter float32 images in [0, 1], NHWC. The adapter adds the model's
-own input scaling, finds the logits before a final softmax (so that attacks and temperature
-scaling do not saturate), and gives compiled, batched ``logits``, ``probs`` and input
-gradients. No study calls ``model.predict`` itself.
+own input scaling, finds the logits before a final softmax or sigmoid (so that attacks and
+temperature scaling do not saturate), detects the output kind (``softmax``, ``sigmoid``,
+``logits``; ``multilabel`` when asked for) that says how probabilities come from those logits
+(:func:`robustkit.metrics.outputs.probabilities`), and gives compiled, batched ``logits``,
+``probs`` and input gradients. No study calls ``model.predict`` itself.
 
 Example:
     >>> adapter = load_model("demo.keras")                      # doctest: +SKIP
