@@ -217,6 +217,8 @@ def test_attacks_on_a_sigmoid_head_raise_its_binary_cross_entropy() -> None:
         np.testing.assert_allclose(res.loss_trace[last, -1], bce(res.logits[last], y[last]), rtol=1e-4)
     small = A.LinfPGD(steps=5, random_start=False)(adapter, x, y, epsilons=0.5 / 255)
     assert (~small.success).any()  # the trace check above ran on some samples
+    assert A.loss_description("ce", adapter.output_kind).startswith("binary cross-entropy")
+    assert A.loss_description("ce", "softmax") == "softmax cross-entropy of the label"
     g = A.loss_gradient(adapter, x, y)
     step = 1e-2  # the first step follows the BCE gradient: a small step along sign(g) raises it
     assert np.all(bce(adapter.logits(np.clip(x + step * np.sign(g), 0, 1)), y) > clean)

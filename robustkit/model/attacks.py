@@ -57,6 +57,7 @@ __all__ = [
     "SweepResult",
     "epsilon_sweep",
     "foolbox_model",
+    "loss_description",
     "loss_gradient",
     "run_foolbox",
 ]
@@ -110,6 +111,16 @@ def _attack_loss(z: Any, labels: Any, loss: str, targeted: bool, sigmoid: bool =
     own = tf.reduce_sum(z * onehot, axis=1)
     other = tf.reduce_max(z - onehot * 1e9, axis=1)
     return own - other if targeted else other - own
+
+
+def loss_description(loss: str, kind: str) -> str:
+    """The attack loss ``loss`` on a head of output kind ``kind``, as a sentence for results."""
+    check_choice("loss", loss, LOSSES)
+    if loss == "margin":
+        return "Carlini-Wagner margin on the logits (max over other classes minus the label's)"
+    if is_sigmoid(kind):
+        return "binary cross-entropy of the one-hot label on the sigmoid outputs, summed over outputs"
+    return "softmax cross-entropy of the label"
 
 
 def _is_adversarial(z: Any, labels: Any, targeted: bool) -> Any:

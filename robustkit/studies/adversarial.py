@@ -211,6 +211,7 @@ class AdversarialStudy(Study):
             histograms={norm: _histogram(s, y, names, norm) for norm, s in sweeps.items()},
             gallery=_gallery(x, y, probabilities(logits, model.output_kind), sweeps, names, cfg.n_examples, data.ids),
             loss_traces={norm: _nan_list(s.loss_traces) for norm, s in sweeps.items()},
+            attack_loss=A.loss_description(cfg.loss, model.output_kind),
             gradient_evals={norm: int(s.gradient_evals) for norm, s in sweeps.items()},
             checks_data=check_data,
             correct_metrics=columns,
