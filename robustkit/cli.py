@@ -125,6 +125,10 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-scale", choices=["unit", "255", "symmetric"], default=None,
                    help="the input range the checkpoint expects: unit [0, 1], 255 [0, 255] or symmetric "
                    "[-1, 1] (default: its .meta.json, else unit); robustkit scales inside the graph")
+    p.add_argument("--output", choices=["softmax", "sigmoid", "multilabel", "logits"], default=None,
+                   help="the model's output kind (default: its .meta.json, else detected from the final layer: "
+                   "softmax, sigmoid (one class per image, scored one-vs-rest) or logits); multilabel is "
+                   "not supported yet")
     p.add_argument("--data", required=True, type=Path, help="folder-per-class dataset or CSV manifest")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--reference", type=Path, default=None,
@@ -152,7 +156,8 @@ def _cmd_audit(a: argparse.Namespace) -> int:
                    config=_config_with_settings(a), out=a.out, limit=a.limit, batch_size=a.batch_size, fresh=a.fresh, quiet=a.quiet,
                    reference=a.reference, trust_model=a.trust_model, on_bad_input=a.on_bad_input,
                    input_scale=a.input_scale, engine=a.engine, ray_address=a.ray_address, workers=a.workers,
-                   cpus_per_worker=a.cpus_per_worker, gpus_per_worker=a.gpus_per_worker)
+                   cpus_per_worker=a.cpus_per_worker, gpus_per_worker=a.gpus_per_worker,
+                   output=a.output)
     return _finish(result, a.out)
 
 

@@ -88,6 +88,7 @@ def _previous(out: Path | None, fresh: bool, model: ModelAdapter, data: Dataset,
         return None
     same = (
         prev.model.get("fingerprint") == model.fingerprint
+        and prev.model.get("output_kind", "softmax") == model.output_kind  # same model, other reading
         and prev.dataset.get("fingerprint") == data.fingerprint
         and prev.config.get("seed") == seed
         and list(map(str, prev.ids)) == list(map(str, data.ids))
@@ -118,6 +119,7 @@ def audit(
     workers: int | None = None,
     cpus_per_worker: float | None = None,
     gpus_per_worker: float | None = None,
+    output: str | None = None,
 ) -> AuditResult:
     """Audit a classifier and return (and, with ``out``, write) the :class:`AuditResult`.
 
@@ -147,6 +149,9 @@ def audit(
         workers: Ray actors, each with a copy of the model.
         cpus_per_worker: CPUs per Ray actor (TensorFlow's thread pools follow it).
         gpus_per_worker: GPUs per Ray actor (a fraction shares a GPU).
+        output: the model's output kind (``softmax``, ``sigmoid``, ``multilabel``, ``logits``);
+            default: its ``.meta.json``, else detected from the final layer. ``multilabel`` is
+            recognised but refused for now.
 
     Example:
         >>> result = audit("demo.keras", "data/phantom", profile="quick", out="reports/a")  # doctest: +SKIP
@@ -159,8 +164,9 @@ def audit(
     ray_options = _ray_options(cfg)
     plan = plan_studies(cfg)
     adapter = model if isinstance(model, ModelAdapter) else load_model(
-        model, trust=trust_model, batch_size=cfg.batch_size, input_scale=input_scale
+        model, trust=trust_model, batch_size=cfg.batch_size, input_scale=input_scale, output=output
     )
+    _check_output_kind(adapter, output)
     if cfg.batch_size:
         adapter.batch_size = cfg.batch_size
     dataset = data if isinstance(data, Dataset) else load_dataset(data, on_bad_input=on_bad_input)
@@ -234,11 +240,19 @@ def _run_on_ray(pending: list[Study], adapter: ModelAdapter, dataset: Dataset, c
     if out is not None and fresh:
         shutil.rmtree(out / SHARDS, ignore_errors=True)
     spec = {"path": str(adapter.path), "class_names": list(adapter.class_names), "input_scale": adapter.input_scale,
-            "trust": trust, "batch_size": adapter.batch_size}
+            "trust": trust, "batch_size": adapter.batch_size, "output": adapter.output_kind}
     _say(quiet, f"ray: {', '.join(s.name for s in pending)} on {options.workers} worker(s)")
     run_studies_ray(pending, adapter, dataset, ctx, options=options, model_spec=spec, out=out, on_result=finished)
     if out is not None:
         shutil.rmtree(out / SHARDS, ignore_errors=True)  # every study is saved: the shards are spent
+def _check_output_kind(adapter: ModelAdapter, output: str | None) -> None:
+    """Refuse what the studies cannot score yet (multi-label) and a kind an adapter cannot take."""
+    if output is not None and output != adapter.output_kind:
+        raise ConfigError(f"--output {output}: expected it on the ModelAdapter (ModelAdapter(output=...)) when "
+                          f"auditing an adapter, got an adapter of kind {adapter.output_kind!r}.")
+    if adapter.output_kind == "multilabel":
+        raise ConfigError("--output multilabel: expected softmax, sigmoid or logits (multi-label audits are "
+                          f"not supported yet), got 'multilabel' ({adapter.output_kind_reason}).")
 
 
 def _write_exports(result: AuditResult, out: Path) -> None:

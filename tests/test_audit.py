@@ -175,7 +175,7 @@ def test_registry_and_profiles() -> None:
         ({"n_bootstraps": 5}, "Unknown key 'n_bootstraps'"),
         ({"n_bootstrap": "many"}, "'n_bootstrap' parameter of study 'clean' must be an int"),
         ({"n_bootstrap": 0}, "must be an int in \\[10, inf\\). Got 0"),
-        ({"max_samples": 0}, "'max_samples' parameter must be an int in \\[1, inf\\)"),
+        ({"max_samples": 0}, "'max_samples' parameter of study 'clean' must be an int in \\[1, inf\\)"),
     ],
 )
 def test_bad_study_config_is_refused(overrides, message) -> None:

@@ -1,9 +1,11 @@
 """ModelAdapter: a trained Keras classifier seen in pixel space, with compiled passes.
 
 Every study hands the adapter float32 images in [0, 1], NHWC. The adapter adds the model's
-own input scaling, finds the logits before a final softmax (so that attacks and temperature
-scaling do not saturate), and gives compiled, batched ``logits``, ``probs`` and input
-gradients. No study calls ``model.predict`` itself.
+own input scaling, finds the logits before a final softmax or sigmoid (so that attacks and
+temperature scaling do not saturate), detects the output kind (``softmax``, ``sigmoid``,
+``logits``; ``multilabel`` when asked for) that says how probabilities come from those logits
+(:func:`robustkit.metrics.outputs.probabilities`), and gives compiled, batched ``logits``,
+``probs`` and input gradients. No study calls ``model.predict`` itself.
 
 Example:
     >>> adapter = load_model("demo.keras")                      # doctest: +SKIP
@@ -23,8 +25,18 @@ import numpy as np
 
 from robustkit._tf import keras, tf
 from robustkit.errors import ModelError, check_choice
+from robustkit.metrics.outputs import OUTPUT_KINDS, is_sigmoid, probabilities
 
-__all__ = ["INPUT_SCALES", "ModelAdapter", "file_fingerprint", "load_model", "logits_head", "softmax"]
+__all__ = [
+    "INPUT_SCALES",
+    "OUTPUT_KINDS",
+    "ModelAdapter",
+    "detect_output_kind",
+    "file_fingerprint",
+    "load_model",
+    "logits_head",
+    "softmax",
+]
 
 INPUT_SCALES = ("unit", "255", "symmetric")
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -109,26 +121,68 @@ def _saved_model_input_spec(path: Path) -> tuple[int | None, ...]:
     return tuple(specs[0].shape.as_list())
 
 
-def logits_head(model: keras.Model) -> tuple[Any, Callable[[Any], Any], str] | None:
-    """Where a softmax-ended model's logits are: a symbolic tensor, the function from it to
-    the logits, and a description; ``None`` when the model does not end in a softmax.
+_ACTIVATIONS = ("softmax", "sigmoid")
 
-    A final ``Softmax``/``Activation('softmax')`` layer: its input. A final Dense layer with a
-    softmax activation: its pre-activation ``h @ kernel + bias``, from the Dense layer's input.
-    """
-    last = model.layers[-1]
+
+def _final_activation(model: keras.Model) -> tuple[str, Any] | None:
+    """The final layer's activation (``softmax``/``sigmoid``/``linear``) and the layer, if known."""
+    last = model.layers[-1] if getattr(model, "layers", None) else None
+    if isinstance(last, keras.layers.Softmax):
+        return "softmax", last
     name = getattr(getattr(last, "activation", None), "__name__", "")
-    if isinstance(last, keras.layers.Softmax) or (isinstance(last, keras.layers.Activation) and name == "softmax"):
-        return last.input, (lambda t: t), f"input of the final {type(last).__name__} layer"
-    if isinstance(last, keras.layers.Dense) and name == "softmax":
-        kernel, bias = last.kernel, last.bias
-
-        def dense(t: Any) -> Any:
-            z = tf.matmul(t, kernel)
-            return z + bias if bias is not None else z
-
-        return last.input, dense, f"pre-activation of the final Dense layer {last.name!r}"
+    if isinstance(last, (keras.layers.Activation, keras.layers.Dense)) and name in (*_ACTIVATIONS, "linear"):
+        return name, last
     return None
+
+
+def logits_head(model: keras.Model) -> tuple[Any, Callable[[Any], Any], str] | None:
+    """Where a softmax- or sigmoid-ended model's logits are: a symbolic tensor, the function
+    from it to the logits, and a description; ``None`` when the model ends in neither.
+
+    A final ``Softmax``/``Activation('softmax'|'sigmoid')`` layer: its input. A final Dense
+    layer with a softmax or sigmoid activation: its pre-activation ``h @ kernel + bias``, from
+    the Dense layer's input.
+    """
+    found = _final_activation(model)
+    if found is None or found[0] not in _ACTIVATIONS:
+        return None
+    last = found[1]
+    if not isinstance(last, keras.layers.Dense):
+        return last.input, (lambda t: t), f"input of the final {type(last).__name__} layer"
+    kernel, bias = last.kernel, last.bias
+
+    def dense(t: Any) -> Any:
+        z = tf.matmul(t, kernel)
+        return z + bias if bias is not None else z
+
+    return last.input, dense, f"pre-activation of the final Dense layer {last.name!r}"
+
+
+def detect_output_kind(model: keras.Model, probe: np.ndarray | None = None) -> tuple[str, str]:
+    """The output kind of a model and why: from its final layer, else from a probe's outputs.
+
+    A final softmax -> ``softmax``; a final sigmoid -> ``sigmoid`` (single-label, scored
+    one-vs-rest; ``multilabel`` only when asked for); a final linear Dense -> ``logits``.
+    Without a recognisable last layer, the outputs ``probe`` ``(N, K)`` decide: rows summing
+    to 1 -> ``softmax``, values in [0, 1] otherwise -> ``sigmoid``, anything else -> ``logits``.
+    """
+    found = _final_activation(model)
+    if found is not None:
+        act, layer = found
+        where = f"the final {type(layer).__name__} layer {layer.name!r}"
+        if act == "softmax":
+            return "softmax", f"{where} ends in a softmax"
+        if act == "sigmoid":
+            return "sigmoid", (f"{where} ends in a sigmoid; scored as single-label (one class per image, "
+                               "outputs one-vs-rest); pass --output multilabel for several findings per image")
+        return "logits", f"{where} has no activation: its outputs are logits"
+    p = np.asarray(probe) if probe is not None else np.empty((0, 0))
+    if p.size and np.all(p >= 0) and np.allclose(p.sum(axis=1), 1.0, atol=1e-3):
+        return "softmax", "no softmax layer found, but the outputs on a probe are >= 0 and sum to 1"
+    if p.size and np.all((p >= 0) & (p <= 1)):
+        return "sigmoid", ("no sigmoid layer found, but the outputs on a probe lie in [0, 1] and do not sum to 1; "
+                           "pass --output softmax|logits|multilabel if that is wrong")
+    return "logits", "no final activation found and the outputs are not probabilities: taken as logits"
 
 
 class ModelAdapter:
@@ -144,6 +198,9 @@ class ModelAdapter:
         batch_size: images per compiled call; chosen from the input size when omitted.
         path: where the checkpoint came from.
         meta: the checkpoint's sidecar metadata (``<stem>.meta.json``), if any.
+        output: the output kind (``softmax``, ``sigmoid``, ``multilabel``, ``logits``);
+            default: the sidecar's ``output``, else detected from the final layer
+            (:func:`detect_output_kind`). ``output_kind_reason`` says which and why.
     """
 
     def __init__(
@@ -157,8 +214,11 @@ class ModelAdapter:
         batch_size: int | None = None,
         path: Path | None = None,
         meta: dict[str, Any] | None = None,
+        output: str | None = None,
     ) -> None:
         check_choice("input_scale", input_scale, INPUT_SCALES)
+        if output is not None:
+            check_choice("output", output, OUTPUT_KINDS)
         self.model = model
         self.name = name
         self.path = path
@@ -169,6 +229,7 @@ class ModelAdapter:
         self.num_classes = self._check_output()
         self.class_names = self._resolve_class_names(class_names)
         self.batch_size = batch_size or self._default_batch_size()
+        self.output_kind, self.output_kind_reason = self._resolve_output_kind(output)
         self.logits_source, self._raw_logits = self._find_logits()
         spec = tf.TensorSpec((None, *self.input_shape), tf.float32)
         self._logits_tf = tf.function(self.logits_graph, input_signature=[spec], autograph=False)
@@ -229,11 +290,32 @@ class ModelAdapter:
             return found[0], found[1]
         if self.logits_source.startswith("log of"):
             return self.model.outputs[0], lambda t: tf.math.log(tf.maximum(t, 1e-12))
+        if self.logits_source.startswith("logit of"):
+            return self.model.outputs[0], _logit
         return self.model.outputs[0], lambda t: t
 
     def scale_input(self, x: Any) -> Any:
         """Pixel space [0, 1] -> the range the model's input expects (traceable)."""
         return x * self._scale_mul + self._scale_add
+
+    def _probe(self) -> np.ndarray:
+        """The model's outputs ``(2, K)`` on two fixed images (a ramp), for detection."""
+        x = np.linspace(0, 1, 2 * int(np.prod(self.input_shape)), dtype=np.float32).reshape(2, *self.input_shape)
+        return np.asarray(self.model(x * self._scale_mul + self._scale_add, training=False))
+
+    def _resolve_output_kind(self, output: str | None) -> tuple[str, str]:
+        """The output kind and the reason: the argument, else the sidecar, else detection."""
+        probe = None if logits_head(self.model) is not None else self._probe()
+        detected, why = detect_output_kind(self.model, probe)
+        if output is not None:
+            return output, f"set by --output/output={output!r} (detected: {detected}, as {why})"
+        meta_kind = self.meta.get("output")
+        if meta_kind is not None:
+            if meta_kind not in OUTPUT_KINDS:
+                raise ModelError(f"{self.name}: expected 'output' in its .meta.json to be one of "
+                                 f"{', '.join(OUTPUT_KINDS)}, got {meta_kind!r}.")
+            return str(meta_kind), f"set by the checkpoint's .meta.json (detected: {detected}, as {why})"
+        return detected, why
 
     def _find_logits(self) -> tuple[str, Callable[[Any], Any]]:
         found = logits_head(self.model)
@@ -241,11 +323,12 @@ class ModelAdapter:
             tensor, fn, source = found
             trunk = keras.Model(self.model.inputs, tensor)
             return source, lambda x: fn(trunk(x, training=False))
-        probe = self.model(np.linspace(0, 1, 2 * int(np.prod(self.input_shape)), dtype=np.float32)
-                           .reshape(2, *self.input_shape) * self._scale_mul + self._scale_add, training=False)
-        p = np.asarray(probe)
+        p = self._probe()
+        if is_sigmoid(self.output_kind) and bool(np.all((p >= 0) & (p <= 1))):
+            return ("logit of the output probabilities (sigmoid layer not found)",
+                    lambda x: _logit(self.model(x, training=False)))
         looks_like_probs = bool(np.all(p >= 0) and np.allclose(p.sum(axis=1), 1.0, atol=1e-3))
-        if looks_like_probs:
+        if looks_like_probs and not is_sigmoid(self.output_kind):
             def log_probs(x: Any) -> Any:
                 return tf.math.log(tf.maximum(self.model(x, training=False), 1e-12))
 
@@ -297,8 +380,9 @@ class ModelAdapter:
         return out
 
     def probs(self, x: np.ndarray) -> np.ndarray:
-        """Softmax probabilities ``(N, K)`` of pixel-space images."""
-        return softmax(self.logits(x))
+        """The model's probabilities ``(N, K)`` (float32) of pixel-space images, per its output
+        kind (:func:`robustkit.metrics.outputs.probabilities`: softmax or elementwise sigmoid)."""
+        return probabilities(self.logits(x), self.output_kind).astype(np.float32)
 
     def gradient(self, x: np.ndarray, target: np.ndarray) -> np.ndarray:
         """Input gradient ``(N, H, W, C)`` of the logit of class ``target[i]`` for each image."""
@@ -320,6 +404,8 @@ class ModelAdapter:
             "input_shape": list(self.input_shape),
             "input_scale": self.input_scale,
             "logits_source": self.logits_source,
+            "output_kind": self.output_kind,
+            "output_kind_reason": self.output_kind_reason,
             "parameters": int(self.model.count_params()),
             "arch": self.meta.get("arch", self.model.name),
             "batch_size": self.batch_size,
@@ -327,10 +413,15 @@ class ModelAdapter:
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of logits ``(N, K)`` in float64-stable form."""
-    z = np.asarray(z, dtype=np.float64)
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+    """Row-wise softmax of logits ``(N, K)`` as float32 (computed in float64 by
+    :func:`robustkit.metrics.outputs.probabilities`)."""
+    return probabilities(z, "softmax").astype(np.float32)
+
+
+def _logit(p: Any) -> Any:
+    """``log p - log(1 - p)`` of sigmoid outputs (traceable), clipped away from 0 and 1."""
+    q = tf.clip_by_value(tf.cast(p, tf.float32), 1e-7, 1.0 - 1e-7)
+    return tf.math.log(q) - tf.math.log1p(-q)
 
 
 def load_model(
@@ -340,12 +431,14 @@ def load_model(
     input_scale: str | None = None,
     trust: bool = False,
     batch_size: int | None = None,
+    output: str | None = None,
 ) -> ModelAdapter:
     """Load a checkpoint (``.keras``, legacy ``.h5``/``.hdf5``, SavedModel folder) as an adapter.
 
     Class names and input scaling come from the arguments, else from the sidecar
     ``<stem>.meta.json`` that ``robustkit train`` writes, else defaults (``class_0``...,
-    ``unit``). Keras safe mode stays on unless ``trust`` is set.
+    ``unit``). The output kind likewise: ``output``, else the sidecar's ``output``, else
+    detected from the final layer. Keras safe mode stays on unless ``trust`` is set.
     """
     p = Path(path)
     if not p.exists():
@@ -362,4 +455,5 @@ def load_model(
         batch_size=batch_size,
         path=p,
         meta=meta,
+        output=output,
     )

@@ -14,9 +14,12 @@ Attacks"): start at ``x0`` or at a uniform random point of the ball, then ``step
 checked with the logits of the forward pass that also gives its gradient (no extra cost),
 and the first adversarial iterate of a sample is what is returned; a last forward pass
 checks the final iterate. Losses are always *maximised*: ``ce`` is the cross-entropy of the
-label (untargeted) or minus that of the target (targeted); ``margin`` is the Carlini-Wagner
+label (untargeted) or minus that of the target (targeted) -- for a sigmoid head (output kind
+``sigmoid``/``multilabel``) the binary cross-entropy of the one-hot label summed over the
+outputs, the loss such heads are trained with; ``margin`` is the Carlini-Wagner
 margin on the logits, ``max_{j != y} z_j - z_y`` (untargeted) or ``z_t - max_{j != t} z_j``
-(targeted) (Carlini and Wagner 2017, "Towards Evaluating the Robustness of Neural Networks").
+(targeted) (Carlini and Wagner 2017, "Towards Evaluating the Robustness of Neural Networks"),
+which fits softmax and sigmoid heads alike (the sigmoid is monotonic).
 
 Example:
     >>> attack = LinfPGD(steps=20, restarts=1)                          # doctest: +SKIP
@@ -37,6 +40,7 @@ import numpy as np
 
 from robustkit._tf import tf
 from robustkit.errors import check_choice, check_range, param_error
+from robustkit.metrics.outputs import is_sigmoid, probabilities
 from robustkit.model.adapter import ModelAdapter
 
 __all__ = [
@@ -53,6 +57,7 @@ __all__ = [
     "SweepResult",
     "epsilon_sweep",
     "foolbox_model",
+    "loss_description",
     "loss_gradient",
     "run_foolbox",
 ]
@@ -89,16 +94,33 @@ class AttackResult:
         return self.logits.argmax(axis=1)
 
 
-def _attack_loss(z: Any, labels: Any, loss: str, targeted: bool) -> Any:
-    """Per-sample loss ``(N,)`` to maximise, from logits ``(N, K)`` and classes ``(N,)``."""
-    if loss == "ce":
-        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=z)
-        return -ce if targeted else ce
+def _attack_loss(z: Any, labels: Any, loss: str, targeted: bool, sigmoid: bool = False) -> Any:
+    """Per-sample loss ``(N,)`` to maximise, from logits ``(N, K)`` and classes ``(N,)``.
+
+    ``sigmoid``: the head scores each output with its own sigmoid, so ``ce`` is the binary
+    cross-entropy of the one-hot label, summed over the K outputs.
+    """
     k = tf.shape(z)[1]
     onehot = tf.one_hot(labels, k, dtype=z.dtype)
+    if loss == "ce":
+        if sigmoid:
+            ce = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=onehot, logits=z), axis=1)
+        else:
+            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=z)
+        return -ce if targeted else ce
     own = tf.reduce_sum(z * onehot, axis=1)
     other = tf.reduce_max(z - onehot * 1e9, axis=1)
     return own - other if targeted else other - own
+
+
+def loss_description(loss: str, kind: str) -> str:
+    """The attack loss ``loss`` on a head of output kind ``kind``, as a sentence for results."""
+    check_choice("loss", loss, LOSSES)
+    if loss == "margin":
+        return "Carlini-Wagner margin on the logits (max over other classes minus the label's)"
+    if is_sigmoid(kind):
+        return "binary cross-entropy of the one-hot label on the sigmoid outputs, summed over outputs"
+    return "softmax cross-entropy of the label"
 
 
 def _is_adversarial(z: Any, labels: Any, targeted: bool) -> Any:
@@ -187,6 +209,7 @@ class GradientAttack(ABC):
 
     def _build(self, model: ModelAdapter) -> Callable[..., Any]:
         steps, loss, targeted = self.steps, self.loss, self.targeted
+        sigmoid = is_sigmoid(model.output_kind)
         normalize, project, random_start = self._normalize, self._project, self._random_start
         image = tf.TensorSpec((None, *model.input_shape), tf.float32)
         vec = tf.TensorSpec((None,), tf.float32)
@@ -197,7 +220,7 @@ class GradientAttack(ABC):
             with tf.GradientTape() as tape:
                 tape.watch(x)
                 z = model.logits_graph(x)
-                per_sample = _attack_loss(z, labels, loss, targeted)
+                per_sample = _attack_loss(z, labels, loss, targeted, sigmoid)
                 total = tf.reduce_sum(per_sample)
             g = tape.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
             return z, per_sample, g
@@ -219,7 +242,7 @@ class GradientAttack(ABC):
                 x = x + _bcast(alpha) * normalize(g)
                 x = tf.clip_by_value(x0 + project(x - x0, eps), 0.0, 1.0)
             z = model.logits_graph(x)
-            trace = trace.write(steps, _attack_loss(z, labels, loss, targeted))
+            trace = trace.write(steps, _attack_loss(z, labels, loss, targeted, sigmoid))
             new = tf.logical_not(found)  # unbroken samples return their last iterate
             best = tf.where(_bcast(new), x, best)
             best_z = tf.where(new[:, None], z, best_z)
@@ -390,7 +413,8 @@ class SweepResult:
         min_eps: ``(N,)`` smallest radius of the grid that broke the sample: 0 for a sample
             misclassified on its clean image, inf if none did.
         adv_pred: ``(N, E)`` predicted class of the adversarial (or clean) image per radius.
-        adv_conf: ``(N, E)`` softmax confidence of that prediction.
+        adv_conf: ``(N, E)`` confidence of that prediction (its probability per the model's
+            output kind: softmax, or the sigmoid value for sigmoid heads).
         loss_traces: one ``(steps + 1,)`` mean loss trace per radius over the images the attack
             failed to break there (NaN if it broke every image or nothing was run): a loss that
             is still rising on those is a sign the optimisation stopped too early.
@@ -406,11 +430,6 @@ class SweepResult:
     loss_traces: np.ndarray
     kept: dict[int, np.ndarray]
     gradient_evals: int
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def epsilon_sweep(
@@ -444,7 +463,7 @@ def epsilon_sweep(
     eps = np.sort(np.asarray(epsilons, dtype=np.float64))
     labels = np.asarray(labels).reshape(-1)
     z0 = model.logits(x) if clean_logits is None else np.asarray(clean_logits, np.float32)
-    clean_pred, clean_conf = z0.argmax(axis=1), _softmax(z0).max(axis=1)
+    clean_pred, clean_conf = z0.argmax(axis=1), probabilities(z0, model.output_kind).max(axis=1)
     n, e = len(x), len(eps)
     alive = clean_pred == labels
     out = SweepResult(
@@ -467,18 +486,18 @@ def epsilon_sweep(
             broken = res.pred != labels[todo]
             if not broken.all():  # convergence matters where the attack failed (Pintor et al. 2022)
                 out.loss_traces[k] = res.loss_trace[~broken].mean(axis=0)
-            _record_broken(out, res, todo, broken, k, keep_set)
+            _record_broken(out, res, todo, broken, k, keep_set, model.output_kind)
             alive[todo[broken]] = False
         out.correct[:, k] = alive
     return out
 
 
 def _record_broken(out: SweepResult, res: AttackResult, todo: np.ndarray, broken: np.ndarray, k: int,
-                   keep: set[int]) -> None:
+                   keep: set[int], kind: str) -> None:
     idx = todo[broken]
     out.min_eps[idx] = out.epsilons[k]
     out.adv_pred[idx, k:] = res.pred[broken][:, None]
-    out.adv_conf[idx, k:] = _softmax(res.logits[broken]).max(axis=1)[:, None]
+    out.adv_conf[idx, k:] = probabilities(res.logits[broken], kind).max(axis=1)[:, None]
     for j, pos in zip(np.flatnonzero(broken), idx):
         if int(pos) in keep:
             out.kept[int(pos)] = res.adv[j]
@@ -498,11 +517,12 @@ def loss_gradient(model: ModelAdapter, x: np.ndarray, labels: np.ndarray, *, los
     fn = _COMPILED.setdefault(model, {}).get(("grad", loss))
     if fn is None:
         spec = [tf.TensorSpec((None, *model.input_shape), tf.float32), tf.TensorSpec((None,), tf.int32)]
+        sigmoid = is_sigmoid(model.output_kind)
 
         def grad(xb: Any, yb: Any) -> Any:
             with tf.GradientTape() as tape:
                 tape.watch(xb)
-                value = tf.reduce_sum(_attack_loss(model.logits_graph(xb), yb, loss, False))
+                value = tf.reduce_sum(_attack_loss(model.logits_graph(xb), yb, loss, False, sigmoid))
             return tape.gradient(value, xb, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
         fn = _COMPILED[model][("grad", loss)] = tf.function(grad, input_signature=spec)

@@ -212,6 +212,8 @@ def _model_rows(audit: AuditResult) -> list[dict[str, str]]:
         ("Input size", "\u00d7".join(str(s) for s in size) if isinstance(size, (list, tuple)) else size),
         ("Classes", _first(m, "class_names") or audit.class_names),
         ("Parameters", _first(m, "n_params", "parameters", "param_count")),
+        ("Output kind", f"{m['output_kind']} ({m.get('output_kind_reason', 'no reason recorded')})"
+         if m.get("output_kind") else None),
     ])
 
 

@@ -25,8 +25,8 @@ import numpy as np
 from robustkit.data.images import png_base64
 from robustkit.errors import check_choice, check_range, param_error
 from robustkit.metrics import classification as M
+from robustkit.metrics.outputs import probabilities
 from robustkit.model import attacks as A
-from robustkit.model.adapter import softmax
 from robustkit.results import StudyResult
 from robustkit.studies import register
 from robustkit.studies.adversarial_checks import CheckInputs, eps_name, run_checks
@@ -209,8 +209,9 @@ class AdversarialStudy(Study):
             clean_accuracy=float(np.mean(logits.argmax(axis=1) == y)) if len(y) else float("nan"),
             curves=_curves(result, sweeps, fgsm),
             histograms={norm: _histogram(s, y, names, norm) for norm, s in sweeps.items()},
-            gallery=_gallery(x, y, logits, sweeps, names, cfg.n_examples, data.ids),
+            gallery=_gallery(x, y, probabilities(logits, model.output_kind), sweeps, names, cfg.n_examples, data.ids),
             loss_traces={norm: _nan_list(s.loss_traces) for norm, s in sweeps.items()},
+            attack_loss=A.loss_description(cfg.loss, model.output_kind),
             gradient_evals={norm: int(s.gradient_evals) for norm, s in sweeps.items()},
             checks_data=check_data,
             correct_metrics=columns,
@@ -401,7 +402,7 @@ def _magnified(delta: np.ndarray) -> np.ndarray:
     return 0.5 + 0.5 * delta / scale if scale > 0 else np.full_like(delta, 0.5)
 
 
-def _gallery(x: np.ndarray, y: np.ndarray, logits: np.ndarray, sweeps: dict[str, A.SweepResult],
+def _gallery(x: np.ndarray, y: np.ndarray, probs: np.ndarray, sweeps: dict[str, A.SweepResult],
              names: list[str], n: int, ids: np.ndarray) -> list[dict[str, Any]]:
     """Clean image, magnified perturbation and adversarial image for a few broken samples."""
     if n <= 0 or not sweeps:
@@ -409,7 +410,6 @@ def _gallery(x: np.ndarray, y: np.ndarray, logits: np.ndarray, sweeps: dict[str,
     norm = "linf" if "linf" in sweeps else next(iter(sweeps))
     s = sweeps[norm]
     covid, normal = _find_class(names, "covid"), _find_class(names, "normal")
-    probs = softmax(logits)
 
     def flips(i: int) -> bool:
         k = int(np.searchsorted(s.epsilons, s.min_eps[i]))

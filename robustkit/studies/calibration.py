@@ -5,7 +5,10 @@ The study's samples are split (seeded, stratified) into a *calibration* split, o
 temperature is fitted by minimising the NLL (Guo et al. 2017), and a disjoint *evaluation*
 split, on which every reported metric is computed, before (no suffix) and after (``_ts``)
 scaling. Logits come from the audit's shared clean pass (no extra model pass); a
-softmax-ended model is scaled on the logits before its softmax. Calibration under shift
+softmax-ended model is scaled on the logits before its softmax, a sigmoid-ended one on the
+logits before its sigmoid (one scalar T fitted by the one-vs-rest binary NLL; top-label
+metrics then read the arg-max and its sigmoid value, classwise ones each output one-vs-rest;
+:mod:`robustkit.metrics.outputs`). Calibration under shift
 (Ovadia et al. 2019) applies :mod:`robustkit.data.transforms` to the evaluation images at
 several severities. Selective prediction uses the scaled max probability as confidence.
 The math lives in :mod:`robustkit.metrics.calibration`.
@@ -22,6 +25,7 @@ from robustkit.data.dataset import stratified_split
 from robustkit.errors import DataError, ModelError, check_range, param_error
 from robustkit.metrics import calibration as CM
 from robustkit.metrics import classification as M
+from robustkit.metrics import outputs as OUT
 from robustkit.results import Check, StudyResult
 from robustkit.studies import register
 from robustkit.studies.base import AuditContext, Study, StudyConfig
@@ -125,7 +129,8 @@ class CalibrationStudy(Study):
         "debiased_l2_ce": ("debiased top-label L2 calibration error (Kumar et al. 2019)", "lower"),
         "brier": ("multi-class Brier score, in [0, 2]", "lower"),
         "nll": ("negative log-likelihood of the label", "lower"),
-        "temperature": ("fitted temperature T: probabilities are softmax(logits / T)", "none"),
+        "temperature": ("fitted temperature T: probabilities are softmax(logits / T) (sigmoid heads: "
+                        "sigmoid(logits / T), one scalar)", "none"),
         "accuracy": ("accuracy on the evaluation split (under shift: on the shifted images)", "higher"),
         "accuracy_all": ("accuracy over both splits: the mean of the per-sample 'correct' column", "higher"),
         "aurc": ("area under the risk-coverage curve of the scaled max probability", "lower"),
@@ -147,9 +152,10 @@ class CalibrationStudy(Study):
         cal, ev = _split(y, cfg.calibration_fraction, ctx.rng("calibration", "split"))
         if len(cal) == 0 or len(ev) == 0:
             raise DataError(f"{data.root}: expected at least 2 images for a calibration and an evaluation split, got {len(y)}.")
-        fit = CM.fit_temperature(logits[cal], y[cal])
+        kind = model.output_kind
+        fit = OUT.fit_temperature(logits[cal], y[cal], kind)
         positive = _positive_class(names, cfg.positive_class)
-        ev_set = _EvalSet(logits[ev], y[ev], fit.temperature)
+        ev_set = _EvalSet(logits[ev], y[ev], fit.temperature, kind)
         result = StudyResult(name=self.name)
         result.metrics = _scores(ev_set, np.arange(len(ev)), cfg, names[positive], positive)
         result.metrics.update(temperature=fit.temperature, n_calibration=float(len(cal)), n_evaluation=float(len(ev)))
@@ -160,19 +166,19 @@ class CalibrationStudy(Study):
         n_cal_errors = int(np.sum(logits[cal].argmax(axis=1) != y[cal]))
         result.data["temperature_export"]["identifiable"] = n_cal_errors > 0  # else T is only a bound
         result.checks = _checks(result, fit, cfg, n_cal_errors) + shift_checks
-        _records(result, logits, y, fit.temperature, cal)
+        _records(result, logits, y, fit.temperature, cal, kind)
         return result
 
 
 class _EvalSet:
     """The evaluation split's logits, labels, probabilities before/after scaling, per-sample NLL."""
 
-    def __init__(self, logits: np.ndarray, y: np.ndarray, temperature: float) -> None:
-        self.logits, self.y, self.t = logits, y, temperature
-        self.p = CM.softmax(logits)
-        self.p_ts = CM.softmax(logits, temperature)
-        self.nll = CM.sample_nll(logits, y)
-        self.nll_ts = CM.sample_nll(logits, y, temperature)
+    def __init__(self, logits: np.ndarray, y: np.ndarray, temperature: float, kind: str) -> None:
+        self.logits, self.y, self.t, self.kind = logits, y, temperature, kind
+        self.p = OUT.probabilities(logits, kind)
+        self.p_ts = OUT.probabilities(logits, kind, temperature)
+        self.nll = OUT.sample_nll(logits, y, kind)
+        self.nll_ts = OUT.sample_nll(logits, y, kind, temperature)
 
 
 def _split(y: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -239,7 +245,8 @@ def _estimators(cfg: CalibrationConfig, metrics: dict[str, float]) -> dict[str, 
         "classwise_ece_adaptive": ("adaptive calibration error: per-class binned L1, mean over classes", b, "equal_mass", _NIXON),
         "debiased_l2_ce": ("top-label binned L2, per-bin variance subtracted, sqrt", b, "equal_mass", _KUMAR),
         "brier": ("mean over samples of sum_k (p_k - onehot_k)^2", None, "none", "Brier 1950"),
-        "nll": ("mean -log softmax(logits / T)[label]", None, "none", _GUO),
+        "nll": ("mean -log softmax(logits / T)[label]; sigmoid heads: mean over samples of the "
+                "one-vs-rest binary NLL summed over outputs", None, "none", _GUO),
         "aurc": ("mean risk over coverages k/N, confidence = scaled max probability", None, "none", _GEIFMAN),
         "e_aurc": ("AURC - AURC of the oracle ranking (exact finite-sample)", None, "none", _GEIFMAN),
     }
@@ -262,6 +269,10 @@ def _describe(result: StudyResult, model: ModelAdapter, cfg: CalibrationConfig, 
     ev_counts = np.bincount(y[ev], minlength=len(names))
     result.data.update(
         class_names=names,
+        output_kind=model.output_kind,
+        probability_form=OUT.link_formula(model.output_kind)
+        + ("; top-label metrics use the arg-max and its sigmoid value, classwise ones each output one-vs-rest"
+           if OUT.is_sigmoid(model.output_kind) else ""),
         positive_class=names[positive],
         split={"n_calibration": int(len(cal)), "n_evaluation": int(len(ev)),
                "calibration_fraction": cfg.calibration_fraction,
@@ -270,7 +281,9 @@ def _describe(result: StudyResult, model: ModelAdapter, cfg: CalibrationConfig, 
                          "grad_log_t": fit.grad_log_t, "at_bound": fit.at_bound, "n": fit.n},
         temperature_export={"temperature": fit.temperature, "applies_to": "logits",
                             "logits_source": getattr(model, "logits_source", ""),
-                            "usage": "probabilities = softmax(logits / temperature)",
+                            "output_kind": model.output_kind, "usage": OUT.link_formula(model.output_kind),
+                            "fitted_by": ("one-vs-rest binary NLL" if OUT.is_sigmoid(model.output_kind)
+                                          else "multiclass NLL"),
                             "model_name": model.name, "model_fingerprint": model.fingerprint,
                             "fitted_on": int(len(cal))},
         estimators=_estimators(cfg, result.metrics),
@@ -355,11 +368,11 @@ def _shift(result: StudyResult, model: ModelAdapter, data: Dataset, ev: np.ndarr
     logits = _shift_logits(model, data, ev, fns, cfg.shift_severities, ctx)
     curves: dict[str, dict[str, list[float]]] = {}
     rows = []
-    clean = _shift_point(e.logits, e.y, e.t, cfg.n_bins)
+    clean = _shift_point(e.logits, e.y, e.t, cfg.n_bins, e.kind)
     for t in fns:
         curve = {k: [v] for k, v in clean.items()} | {"severity": [0]}
         for s in cfg.shift_severities:
-            point = _shift_point(logits[(t, s)], e.y, e.t, cfg.n_bins)
+            point = _shift_point(logits[(t, s)], e.y, e.t, cfg.n_bins, e.kind)
             for k in ("ece", "ece_ts", "brier", "brier_ts", "accuracy"):
                 result.metrics[f"{k}.{t}.{s}"] = point[k]
             for k, v in point.items():
@@ -373,8 +386,8 @@ def _shift(result: StudyResult, model: ModelAdapter, data: Dataset, ev: np.ndarr
     return _overconfidence_check(rows, cfg.overconfidence_gap, missing)
 
 
-def _shift_point(logits: np.ndarray, y: np.ndarray, t: float, n_bins: int) -> dict[str, float]:
-    p, p_ts = CM.softmax(logits), CM.softmax(logits, t)
+def _shift_point(logits: np.ndarray, y: np.ndarray, t: float, n_bins: int, kind: str) -> dict[str, float]:
+    p, p_ts = OUT.probabilities(logits, kind), OUT.probabilities(logits, kind, t)
     acc = float(np.mean(p.argmax(axis=1) == y))
     return {"accuracy": acc, "ece": CM.ece(p, y, n_bins=n_bins), "ece_ts": CM.ece(p_ts, y, n_bins=n_bins),
             "brier": CM.brier(p, y), "brier_ts": CM.brier(p_ts, y),
@@ -444,8 +457,8 @@ def _scaling_check(result: StudyResult) -> Check:
     return Check("temperature scaling helps", "pass", detail)
 
 
-def _records(result: StudyResult, logits: np.ndarray, y: np.ndarray, t: float, cal: np.ndarray) -> None:
-    p, p_ts = CM.softmax(logits), CM.softmax(logits, t)
+def _records(result: StudyResult, logits: np.ndarray, y: np.ndarray, t: float, cal: np.ndarray, kind: str) -> None:
+    p, p_ts = OUT.probabilities(logits, kind), OUT.probabilities(logits, kind, t)
     split = np.ones(len(y), dtype=np.int8)
     split[cal] = 0
     result.records.update(

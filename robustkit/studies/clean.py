@@ -15,7 +15,7 @@ import numpy as np
 from robustkit.data.images import png_base64
 from robustkit.errors import ModelError, check_range
 from robustkit.metrics import classification as M
-from robustkit.model.adapter import softmax
+from robustkit.metrics.outputs import probabilities
 from robustkit.results import Check, StudyResult
 from robustkit.studies import register
 from robustkit.studies.base import AuditContext, Study, StudyConfig
@@ -76,7 +76,8 @@ class CleanStudy(Study[CleanConfig]):
         if not np.all(np.isfinite(logits)):
             bad = [str(s) for s in batch.ids[~np.all(np.isfinite(logits), axis=1)][:3]]
             raise ModelError(f"{model.name}: expected finite outputs on the clean data, got NaN or inf for {bad}.")
-        return {"logits": logits, "probs": softmax(logits)}
+        probs = probabilities(logits, model.output_kind).astype(np.float32)  # the model's own outputs
+        return {"logits": logits, "probs": probs}
 
     def reduce(self, records: dict[str, np.ndarray], data: Dataset, ctx: AuditContext) -> StudyResult:
         logits, probs = records["logits"], records["probs"]

@@ -36,7 +36,7 @@ from robustkit.data.images import png_base64
 from robustkit.data.transforms import SEVERITIES, Transform, family_transforms, get_transform
 from robustkit.errors import check_choice, check_range, param_error
 from robustkit.metrics import classification as M
-from robustkit.model.adapter import softmax
+from robustkit.metrics.outputs import probabilities
 from robustkit.results import Check, StudyResult
 from robustkit.studies.base import AuditContext, Study, StudyConfig
 
@@ -198,7 +198,7 @@ class ConditionStudy(Study):
         pred = np.zeros((n, m), dtype=np.int16)
         conf = np.zeros((n, m), dtype=np.float32)
         for job, x in _prefetch(self._jobs(model, batch, ctx, plan), _PREFETCH):
-            p = softmax(model.logits(x))
+            p = probabilities(model.logits(x), model.output_kind)
             cols = plan.columns[job]
             pred[:, cols] = p.argmax(axis=1).astype(np.int16)[:, None]
             conf[:, cols] = p.max(axis=1)[:, None]

@@ -26,7 +26,7 @@ import numpy as np
 from robustkit.data.images import png_base64
 from robustkit.errors import ConfigError, check_choice, check_range
 from robustkit.metrics import saliency as SM
-from robustkit.model.adapter import softmax
+from robustkit.metrics.outputs import probabilities
 from robustkit.model.explainers import (
     METHODS,
     Explainer,
@@ -385,10 +385,11 @@ def _deletion(ex, x, target, logits, maps, ctx, cfg: SaliencyConfig, result: Stu
     fractions = np.linspace(0.0, 1.0, cfg.deletion_steps + 1)
     inner = fractions[1:-1]
     n = len(x)
-    p0 = softmax(logits)[np.arange(n), target]
+    kind = ex.adapter.output_kind
+    p0 = probabilities(logits, kind)[np.arange(n), target]
     full = np.stack([SM.deletion_images(img, np.zeros(img.shape[:2]), np.ones(1), fill=cfg.deletion_fill)[0]
                      for img in x]) if n else x
-    p1 = softmax(ex.logits(full))[np.arange(n), target] if n else p0
+    p1 = probabilities(ex.logits(full), kind)[np.arange(n), target] if n else p0
     cols = {**maps, "random": ctx.rng("saliency", "deletion_random").random(x.shape[:3])}
     aucs = np.full((n, len(cols)), np.nan, np.float32)
     curves = {}
@@ -400,7 +401,7 @@ def _deletion(ex, x, target, logits, maps, ctx, cfg: SaliencyConfig, result: Stu
             sl = slice(i, min(n, i + per_call))
             steps = np.concatenate([SM.deletion_images(x[r], mp[r], inner, fill=cfg.deletion_fill)
                                     for r in range(sl.start, sl.stop)])
-            pr = softmax(ex.logits(steps)).reshape(sl.stop - sl.start, len(inner), -1)
+            pr = probabilities(ex.logits(steps), kind).reshape(sl.stop - sl.start, len(inner), -1)
             probs[sl, 1:-1] = np.take_along_axis(pr, target[sl, None, None], axis=2)[..., 0]
         aucs[:, j] = SM.curve_auc(fractions, probs)
         curves[meth] = np.round(probs.mean(axis=0), 5).tolist() if n else []
