@@ -295,6 +295,22 @@ def test_study_same_seed_same_numbers(result, toy) -> None:
     assert not np.array_equal(other.records["split"], result.records["split"])
 
 
+def test_split_depends_on_sample_ids_and_seed_not_on_their_order() -> None:
+    from robustkit.studies.calibration import _split, _split_keys
+
+    ids = np.array([f"img{i:03d}" for i in range(41)])
+    y = np.arange(41) % 3
+    ctx = AuditContext(seed=3)
+    cal, ev = _split(y, 0.5, _split_keys(ids, ctx))
+    perm = np.random.default_rng(0).permutation(41)
+    cal_p, ev_p = _split(y[perm], 0.5, _split_keys(ids[perm], ctx))
+    assert set(ids[cal]) == set(ids[perm][cal_p]) and set(ids[ev]) == set(ids[perm][ev_p])
+    for k in range(3):
+        assert abs(np.sum(y[cal] == k) - np.sum(y[ev] == k)) <= 1
+    other, _ = _split(y, 0.5, _split_keys(ids, AuditContext(seed=4)))
+    assert set(ids[other]) != set(ids[cal])
+
+
 def test_study_without_transforms_skips_shift_with_a_check(toy, monkeypatch) -> None:
     fake = types.ModuleType("robustkit.data.transforms")
     fake.TRANSFORMS = {}

@@ -111,6 +111,7 @@ def _sharded(study: Study, model, data, *, seed: int, batch_size: int) -> StudyR
     ctx = AuditContext(seed=seed, model_info=model.describe())
     index = study.select(data, ctx)
     sub = data.subset(index)
+    study.prepare(sub, ctx)
     order = np.random.default_rng(batch_size).permutation(len(sub))
     parts = []
     for shard in np.array_split(order, 3)[::-1]:

@@ -391,18 +391,20 @@ def _allocate(counts: np.ndarray, n: int) -> np.ndarray:
     return alloc
 
 
-def stratified_split(labels: np.ndarray, fraction: float, *,
-                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(labels: np.ndarray, fraction: float, *, rng: np.random.Generator | None = None,
+                     keys: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Seeded stratified split of positions: the one home of the split (datasets, studies).
 
-    Each class present (in increasing label order) is permuted with ``rng`` and cut at
-    ``round(fraction * size)`` (half up), clamped so that a class of two or more samples
-    has at least one sample on each side.
+    Each class present (in increasing label order) is permuted with ``rng`` (or ordered by
+    per-sample ``keys``) and cut at ``round(fraction * size)`` (half up), clamped so that a
+    class of two or more samples has at least one sample on each side.
 
     Args:
         labels: ``(N,)`` class indices.
         fraction: share of each class in the first part, in (0, 1].
         rng: the generator to draw the permutations from.
+        keys: ``(N,)`` a per-sample draw (for example keyed by sample id): the split then
+            does not depend on the order of the samples. Exactly one of ``rng``/``keys``.
 
     Returns:
         ``(first, second)``: sorted int64 positions, disjoint, together ``0..N-1``.
@@ -410,8 +412,15 @@ def stratified_split(labels: np.ndarray, fraction: float, *,
     y = np.asarray(labels).reshape(-1)
     first: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
     second: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
+    if (rng is None) == (keys is None):
+        raise ValueError("stratified_split takes exactly one of rng and keys")
     for k in np.unique(y):
-        group = rng.permutation(np.flatnonzero(y == k))
+        members = np.flatnonzero(y == k)
+        if keys is not None:
+            group = members[np.argsort(np.asarray(keys)[members], kind="stable")]
+        else:
+            assert rng is not None
+            group = rng.permutation(members)
         n = int(np.floor(fraction * len(group) + 0.5))
         if len(group) >= 2:
             n = min(max(n, 1), len(group) - 1)

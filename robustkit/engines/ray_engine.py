@@ -179,6 +179,8 @@ def run_studies_ray(
     ray = require_ray()
     ctx.model_info = model.describe()
     selections = {s.name: s.select(data, ctx) for s in studies}
+    for study in studies:  # driver-side decisions (a split) travel with the study to the workers
+        study.prepare(data.subset(selections[study.name]), ctx)
     key = _run_key(studies, model, data, ctx.seed)
     shard_dir = out / SHARDS / key if out is not None else None
     done = _load_shards(shard_dir)

@@ -9,6 +9,8 @@ A study declares its ``name``, a frozen dataclass ``Config`` with defaults, ``pr
   It is the only code that calls the model. Every random draw in it is keyed by
   ``(seed, study, condition, sample id)`` (:meth:`AuditContext.rng`), never by a batch
   position, so any split of the samples into shards and batches gives the same records.
+* :meth:`Study.prepare` (optional) runs once on the driver before the maps, for what
+  depends on all the study's samples (a calibration split); it keys everything by sample id.
 * :meth:`Study.reduce` takes the records of all the study's samples (in sample order) and the
   samples' dataset and returns the :class:`StudyResult`: metrics, intervals, tables, checks.
   Pure numpy/scipy over the records (it may read the data side, never the model).
@@ -199,6 +201,7 @@ class Study(ABC, Generic[C]):
         if type(self).run is not Study.run:  # a study written against the older one-call protocol
             result = self.run(model, sub, ctx)
         else:
+            self.prepare(sub, ctx)
             result = self.reduce(self.map_all(model, sub, ctx, batch_size=batch_size), sub, ctx)
         return self.finalize(result, index, time.perf_counter() - start)
 
@@ -228,6 +231,11 @@ class Study(ABC, Generic[C]):
         if result.records:
             result.records["index"] = np.asarray(index, dtype=np.int64)
         return result
+
+    def prepare(self, data: Dataset, ctx: AuditContext) -> None:
+        """Optional: decide, on the driver and before any ``map``, what depends on all of the
+        study's samples (a split); the study object, with that state, then goes to every
+        worker. It must depend on the samples' ids, labels and the seed only."""
 
     def map(self, model: ModelAdapter, batch: Dataset, ctx: AuditContext) -> Records:
         """Per-sample records of ``batch`` (arrays with ``len(batch)`` rows): the model work."""

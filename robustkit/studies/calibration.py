@@ -8,10 +8,18 @@ scaling. Logits come from the audit's shared clean pass (no extra model pass); a
 softmax-ended model is scaled on the logits before its softmax, a sigmoid-ended one on the
 logits before its sigmoid (one scalar T fitted by the one-vs-rest binary NLL; top-label
 metrics then read the arg-max and its sigmoid value, classwise ones each output one-vs-rest;
-:mod:`robustkit.metrics.outputs`). Calibration under shift
-(Ovadia et al. 2019) applies :mod:`robustkit.data.transforms` to the evaluation images at
-several severities. Selective prediction uses the scaled max probability as confidence.
-The math lives in :mod:`robustkit.metrics.calibration`.
+:mod:`robustkit.metrics.outputs`). Calibration under shift (Ovadia et al. 2019) applies
+:mod:`robustkit.data.transforms` to the evaluation images at several severities. Selective
+prediction uses the scaled max probability as confidence. The math lives in
+:mod:`robustkit.metrics.calibration`.
+
+Protocol: ``prepare`` (on the driver, before any ``map``) makes the calibration/evaluation
+split, each class ordered by a draw keyed by (seed, sample id), so that it depends on the
+seed and the samples only. ``map`` computes, per sample, the clean logits and, for the
+evaluation samples, the logits under every shift condition (a random transform draws from
+``ctx.rng("calibration", "shift", transform, severity, sample id)``); calibration samples
+get NaN there, with no model pass. ``reduce`` fits the temperature on the calibration
+split and computes every metric, interval, table and check.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from robustkit.metrics import classification as M
 from robustkit.metrics import outputs as OUT
 from robustkit.results import Check, StudyResult
 from robustkit.studies import register
-from robustkit.studies.base import AuditContext, Study, StudyConfig
+from robustkit.studies.base import AuditContext, Records, Study, StudyConfig
 
 if TYPE_CHECKING:
     from robustkit.data.dataset import Dataset
@@ -142,17 +150,38 @@ class CalibrationStudy(Study):
     } | {f"{k}_ts": (f"{k} after temperature scaling", "lower") for k in _BASE_SCORES}
     headline = ("ece", "ece_ts", "temperature", "aurc", "coverage_at_risk.0.05")
 
-    def run(self, model: ModelAdapter, data: Dataset, ctx: AuditContext) -> StudyResult:
-        cfg = self.config
-        names = list(model.class_names)
-        logits = ctx.clean_logits(model, data).astype(np.float64)
+    def prepare(self, data: Dataset, ctx: AuditContext) -> None:
+        """The calibration/evaluation split of the study's samples (ids of the evaluation side)."""
+        _positive_class(list(data.class_names), self.config.positive_class)  # fail before the model runs
+        y = np.asarray(data.labels, dtype=np.int64)
+        _, ev = _split(y, self.config.calibration_fraction, _split_keys(data.ids, ctx))
+        self._evaluation = frozenset(str(i) for i in np.asarray(data.ids)[ev])
+
+    def map(self, model: ModelAdapter, batch: Dataset, ctx: AuditContext) -> Records:
+        """Clean logits ``(B, K)`` (the audit's shared clean pass) and logits under every shift
+        condition ``(B, n_conditions, K)`` for the evaluation samples (NaN for calibration ones,
+        which are not shifted), each image's draws keyed by its sample id."""
+        logits = ctx.clean_logits(model, batch)
         if not np.all(np.isfinite(logits)):
             raise ModelError(f"{model.name}: expected finite logits on the clean data, got NaN or inf.")
+        fns, _ = _shift_transforms(self.config.shift_transforms)
+        conds = _conditions(fns, self.config.shift_severities)
+        evaluation = getattr(self, "_evaluation", None)
+        rows = np.array([evaluation is None or str(i) in evaluation for i in batch.ids], dtype=bool)
+        shift = np.full((len(batch), len(conds), model.num_classes), np.nan, dtype=np.float32)
+        if rows.any():
+            shift[rows] = _shift_logits(model, batch.subset(np.flatnonzero(rows)), fns, conds, ctx)
+        return {"logits": logits, "shift_logits": shift}
+
+    def reduce(self, records: Records, data: Dataset, ctx: AuditContext) -> StudyResult:
+        cfg = self.config
+        names = list(data.class_names)
+        logits = np.asarray(records["logits"], dtype=np.float64)
         y = np.asarray(data.labels, dtype=np.int64)
-        cal, ev = _split(y, cfg.calibration_fraction, ctx.rng("calibration", "split"))
+        cal, ev = _split(y, cfg.calibration_fraction, _split_keys(data.ids, ctx))
         if len(cal) == 0 or len(ev) == 0:
             raise DataError(f"{data.root}: expected at least 2 images for a calibration and an evaluation split, got {len(y)}.")
-        kind = model.output_kind
+        kind = str(ctx.model_info.get("output_kind", "softmax"))
         fit = OUT.fit_temperature(logits[cal], y[cal], kind)
         positive = _positive_class(names, cfg.positive_class)
         ev_set = _EvalSet(logits[ev], y[ev], fit.temperature, kind)
@@ -161,8 +190,8 @@ class CalibrationStudy(Study):
         result.metrics.update(temperature=fit.temperature, n_calibration=float(len(cal)), n_evaluation=float(len(ev)))
         result.metrics["accuracy_all"] = float(np.mean(logits.argmax(axis=1) == y))
         result.intervals = _intervals(ev_set, cfg, names[positive], positive, ctx)
-        _describe(result, model, cfg, fit, ev_set, names, positive, (cal, ev), y)
-        shift_checks = _shift(result, model, data, ev, ev_set, cfg, ctx)
+        _describe(result, ctx.model_info, cfg, fit, ev_set, names, positive, (cal, ev), y)
+        shift_checks = _shift(result, np.asarray(records["shift_logits"], dtype=np.float64)[ev], ev_set, cfg)
         n_cal_errors = int(np.sum(logits[cal].argmax(axis=1) != y[cal]))
         result.data["temperature_export"]["identifiable"] = n_cal_errors > 0  # else T is only a bound
         result.checks = _checks(result, fit, cfg, n_cal_errors) + shift_checks
@@ -181,9 +210,15 @@ class _EvalSet:
         self.nll_ts = OUT.sample_nll(logits, y, kind, temperature)
 
 
-def _split(y: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified positions ``(calibration, evaluation)`` (:func:`robustkit.data.dataset.stratified_split`)."""
-    return stratified_split(y, fraction, rng=rng)
+def _split_keys(ids: np.ndarray, ctx: AuditContext) -> np.ndarray:
+    """A uniform draw ``(N,)`` per sample keyed by (seed, sample id): the order of the split."""
+    return np.array([ctx.rng("calibration", "split", str(sid)).random() for sid in ids], dtype=np.float64)
+
+
+def _split(y: np.ndarray, fraction: float, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified positions ``(calibration, evaluation)`` ordered by per-sample ``keys``
+    (:func:`robustkit.data.dataset.stratified_split`): independent of the samples' order."""
+    return stratified_split(y, fraction, keys=keys)
 
 
 def _positive_class(names: list[str], wanted: str) -> int:
@@ -260,19 +295,20 @@ def _estimators(cfg: CalibrationConfig, metrics: dict[str, float]) -> dict[str, 
     return out
 
 
-def _describe(result: StudyResult, model: ModelAdapter, cfg: CalibrationConfig, fit: CM.TemperatureFit,
+def _describe(result: StudyResult, info: dict[str, Any], cfg: CalibrationConfig, fit: CM.TemperatureFit,
               e: _EvalSet, names: list[str], positive: int, splits: tuple[np.ndarray, np.ndarray],
               y: np.ndarray) -> None:
-    """Fill ``data`` and ``tables`` with what the report draws."""
+    """Fill ``data`` and ``tables`` with what the report draws (``info``: the model's description)."""
     cal, ev = splits
+    kind = str(info.get("output_kind", "softmax"))
     cal_counts = np.bincount(y[cal], minlength=len(names))
     ev_counts = np.bincount(y[ev], minlength=len(names))
     result.data.update(
         class_names=names,
-        output_kind=model.output_kind,
-        probability_form=OUT.link_formula(model.output_kind)
+        output_kind=kind,
+        probability_form=OUT.link_formula(kind)
         + ("; top-label metrics use the arg-max and its sigmoid value, classwise ones each output one-vs-rest"
-           if OUT.is_sigmoid(model.output_kind) else ""),
+           if OUT.is_sigmoid(kind) else ""),
         positive_class=names[positive],
         split={"n_calibration": int(len(cal)), "n_evaluation": int(len(ev)),
                "calibration_fraction": cfg.calibration_fraction,
@@ -280,11 +316,10 @@ def _describe(result: StudyResult, model: ModelAdapter, cfg: CalibrationConfig, 
         temperature_fit={"temperature": fit.temperature, "nll_before": fit.nll_before, "nll_after": fit.nll_after,
                          "grad_log_t": fit.grad_log_t, "at_bound": fit.at_bound, "n": fit.n},
         temperature_export={"temperature": fit.temperature, "applies_to": "logits",
-                            "logits_source": getattr(model, "logits_source", ""),
-                            "output_kind": model.output_kind, "usage": OUT.link_formula(model.output_kind),
-                            "fitted_by": ("one-vs-rest binary NLL" if OUT.is_sigmoid(model.output_kind)
-                                          else "multiclass NLL"),
-                            "model_name": model.name, "model_fingerprint": model.fingerprint,
+                            "logits_source": info.get("logits_source", ""),
+                            "output_kind": kind, "usage": OUT.link_formula(kind),
+                            "fitted_by": ("one-vs-rest binary NLL" if OUT.is_sigmoid(kind) else "multiclass NLL"),
+                            "model_name": info.get("name", ""), "model_fingerprint": info.get("fingerprint", ""),
                             "fitted_on": int(len(cal))},
         estimators=_estimators(cfg, result.metrics),
     )
@@ -340,39 +375,45 @@ def _shift_transforms(requested: tuple[str, ...]) -> tuple[dict[str, Any], str |
     return present, None
 
 
-def _shift_logits(model: ModelAdapter, data: Dataset, ev: np.ndarray, fns: dict[str, Any],
-                  severities: tuple[int, ...], ctx: AuditContext) -> dict[tuple[str, int], np.ndarray]:
-    """Logits of the evaluation images under every (transform, severity); each image loaded once."""
+def _conditions(fns: dict[str, Any], severities: tuple[int, ...]) -> list[tuple[str, int]]:
+    """The shift conditions ``(transform, severity)`` in record order."""
+    return [(t, s) for t in fns for s in severities]
+
+
+def _shift_logits(model: ModelAdapter, batch: Dataset, fns: dict[str, Any], conds: list[tuple[str, int]],
+                  ctx: AuditContext) -> np.ndarray:
+    """Logits ``(B, n_conditions, K)`` of ``batch``'s images under every (transform, severity);
+    each image is loaded once and transformed on its own, with a generator keyed by
+    (seed, study, transform, severity, sample id)."""
+    out = np.zeros((len(batch), len(conds), model.num_classes), dtype=np.float32)
+    if not conds or len(batch) == 0:
+        return out
     h, w, c = model.input_shape
-    conds = [(t, s) for t in fns for s in severities]
-    rngs = {cond: ctx.rng("calibration", "shift", *cond) for cond in conds}
-    out = {cond: np.empty((len(ev), model.num_classes), dtype=np.float64) for cond in conds}
-    row = 0
-    with ctx.bar(len(ev) * len(conds), "calibration under shift") as bar:
-        for _, x in data.batches(model.batch_size, size=(h, w), channels=c, indices=ev):
-            for t, s in conds:
-                xs = np.clip(np.asarray(fns[t](x, s, rng=rngs[(t, s)]), dtype=np.float32), 0.0, 1.0)
-                out[(t, s)][row : row + len(x)] = model.logits(xs)
-                bar.update(len(x))
-            row += len(x)
+    x = batch.load_images(np.arange(len(batch)), size=(h, w), channels=c)
+    for j, (t, s) in enumerate(conds):
+        xs = np.concatenate([
+            np.asarray(fns[t](x[i:i + 1], s, rng=ctx.rng("calibration", "shift", t, s, str(sid))), dtype=np.float32)
+            for i, sid in enumerate(batch.ids)
+        ])
+        out[:, j] = model.logits(np.clip(xs, 0.0, 1.0))
     return out
 
 
-def _shift(result: StudyResult, model: ModelAdapter, data: Dataset, ev: np.ndarray, e: _EvalSet,
-           cfg: CalibrationConfig, ctx: AuditContext) -> list[Check]:
+def _shift(result: StudyResult, shift: np.ndarray, e: _EvalSet, cfg: CalibrationConfig) -> list[Check]:
+    """Calibration under shift from the evaluation split's logits ``shift`` ``(n_ev, n_conditions, K)``."""
     fns, why = _shift_transforms(cfg.shift_transforms)
     if why is not None or not cfg.shift_severities:
         why = why or "no shift severities configured"
         result.data["shift"] = {"skipped": why, "transforms": {}}
         return [Check("calibration under shift", "warn", f"not measured: {why}.")]
-    logits = _shift_logits(model, data, ev, fns, cfg.shift_severities, ctx)
+    column = {cond: j for j, cond in enumerate(_conditions(fns, cfg.shift_severities))}
     curves: dict[str, dict[str, list[float]]] = {}
     rows = []
     clean = _shift_point(e.logits, e.y, e.t, cfg.n_bins, e.kind)
     for t in fns:
         curve = {k: [v] for k, v in clean.items()} | {"severity": [0]}
         for s in cfg.shift_severities:
-            point = _shift_point(logits[(t, s)], e.y, e.t, cfg.n_bins, e.kind)
+            point = _shift_point(shift[:, column[(t, s)]], e.y, e.t, cfg.n_bins, e.kind)
             for k in ("ece", "ece_ts", "brier", "brier_ts", "accuracy"):
                 result.metrics[f"{k}.{t}.{s}"] = point[k]
             for k, v in point.items():
