@@ -335,21 +335,47 @@ def _fit(img: np.ndarray, size: tuple[int, int], channels: int) -> np.ndarray:
     return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
 
 
-def _mask_to_bool(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A decoded mask (any positive value marks a lesion, relative to its maximum) -> bool (H, W)."""
+def _nearest(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of one (h, w) plane to (H, W) (labels stay labels)."""
+    if plane.shape == tuple(size):
+        return plane
+    rows = (np.arange(size[0]) * plane.shape[0] // size[0]).astype(np.intp)
+    cols = (np.arange(size[1]) * plane.shape[1] // size[1]).astype(np.intp)
+    return plane[rows[:, None], cols[None, :]]
+
+
+def _mask_to_bool(
+    mask: np.ndarray, size: tuple[int, int], image_hw: tuple[int, int] | None = None
+) -> np.ndarray:
+    """A decoded mask (any positive value marks a region, relative to its maximum) -> bool (H, W).
+
+    A mask of another size than its image (``image_hw``, same aspect ratio) is first resized
+    to the image by nearest neighbour, as the image itself would be.
+    """
     if mask.ndim == 3:
         mask = mask.max(axis=2)
     peak = float(mask.max(initial=0.0))
     binary = (mask > 0.5 * peak).astype(np.float32) if peak > 0 else np.zeros_like(mask)
+    if image_hw is not None:
+        binary = _nearest(binary, image_hw)
     return _resize_plane(binary, size) >= 0.5
 
 
 def _check_mask_shape(
     image: Path, image_hw: tuple[int, int], mask: Path, mask_hw: tuple[int, int]
-) -> None:
-    if tuple(image_hw) != tuple(mask_hw):
+) -> bool:
+    """Whether the mask must be resized to its image (same aspect ratio, another size).
+
+    Raises:
+        DataError: naming both files when the aspect ratios differ.
+    """
+    (ih, iw), (mh, mw) = image_hw, mask_hw
+    if (ih, iw) == (mh, mw):
+        return False
+    if ih * mw != iw * mh:
         raise _bad(
             mask,
-            f"expected a mask of the size of its image {image} ({image_hw[1]}x{image_hw[0]}), "
-            f"got {mask_hw[1]}x{mask_hw[0]}.",
+            f"expected a mask of the size of its image {image} ({iw}x{ih}) or of the same "
+            f"aspect ratio, got {mw}x{mh}.",
         )
+    return True
