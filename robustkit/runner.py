@@ -78,6 +78,13 @@ def _align(model: ModelAdapter, data: Dataset) -> Dataset:
     return data.with_class_order(list(model.class_names))
 
 
+def _load_data(data: str | Path, cfg: AuditConfig, on_bad_input: str) -> Dataset:
+    """Load the dataset with the config's class map, excluded classes and mask kind."""
+    return load_dataset(data, on_bad_input=on_bad_input, class_map=cfg.class_map,
+                        exclude_classes=cfg.exclude_classes, merge_classes=cfg.merge_classes,
+                        masks=cfg.masks)
+
+
 def _previous(out: Path | None, fresh: bool, model: ModelAdapter, data: Dataset, seed: int) -> AuditResult | None:
     if out is None or fresh or not (out / RESULTS_FILE).is_file():
         return None
@@ -112,6 +119,10 @@ def audit(
     trust_model: bool = False,
     on_bad_input: str = "fail",
     input_scale: str | None = None,
+    class_map: Mapping[str, str] | None = None,
+    exclude_classes: list[str] | tuple[str, ...] | None = None,
+    masks: str | None = None,
+    merge_classes: bool | None = None,
 ) -> AuditResult:
     """Audit a classifier and return (and, with ``out``, write) the :class:`AuditResult`.
 
@@ -135,20 +146,28 @@ def audit(
         on_bad_input: ``fail`` or ``skip`` unreadable images.
         input_scale: the range the checkpoint expects (``unit`` [0, 1], ``255``, ``symmetric``
             [-1, 1]); default: its ``.meta.json``, else ``unit``.
+        class_map: ``{data class: model class}`` renames applied before the class check
+            (added to the config's ``[classes]``).
+        exclude_classes: data classes set aside as the out-of-scope set (counted in
+            ``results.json``'s dataset block).
+        masks: what the data's ``masks`` files are: ``lesion``, ``lung`` or ``none``.
+        merge_classes: allow ``class_map`` to send two data classes to one model class.
 
     Example:
         >>> result = audit("demo.keras", "data/phantom", profile="quick", out="reports/a")  # doctest: +SKIP
         >>> result.metric("clean.accuracy")                                                 # doctest: +SKIP
     """
     cfg = config if isinstance(config, AuditConfig) else load_config(config)  # type: ignore[arg-type]
-    cfg = cfg.merged(seed=seed, profile=profile, limit=limit, batch_size=batch_size, studies=studies)
+    cfg = cfg.merged(seed=seed, profile=profile, limit=limit, batch_size=batch_size, studies=studies,
+                     class_map=dict(class_map) if class_map else None, exclude_classes=exclude_classes,
+                     masks=masks, merge_classes=merge_classes)
     plan = plan_studies(cfg)
     adapter = model if isinstance(model, ModelAdapter) else load_model(
         model, trust=trust_model, batch_size=cfg.batch_size, input_scale=input_scale
     )
     if cfg.batch_size:
         adapter.batch_size = cfg.batch_size
-    dataset = data if isinstance(data, Dataset) else load_dataset(data, on_bad_input=on_bad_input)
+    dataset = data if isinstance(data, Dataset) else _load_data(data, cfg, on_bad_input)
     dataset = _align(adapter, dataset)
     if cfg.limit is not None:
         dataset = dataset.subsample(cfg.limit, seed=cfg.seed)

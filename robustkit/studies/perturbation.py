@@ -11,12 +11,22 @@ the profiles and the marker probe.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
+import numpy as np
+
+from robustkit.data.regions import MASK_CONDITIONS
 from robustkit.data.transforms import family_transforms
 from robustkit.errors import check_range
+from robustkit.model.adapter import softmax
+from robustkit.results import Check, StudyResult
 from robustkit.studies import register
 from robustkit.studies.conditions import ConditionConfig, ConditionStudy
+
+if TYPE_CHECKING:
+    from robustkit.data.dataset import Dataset
+    from robustkit.model.adapter import ModelAdapter
+    from robustkit.studies.base import AuditContext
 
 __all__ = ["PerturbationConfig", "PerturbationStudy"]
 
@@ -63,3 +73,64 @@ class PerturbationStudy(ConditionStudy):
         "standard": {"max_samples": 500},
         "full": {"n_bootstrap": 2000},
     }
+    metric_docs = {**ConditionStudy.metric_docs, **{
+        "lung_accuracy": ("accuracy with the lungs blanked or the outside blanked (lung masks; a model "
+                          "that reads the lungs falls with the lungs blanked)", "none"),
+        "lung_flip_rate": ("share of predictions changed by blanking the lungs or the outside", "none"),
+        "lung_n_samples": ("images with a lung mask under the lung-mask conditions", "none"),
+    }}
+
+    def run(self, model: ModelAdapter, data: Dataset, ctx: AuditContext) -> StudyResult:
+        result = super().run(model, data, ctx)
+        _lung_conditions(model, data, ctx, result)
+        return result
+
+
+# ------------------------------------------------------------------ lung-field masks (issue #11)
+
+#: "Holds up": accuracy at least this share of clean accuracy; "falls": at most chance + this.
+HOLDS_UP, NEAR_CHANCE = 0.8, 0.15
+
+
+def _lung_predictions(model: ModelAdapter, data: Dataset, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Predicted class ``(n,)`` of the samples ``rows`` under each lung-mask condition."""
+    h, w, c = model.input_shape
+    out = {name: np.zeros(len(rows), np.int64) for name in MASK_CONDITIONS}
+    for start in range(0, len(rows), model.batch_size):
+        idx = rows[start:start + model.batch_size]
+        x = data.load_images(idx, size=(h, w), channels=c)
+        lungs = data.load_masks(idx, size=(h, w), kind="lung")
+        for name, fn in MASK_CONDITIONS.items():
+            out[name][start:start + len(idx)] = softmax(model.logits(fn(x, lungs))).argmax(axis=1)
+    return out
+
+
+def _lung_conditions(model: ModelAdapter, data: Dataset, ctx: AuditContext, result: StudyResult) -> None:
+    """Accuracy and flip rate with the lungs blanked and with the outside blanked, and a check
+    that flags a model that holds up without its lungs but falls without the rest."""
+    if not data.has_lung_masks:
+        return
+    rows = np.flatnonzero([s.lung_mask_path is not None for s in data.samples])
+    y = data.labels[rows]
+    clean = ctx.clean_logits(model, data)[rows].argmax(axis=1)
+    preds = _lung_predictions(model, data, rows)
+    result.metrics["lung_n_samples"] = float(len(rows))
+    for name, pred in preds.items():
+        result.metrics[f"lung_accuracy.{name}"] = float(np.mean(pred == y))
+        result.metrics[f"lung_flip_rate.{name}"] = float(np.mean(pred != clean))
+    result.records["lung_pred"] = np.full((len(data), len(preds)), -1, np.int16)
+    result.records["lung_pred"][rows] = np.stack(list(preds.values()), axis=1)
+    result.data["lung_conditions"] = {"conditions": list(preds), "n_images": int(len(rows))}
+    result.checks.append(_lung_check(result.metrics, float(np.mean(clean == y)), len(model.class_names)))
+
+
+def _lung_check(metrics: dict[str, float], clean_acc: float, n_classes: int) -> Check:
+    lungs, outside = metrics["lung_accuracy.lungs_blanked"], metrics["lung_accuracy.outside_blanked"]
+    chance = 1.0 / n_classes
+    reads_outside = lungs >= HOLDS_UP * clean_acc and outside <= chance + NEAR_CHANCE
+    detail = (f"accuracy {lungs:.3f} with the lungs blanked, {outside:.3f} with the outside blanked "
+              f"(clean {clean_acc:.3f}, chance {chance:.3f})")
+    if reads_outside:
+        return Check("model reads the lungs", "warn", detail + ": it holds up without the lungs and "
+                     "falls without the rest: a shortcut outside the lung fields.")
+    return Check("model reads the lungs", "pass", detail + ".")
