@@ -242,6 +242,7 @@ def _new_result(model: ModelAdapter, data: Dataset, cfg: AuditConfig, plan: list
         labels=np.asarray(data.labels, dtype=np.int64),
         class_names=list(model.class_names),
         robustkit_version=__version__,
+        metadata=data.metadata,
         created=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
     )
 
