@@ -98,3 +98,20 @@ def test_database_layout_without_the_map_suggests_it(toy_model: Path, tmp_path: 
                  "-q", "--class-map", "Covid=COVID-19"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "'--class-map'" in err[0] and "'Covid'" in err[0]
+
+
+@pytest.mark.slow
+def test_train_on_the_database_layout_with_the_same_options(tmp_path: Path, capsys) -> None:
+    data = build_database(tmp_path / "db")
+    out = tmp_path / "m.keras"
+    argv = ["train", "--data", str(data), "--out", str(out), "--arch", "small_cnn", "--input-size", "32",
+            "--epochs", "1", "--batch-size", "8", "-q", "--class-map", "COVID=COVID-19",
+            "--class-map", "Normal=NORMAL", "--exclude-class", "Lung_Opacity"]
+    assert main(argv) == 0, capsys.readouterr().err
+    meta = json.loads(out.with_name("m.meta.json").read_text(encoding="utf-8"))
+    assert meta["class_names"] == ["COVID-19", "NORMAL", "Viral Pneumonia"]  # Lung_Opacity left out
+    bad = ["train", "--data", str(data), "--out", str(tmp_path / "x.keras"), "--arch", "small_cnn",
+           "--input-size", "32", "--epochs", "1", "-q", "--class-map", "COVID=Normal"]
+    assert main(bad) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("robustkit: error: ") and "'COVID' and 'Normal' both as 'Normal'" in err
