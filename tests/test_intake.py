@@ -228,3 +228,17 @@ def test_blank_conditions_against_a_loop() -> None:
     np.testing.assert_array_equal(blank_lungs(x, k)[~k], x[~k])  # the outside is untouched
     with pytest.raises(ConfigError, match="'masks'"):
         blank_lungs(x, k[:, :3])
+
+
+@pytest.mark.parametrize("lungs,outside,status", [
+    (0.35, 0.90, "pass"),   # reads the lungs: falls without them, holds up without the rest
+    (0.90, 0.30, "warn"),   # the reverse: a shortcut outside the lung fields
+    (0.90, 0.85, "pass"),   # holds up either way: not flagged as a shortcut
+])
+def test_lung_check_flags_the_reverse(lungs: float, outside: float, status: str) -> None:
+    from robustkit.studies.perturbation import _lung_check
+
+    metrics = {"lung_accuracy.lungs_blanked": lungs, "lung_accuracy.outside_blanked": outside}
+    check = _lung_check(metrics, 0.95, 3)
+    assert check.status == status and check.name == "model reads the lungs"
+    assert f"{lungs:.3f} with the lungs blanked" in check.detail
