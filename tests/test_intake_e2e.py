@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 from PIL import Image
 
+import robustkit
 from robustkit.cli import main
 from robustkit.data.dataset import load_dataset
 from robustkit.data.phantom import render_case
@@ -56,7 +58,9 @@ def test_database_layout_audited_in_one_command(toy_model: Path, tmp_path: Path,
     assert d["class_map"] == {"COVID": "COVID-19", "Normal": "NORMAL"}
     assert d["mask_resized"] == {"256x256 -> 299x299": 3 * PER_CLASS}
     assert d["metadata_columns"] == ["FORMAT", "SIZE", "URL"]
-    assert json.loads((out / "results.json").read_text())["dataset"]["n_excluded"] == PER_CLASS
+    obj = json.loads((out / "results.json").read_text())
+    assert obj["dataset"]["n_excluded"] == PER_CLASS
+    jsonschema.validate(obj, json.loads((Path(robustkit.__file__).parent / "schema" / "results.schema.json").read_text()))
     assert len(res.ids) == 3 * PER_CLASS and res.metadata["URL"][0].startswith("https://example.org/")
 
     # lung-mask metrics are present and sane
