@@ -242,3 +242,29 @@ def test_lung_check_flags_the_reverse(lungs: float, outside: float, status: str)
     check = _lung_check(metrics, 0.95, 3)
     assert check.status == status and check.name == "model reads the lungs"
     assert f"{lungs:.3f} with the lungs blanked" in check.detail
+
+
+def test_xlsx_spreadsheets_without_openpyxl_are_noted_not_dropped(tmp_path: Path, monkeypatch) -> None:
+    from robustkit.data import metadata
+
+    root = _database(tmp_path / "db", per_class=1)
+    for csv in root.glob("*.metadata.csv"):
+        csv.rename(csv.with_suffix(".xlsx"))  # what the database ships
+    monkeypatch.setattr(metadata, "_has_openpyxl", lambda: False)
+    ds = load_dataset(root, masks="lung")
+    assert ds.metadata_columns == []
+    notes = ds.describe()["notes"]
+    assert "COVID.metadata.xlsx not read: install openpyxl (or save it as CSV)" in notes and len(notes) == 4
+
+
+def test_xlsx_spreadsheets_read_with_openpyxl(tmp_path: Path) -> None:
+    openpyxl = pytest.importorskip("openpyxl", reason="openpyxl is optional: .xlsx metadata is read only with it")
+    root = _database(tmp_path / "db", per_class=1)
+    for csv in root.glob("*.metadata.csv"):
+        book = openpyxl.Workbook()
+        for line in csv.read_text().splitlines():
+            book.active.append(line.split(","))
+        book.save(csv.with_suffix(".xlsx"))
+        csv.unlink()
+    ds = load_dataset(root, masks="lung")
+    assert ds.metadata_columns == ["FORMAT", "SIZE", "URL"] and ds.describe()["notes"] == []
