@@ -29,13 +29,37 @@ def _studies_arg(text: str) -> list[str]:
     return [s.strip() for s in text.split(",") if s.strip()]
 
 
+def _add_class_options(p: argparse.ArgumentParser, *, masks: bool = True) -> None:
+    """--class-map, --exclude-class, --merge-classes (audit and train) and --masks (audit)."""
+    p.add_argument("--class-map", dest="class_map", action="append", default=None, metavar="DATA=MODEL",
+                   help="rename a data class to the model's name, e.g. --class-map COVID=COVID-19 "
+                   "(repeatable; added to the config's [classes] table)")
+    p.add_argument("--exclude-class", dest="exclude_classes", action="append", default=None,
+                   metavar="CLASS", help="set a data class aside as out of scope, e.g. "
+                   "--exclude-class Lung_Opacity (repeatable; counted in results.json and the report)")
+    p.add_argument("--merge-classes", action="store_true", default=None,
+                   help="allow --class-map to send two data classes to one model class")
+    if not masks:
+        return
+    p.add_argument("--masks", choices=["lesion", "lung", "none"], default=None,
+                   help="what the data's masks/ files are: lesion masks (default), lung-field "
+                   "masks (the COVID-19 Radiography Database) or none (ignored)")
+
+
+def _class_map(a: argparse.Namespace) -> dict[str, str] | None:
+    from robustkit.data.classes import parse_class_map
+
+    return parse_class_map(a.class_map) if a.class_map else None
+
+
 def _add_phantom(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "phantom",
         parents=[_COMMON],
         help="write a procedural chest X-ray phantom dataset",
         description="Write a folder-per-class chest X-ray phantom (COVID-19/, NORMAL/, Viral Pneumonia/) "
-        "with a masks/ tree of lesion masks. Deterministic by seed.",
+        "with a masks/ tree of lesion masks and a lung_masks/ tree of lung-field masks. "
+        "Deterministic by seed.",
     )
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--per-class", type=int, default=100, help="images per class (default 100)")
@@ -76,6 +100,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-augment", dest="augment", action="store_false",
                    help="train without the recipe's augmentation (rotation, shifts, zoom)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    _add_class_options(p, masks=False)
     p.set_defaults(func=_cmd_train)
 
 
@@ -84,7 +109,9 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
     res = train(a.data, a.out, arch=a.arch, input_size=a.input_size, epochs=a.epochs,
                 batch_size=a.batch_size, weights=a.weights, seed=a.seed,
-                learning_rate=a.learning_rate, augment=a.augment, quiet=a.quiet)
+                learning_rate=a.learning_rate, augment=a.augment, quiet=a.quiet,
+                class_map=_class_map(a), exclude_classes=a.exclude_classes or (),
+                merge_classes=bool(a.merge_classes))
     print(res.checkpoint)
     return 0
 
@@ -110,6 +137,7 @@ def _add_audit_options(p: argparse.ArgumentParser) -> None:
                    help="saliency: the layer Grad-CAM explains (default: the last 4-D feature map)")
     p.add_argument("--layers", type=_studies_arg, default=None,
                    help="saliency: comma-separated layers for the activation-map panel")
+    _add_class_options(p)
 
 
 def _add_audit(sub: argparse._SubParsersAction) -> None:
@@ -157,7 +185,8 @@ def _cmd_audit(a: argparse.Namespace) -> int:
                    reference=a.reference, trust_model=a.trust_model, on_bad_input=a.on_bad_input,
                    input_scale=a.input_scale, engine=a.engine, ray_address=a.ray_address, workers=a.workers,
                    cpus_per_worker=a.cpus_per_worker, gpus_per_worker=a.gpus_per_worker,
-                   output=a.output)
+                   output=a.output, class_map=_class_map(a),
+                   exclude_classes=a.exclude_classes, masks=a.masks, merge_classes=a.merge_classes)
     return _finish(result, a.out)
 
 

@@ -6,6 +6,12 @@ profile = "quick"             # quick | standard | full
 limit = 300                   # audit a seeded, stratified subsample of this size
 batch_size = 32
 studies = ["clean", "noise"]  # default: every available study
+masks = "lung"                # what the data's masks/ files are: lesion | lung | none
+exclude_classes = ["Lung_Opacity"]  # data classes set aside (out of scope)
+
+[classes]                     # data class name -> model class name
+COVID = "COVID-19"
+Normal = "NORMAL"
 
 [noise]                       # overrides of one study's config
 max_samples = 100
@@ -35,7 +41,10 @@ else:  # pragma: no cover
 
 __all__ = ["AuditConfig", "load_config", "parse_setting", "read_toml"]
 
-_TOP_KEYS = {"seed", "profile", "limit", "batch_size", "studies"}
+_TOP_KEYS = {"seed", "profile", "limit", "batch_size", "studies", "masks", "exclude_classes",
+             "merge_classes"}
+_CLASSES = "classes"
+_MASK_KINDS = ("lesion", "lung", "none")
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,10 @@ class AuditConfig:
     studies: tuple[str, ...] | None = None
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     engine: dict[str, Any] = field(default_factory=dict)
+    class_map: dict[str, str] = field(default_factory=dict)
+    exclude_classes: tuple[str, ...] = ()
+    merge_classes: bool = False
+    masks: str | None = None
 
     def validate(self) -> None:
         check_range("seed", self.seed, low=0, integer=True)
@@ -59,6 +72,14 @@ class AuditConfig:
         if self.batch_size is not None:
             check_range("batch_size", self.batch_size, low=1, integer=True)
         _check_engine(self.engine)
+        if self.masks is not None and self.masks not in _MASK_KINDS:
+            raise param_error("masks", "one of " + ", ".join(map(repr, _MASK_KINDS)), self.masks)
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.class_map.items()):
+            raise param_error("classes", "a table of data class = \"model class\" strings", self.class_map)
+        if not all(isinstance(c, str) and c for c in self.exclude_classes):
+            raise param_error("exclude_classes", "a list of class names", list(self.exclude_classes))
+        if not isinstance(self.merge_classes, bool):
+            raise param_error("merge_classes", "true or false", self.merge_classes)
 
     def merged(self, **cli: Any) -> AuditConfig:
         """A copy with the non-None command-line values taking precedence (``engine``: per key)."""
@@ -68,6 +89,10 @@ class AuditConfig:
             values["engine"] = {**self.engine, **engine}
         if "studies" in values:
             values["studies"] = tuple(values["studies"])
+        if "exclude_classes" in values:
+            values["exclude_classes"] = tuple(values["exclude_classes"])
+        if "class_map" in values:
+            values["class_map"] = {**self.class_map, **values["class_map"]}
         cfg = AuditConfig(**{**self.__dict__, **values})
         cfg.validate()
         return cfg
@@ -111,6 +136,7 @@ def load_config(source: str | Path | dict[str, Any] | None) -> AuditConfig:
     from robustkit.studies import available
 
     known = set(available())
+    class_map = raw.pop(_CLASSES, {}) if isinstance(raw.get(_CLASSES), dict) else {}
     top = {k: v for k, v in raw.items() if not isinstance(v, dict)}
     tables = {k: v for k, v in raw.items() if isinstance(v, dict) and k != "engine"}
     engine = raw.get("engine", {})
@@ -122,7 +148,7 @@ def load_config(source: str | Path | dict[str, Any] | None) -> AuditConfig:
                               f"or a [study] table ({', '.join(sorted(known))}).")
     for key in tables:
         if key not in known:
-            raise ConfigError(f"{where}Unknown study table [{key}]; expected one of {', '.join(sorted(known))}.")
+            raise ConfigError(f"{where}Unknown study table [{key}]; expected [classes] or one of {', '.join(sorted(known))}.")
     studies = top.get("studies")
     if studies is not None and (not isinstance(studies, list) or not all(isinstance(s, str) for s in studies)):
         raise param_error("studies", "a list of study names", studies)
@@ -135,11 +161,21 @@ def load_config(source: str | Path | dict[str, Any] | None) -> AuditConfig:
             studies=tuple(studies) if studies is not None else None,
             overrides={k: dict(v) for k, v in tables.items()},
             engine=dict(engine),
+            class_map=dict(class_map),
+            exclude_classes=_names(top.get("exclude_classes", [])),
+            merge_classes=top.get("merge_classes", False),
+            masks=top.get("masks"),
         )
         cfg.validate()
     except ConfigError as exc:
         raise ConfigError(f"{where}{exc}") from exc
     return cfg
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+        raise param_error("exclude_classes", "a list of class names", value)
+    return tuple(value)
 
 
 def parse_setting(text: str) -> tuple[str, str, Any]:

@@ -42,6 +42,7 @@ __all__ = [
 SCHEMA_VERSION = "1.0"
 RESULTS_FILE = "results.json"
 RECORDS_FILE = "records.npz"
+METADATA_PREFIX = "metadata/"
 
 CheckStatus = Literal["pass", "warn", "fail"]
 Direction = Literal["higher", "lower", "none"]
@@ -151,6 +152,8 @@ class AuditResult:
     robustkit_version: str = ""
     created: str = ""
     seconds: float = 0.0
+    #: per-sample metadata columns of the dataset (``records.npz`` keys ``metadata/<column>``)
+    metadata: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def metric(self, name: str) -> float:
         """Return one metric by its full dotted name, e.g. ``clean.accuracy``."""
@@ -196,6 +199,7 @@ class AuditResult:
 
     def record_arrays(self) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {"ids": np.asarray(self.ids), "labels": np.asarray(self.labels)}
+        out.update({f"{METADATA_PREFIX}{k}": np.asarray(v) for k, v in self.metadata.items()})
         for s, r in self.studies.items():
             for k, v in r.records.items():
                 out[f"{s}/{k}"] = np.asarray(v)
@@ -315,4 +319,5 @@ def load_results(path: str | Path) -> AuditResult:
         robustkit_version=obj.get("robustkit_version", ""),
         created=obj.get("created", ""),
         seconds=float(obj.get("seconds", 0.0)),
+        metadata={k[len(METADATA_PREFIX):]: v for k, v in arrays.items() if k.startswith(METADATA_PREFIX)},
     )

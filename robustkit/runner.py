@@ -79,6 +79,13 @@ def _align(model: ModelAdapter, data: Dataset) -> Dataset:
     return data.with_class_order(list(model.class_names))
 
 
+def _load_data(data: str | Path, cfg: AuditConfig, on_bad_input: str) -> Dataset:
+    """Load the dataset with the config's class map, excluded classes and mask kind."""
+    return load_dataset(data, on_bad_input=on_bad_input, class_map=cfg.class_map,
+                        exclude_classes=cfg.exclude_classes, merge_classes=cfg.merge_classes,
+                        masks=cfg.masks)
+
+
 def _previous(out: Path | None, fresh: bool, model: ModelAdapter, data: Dataset, seed: int) -> AuditResult | None:
     if out is None or fresh or not (out / RESULTS_FILE).is_file():
         return None
@@ -120,6 +127,10 @@ def audit(
     cpus_per_worker: float | None = None,
     gpus_per_worker: float | None = None,
     output: str | None = None,
+    class_map: Mapping[str, str] | None = None,
+    exclude_classes: list[str] | tuple[str, ...] | None = None,
+    masks: str | None = None,
+    merge_classes: bool | None = None,
 ) -> AuditResult:
     """Audit a classifier and return (and, with ``out``, write) the :class:`AuditResult`.
 
@@ -152,6 +163,12 @@ def audit(
         output: the model's output kind (``softmax``, ``sigmoid``, ``multilabel``, ``logits``);
             default: its ``.meta.json``, else detected from the final layer. ``multilabel`` is
             recognised but refused for now.
+        class_map: ``{data class: model class}`` renames applied before the class check
+            (added to the config's ``[classes]``).
+        exclude_classes: data classes set aside as the out-of-scope set (counted in
+            ``results.json``'s dataset block).
+        masks: what the data's ``masks`` files are: ``lesion``, ``lung`` or ``none``.
+        merge_classes: allow ``class_map`` to send two data classes to one model class.
 
     Example:
         >>> result = audit("demo.keras", "data/phantom", profile="quick", out="reports/a")  # doctest: +SKIP
@@ -160,7 +177,9 @@ def audit(
     cfg = config if isinstance(config, AuditConfig) else load_config(config)  # type: ignore[arg-type]
     cfg = cfg.merged(seed=seed, profile=profile, limit=limit, batch_size=batch_size, studies=studies,
                      engine={"name": engine, "address": ray_address, "workers": workers,
-                             "cpus_per_worker": cpus_per_worker, "gpus_per_worker": gpus_per_worker})
+                             "cpus_per_worker": cpus_per_worker, "gpus_per_worker": gpus_per_worker},
+                     class_map=dict(class_map) if class_map else None, exclude_classes=exclude_classes,
+                     masks=masks, merge_classes=merge_classes)
     ray_options = _ray_options(cfg)
     plan = plan_studies(cfg)
     adapter = model if isinstance(model, ModelAdapter) else load_model(
@@ -169,7 +188,7 @@ def audit(
     _check_output_kind(adapter, output)
     if cfg.batch_size:
         adapter.batch_size = cfg.batch_size
-    dataset = data if isinstance(data, Dataset) else load_dataset(data, on_bad_input=on_bad_input)
+    dataset = data if isinstance(data, Dataset) else _load_data(data, cfg, on_bad_input)
     dataset = _align(adapter, dataset)
     if cfg.limit is not None:
         dataset = dataset.subsample(cfg.limit, seed=cfg.seed)
@@ -303,6 +322,7 @@ def _new_result(model: ModelAdapter, data: Dataset, cfg: AuditConfig, plan: list
         labels=np.asarray(data.labels, dtype=np.int64),
         class_names=list(model.class_names),
         robustkit_version=__version__,
+        metadata=data.metadata,
         created=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
     )
 

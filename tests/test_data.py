@@ -579,9 +579,9 @@ def test_bomb_in_dataset(tmp_path: Path) -> None:
 
 def test_mask_size_mismatch_names_both_files(tmp_path: Path) -> None:
     root = _folder(tmp_path / "d", {"a": 1, "b": 1})
-    _save(root / "masks" / "a" / "a_0000.png", _gray(255, (4, 4)))
+    _save(root / "masks" / "a" / "a_0000.png", _gray(255, (4, 6)))  # another aspect ratio
     with pytest.raises(
-        DataError, match=r"masks/a/a_0000\.png: .*its image .*a/a_0000\.png \(8x8\), got 4x4"
+        DataError, match=r"masks/a/a_0000\.png: .*its image .*a/a_0000\.png \(8x8\).*, got 6x4"
     ):
         load_dataset(root)
     ds = load_dataset(root, validate=False)  # found when the mask is loaded

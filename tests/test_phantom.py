@@ -71,7 +71,7 @@ def test_layout_masks_and_metadata(dataset) -> None:
     meta = json.loads((dataset / "phantom.json").read_text(encoding="utf-8"))
     assert meta["seed"] == 3 and meta["size"] == 48 and meta["per_class"] == 4
     assert meta["class_names"] == list(CLASS_NAMES) and meta["shortcut"] is False
-    assert sorted(p.name for p in dataset.iterdir() if p.is_dir()) == sorted([*CLASS_NAMES, "masks"])
+    assert sorted(p.name for p in dataset.iterdir() if p.is_dir()) == sorted([*CLASS_NAMES, "lung_masks", "masks"])
     for name in CLASS_NAMES:
         images = sorted(p.name for p in (dataset / name).iterdir())
         assert images == [f"{name}_{i:04d}.png" for i in range(4)]
@@ -89,6 +89,20 @@ def test_files_match_render_case(dataset) -> None:
     img = _read(dataset / "Viral Pneumonia" / "Viral Pneumonia_0001.png")[2]
     mask = _read(dataset / "masks" / "Viral Pneumonia" / "Viral Pneumonia_0001.png")[2]
     assert np.array_equal(img, case.image) and np.array_equal(mask > 0, case.mask)
+    lungs = _read(dataset / "lung_masks" / "Viral Pneumonia" / "Viral Pneumonia_0001.png")[2]
+    assert set(np.unique(lungs)) == {0, 255} and np.array_equal(lungs > 0, case.lungs)
+    assert not (case.mask & ~case.lungs).any()  # lesions lie inside the lung fields
+
+
+def test_phantom_loads_both_mask_kinds(dataset) -> None:
+    from robustkit.data.dataset import load_dataset
+
+    ds = load_dataset(dataset)
+    assert ds.has_masks and ds.has_lung_masks
+    lungs = ds.load_masks(range(len(ds)), size=(48, 48), kind="lung")
+    lesions = ds.load_masks(range(len(ds)), size=(48, 48))
+    assert lungs.reshape(len(ds), -1).any(axis=1).all()  # every case has lung fields
+    assert not (lesions & ~lungs).any()
 
 
 @pytest.mark.parametrize("size", [32, 64, 200, 512])

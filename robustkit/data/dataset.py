@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from robustkit.data.classes import apply_class_map, suggest_class_map
 from robustkit.data.imageio import (
     IMAGE_SUFFIXES,
     _bad,
@@ -47,7 +48,7 @@ from robustkit.data.imageio import (
     _probe,
     read_image,
 )
-from robustkit.data.layouts import _check_nonempty, _filter_bad, scan_layout
+from robustkit.data.layouts import MASK_KINDS, _check_nonempty, _filter_bad, scan_layout
 from robustkit.errors import check_choice, check_range, param_error
 
 __all__ = [
@@ -74,12 +75,16 @@ class Sample:
         path: Where the image is.
         label: Index into the dataset's ``class_names``.
         mask_path: The lesion mask of the image, if there is one.
+        lung_mask_path: The lung-field mask of the image, if there is one.
+        metadata: ``(column, value)`` pairs (site, view, sex, age, ...); numbers stay numbers.
     """
 
     id: str
     path: Path
     label: int
     mask_path: Path | None = None
+    lung_mask_path: Path | None = None
+    metadata: tuple[tuple[str, Any], ...] = ()
 
 
 def _sha256(path: Path) -> str:
@@ -140,6 +145,11 @@ class Dataset:
             for manifests).
         skipped: ``(relative path, reason)`` of the files dropped with ``on_bad_input="skip"``.
         format: ``"folder"`` or ``"manifest"``.
+        out_of_scope: The samples of the excluded classes (``exclude_classes``), labelled in
+            their own classes, kept for studies of inputs outside the model's classes; None
+            when no class was excluded.
+        class_map: The data-to-model class renames applied (``{data name: model name}``).
+        notes: What was seen but not used (a spreadsheet that could not be read ...).
     """
 
     def __init__(
@@ -152,6 +162,9 @@ class Dataset:
         skipped: Sequence[tuple[str, str]] = (),
         max_pixels: int = 100_000_000,
         cache_bytes: int | None = None,
+        out_of_scope: Dataset | None = None,
+        class_map: dict[str, str] | None = None,
+        notes: Sequence[str] = (),
         _store: _Store | None = None,
     ) -> None:
         self.root = Path(root)
@@ -160,6 +173,9 @@ class Dataset:
         self.format = format
         self.skipped = list(skipped)
         self.max_pixels = max_pixels
+        self.out_of_scope = out_of_scope
+        self.class_map = dict(class_map or {})
+        self.notes = list(notes)
         self._store = _store or _Store(CACHE_BYTES if cache_bytes is None else cache_bytes)
 
     def __len__(self) -> int:
@@ -183,16 +199,48 @@ class Dataset:
         """Whether any sample has a lesion mask."""
         return any(s.mask_path is not None for s in self.samples)
 
+    @property
+    def has_lung_masks(self) -> bool:
+        """Whether any sample has a lung-field mask."""
+        return any(s.lung_mask_path is not None for s in self.samples)
+
+    @property
+    def metadata_columns(self) -> list[str]:
+        """The per-sample metadata columns (every sample has every column)."""
+        return [k for k, _ in self.samples[0].metadata] if self.samples else []
+
+    @property
+    def metadata(self) -> dict[str, np.ndarray]:
+        """Per-sample metadata ``{column: (N,) array}`` (int64, float64 or str)."""
+        out: dict[str, np.ndarray] = {}
+        for j, col in enumerate(self.metadata_columns):
+            out[col] = np.asarray([s.metadata[j][1] for s in self.samples])
+        return out
+
+    @property
+    def n_excluded(self) -> int:
+        """Samples of the excluded classes (kept in ``out_of_scope``)."""
+        return 0 if self.out_of_scope is None else len(self.out_of_scope)
+
     @cached_property
     def fingerprint(self) -> str:
         """sha256 hex of the content: ids, labels, image and mask bytes, class names, and the
         relative paths of the files skipped as unreadable (so a skip shows in the fingerprint)."""
         store = self._store
         rows = sorted(
-            (s.id, s.label, store.sha256(s.path), store.sha256(s.mask_path) if s.mask_path else "")
+            (
+                s.id,
+                s.label,
+                store.sha256(s.path),
+                store.sha256(s.mask_path) if s.mask_path else "",
+                store.sha256(s.lung_mask_path) if s.lung_mask_path else "",
+                [[k, v] for k, v in s.metadata],
+            )
             for s in self.samples
         )
         content: dict[str, Any] = {"class_names": self.class_names, "samples": rows}
+        if self.out_of_scope is not None:
+            content["out_of_scope"] = self.out_of_scope.fingerprint
         if self.skipped:
             content["skipped"] = sorted(path for path, _ in self.skipped)
         payload = json.dumps(content, separators=(",", ":"))
@@ -208,6 +256,9 @@ class Dataset:
             format=self.format,
             skipped=self.skipped,
             max_pixels=self.max_pixels,
+            out_of_scope=self.out_of_scope,
+            class_map=self.class_map,
+            notes=self.notes,
             _store=self._store,
         )
 
@@ -306,31 +357,56 @@ class Dataset:
             self._store.sizes[path] = _probe(path, self.max_pixels)
         return self._store.sizes[path]
 
-    def _mask(self, sample: Sample, size: tuple[int, int]) -> np.ndarray:
-        if sample.mask_path is None:
+    def _mask(self, sample: Sample, size: tuple[int, int], kind: str) -> np.ndarray:
+        path = sample.lung_mask_path if kind == "lung" else sample.mask_path
+        if path is None:
             return np.zeros(size, dtype=bool)
-        key = (sample.mask_path, size, 0)
+        key = (path, size, 0)
         cached = self._store.images.get(key)
         if cached is not None:
             return cached
-        mask = read_image(sample.mask_path, max_pixels=self.max_pixels)
-        _check_mask_shape(
-            sample.path, self._image_shape(sample.path), sample.mask_path, mask.shape[:2]
-        )
-        out = _mask_to_bool(mask, size)
+        mask = read_image(path, max_pixels=self.max_pixels)
+        image_hw = self._image_shape(sample.path)
+        self._store.sizes[path] = mask.shape[:2]
+        resize = _check_mask_shape(sample.path, image_hw, path, mask.shape[:2])
+        out = _mask_to_bool(mask, size, image_hw if resize else None)
         self._store.put(key, out)
         return out
 
     def load_masks(
-        self, indices: Iterable[int] | np.ndarray, *, size: tuple[int, int]
+        self, indices: Iterable[int] | np.ndarray, *, size: tuple[int, int], kind: str = "lesion"
     ) -> np.ndarray:
-        """Lesion masks resized to ``size``: bool (n, H, W), all False where a sample has none."""
+        """Masks resized to ``size``: bool (n, H, W), all False where a sample has none.
+
+        Args:
+            indices: Sample positions.
+            size: Target (H, W).
+            kind: ``"lesion"`` or ``"lung"`` (lung fields). A mask of another size than its
+                image but the same aspect ratio is resized to the image by nearest neighbour
+                first (see :meth:`mask_resizes`).
+        """
         size = _check_size(size)
+        check_choice("kind", kind, ("lesion", "lung"), where="Dataset.load_masks")
         idx = self._indices(indices)
         out = np.zeros((len(idx), size[0], size[1]), dtype=bool)
         for row, i in enumerate(idx):
-            out[row] = self._mask(self.samples[i], size)
+            out[row] = self._mask(self.samples[i], size, kind)
         return out
+
+    def mask_resizes(self) -> dict[str, int]:
+        """How many masks are resized to their image, keyed ``"<mask WxH> -> <image WxH>"``
+        (the report says so once)."""
+        counts: dict[str, int] = {}
+        for s in self.samples:
+            for path in (s.mask_path, s.lung_mask_path):
+                if path is None:
+                    continue
+                mh, mw = self._image_shape(path)
+                ih, iw = self._image_shape(s.path)
+                if (mh, mw) != (ih, iw):
+                    key = f"{mw}x{mh} -> {iw}x{ih}"
+                    counts[key] = counts.get(key, 0) + 1
+        return counts
 
     def batches(
         self,
@@ -361,8 +437,17 @@ class Dataset:
             "class_names": list(self.class_names),
             "class_counts": self.class_counts(),
             "has_masks": self.has_masks,
+            "has_lung_masks": self.has_lung_masks,
             "fingerprint": self.fingerprint,
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+            "class_map": dict(self.class_map),
+            "n_excluded": self.n_excluded,
+            "excluded_counts": (
+                self.out_of_scope.class_counts() if self.out_of_scope is not None else {}
+            ),
+            "metadata_columns": self.metadata_columns,
+            "mask_resized": self.mask_resizes(),
+            "notes": list(self.notes),
         }
 
     def with_class_order(self, class_names: Sequence[str]) -> Dataset:
@@ -442,7 +527,12 @@ def _resolve_classes(found: Sequence[str], given: Sequence[str] | None, where: P
         parts = ([f"missing from the data: {missing}"] if missing else []) + (
             [f"not in class_names: {extra}"] if extra else []
         )
-        raise _bad(where, f"expected the classes {given}, got {list(found)} ({'; '.join(parts)}).")
+        hint = suggest_class_map(extra, missing)
+        raise _bad(
+            where,
+            f"expected the classes {given}, got {list(found)} ({'; '.join(parts)})"
+            + (f"; did you mean {hint}?" if hint else "."),
+        )
     return given
 
 
@@ -453,31 +543,45 @@ def load_dataset(
     on_bad_input: str = "fail",
     max_pixels: int = 100_000_000,
     validate: bool = True,
+    class_map: dict[str, str] | None = None,
+    exclude_classes: Sequence[str] = (),
+    merge_classes: bool = False,
+    masks: str | None = None,
 ) -> Dataset:
     """Find, check and index a labelled image dataset (images are decoded lazily).
 
     Args:
-        path: A folder with one subfolder per class (plus optional ``masks``), or a CSV
-            manifest with the columns ``path,label[,mask]``.
-        class_names: The classes the data must have, in this order (e.g. the model's).
-            Default: sorted folder names or sorted unique labels.
+        path: A folder with one subfolder per class (plus optional ``masks`` and
+            ``lung_masks``), or a CSV manifest with the columns ``path,label[,mask,mask_kind]``
+            and any metadata columns.
+        class_names: The classes the data must have (after ``class_map``), in this order
+            (e.g. the model's). Default: sorted folder names or sorted unique labels.
         on_bad_input: ``"fail"`` raises on the first unreadable file; ``"skip"`` drops it
             and records it in ``Dataset.skipped``.
         max_pixels: Largest width * height accepted for one image.
         validate: Open every image's header (and check PNG CRCs, mask sizes) up front.
+        class_map: ``{data class: model class}`` renames, applied before the class check.
+        exclude_classes: Data classes set aside as ``Dataset.out_of_scope``.
+        merge_classes: Allow ``class_map`` to send two data classes to one class.
+        masks: What the ``masks`` files are: ``"lesion"`` (default), ``"lung"`` or ``"none"``.
 
     Returns:
         The dataset, samples ordered by (class, id) for a folder, by row for a manifest.
 
     Raises:
         DataError: missing root, no class folders, an empty class, duplicate ids, a
-            class-name mismatch, or (with ``"fail"``) an unreadable image or mask.
+            class-name mismatch (suggesting a class map), a bad metadata column, masks of
+            another aspect ratio, or (with ``"fail"``) an unreadable image or mask.
+        ConfigError: a class map or exclusion naming a class the data does not have.
     """
     check_choice("on_bad_input", on_bad_input, ("fail", "skip"), where="load_dataset")
     check_range("max_pixels", max_pixels, low=1, integer=True, where="load_dataset")
+    if masks is not None:
+        check_choice("masks", masks, MASK_KINDS, where="load_dataset")
     root = Path(path)
-    fmt, found, entries = scan_layout(root)
-    order = _resolve_classes(found, class_names, root)
+    fmt, found, entries, notes = scan_layout(root, masks=masks)
+    plan = apply_class_map(found, class_map, exclude=list(exclude_classes), merge=merge_classes)
+    order = _resolve_classes(plan.kept, class_names, root)
     store = _Store(CACHE_BYTES)
     entries, skipped = _filter_bad(
         entries,
@@ -486,12 +590,31 @@ def load_dataset(
         skip=on_bad_input == "skip",
         sizes=store.sizes,
     )
-    _check_nonempty(root, order, entries)
+    inside = [e for e in entries if e.label in plan.rename]
+    outside = [e for e in entries if e.label not in plan.rename]
+    _check_nonempty(root, order, [replace(e, label=plan.rename[e.label]) for e in inside])
+    base = root if fmt == "folder" else root.parent
+    oos = (
+        Dataset(base, plan.excluded, _samples(outside, plan.excluded, None, fmt), format=fmt,
+                skipped=skipped, max_pixels=max_pixels, notes=notes, _store=store)
+        if plan.excluded else None
+    )
+    renames = {k: v for k, v in plan.rename.items() if k != v}
+    return Dataset(
+        base, order, _samples(inside, order, plan.rename, fmt), format=fmt, skipped=skipped,
+        max_pixels=max_pixels, notes=notes, out_of_scope=oos, class_map=renames, _store=store,
+    )
+
+
+def _samples(
+    entries: Sequence[Any], order: Sequence[str], rename: dict[str, str] | None, fmt: str
+) -> list[Sample]:
     index = {name: i for i, name in enumerate(order)}
-    samples = [Sample(e.id, e.path, index[e.label], e.mask_path) for e in entries]
+    samples = [
+        Sample(e.id, e.path, index[rename[e.label] if rename else e.label], e.mask_path,
+               e.lung_mask_path, e.metadata)
+        for e in entries
+    ]
     if fmt == "folder":
         samples.sort(key=lambda s: (s.label, s.id))
-    base = root if fmt == "folder" else root.parent
-    return Dataset(
-        base, order, samples, format=fmt, skipped=skipped, max_pixels=max_pixels, _store=store
-    )
+    return samples

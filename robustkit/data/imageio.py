@@ -6,6 +6,19 @@ MONOCHROME2). The pixel count is checked from the header before decoding (decomp
 bombs). Images are returned in pixel space: float32 in [0, 1]. Every failure raises
 :class:`~robustkit.errors.DataError` naming the file and the problem.
 
+Compressed DICOM (how hospitals export radiographs) decodes through the ``dicom`` extra,
+``pip install "robustkit[dicom]"``: the pylibjpeg family (``pylibjpeg``,
+``pylibjpeg-libjpeg`` for JPEG Baseline/Extended, JPEG Lossless Process 14 and JPEG-LS,
+``pylibjpeg-openjpeg`` for JPEG 2000, ``pylibjpeg-rle`` for a faster RLE); deflated and
+RLE also decode with pydicom alone. The pylibjpeg family was chosen over python-gdcm
+because it is maintained by pydicom's own developers as pydicom's decoder plug-ins (the
+same ``pydicom.pixels`` decoder interface, versioned with pydicom 3), ships binary wheels
+for every platform robustkit supports, is MIT-licensed, small (no whole DICOM toolkit
+pulled in) and returns pixels through pydicom's own handling of photometric
+interpretation, bits stored and signedness, so a compressed file and its uncompressed
+twin give identical arrays. Without the extra, a compressed file raises a DataError that
+names the transfer syntax and the install command.
+
 Example:
     >>> img = read_image("scan.dcm")                              # doctest: +SKIP
     >>> img.dtype, float(img.min()) >= 0.0, float(img.max()) <= 1.0  # doctest: +SKIP
@@ -224,7 +237,8 @@ def _open_dicom(path: Path, max_pixels: int) -> Any:
         if not available:
             raise _bad(
                 path,
-                f"expected a DICOM transfer syntax pydicom can decode, got {uid.name} ({uid}) with no decoder installed.",
+                f"expected a DICOM transfer syntax pydicom can decode, got {uid.name} ({uid}) with no "
+                f"decoder installed; install one with: pip install \"robustkit[dicom]\"",
             )
         _check_pixels(path, int(ds.get("Columns", 0)), int(ds.get("Rows", 0)), max_pixels)
     return ds
@@ -335,21 +349,47 @@ def _fit(img: np.ndarray, size: tuple[int, int], channels: int) -> np.ndarray:
     return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
 
 
-def _mask_to_bool(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A decoded mask (any positive value marks a lesion, relative to its maximum) -> bool (H, W)."""
+def _nearest(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of one (h, w) plane to (H, W) (labels stay labels)."""
+    if plane.shape == tuple(size):
+        return plane
+    rows = ((np.arange(size[0]) + 0.5) * plane.shape[0] / size[0]).astype(np.intp)  # pixel centres,
+    cols = ((np.arange(size[1]) + 0.5) * plane.shape[1] / size[1]).astype(np.intp)  # as PIL's NEAREST
+    return plane[rows[:, None], cols[None, :]]
+
+
+def _mask_to_bool(
+    mask: np.ndarray, size: tuple[int, int], image_hw: tuple[int, int] | None = None
+) -> np.ndarray:
+    """A decoded mask (any positive value marks a region, relative to its maximum) -> bool (H, W).
+
+    A mask of another size than its image (``image_hw``, same aspect ratio) is first resized
+    to the image by nearest neighbour, as the image itself would be.
+    """
     if mask.ndim == 3:
         mask = mask.max(axis=2)
     peak = float(mask.max(initial=0.0))
     binary = (mask > 0.5 * peak).astype(np.float32) if peak > 0 else np.zeros_like(mask)
+    if image_hw is not None:
+        binary = _nearest(binary, image_hw)
     return _resize_plane(binary, size) >= 0.5
 
 
 def _check_mask_shape(
     image: Path, image_hw: tuple[int, int], mask: Path, mask_hw: tuple[int, int]
-) -> None:
-    if tuple(image_hw) != tuple(mask_hw):
+) -> bool:
+    """Whether the mask must be resized to its image (same aspect ratio, another size).
+
+    Raises:
+        DataError: naming both files when the aspect ratios differ.
+    """
+    (ih, iw), (mh, mw) = image_hw, mask_hw
+    if (ih, iw) == (mh, mw):
+        return False
+    if ih * mw != iw * mh:
         raise _bad(
             mask,
-            f"expected a mask of the size of its image {image} ({image_hw[1]}x{image_hw[0]}), "
-            f"got {mask_hw[1]}x{mask_hw[0]}.",
+            f"expected a mask of the size of its image {image} ({iw}x{ih}) or of the same "
+            f"aspect ratio, got {mw}x{mh}.",
         )
+    return True

@@ -20,17 +20,23 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from robustkit.data.imageio import IMAGE_SUFFIXES, _bad, _check_file, _check_mask_shape, _probe
-from robustkit.errors import DataError
+from robustkit.data.metadata import META_KEY, read_table, sidecar_tables, typed_columns
+from robustkit.errors import DataError, check_choice
 
-__all__ = ["scan_layout"]
+__all__ = ["MASK_KINDS", "scan_layout"]
 
 _MASKS = "masks"
+_LUNG_MASKS = "lung_masks"
 _IMAGES = "images"
+_RESERVED = ("path", "label", "mask", "mask_kind")
+
+#: What a ``masks`` folder or column holds: lesion masks, lung-field masks, or nothing to read.
+MASK_KINDS = ("lesion", "lung", "none")
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,9 @@ class _Entry:
     label: str
     mask_path: Path | None
     rel: str
+    lung_mask_path: Path | None = None
+    metadata: tuple[tuple[str, Any], ...] = ()
+    mask_kind: str = ""
 
 
 def _hidden(name: str) -> bool:
@@ -76,14 +85,18 @@ def _mask_index(folder: Path) -> dict[str, Path]:
 
 def _class_folders(root: Path) -> list[Path]:
     folders = [
-        p for p in root.iterdir() if p.is_dir() and not _hidden(p.name) and p.name.lower() != _MASKS
+        p
+        for p in root.iterdir()
+        if p.is_dir() and not _hidden(p.name) and p.name.lower() not in (_MASKS, _LUNG_MASKS)
     ]
     if not folders:
         raise _bad(root, "expected class folders (one subfolder of images per class), got none.")
     return sorted(folders, key=lambda p: p.name)
 
 
-def _scan_class(root: Path, folder: Path, root_masks: dict[str, Path]) -> list[_Entry]:
+def _scan_class(
+    root: Path, folder: Path, root_masks: dict[str, Path], lung_masks: dict[str, Path]
+) -> list[_Entry]:
     image_dir = folder / _IMAGES if (folder / _IMAGES).is_dir() else folder
     local_dir = folder / _MASKS
     local_masks = _mask_index(local_dir)
@@ -91,17 +104,56 @@ def _scan_class(root: Path, folder: Path, root_masks: dict[str, Path]) -> list[_
     for path in _walk_images(image_dir, skip=local_dir):
         sid = _stem_key(path, root)
         mask = root_masks.get(sid) or local_masks.get(_stem_key(path, image_dir))
-        entries.append(_Entry(sid, path, folder.name, mask, path.relative_to(root).as_posix()))
+        rel = path.relative_to(root).as_posix()
+        entries.append(_Entry(sid, path, folder.name, mask, rel, lung_masks.get(sid)))
     if not entries:
         raise _bad(folder, f"expected at least one image in class {folder.name!r}, got none.")
     return entries
 
 
-def _scan_folder(root: Path) -> tuple[list[str], list[_Entry]]:
+def _scan_folder(root: Path) -> tuple[list[str], list[_Entry], list[str]]:
     folders = _class_folders(root)
     root_masks = _mask_index(root / _MASKS)
-    entries = [e for folder in folders for e in _scan_class(root, folder, root_masks)]
-    return [f.name for f in folders], entries
+    lung_masks = _mask_index(root / _LUNG_MASKS)
+    entries = [e for folder in folders for e in _scan_class(root, folder, root_masks, lung_masks)]
+    names = [f.name for f in folders]
+    entries, notes = _join_sidecars(root, names, entries)
+    return names, entries, notes
+
+
+def _join_sidecars(
+    root: Path, classes: Sequence[str], entries: list[_Entry]
+) -> tuple[list[_Entry], list[str]]:
+    """Attach the rows of ``<class>.metadata.csv|xlsx`` to the images (by ``FILE NAME``)."""
+    tables, notes = sidecar_tables(root, classes)
+    if not tables:
+        return entries, notes
+    rows: list[dict[str, str]] = []
+    cache: dict[Path, dict[str, dict[str, str]]] = {}
+    for entry in entries:
+        table = tables.get(entry.label)
+        if table is None:
+            raise _bad(root, f"expected a metadata table for every class, got none for {entry.label!r} "
+                       f"(have {sorted(tables)}).")
+        rows.append(_sidecar_row(table, entry.path, cache))
+    columns = sorted({k for r in rows for k in r} - {META_KEY})
+    typed = typed_columns(rows, columns, where=root, line_of=lambda i: entries[i].rel)
+    return [replace(e, metadata=tuple(t.items())) for e, t in zip(entries, typed)], notes
+
+
+def _sidecar_row(
+    table: Path, image: Path, cache: dict[Path, dict[str, dict[str, str]]]
+) -> dict[str, str]:
+    if table not in cache:
+        rows = read_table(table)
+        if rows and META_KEY not in rows[0]:
+            raise _bad(table, f"expected a {META_KEY!r} column, got {sorted(rows[0])}.")
+        cache[table] = {r[META_KEY].lower(): r for r in rows if r.get(META_KEY)}
+    index = cache[table]
+    row = index.get(image.name.lower()) or index.get(image.stem.lower())
+    if row is None:
+        raise _bad(table, f"expected a row with {META_KEY} {image.stem!r} for {image}, got none.")
+    return row
 
 
 def _manifest_path(base: Path, value: str) -> tuple[Path, str]:
@@ -113,7 +165,7 @@ def _manifest_path(base: Path, value: str) -> tuple[Path, str]:
     return path, rel
 
 
-def _scan_manifest(csv_path: Path) -> tuple[list[str], list[_Entry]]:
+def _scan_manifest(csv_path: Path) -> tuple[list[str], list[_Entry], list[str]]:
     base = csv_path.parent
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as fh:
@@ -125,14 +177,21 @@ def _scan_manifest(csv_path: Path) -> tuple[list[str], list[_Entry]]:
                     f"expected a CSV header with the columns 'path' and 'label' (and optionally 'mask'), got {columns}.",
                 )
             reader.fieldnames = columns
-            entries = [_manifest_entry(csv_path, base, row, reader.line_num) for row in reader]
+            entries, rows, lines = [], [], []
+            for row in reader:
+                entries.append(_manifest_entry(csv_path, base, row, reader.line_num))
+                rows.append(row)
+                lines.append(reader.line_num)
     except (UnicodeDecodeError, csv.Error) as exc:
         raise _bad(
             csv_path, f"expected a UTF-8 CSV manifest, got {type(exc).__name__}: {exc}"
         ) from None
     if not entries:
         raise _bad(csv_path, "expected at least one row in the manifest, got none.")
-    return sorted({e.label for e in entries}), entries
+    meta = [c for c in columns if c not in _RESERVED]
+    typed = typed_columns(rows, meta, where=csv_path, line_of=lambda i: f"line {lines[i]}")
+    entries = [replace(e, metadata=tuple(t.items())) for e, t in zip(entries, typed)]
+    return sorted({e.label for e in entries}), entries, []
 
 
 def _manifest_entry(csv_path: Path, base: Path, row: dict[str, Any], line: int) -> _Entry:
@@ -146,7 +205,13 @@ def _manifest_entry(csv_path: Path, base: Path, row: dict[str, Any], line: int) 
     path, rel = _manifest_path(base, value)
     mask_value = (row.get("mask") or "").strip()
     mask = _manifest_path(base, mask_value)[0] if mask_value else None
-    return _Entry(Path(rel).with_suffix("").as_posix(), path, label, mask, rel)
+    kind = (row.get("mask_kind") or "").strip()
+    if kind and kind not in ("lesion", "lung"):
+        raise _bad(csv_path, f"expected mask_kind 'lesion' or 'lung' on line {line}, got {kind!r}.")
+    sid = Path(rel).with_suffix("").as_posix()
+    if kind == "lung":
+        return _Entry(sid, path, label, None, rel, mask, mask_kind=kind)
+    return _Entry(sid, path, label, mask, rel, None, mask_kind=kind)
 
 
 def _check_unique_ids(entries: Sequence[_Entry]) -> None:
@@ -166,13 +231,15 @@ def _validate_entry(
     """Raise DataError if the entry's image (or mask) is missing, unreadable or mismatched."""
     if not deep:
         _check_file(entry.path)
-        if entry.mask_path is not None:
-            _check_file(entry.mask_path)
+        for mask in (entry.mask_path, entry.lung_mask_path):
+            if mask is not None:
+                _check_file(mask)
         return
     sizes[entry.path] = _probe(entry.path, max_pixels)
-    if entry.mask_path is not None:
-        mask_hw = _probe(entry.mask_path, max_pixels)
-        _check_mask_shape(entry.path, sizes[entry.path], entry.mask_path, mask_hw)
+    for mask in (entry.mask_path, entry.lung_mask_path):
+        if mask is not None:
+            sizes[mask] = _probe(mask, max_pixels)
+            _check_mask_shape(entry.path, sizes[entry.path], mask, sizes[mask])
 
 
 def _filter_bad(
@@ -195,7 +262,7 @@ def _filter_bad(
             prefix = next(
                 (
                     f"{p}: "
-                    for p in (entry.path, entry.mask_path)
+                    for p in (entry.path, entry.mask_path, entry.lung_mask_path)
                     if p and text.startswith(f"{p}: ")
                 ),
                 "",
@@ -206,25 +273,53 @@ def _filter_bad(
     return kept, skipped
 
 
-def scan_layout(root: Path) -> tuple[str, list[str], list[_Entry]]:
+def _declare(entries: list[_Entry], masks: str | None, where: Path) -> list[_Entry]:
+    """Apply the declared mask kind to the entries' ``masks`` files (see :data:`MASK_KINDS`)."""
+    if masks is None:
+        return entries
+    check_choice("masks", masks, MASK_KINDS)
+    if masks == "none":
+        return [replace(e, mask_path=None, lung_mask_path=None) for e in entries]
+    clash = next((e for e in entries if e.mask_kind and e.mask_kind != masks), None)
+    if clash is not None:
+        raise _bad(where, f"expected mask_kind {masks!r} (--masks {masks}) for {clash.rel}, "
+                   f"got {clash.mask_kind!r}.")
+    if masks == "lung":
+        entries = [
+            replace(e, mask_path=None, lung_mask_path=e.lung_mask_path or e.mask_path)
+            if e.mask_kind != "lung" else e
+            for e in entries
+        ]
+    attr = "lung_mask_path" if masks == "lung" else "mask_path"
+    if not any(getattr(e, attr) is not None for e in entries):
+        raise _bad(where, f"expected {masks} masks (--masks {masks}), got no mask files.")
+    return entries
+
+
+def scan_layout(
+    root: Path, *, masks: str | None = None
+) -> tuple[str, list[str], list[_Entry], list[str]]:
     """Find the entries of a dataset folder or CSV manifest (images are not opened).
 
     Args:
-        root: A folder with one subfolder per class (plus optional ``masks``), or a CSV
-            manifest with the columns ``path,label[,mask]``.
+        root: A folder with one subfolder per class (plus optional ``masks`` and
+            ``lung_masks``), or a CSV manifest with the columns ``path,label[,mask,mask_kind]``
+            and any metadata columns.
+        masks: What the ``masks`` files are: ``"lesion"``, ``"lung"`` (lung fields) or
+            ``"none"`` (ignored). Default: lesion, unless a manifest row says ``mask_kind``.
 
     Returns:
-        The format (``"folder"`` or ``"manifest"``), the class names found (sorted) and
-        the entries (folder: class by class; manifest: row order).
+        The format (``"folder"`` or ``"manifest"``), the class names found (sorted), the
+        entries (folder: class by class; manifest: row order) and notes on what was not read.
 
     Raises:
         DataError: missing root, another kind of file, no class folders, an empty class, a
             bad manifest, or duplicate ids.
     """
     if root.is_dir():
-        fmt, (found, entries) = "folder", _scan_folder(root)
+        fmt, (found, entries, notes) = "folder", _scan_folder(root)
     elif root.is_file() and root.suffix.lower() == ".csv":
-        fmt, (found, entries) = "manifest", _scan_manifest(root)
+        fmt, (found, entries, notes) = "manifest", _scan_manifest(root)
     elif root.exists():
         raise _bad(root, "expected a dataset folder or a .csv manifest, got another kind of file.")
     else:
@@ -232,7 +327,7 @@ def scan_layout(root: Path) -> tuple[str, list[str], list[_Entry]]:
             root, "expected a dataset folder or a .csv manifest, got a path that does not exist."
         )
     _check_unique_ids(entries)
-    return fmt, found, entries
+    return fmt, found, _declare(entries, masks, root), notes
 
 
 def _check_nonempty(root: Path, class_names: Sequence[str], entries: Sequence[_Entry]) -> None:

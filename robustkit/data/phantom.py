@@ -476,8 +476,9 @@ def generate_phantom(out_dir: str | Path, *, per_class: int, size: int = 256, se
     """Write a phantom dataset in the COVID-19 Radiography Database layout.
 
     Files: ``out_dir/<class>/<class>_<i:04d>.png`` (8-bit grayscale),
-    ``out_dir/masks/<class>/<class>_<i:04d>.png`` (0/255, all zero for ``NORMAL``) and
-    ``out_dir/phantom.json``. Case ``i`` of class ``k`` uses
+    ``out_dir/masks/<class>/<class>_<i:04d>.png`` (lesion masks, 0/255, all zero for
+    ``NORMAL``), ``out_dir/lung_masks/<class>/<class>_<i:04d>.png`` (lung-field masks, 0/255)
+    and ``out_dir/phantom.json``. Case ``i`` of class ``k`` uses
     ``np.random.default_rng([seed, k, i])``, so a smaller ``per_class`` is a prefix of a
     larger one and the same arguments give byte-identical files.
 
@@ -512,11 +513,13 @@ def generate_phantom(out_dir: str | Path, *, per_class: int, size: int = 256, se
     for name in CLASS_NAMES:
         (out / name).mkdir(parents=True, exist_ok=True)
         (out / "masks" / name).mkdir(parents=True, exist_ok=True)
+        (out / "lung_masks" / name).mkdir(parents=True, exist_ok=True)
     for k, i in jobs:
         case = render_case(k, size=size, rng=np.random.default_rng([seed, k, i]), shortcut=shortcut)
         rel = Path(CLASS_NAMES[k]) / f"{CLASS_NAMES[k]}_{i:04d}.png"
         Image.fromarray(case.image).save(out / rel)
         Image.fromarray(case.mask.astype(np.uint8) * 255).save(out / "masks" / rel)
+        Image.fromarray(case.lungs.astype(np.uint8) * 255).save(out / "lung_masks" / rel)
     meta = _metadata(seed=seed, size=size, per_class=per_class, shortcut=shortcut)
     (out / "phantom.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return out

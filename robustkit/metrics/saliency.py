@@ -12,6 +12,10 @@ where noted) and returns one score per map. Nothing here imports TensorFlow.
   perturbations is the max-sensitivity of Yeh et al. 2019).
 * Localisation against a lesion mask: :func:`pointing_game` (Zhang et al. 2016),
   :func:`relevance_mass` and :func:`relevance_rank_accuracy` (Arras et al. 2022).
+* Against a lung-field mask: :func:`mask_share` (the share of |attribution| inside the
+  lung fields; DeGrave et al. 2021, "AI for radiographic COVID-19 detection selects
+  shortcuts over signal") and :func:`area_share` (the lung fields' share of the image, what
+  a uniform map would score).
 * Faithfulness: :func:`deletion_images` and :func:`curve_auc` (the deletion curve of
   Petsiuk et al. 2018).
 
@@ -28,8 +32,10 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
+    "area_share",
     "curve_auc",
     "deletion_images",
+    "mask_share",
     "minmax",
     "pointing_game",
     "rank_average",
@@ -205,3 +211,28 @@ def curve_auc(fractions: np.ndarray, scores: np.ndarray) -> np.ndarray:
     f = np.asarray(fractions, dtype=np.float64)
     s = np.asarray(scores, dtype=np.float64)
     return ((s[:, 1:] + s[:, :-1]) / 2.0 * np.diff(f)).sum(axis=1)
+
+
+def mask_share(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Share of each map's absolute relevance inside its mask: ``(N, H, W)`` x2 -> ``(N,)``.
+
+    ``sum(|m| * mask) / sum(|m|)``; NaN where the mask is empty or the map is all zero.
+    A map uniform over the image scores :func:`area_share` of its mask.
+
+    >>> m = np.array([[[1.0, 3.0], [0.0, 0.0]]]); k = np.array([[[True, False], [False, False]]])
+    >>> float(mask_share(m, k)[0])
+    0.25
+    """
+    a = np.abs(_batch(maps))
+    k = np.asarray(masks, dtype=bool).reshape(a.shape)
+    total = a.sum(axis=(1, 2))
+    inside = (a * k).sum(axis=(1, 2))
+    ok = (total > 0) & _has_mask(k)
+    return np.where(ok, inside / np.where(ok, total, 1.0), np.nan)
+
+
+def area_share(masks: np.ndarray) -> np.ndarray:
+    """Share of each image's pixels inside its mask: ``(N, H, W)`` -> ``(N,)`` (NaN if empty)."""
+    k = np.asarray(masks, dtype=bool)
+    k = k[None] if k.ndim == 2 else k
+    return np.where(_has_mask(k), k.mean(axis=(1, 2)), np.nan)

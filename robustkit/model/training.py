@@ -45,6 +45,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -391,10 +392,10 @@ def _check_train_args(arch: str, epochs: int, batch_size: int, val_fraction: flo
         check_range("learning_rate", lr, low=0, low_open=True)
 
 
-def _load_split(data: Any, val_fraction: float, seed: int, input_size: int):
+def _load_split(data: Any, val_fraction: float, seed: int, input_size: int, classes: dict[str, Any]):
     from robustkit.data.dataset import load_dataset
 
-    ds = data if hasattr(data, "load_images") else load_dataset(data)
+    ds = data if hasattr(data, "load_images") else load_dataset(data, **classes)
     tr, va = ds.split(val_fraction, seed=seed)
     size = (input_size, input_size)
     xt = tr.load_images(np.arange(len(tr)), size=size, channels=3)
@@ -416,6 +417,9 @@ def train(
     val_fraction: float = 0.2,
     augment: bool = True,
     quiet: bool = False,
+    class_map: dict[str, str] | None = None,
+    exclude_classes: Sequence[str] = (),
+    merge_classes: bool = False,
 ) -> TrainResult:
     """Train ``arch`` on a folder dataset and save the best checkpoint by validation loss.
 
@@ -424,6 +428,10 @@ def train(
         out: checkpoint path (``.keras``); ``<stem>.history.json``, ``<stem>.history.png``
             and ``<stem>.meta.json`` are written beside it.
         learning_rate: None = 1e-3 from scratch (with warm-up + cosine), 1e-4 pretrained.
+        class_map: ``{data class: class name to train}`` (e.g. ``{"COVID": "COVID-19"}``),
+            so a model is trained on the COVID-19 Radiography Database as downloaded.
+        exclude_classes: data classes left out of training (e.g. ``["Lung_Opacity"]``).
+        merge_classes: allow ``class_map`` to send two data classes to one class.
         Others: see :func:`build_model` and the module docstring.
 
     Returns:
@@ -433,7 +441,9 @@ def train(
     t_start = time.perf_counter()
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
-    ds, xt, yt, xv, yv = _load_split(data, val_fraction, seed, input_size)
+    classes = {"class_map": class_map, "exclude_classes": tuple(exclude_classes),
+               "merge_classes": merge_classes}
+    ds, xt, yt, xv, yv = _load_split(data, val_fraction, seed, input_size, classes)
     class_names = list(ds.class_names)
     model = build_model(arch, input_size=input_size, num_classes=len(class_names), weights=weights, seed=seed)
     _set_bn_momentum(model, BN_MOMENTUM)

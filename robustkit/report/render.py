@@ -235,7 +235,22 @@ def _data_rows(audit: AuditResult) -> list[dict[str, str]]:
         ("Class counts", _first(d, "class_counts", "counts")),
         ("Fingerprint", _short(_first(d, "fingerprint", "sha256"))),
         ("Skipped files", skipped),
+        *_intake_rows(d),
     ])
+
+
+def _intake_rows(d: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """Class map, excluded classes, metadata columns, mask resizes and notes (issue #11)."""
+    resized = d.get("mask_resized") or {}
+    return [
+        ("Class map", ", ".join(f"{k} \u2192 {v}" for k, v in (d.get("class_map") or {}).items()) or None),
+        ("Excluded (out of scope)", (f"{d.get('n_excluded', 0)} images: " + ", ".join(
+            f"{k} {v}" for k, v in d["excluded_counts"].items())) if d.get("n_excluded") else None),
+        ("Metadata columns", d.get("metadata_columns") or None),
+        ("Masks resized", "; ".join(f"{n} masks {k} (nearest neighbour, same aspect ratio)"
+                                    for k, n in resized.items()) or None),
+        ("Notes", d.get("notes") or None),
+    ]
 
 
 def _audit_rows(audit: AuditResult) -> list[dict[str, str]]:

@@ -11,12 +11,22 @@ the profiles and the marker probe.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
+import numpy as np
+
+from robustkit.data.regions import MASK_CONDITIONS
 from robustkit.data.transforms import family_transforms
 from robustkit.errors import check_range
+from robustkit.metrics.outputs import probabilities
+from robustkit.results import Check, StudyResult
 from robustkit.studies import register
 from robustkit.studies.conditions import ConditionConfig, ConditionStudy
+
+if TYPE_CHECKING:
+    from robustkit.data.dataset import Dataset
+    from robustkit.model.adapter import ModelAdapter
+    from robustkit.studies.base import AuditContext
 
 __all__ = ["PerturbationConfig", "PerturbationStudy"]
 
@@ -63,3 +73,72 @@ class PerturbationStudy(ConditionStudy):
         "standard": {"max_samples": 500},
         "full": {"n_bootstrap": 2000},
     }
+    metric_docs = {**ConditionStudy.metric_docs, **{
+        "lung_accuracy": ("accuracy with the lungs blanked or the outside blanked (lung masks; a model "
+                          "that reads the lungs falls with the lungs blanked)", "none"),
+        "lung_flip_rate": ("share of predictions changed by blanking the lungs or the outside", "none"),
+        "lung_n_samples": ("images with a lung mask under the lung-mask conditions", "none"),
+    }}
+
+    def map(self, model: ModelAdapter, batch: Dataset, ctx: AuditContext) -> dict[str, np.ndarray]:
+        """The conditions' records, plus ``lung_pred`` ``(B, 2)``: the prediction with the lungs
+        blanked and with the outside blanked (-1 for an image without a lung mask)."""
+        records = super().map(model, batch, ctx)
+        records["lung_pred"] = _lung_predictions(model, batch)
+        return records
+
+    def reduce(self, records: dict[str, np.ndarray], data: Dataset, ctx: AuditContext) -> StudyResult:
+        lung_pred = records.pop("lung_pred")
+        result = super().reduce(records, data, ctx)
+        _lung_conditions(lung_pred, records["clean_pred"], data, result)
+        return result
+
+
+# ------------------------------------------------------------------ lung-field masks (issue #11)
+
+#: "Holds up": accuracy at least this share of clean accuracy; "falls": at most chance + this.
+HOLDS_UP, NEAR_CHANCE = 0.8, 0.15
+
+
+def _lung_predictions(model: ModelAdapter, batch: Dataset) -> np.ndarray:
+    """Predicted class ``(B, n_conditions)`` under each lung-mask condition (-1: no lung mask)."""
+    out = np.full((len(batch), len(MASK_CONDITIONS)), -1, np.int16)
+    rows = np.flatnonzero([s.lung_mask_path is not None for s in batch.samples])
+    if len(rows) == 0:
+        return out
+    h, w, c = model.input_shape
+    x = batch.load_images(rows, size=(h, w), channels=c)
+    lungs = batch.load_masks(rows, size=(h, w), kind="lung")
+    for j, fn in enumerate(MASK_CONDITIONS.values()):
+        out[rows, j] = probabilities(model.logits(fn(x, lungs)), model.output_kind).argmax(axis=1)
+    return out
+
+
+def _lung_conditions(lung_pred: np.ndarray, clean_pred: np.ndarray, data: Dataset, result: StudyResult) -> None:
+    """Accuracy and flip rate with the lungs blanked and with the outside blanked, and a check
+    that flags a model that holds up without its lungs but falls without the rest."""
+    rows = np.flatnonzero(lung_pred[:, 0] >= 0) if len(lung_pred) else np.zeros(0, np.int64)
+    if len(rows) == 0:
+        return
+    y = data.labels[rows]
+    clean = np.asarray(clean_pred)[rows]
+    result.metrics["lung_n_samples"] = float(len(rows))
+    for j, name in enumerate(MASK_CONDITIONS):
+        pred = lung_pred[rows, j]
+        result.metrics[f"lung_accuracy.{name}"] = float(np.mean(pred == y))
+        result.metrics[f"lung_flip_rate.{name}"] = float(np.mean(pred != clean))
+    result.records["lung_pred"] = lung_pred
+    result.data["lung_conditions"] = {"conditions": list(MASK_CONDITIONS), "n_images": int(len(rows))}
+    result.checks.append(_lung_check(result.metrics, float(np.mean(clean == y)), len(data.class_names)))
+
+
+def _lung_check(metrics: dict[str, float], clean_acc: float, n_classes: int) -> Check:
+    lungs, outside = metrics["lung_accuracy.lungs_blanked"], metrics["lung_accuracy.outside_blanked"]
+    chance = 1.0 / n_classes
+    reads_outside = lungs >= HOLDS_UP * clean_acc and outside <= chance + NEAR_CHANCE
+    detail = (f"accuracy {lungs:.3f} with the lungs blanked, {outside:.3f} with the outside blanked "
+              f"(clean {clean_acc:.3f}, chance {chance:.3f})")
+    if reads_outside:
+        return Check("model reads the lungs", "warn", detail + ": it holds up without the lungs and "
+                     "falls without the rest: a shortcut outside the lung fields.")
+    return Check("model reads the lungs", "pass", detail + ".")

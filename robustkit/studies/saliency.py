@@ -155,6 +155,9 @@ class SaliencyStudy(Study):
                           "randomisation (a trustworthy method drops towards 0)", "lower"),
         "localization": ("agreement of the map with the lesion mask (pointing game, relevance mass, "
                          "relevance rank accuracy); `.random` is a uniform random map", "higher"),
+        "lung_share": ("share of |attribution| inside the lung fields (lung masks; DeGrave et al. "
+                       "2021); `.random` is a uniform random map", "higher"),
+        "lung_area_share": ("the lung fields' share of the image (what a uniform map scores)", "none"),
         "deletion_auc": ("area under the class probability as the most relevant pixels are removed "
                          "first (lower: the map found the pixels the decision rests on)", "lower"),
         "completeness_error": ("|sum of IG attributions - logit difference| / |logit difference|, "
@@ -184,6 +187,7 @@ class SaliencyStudy(Study):
         _stability(self, ex, x, target, maps, data.labels, ctx, result)
         _randomization(self, ex, x, target, maps, data.labels, ctx, result)
         _localization(data, x, maps, ctx, result, model.class_names)
+        _lung_share(data, maps, ctx, result)
         _deletion(ex, x, target, logits, maps, ctx, cfg, result)
         _report_data(ex, data, x, target, maps, cfg, result, model.class_names)
         result.data["record_columns"] = methods + ["random"]
@@ -509,3 +513,36 @@ def _report_data(ex, data, x, target, maps, cfg: SaliencyConfig, result: StudyRe
         "stability": (f"{cfg.n_noise} Gaussian noise copies (sigma {cfg.noise_sigma}), brightness "
                       f"{cfg.brightness:+}, shift {cfg.shift} px; top-k = {cfg.topk_fraction:.0%} of pixels"),
     }
+
+
+# ------------------------------------------------------------------ lung-field masks (issue #11)
+
+#: A method with less than this share of its relevance inside the lungs is warned about.
+LUNG_SHARE_WARN = 0.5
+
+
+def _lung_share(data, maps: dict[str, np.ndarray], ctx: AuditContext, result: StudyResult) -> None:
+    """Share of each method's |attribution| inside the lung fields, beside a random map and
+    the lung fields' share of the image; a check per method (warn below LUNG_SHARE_WARN)."""
+    if not data.has_lung_masks or not maps:
+        return
+    first = next(iter(maps.values()))
+    h, w = first.shape[1:3]
+    lungs = data.load_masks(np.arange(len(data)), size=(h, w), kind="lung")
+    rand = np.stack([ctx.rng("saliency", "lung_random", sid).random((h, w)) for sid in data.ids]) \
+        if len(data) else np.zeros((0, h, w))
+    cols = {**maps, "random": rand}
+    shares = np.stack([SM.mask_share(m, lungs) for m in cols.values()], axis=1).astype(np.float32)
+    result.records["lung_share"] = shares
+    result.metrics["lung_area_share"] = _nanmean(SM.area_share(lungs))
+    for j, meth in enumerate(cols):
+        result.metrics[f"lung_share.{meth}"] = _nanmean(shares[:, j])
+    result.data["lung_share"] = {"columns": list(cols), "warn_below": LUNG_SHARE_WARN,
+                                 "n_images": int(np.isfinite(shares[:, 0]).sum())}
+    for meth in maps:
+        share = result.metrics[f"lung_share.{meth}"]
+        result.checks.append(Check(
+            f"relevance inside the lungs: {meth}", "pass" if share >= LUNG_SHARE_WARN else "warn",
+            f"{share:.3f} of |attribution| inside the lung fields (random map "
+            f"{result.metrics['lung_share.random']:.3f}, lung area {result.metrics['lung_area_share']:.3f}); "
+            f"warn below {LUNG_SHARE_WARN}."))
