@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -359,14 +358,15 @@ class Explainer:
 
     @classmethod
     def cached(cls, adapter: ModelAdapter, *, layer: str = "") -> Explainer:
-        """The explainer of ``adapter`` and ``layer``, built (and compiled) once per process."""
-        per_adapter = _EXPLAINERS.setdefault(adapter, {})
+        """The explainer of ``adapter`` and ``layer``, built (and compiled) once per adapter.
+
+        Kept on the adapter itself (not in a module-level table, whose entries would keep
+        every adapter and its model alive), so it goes when the adapter goes.
+        """
+        per_adapter: dict[str, Explainer] = vars(adapter).setdefault("_explainers", {})
         if layer not in per_adapter:
             per_adapter[layer] = cls(adapter, layer=layer)
         return per_adapter[layer]
-
-
-_EXPLAINERS: weakref.WeakKeyDictionary[ModelAdapter, dict[str, Explainer]] = weakref.WeakKeyDictionary()
 
 
 def _group_rng(seed: int, label: str) -> np.random.Generator:
