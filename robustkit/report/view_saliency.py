@@ -79,14 +79,23 @@ def _gray(img: np.ndarray) -> np.ndarray:
     return np.repeat(np.clip(img, 0, 1)[..., None], 3, axis=-1)
 
 
-def _gallery_item(item: Mapping[str, Any]) -> dict[str, Any]:
+def _record_map(records: Mapping[str, Any], key: str, at: Any) -> np.ndarray | None:
+    """One stored map of the study's records (``map_thumbs[row, column]`` ...), if present."""
+    arr = records.get(key)
+    try:
+        return _array(arr[tuple(int(i) for i in at)]) if arr is not None else None
+    except (IndexError, TypeError, ValueError):
+        return None
+
+
+def _gallery_item(item: Mapping[str, Any], records: Mapping[str, Any]) -> dict[str, Any]:
     image = _array(item.get("image"))
     grid = _array(item.get("mask"))
     mask = grid > 0.5 if grid is not None else None
     gray = _gray(image) if image is not None else None
     maps: list[dict[str, str | None]] = []
     for m in item.get("maps", []):
-        v = _array(m.get("map"))
+        v = _record_map(records, "map_thumbs", (item.get("row"), m.get("column")))
         if v is not None and gray is not None and v.shape == gray.shape[:2]:
             maps.append({"method": str(m.get("method", "")),
                          "overlay": _uri(_draw_outline(0.5 * gray + 0.5 * _colormap(v), mask), 112),
@@ -99,22 +108,23 @@ def _gallery_item(item: Mapping[str, Any]) -> dict[str, Any]:
             "image": src, "maps": [m for m in maps if m["overlay"] and m["heat"]]}
 
 
-def _gallery(groups: Any) -> list[dict[str, Any]]:
-    return [{"class": str(group.get("class", "")), "images": [_gallery_item(it) for it in group.get("items", [])]}
+def _gallery(groups: Any, records: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [{"class": str(group.get("class", "")),
+             "images": [_gallery_item(it, records) for it in group.get("items", [])]}
             for group in groups or []]
 
 
-def _channel_src(c: Mapping[str, Any]) -> str | None:
-    v = _array(c.get("map"))
+def _channel_src(c: Mapping[str, Any], records: Mapping[str, Any]) -> str | None:
+    v = _record_map(records, "activation_maps", c.get("at") or ())
     return _uri(_colormap(v), 64) if v is not None else _src(c.get("png"))
 
 
-def _activations(panel: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+def _activations(panel: Mapping[str, Any] | None, records: Mapping[str, Any]) -> list[dict[str, Any]]:
     out = []
     for img in (panel or {}).get("images", []):
         layers = [{"layer": str(layer.get("layer", "")),
                    "channels": [{"channel": int(c.get("channel", 0)), "src": src}
-                                for c in layer.get("channels", []) if (src := _channel_src(c))]}
+                                for c in layer.get("channels", []) if (src := _channel_src(c, records))]}
                   for layer in img.get("layers", [])]
         gray = _array(img.get("image"))
         out.append({"id": str(img.get("id", "")), "label": str(img.get("label", "")),
@@ -162,8 +172,8 @@ def saliency_view(study: StudyResult, audit: AuditResult) -> dict[str, Any]:
     """Galleries, activation panel, randomisation and deletion curves, stability and localisation."""
     ctx = generic_view(study, audit)
     data = study.data
-    ctx["gallery"] = _gallery(data.get("gallery"))
-    ctx["activations"] = _activations(data.get("activations"))
+    ctx["gallery"] = _gallery(data.get("gallery"), study.records)
+    ctx["activations"] = _activations(data.get("activations"), study.records)
     ctx["parameters"] = [{"name": str(k).replace("_", " "), "value": str(v)}
                          for k, v in (data.get("parameters") or {}).items()]
     rand = data.get("randomization") or {}

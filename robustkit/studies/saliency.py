@@ -230,6 +230,7 @@ class SaliencyStudy(Study):
         for part in stages:
             _absorb(result, part)
         result.data.update(_report_data(records, data, methods, cfg, ctx))
+        result.records.update(map_thumbs=records["thumbs"], activation_maps=records["act_maps"])
         result.data["record_columns"] = methods + ["random"]
         baseline = 1 if "integrated_gradients" in methods else 0  # the black image, once per audit
         result.data["passes"] = {"gradient": int(records["grad_passes"].sum()),
@@ -626,9 +627,9 @@ def _deletion(records: Records, methods: list[str], cfg: SaliencyConfig) -> Stud
 
 
 def _grid(a: np.ndarray) -> list[Any]:
-    """A small map as nested lists, rounded to 1e-6 (finer than any shard-to-shard float noise
-    that the rounding could amplify; the report only draws it)."""
-    return np.round(np.asarray(a, np.float64), 6).tolist()
+    """A small image read from the data side as nested lists (rounded: the report only draws it;
+    the model's maps, which carry float noise, are records: ``map_thumbs``, ``activation_maps``)."""
+    return np.round(np.asarray(a, np.float64), 3).tolist()
 
 
 def _gray_thumbs(data: Dataset, rows: np.ndarray, ctx: AuditContext, shape: tuple[int, int]) -> np.ndarray:
@@ -656,8 +657,8 @@ def _gallery(records: Records, data: Dataset, methods: list[str], cfg: SaliencyC
         rows = np.flatnonzero(labels == k)[: cfg.n_gallery]
         images, masks = _gray_thumbs(data, rows, ctx, shape), _mask_thumbs(data, rows, ctx, shape)
         items = [{"id": str(data.ids[r]), "label": cls, "pred": names[int(records["target"][r])],
-                  "image": _grid(img), "mask": mask,
-                  "maps": [{"method": m, "map": _grid(thumbs[r, j])} for j, m in enumerate(methods)]}
+                  "image": _grid(img), "mask": mask, "row": int(r),
+                  "maps": [{"method": m, "column": j} for j, m in enumerate(methods)]}
                  for r, img, mask in zip(rows, images, masks)]
         if items:
             out.append({"class": cls, "items": items})
@@ -675,7 +676,7 @@ def _activation_panel(records: Records, data: Dataset, ctx: AuditContext) -> dic
     images = []
     for r, gray in zip(rows, grays):
         panel = [{"layer": name, "channels": [
-            {"channel": int(ch), "map": _grid(records["act_maps"][r, li, ci])}
+            {"channel": int(ch), "at": [int(r), li, ci]}
             for ci, ch in enumerate(records["act_channels"][r, li]) if ch >= 0]} for li, name in enumerate(layers)]
         images.append({"id": str(data.ids[r]), "label": names[int(labels[r])], "image": _grid(gray), "layers": panel})
     return {"layers": layers, "images": images}
