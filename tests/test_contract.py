@@ -76,7 +76,8 @@ SMALL: dict[str, dict[str, Any]] = {
     "noise": {"n_bootstrap": 20, "severities": [2, 5]},
     "adversarial": {"max_samples": 12},
     "calibration": {"n_bootstrap": 20},
-    "saliency": {"max_samples": 6},
+    "saliency": {"max_samples": 6, "methods": ["vanilla_gradient", "smoothgrad", "integrated_gradients", "gradcam"],
+                 "smoothgrad_n": 4, "ig_steps": 8, "n_noise": 1, "stability_samples": 4, "independent": True},
 }
 
 

@@ -216,29 +216,60 @@ def test_layer_finder_and_blocks_on_inception_v3_nested_backbone() -> None:
 
 def test_randomization_makes_maps_dissimilar_and_weights_come_back(toy_model: Path) -> None:
     from robustkit.model.adapter import load_model
-    from robustkit.model.explainers import (
-        Explainer,
-        block_groups,
-        randomize_weights,
-        restore_weights,
-        snapshot_weights,
-    )
+    from robustkit.model.explainers import Explainer
 
     adapter = load_model(toy_model)
     ex = Explainer(adapter)
     x = (0.3 + 0.2 * np.random.default_rng(3).random((4, 32, 32, 1))).astype(np.float32)
     t = adapter.logits(x).argmax(axis=1).astype(np.int32)
     before, _ = ex.vanilla_gradient(x, t)
-    snap = snapshot_weights(adapter.model)
-    groups = block_groups(adapter.model)
-    assert [g[0] for g in groups] == ["predictions", "conv2", "conv1"]  # layer by layer, top down
-    rng = np.random.default_rng(0)
-    for _, layers in groups:
-        randomize_weights(layers, rng)
-    after, _ = ex.vanilla_gradient(x, t)
+    assert ex.randomization_groups(None) == ["predictions", "conv2", "conv1"]  # layer by layer, top down
+    with ex.randomized(seed=0, steps=None) as steps:
+        assert list(steps) == ["predictions", "conv2", "conv1"]
+        after, _ = ex.vanilla_gradient(x, t)
     assert np.nanmean(SM.spearman(before, after)) < 0.5
-    restore_weights(adapter.model, snap)
     np.testing.assert_allclose(ex.vanilla_gradient(x, t)[0], before, atol=1e-6)
+
+
+def test_randomised_network_depends_on_seed_and_group_only(toy_model: Path) -> None:
+    """Every shard sees the same randomised network: the weights of a step come from (seed, group)."""
+    from robustkit.model.adapter import load_model
+    from robustkit.model.explainers import Explainer
+
+    adapter = load_model(toy_model)
+    ex = Explainer(adapter)
+    x = (0.3 + 0.2 * np.random.default_rng(4).random((5, 32, 32, 1))).astype(np.float32)
+    t = adapter.logits(x).argmax(axis=1).astype(np.int32)
+
+    def maps_per_step(rows: np.ndarray, *, seed: int, cascade: bool = True) -> list[np.ndarray]:
+        with ex.randomized(seed=seed, steps=None, cascade=cascade) as steps:
+            return [ex.vanilla_gradient(x[rows], t[rows])[0] for _ in steps]
+
+    whole = maps_per_step(np.arange(5), seed=1)
+    shard = maps_per_step(np.array([4, 1]), seed=1)  # another process, another batch
+    for a, b in zip(whole, shard):
+        np.testing.assert_allclose(b, a[[4, 1]], atol=1e-6)
+    other = maps_per_step(np.arange(5), seed=2)
+    assert not np.allclose(other[-1], whole[-1], atol=1e-3)
+    alone = maps_per_step(np.arange(5), seed=1, cascade=False)
+    np.testing.assert_allclose(alone[0], whole[0], atol=1e-6)  # the top group alone: the same weights
+
+
+def test_smoothgrad_noise_follows_the_image_seed_not_the_batch(toy_model: Path) -> None:
+    from robustkit.model.adapter import ModelAdapter, load_model
+    from robustkit.model.explainers import Explainer
+
+    adapter = load_model(toy_model)
+    x = (0.3 + 0.2 * np.random.default_rng(5).random((6, 32, 32, 1))).astype(np.float32)
+    t = adapter.logits(x).argmax(axis=1).astype(np.int32)
+    seeds = np.array([11, 12, 13, 14, 15, 16])
+    whole = Explainer(adapter).smoothgrad(x, t, n=5, noise=0.2, seed=seeds)
+    small = Explainer(ModelAdapter(adapter.model, batch_size=2))  # other chunks of images and samples
+    parts = np.concatenate([small.smoothgrad(x[i:i + 1], t[i:i + 1], n=5, noise=0.2, seed=seeds[i:i + 1])
+                            for i in range(6)])
+    np.testing.assert_allclose(parts, whole, atol=1e-5)
+    reseeded = Explainer(adapter).smoothgrad(x, t, n=5, noise=0.2, seed=seeds + 100)
+    assert not np.allclose(reseeded, whole, atol=1e-3)
 
 
 # ------------------------------------------------------------------ the study
@@ -274,6 +305,12 @@ def test_study_metric_names_and_checks(study_runs) -> None:
     names = {c.name for c in result.checks}
     assert "IG completeness" in names and "randomisation sanity: gradcam" in names
     assert result.metrics["completeness_error.integrated_gradients"] < 0.05
+    n, cfg = int(result.metrics["n_samples"]), result.config  # model passes: each one counted once
+    stab, rand = result.data["stability"]["n_images"], result.data["randomization"]["n_images"]
+    per_map = 1 + cfg["smoothgrad_n"] + cfg["ig_steps"] + 1  # vanilla, SmoothGrad, IG, Grad-CAM
+    groups = len(result.data["randomization"]["cascading"]["steps"]) - 1
+    perturbs = len(result.data["stability"]["perturbations"])
+    assert result.data["passes"]["gradient"] == n * per_map + stab * perturbs * per_map + rand * groups * per_map
     assert result.metrics["localization.mass.integrated_gradients"] > result.metrics["localization.mass.random"]
 
 

@@ -15,16 +15,23 @@ relevance map ``(N, H, W)`` at the input size:
 
 The gradient methods share one compiled function with a fixed input signature that builds
 the noisy or interpolated points of several images inside the graph and sums their
-gradients, so SmoothGrad samples and IG steps run as big batches. :func:`block_groups` and
-:func:`randomize_weights` implement the cascading model randomisation of Adebayo et al.
-(2018) in place (weights are restored by :func:`restore_weights`), so the compiled
-functions are reused without retracing.
+gradients, so SmoothGrad samples and IG steps run as big batches. SmoothGrad's noise is
+drawn per image from that image's own seed (and the sample's number), so an image's map
+does not depend on the batch it is explained in.
+
+The cascading model randomisation of Adebayo et al. (2018) lives here too, behind
+:meth:`Explainer.randomized`: :func:`block_groups` splits the network into groups, and each
+group's random weights are drawn from ``(seed, group label)`` alone, so every shard of an
+audit explains with the same randomised network. Weights change in place (the compiled
+functions are reused without retracing) and are restored when the context ends.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -162,20 +169,30 @@ class Explainer:
         h, w, c = adapter.input_shape
         img = tf.TensorSpec((None, h, w, c), tf.float32)
         vec, ints = tf.TensorSpec((None,), tf.float32), tf.TensorSpec((None,), tf.int32)
-        self._grad_sum = tf.function(
-            self._grad_sum_graph, input_signature=[img, img, vec, vec, vec, tf.TensorSpec((2,), tf.int32), ints]
-        )
+        sig = [img, img, vec, vec, vec, ints, tf.TensorSpec((), tf.int32), ints]
+        self._grad_sum = tf.function(lambda *a: self._grad_sum_graph(*a, noisy=False), input_signature=sig)
+        self._grad_sum_noisy = tf.function(lambda *a: self._grad_sum_graph(*a, noisy=True), input_signature=sig)
+        self._groups: dict[int | None, list[tuple[str, list[Any]]]] = {}
+        self._baseline: dict[float, np.ndarray] = {}
         self._cam_tap = _tap(adapter, [tuple(self.layer.split("/"))])
         self._cam = tf.function(self._cam_graph, input_signature=[img, ints])
 
     # graphs ---------------------------------------------------------------------------
-    def _grad_sum_graph(self, x: Any, base: Any, alphas: Any, weights: Any, sigma: Any, seed: Any, target: Any):
-        """Sum over s of weights[s] * grad at base + alphas[s] (x - base) + sigma * noise."""
+    def _grad_sum_graph(self, x: Any, base: Any, alphas: Any, weights: Any, sigma: Any, seeds: Any, first: Any,
+                        target: Any, *, noisy: bool):
+        """Sum over s of weights[s] * grad at base + alphas[s] (x - base) (+ sigma * noise).
+
+        The noise of image i at point s is drawn from the stateless seed ``(seeds[i], first + s)``.
+        """
         shape = tf.shape(x)
         s = tf.shape(alphas)[0]
         pts = base[None] + alphas[:, None, None, None, None] * (x - base)[None]
-        noise = tf.random.stateless_normal(tf.shape(pts), seed) * sigma[None, :, None, None, None]
-        pts = tf.reshape(pts + noise, tf.concat([[s * shape[0]], shape[1:]], 0))
+        pts = tf.reshape(pts, tf.concat([[s * shape[0]], shape[1:]], 0))
+        if noisy:
+            pair = tf.stack([tf.tile(seeds, [s]), tf.repeat(first + tf.range(s), shape[0])], axis=1)
+            noise = tf.map_fn(lambda sd: tf.random.stateless_normal(shape[1:], sd), pair,
+                              fn_output_signature=tf.float32)
+            pts = pts + noise * tf.tile(sigma, [s])[:, None, None, None]
         tgt = tf.tile(target, [s])
         with tf.GradientTape() as tape:
             tape.watch(pts)
@@ -200,17 +217,24 @@ class Explainer:
     # numpy API ------------------------------------------------------------------------
     def gradient_sum(
         self, x: np.ndarray, target: np.ndarray, *, alphas: np.ndarray, weights: np.ndarray,
-        base: np.ndarray | None = None, sigma: np.ndarray | None = None, seed: int = 0,
+        base: np.ndarray | None = None, sigma: np.ndarray | None = None, seed: int | np.ndarray = 0,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Weighted sum of input gradients at ``S`` points per image, in batches of the adapter's size.
+
+        Args:
+            seed: the noise seed of every image, or one per image ``(N,)`` (ints in [0, 2**31)):
+                image i's noise depends on its seed only, never on its batch.
 
         Returns:
             ``(N, H, W, C)`` gradient sums and the logits ``(S, N, K)`` at the points.
         """
         x = np.asarray(x, np.float32)
         base = np.zeros_like(x) if base is None else np.broadcast_to(base, x.shape).astype(np.float32)
+        noisy = sigma is not None
         sigma = np.zeros(len(x), np.float32) if sigma is None else np.asarray(sigma, np.float32)
+        seeds = np.broadcast_to(np.asarray(seed, np.int64) % (2**31 - 1), (len(x),)).astype(np.int32)
         t = np.asarray(target, np.int32)
+        fn = self._grad_sum_noisy if noisy else self._grad_sum
         s_all, bs = len(alphas), self.adapter.batch_size
         per_img = max(1, bs // s_all)
         step = min(s_all, bs)
@@ -220,9 +244,8 @@ class Explainer:
             sl = slice(i, min(len(x), i + per_img))
             for j in range(0, s_all, step):
                 k = slice(j, min(s_all, j + step))
-                g, z = self._grad_sum(x[sl], base[sl], np.asarray(alphas[k], np.float32),
-                                      np.asarray(weights[k], np.float32), sigma[sl],
-                                      np.array([seed, i * 100003 + j], np.int32), t[sl])
+                g, z = fn(x[sl], base[sl], np.asarray(alphas[k], np.float32), np.asarray(weights[k], np.float32),
+                          sigma[sl], seeds[sl], np.int32(j), t[sl])
                 out[sl] += g.numpy()
                 logits[k, sl] = z.numpy()
                 self.grad_points += (sl.stop - sl.start) * (k.stop - k.start)
@@ -234,7 +257,8 @@ class Explainer:
         return _minmax(np.abs(g).max(axis=-1)), z[0]
 
     def smoothgrad(self, x: np.ndarray, target: np.ndarray, *, n: int = 25, noise: float = 0.15,
-                   seed: int = 0) -> np.ndarray:
+                   seed: int | np.ndarray = 0) -> np.ndarray:
+        """Maps ``(N, H, W)``; ``seed``: one for every image or one per image (see :meth:`gradient_sum`)."""
         sigma = noise * (x.reshape(len(x), -1).max(axis=1) - x.reshape(len(x), -1).min(axis=1))
         g, _ = self.gradient_sum(x, target, alphas=np.ones(n), weights=np.full(n, 1.0 / n), base=x,
                                  sigma=sigma, seed=seed)
@@ -263,7 +287,7 @@ class Explainer:
         return self.adapter.logits(x)
 
     def explain(self, method: str, x: np.ndarray, target: np.ndarray, *, smoothgrad_n: int = 25,
-                smoothgrad_noise: float = 0.15, ig_steps: int = 64, seed: int = 0) -> np.ndarray:
+                smoothgrad_noise: float = 0.15, ig_steps: int = 64, seed: int | np.ndarray = 0) -> np.ndarray:
         """The non-negative map ``(N, H, W)`` of ``method`` (one of :data:`METHODS`)."""
         if method == "vanilla_gradient":
             return self.vanilla_gradient(x, target)[0]
@@ -282,6 +306,74 @@ class Explainer:
         feats, _ = tap(a.scale_input(tf.constant(np.asarray(x, np.float32))))
         self.forward_points += len(x)
         return [np.asarray(f, np.float32) for f in feats]
+
+    def panel_layers(self, n: int) -> list[str]:
+        """``n`` layers from the stem to the Grad-CAM layer, for an activation panel."""
+        return activation_layers(self.adapter.model, n, self.layer)
+
+    def baseline_logits(self, value: float = 0.0) -> np.ndarray:
+        """Logits ``(K,)`` of the constant image ``value`` (computed once per explainer)."""
+        if value not in self._baseline:
+            self._baseline[value] = self.logits(np.full((1, *self.adapter.input_shape), value, np.float32))[0]
+        return self._baseline[value]
+
+    # randomisation --------------------------------------------------------------------
+    def randomization_groups(self, steps: int | None) -> list[str]:
+        """Labels of the cascade's groups, top (logits) first (see :func:`block_groups`)."""
+        return [label for label, _ in self._block_groups(steps)]
+
+    def _block_groups(self, steps: int | None) -> list[tuple[str, list[Any]]]:
+        if steps not in self._groups:
+            self._groups[steps] = block_groups(self.adapter.model, steps)
+        return self._groups[steps]
+
+    @contextmanager
+    def randomized(self, *, seed: int, steps: int | None, cascade: bool = True) -> Iterator[Iterator[str]]:
+        """Model randomisation (Adebayo et al. 2018), restored on exit.
+
+        Yields an iterator over the group labels, top first; while it stands at a group the
+        model's weights are that step's: every group so far randomised (``cascade``), or that
+        group alone. Group ``g``'s weights are drawn from ``(seed, g's label)`` only, so every
+        process and every shard sees the same randomised network.
+
+        Example:
+            >>> with ex.randomized(seed=1, steps=3) as steps:  # doctest: +SKIP
+            ...     for label in steps:
+            ...         maps = ex.explain("gradcam", x, target)
+        """
+        model = self.adapter.model
+        snap = snapshot_weights(model)
+        groups = self._block_groups(steps)
+
+        def walk() -> Iterator[str]:
+            for label, layers in groups:
+                if not cascade:
+                    restore_weights(model, snap)
+                randomize_weights(layers, _group_rng(seed, label))
+                yield label
+
+        try:
+            yield walk()
+        finally:
+            restore_weights(model, snap)
+
+    @classmethod
+    def cached(cls, adapter: ModelAdapter, *, layer: str = "") -> Explainer:
+        """The explainer of ``adapter`` and ``layer``, built (and compiled) once per adapter.
+
+        Kept on the adapter itself (not in a module-level table, whose entries would keep
+        every adapter and its model alive), so it goes when the adapter goes.
+        """
+        per_adapter: dict[str, Explainer] = vars(adapter).setdefault("_explainers", {})
+        if layer not in per_adapter:
+            per_adapter[layer] = cls(adapter, layer=layer)
+        return per_adapter[layer]
+
+
+def _group_rng(seed: int, label: str) -> np.random.Generator:
+    """The generator of one randomisation group: a function of the seed and the group's label."""
+    digest = hashlib.sha256(label.encode()).digest()
+    return np.random.default_rng([int(seed), int.from_bytes(digest[:8], "little")])
 
 
 def _minmax(maps: np.ndarray) -> np.ndarray:

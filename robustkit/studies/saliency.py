@@ -13,32 +13,29 @@ Four methods (vanilla gradient, SmoothGrad, Integrated Gradients, Grad-CAM; see
 * faithfulness: the deletion curve (most relevant pixels replaced first) and its area.
 
 The study's cost is its gradient passes: SmoothGrad samples and IG steps run as big
-compiled batches. It never plots; the report draws the stored numbers and small PNGs.
+compiled batches. :meth:`SaliencyStudy.map` does all of that work per sample (every random
+draw keyed by the sample id; the randomised networks come from the explainer, keyed by the
+seed and the block); :meth:`SaliencyStudy.reduce` turns the records into metrics, curves,
+checks and the report's data. It never plots: it stores small float maps, and the report
+colours and draws them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from robustkit.data.images import png_base64
 from robustkit.errors import ConfigError, check_choice, check_range
 from robustkit.metrics import saliency as SM
 from robustkit.metrics.outputs import probabilities
-from robustkit.model.explainers import (
-    METHODS,
-    Explainer,
-    activation_layers,
-    block_groups,
-    randomize_weights,
-    restore_weights,
-    snapshot_weights,
-)
+from robustkit.model.explainers import METHODS, Explainer
 from robustkit.results import Check, StudyResult
 from robustkit.studies import register
-from robustkit.studies.base import AuditContext, Study, StudyConfig
+from robustkit.studies.base import AuditContext, Records, Study, StudyConfig
 
 if TYPE_CHECKING:
     from robustkit.data.dataset import Dataset
@@ -168,44 +165,180 @@ class SaliencyStudy(Study):
     }
     headline = ("localization.mass.gradcam", "randomization.spearman.gradcam", "stability.spearman.gradcam")
 
-    def run(self, model: ModelAdapter, data: Dataset, ctx: AuditContext) -> StudyResult:
+
+    def prepare(self, data: Dataset, ctx: AuditContext) -> None:
+        """Which of the study's samples take part in each sub-study: the stability and
+        randomisation images (an even spread over the classes) and the activation-panel
+        images (the first of each class), chosen over the whole study's samples on the
+        driver, so that every shard and batch agrees on them."""
+        self._sub_studies = _plan(data, self.config)
+
+    def _roles(self, batch: Dataset, ctx: AuditContext) -> dict[str, np.ndarray]:
+        plan = getattr(self, "_sub_studies", None)
+        if plan is None:
+            raise AssertionError("study 'saliency': map() before prepare() (no sub-study plan)")
+        ids = batch.ids
+        return {role: np.isin(ids, sorted(members)) for role, members in plan.items()}
+
+    def map(self, model: ModelAdapter, batch: Dataset, ctx: AuditContext) -> Records:
+        """Per-sample maps and scores of ``batch``: every model pass of the study happens here."""
         cfg = self.config
         assert isinstance(cfg, SaliencyConfig)
-        ex = Explainer(model, layer=cfg.layer)
+        ex = Explainer.cached(model, layer=cfg.layer)
+        roles = self._roles(batch, ctx)
         h, w, c = model.input_shape
-        x = data.load_images(np.arange(len(data)), size=(h, w), channels=c)
-        logits = ctx.clean_logits(model, data)
-        ex.forward_points += len(x)
+        x = batch.load_images(np.arange(len(batch)), size=(h, w), channels=c)
+        logits = ctx.clean_logits(model, batch)
         target = logits.argmax(axis=1).astype(np.int32)
+        ids = [str(i) for i in batch.ids]
+        passes = _Passes(ex, len(x))
+        passes.forward += 1  # the clean pass (computed once per audit, shared with other studies)
+        everyone = np.ones(len(x), bool)
+        with passes.stage(everyone):
+            maps, attr = self._clean_maps(ex, x, target, ctx, ids)
+        rec: Records = {"target": target, "thumbs": _thumbnails(maps), "gradcam_layer": np.full(len(x), ex.layer)}
+        if attr is not None:
+            rec |= _completeness_terms(ex, attr, logits, target)
+        with passes.stage(roles["stability"]):
+            rec |= self._stability_scores(ex, x, target, maps, roles["stability"], ctx, ids)
+        with passes.stage(roles["randomization"]):
+            rec |= self._randomization_scores(ex, x, target, maps, roles["randomization"], ctx, ids)
+        rec |= _localization_scores(batch, maps, ctx, ids, (h, w))
+        rec |= _lung_share_scores(batch, maps, ctx, ids, (h, w))
+        with passes.stage(everyone):
+            rec |= _deletion_probs(ex, x, target, logits, maps, ctx, ids, cfg)
+        with passes.stage(roles["activations"]):
+            rec |= self._activation_maps(ex, x, roles["activations"])
+        return rec | passes.records()
+
+    def reduce(self, records: Records, data: Dataset, ctx: AuditContext) -> StudyResult:
+        """Metrics, curves, tables, checks and report data from every sample's records (no model)."""
+        cfg = self.config
+        assert isinstance(cfg, SaliencyConfig)
         methods = list(cfg.methods)
-        with ctx.bar(len(methods), "saliency maps") as bar:
-            maps = {m: self._explain(ex, m, x, target, ctx, "clean", bar) for m in methods}
         result = StudyResult(name=self.name)
-        result.metrics["n_samples"] = float(len(x))
-        result.records["target"] = target.astype(np.int16)
-        _completeness(ex, x, target, logits, cfg, result) if "integrated_gradients" in methods else None
-        _stability(self, ex, x, target, maps, data.labels, ctx, result)
-        _randomization(self, ex, x, target, maps, data.labels, ctx, result)
-        _localization(data, x, maps, ctx, result, model.class_names)
-        _lung_share(data, maps, ctx, result)
-        _deletion(ex, x, target, logits, maps, ctx, cfg, result)
-        _report_data(ex, data, x, target, maps, cfg, result, model.class_names)
+        result.metrics["n_samples"] = float(len(data))
+        result.records["target"] = records["target"].astype(np.int16)
+        stages = [_stability(records, methods, cfg), _randomization(records, methods, cfg),
+                  _localization(records, data, methods), _lung_share(records, methods),
+                  _deletion(records, methods, cfg)]
+        if "integrated_gradients" in methods:
+            stages.insert(0, _completeness(records, cfg))
+        for part in stages:
+            _absorb(result, part)
+        result.data.update(_report_data(records, data, methods, cfg, ctx))
+        result.records.update(map_thumbs=records["thumbs"], activation_maps=records["act_maps"])
         result.data["record_columns"] = methods + ["random"]
-        result.data["passes"] = {"gradient": ex.grad_points, "forward": ex.forward_points}
+        baseline = 1 if "integrated_gradients" in methods else 0  # the black image, once per audit
+        result.data["passes"] = {"gradient": int(records["grad_passes"].sum()),
+                                 "forward": int(records["forward_passes"].sum()) + baseline}
         return result
 
+    # ------------------------------------------------------------------ map stages (model work)
+
     def _explain(self, ex: Explainer, method: str, x: np.ndarray, target: np.ndarray, ctx: AuditContext,
-                 key: str, bar: Any = None) -> np.ndarray:
+                 key: str, ids: list[str]) -> np.ndarray:
+        """Min-max scaled maps ``(B, H, W)``; SmoothGrad's noise seeded per sample id."""
         cfg = self.config
         assert isinstance(cfg, SaliencyConfig)
+        seeds = np.array([ctx.seed_for("saliency", method, key, sid) for sid in ids], np.int64) \
+            if method == "smoothgrad" else 0
         out = ex.explain(method, x, target, smoothgrad_n=cfg.smoothgrad_n, smoothgrad_noise=cfg.smoothgrad_noise,
-                         ig_steps=cfg.ig_steps, seed=ctx.seed_for("saliency", method, key))
-        if bar is not None:
-            bar.update(1)
+                         ig_steps=cfg.ig_steps, seed=seeds)
         return SM.minmax(out).astype(np.float32)
 
+    def _clean_maps(self, ex: Explainer, x: np.ndarray, target: np.ndarray, ctx: AuditContext,
+                    ids: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+        """Every method's map of the images, and the IG attributions ``(B, H, W, C)`` (one IG pass)."""
+        cfg = self.config
+        assert isinstance(cfg, SaliencyConfig)
+        maps, attr = {}, None
+        for method in cfg.methods:
+            if method == "integrated_gradients":
+                raw, attr = ex.integrated_gradients(x, target, steps=cfg.ig_steps)
+                maps[method] = SM.minmax(raw).astype(np.float32)
+            else:
+                maps[method] = self._explain(ex, method, x, target, ctx, "clean", ids)
+        return maps, attr
 
-# ------------------------------------------------------------------ stages
+    def _stability_scores(self, ex: Explainer, x: np.ndarray, target: np.ndarray, maps: dict[str, np.ndarray],
+                          rows: np.ndarray, ctx: AuditContext, ids: list[str]) -> Records:
+        """Per image of the stability set: similarity with its perturbed copies' maps ``(B, M)``."""
+        cfg = self.config
+        assert isinstance(cfg, SaliencyConfig)
+        n, m = len(x), len(maps)
+        out = {k: np.full((n, m), np.nan, np.float32) for k in _STABILITY}
+        changed = np.zeros(n, np.int32)
+        pick = np.flatnonzero(rows)
+        if len(pick):
+            pick_ids = [ids[r] for r in pick]
+            acc: dict[str, list[list[list[float]]]] = {k: [[[] for _ in maps] for _ in pick] for k in _STABILITY}
+            for name, xp, s in _perturbations(x[pick], cfg, ctx, pick_ids):
+                same = ex.logits(xp).argmax(axis=1) == target[pick]
+                changed[pick] += ~same
+                for j, (meth, base_all) in enumerate(maps.items()):
+                    mp = self._explain(ex, meth, xp, target[pick], ctx, name, pick_ids)
+                    scores = _similarities(base_all[pick], mp, s, cfg.topk_fraction)
+                    for key, vals in scores.items():
+                        for r in np.flatnonzero(same if key != "max_sensitivity" else np.ones_like(same)):
+                            acc[key][r][j].append(vals[r])
+            for key in _STABILITY:
+                for r, row in zip(pick, acc[key]):
+                    for j, got in enumerate(row):
+                        if got:
+                            out[key][r, j] = np.max(got) if key == "max_sensitivity" else np.mean(got)
+        return {**out, "stability_changed": changed, "stability_role": rows}
+
+    def _randomization_scores(self, ex: Explainer, x: np.ndarray, target: np.ndarray, maps: dict[str, np.ndarray],
+                              rows: np.ndarray, ctx: AuditContext, ids: list[str]) -> Records:
+        """Per image of the randomisation set: similarity ``(B, G, M)`` with the original map
+        after each step of the randomisation (cascading; also independent when configured)."""
+        cfg = self.config
+        assert isinstance(cfg, SaliencyConfig)
+        labels = ex.randomization_groups(cfg.randomization_steps)
+        n, g, m = len(x), len(labels), len(maps)
+        out: Records = {"rand_steps": np.tile(np.array(labels, dtype=str), (n, 1)), "rand_role": rows}
+        pick = np.flatnonzero(rows)
+        pick_ids = [ids[r] for r in pick]
+        seed = ctx.seed_for("saliency", "randomization")
+        for variant in _variants(cfg):
+            sims = {k: np.full((n, g, m), np.nan, np.float32) for k in ("spearman", "ssim")}
+            if len(pick):
+                with ex.randomized(seed=seed, steps=cfg.randomization_steps, cascade=variant == "cascading") as steps:
+                    for k, _ in enumerate(steps):
+                        for j, (meth, base) in enumerate(maps.items()):
+                            mr = self._explain(ex, meth, x[pick], target[pick], ctx, "randomized", pick_ids)
+                            sims["spearman"][pick, k, j] = np.nan_to_num(SM.spearman(base[pick], mr), nan=0.0)
+                            sims["ssim"][pick, k, j] = SM.ssim(base[pick], mr)
+            out |= {f"rand_{variant}_{k}": v for k, v in sims.items()}
+        return out
+
+    def _activation_maps(self, ex: Explainer, x: np.ndarray, rows: np.ndarray) -> Records:
+        """For the panel's images: the strongest channels of a few layers, small maps ``(B, L, C, S, S)``."""
+        cfg = self.config
+        assert isinstance(cfg, SaliencyConfig)
+        layers = [] if cfg.n_activation_layers == 0 else list(cfg.layers) or ex.panel_layers(cfg.n_activation_layers)
+        n, nl, nc = len(x), len(layers), cfg.n_channels
+        out: Records = {"act_role": rows, "act_layers": np.tile(np.array(layers, dtype=str).reshape(1, nl), (n, 1)),
+                        "act_channels": np.full((n, nl, nc), -1, np.int32),
+                        "act_maps": np.full((n, nl, nc, _ACT_SIDE, _ACT_SIDE), np.nan, np.float32)}
+        pick = np.flatnonzero(rows)
+        if not len(pick) or not layers:
+            return out
+        for li, feats in enumerate(ex.activations(x[pick], layers)):
+            for i, r in enumerate(pick):
+                top = np.argsort(-feats[i].mean(axis=(0, 1)), kind="mergesort")[:nc]
+                out["act_channels"][r, li, : len(top)] = top
+                for ci, ch in enumerate(top):
+                    out["act_maps"][r, li, ci] = _area_resize(SM.minmax(feats[i][..., ch])[0], _ACT_SIDE, _ACT_SIDE)
+        return out
+
+
+# ------------------------------------------------------------------ plan and map helpers
+
+_STABILITY = ("stability_spearman", "stability_ssim", "stability_topk", "max_sensitivity")
+_THUMB = 56  # longest side of the stored gallery maps (the report enlarges them to 112 px)
+_ACT_SIDE = 32  # side of the stored activation maps
 
 
 def _spread(labels: np.ndarray, n: int | None) -> np.ndarray:
@@ -216,21 +349,61 @@ def _spread(labels: np.ndarray, n: int | None) -> np.ndarray:
     return np.sort(order[np.linspace(0, len(order) - 1, n).round().astype(int)])
 
 
-def _completeness(ex: Explainer, x, target, logits, cfg: SaliencyConfig, result: StudyResult) -> None:
-    _, attr = ex.integrated_gradients(x, target, steps=cfg.ig_steps)
-    z0 = ex.logits(np.zeros((1, *x.shape[1:]), np.float32))[0]
-    delta = logits[np.arange(len(x)), target] - z0[target]
-    gap = np.abs(attr.reshape(len(x), -1).sum(axis=1) - delta)
-    err = float(gap.sum() / max(np.abs(delta).sum(), 1e-12))
-    result.metrics["completeness_error.integrated_gradients"] = err
-    result.checks.append(Check("IG completeness", "pass" if err <= 0.05 else "warn",
-                               f"sum of attributions vs logit(x) - logit(black): pooled relative error {err:.1%} "
-                               f"with {cfg.ig_steps} steps (warn above 5%: use more steps)."))
+def _plan(data: Dataset, cfg: SaliencyConfig) -> dict[str, frozenset[str]]:
+    """Sample ids of each sub-study: stability, randomisation, activation panel."""
+    ids, labels = data.ids, np.asarray(data.labels)
+    first = [int(np.flatnonzero(labels == k)[0]) for k in range(len(data.class_names)) if (labels == k).any()]
+    return {"stability": frozenset(ids[_spread(labels, cfg.stability_samples)].tolist()),
+            "randomization": frozenset(ids[_spread(labels, cfg.randomization_samples)].tolist()),
+            "activations": frozenset(ids[first].tolist())}
 
 
-def _perturbations(x: np.ndarray, cfg: SaliencyConfig, rng: np.random.Generator) -> list[tuple[str, np.ndarray, int]]:
-    out = [(f"noise_{i + 1}", np.clip(x + rng.normal(0, cfg.noise_sigma, x.shape), 0, 1).astype(np.float32), 0)
-           for i in range(cfg.n_noise)]
+def _variants(cfg: SaliencyConfig) -> tuple[str, ...]:
+    return ("cascading", "independent") if cfg.independent else ("cascading",)
+
+
+class _Passes:
+    """Model passes per sample: each stage's passes shared evenly by the samples it worked on."""
+
+    def __init__(self, ex: Explainer, n: int) -> None:
+        self.ex = ex
+        self.grad = np.zeros(n, np.int64)
+        self.forward = np.zeros(n, np.int64)
+
+    @contextmanager
+    def stage(self, rows: np.ndarray) -> Iterator[None]:
+        g0, f0 = self.ex.grad_points, self.ex.forward_points
+        yield
+        k = int(rows.sum())
+        for counts, delta in ((self.grad, self.ex.grad_points - g0), (self.forward, self.ex.forward_points - f0)):
+            assert delta == 0 or (k and delta % k == 0), "a stage's passes must be the same for each of its samples"
+            if delta:
+                counts[rows] += delta // k
+
+    def records(self) -> Records:
+        return {"grad_passes": self.grad, "forward_passes": self.forward}
+
+
+def _completeness_terms(ex: Explainer, attr: np.ndarray, logits: np.ndarray, target: np.ndarray) -> Records:
+    """|sum of IG attributions - (logit(x) - logit(black))| and |logit difference| per image."""
+    z0 = ex.baseline_logits(0.0)
+    n = len(attr)
+    delta = logits[np.arange(n), target] - z0[target]
+    gap = np.abs(attr.reshape(n, -1).sum(axis=1) - delta)
+    return {"ig_gap": gap.astype(np.float64), "ig_delta": np.abs(delta).astype(np.float64)}
+
+
+def _perturbation_names(cfg: SaliencyConfig) -> list[str]:
+    return [f"noise_{i + 1}" for i in range(cfg.n_noise)] + (["brightness"] if cfg.brightness else []) \
+        + (["shift"] if cfg.shift else [])
+
+
+def _perturbations(x: np.ndarray, cfg: SaliencyConfig, ctx: AuditContext,
+                   ids: list[str]) -> list[tuple[str, np.ndarray, int]]:
+    """``(name, images, shift)`` of the stability copies; the noise is drawn per sample id."""
+    noise = np.stack([ctx.rng("saliency", "stability", sid).normal(0, cfg.noise_sigma, (cfg.n_noise, *x.shape[1:]))
+                      for sid in ids], axis=1)
+    out = [(f"noise_{i + 1}", np.clip(x + noise[i], 0, 1).astype(np.float32), 0) for i in range(cfg.n_noise)]
     if cfg.brightness:
         out.append(("brightness", np.clip(x + cfg.brightness, 0, 1).astype(np.float32), 0))
     s = cfg.shift
@@ -240,278 +413,293 @@ def _perturbations(x: np.ndarray, cfg: SaliencyConfig, rng: np.random.Generator)
     return out
 
 
-def _stability(study, ex, x, target, maps, labels, ctx, result: StudyResult) -> None:
-    cfg = study.config
-    pick = _spread(labels, cfg.stability_samples)
-    methods = list(maps)
-    n, m = len(x), len(methods)
-    acc: dict[str, list[list[list[float]]]] = {k: [[[] for _ in methods] for _ in pick] for k in ("spearman", "ssim", "topk", "sens")}
-    changed = 0
-    perturbs = _perturbations(x[pick], cfg, ctx.rng("saliency", "stability"))
-    with ctx.bar(len(perturbs) * m, "saliency stability") as bar:
-        for name, xp, s in perturbs:
-            same = ex.logits(xp).argmax(axis=1) == target[pick]
-            changed += int((~same).sum())
-            for j, meth in enumerate(methods):
-                mp = study._explain(ex, meth, xp, target[pick], ctx, name)
-                base = maps[meth][pick]
-                a, b = (base[:, : base.shape[1] - s, : base.shape[2] - s], mp[:, s:, s:]) if s else (base, mp)
-                scores = {"spearman": np.nan_to_num(SM.spearman(a, b), nan=0.0), "ssim": SM.ssim(a, b),
-                          "topk": SM.topk_intersection(a, b, fraction=cfg.topk_fraction)}
-                if not s:
-                    scores["sens"] = SM.relative_change(a, b)
-                for key, vals in scores.items():
-                    for r in np.flatnonzero(same if key != "sens" else np.ones_like(same)):
-                        acc[key][r][j].append(vals[r])
-                bar.update(1)
-    recs = {}
-    for key in acc:
-        arr = np.full((n, m), np.nan, np.float32)
-        for r, row in zip(pick, acc[key]):
-            for j, vals in enumerate(row):
-                if vals:
-                    arr[r, j] = np.max(vals) if key == "sens" else np.mean(vals)
-        recs[key] = arr
-    for j, meth in enumerate(methods):
-        for key, metric in (("spearman", "stability.spearman"), ("ssim", "stability.ssim"),
-                            ("topk", "stability.topk"), ("sens", "max_sensitivity")):
-            col = recs[key][:, j]
-            result.metrics[f"{metric}.{meth}"] = float(np.nanmean(col)) if np.isfinite(col).any() else float("nan")
-    result.metrics["n_stability_changed"] = float(changed)
-    result.records.update(stability_spearman=recs["spearman"], stability_ssim=recs["ssim"],
-                          stability_topk=recs["topk"], max_sensitivity=recs["sens"])
-    result.tables["stability"] = [
-        {"method": meth, "spearman": result.metrics[f"stability.spearman.{meth}"],
-         "ssim": result.metrics[f"stability.ssim.{meth}"], "top-k": result.metrics[f"stability.topk.{meth}"],
-         "max_sensitivity": result.metrics[f"max_sensitivity.{meth}"]} for meth in methods
-    ]
-    result.data["stability"] = {"perturbations": [p[0] for p in perturbs], "n_images": int(len(pick)),
-                                "n_changed": changed}
+def _similarities(base: np.ndarray, mp: np.ndarray, s: int, topk: float) -> dict[str, np.ndarray]:
+    """Spearman, SSIM, top-k (and, unshifted, the relative change) of maps vs perturbed maps."""
+    a, b = (base[:, : base.shape[1] - s, : base.shape[2] - s], mp[:, s:, s:]) if s else (base, mp)
+    scores = {"stability_spearman": np.nan_to_num(SM.spearman(a, b), nan=0.0), "stability_ssim": SM.ssim(a, b),
+              "stability_topk": SM.topk_intersection(a, b, fraction=topk)}
+    if not s:
+        scores["max_sensitivity"] = SM.relative_change(a, b)
+    return scores
 
 
-def _similarity_curves(study, ex, xs, ts, orig, groups, ctx, *, cascade: bool, snap) -> dict[str, Any]:
-    curves: dict[str, Any] = {"steps": ["original"] + [g[0] for g in groups],
-                              "spearman": {m: [1.0] for m in orig}, "ssim": {m: [1.0] for m in orig}}
-    rng = ctx.rng("saliency", "randomization", cascade)
-    with ctx.bar(len(groups), "saliency randomisation" + ("" if cascade else " (independent)")) as bar:
-        for _, layers in groups:
-            if not cascade:
-                restore_weights(ex.adapter.model, snap)
-            randomize_weights(layers, rng)
-            for meth, base in orig.items():
-                mr = study._explain(ex, meth, xs, ts, ctx, "randomized")
-                curves["spearman"][meth].append(float(np.mean(np.nan_to_num(SM.spearman(base, mr), nan=0.0))))
-                curves["ssim"][meth].append(float(np.mean(SM.ssim(base, mr))))
-            bar.update(1)
-    return curves
+_LOC_FNS = {"pointing_game": SM.pointing_game, "mass": SM.relevance_mass, "rank_accuracy": SM.relevance_rank_accuracy}
 
 
-def _randomization(study, ex, x, target, maps, labels, ctx, result: StudyResult) -> None:
-    cfg = study.config
-    pick = _spread(labels, cfg.randomization_samples)
-    xs, ts = x[pick], target[pick]
-    orig = {m: v[pick] for m, v in maps.items()}
-    model = ex.adapter.model
-    groups = block_groups(model, cfg.randomization_steps)
-    snap = snapshot_weights(model)
-    try:
-        out: dict[str, Any] = {"cascading": _similarity_curves(study, ex, xs, ts, orig, groups, ctx, cascade=True, snap=snap)}
-        if cfg.independent:
-            restore_weights(model, snap)
-            out["independent"] = _similarity_curves(study, ex, xs, ts, orig, groups, ctx, cascade=False, snap=snap)
-    finally:
-        restore_weights(model, snap)
-    casc = out["cascading"]
-    for meth in maps:
-        sp, ss = casc["spearman"][meth][-1], casc["ssim"][meth][-1]
-        result.metrics[f"randomization.spearman.{meth}"] = sp
-        result.metrics[f"randomization.ssim.{meth}"] = ss
-        value = ss if cfg.randomization_metric == "ssim" else sp
-        ok = value < cfg.randomization_threshold
-        result.checks.append(Check(
-            f"randomisation sanity: {meth}", "pass" if ok else "fail",
-            f"after randomising every block from the top down to {casc['steps'][-1]} ({len(groups)} "
-            f"cascading steps) the map's mean {cfg.randomization_metric.upper()} similarity with the "
-            f"original is {value:.2f}, {'below' if ok else 'not below'} {cfg.randomization_threshold} "
-            f"(SSIM {ss:.2f}, Spearman {sp:.2f})."))
-    key = f"randomization.{cfg.randomization_metric}"
-    out["passed"] = [m for m in maps if result.metrics[f"{key}.{m}"] < cfg.randomization_threshold]
-    out["metric"] = cfg.randomization_metric
-    out["n_images"] = int(len(pick))
-    result.data["randomization"] = out
+def _localization_scores(batch: Dataset, maps: dict[str, np.ndarray], ctx: AuditContext, ids: list[str],
+                         size: tuple[int, int]) -> Records:
+    """Localisation scores ``(B, M + 1)`` against the lesion masks (NaN: empty mask); the last
+    column is a uniform random map drawn per sample id."""
+    n, (h, w) = len(ids), size
+    masks = batch.load_masks(np.arange(n), size=size) if batch.has_masks else np.zeros((n, h, w), bool)
+    rand = np.stack([ctx.rng("saliency", "random_map", sid).random((h, w)) for sid in ids])
+    cols = [*maps.values(), rand]
+    out: Records = {key: np.stack([fn(mp, masks) for mp in cols], axis=1).astype(np.float32)
+                    for key, fn in _LOC_FNS.items()}
+    out["has_mask"] = np.asarray(masks.reshape(n, -1).any(axis=1))
+    return out
 
 
-def _localization(data, x, maps, ctx, result: StudyResult, class_names) -> None:
-    if not data.has_masks:
-        result.checks.append(Check("localisation", "warn", "the dataset has no lesion masks: localisation skipped."))
-        return
-    h, w = x.shape[1:3]
-    masks = data.load_masks(np.arange(len(data)), size=(h, w))
-    has = masks.reshape(len(masks), -1).any(axis=1)
-    labels = np.asarray(data.labels)
-    result.metrics["n_localization_excluded"] = float((~has).sum())
-    rand = ctx.rng("saliency", "random_map").random((len(x), h, w))
-    cols = {**maps, "random": rand}
-    recs = {k: np.full((len(x), len(cols)), np.nan, np.float32) for k in _LOC}
-    fns = {"pointing_game": SM.pointing_game, "mass": SM.relevance_mass, "rank_accuracy": SM.relevance_rank_accuracy}
-    for j, (meth, mp) in enumerate(cols.items()):
-        for key in _LOC:
-            vals = fns[key](mp, masks)
-            recs[key][:, j] = vals
-            result.metrics[f"localization.{key}.{meth}"] = _nanmean(vals)
-            for k, cls in enumerate(class_names):
-                sel = (labels == k) & has
-                if sel.any():
-                    result.metrics[f"localization.{key}.{meth}.{cls}"] = _nanmean(vals[sel])
-    result.records.update(pointing_game=recs["pointing_game"], mass=recs["mass"],
-                          rank_accuracy=recs["rank_accuracy"])
-    result.tables["localization"] = [
-        {"method": meth, **{key: result.metrics[f"localization.{key}.{meth}"] for key in _LOC}} for meth in cols]
-    result.data["localization"] = {
-        "excluded_by_class": {cls: int(((labels == k) & ~has).sum()) for k, cls in enumerate(class_names)},
-        "n_images": int(has.sum())}
-    for meth in maps:
-        better = all(result.metrics[f"localization.{k}.{meth}"] > result.metrics[f"localization.{k}.random"]
-                     for k in ("mass", "rank_accuracy"))
-        result.checks.append(Check(
-            f"localisation beats random: {meth}", "pass" if better else "warn",
-            f"relevance mass {result.metrics[f'localization.mass.{meth}']:.3f} vs "
-            f"{result.metrics['localization.mass.random']:.3f} for a random map; rank accuracy "
-            f"{result.metrics[f'localization.rank_accuracy.{meth}']:.3f} vs "
-            f"{result.metrics['localization.rank_accuracy.random']:.3f}."))
-
-
-def _nanmean(v: np.ndarray) -> float:
-    return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
-
-
-def _deletion(ex, x, target, logits, maps, ctx, cfg: SaliencyConfig, result: StudyResult) -> None:
+def _deletion_probs(ex: Explainer, x: np.ndarray, target: np.ndarray, logits: np.ndarray,
+                    maps: dict[str, np.ndarray], ctx: AuditContext, ids: list[str], cfg: SaliencyConfig) -> Records:
+    """Probability of the explained class as pixels are removed, ``(B, M + 1, steps + 1)``
+    (the last method is a random order drawn per sample id)."""
     fractions = np.linspace(0.0, 1.0, cfg.deletion_steps + 1)
     inner = fractions[1:-1]
     n = len(x)
     kind = ex.adapter.output_kind
     p0 = probabilities(logits, kind)[np.arange(n), target]
     full = np.stack([SM.deletion_images(img, np.zeros(img.shape[:2]), np.ones(1), fill=cfg.deletion_fill)[0]
-                     for img in x]) if n else x
-    p1 = probabilities(ex.logits(full), kind)[np.arange(n), target] if n else p0
-    cols = {**maps, "random": ctx.rng("saliency", "deletion_random").random(x.shape[:3])}
-    aucs = np.full((n, len(cols)), np.nan, np.float32)
-    curves = {}
+                     for img in x])
+    p1 = probabilities(ex.logits(full), kind)[np.arange(n), target]
+    cols = [*maps.values(), np.stack([ctx.rng("saliency", "deletion_random", sid).random(x.shape[1:3]) for sid in ids])]
+    probs = np.empty((n, len(cols), len(fractions)), np.float32)
+    probs[:, :, 0], probs[:, :, -1] = p0[:, None], p1[:, None]
     per_call = max(1, 4 * ex.adapter.batch_size // max(1, len(inner)))
-    for j, (meth, mp) in enumerate(cols.items()):
-        probs = np.empty((n, len(fractions)), np.float32)
-        probs[:, 0], probs[:, -1] = p0, p1
+    for j, mp in enumerate(cols):
         for i in range(0, n, per_call):
             sl = slice(i, min(n, i + per_call))
             steps = np.concatenate([SM.deletion_images(x[r], mp[r], inner, fill=cfg.deletion_fill)
                                     for r in range(sl.start, sl.stop)])
             pr = probabilities(ex.logits(steps), kind).reshape(sl.stop - sl.start, len(inner), -1)
-            probs[sl, 1:-1] = np.take_along_axis(pr, target[sl, None, None], axis=2)[..., 0]
-        aucs[:, j] = SM.curve_auc(fractions, probs)
-        curves[meth] = np.round(probs.mean(axis=0), 5).tolist() if n else []
-        result.metrics[f"deletion_auc.{meth}"] = _nanmean(aucs[:, j])
-    result.records["deletion_auc"] = aucs
-    result.data["deletion"] = {"fractions": np.round(fractions, 5).tolist(), "curves": curves,
-                               "fill": cfg.deletion_fill}
+            probs[sl, j, 1:-1] = np.take_along_axis(pr, target[sl, None, None], axis=2)[..., 0]
+    return {"deletion_probs": probs}
 
 
-# ------------------------------------------------------------------ report data (PNG only)
-
-_ANCHORS = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], np.float32) / 255
-
-
-def _colormap(m: np.ndarray) -> np.ndarray:
-    """An inferno-like colour ramp of a map in [0, 1] -> RGB ``(H, W, 3)``."""
-    t = np.clip(m, 0, 1) * (len(_ANCHORS) - 1)
-    i = np.minimum(t.astype(int), len(_ANCHORS) - 2)
-    f = (t - i)[..., None]
-    return _ANCHORS[i] * (1 - f) + _ANCHORS[i + 1] * f
-
-
-def _outline(mask: np.ndarray) -> np.ndarray:
-    inner = mask.copy()
-    inner[1:] &= mask[:-1]
-    inner[:-1] &= mask[1:]
-    inner[:, 1:] &= mask[:, :-1]
-    inner[:, :-1] &= mask[:, 1:]
-    return mask & ~inner
+def _area_resize(a: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Mean of ``a`` ``(H, W)`` over each cell of an ``out_h x out_w`` grid (nearest when enlarging)."""
+    h, w = a.shape
+    rows = np.minimum((np.arange(out_h + 1) * h) // out_h, h)
+    cols = np.minimum((np.arange(out_w + 1) * w) // out_w, w)
+    r1, c1 = np.maximum(rows[1:], rows[:-1] + 1), np.maximum(cols[1:], cols[:-1] + 1)
+    r0, c0 = np.minimum(rows[:-1], h - 1), np.minimum(cols[:-1], w - 1)
+    integral = np.zeros((h + 1, w + 1))
+    integral[1:, 1:] = np.asarray(a, np.float64).cumsum(0).cumsum(1)
+    total = (integral[r1][:, c1] - integral[r0][:, c1] - integral[r1][:, c0] + integral[r0][:, c0])
+    return (total / np.outer(r1 - r0, c1 - c0)).astype(np.float32)
 
 
-def _gray_rgb(img: np.ndarray) -> np.ndarray:
-    g = img.mean(axis=-1)
-    return np.repeat(g[..., None], 3, axis=-1)
+def _thumb_shape(h: int, w: int) -> tuple[int, int]:
+    scale = min(1.0, _THUMB / max(h, w))
+    return max(1, round(h * scale)), max(1, round(w * scale))
 
 
-def _draw_outline(rgb: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    if mask is None or not mask.any():
-        return rgb
-    out = rgb.copy()
-    out[_outline(mask)] = (0.0, 1.0, 0.3)
-    return out
+def _thumbnails(maps: dict[str, np.ndarray]) -> np.ndarray:
+    """Every method's map, area-averaged to at most :data:`_THUMB` pixels a side: ``(B, M, h, w)``."""
+    first = next(iter(maps.values()))
+    th, tw = _thumb_shape(*first.shape[1:3])
+    return np.stack([[_area_resize(mp[r], th, tw) for mp in maps.values()] for r in range(len(first))]) \
+        .reshape(len(first), len(maps), th, tw)
 
 
-def _png(arr: np.ndarray, side: int = 112) -> str:
-    reps = max(1, side // max(arr.shape[:2]))
-    return png_base64(np.kron(arr, np.ones((reps, reps, 1))) if reps > 1 else arr, max_side=side)
+# ------------------------------------------------------------------ reduce stages (no model)
 
 
-def _gallery(data, x, target, maps, cfg: SaliencyConfig, class_names) -> list[dict[str, Any]]:
-    masks = data.load_masks(np.arange(len(data)), size=x.shape[1:3]) if data.has_masks else None
-    labels = np.asarray(data.labels)
+def _absorb(result: StudyResult, part: StudyResult) -> None:
+    result.metrics.update(part.metrics)
+    result.records.update(part.records)
+    result.tables.update(part.tables)
+    result.data.update(part.data)
+    result.checks.extend(part.checks)
+
+
+def _nanmean(v: np.ndarray) -> float:
+    return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+
+
+def _completeness(records: Records, cfg: SaliencyConfig) -> StudyResult:
+    err = float(records["ig_gap"].sum() / max(records["ig_delta"].sum(), 1e-12))
+    part = StudyResult(name="saliency", metrics={"completeness_error.integrated_gradients": err})
+    part.checks.append(Check("IG completeness", "pass" if err <= 0.05 else "warn",
+                             f"sum of attributions vs logit(x) - logit(black): pooled relative error {err:.1%} "
+                             f"with {cfg.ig_steps} steps (warn above 5%: use more steps)."))
+    return part
+
+
+def _stability(records: Records, methods: list[str], cfg: SaliencyConfig) -> StudyResult:
+    part = StudyResult(name="saliency")
+    for j, meth in enumerate(methods):
+        for key, metric in zip(_STABILITY, ("stability.spearman", "stability.ssim", "stability.topk",
+                                            "max_sensitivity")):
+            part.metrics[f"{metric}.{meth}"] = _nanmean(records[key][:, j])
+    changed = int(records["stability_changed"].sum())
+    part.metrics["n_stability_changed"] = float(changed)
+    part.records.update({key: records[key] for key in _STABILITY})
+    part.tables["stability"] = [
+        {"method": meth, "spearman": part.metrics[f"stability.spearman.{meth}"],
+         "ssim": part.metrics[f"stability.ssim.{meth}"], "top-k": part.metrics[f"stability.topk.{meth}"],
+         "max_sensitivity": part.metrics[f"max_sensitivity.{meth}"]} for meth in methods
+    ]
+    part.data["stability"] = {"perturbations": _perturbation_names(cfg),
+                              "n_images": int(records["stability_role"].sum()), "n_changed": changed}
+    return part
+
+
+def _curves(records: Records, variant: str, methods: list[str]) -> dict[str, Any]:
+    rows = records["rand_role"]
+    labels = [str(s) for s in records["rand_steps"][0]] if len(rows) else []
+    curves: dict[str, Any] = {"steps": ["original", *labels]}
+    for measure in ("spearman", "ssim"):
+        sims = records[f"rand_{variant}_{measure}"][rows]
+        curves[measure] = {m: [1.0] + [float(np.mean(sims[:, k, j], dtype=np.float64)) for k in range(len(labels))]
+                           for j, m in enumerate(methods)}
+    return curves
+
+
+def _randomization(records: Records, methods: list[str], cfg: SaliencyConfig) -> StudyResult:
+    part = StudyResult(name="saliency")
+    out: dict[str, Any] = {variant: _curves(records, variant, methods) for variant in _variants(cfg)}
+    casc = out["cascading"]
+    n_groups = len(casc["steps"]) - 1
+    for meth in methods:
+        sp, ss = casc["spearman"][meth][-1], casc["ssim"][meth][-1]
+        part.metrics[f"randomization.spearman.{meth}"] = sp
+        part.metrics[f"randomization.ssim.{meth}"] = ss
+        value = ss if cfg.randomization_metric == "ssim" else sp
+        ok = value < cfg.randomization_threshold
+        part.checks.append(Check(
+            f"randomisation sanity: {meth}", "pass" if ok else "fail",
+            f"after randomising every block from the top down to {casc['steps'][-1]} ({n_groups} "
+            f"cascading steps) the map's mean {cfg.randomization_metric.upper()} similarity with the "
+            f"original is {value:.2f}, {'below' if ok else 'not below'} {cfg.randomization_threshold} "
+            f"(SSIM {ss:.2f}, Spearman {sp:.2f})."))
+    key = f"randomization.{cfg.randomization_metric}"
+    out["passed"] = [m for m in methods if part.metrics[f"{key}.{m}"] < cfg.randomization_threshold]
+    out["metric"] = cfg.randomization_metric
+    out["n_images"] = int(records["rand_role"].sum())
+    part.data["randomization"] = out
+    return part
+
+
+def _localization(records: Records, data: Dataset, methods: list[str]) -> StudyResult:
+    part = StudyResult(name="saliency")
+    if not data.has_masks:
+        part.checks.append(Check("localisation", "warn", "the dataset has no lesion masks: localisation skipped."))
+        return part
+    has, labels, names = records["has_mask"], np.asarray(data.labels), list(data.class_names)
+    part.metrics["n_localization_excluded"] = float((~has).sum())
+    cols = [*methods, "random"]
+    for j, meth in enumerate(cols):
+        for key in _LOC:
+            vals = records[key][:, j]
+            part.metrics[f"localization.{key}.{meth}"] = _nanmean(vals)
+            for k, cls in enumerate(names):
+                sel = (labels == k) & has
+                if sel.any():
+                    part.metrics[f"localization.{key}.{meth}.{cls}"] = _nanmean(vals[sel])
+    part.records.update({key: records[key] for key in _LOC})
+    part.tables["localization"] = [
+        {"method": meth, **{key: part.metrics[f"localization.{key}.{meth}"] for key in _LOC}} for meth in cols]
+    part.data["localization"] = {
+        "excluded_by_class": {cls: int(((labels == k) & ~has).sum()) for k, cls in enumerate(names)},
+        "n_images": int(has.sum())}
+    for meth in methods:
+        m = part.metrics
+        better = all(m[f"localization.{k}.{meth}"] > m[f"localization.{k}.random"] for k in ("mass", "rank_accuracy"))
+        part.checks.append(Check(
+            f"localisation beats random: {meth}", "pass" if better else "warn",
+            f"relevance mass {m[f'localization.mass.{meth}']:.3f} vs {m['localization.mass.random']:.3f} for a "
+            f"random map; rank accuracy {m[f'localization.rank_accuracy.{meth}']:.3f} vs "
+            f"{m['localization.rank_accuracy.random']:.3f}."))
+    return part
+
+
+def _deletion(records: Records, methods: list[str], cfg: SaliencyConfig) -> StudyResult:
+    part = StudyResult(name="saliency")
+    fractions = np.linspace(0.0, 1.0, cfg.deletion_steps + 1)
+    probs = records["deletion_probs"]
+    n = len(probs)
+    aucs = np.full((n, len(methods) + 1), np.nan, np.float32)
+    curves = {}
+    for j, meth in enumerate([*methods, "random"]):
+        aucs[:, j] = SM.curve_auc(fractions, probs[:, j])
+        curves[meth] = np.round(probs[:, j].mean(axis=0), 5).tolist() if n else []
+        part.metrics[f"deletion_auc.{meth}"] = _nanmean(aucs[:, j])
+    part.records["deletion_auc"] = aucs
+    part.data["deletion"] = {"fractions": np.round(fractions, 5).tolist(), "curves": curves,
+                             "fill": cfg.deletion_fill}
+    return part
+
+
+# ------------------------------------------------------------------ report data (small float maps only)
+
+
+def _grid(a: np.ndarray) -> list[Any]:
+    """A small image read from the data side as nested lists (rounded: the report only draws it;
+    the model's maps, which carry float noise, are records: ``map_thumbs``, ``activation_maps``)."""
+    return np.round(np.asarray(a, np.float64), 3).tolist()
+
+
+def _gray_thumbs(data: Dataset, rows: np.ndarray, ctx: AuditContext, shape: tuple[int, int]) -> np.ndarray:
+    """The images at ``rows``, as the model sees them, in grey and area-averaged to ``shape``."""
+    h, w, c = ctx.input_shape or (*shape, 1)
+    x = data.load_images(rows, size=(h, w), channels=c)
+    return np.stack([_area_resize(img.mean(axis=-1), *shape) for img in x]) if len(rows) else np.zeros((0, *shape))
+
+
+def _mask_thumbs(data: Dataset, rows: np.ndarray, ctx: AuditContext, shape: tuple[int, int]) -> list[Any]:
+    if not data.has_masks:
+        return [None] * len(rows)
+    h, w, _ = ctx.input_shape or (*shape, 1)
+    masks = data.load_masks(rows, size=(h, w))
+    return [(_area_resize(mk, *shape) > 0).astype(int).tolist() if mk.any() else None for mk in masks]
+
+
+def _gallery(records: Records, data: Dataset, methods: list[str], cfg: SaliencyConfig,
+             ctx: AuditContext) -> list[dict[str, Any]]:
+    labels, names = np.asarray(data.labels), list(data.class_names)
+    thumbs = records["thumbs"]
+    shape = (int(thumbs.shape[2]), int(thumbs.shape[3]))
     out = []
-    for k, cls in enumerate(class_names):
+    for k, cls in enumerate(names):
         rows = np.flatnonzero(labels == k)[: cfg.n_gallery]
-        items = []
-        for r in rows:
-            mask = masks[r] if masks is not None else None
-            gray = _gray_rgb(x[r])
-            items.append({
-                "id": str(data.ids[r]), "label": cls, "pred": class_names[int(target[r])],
-                "image_png": _png(_draw_outline(gray, mask)),
-                "maps": [{"method": m, "overlay_png": _png(_draw_outline(0.5 * gray + 0.5 * _colormap(v[r]), mask)),
-                          "heat_png": _png(_draw_outline(_colormap(v[r]), mask))} for m, v in maps.items()],
-            })
+        images, masks = _gray_thumbs(data, rows, ctx, shape), _mask_thumbs(data, rows, ctx, shape)
+        items = [{"id": str(data.ids[r]), "label": cls, "pred": names[int(records["target"][r])],
+                  "image": _grid(img), "mask": mask, "row": int(r),
+                  "maps": [{"method": m, "column": j} for j, m in enumerate(methods)]}
+                 for r, img, mask in zip(rows, images, masks)]
         if items:
             out.append({"class": cls, "items": items})
     return out
 
 
-def _activation_panel(ex: Explainer, data, x, target, cfg: SaliencyConfig, class_names) -> dict[str, Any]:
-    layers = list(cfg.layers) or activation_layers(ex.adapter.model, cfg.n_activation_layers, ex.layer)
-    if not layers or cfg.n_activation_layers == 0:
+def _activation_panel(records: Records, data: Dataset, ctx: AuditContext) -> dict[str, Any]:
+    rows = np.flatnonzero(records["act_role"])
+    layers = [str(s) for s in records["act_layers"][rows[0]]] if len(rows) else []
+    if not layers:
         return {"layers": [], "images": []}
-    labels = np.asarray(data.labels)
-    rows = [int(np.flatnonzero(labels == k)[0]) for k in range(len(class_names)) if (labels == k).any()]
-    feats = ex.activations(x[rows], layers)
+    labels, names = np.asarray(data.labels), list(data.class_names)
+    rows = rows[np.argsort(labels[rows], kind="mergesort")]
+    grays = _gray_thumbs(data, rows, ctx, _thumb_shape(*(ctx.input_shape or (_THUMB, _THUMB))[:2]))
     images = []
-    for i, r in enumerate(rows):
-        panel = []
-        for name, f in zip(layers, feats):
-            a = f[i]
-            top = np.argsort(-a.mean(axis=(0, 1)), kind="mergesort")[: cfg.n_channels]
-            panel.append({"layer": name, "channels": [
-                {"channel": int(ch), "png": _png(_colormap(SM.minmax(a[..., ch])[0]), 64)} for ch in top]})
-        images.append({"id": str(data.ids[r]), "label": class_names[int(labels[r])],
-                       "image_png": _png(_gray_rgb(x[r]), 64), "layers": panel})
+    for r, gray in zip(rows, grays):
+        panel = [{"layer": name, "channels": [
+            {"channel": int(ch), "at": [int(r), li, ci]}
+            for ci, ch in enumerate(records["act_channels"][r, li]) if ch >= 0]} for li, name in enumerate(layers)]
+        images.append({"id": str(data.ids[r]), "label": names[int(labels[r])], "image": _grid(gray), "layers": panel})
     return {"layers": layers, "images": images}
 
 
-def _report_data(ex, data, x, target, maps, cfg: SaliencyConfig, result: StudyResult, class_names) -> None:
-    result.data["gallery"] = _gallery(data, x, target, maps, cfg, class_names)
-    result.data["activations"] = _activation_panel(ex, data, x, target, cfg, class_names)
-    result.data["class_names"] = list(class_names)
-    result.data["parameters"] = {
-        "gradcam_layer": ex.layer,
-        "vanilla_gradient": "max over channels of |d logit / d x|, min-max scaled per image",
-        "smoothgrad": f"{cfg.smoothgrad_n} noisy copies, noise sigma {cfg.smoothgrad_noise} x the image's value range",
-        "integrated_gradients": (f"{cfg.ig_steps} steps (midpoint rule), baseline black (0) in pixel space; "
-                                 "for InceptionV3, whose own input scale is [-1, 1], its zero is mid-grey"),
-        "gradcam": f"layer {ex.layer}, relu of the gradient-weighted channel sum, bilinear upsampling",
-        "explained_class": "the predicted class (logit before the softmax)",
-        "deletion": f"{cfg.deletion_steps} steps, removed pixels replaced by "
-                    + ("the image's mean" if cfg.deletion_fill == "mean" else "black"),
-        "stability": (f"{cfg.n_noise} Gaussian noise copies (sigma {cfg.noise_sigma}), brightness "
-                      f"{cfg.brightness:+}, shift {cfg.shift} px; top-k = {cfg.topk_fraction:.0%} of pixels"),
+def _report_data(records: Records, data: Dataset, methods: list[str], cfg: SaliencyConfig,
+                 ctx: AuditContext) -> dict[str, Any]:
+    layer = str(records["gradcam_layer"][0]) if len(records["gradcam_layer"]) else cfg.layer
+    return {
+        "gallery": _gallery(records, data, methods, cfg, ctx),
+        "activations": _activation_panel(records, data, ctx),
+        "class_names": list(data.class_names),
+        "parameters": {
+            "gradcam_layer": layer,
+            "vanilla_gradient": "max over channels of |d logit / d x|, min-max scaled per image",
+            "smoothgrad": f"{cfg.smoothgrad_n} noisy copies, noise sigma {cfg.smoothgrad_noise} x the image's value range",
+            "integrated_gradients": (f"{cfg.ig_steps} steps (midpoint rule), baseline black (0) in pixel space; "
+                                     "for InceptionV3, whose own input scale is [-1, 1], its zero is mid-grey"),
+            "gradcam": f"layer {layer}, relu of the gradient-weighted channel sum, bilinear upsampling",
+            "explained_class": "the predicted class (logit before the softmax)",
+            "deletion": f"{cfg.deletion_steps} steps, removed pixels replaced by "
+                        + ("the image's mean" if cfg.deletion_fill == "mean" else "black"),
+            "stability": (f"{cfg.n_noise} Gaussian noise copies (sigma {cfg.noise_sigma}), brightness "
+                          f"{cfg.brightness:+}, shift {cfg.shift} px; top-k = {cfg.topk_fraction:.0%} of pixels"),
+        },
     }
 
 
@@ -521,28 +709,43 @@ def _report_data(ex, data, x, target, maps, cfg: SaliencyConfig, result: StudyRe
 LUNG_SHARE_WARN = 0.5
 
 
-def _lung_share(data, maps: dict[str, np.ndarray], ctx: AuditContext, result: StudyResult) -> None:
-    """Share of each method's |attribution| inside the lung fields, beside a random map and
-    the lung fields' share of the image; a check per method (warn below LUNG_SHARE_WARN)."""
-    if not data.has_lung_masks or not maps:
-        return
-    first = next(iter(maps.values()))
-    h, w = first.shape[1:3]
-    lungs = data.load_masks(np.arange(len(data)), size=(h, w), kind="lung")
-    rand = np.stack([ctx.rng("saliency", "lung_random", sid).random((h, w)) for sid in data.ids]) \
-        if len(data) else np.zeros((0, h, w))
-    cols = {**maps, "random": rand}
-    shares = np.stack([SM.mask_share(m, lungs) for m in cols.values()], axis=1).astype(np.float32)
-    result.records["lung_share"] = shares
-    result.metrics["lung_area_share"] = _nanmean(SM.area_share(lungs))
+def _lung_share_scores(batch: Dataset, maps: dict[str, np.ndarray], ctx: AuditContext, ids: list[str],
+                       size: tuple[int, int]) -> Records:
+    """Share of each method's |attribution| inside the lung fields ``(B, M + 1)`` (last column:
+    a uniform random map drawn per sample id) and the lungs' share of the image ``(B,)``; NaN
+    for an image without a lung mask."""
+    n, (h, w) = len(ids), size
+    shares = np.full((n, len(maps) + 1), np.nan, np.float32)
+    area = np.full(n, np.nan, np.float32)
+    rows = np.flatnonzero([s.lung_mask_path is not None for s in batch.samples])
+    if len(rows):
+        lungs = batch.load_masks(rows, size=size, kind="lung")
+        rand = np.stack([ctx.rng("saliency", "lung_random", ids[r]).random((h, w)) for r in rows])
+        cols = [m[rows] for m in maps.values()] + [rand]
+        shares[rows] = np.stack([SM.mask_share(m, lungs) for m in cols], axis=1)
+        area[rows] = SM.area_share(lungs)
+    return {"lung_share": shares, "lung_area": area}
+
+
+def _lung_share(records: Records, methods: list[str]) -> StudyResult:
+    """Mean lung shares per method, beside a random map and the lung area, and a check per
+    method (warn below :data:`LUNG_SHARE_WARN`); nothing where no image has a lung mask."""
+    part = StudyResult(name="saliency")
+    shares, area = records["lung_share"], records["lung_area"]
+    seen = np.isfinite(area)
+    if not seen.any():
+        return part
+    cols = [*methods, "random"]
+    part.records["lung_share"] = shares
+    part.metrics["lung_area_share"] = _nanmean(area)
     for j, meth in enumerate(cols):
-        result.metrics[f"lung_share.{meth}"] = _nanmean(shares[:, j])
-    result.data["lung_share"] = {"columns": list(cols), "warn_below": LUNG_SHARE_WARN,
-                                 "n_images": int(np.isfinite(shares[:, 0]).sum())}
-    for meth in maps:
-        share = result.metrics[f"lung_share.{meth}"]
-        result.checks.append(Check(
+        part.metrics[f"lung_share.{meth}"] = _nanmean(shares[:, j])
+    part.data["lung_share"] = {"columns": cols, "warn_below": LUNG_SHARE_WARN, "n_images": int(seen.sum())}
+    for meth in methods:
+        share = part.metrics[f"lung_share.{meth}"]
+        part.checks.append(Check(
             f"relevance inside the lungs: {meth}", "pass" if share >= LUNG_SHARE_WARN else "warn",
             f"{share:.3f} of |attribution| inside the lung fields (random map "
-            f"{result.metrics['lung_share.random']:.3f}, lung area {result.metrics['lung_area_share']:.3f}); "
+            f"{part.metrics['lung_share.random']:.3f}, lung area {part.metrics['lung_area_share']:.3f}); "
             f"warn below {LUNG_SHARE_WARN}."))
+    return part
