@@ -74,7 +74,8 @@ SMALL: dict[str, dict[str, Any]] = {
     "clean": {"n_bootstrap": 20},
     "perturbation": {"n_bootstrap": 20, "transforms": ["jpeg", "rotation", "marker"], "severities": [1, 5]},
     "noise": {"n_bootstrap": 20, "severities": [2, 5]},
-    "adversarial": {"max_samples": 12},
+    "adversarial": {"max_samples": 12, "norms": ["linf", "l2"], "foolbox_attacks": ["deepfool"],
+                    "foolbox_samples": 3},
     "calibration": {"n_bootstrap": 20},
     "saliency": {"max_samples": 6},
 }
