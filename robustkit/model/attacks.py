@@ -9,7 +9,8 @@ the graph is compiled once per (model, norm, steps, loss, targeted), and the bat
 dimension is left open.
 
 The loop (Madry et al. 2018, "Towards Deep Learning Models Resistant to Adversarial
-Attacks"): start at ``x0`` or at a uniform random point of the ball, then ``steps`` times
+Attacks"): start at ``x0`` or at a uniform random point of the ball (drawn for each sample
+from its own seed, so that a sample's attack does not depend on its batch), then ``steps`` times
 ``x <- clip01(x0 + project(x + step * normalize(grad loss) - x0))``. Every iterate is
 checked with the logits of the forward pass that also gives its gradient (no extra cost),
 and the first adversarial iterate of a sample is what is returned; a last forward pass
@@ -33,7 +34,7 @@ from __future__ import annotations
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -60,6 +61,7 @@ __all__ = [
     "loss_description",
     "loss_gradient",
     "run_foolbox",
+    "sample_seeds",
 ]
 
 LOSSES = ("ce", "margin")
@@ -80,6 +82,7 @@ class AttackResult:
         loss_trace: ``(N, steps + 1)`` attack loss at every iterate of the last run of each
             sample (the loss is maximised, so it should rise and flatten).
         gradient_evals: per-sample input-gradient evaluations spent (sum over samples).
+        evals: ``(N,)`` input-gradient evaluations spent on each sample.
     """
 
     adv: np.ndarray
@@ -87,6 +90,7 @@ class AttackResult:
     logits: np.ndarray
     loss_trace: np.ndarray
     gradient_evals: int
+    evals: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
     def pred(self) -> np.ndarray:
@@ -195,13 +199,15 @@ class GradientAttack(ABC):
 
     @staticmethod
     @abstractmethod
-    def _random_start(shape: Any, eps: Any, seed: Any) -> Any:
-        """A uniform random point of the ball, ``(N, H, W, C)``, from a stateless seed ``(2,)``."""
+    def _random_start(shape: Any, eps: Any, seeds: Any) -> Any:
+        """A uniform random point of the ball, ``(N, H, W, C)``, sample ``i`` drawn from the
+        stateless seed ``seeds[i]`` (``seeds``: ``(N, 2)``), so a sample's start does not
+        depend on the other samples of its batch."""
 
     # -- the loop, written once -------------------------------------------------------------
     def _compiled(self, model: ModelAdapter) -> Callable[..., Any]:
         cls = type(self)
-        key = (cls._normalize, cls._project, cls._random_start, self.steps, self.loss, self.targeted)
+        key = (cls._normalize, cls._project, self.steps, self.loss, self.targeted)
         cache = _COMPILED.setdefault(model, {})
         if key not in cache:
             cache[key] = self._build(model)
@@ -210,11 +216,10 @@ class GradientAttack(ABC):
     def _build(self, model: ModelAdapter) -> Callable[..., Any]:
         steps, loss, targeted = self.steps, self.loss, self.targeted
         sigmoid = is_sigmoid(model.output_kind)
-        normalize, project, random_start = self._normalize, self._project, self._random_start
+        normalize, project = self._normalize, self._project
         image = tf.TensorSpec((None, *model.input_shape), tf.float32)
         vec = tf.TensorSpec((None,), tf.float32)
-        spec = [image, tf.TensorSpec((None,), tf.int32), vec, vec, tf.TensorSpec((), tf.bool),
-                tf.TensorSpec((2,), tf.int32)]
+        spec = [image, tf.TensorSpec((None,), tf.int32), vec, vec, image]
 
         def value_and_grad(x: Any, labels: Any) -> tuple[Any, Any, Any]:
             with tf.GradientTape() as tape:
@@ -225,9 +230,8 @@ class GradientAttack(ABC):
             g = tape.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
             return z, per_sample, g
 
-        def run(x0: Any, labels: Any, eps: Any, alpha: Any, rand: Any, seed: Any) -> tuple[Any, ...]:
-            noise = random_start(tf.shape(x0), eps, seed)
-            x = tf.clip_by_value(x0 + tf.where(rand, noise, tf.zeros_like(noise)), 0.0, 1.0)
+        def run(x0: Any, labels: Any, eps: Any, alpha: Any, start: Any) -> tuple[Any, ...]:
+            x = tf.clip_by_value(x0 + start, 0.0, 1.0)
             best = x0
             best_z = tf.zeros((tf.shape(x0)[0], model.num_classes), tf.float32)
             found = tf.zeros((tf.shape(x0)[0],), tf.bool)
@@ -265,7 +269,7 @@ class GradientAttack(ABC):
         *,
         epsilons: float | np.ndarray,
         target: np.ndarray | None = None,
-        seed: int = 0,
+        seed: int | np.ndarray = 0,
     ) -> AttackResult:
         """Attack images ``x`` ``(N, H, W, C)`` with labels ``(N,)`` within ``epsilons``.
 
@@ -275,7 +279,9 @@ class GradientAttack(ABC):
             labels: true classes ``(N,)``.
             epsilons: the radius, a scalar or one per sample ``(N,)``, in pixel units.
             target: target classes ``(N,)``; required when the attack is targeted.
-            seed: seed of the random starts (same seed, same result).
+            seed: seed of the random starts (same seed, same result): one per sample ``(N,)``
+                (a sample's result then depends only on its own seed, not on its batch or
+                position), or a scalar (sample ``i`` gets a seed derived from it and ``i``).
         """
         x = _check_images(model, x)
         n = len(x)
@@ -285,32 +291,49 @@ class GradientAttack(ABC):
         if self.targeted and target is None:
             raise param_error("target", "target classes (N,) for a targeted attack", None)
         classes = np.asarray(target if self.targeted else labels, dtype=np.int32).reshape(-1)
+        seeds = sample_seeds(seed, n)
         out = _empty_result(x, model.num_classes, self.steps)
         todo = np.arange(n)
         for r in range(self.restarts):
             if todo.size == 0:
                 break
             rand = self.random_start or r > 0
-            part = self._run_chunks(model, x[todo], classes[todo], eps[todo], rand, (seed, r))
+            part = self._run_chunks(model, x[todo], classes[todo], eps[todo], rand, seeds[todo], r)
             out.gradient_evals += part.gradient_evals
             _merge(out, part, todo)
             todo = todo[~part.success]
         return out
 
     def _run_chunks(self, model: ModelAdapter, x: np.ndarray, classes: np.ndarray, eps: np.ndarray,
-                    rand: bool, seed: tuple[int, int]) -> AttackResult:
+                    rand: bool, seeds: np.ndarray, run: int) -> AttackResult:
         fn = self._compiled(model)
         alpha = self._step_sizes(eps)
         out = _empty_result(x, model.num_classes, self.steps)
-        for c, start in enumerate(range(0, len(x), model.batch_size)):
+        pairs = np.stack([seeds % _SEED_MOD, np.full(len(seeds), run)], axis=1).astype(np.int32)
+        for start in range(0, len(x), model.batch_size):
             sl = slice(start, min(len(x), start + model.batch_size))
-            s = np.array([seed[0] % (2**31 - 1), (seed[1] * 100_003 + c) % (2**31 - 1)], dtype=np.int32)
-            adv, z, ok, trace = fn(tf.constant(x[sl]), tf.constant(classes[sl]), tf.constant(eps[sl]),
-                                   tf.constant(alpha[sl]), tf.constant(rand), tf.constant(s))
+            x0, e = tf.constant(x[sl]), tf.constant(eps[sl])
+            offset = self._random_start(tf.shape(x0), e, tf.constant(pairs[sl])) if rand else tf.zeros_like(x0)
+            adv, z, ok, trace = fn(x0, tf.constant(classes[sl]), e, tf.constant(alpha[sl]), offset)
             model.calls += 1
             out.adv[sl], out.logits[sl], out.success[sl], out.loss_trace[sl] = adv, z, ok, trace
             out.gradient_evals += (sl.stop - sl.start) * self.steps
+            out.evals[sl] = self.steps
         return out
+
+
+_SEED_MOD = 2**31 - 1
+
+
+def sample_seeds(seed: int | np.ndarray, n: int) -> np.ndarray:
+    """Per-sample seeds ``(n,)`` int64: ``seed`` itself if it has one per sample, else derived
+    from the scalar ``seed`` and each position."""
+    arr = np.asarray(seed, dtype=np.int64)
+    if arr.ndim == 0:
+        return (int(arr) % _SEED_MOD * 1_000_003 + np.arange(n, dtype=np.int64)) % _SEED_MOD
+    if arr.shape != (n,):
+        raise param_error("seed", f"an int or one int per sample ({n},)", arr.shape)
+    return arr % _SEED_MOD
 
 
 #: Loops up to this many steps are unrolled in the graph (no while-loop between the gradient
@@ -329,12 +352,20 @@ def _check_images(model: ModelAdapter, x: np.ndarray) -> np.ndarray:
 def _empty_result(x: np.ndarray, k: int, steps: int) -> AttackResult:
     n = len(x)
     return AttackResult(adv=x.copy(), success=np.zeros(n, bool), logits=np.zeros((n, k), np.float32),
-                        loss_trace=np.zeros((n, steps + 1), np.float32), gradient_evals=0)
+                        loss_trace=np.zeros((n, steps + 1), np.float32), gradient_evals=0,
+                        evals=np.zeros(n, np.int64))
 
 
 def _merge(out: AttackResult, part: AttackResult, where: np.ndarray) -> None:
     out.adv[where], out.logits[where] = part.adv, part.logits
     out.success[where], out.loss_trace[where] = part.success, part.loss_trace
+    out.evals[where] += part.evals
+
+
+def _per_sample(draw: Callable[[Any, Any], Any], shape: Any, seeds: Any) -> Any:
+    """``draw(sample_shape, seed)`` once per sample, each with its own seed ``(2,)``: ``(N, ...)``
+    (run eagerly, outside the compiled loop)."""
+    return tf.stack([draw(shape[1:], seeds[i]) for i in range(int(shape[0]))])
 
 
 class LinfPGD(GradientAttack):
@@ -352,8 +383,9 @@ class LinfPGD(GradientAttack):
         return tf.clip_by_value(delta, -e, e)
 
     @staticmethod
-    def _random_start(shape: Any, eps: Any, seed: Any) -> Any:
-        return tf.random.stateless_uniform(shape, seed, -1.0, 1.0) * _bcast(eps)
+    def _random_start(shape: Any, eps: Any, seeds: Any) -> Any:
+        noise = _per_sample(lambda sh, s: tf.random.stateless_uniform(sh, s, -1.0, 1.0), shape, seeds)
+        return noise * _bcast(eps)
 
 
 def _l2_norms(v: Any) -> Any:
@@ -375,11 +407,11 @@ class L2PGD(GradientAttack):
         return delta * _bcast(factor)
 
     @staticmethod
-    def _random_start(shape: Any, eps: Any, seed: Any) -> Any:
-        direction = tf.random.stateless_normal(shape, seed)
+    def _random_start(shape: Any, eps: Any, seeds: Any) -> Any:
+        direction = _per_sample(tf.random.stateless_normal, shape, seeds)
         direction = direction / _bcast(tf.maximum(_l2_norms(direction), 1e-12))
         dims = tf.cast(tf.reduce_prod(shape[1:]), tf.float32)
-        u = tf.random.stateless_uniform(shape[:1], seed + 1)
+        u = _per_sample(lambda sh, s: tf.random.stateless_uniform((), s), shape, seeds + 1)
         return direction * _bcast(eps * u ** (1.0 / dims))  # uniform in the ball
 
 
@@ -420,6 +452,9 @@ class SweepResult:
             is still rising on those is a sign the optimisation stopped too early.
         kept: position -> adversarial image at ``min_eps``, for the positions asked to keep.
         gradient_evals: per-sample gradient evaluations spent.
+        traces: ``(N, E, steps + 1)`` each sample's loss trace per radius where the attack
+            ran on it and failed to break it (NaN elsewhere); ``loss_traces`` is its mean.
+        evals: ``(N,)`` gradient evaluations spent on each sample.
     """
 
     epsilons: np.ndarray
@@ -430,6 +465,8 @@ class SweepResult:
     loss_traces: np.ndarray
     kept: dict[int, np.ndarray]
     gradient_evals: int
+    traces: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.float32))
+    evals: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def epsilon_sweep(
@@ -442,7 +479,7 @@ def epsilon_sweep(
     clean_logits: np.ndarray | None = None,
     target: np.ndarray | None = None,
     keep: Sequence[int] = (),
-    seed: int = 0,
+    seed: int | np.ndarray = 0,
 ) -> SweepResult:
     """Attack at increasing radii, each time only the samples that survived the smaller ones.
 
@@ -458,13 +495,15 @@ def epsilon_sweep(
         clean_logits: ``(N, K)`` clean logits if already computed (else one clean pass).
         target: target classes ``(N,)`` for a targeted attack.
         keep: positions whose adversarial image at ``min_eps`` is kept (for a gallery).
-        seed: seed of the random starts.
+        seed: seed of the random starts: one per sample ``(N,)`` (then a sample's result does
+            not depend on the other samples), or a scalar (see :func:`sample_seeds`).
     """
     eps = np.sort(np.asarray(epsilons, dtype=np.float64))
     labels = np.asarray(labels).reshape(-1)
     z0 = model.logits(x) if clean_logits is None else np.asarray(clean_logits, np.float32)
     clean_pred, clean_conf = z0.argmax(axis=1), probabilities(z0, model.output_kind).max(axis=1)
     n, e = len(x), len(eps)
+    seeds = sample_seeds(seed, n)
     alive = clean_pred == labels
     out = SweepResult(
         epsilons=eps,
@@ -475,15 +514,20 @@ def epsilon_sweep(
         loss_traces=np.full((e, attack.steps + 1), np.nan, np.float32),
         kept={},
         gradient_evals=0,
+        traces=np.full((n, e, attack.steps + 1), np.nan, np.float32),
+        evals=np.zeros(n, np.int64),
     )
     keep_set = {int(i) for i in keep}
     for k, radius in enumerate(eps):
         todo = np.flatnonzero(alive)
         if todo.size:
             res = attack(model, x[todo], labels[todo], epsilons=float(radius),
-                         target=None if target is None else np.asarray(target)[todo], seed=seed * 1009 + k)
+                         target=None if target is None else np.asarray(target)[todo],
+                         seed=(seeds[todo] * 1009 + k) % _SEED_MOD)
             out.gradient_evals += res.gradient_evals
+            out.evals[todo] += res.evals
             broken = res.pred != labels[todo]
+            out.traces[todo[~broken], k] = res.loss_trace[~broken]
             if not broken.all():  # convergence matters where the attack failed (Pintor et al. 2022)
                 out.loss_traces[k] = res.loss_trace[~broken].mean(axis=0)
             _record_broken(out, res, todo, broken, k, keep_set, model.output_kind)

@@ -29,7 +29,7 @@ from robustkit.metrics.outputs import probabilities
 from robustkit.model import attacks as A
 from robustkit.results import StudyResult
 from robustkit.studies import register
-from robustkit.studies.adversarial_checks import CheckInputs, eps_name, run_checks
+from robustkit.studies.adversarial_checks import SENSITIVITY, CheckInputs, eps_name, run_checks
 from robustkit.studies.base import AuditContext, Study, StudyConfig
 
 if TYPE_CHECKING:
@@ -176,42 +176,139 @@ class AdversarialStudy(Study):
     headline = ("robust_accuracy.linf.1", "robust_accuracy.linf.2", "min_perturbation.linf.median",
                 "robust_accuracy.l2.0.5")
 
-    def run(self, model: ModelAdapter, data: Dataset, ctx: AuditContext) -> StudyResult:
+    def prepare(self, data: Dataset, ctx: AuditContext) -> None:
+        """The samples of the checks and of the foolbox attacks: seeded, stratified subsets of
+        exactly ``check_samples`` / ``foolbox_samples`` of the study's samples (foolbox then
+        runs on the clean-correct ones among them)."""
+        cfg = self.config
+        self._chosen = {
+            key: frozenset(str(i) for i in data.ids[
+                data.subsample_positions(min(k, len(data)), seed=ctx.seed_for(self.name, key))])
+            for key, k in (("checks", cfg.check_samples), ("foolbox", cfg.foolbox_samples))
+        } if len(data) else {"checks": frozenset(), "foolbox": frozenset()}
+
+    def _member(self, key: str, ids: list[str]) -> np.ndarray:
+        chosen = getattr(self, "_chosen", None)
+        if chosen is None:
+            raise AssertionError("study 'adversarial': map() before prepare() (no check samples)")
+        return np.array([str(i) in chosen[key] for i in ids], dtype=bool)
+
+    def map(self, model: ModelAdapter, batch: Dataset, ctx: AuditContext) -> dict[str, np.ndarray]:
+        """Per-sample attack outcomes of ``batch``: the sweeps, FGSM, the check attacks, foolbox.
+
+        Every random start is seeded by ``(seed, study, norm or check, sample id)``, so a
+        sample's outcome does not depend on its batch. Records (``B`` the batch): clean logits
+        ``(B, K)``; per norm ``correct_<norm>``, ``adv_pred_<norm>``, ``adv_conf_<norm>``
+        ``(B, E)``, ``min_eps_<norm>``, ``evals_<norm>`` ``(B,)``, ``traces_<norm>``
+        ``(B, E, steps + 1)``; the gallery norm's ``adv_png`` and ``delta_png`` (``""`` where
+        the sample is not a clean-correct broken one); ``fgsm_correct``; the check outcomes
+        (:meth:`_check_records`) and the foolbox outcomes (:func:`_foolbox_records`).
+        """
         cfg = self.config
         assert isinstance(cfg, AdversarialConfig)
         h, w, c = model.input_shape
-        x = data.load_images(np.arange(len(data)), size=(h, w), channels=c)
-        y = np.asarray(data.labels, dtype=np.int64)
-        logits = ctx.clean_logits(model, data)
-        names = list(model.class_names)
-        target = _targets(cfg, logits, y, names)
-        keep = _gallery_candidates(y, logits.argmax(axis=1), names, 4 * cfg.n_examples)
-        sweeps = {norm: A.epsilon_sweep(self._attack(norm), model, x, y, self._grid(norm), clean_logits=logits,
-                                        target=target, keep=keep, seed=ctx.seed_for("adversarial", norm))
-                  for norm in cfg.norms}
-        fgsm = None
+        x = batch.load_images(np.arange(len(batch)), size=(h, w), channels=c)
+        y = np.asarray(batch.labels, dtype=np.int64)
+        ids = [str(i) for i in batch.ids]
+        logits = ctx.clean_logits(model, batch)
+        target = _targets(cfg, logits, y, list(batch.class_names))
+        clean_ok = logits.argmax(axis=1) == y
+        rec: dict[str, np.ndarray] = {"clean_logits": logits}
+        sweeps = {}
+        for norm in cfg.norms:
+            keep = np.flatnonzero(clean_ok).tolist() if norm == _gallery_norm(cfg.norms) and cfg.n_examples else ()
+            sweeps[norm] = A.epsilon_sweep(self._attack(norm), model, x, y, self._grid(norm), clean_logits=logits,
+                                           target=target, keep=keep, seed=_seeds(ctx, ids, norm))
+            rec.update(_sweep_records(norm, sweeps[norm]))
+        rec.update(_gallery_records(x, sweeps.get(_gallery_norm(cfg.norms))))
         if cfg.fgsm and "linf" in cfg.norms:
-            fgsm = A.epsilon_sweep(A.FGSM(loss=cfg.loss, targeted=cfg.targeted), model, x, y, cfg.epsilons_linf,
-                                   clean_logits=logits, target=target)
-        foolbox = _run_foolbox(cfg, model, x, y, logits, ctx)
+            rec["fgsm_correct"] = A.epsilon_sweep(A.FGSM(loss=cfg.loss, targeted=cfg.targeted), model, x, y,
+                                                  cfg.epsilons_linf, clean_logits=logits, target=target).correct
+        rec.update(self._check_records(model, x, y, logits, target, sweeps, ctx, ids))
+        rec.update(_foolbox_records(cfg, model, x, y, clean_ok & self._member("foolbox", ids), ctx, ids))
+        return rec
+
+    def _check_records(self, model: ModelAdapter, x: np.ndarray, y: np.ndarray, logits: np.ndarray,
+                       target: np.ndarray | None, sweeps: dict[str, A.SweepResult], ctx: AuditContext,
+                       ids: list[str]) -> dict[str, np.ndarray]:
+        """Per-sample outcomes of the honesty checks' model work (the checks run in ``reduce``).
+
+        ``large_correct``: still correct under PGD at the large radius (samples that survived
+        the grid); ``in_check``: drawn (by id) for the step/restart and determinism checks;
+        ``sensitivity`` ``(B, 2)``: broken by 2x steps / one more random restart at the middle
+        radius; ``logit_change``, ``logit_drift``, ``logit_scale``: two passes compared with
+        each other and with the clean pass; ``grad_finite``, ``grad_zero``: the input gradient.
+        """
+        cfg = self.config
+        assert isinstance(cfg, AdversarialConfig)
+        norm = _gallery_norm(cfg.norms)
+        s, n = sweeps[norm], len(y)
+        large = np.zeros(n, bool)
+        alive = np.flatnonzero(s.correct[:, -1])
+        if alive.size:
+            res = self._attack(norm)(model, x[alive], y[alive], epsilons=_large_epsilon(cfg, norm, x.shape[1:]),
+                                     seed=_seeds(ctx, [ids[i] for i in alive], "checks", "large"),
+                                     target=_pick(target, alive))
+            large[alive] = res.pred == y[alive]
+        in_check = self._member("checks", ids)
+        g = A.loss_gradient(model, x, y, loss=cfg.loss).reshape(n, -1)
+        return {"large_correct": large, "in_check": in_check,
+                "sensitivity": self._sensitivity(model, x, y, target, s, in_check, ctx, ids),
+                **_determinism(model, x, logits, in_check),
+                "grad_finite": np.all(np.isfinite(g), axis=1), "grad_zero": np.all(g == 0, axis=1)}
+
+    def _sensitivity(self, model: ModelAdapter, x: np.ndarray, y: np.ndarray, target: np.ndarray | None,
+                     s: A.SweepResult, in_check: np.ndarray, ctx: AuditContext, ids: list[str]) -> np.ndarray:
+        """``(B, 2)``: broken at the middle radius by 2x steps / one more random restart
+        (samples drawn for the check and still correct there; False elsewhere)."""
+        cfg = self.config
+        assert isinstance(cfg, AdversarialConfig)
+        out = np.zeros((len(y), len(SENSITIVITY)), bool)
+        norm, k = _gallery_norm(cfg.norms), len(s.epsilons) // 2
+        alive = np.flatnonzero(in_check & s.correct[:, k])
+        if not alive.size:
+            return out
+        stronger = (self._attack(norm, steps=2 * cfg.steps, restarts=1),
+                    self._attack(norm, restarts=1, random_start=True))
+        for j, attack in enumerate(stronger):
+            res = attack(model, x[alive], y[alive], epsilons=float(s.epsilons[k]), target=_pick(target, alive),
+                         seed=_seeds(ctx, [ids[i] for i in alive], "checks", "sensitivity"))
+            out[alive, j] = res.pred != y[alive]
+        return out
+
+    def reduce(self, records: dict[str, np.ndarray], data: Dataset, ctx: AuditContext) -> StudyResult:
+        """Metrics, intervals, curves, checks and gallery from the records of every sample."""
+        cfg = self.config
+        assert isinstance(cfg, AdversarialConfig)
+        y = np.asarray(data.labels, dtype=np.int64)
+        logits = records["clean_logits"]
+        names = list(data.class_names)
+        target = _targets(cfg, logits, y, names)
+        sweeps = {norm: _sweep_from(records, norm, self._grid(norm), cfg.steps) for norm in cfg.norms}
+        fgsm = _fgsm_from(records, cfg.epsilons_linf) if "fgsm_correct" in records else None
+        foolbox = _foolbox_from(records, cfg.foolbox_attacks)
         result = StudyResult(name=self.name)
         columns = _fill_metrics(result, sweeps, fgsm, y, target, names)
         _fill_foolbox(result, foolbox, sweeps)
         result.intervals = _intervals(result.records["correct"], columns, y, cfg.n_bootstrap,
                                       ctx.seed_for("adversarial", "bootstrap"))
-        inputs = CheckInputs(model=model, x=x, y=y, logits=logits, target=target, sweeps=sweeps, fgsm=fgsm,
-                             foolbox=foolbox, make_attack=self._attack, seed=ctx.seed_for("adversarial", "checks"),
-                             subset=np.sort(ctx.rng("adversarial", "checks").permutation(len(y))[: cfg.check_samples]),
-                             tolerance=cfg.tolerance, large_epsilon_linf=cfg.large_epsilon_linf, loss=cfg.loss)
+        norm = _gallery_norm(cfg.norms)
+        inputs = CheckInputs(y=y, sweeps=sweeps, fgsm=fgsm, foolbox=foolbox,
+                             large_epsilon=_large_epsilon(cfg, norm, ctx.input_shape),
+                             large_correct=records["large_correct"], subset=np.flatnonzero(records["in_check"]),
+                             sensitivity=records["sensitivity"], grad_finite=records["grad_finite"],
+                             grad_zero=records["grad_zero"], logit_change=records["logit_change"],
+                             logit_drift=records["logit_drift"], logit_scale=records["logit_scale"],
+                             tolerance=cfg.tolerance, large_epsilon_linf=cfg.large_epsilon_linf)
         result.checks, check_data = run_checks(inputs)
         result.data.update(
             class_names=names,
             clean_accuracy=float(np.mean(logits.argmax(axis=1) == y)) if len(y) else float("nan"),
             curves=_curves(result, sweeps, fgsm),
             histograms={norm: _histogram(s, y, names, norm) for norm, s in sweeps.items()},
-            gallery=_gallery(x, y, probabilities(logits, model.output_kind), sweeps, names, cfg.n_examples, data.ids),
+            gallery=_gallery(data, ctx, records, logits, sweeps, names, cfg.n_examples),
             loss_traces={norm: _nan_list(s.loss_traces) for norm, s in sweeps.items()},
-            attack_loss=A.loss_description(cfg.loss, model.output_kind),
+            attack_loss=A.loss_description(cfg.loss, str(ctx.model_info.get("output_kind", "softmax"))),
             gradient_evals={norm: int(s.gradient_evals) for norm, s in sweeps.items()},
             checks_data=check_data,
             correct_metrics=columns,
@@ -266,16 +363,116 @@ def _gallery_candidates(y: np.ndarray, pred: np.ndarray, names: list[str], n: in
     return out
 
 
-def _run_foolbox(cfg: AdversarialConfig, model: ModelAdapter, x: np.ndarray, y: np.ndarray,
-                 logits: np.ndarray, ctx: AuditContext) -> dict[str, Any]:
-    """Each configured foolbox attack on the same clean-correct subsample (positions kept)."""
+def _gallery_norm(norms: tuple[str, ...]) -> str:
+    """The norm of the gallery and of the checks: Linf if swept, else the first."""
+    return "linf" if "linf" in norms else norms[0]
+
+
+def _seeds(ctx: AuditContext, ids: list[str], *keys: str) -> np.ndarray:
+    """One attack seed per sample ``(B,)``, keyed by ``(seed, study, *keys, sample id)``."""
+    return np.array([ctx.seed_for("adversarial", *keys, i) for i in ids], dtype=np.int64)
+
+
+def _pick(values: np.ndarray | None, rows: np.ndarray) -> np.ndarray | None:
+    return None if values is None else values[rows]
+
+
+def _determinism(model: ModelAdapter, x: np.ndarray, logits: np.ndarray, in_check: np.ndarray) -> dict[str, np.ndarray]:
+    """Two passes over the samples drawn for the check: per sample the largest logit change
+    between them (``logit_change``), against the clean pass (``logit_drift``) and the largest
+    absolute logit (``logit_scale``); 0 for the others."""
+    change, drift, scale = (np.zeros(len(x), np.float32) for _ in range(3))
+    if in_check.any():
+        first, second = model.logits(x[in_check]), model.logits(x[in_check])
+        change[in_check] = np.abs(first - second).max(axis=1)
+        drift[in_check] = np.abs(first - logits[in_check]).max(axis=1)
+        scale[in_check] = np.abs(first).max(axis=1)
+    return {"logit_change": change, "logit_drift": drift, "logit_scale": scale}
+
+
+def _large_epsilon(cfg: AdversarialConfig, norm: str, shape: tuple[int, ...] | None) -> float:
+    """The large radius of the check "near zero at a large epsilon" in ``norm``'s units."""
+    if norm == "linf":
+        return float(cfg.large_epsilon_linf)
+    return float(cfg.large_epsilon_linf * math.sqrt(math.prod(shape))) if shape else float("nan")
+
+
+def _sweep_records(norm: str, s: A.SweepResult) -> dict[str, np.ndarray]:
+    return {f"correct_{norm}": s.correct, f"min_eps_{norm}": s.min_eps, f"adv_pred_{norm}": s.adv_pred.astype(np.int16),
+            f"adv_conf_{norm}": s.adv_conf, f"traces_{norm}": s.traces, f"evals_{norm}": s.evals}
+
+
+def _gallery_records(x: np.ndarray, s: A.SweepResult | None) -> dict[str, np.ndarray]:
+    """Thumbnails of the adversarial image and its magnified perturbation at ``min_eps``
+    (``""`` for a sample not kept: clean-wrong or unbroken)."""
+    adv_png, delta_png = np.full(len(x), "", dtype=object), np.full(len(x), "", dtype=object)
+    for i, adv in (s.kept.items() if s is not None else ()):
+        adv_png[i] = png_base64(adv, max_side=96)
+        delta_png[i] = png_base64(_magnified(adv - x[i]), max_side=96)
+    return {"adv_png": adv_png, "delta_png": delta_png}
+
+
+def _foolbox_records(cfg: AdversarialConfig, model: ModelAdapter, x: np.ndarray, y: np.ndarray,
+                     clean_ok: np.ndarray, ctx: AuditContext, ids: list[str]) -> dict[str, np.ndarray]:
+    """Each configured foolbox attack on ``clean_ok`` (the clean-correct samples chosen in ``prepare``), one
+    sample at a time (so that its outcome does not depend on its batch): ``fb_chosen`` and per
+    attack ``fb_<name>_success``, ``fb_<name>_l2``, ``fb_<name>_linf`` (inf where not run)."""
     if not cfg.foolbox_attacks:
         return {}
-    correct = np.flatnonzero(logits.argmax(axis=1) == y)
-    chosen = np.sort(ctx.rng("adversarial", "foolbox").permutation(correct)[: cfg.foolbox_samples])
-    out: dict[str, Any] = {"positions": chosen}
+    chosen = clean_ok
+    out: dict[str, np.ndarray] = {"fb_chosen": chosen}
     for name in cfg.foolbox_attacks:
-        out[name] = A.run_foolbox(name, model, x[chosen], y[chosen], seed=ctx.seed_for("adversarial", "foolbox", name))
+        success, l2, linf = np.zeros(len(y), bool), np.full(len(y), np.inf), np.full(len(y), np.inf)
+        for i in np.flatnonzero(chosen):
+            r = A.run_foolbox(name, model, x[i:i + 1], y[i:i + 1], seed=ctx.seed_for("adversarial", "foolbox", name, ids[i]))
+            success[i], l2[i], linf[i] = r.success[0], r.l2[0], r.linf[0]
+        out.update({f"fb_{name}_success": success, f"fb_{name}_l2": l2, f"fb_{name}_linf": linf})
+    return out
+
+
+# ------------------------------------------------------------------------------ from records
+
+
+@dataclass
+class _Found:
+    """A minimum-norm attack's outcome on the attacked samples (from the records)."""
+
+    success: np.ndarray
+    l2: np.ndarray
+    linf: np.ndarray
+
+
+def _sweep_from(rec: dict[str, np.ndarray], norm: str, grid: tuple[float, ...], steps: int) -> A.SweepResult:
+    """The sweep of ``norm`` rebuilt from the records; mean loss traces over the failed runs."""
+    traces = rec[f"traces_{norm}"]
+    means = np.full((len(grid), steps + 1), np.nan, np.float32)
+    for k in range(len(grid)):
+        ran = np.any(~np.isnan(traces[:, k]), axis=1)
+        if ran.any():
+            means[k] = traces[ran, k].mean(axis=0)
+    return A.SweepResult(epsilons=np.sort(np.asarray(grid, dtype=np.float64)), correct=rec[f"correct_{norm}"],
+                         min_eps=rec[f"min_eps_{norm}"], adv_pred=rec[f"adv_pred_{norm}"],
+                         adv_conf=rec[f"adv_conf_{norm}"], loss_traces=means, kept={},
+                         gradient_evals=int(rec[f"evals_{norm}"].sum()), traces=traces, evals=rec[f"evals_{norm}"])
+
+
+def _fgsm_from(rec: dict[str, np.ndarray], grid: tuple[float, ...]) -> A.SweepResult:
+    """The FGSM sweep as far as the study reads it: radii and ``correct``."""
+    correct = rec["fgsm_correct"]
+    n, e = correct.shape
+    return A.SweepResult(epsilons=np.sort(np.asarray(grid, dtype=np.float64)), correct=correct,
+                         min_eps=np.zeros(n), adv_pred=np.zeros((n, e), np.int16), adv_conf=np.zeros((n, e), np.float32),
+                         loss_traces=np.zeros((e, 2), np.float32), kept={}, gradient_evals=0)
+
+
+def _foolbox_from(rec: dict[str, np.ndarray], attacks: tuple[str, ...]) -> dict[str, Any]:
+    """foolbox outcomes by attack name on the attacked samples, plus their ``positions``."""
+    if not attacks:
+        return {}
+    pos = np.flatnonzero(rec["fb_chosen"])
+    out: dict[str, Any] = {"positions": pos}
+    for name in attacks:
+        out[name] = _Found(rec[f"fb_{name}_success"][pos], rec[f"fb_{name}_l2"][pos], rec[f"fb_{name}_linf"][pos])
     return out
 
 
@@ -402,33 +599,38 @@ def _magnified(delta: np.ndarray) -> np.ndarray:
     return 0.5 + 0.5 * delta / scale if scale > 0 else np.full_like(delta, 0.5)
 
 
-def _gallery(x: np.ndarray, y: np.ndarray, probs: np.ndarray, sweeps: dict[str, A.SweepResult],
-             names: list[str], n: int, ids: np.ndarray) -> list[dict[str, Any]]:
-    """Clean image, magnified perturbation and adversarial image for a few broken samples."""
-    if n <= 0 or not sweeps:
+def _gallery(data: Dataset, ctx: AuditContext, rec: dict[str, np.ndarray], logits: np.ndarray,
+             sweeps: dict[str, A.SweepResult], names: list[str], n: int) -> list[dict[str, Any]]:
+    """Clean image, magnified perturbation and adversarial image for a few broken samples,
+    chosen among the gallery candidates (:func:`_gallery_candidates`) that the attack broke."""
+    if n <= 0 or not sweeps or ctx.input_shape is None:
         return []
-    norm = "linf" if "linf" in sweeps else next(iter(sweeps))
+    norm = _gallery_norm(tuple(sweeps))
     s = sweeps[norm]
+    y = np.asarray(data.labels, dtype=np.int64)
     covid, normal = _find_class(names, "covid"), _find_class(names, "normal")
+    probs = probabilities(logits, str(ctx.model_info.get("output_kind", "softmax")))
+    kept = [i for i in _gallery_candidates(y, logits.argmax(axis=1), names, 4 * n) if rec["adv_png"][i]]
 
     def flips(i: int) -> bool:
         k = int(np.searchsorted(s.epsilons, s.min_eps[i]))
         return covid is not None and y[i] == covid and s.adv_pred[i, k] == normal
 
-    flipped = sorted((i for i in s.kept if flips(i)), key=lambda i: (s.min_eps[i], i))[: max(1, n // 2)]
-    rest = sorted((i for i in s.kept if i not in flipped), key=lambda i: (s.min_eps[i], y[i], i))
+    flipped = sorted((i for i in kept if flips(i)), key=lambda i: (s.min_eps[i], i))[: max(1, n // 2)]
+    rest = sorted((i for i in kept if i not in flipped), key=lambda i: (s.min_eps[i], y[i], i))
     chosen = (flipped + rest)[:n]
+    h, w, c = ctx.input_shape
+    x = data.load_images(np.asarray(chosen, dtype=np.int64), size=(h, w), channels=c)
     out = []
-    for i in chosen:
+    for j, i in enumerate(chosen):
         k = int(np.searchsorted(s.epsilons, s.min_eps[i]))
-        adv = s.kept[i]
         eps = s.min_eps[i]
         out.append({
-            "id": str(ids[i]), "label": names[int(y[i])], "clean_pred": names[int(probs[i].argmax())],
+            "id": str(data.ids[i]), "label": names[int(y[i])], "clean_pred": names[int(probs[i].argmax())],
             "clean_confidence": float(probs[i].max()), "adv_pred": names[int(s.adv_pred[i, k])],
             "adv_confidence": float(s.adv_conf[i, k]), "norm": norm,
             "epsilon": f"{eps_name(norm, eps)}/255" if norm == "linf" else f"L2 {eps_name(norm, eps)}",
-            "clean_png": png_base64(x[i], max_side=96), "delta_png": png_base64(_magnified(adv - x[i]), max_side=96),
-            "adv_png": png_base64(adv, max_side=96),
+            "clean_png": png_base64(x[j], max_side=96), "delta_png": str(rec["delta_png"][i]),
+            "adv_png": str(rec["adv_png"][i]),
         })
     return out

@@ -1,27 +1,29 @@
 """Honesty checks of the ``adversarial`` study: was the attack strong enough to believe?
 
 After Carlini et al. 2019 ("On Evaluating Adversarial Robustness") and Pintor et al. 2022
-("Indicators of Attack Failure"). :func:`run_checks` takes the study's sweeps and inputs
-(:class:`CheckInputs`) and returns one :class:`~robustkit.results.Check` per test: near zero
-at a large epsilon, steps and restarts, black-box vs white-box, minimum-norm attacks vs PGD,
-the loss trace, the input gradients, determinism, and FGSM vs PGD.
+("Indicators of Attack Failure"). :func:`run_checks` takes the study's sweeps and the
+per-sample outcomes of its check attacks (:class:`CheckInputs`, all from the study's
+records: the model work is done in the study's ``map``) and returns one
+:class:`~robustkit.results.Check` per test: near zero at a large epsilon, steps and
+restarts, black-box vs white-box, minimum-norm attacks vs PGD, the loss trace, the input
+gradients, determinism, and FGSM vs PGD. Pure numpy: no model here.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from robustkit.model import attacks as A
 from robustkit.results import Check
 
-if TYPE_CHECKING:
-    from robustkit.model.adapter import ModelAdapter
+__all__ = ["SENSITIVITY", "CheckInputs", "eps_name", "run_checks"]
 
-__all__ = ["CheckInputs", "eps_name", "run_checks"]
+#: the stronger attacks of the check "steps and restarts", in the order of their records
+SENSITIVITY = ("2x steps", "+1 restart")
 
 
 def eps_name(norm: str, eps: float) -> str:
@@ -40,36 +42,44 @@ _FLAT_SHARE = 0.1  # the last 20% of steps may add at most this share of the los
 
 @dataclass
 class CheckInputs:
-    """What the checks need from a study run.
+    """What the checks need, all per-sample outcomes from the study's records.
 
     Attributes:
-        model: The attacked model.
-        x: float32 (N, H, W, C) clean images in [0, 1]; ``y`` int64 (N,) labels;
-            ``logits`` (N, K) clean logits; ``target`` (N,) target classes or None.
+        y: int64 (N,) labels.
         sweeps: The PGD epsilon sweep per norm; ``fgsm`` the FGSM sweep (Linf) or None.
-        foolbox: foolbox results by attack name, plus ``positions`` (the attacked samples).
-        make_attack: ``make_attack(norm, **changes)`` -> the study's PGD with options changed.
-        seed: Seed of the re-attacks.
+        foolbox: foolbox results by attack name (``success``, ``l2``, ``linf`` per attacked
+            sample), plus ``positions`` (the attacked samples).
+        large_epsilon: The large radius of the near-zero check in the units of the first
+            norm (Linf: pixel units; L2: the Linf radius times sqrt of the image size).
+        large_correct: (N,) bool: still correct under PGD at ``large_epsilon`` (False for a
+            sample broken within the grid).
         subset: Sorted sample positions of the step/restart and determinism checks.
+        sensitivity: (N, 2) bool: broken by the stronger attacks of :data:`SENSITIVITY` at
+            the middle radius (samples of ``subset`` still correct there; False elsewhere).
+        grad_finite: (N,) bool: the input gradient of the attack loss is finite.
+        grad_zero: (N,) bool: it is all zero.
+        logit_change: (N,) largest logit change between two passes over the sample
+            (``subset`` only); ``logit_drift``: between a pass and the clean pass;
+            ``logit_scale``: the largest absolute logit of the pass.
         tolerance: Allowed change in robust accuracy.
         large_epsilon_linf: The large Linf radius (pixel units) of the near-zero check.
-        loss: The attack loss (``ce`` or ``margin``).
     """
 
-    model: ModelAdapter
-    x: np.ndarray
     y: np.ndarray
-    logits: np.ndarray
-    target: np.ndarray | None
     sweeps: dict[str, A.SweepResult]
     fgsm: A.SweepResult | None
     foolbox: dict[str, Any]
-    make_attack: Any
-    seed: int
+    large_epsilon: float
+    large_correct: np.ndarray
     subset: np.ndarray
+    sensitivity: np.ndarray
+    grad_finite: np.ndarray
+    grad_zero: np.ndarray
+    logit_change: np.ndarray
+    logit_drift: np.ndarray
+    logit_scale: np.ndarray
     tolerance: float
     large_epsilon_linf: float
-    loss: str
 
     @property
     def norm(self) -> str:
@@ -93,14 +103,9 @@ def run_checks(c: CheckInputs) -> tuple[list[Check], dict[str, Any]]:
 
 
 def _check_large_epsilon(c: CheckInputs, data: dict[str, Any]) -> Check:
-    s, n = c.sweeps[c.norm], len(c.y)
-    eps = c.large_epsilon_linf if c.norm == "linf" else c.large_epsilon_linf * math.sqrt(c.x[0].size)
+    n, eps = len(c.y), c.large_epsilon
     label = f"Linf {eps_name('linf', eps)}/255" if c.norm == "linf" else f"L2 {eps:.3g}"
-    alive = np.flatnonzero(s.correct[:, -1]) if s.correct.shape[1] else np.flatnonzero(s.min_eps > 0)
-    if alive.size:
-        res = c.make_attack(c.norm)(c.model, c.x[alive], c.y[alive], epsilons=eps, seed=c.seed,
-                                    target=None if c.target is None else c.target[alive])
-        alive = alive[res.pred == c.y[alive]]
+    alive = np.flatnonzero(c.large_correct)
     acc = alive.size / n if n else float("nan")
     data["large_epsilon"] = {"norm": c.norm, "epsilon": float(eps), "robust_accuracy": acc}
     if n and acc > _NEAR_ZERO:
@@ -117,16 +122,7 @@ def _check_sensitivity(c: CheckInputs, data: dict[str, Any]) -> Check:
         return Check("steps and restarts", "pass", "nothing to re-attack.")
     k = len(s.epsilons) // 2
     alive = c.subset[s.correct[c.subset, k]]
-    base = c.make_attack(c.norm)
-    drops = {}
-    for label, attack in (("2x steps", c.make_attack(c.norm, steps=2 * base.steps, restarts=1)),
-                          ("+1 restart", c.make_attack(c.norm, restarts=1, random_start=True))):
-        broken = 0
-        if alive.size:
-            res = attack(c.model, c.x[alive], c.y[alive], epsilons=float(s.epsilons[k]), seed=c.seed + 7,
-                         target=None if c.target is None else c.target[alive])
-            broken = int(np.sum(res.pred != c.y[alive]))
-        drops[label] = broken / len(c.subset)
+    drops = {label: int(np.sum(c.sensitivity[alive, j])) / len(c.subset) for j, label in enumerate(SENSITIVITY)}
     where = f"{c.norm} {eps_name(c.norm, s.epsilons[k])}{'/255' if c.norm == 'linf' else ''}"
     data["sensitivity"] = {"epsilon": float(s.epsilons[k]), "samples": int(len(c.subset)), **drops}
     text = ", ".join(f"{k_}: -{v:.3f}" for k_, v in drops.items())
@@ -139,7 +135,7 @@ def _check_sensitivity(c: CheckInputs, data: dict[str, Any]) -> Check:
                  f"{c.tolerance:g} on {len(c.subset)} images ({text}).")
 
 
-def _beaten(c: CheckInputs, r: A.MinimalPerturbation) -> list[str]:
+def _beaten(c: CheckInputs, r: Any) -> list[str]:
     """Radii where attack result ``r`` broke images inside the ball that PGD left correct."""
     pos, found = c.foolbox["positions"], []
     for norm, s in c.sweeps.items():
@@ -206,13 +202,13 @@ def _check_loss_trace(c: CheckInputs) -> Check:
 
 
 def _check_gradients(c: CheckInputs, data: dict[str, Any]) -> Check:
-    g = A.loss_gradient(c.model, c.x, c.y, loss=c.loss).reshape(len(c.x), -1)
-    bad = int(np.sum(~np.all(np.isfinite(g), axis=1)))
-    zero = float(np.mean(np.all(g == 0, axis=1))) if len(g) else 0.0
+    n = len(c.grad_finite)
+    bad = int(np.sum(~c.grad_finite))
+    zero = float(np.mean(c.grad_zero)) if n else 0.0
     data["gradients"] = {"non_finite": bad, "zero_share": zero}
     if bad:
         return Check("gradients finite and non-zero", "fail",
-                     f"{bad} of {len(g)} images have NaN or inf input gradients: attacks on them are meaningless.")
+                     f"{bad} of {n} images have NaN or inf input gradients: attacks on them are meaningless.")
     if zero > _ZERO_GRADIENT_SHARE:
         return Check("gradients finite and non-zero", "warn",
                      f"{zero:.0%} of the images have an all-zero input gradient (over {_ZERO_GRADIENT_SHARE:.0%}): "
@@ -223,17 +219,16 @@ def _check_gradients(c: CheckInputs, data: dict[str, Any]) -> Check:
 
 
 def _check_determinism(c: CheckInputs, data: dict[str, Any]) -> Check:
-    xs = c.x[c.subset]
-    first, second = c.model.logits(xs), c.model.logits(xs)
-    diff = float(np.max(np.abs(first - second))) if len(xs) else 0.0
-    drift = float(np.max(np.abs(first - c.logits[c.subset]))) if len(xs) else 0.0
+    n = len(c.subset)
+    diff = float(np.max(c.logit_change[c.subset])) if n else 0.0
+    drift = float(np.max(c.logit_drift[c.subset])) if n else 0.0
     data["determinism"] = {"max_abs_diff": diff, "max_abs_diff_clean_pass": drift}
-    if diff > 0 or drift > 1e-3 * (1 + float(np.abs(first).max(initial=0))):
+    if diff > 0 or drift > 1e-3 * (1 + float(c.logit_scale[c.subset].max(initial=0))):
         return Check("deterministic predictions", "warn",
-                     f"two passes over the same {len(xs)} images differ (largest logit change {max(diff, drift):.3g}): "
+                     f"two passes over the same {n} images differ (largest logit change {max(diff, drift):.3g}): "
                      "a randomised model needs expectation over transformation (EOT) in the attack, which this "
                      "study does not do.")
-    return Check("deterministic predictions", "pass", f"two passes over {len(xs)} images give identical logits.")
+    return Check("deterministic predictions", "pass", f"two passes over {n} images give identical logits.")
 
 
 def _check_fgsm(c: CheckInputs) -> Check | None:
