@@ -27,13 +27,14 @@ ray = pytest.importorskip("ray", reason='the Ray engine needs pip install "robus
 
 pytestmark = pytest.mark.slow
 
-STUDIES = ["clean", "perturbation", "noise"]  # calibration, adversarial: after their map/reduce
+STUDIES = ["clean", "perturbation", "noise", "calibration", "adversarial", "saliency"]
 CONFIG = {
     "perturbation": {"n_bootstrap": 20, "transforms": ["jpeg", "rotation", "gaussian_blur"], "severities": [1, 4]},
     "noise": {"n_bootstrap": 20, "severities": [1, 4]},
     "calibration": {"n_bootstrap": 20},
     "adversarial": {"max_samples": 12},
     "clean": {"n_bootstrap": 20},
+    "saliency": {"max_samples": 6},
 }
 
 

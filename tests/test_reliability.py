@@ -198,8 +198,10 @@ def _model_class_not_in_data(root: Path, toy: Path) -> tuple[Path, str]:
 
 
 def _mask_size_mismatch(root: Path, toy: Path) -> tuple[Path, str]:
+    """A mask of another aspect ratio (one of the same ratio is resized to its image)."""
     _copy(toy, root)
-    _png(root / "masks" / "COVID-19" / "COVID-19_004.png", 1.0, size=SIZE // 2)
+    path = root / "masks" / "COVID-19" / "COVID-19_004.png"
+    Image.fromarray(np.full((SIZE, SIZE // 2), 255, dtype=np.uint8)).save(path, format="PNG")
     return root, "COVID-19_004.png"
 
 
