@@ -133,11 +133,33 @@ def _add_audit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="STUDY.KEY=VALUE",
                    help="override one study option, e.g. --set noise.max_samples=50 or "
                    "--set perturbation.severities=[1,3,5] (TOML values; repeatable)")
-    p.add_argument("--layer", default=None,
-                   help="saliency: the layer Grad-CAM explains (default: the last 4-D feature map)")
-    p.add_argument("--layers", type=_studies_arg, default=None,
-                   help="saliency: comma-separated layers for the activation-map panel")
+    _add_study_options(p)
     _add_class_options(p)
+
+
+def _add_study_options(p: argparse.ArgumentParser) -> None:
+    """The shortcuts that studies declare in their plug-in records (``--layer`` for saliency)."""
+    from robustkit.plugins import plugins
+
+    for record in plugins().values():
+        for opt in record.options:
+            p.add_argument(opt.flag, dest=_option_dest(record.name, opt.key), default=None,
+                           type=_studies_arg if opt.is_list else str, help=opt.help)
+
+
+def _option_dest(study: str, key: str) -> str:
+    return f"study_option__{study}__{key}"
+
+
+def _study_settings(a: argparse.Namespace) -> list[str]:
+    """``--set`` lines for the study shortcuts given on the command line."""
+    out = []
+    for dest, value in vars(a).items():
+        if dest.startswith("study_option__") and value is not None:
+            _, study, key = dest.split("__", 2)
+            text = repr(value) if isinstance(value, list) else str(value)  # TOML value, bare words as strings
+            out.append(f"{study}.{key}={text}")
+    return out
 
 
 def _add_audit(sub: argparse._SubParsersAction) -> None:
@@ -191,17 +213,13 @@ def _cmd_audit(a: argparse.Namespace) -> int:
 
 
 def _config_with_settings(a: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """The --config file (or defaults) plus --set, --layer and --layers overrides."""
+    """The --config file (or defaults) plus --set and the studies' own shortcuts (``--layer``)."""
     import dataclasses
 
     from robustkit.config import load_config, parse_setting
 
     cfg = load_config(a.config)
-    settings = list(a.settings)
-    if a.layer is not None:
-        settings.append(f"saliency.layer={a.layer!r}")
-    if a.layers is not None:
-        settings.append(f"saliency.layers={a.layers!r}")
+    settings = list(a.settings) + _study_settings(a)
     overrides = {k: dict(v) for k, v in cfg.overrides.items()}
     for text in settings:
         study, key, value = parse_setting(text)

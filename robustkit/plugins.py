@@ -30,6 +30,7 @@ from robustkit.errors import ConfigError, param_error
 
 __all__ = [
     "BUILTIN_PLUGINS",
+    "CliOption",
     "ENTRY_POINT_GROUP",
     "EceColumns",
     "Export",
@@ -89,6 +90,23 @@ class Export:
 
 
 @dataclass(frozen=True)
+class CliOption:
+    """A command-line shortcut a study owns: ``--flag VALUE`` sets ``<study>.<key>``.
+
+    Attributes:
+        flag: the option (``--layer``).
+        key: the study config key it sets.
+        help: one line for ``robustkit audit --help``.
+        is_list: the value is comma-separated (``--layers a,b``).
+    """
+
+    flag: str
+    key: str
+    help: str
+    is_list: bool = False
+
+
+@dataclass(frozen=True)
 class StudyPlugin:
     """Everything robustkit needs to know about one study.
 
@@ -102,6 +120,8 @@ class StudyPlugin:
             template shipped in another package; None for the generic partial.
         paired: the columns behind its metrics, for compare.
         exports: files written beside ``results.json``.
+        options: command-line shortcuts for its config keys (``--layer`` for saliency);
+            every study option is also reachable as ``--set STUDY.KEY=VALUE``.
     """
 
     name: str
@@ -110,6 +130,7 @@ class StudyPlugin:
     template: str | None = None
     paired: PairedSpec = field(default_factory=PairedSpec)
     exports: tuple[Export, ...] = ()
+    options: tuple[CliOption, ...] = ()
 
     def load_study(self) -> type:
         """Import and return the study class (a bare class from an entry point as it came)."""
@@ -155,7 +176,11 @@ BUILTIN_PLUGINS: tuple[StudyPlugin, ...] = (
                 "robustkit.report.view_calibration:calibration_view", "partials/calibration.html.j2",
                 paired=_CAL, exports=(Export("temperature.json", "temperature_export"),)),
     StudyPlugin("saliency", "robustkit.studies.saliency:SaliencyStudy",
-                "robustkit.report.view_saliency:saliency_view", "partials/saliency.html.j2"),
+                "robustkit.report.view_saliency:saliency_view", "partials/saliency.html.j2",
+                options=(CliOption("--layer", "layer", "saliency: the layer Grad-CAM explains (default: the last "
+                                   "4-D feature map)"),
+                         CliOption("--layers", "layers", "saliency: comma-separated layers for the activation-map "
+                                   "panel", is_list=True))),
 )
 
 _PLUGINS: dict[str, StudyPlugin] = {p.name: p for p in BUILTIN_PLUGINS}

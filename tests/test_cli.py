@@ -148,3 +148,21 @@ def test_input_scale_option(capsys, toy_data: Path, tmp_path: Path) -> None:
     x = data.load_images(np.arange(len(data)), size=(SIZE, SIZE), channels=1)
     logits = np.load(tmp_path / "o" / "records.npz")["clean/logits"]
     np.testing.assert_allclose(logits, model.predict(x * 255.0, verbose=0), rtol=1e-4, atol=1e-3)
+
+
+def test_study_shortcuts_come_from_the_study_plugin_records() -> None:
+    from robustkit.cli import _config_with_settings, build_parser
+    from robustkit.plugins import CliOption, StudyPlugin, plugins, register_plugin
+
+    args = ["audit", "--model", "m.keras", "--data", "d", "--out", "o", "--layer", "conv2", "--layers", "conv1,conv2"]
+    cfg = _config_with_settings(build_parser().parse_args(args))
+    assert cfg.overrides["saliency"] == {"layer": "conv2", "layers": ["conv1", "conv2"]}
+    saved = dict(plugins())
+    try:  # a third-party record's shortcut appears in the audit command, owned by its study
+        register_plugin(StudyPlugin("clean", saved["clean"].study, saved["clean"].view, saved["clean"].template,
+                                    options=(CliOption("--boots", "n_bootstrap", "clean: resamples"),)))
+        cfg = _config_with_settings(build_parser().parse_args(["audit", "--model", "m", "--data", "d", "--out", "o",
+                                                               "--boots", "50"]))
+        assert cfg.overrides["clean"] == {"n_bootstrap": 50}
+    finally:
+        register_plugin(saved["clean"])
