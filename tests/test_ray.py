@@ -87,6 +87,8 @@ def test_ray_audit_equals_the_in_process_audit(toy_model: Path, bigger_data: Pat
     assert all(s.status == "ok" for s in distributed.studies.values()), {
         n: s.error for n, s in distributed.studies.items()}
     _close(_comparable(local), _comparable(distributed))
+    for name, study in distributed.studies.items():  # worker-seconds of the maps + the reduce
+        assert study.seconds > 0.1 * local.studies[name].seconds, name
     a, b = load_results(tmp_path / "local"), load_results(tmp_path / "ray")
     for name in STUDIES:
         for key, arr in a.studies[name].records.items():

@@ -24,6 +24,7 @@ import io
 import os
 import pickle
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,17 +106,20 @@ class _StudyMapper:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         positions = np.asarray(batch["pos"], dtype=np.int64)
         per_study: dict[str, Any] = {}
+        seconds: dict[str, float] = {}
         for study in self.studies:
             local = self.selections[study.name](positions)  # positions in the study's own subset
             keep = local >= 0
             if not keep.any():
                 continue
             sub = self.data.subset(positions[keep])
+            start = time.perf_counter()
             try:
                 per_study[study.name] = (local[keep], study.map(self.model, sub, self.ctx))
             except Exception as exc:  # noqa: BLE001 - reported on the driver, the other studies go on
                 per_study[study.name] = (None, _error(exc))
-        payload = {"pos": positions, "studies": per_study}
+            seconds[study.name] = time.perf_counter() - start
+        payload = {"pos": positions, "studies": per_study, "seconds": seconds}
         return {"payload": np.array([pickle.dumps(payload, protocol=5)], dtype=object),
                 "first": positions[:1], "n": np.array([len(positions)])}
 
@@ -262,9 +266,10 @@ def _map_on_ray(ray: Any, todo: np.ndarray, studies: list[Study], data: Dataset,
 
 def _reduce(study: Study, payloads: list[dict[str, Any]], data: Dataset, selected: np.ndarray,
             ctx: AuditContext) -> StudyResult:
-    import time
-
+    """Merge the study's records in sample order and reduce them. Its ``seconds`` are the map
+    time summed over the workers (worker-seconds, as in one process) plus the reduce."""
     start = time.perf_counter()
+    mapped = sum(float(p.get("seconds", {}).get(study.name, 0.0)) for p in payloads)
     parts = [p["studies"][study.name] for p in payloads if study.name in p["studies"]]
     errors = [rec for pos, rec in parts if pos is None]
     if errors:
@@ -275,7 +280,7 @@ def _reduce(study: Study, payloads: list[dict[str, Any]], data: Dataset, selecte
     sub = data.subset(selected)
     records = merge_records(list(unique.values()), len(sub), study=study.name)
     result = study.reduce(records, sub, ctx)
-    return study.finalize(result, selected, time.perf_counter() - start)
+    return study.finalize(result, selected, mapped + time.perf_counter() - start)
 
 
 def _failed(study: Study, error: dict[str, str], seconds: float) -> StudyResult:
@@ -307,6 +312,7 @@ def _save_shard(folder: Path, payload: dict[str, Any]) -> None:
         if local is None:  # a failed map is re-run on resume, not stored
             continue
         arrays[f"{name}|"] = np.asarray(local, dtype=np.int64)
+        arrays[f"{name}|seconds|"] = np.asarray(payload.get("seconds", {}).get(name, 0.0))
         arrays.update({f"{name}|{k}": np.asarray(v) for k, v in records.items()})
     digest = hashlib.sha1(pos.tobytes()).hexdigest()[:8]
     buf = io.BytesIO()
@@ -327,10 +333,13 @@ def _load_shards(folder: Path | None) -> list[dict[str, Any]]:
             f.unlink(missing_ok=True)
             continue
         studies: dict[str, Any] = {}
+        seconds: dict[str, float] = {}
         for key in arrays:
             name, _, rec = key.partition("|")
-            if key != "pos" and not rec:
+            if rec == "seconds|":
+                seconds[name] = float(arrays[key])
+            elif key != "pos" and not rec:
                 studies[name] = (arrays[key], {k.partition("|")[2]: v for k, v in arrays.items()
-                                               if k.startswith(name + "|") and k != key})
-        out.append({"pos": arrays["pos"], "studies": studies})
+                                               if k.startswith(name + "|") and k not in (key, f"{name}|seconds|")})
+        out.append({"pos": arrays["pos"], "studies": studies, "seconds": seconds})
     return out
