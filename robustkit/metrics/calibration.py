@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,7 @@ __all__ = [
     "ece_update",
     "equal_mass_bins",
     "equal_width_bins",
+    "fit_log_temperature",
     "fit_temperature",
     "log_softmax",
     "mce",
@@ -345,14 +347,27 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> TemperatureFit:
     """
     z = np.asarray(logits, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64).reshape(-1)
-    if len(y) == 0:
+    return fit_log_temperature(lambda s: _nll_and_grad(z, y, s), len(y))
+
+
+def fit_log_temperature(objective: Callable[[float], tuple[float, float]], n: int) -> TemperatureFit:
+    """Minimise a mean NLL over ``s = log T`` in ``[log 0.01, log 100]`` (bounded Brent).
+
+    The one search every temperature fit uses (softmax here, sigmoid heads in
+    :mod:`robustkit.metrics.outputs`).
+
+    Args:
+        objective: ``s -> (mean NLL at T = exp(s), its derivative in s)``.
+        n: the number of samples the NLL is over (>= 1).
+    """
+    if n == 0:
         raise ValueError("fit_temperature: expected at least one sample, got none.")
-    res = minimize_scalar(lambda s: _nll_and_grad(z, y, s)[0], bounds=_LOG_T_BOUNDS,
-                          method="bounded", options={"xatol": 1e-9})
+    res = minimize_scalar(lambda s: objective(s)[0], bounds=_LOG_T_BOUNDS, method="bounded",
+                          options={"xatol": 1e-9})
     log_t = float(res.x)
-    loss, grad = _nll_and_grad(z, y, log_t)
+    loss, grad = objective(log_t)
     at_bound = min(abs(log_t - b) for b in _LOG_T_BOUNDS) < 1e-4
-    return TemperatureFit(float(np.exp(log_t)), _nll_and_grad(z, y, 0.0)[0], loss, grad, at_bound, len(y))
+    return TemperatureFit(float(np.exp(log_t)), objective(0.0)[0], loss, grad, at_bound, n)
 
 
 # ---------------------------------------------------------------- reliability diagrams

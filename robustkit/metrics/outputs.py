@@ -27,7 +27,6 @@ Example:
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 from scipy.special import expit
 
 from robustkit.errors import check_choice, check_range
@@ -127,12 +126,4 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, kind: str) -> CM.Tem
         return CM.fit_temperature(logits, labels)
     z = np.asarray(logits, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64).reshape(-1)
-    if len(y) == 0:
-        raise ValueError("fit_temperature: expected at least one sample, got none.")
-    res = minimize_scalar(lambda s: _binary_nll_and_grad(z, y, s)[0], bounds=_LOG_T_BOUNDS,
-                          method="bounded", options={"xatol": 1e-9})
-    log_t = float(res.x)
-    loss, grad = _binary_nll_and_grad(z, y, log_t)
-    at_bound = min(abs(log_t - b) for b in _LOG_T_BOUNDS) < 1e-4
-    before = _binary_nll_and_grad(z, y, 0.0)[0]
-    return CM.TemperatureFit(float(np.exp(log_t)), before, loss, grad, at_bound, len(y))
+    return CM.fit_log_temperature(lambda s: _binary_nll_and_grad(z, y, s), len(y))
