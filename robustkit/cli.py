@@ -261,6 +261,34 @@ def _cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
+def _add_card(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "card",
+        parents=[_COMMON],
+        help="write the one-page audit card (card.html) and its JSON/YAML exports",
+        description="Write DIR/card.html, the one-page summary a reviewer signs (model, intended use, data, "
+        "acceptance rules judged on the 95%% interval's bound, per-class sensitivity and specificity, "
+        "robustness, changes against a baseline, limitations), and beside it card.json, "
+        "card.model_card.json (Model Card Toolkit) and card.model-index.yaml (Hugging Face). "
+        "Reads results.json and records.npz alone (no TensorFlow).",
+    )
+    p.add_argument("dir", type=Path, metavar="AUDIT_DIR", help="audit folder")
+    p.add_argument("--policy", type=Path, default=None, help="gate policy (TOML) for the acceptance table")
+    p.add_argument("--baseline", type=Path, default=None, help="audit folder of the released checkpoint")
+    p.add_argument("--out", type=Path, default=None, help="HTML file to write (default AUDIT_DIR/card.html)")
+    p.add_argument("--intended-use", type=Path, default=None, metavar="FILE.md",
+                   help="text or Markdown file: intended use and out-of-scope inputs")
+    p.set_defaults(func=_cmd_card)
+
+
+def _cmd_card(a: argparse.Namespace) -> int:
+    from robustkit.card_export import write_card
+
+    paths = write_card(a.dir, out=a.out, policy=a.policy, baseline=a.baseline, intended_use=a.intended_use)
+    print(paths["html"])
+    return 0
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
@@ -414,7 +442,7 @@ def _cmd_gate(a: argparse.Namespace) -> int:
 
 
 _COMMANDS: list[Callable[[argparse._SubParsersAction], object]] = [
-    _add_demo, _add_phantom, _add_train, _add_audit, _add_report,
+    _add_demo, _add_phantom, _add_train, _add_audit, _add_report, _add_card,
     lambda sub: _add_compare(sub, parents=[_COMMON]),
     lambda sub: _add_gate(sub, parents=[_COMMON]),
     _add_studies,

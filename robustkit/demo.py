@@ -2,7 +2,7 @@
 
 Generates the phantom chest X-ray train and test sets, trains (or reuses a cached)
 InceptionV3 checkpoint from scratch with the demo recipe, audits it on the held-out test
-set with every available study, and writes the report. Generated data and the
+set with every available study, and writes the report and the audit card. Generated data and the
 checkpoint are cached under ``cache`` (keyed by the recipe and seed), so a second run
 only audits.
 """
@@ -63,7 +63,8 @@ def run_demo(
     seed: int = 0,
     quiet: bool = False,
 ) -> AuditResult:
-    """Run the demo audit and return its result (the report is ``out/report.html``)."""
+    """Run the demo audit and return its result (the report is ``out/report.html``, the audit
+    card ``out/card.html``)."""
     from robustkit.data.phantom import generate_phantom
     from robustkit.model.training import DEMO_RECIPE, train
     from robustkit.runner import audit
@@ -89,5 +90,10 @@ def run_demo(
     from robustkit.studies import available
 
     config = {k: v for k, v in DEMO_AUDIT.items() if k in available()} if profile == "standard" else None
-    return audit(paths["checkpoint"], paths["test"], profile=profile, seed=seed, out=out, quiet=quiet,
-                 config=config)
+    result = audit(paths["checkpoint"], paths["test"], profile=profile, seed=seed, out=out, quiet=quiet,
+                   config=config)
+    from robustkit.card_export import write_card
+
+    card = write_card(out)["html"]  # the one-page audit card beside report.html
+    _say(quiet, f"demo: audit card -> {card}")
+    return result

@@ -30,6 +30,9 @@ def test_demo_runs_end_to_end_and_reuses_its_cache(tmp_path: Path, monkeypatch: 
     assert paths["checkpoint"].is_file() and (paths["test"] / "phantom.json").is_file()
     assert len(result.ids) == 3 * TINY["test_per_class"]
     assert (out / "report.html").is_file()
+    card = (out / "card.html").read_text(encoding="utf-8")  # the audit card, beside the report
+    print(f"card.html of the quick toy demo: {len(card.encode())} bytes")
+    assert len(card.encode()) < 200_000 and "robustkit phantom" in card and "synthetic phantom" in card
     saved = json.loads((out / "results.json").read_text())
     assert saved["model"]["fingerprint"] == result.model["fingerprint"]
 

@@ -448,6 +448,7 @@ class Dataset:
             "metadata_columns": self.metadata_columns,
             "mask_resized": self.mask_resizes(),
             "notes": list(self.notes),
+            "phantom": (Path(self.root) / "phantom.json").is_file(),  # robustkit's synthetic phantom
         }
 
     def with_class_order(self, class_names: Sequence[str]) -> Dataset:

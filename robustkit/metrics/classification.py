@@ -19,6 +19,7 @@ __all__ = [
     "confusion_matrix",
     "precision_recall_f1",
     "roc_auc_ovr",
+    "specificity",
     "roc_curve",
 ]
 
@@ -47,6 +48,22 @@ def precision_recall_f1(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
         f1 = 2 * precision * recall / (precision + recall)
     f1 = np.where((precision + recall) == 0, 0.0, f1)
     return precision, recall, f1
+
+
+def specificity(cm: np.ndarray) -> np.ndarray:
+    """Per-class one-vs-rest specificity ``TN / (TN + FP)`` from a confusion matrix ``(K, K)``.
+
+    For class ``k``: of the images whose label is not ``k``, the share not predicted as ``k``.
+    NaN where no image has another label.
+
+    >>> specificity(np.array([[8, 2], [1, 9]])).round(3).tolist()
+    [0.9, 0.8]
+    """
+    cm = np.asarray(cm, dtype=np.float64)
+    negatives = cm.sum() - cm.sum(axis=1)
+    false_pos = cm.sum(axis=0) - np.diag(cm)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (negatives - false_pos) / negatives
 
 
 def roc_curve(y_bin: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,7 @@ from robustkit.plugins import plugin
 from robustkit.report import views
 from robustkit.results import AuditResult, StudyResult, atomic_write_text, load_results
 
-__all__ = ["render_report", "report_html"]
+__all__ = ["render_report", "report_html", "study_anchor"]
 
 REPORT_FILE = "report.html"
 _PARTIAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -145,12 +145,17 @@ def _partial_for(env: jinja2.Environment, name: str) -> str:
     return "partials/_generic.html.j2"
 
 
+def study_anchor(name: str) -> str:
+    """The id of a study's section in report.html (``study-<name>``), the card's link target."""
+    return "study-" + re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
+
+
 def _section(env: jinja2.Environment, study: StudyResult, audit: AuditResult) -> dict[str, Any]:
     ctx, view_error = views.build_view(study, audit)
     generic = study.status != "ok" or view_error is not None
     return {
         "name": study.name,
-        "anchor": "study-" + re.sub(r"[^a-z0-9-]+", "-", study.name.lower()).strip("-"),
+        "anchor": study_anchor(study.name),
         "status": study.status,
         "ok": study.status == "ok",
         "seconds": f"{study.seconds:.1f}",

@@ -1,0 +1,430 @@
+"""The audit card: the one page a reviewer signs, built from an audit's stored results.
+
+:func:`build_card` reads an :class:`~robustkit.results.AuditResult` (``results.json`` and
+``records.npz``; no TensorFlow, no model) and returns a :class:`Card`: the model and its
+intended use, the data, the acceptance table of a gate policy judged on the 95% intervals'
+bounds, per-class sensitivity and specificity, calibration before and after scaling, the
+worst acquisition shift, adversarial robustness with the attack's honesty checks,
+out-of-distribution detection and the worst slice (when those studies ran), saliency
+sanity, the significant changes against a baseline, the checks that did not pass, and the
+limitations. Every number is a :class:`CardNumber` that names the metric it comes from and
+the section of ``report.html`` that shows it. :mod:`robustkit.card_export` renders and
+writes it.
+
+Example:
+    >>> card = build_card("reports/demo", policy="policy.toml")  # doctest: +SKIP
+    >>> card.acceptance[0].status  # doctest: +SKIP
+    'PASS'
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from robustkit.card_acceptance import AcceptanceRow, acceptance_rows
+from robustkit.compare import MetricDelta, check_comparable, paired_deltas
+from robustkit.errors import ConfigError
+from robustkit.gate import Policy, load_policy
+from robustkit.metrics import classification as M
+from robustkit.report.render import study_anchor
+from robustkit.results import AuditResult, load_results
+
+__all__ = ["KNOWN_STUDIES", "Card", "CardNumber", "build_card", "numbers_by_prefix"]
+
+#: the studies a full audit runs; one that is absent is a limitation of the card
+KNOWN_STUDIES = ("clean", "perturbation", "noise", "adversarial", "calibration", "saliency", "slices", "ood")
+_POSITIVE = "COVID-19"
+_ATTACK_FAMILIES = re.compile(r"(ensemble|apgd|autoattack)", re.IGNORECASE)
+_BOOT, _BOOT_SEED = 1000, 0
+
+
+@dataclass(frozen=True)
+class CardNumber:
+    """One number on the card and where it comes from.
+
+    Attributes:
+        metric: the full dotted metric name in results.json (``clean.recall.COVID-19``); for
+            a number derived on the card, the name it would have (``clean.specificity.NORMAL``).
+        label: what the card calls it.
+        value: the point estimate.
+        interval: the 95% interval ``(low, high)``, or None.
+        direction: ``higher``, ``lower`` or ``none``.
+        anchor: the id of its section in report.html.
+        source: ``results.json``, or how a derived number was computed.
+    """
+
+    metric: str
+    label: str
+    value: float
+    interval: tuple[float, float] | None
+    direction: str
+    anchor: str
+    source: str = "results.json"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"metric": self.metric, "label": self.label, "value": _j(self.value),
+                "interval": None if self.interval is None else [_j(v) for v in self.interval],
+                "direction": self.direction, "link": f"report.html#{self.anchor}", "source": self.source}
+
+
+@dataclass(frozen=True)
+class Card:
+    """Everything on the audit card; ``sections`` maps a section key to its numbers."""
+
+    model: dict[str, Any]
+    data: dict[str, Any]
+    intended_use: dict[str, Any]
+    acceptance: list[AcceptanceRow]
+    sections: dict[str, list[CardNumber]]
+    notes: dict[str, list[str]]
+    changes: list[MetricDelta]
+    failed_checks: list[dict[str, str]]
+    limitations: list[str]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def numbers(self) -> list[CardNumber]:
+        """Every number of every section, in card order."""
+        return [n for nums in self.sections.values() for n in nums]
+
+    @property
+    def verdict(self) -> str:
+        """``PASS`` when every evaluated rule passes, ``FAIL`` if one fails, ``NO POLICY``."""
+        judged = [r for r in self.acceptance if r.status != "NOT EVALUATED"]
+        if not judged:
+            return "NO POLICY"
+        return "PASS" if all(r.status == "PASS" for r in judged) else "FAIL"
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def build_card(
+    audit: AuditResult | str | Path,
+    *,
+    policy: Policy | str | Path | None = None,
+    baseline: AuditResult | str | Path | None = None,
+    intended_use: str | Path | None = None,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> Card:
+    """Build the audit card of an audit.
+
+    Args:
+        audit: an :class:`AuditResult` or an audit folder.
+        policy: a gate policy (TOML file or :class:`~robustkit.gate.Policy`) for the
+            acceptance table; none gives an empty table and a limitation.
+        baseline: the audit of the released checkpoint; its significant changes are listed.
+        intended_use: a Markdown/text file with the intended use and out-of-scope inputs.
+        alpha: significance level of the baseline comparison (a policy's own alpha wins).
+        seed: seed of the bootstrap resampling (specificity intervals, paired tests).
+
+    Raises:
+        ConfigError: an unreadable intended-use file, a bad policy, an incomparable baseline.
+    """
+    result = audit if isinstance(audit, AuditResult) else load_results(audit)
+    base = baseline if baseline is None or isinstance(baseline, AuditResult) else load_results(baseline)
+    pol = policy if policy is None or isinstance(policy, Policy) else load_policy(policy)
+    if base is not None:
+        check_comparable(base, result, "baseline", "audit")
+    sections, notes = _sections(result, seed)
+    rows = acceptance_rows(result, pol, base, seed=seed) if pol is not None else []
+    changes = _changes(result, base, sections, pol.alpha if pol else alpha, seed)
+    use = _intended_use(intended_use)
+    card = Card(model=_model(result), data=_data(result), intended_use=use, acceptance=rows,
+                sections=sections, notes=notes, changes=changes, failed_checks=_failed_checks(result),
+                limitations=[], provenance=_provenance(result, pol, base))
+    return replace(card, limitations=_limitations(result, card, pol, base))
+
+
+# ---------------------------------------------------------------- model, data, intended use
+
+
+def _model(r: AuditResult) -> dict[str, Any]:
+    m = r.model
+    name = m.get("name") or (Path(str(m["path"])).name if m.get("path") else "model")
+    return {"name": str(name), "fingerprint": str(m.get("fingerprint", "")),
+            "architecture": str(m.get("arch") or m.get("architecture") or "not recorded"),
+            "classes": list(r.class_names), "input_shape": list(m.get("input_shape") or []),
+            "parameters": m.get("parameters"), "output_kind": m.get("output_kind")}
+
+
+def is_phantom(dataset: dict[str, Any]) -> bool:
+    """Whether the audited data is robustkit's phantom (marked by ``phantom.json``)."""
+    if dataset.get("phantom"):
+        return True
+    root = dataset.get("root")
+    return bool(root) and (Path(str(root)) / "phantom.json").is_file()
+
+
+def _data(r: AuditResult) -> dict[str, Any]:
+    d = r.dataset
+    counts = d.get("class_counts") or {c: int(np.sum(r.labels == k)) for k, c in enumerate(r.class_names)}
+    slices = r.studies["slices"].data.get("slice_defs", {}) if "slices" in r.studies else {}
+    return {"name": Path(str(d.get("root", "data"))).name or "data", "fingerprint": str(d.get("fingerprint", "")),
+            "n_samples": int(d.get("n_samples", len(r.ids))), "class_counts": {str(k): int(v) for k, v in counts.items()},
+            "sources": list(d.get("metadata_columns") or []), "n_slices": len(slices),
+            "excluded": int(d.get("n_excluded") or 0), "phantom": is_phantom(d)}
+
+
+def _intended_use(path: str | Path | None) -> dict[str, Any]:
+    if path is None:
+        return {"provided": False, "source": None,
+                "text": "MISSING: no intended-use statement was given (robustkit card --intended-use FILE.md). "
+                        "Without it this card does not say which patients, settings and inputs the model is for."}
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--intended-use {p}: expected a readable UTF-8 text file, got {type(exc).__name__}: {exc}.") from exc
+    if not text:
+        raise ConfigError(f"--intended-use {p}: expected a statement of intended use, got an empty file.")
+    return {"provided": True, "source": p.name, "text": text}
+
+
+# ---------------------------------------------------------------- numbers
+
+
+def _number(r: AuditResult, metric: str, label: str) -> CardNumber | None:
+    """The stored metric ``metric`` as a card number; None when the audit lacks it."""
+    study, _, rest = metric.partition(".")
+    if study not in r.studies or rest not in r.studies[study].metrics:
+        return None
+    iv = r.studies[study].intervals.get(rest)
+    interval = (float(iv[0]), float(iv[1])) if iv is not None else None
+    return CardNumber(metric, label, float(r.studies[study].metrics[rest]), interval,
+                      r.direction(metric), study_anchor(study))
+
+
+def _present(items: Iterable[CardNumber | None]) -> list[CardNumber]:
+    return [n for n in items if n is not None]
+
+
+def numbers_by_prefix(r: AuditResult, prefix: str, *, label: str = "{rest}", limit: int = 12) -> list[CardNumber]:
+    """Every stored metric whose full name starts with ``prefix``, in stored order.
+
+    Studies that land later (slices, OOD) are shown by prefix, so the card needs no
+    change when they add a metric. ``label`` formats ``{rest}``, the name after the prefix.
+    """
+    found = [m for m in r.metrics() if m.startswith(prefix)][:limit]
+    return _present(_number(r, m, label.format(rest=m[len(prefix):])) for m in found)
+
+
+def _classes_positive_first(names: Sequence[str]) -> list[str]:
+    return sorted(names, key=lambda c: (c != _POSITIVE, list(names).index(c)))
+
+
+def _sections(r: AuditResult, seed: int) -> tuple[dict[str, list[CardNumber]], dict[str, list[str]]]:
+    notes: dict[str, list[str]] = {}
+    out = {
+        "performance": _performance(r, seed),
+        "calibration": _present(_number(r, f"calibration.{m}", label) for m, label in (
+            ("ece", "ECE before scaling"), ("ece_ts", "ECE after temperature scaling"),
+            ("brier", "Brier before"), ("brier_ts", "Brier after"), ("temperature", "temperature T"))),
+        "shift": _shift(r),
+        "adversarial": _adversarial(r, notes),
+        "ood": _ood(r),
+        "slices": _slices(r, notes),
+        "saliency": _saliency(r, notes),
+    }
+    return out, notes
+
+
+def _performance(r: AuditResult, seed: int) -> list[CardNumber]:
+    head = [_number(r, "clean.accuracy", "accuracy"), _number(r, "clean.balanced_accuracy", "balanced accuracy"),
+            _number(r, "clean.auc.macro", "ROC AUC (macro)")]
+    spec = specificities(r, seed=seed)
+    per_class: list[CardNumber | None] = []
+    for c in _classes_positive_first(r.class_names):
+        per_class.append(_number(r, f"clean.recall.{c}", f"sensitivity {c}"))
+        per_class.append(spec.get(c))
+    return _present([*head, *per_class])
+
+
+def specificities(r: AuditResult, *, seed: int = 0) -> dict[str, CardNumber]:
+    """Per-class specificity: the point from the stored confusion matrix, the 95% interval
+    by a stratified bootstrap of the clean predictions in records.npz (when stored)."""
+    if "clean" not in r.studies or "confusion" not in r.studies["clean"].data:
+        return {}
+    cm = np.asarray(r.studies["clean"].data["confusion"], dtype=np.int64)
+    point = M.specificity(cm)
+    recs = r.studies["clean"].records
+    pred = recs.get("pred")
+    index = np.asarray(recs.get("index", np.arange(len(r.labels))), dtype=np.int64)
+    lo = hi = np.full(len(point), np.nan)
+    source = "clean.data.confusion in results.json"
+    if pred is not None and len(pred) == len(index) > 1:
+        y, p, k = np.asarray(r.labels)[index], np.asarray(pred).astype(np.int64), len(point)
+        lo, hi = M.bootstrap_interval(lambda i: M.specificity(M.confusion_matrix(y[i], p[i], k)), len(y),
+                                      n_boot=_BOOT, seed=seed, strata=y)
+        source += f"; interval: stratified bootstrap ({_BOOT}, seed {seed}) of clean/pred in records.npz"
+    out = {}
+    for k, c in enumerate(r.class_names[: len(point)]):
+        iv = (float(lo[k]), float(hi[k])) if math.isfinite(lo[k]) and math.isfinite(hi[k]) else None
+        out[c] = CardNumber(f"clean.specificity.{c}", f"specificity {c}", float(point[k]), iv, "higher",
+                            study_anchor("clean"), source)
+    return out
+
+
+def _shift(r: AuditResult) -> list[CardNumber]:
+    out: list[CardNumber | None] = []
+    for study, kind in (("perturbation", "acquisition shift"), ("noise", "noise")):
+        if study not in r.studies:
+            continue
+        worst = r.studies[study].data.get("worst_condition")
+        n = _number(r, f"{study}.accuracy.{worst}", f"worst {kind}: {worst}") if worst else None
+        out.append(n or _number(r, f"{study}.worst_accuracy", f"worst {kind}"))
+        out.append(_number(r, f"{study}.mean_accuracy", f"mean accuracy under {kind}"))
+    return _present(out)
+
+
+def _budget(text: str) -> float:
+    """The budget a metric-name suffix spells (``0.5``, ``8``); inf when it is not a number."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.inf
+
+
+def _smallest_budget(r: AuditResult, prefix: str) -> tuple[str, str] | None:
+    """``(metric, budget)`` of the smallest budget among metrics ``<prefix><budget>``."""
+    found = [(m, m[len(prefix):]) for m in r.metrics() if m.startswith(prefix)]
+    found = [(m, b) for m, b in found if math.isfinite(_budget(b))]
+    return min(found, key=lambda mb: _budget(mb[1])) if found else None
+
+
+def _adversarial(r: AuditResult, notes: dict[str, list[str]]) -> list[CardNumber]:
+    if "adversarial" not in r.studies:
+        return []
+    picks: list[CardNumber | None] = []
+    for norm in ("linf", "l2"):
+        found = _smallest_budget(r, f"adversarial.robust_accuracy.{norm}.")
+        unit = " /255" if norm == "linf" else ""
+        if found:
+            picks.append(_number(r, found[0], f"PGD robust accuracy, {norm.upper()} {found[1]}{unit}"))
+    families = sorted({".".join(m.split(".")[:3]) for m in r.metrics()
+                       if m.startswith("adversarial.") and _ATTACK_FAMILIES.search(m)})
+    for fam in families:  # the AutoAttack-style ensemble (#17), found by name: <family>.<norm>.<budget>
+        found = _smallest_budget(r, fam + ".")
+        if found:
+            picks.append(_number(r, found[0], f"{fam.removeprefix('adversarial.')} at {found[1]}"))
+    checks = r.studies["adversarial"].checks
+    bad = [f"{c.name} ({c.status})" for c in checks if c.status != "pass"]
+    notes["adversarial"] = [f"Attack honesty checks: {len(checks) - len(bad)} of {len(checks)} pass"
+                            + (f"; not passed: {', '.join(bad)}." if bad else ".")] if checks else [
+        "No attack honesty checks were recorded: the robust accuracy is not verified."]
+    return _present(picks)
+
+
+def _ood(r: AuditResult) -> list[CardNumber]:
+    if "ood" not in r.studies:
+        return []
+    rec = r.studies["ood"].data.get("recommended")
+    prefix = f"ood.auroc.{rec}." if rec else "ood.auroc."
+    found = numbers_by_prefix(r, prefix, label=f"AUROC{' (' + str(rec) + ')' if rec else ''} {{rest}}")
+    return found + numbers_by_prefix(r, "ood.confident_covid_rate.", label="confident COVID-19 rate {rest}")
+
+
+def _slices(r: AuditResult, notes: dict[str, list[str]]) -> list[CardNumber]:
+    if "slices" not in r.studies:
+        return []
+    worst = r.studies["slices"].data.get("worst") or {}
+    out = _present([_number(r, "slices.worst.accuracy", f"worst slice accuracy{': ' + str(worst['slice']) if worst.get('slice') else ''}"),
+                    _number(r, "slices.worst.gap", "worst slice minus the rest")])
+    out += numbers_by_prefix(r, "slices.probe.auroc.", label="site probe AUROC: {rest}")
+    if "n_flagged" in r.studies["slices"].metrics:
+        notes["slices"] = [f"{r.studies['slices'].metrics['n_flagged']:g} slices flagged as significantly worse than the rest."]
+    return out
+
+
+def _saliency(r: AuditResult, notes: dict[str, list[str]]) -> list[CardNumber]:
+    if "saliency" not in r.studies:
+        return []
+    s = r.studies["saliency"]
+    sanity = [c for c in s.checks if c.name.startswith("randomisation sanity")]
+    if sanity:
+        ok = [c.name.split(":", 1)[-1].strip() for c in sanity if c.status == "pass"]
+        notes["saliency"] = [f"Weight randomisation sanity: {len(ok)} of {len(sanity)} methods pass"
+                             + (f" ({', '.join(ok)})." if ok else ".")]
+    return numbers_by_prefix(r, "saliency.randomization.ssim.", label="map similarity after randomisation: {rest}")
+
+
+# ---------------------------------------------------------------- baseline, checks, limitations
+
+
+def _changes(r: AuditResult, base: AuditResult | None, sections: dict[str, list[CardNumber]],
+             alpha: float, seed: int) -> list[MetricDelta]:
+    """The card's metrics that changed significantly against the baseline (paired tests, Holm)."""
+    if base is None:
+        return []
+    names = [n.metric for nums in sections.values() for n in nums if n.source == "results.json"]
+    names = [m for m in dict.fromkeys(names) if m in base.metrics() and r.direction(m) in ("higher", "lower")]
+    if not names:
+        return []
+    deltas = paired_deltas(base, r, names, alpha=alpha, correction="holm", n_boot=_BOOT, seed=seed)
+    return [d for d in deltas if d.significant]
+
+
+def _failed_checks(r: AuditResult) -> list[dict[str, str]]:
+    order = {"fail": 0, "warn": 1}
+    rows = [{"study": s, "check": c.name, "status": c.status, "detail": c.detail,
+             "link": f"report.html#{study_anchor(s)}"} for s, c in r.checks() if c.status != "pass"]
+    return sorted(rows, key=lambda x: order.get(x["status"], 2))
+
+
+def _limitations(r: AuditResult, card: Card, pol: Policy | None, base: AuditResult | None) -> list[str]:
+    out = []
+    if card.data["phantom"]:
+        out.append("The audited images are robustkit's synthetic phantom, not patient radiographs: the numbers "
+                   "show that the pipeline works, not how the model performs on real patients.")
+    if not card.intended_use["provided"]:
+        out.append("No intended-use statement was given; the scope of these results is undefined.")
+    for s in KNOWN_STUDIES:
+        if s not in r.studies:
+            out.append(f"Study '{s}' was not run: {_NOT_RUN.get(s, 'its results are missing')}.")
+        elif r.studies[s].status != "ok":
+            out.append(f"Study '{s}' failed ({r.studies[s].error or 'no error recorded'}); its numbers are missing.")
+    for s, c in r.checks():
+        if c.status != "pass" and ("not measured" in c.detail or "skipped" in c.detail):
+            out.append(f"{s}: {c.name}: {c.detail}")
+    no_iv = [n.metric for n in card.numbers() if n.interval is None and n.direction != "none"]
+    if no_iv:
+        out.append(f"No 95% interval for {len(no_iv)} number(s) ({', '.join(no_iv[:4])}{', ...' if len(no_iv) > 4 else ''}).")
+    if pol is None:
+        out.append("No acceptance policy was given (--policy): nothing on this card is judged against a threshold.")
+    elif any(row.status == "NOT EVALUATED" for row in card.acceptance):
+        out.append("Some acceptance rules were not evaluated (see the table).")
+    if base is None:
+        out.append("No baseline audit was given (--baseline): changes since the last release are not shown.")
+    return out
+
+
+_NOT_RUN = {
+    "perturbation": "robustness to acquisition shift (exposure, blur, JPEG, geometry) is unmeasured",
+    "noise": "robustness to image noise is unmeasured",
+    "adversarial": "adversarial robustness is unmeasured",
+    "calibration": "whether the probabilities can be trusted is unmeasured",
+    "saliency": "whether the model looks at the lungs is unmeasured",
+    "slices": "performance per site, view, sex and age group (subgroups) is unmeasured",
+    "ood": "behaviour on images outside the model's scope (out-of-distribution) is unmeasured",
+    "clean": "there is no baseline performance",
+}
+
+
+def _provenance(r: AuditResult, pol: Policy | None, base: AuditResult | None) -> dict[str, Any]:
+    return {"robustkit_version": r.robustkit_version, "audit_created": r.created,
+            "profile": r.config.get("profile"), "seed": r.config.get("seed"),
+            "studies": list(r.studies), "policy": pol.source if pol else None,
+            "baseline": None if base is None else {"model": _model(base)["name"],
+                                                   "fingerprint": str(base.model.get("fingerprint", ""))}}
+
+
+def _j(v: float) -> float | str:
+    f = float(v)
+    return f if math.isfinite(f) else ("nan" if math.isnan(f) else ("inf" if f > 0 else "-inf"))
