@@ -156,6 +156,8 @@ BUILTIN_PLUGINS: tuple[StudyPlugin, ...] = (
                 paired=_CAL, exports=(Export("temperature.json", "temperature_export"),)),
     StudyPlugin("saliency", "robustkit.studies.saliency:SaliencyStudy",
                 "robustkit.report.view_saliency:saliency_view", "partials/saliency.html.j2"),
+    StudyPlugin("slices", "robustkit.studies.slices:SlicesStudy",
+                "robustkit.report.view_slices:slices_view", "partials/slices.html.j2"),
 )
 
 _PLUGINS: dict[str, StudyPlugin] = {p.name: p for p in BUILTIN_PLUGINS}
