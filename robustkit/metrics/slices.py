@@ -264,7 +264,8 @@ def site_probe(features: np.ndarray, target: np.ndarray, *, folds: int = 5, seed
     A standardised, L2-regularised (C=0.1) logistic regression, stratified ``folds``-fold
     cross-validated; the AUROC (binary, or macro one-vs-rest) of its out-of-fold
     probabilities, with a percentile bootstrap interval over samples (the fits are not
-    repeated). Chance is 0.5. With ``groups`` (the class labels), the features are first
+    repeated, so the interval ignores the variability of the fit and is somewhat narrow).
+    Chance is 0.5. With ``groups`` (the class labels), the features are first
     centred within each group, so that site information carried only by the class (a
     class-site confound) does not count.
 

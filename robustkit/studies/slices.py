@@ -218,16 +218,16 @@ def _all_slices(labels: dict[str, np.ndarray], cfg: SlicesConfig) -> list[S.Slic
 
 def _slice_rows(slices: list[S.Slice], y: np.ndarray, pred: np.ndarray, conf: np.ndarray, correct: np.ndarray,
                 positive: int, cfg: SlicesConfig, ctx: AuditContext) -> list[dict[str, Any]]:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for s in slices:
         values, intervals = S.slice_metrics(y, pred, conf, s.mask, positive=positive, n_bins=cfg.n_bins,
                                             n_boot=cfg.n_bootstrap, seed=ctx.seed_for("slices", s.name))
         gap, p = S.slice_test(correct, s.mask) if 0 < s.mask.sum() < len(y) else (math.nan, math.nan)
         rows.append({"slice": s.name, "conditions": [list(c) for c in s.conditions], "n": int(s.mask.sum()),
                      **values, "intervals": intervals, "gap": gap, "p": p})
-    for row, q in zip(rows, S.bh_qvalues([r["p"] for r in rows])):
+    for row, q in zip(rows, S.bh_qvalues([float(r["p"]) for r in rows])):
         row["q"] = q
-        row["flagged"] = bool(row["gap"] <= -cfg.effect_size and q < cfg.alpha)
+        row["flagged"] = bool(float(row["gap"]) <= -cfg.effect_size and q < cfg.alpha)
     return sorted(rows, key=lambda r: (r["gap"] if math.isfinite(r["gap"]) else math.inf, r["slice"]))
 
 
@@ -263,9 +263,9 @@ def _probes(records: Records, data: Dataset, cfg: SlicesConfig, ctx: AuditContex
     for col in cols:
         target = S.discretize(meta[col], bin_width=cfg.bin_width)
         seed = ctx.seed_for("slices", "probe", col)
-        kw = {"folds": cfg.probe_folds, "seed": seed, "n_boot": cfg.n_bootstrap}
-        res = S.site_probe(records["features"], target, **kw)
-        res["within_class"] = S.site_probe(records["features"], target, groups=y, **kw)
+        res = S.site_probe(records["features"], target, folds=cfg.probe_folds, seed=seed, n_boot=cfg.n_bootstrap)
+        res["within_class"] = S.site_probe(records["features"], target, folds=cfg.probe_folds, seed=seed,
+                                           n_boot=cfg.n_bootstrap, groups=y)
         res["confound"] = S.cramers_v(y, target)
         out[col] = res
     return out
