@@ -292,3 +292,14 @@ def test_features_are_the_input_of_the_final_dense_layer(toy_model: Path, toy_da
     assert model.features(x, layer="conv1").shape == (12, 32 * 32 * 8)
     with pytest.raises(ConfigError, match="'layer'"):
         model.features(x, layer="nope")
+
+
+def test_dependence_within_known_answers() -> None:
+    y = np.repeat([0, 1, 2], 30)
+    site = np.tile(np.repeat(["A", "B", "C"], 10), 3)  # every class at every site
+    by_site = np.searchsorted(["A", "B", "C"], site)  # the prediction is the site's home class
+    assert S.dependence_within(by_site, site, y) == pytest.approx(1.0)
+    assert S.dependence_within(y, site, y) == pytest.approx(0.0)  # the prediction is the class
+    rng = np.random.default_rng(0)
+    mixed = np.where(rng.uniform(size=90) < 0.5, by_site, y)
+    assert 0.0 < S.dependence_within(mixed, site, y) < 1.0

@@ -39,6 +39,7 @@ __all__ = [
     "Slice",
     "bh_qvalues",
     "cramers_v",
+    "dependence_within",
     "discretize",
     "enumerate_slices",
     "parse_slice",
@@ -233,6 +234,23 @@ def cramers_v(a: np.ndarray, b: np.ndarray) -> float:
     expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / table.sum()
     chi2 = float(np.sum((table - expected) ** 2 / expected))
     return math.sqrt(chi2 / (table.sum() * k))
+
+
+def dependence_within(pred: np.ndarray, column: np.ndarray, groups: np.ndarray) -> float:
+    """How much the predictions depend on ``column`` (the site) among samples of the same class.
+
+    The size-weighted mean over the groups (classes) of Cramér's V between the predicted class
+    and the column within the group. 0: within every class the prediction does not change
+    with the site; 1: within every class the site decides the prediction (a model that reads
+    the source). Groups with one site or one prediction count as 0; NaN with no samples.
+    """
+    pred, column, groups = np.asarray(pred), np.asarray(column).astype(str), np.asarray(groups)
+    total, weight = 0.0, 0
+    for g in np.unique(groups):
+        m = groups == g
+        total += m.sum() * cramers_v(pred[m], column[m])
+        weight += int(m.sum())
+    return total / weight if weight else math.nan
 
 
 def _oof_probs(x: np.ndarray, t: np.ndarray, folds: int, seed: int) -> np.ndarray:

@@ -94,7 +94,7 @@ def _probe_rows(probe: Mapping[str, Any]) -> list[dict[str, str]]:
         out.append({
             "column": str(col), "auroc": f"{fmt(p.get('auroc'))} [{fmt(p.get('low'))}, {fmt(p.get('high'))}]",
             "within_class": f"{fmt(within.get('auroc'))} [{fmt(within.get('low'))}, {fmt(within.get('high'))}]",
-            "confound": fmt(p.get("confound")), "values": ", ".join(map(str, p.get("levels", []))),
+            "confound": fmt(p.get("confound")), "dependence": fmt(p.get("dependence")), "values": ", ".join(map(str, p.get("levels", []))),
             "folds": fmt(p.get("folds"), "n"),
         })
     return out

@@ -113,6 +113,8 @@ class SlicesStudy(Study[SlicesConfig]):
                         "features; 0.5 is chance", "lower"),
         "probe.auroc_within_class": ("the probe's AUROC on features centred within each class", "lower"),
         "confound": ("Cramér's V between class and the column in the data (0: none, 1: total)", "none"),
+        "dependence": ("mean within-class Cramér's V between the prediction and the column (site): "
+                       "0 the site does not move the prediction, 1 the site decides it", "lower"),
     }
     headline = ("worst.accuracy", "n_flagged", "probe.auroc.site")
 
@@ -151,11 +153,12 @@ class SlicesStudy(Study[SlicesConfig]):
         slices = _all_slices(labels, cfg)
         rows = _slice_rows(slices, y, pred, conf, correct, positive, cfg, ctx)
         _store(result, rows, {s.name: s.mask for s in slices})
-        probe = _probes(records, data, cfg, ctx)
+        probe = _probes(records, data, cfg, ctx, pred)
         for col, p in probe.items():
             result.metrics[f"probe.auroc.{col}"] = p["auroc"]
             result.metrics[f"probe.auroc_within_class.{col}"] = p["within_class"]["auroc"]
             result.metrics[f"confound.{col}"] = p["confound"]
+            result.metrics[f"dependence.{col}"] = p["dependence"]
             result.intervals[f"probe.auroc.{col}"] = [p["low"], p["high"]]
         result.data.update(columns=sorted(labels), probe=probe,
                            positive_class=list(data.class_names)[positive] if positive >= 0 else None)
@@ -254,7 +257,8 @@ def _store(result: StudyResult, rows: list[dict[str, Any]], masks: dict[str, np.
         result.data["worst"] = {k: worst[k] for k in ("slice", "n", "accuracy", "gap", "q", "flagged")}
 
 
-def _probes(records: Records, data: Dataset, cfg: SlicesConfig, ctx: AuditContext) -> dict[str, dict[str, Any]]:
+def _probes(records: Records, data: Dataset, cfg: SlicesConfig, ctx: AuditContext,
+            pred: np.ndarray) -> dict[str, dict[str, Any]]:
     cols = _probe_columns(data, cfg)
     if not cols or "features" not in records:
         return {}
@@ -267,6 +271,7 @@ def _probes(records: Records, data: Dataset, cfg: SlicesConfig, ctx: AuditContex
         res["within_class"] = S.site_probe(records["features"], target, folds=cfg.probe_folds, seed=seed,
                                            n_boot=cfg.n_bootstrap, groups=y)
         res["confound"] = S.cramers_v(y, target)
+        res["dependence"] = S.dependence_within(pred, target, y)
         out[col] = res
     return out
 
@@ -286,17 +291,20 @@ def _checks(rows: list[dict[str, Any]], probe: dict[str, dict[str, Any]], cfg: S
 
 
 def _probe_check(col: str, p: dict[str, Any], cfg: SlicesConfig) -> Check:
-    auc, within, v = p["auroc"], p["within_class"]["auroc"], p["confound"]
+    """Warn when the prediction depends on the column within classes, or when the data
+    confounds class and column and the probe reads the column; pass otherwise (with the numbers)."""
+    auc, within, v, dep = p["auroc"], p["within_class"]["auroc"], p["confound"], p["dependence"]
     name = f"{col} shortcut"
+    if dep >= 0.3:
+        return Check(name, "warn", f"within each class the prediction depends on the {col} (Cramér's V "
+                     f"{dep:.2f}; probe AUROC {auc:.3f}): the model reads the source, not only the lungs.")
     if not math.isfinite(auc):
         return Check(name, "warn", f"the {col} probe could not run: {p.get('note', '')}.")
-    above = p["low"] > 0.5
     if v >= 0.3 and auc >= cfg.probe_warn_auroc:
         return Check(name, "warn", f"class and {col} are confounded in the data (Cramér's V {v:.2f}) and the "
                      f"{col} can be read from the model's features (probe AUROC {auc:.3f}, within classes "
                      f"{within:.3f}): the model may be reading the source instead of the lungs.")
-    if math.isfinite(within) and within >= cfg.probe_warn_auroc:
-        return Check(name, "warn", f"the {col} can be read from the features within each class (AUROC "
-                     f"{within:.3f}): the model encodes the source; a class-{col} confound would make it a shortcut.")
-    return Check(name, "pass", f"probe AUROC {auc:.3f} [{p['low']:.3f}, {p['high']:.3f}]"
-                 f"{' (above chance)' if above else ' (not above chance)'}; Cramér's V of class and {col} {v:.2f}.")
+    seen = "the features encode it" if within >= cfg.probe_warn_auroc else "the features barely encode it"
+    return Check(name, "pass", f"probe AUROC {auc:.3f} [{p['low']:.3f}, {p['high']:.3f}], within classes "
+                 f"{within:.3f} ({seen}); class and {col} are not confounded here (Cramér's V {v:.2f}) and "
+                 f"the prediction hardly depends on the {col} within classes ({dep:.2f}).")
