@@ -303,3 +303,18 @@ def test_dependence_within_known_answers() -> None:
     rng = np.random.default_rng(0)
     mixed = np.where(rng.uniform(size=90) < 0.5, by_site, y)
     assert 0.0 < S.dependence_within(mixed, site, y) < 1.0
+
+
+def test_shortcut_check_warns_on_a_model_that_reads_the_site() -> None:
+    data = _dataset(300)
+    site_home = np.searchsorted(["A", "B", "C"], data.metadata["site"])
+    feats = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
+    study = SlicesStudy.configure("quick", {"n_bootstrap": 50, "probe_folds": 3})
+    ctx = AuditContext(seed=0, model_info={"output_kind": "softmax"})
+    checks = {}
+    for name, pred in (("reads site", site_home), ("reads class", data.labels)):
+        logits = np.eye(3, dtype=np.float32)[pred] * 4.0
+        res = study.reduce({"logits": logits, "features": feats}, data, ctx)
+        checks[name] = ({c.name: c.status for c in res.checks}["site shortcut"], res.metrics["dependence.site"])
+    assert checks["reads site"] == ("warn", pytest.approx(1.0))
+    assert checks["reads class"] == ("pass", pytest.approx(0.0))

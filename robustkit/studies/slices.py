@@ -60,7 +60,10 @@ class SlicesConfig(StudyConfig):
         positive_class: the class whose sensitivity and specificity are reported.
         probe_columns: columns the site probe predicts; None: ``site`` if the data has it.
         probe_folds: cross-validation folds of the probe.
-        probe_warn_auroc: probe AUROC from which the shortcut check warns.
+        probe_warn_auroc: probe AUROC from which the shortcut check warns (with a confound).
+        dependence_warn: within-class Cramér's V of prediction and site from which the
+            shortcut check warns (a small sample's V is biased upwards, about
+            ``sqrt((r-1)(c-1) / (n_class * min(r-1, c-1)))`` under independence).
     """
 
     columns: tuple[str, ...] = ()
@@ -76,6 +79,7 @@ class SlicesConfig(StudyConfig):
     probe_columns: tuple[str, ...] | None = None
     probe_folds: int = 5
     probe_warn_auroc: float = 0.75
+    dependence_warn: float = 0.5
 
     def validate(self) -> None:
         super().validate()
@@ -88,6 +92,7 @@ class SlicesConfig(StudyConfig):
         check_range("n_bins", self.n_bins, low=1, integer=True, where=_WHERE)
         check_range("probe_folds", self.probe_folds, low=2, integer=True, where=_WHERE)
         check_range("probe_warn_auroc", self.probe_warn_auroc, low=0.5, high=1.0, where=_WHERE)
+        check_range("dependence_warn", self.dependence_warn, low=0.0, high=1.0, where=_WHERE)
         for text in self.slices:
             S.parse_slice(text)
 
@@ -295,7 +300,7 @@ def _probe_check(col: str, p: dict[str, Any], cfg: SlicesConfig) -> Check:
     confounds class and column and the probe reads the column; pass otherwise (with the numbers)."""
     auc, within, v, dep = p["auroc"], p["within_class"]["auroc"], p["confound"], p["dependence"]
     name = f"{col} shortcut"
-    if dep >= 0.3:
+    if dep >= cfg.dependence_warn:
         return Check(name, "warn", f"within each class the prediction depends on the {col} (Cramér's V "
                      f"{dep:.2f}; probe AUROC {auc:.3f}): the model reads the source, not only the lungs.")
     if not math.isfinite(auc):
