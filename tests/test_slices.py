@@ -318,3 +318,16 @@ def test_shortcut_check_warns_on_a_model_that_reads_the_site() -> None:
         checks[name] = ({c.name: c.status for c in res.checks}["site shortcut"], res.metrics["dependence.site"])
     assert checks["reads site"] == ("warn", pytest.approx(1.0))
     assert checks["reads class"] == ("pass", pytest.approx(0.0))
+
+
+def test_cli_phantom_sites_and_its_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from robustkit.cli import main
+
+    assert main(["phantom", "-q", "--out", str(tmp_path / "p"), "--per-class", "4", "--size", "32",
+                 "--sites", "2", "--confounded"]) == 0
+    assert load_dataset(tmp_path / "p").metadata_columns == ["age", "sex", "site", "view"]
+    capsys.readouterr()
+    assert main(["phantom", "-q", "--out", str(tmp_path / "q"), "--per-class", "1", "--size", "32",
+                 "--sites", "1", "--confounded"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("robustkit: error: The 'sites' parameter") and "\n" not in err
