@@ -67,6 +67,11 @@ def _add_phantom(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--shortcut", action="store_true",
                    help="burn a text marker that correlates with the class into each image")
+    p.add_argument("--sites", type=int, default=0,
+                   help="acquisition sites (0-8): per-case site, view, sex, age in <class>.metadata.csv and "
+                   "manifest.csv; each site has its own exposure, noise, collimation and burned-in label")
+    p.add_argument("--confounded", action="store_true",
+                   help="with --sites: class prevalence differs strongly by site (a learnable shortcut)")
     p.set_defaults(func=_cmd_phantom)
 
 
@@ -74,7 +79,7 @@ def _cmd_phantom(a: argparse.Namespace) -> int:
     from robustkit.data.phantom import generate_phantom
 
     out = generate_phantom(a.out, per_class=a.per_class, size=a.size, seed=a.seed,
-                           shortcut=a.shortcut, progress=not a.quiet)
+                           shortcut=a.shortcut, progress=not a.quiet, sites=a.sites, confounded=a.confounded)
     print(out)
     return 0
 

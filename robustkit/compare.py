@@ -57,6 +57,7 @@ __all__ = [
     "compare",
     "paired_deltas",
     "save_comparison",
+    "slice_deltas",
 ]
 
 VERDICTS = ("regression", "improvement", "unchanged", "changed", "not testable")
@@ -118,6 +119,8 @@ class CandidateComparison:
     only_in_baseline: list[str]
     only_in_candidate: list[str]
     config_mismatches: list[str]
+    #: per-slice paired tests (:func:`slice_deltas`), empty without a slices study
+    slices: list[dict[str, Any]] = field(default_factory=list)
 
     def by_verdict(self, verdict: str) -> list[MetricDelta]:
         return [d for d in self.deltas if d.verdict == verdict]
@@ -161,6 +164,7 @@ class Comparison:
                     "config_mismatches": c.config_mismatches, "summary": c.counts(),
                     "metrics": {d.metric: d.to_json() for d in c.deltas},
                     "only_in_baseline": c.only_in_baseline, "only_in_candidate": c.only_in_candidate,
+                    "slices": c.slices,
                 }
                 for c in self.candidates
             ],
@@ -206,6 +210,7 @@ def compare(
             only_in_baseline=[m for m in base.metrics() if m not in cand.metrics()],
             only_in_candidate=[m for m in cand.metrics() if m not in base.metrics()],
             config_mismatches=mismatches,
+            slices=slice_deltas(base, cand, alpha=alpha),
         ))
     return Comparison(names[0], base, cands, alpha, correction, n_boot, seed, allow_config_mismatch)
 
@@ -376,6 +381,54 @@ def _records(audit: AuditResult, study: str, rows: np.ndarray) -> PairedRecords:
     ece = {m: (c.confidence, c.correct) for m, c in spec.ece.items()}
     return PairedRecords(recs, s.data, s.config, labels, list(audit.class_names),
                          binary=spec.binary, ece=ece, subset=spec.subset)
+
+
+# ---------------------------------------------------------------- per-slice tests
+
+
+def slice_deltas(base: AuditResult, cand: AuditResult, *, study: str = "slices",
+                 alpha: float = 0.05) -> list[dict[str, Any]]:
+    """Per-slice paired accuracy tests: exact McNemar on each slice's samples, Holm over slices.
+
+    The slices are the baseline's (``data["slice_defs"]`` of ``study``), their members found
+    again from the audit's metadata (``records.npz`` ``metadata/<column>``, binned as the
+    study did); samples are paired by id. Empty when either audit lacks the study.
+
+    Returns:
+        One row per slice: ``slice``, ``n``, ``baseline``/``candidate`` accuracy, ``delta``,
+        ``discordant`` ``(b, c)``, ``p_value``, ``p_holm``, ``verdict`` (``improvement``,
+        ``regression``, ``unchanged``), worst delta first.
+    """
+    from robustkit.metrics.slices import discretize, slice_mask
+
+    if study not in base.studies or study not in cand.studies or not base.metadata:
+        return []
+    ra, rb = base.records(study), cand.records(study)
+    if "correct" not in ra or "correct" not in rb:
+        return []
+    ids_b = {s: i for i, s in enumerate(np.asarray(cand.ids).astype(str)[rb["index"]])}
+    ids_a = np.asarray(base.ids).astype(str)[ra["index"]]
+    rows_a = np.asarray([i for i, s in enumerate(ids_a) if s in ids_b], dtype=np.int64)
+    rows_b = np.asarray([ids_b[s] for s in ids_a[rows_a]], dtype=np.int64)
+    ca, cb = ra["correct"].reshape(len(ra["index"]), -1)[rows_a, 0], rb["correct"].reshape(len(rb["index"]), -1)[rows_b, 0]
+    width = float(base.studies[study].data.get("bin_width", 10.0))
+    pos = ra["index"][rows_a]
+    labels = {c: discretize(np.asarray(v)[pos], bin_width=width) for c, v in base.metadata.items()}
+    out = []
+    for name, conditions in dict(base.studies[study].data.get("slice_defs", {})).items():
+        if any(col not in labels for col, _ in conditions):
+            continue
+        m = slice_mask(labels, [(str(c), str(v)) for c, v in conditions])
+        if not m.any():
+            continue
+        res = mcnemar_exact(ca[m], cb[m])
+        acc_a, acc_b = float(ca[m].mean()), float(cb[m].mean())
+        out.append({"slice": name, "n": int(m.sum()), "baseline": acc_a, "candidate": acc_b,
+                    "delta": acc_b - acc_a, "discordant": [res.b, res.c], "p_value": res.p_value})
+    for row, p in zip(out, holm([r["p_value"] for r in out])):
+        significant = math.isfinite(p) and p < alpha
+        row.update(p_holm=p, verdict=_verdict(row["delta"], "higher", significant))
+    return sorted(out, key=lambda r: (r["delta"], r["slice"]))
 
 
 # ---------------------------------------------------------------- helpers

@@ -17,7 +17,11 @@ from typing import Any
 
 from robustkit.results import AuditResult
 
-__all__ = ["DEMO_AUDIT", "demo_paths", "run_demo"]
+__all__ = ["DEMO_AUDIT", "DEMO_SITES", "demo_paths", "run_demo"]
+
+#: Acquisition sites of the demo's phantoms (balanced: every class equally at every site),
+#: so that the slices study has site, view, sex and age metadata to slice by.
+DEMO_SITES = 3
 
 #: Study options the demo adds to the ``standard`` profile so that the whole demo (data,
 #: training, audit) finishes in under 15 minutes on two CPU cores: every study runs, on
@@ -41,7 +45,7 @@ def demo_paths(cache: Path, seed: int) -> dict[str, Path]:
     from robustkit.data.phantom import PHANTOM_VERSION
     from robustkit.model.training import DEMO_RECIPE
 
-    key = _key({"recipe": DEMO_RECIPE, "seed": seed, "phantom": PHANTOM_VERSION})
+    key = _key({"recipe": DEMO_RECIPE, "seed": seed, "phantom": PHANTOM_VERSION, "sites": DEMO_SITES})
     return {
         "train": cache / f"phantom-train-{key}",
         "test": cache / f"phantom-test-{key}",
@@ -78,7 +82,7 @@ def run_demo(
         if not (paths[split] / "phantom.json").is_file():
             _say(quiet, f"demo: writing the {split} phantom ({per_class} per class) to {paths[split]}")
             generate_phantom(paths[split], per_class=per_class, size=r["phantom_size"], seed=split_seed,
-                             progress=not quiet)
+                             progress=not quiet, sites=DEMO_SITES)
     if retrain or not paths["checkpoint"].is_file():
         _say(quiet, f"demo: training {r['arch']} from scratch ({r['epochs']} epochs) -> {paths['checkpoint']}")
         train(paths["train"], paths["checkpoint"], arch=r["arch"], input_size=r["input_size"],

@@ -181,6 +181,8 @@ BUILTIN_PLUGINS: tuple[StudyPlugin, ...] = (
                                    "4-D feature map)"),
                          CliOption("--layers", "layers", "saliency: comma-separated layers for the activation-map "
                                    "panel", is_list=True))),
+    StudyPlugin("slices", "robustkit.studies.slices:SlicesStudy",
+                "robustkit.report.view_slices:slices_view", "partials/slices.html.j2"),
 )
 
 _PLUGINS: dict[str, StudyPlugin] = {p.name: p for p in BUILTIN_PLUGINS}

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import robustkit
-from robustkit.data.dataset import load_dataset
+from robustkit.data.dataset import Dataset, load_dataset
 from robustkit.errors import ConfigError, check_range
 from robustkit.model.adapter import load_model
 from robustkit.results import Check, StudyResult
@@ -79,6 +79,7 @@ SMALL: dict[str, dict[str, Any]] = {
     "calibration": {"n_bootstrap": 20},
     "saliency": {"max_samples": 6, "methods": ["vanilla_gradient", "smoothgrad", "integrated_gradients", "gradcam"],
                  "smoothgrad_n": 4, "ig_steps": 8, "n_noise": 1, "stability_samples": 4, "independent": True},
+    "slices": {"n_bootstrap": 20, "min_size": 6, "depth": 2, "probe_folds": 3},
 }
 
 
@@ -96,7 +97,11 @@ def model(toy_model: Path):
 
 @pytest.fixture(scope="module")
 def data(toy_data: Path):
-    return load_dataset(toy_data)
+    """The toy set with per-sample metadata (site, sex, age), so that the slices study slices."""
+    ds = load_dataset(toy_data)
+    samples = [dataclasses.replace(s, metadata=(("site", "ABC"[i % 3]), ("sex", "FM"[i // 3 % 2]), ("age", 20 + 2 * i)))
+               for i, s in enumerate(ds.samples)]
+    return Dataset(ds.root, ds.class_names, samples)
 
 
 def _names() -> list[str]:

@@ -21,6 +21,17 @@ With ``shortcut=True`` a burned-in text marker is drawn in a corner (see
 marker of the case's own class, otherwise the marker of one of the two other classes,
 chosen uniformly. A model can learn the marker instead of the lungs; audits show that.
 
+With ``sites=N`` every case also gets metadata (:class:`CaseMeta`: site ``A``, ``B``, ...,
+view ``PA``/``AP``, sex, age), drawn from its own stream so that the patient is the same
+one as without sites. Each site has an acquisition signature (:func:`site_signature`: a
+sub-range of exposure, gamma and contrast, a noise level, collimation borders and a
+burned-in site label in the bottom-right corner); an AP view magnifies the heart (the
+heart is farther from the detector); sex and age change habitus and heart size. Sites are
+balanced (case ``i`` of every class at site ``i mod N``) unless ``confounded``: then a case
+of class ``k`` is at site ``k mod N`` with probability :data:`CONFOUND_PROBABILITY`, as in
+the public database where COVID-19 and normal images come from different sources
+(DeGrave et al. 2021).
+
 Example:
     >>> import numpy as np
     >>> case = render_case(0, size=64, rng=np.random.default_rng([0, 0, 0]))
@@ -31,7 +42,7 @@ Example:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,12 +52,16 @@ from robustkit.errors import check_range, param_error
 
 __all__ = [
     "CLASS_NAMES",
+    "CONFOUND_PROBABILITY",
+    "CaseMeta",
     "PHANTOM_VERSION",
     "SHORTCUT_MARKERS",
     "SHORTCUT_MATCH_PROBABILITY",
     "PhantomCase",
     "generate_phantom",
     "render_case",
+    "site_name",
+    "site_signature",
 ]
 
 CLASS_NAMES: tuple[str, ...] = ("COVID-19", "NORMAL", "Viral Pneumonia")
@@ -55,6 +70,9 @@ SEVERITY_RANGE = (0.25, 1.0)
 #: Marker text and corner for each class, in CLASS_NAMES order.
 SHORTCUT_MARKERS: tuple[tuple[str, str], ...] = (("C", "top-left"), ("N", "top-right"), ("V", "bottom-left"))
 SHORTCUT_MATCH_PROBABILITY = 0.9
+#: With ``confounded=True``, the probability that a case of class k is at site ``k mod N``.
+CONFOUND_PROBABILITY = 0.85
+MAX_SITES = 8
 
 _GLYPHS = {  # 5x7 bitmap letters, '#' = lit
     "C": (".###.", "#...#", "#....", "#....", "#....", "#...#", ".###."),
@@ -80,6 +98,34 @@ class PhantomCase:
     lungs: np.ndarray
     severity: float
     label: int
+
+
+@dataclass(frozen=True)
+class CaseMeta:
+    """Who and where a case comes from (``generate_phantom(sites=N)``).
+
+    Attributes:
+        site: site index in ``[0, n_sites)`` (written as ``A``, ``B``, ...).
+        n_sites: number of sites of the set.
+        view: ``PA`` or ``AP`` (AP magnifies the heart).
+        sex: ``F`` or ``M``.
+        age: years.
+    """
+
+    site: int
+    n_sites: int
+    view: str = "PA"
+    sex: str = "F"
+    age: int = 50
+
+    def row(self) -> dict[str, object]:
+        """The metadata columns written for the case."""
+        return {"site": site_name(self.site), "view": self.view, "sex": self.sex, "age": self.age}
+
+
+def site_name(site: int) -> str:
+    """``0 -> 'A'``, ``1 -> 'B'``, ..."""
+    return chr(ord("A") + int(site))
 
 
 @dataclass(frozen=True)
@@ -366,11 +412,11 @@ def _viral(u: np.ndarray, v: np.ndarray, p: _Patient, rng: np.random.Generator, 
 # ----------------------------------------------------------------------------- acquisition
 
 
-def _expose(dens: np.ndarray, p: _Patient, rng: np.random.Generator) -> np.ndarray:
+def _expose(dens: np.ndarray, p: _Patient, rng: np.random.Generator, noise: float = 1.0) -> np.ndarray:
     """Gamma, window to a class-independent target mean/std, quantum noise and film grain."""
     img = np.clip(dens, 0.0, None) ** p.gamma
     img = (img - img.mean()) / max(img.std(), 1e-6) * p.target_std + p.target_mean
-    quantum, grain = rng.uniform(0.008, 0.025), rng.uniform(0.005, 0.015)
+    quantum, grain = rng.uniform(0.008, 0.025) * noise, rng.uniform(0.005, 0.015) * noise
     img = img + quantum * np.sqrt(np.clip(img, 0.0, 1.0)) * rng.standard_normal(img.shape)
     fine = _lowfreq(rng, img.shape[0], max(8, img.shape[0] // 2))
     img = img + grain * fine / max(float(fine.std()), 1e-6)
@@ -395,6 +441,88 @@ def _burn_marker(img: np.ndarray, label: int, rng: np.random.Generator) -> None:
     img[y0:y0 + h, x0:x0 + w][lit] = 1.0
 
 
+# ----------------------------------------------------------------------------- sites
+
+
+def site_signature(site: int, n_sites: int) -> dict[str, float]:
+    """The acquisition signature of a site: where in the population's ranges its images lie.
+
+    ``gamma``, ``mean`` and ``std`` are the site's position in [0, 1] within the patient
+    ranges of gamma, target mean and target contrast (each site gets its own third of the
+    range, cycling), ``noise`` multiplies quantum noise and grain, ``collimation`` is the
+    dark border's share of the side (0 for none) and ``borders`` 1 for top/bottom only,
+    2 for all four sides.
+    """
+    third = (site % 3) / 3.0
+    return {
+        "gamma": (third + 0.05) % 1.0,
+        "mean": ((site + 1) % 3) / 3.0,
+        "std": ((site + 2) % 3) / 3.0,
+        "noise": 0.7 + 0.6 * (site % 4) / 3.0,
+        "collimation": 0.0 if site % 2 == 0 else 0.04 + 0.01 * (site % 3),
+        "borders": 1.0 + float(site % 3 == 1),
+    }
+
+
+def _in_third(value: float, low: float, width: float, pos: float) -> float:
+    """Map ``value`` from ``[low, low + width]`` into the third of that range starting at ``pos``."""
+    return low + width * (pos + (value - low) / width / 3.0)
+
+
+def _adjust_patient(p: _Patient, meta: CaseMeta) -> _Patient:
+    """The same patient seen at ``meta``'s site, in its view, with its sex and age."""
+    sig = site_signature(meta.site, meta.n_sites)
+    male = meta.sex == "M"
+    heart = p.heart * (1.15 if meta.view == "AP" else 1.0) * (1.0 + 0.003 * (meta.age - 50))
+    return replace(
+        p,
+        habitus=p.habitus * (1.05 if male else 0.96),
+        soft=p.soft + (0.03 if meta.age > 60 else 0.0) - (0.02 if male else 0.0),
+        heart=heart,
+        scale=p.scale * (1.03 if meta.view == "AP" else 1.0),
+        gamma=_in_third(p.gamma, 0.75, 0.6, sig["gamma"] * 2 / 3),
+        target_mean=_in_third(p.target_mean, 0.36, 0.16, sig["mean"]),
+        target_std=_in_third(p.target_std, 0.17, 0.08, sig["std"]),
+    )
+
+
+def _collimate(img: np.ndarray, sig: dict[str, float]) -> None:
+    """Dark collimation borders (in place)."""
+    b = int(round(sig["collimation"] * img.shape[0]))
+    if b < 1:
+        return
+    img[:b], img[-b:] = 0.03, 0.03
+    if sig["borders"] > 1:
+        img[:, :b], img[:, -b:] = 0.03, 0.03
+
+
+def _burn_site_label(img: np.ndarray, site: int) -> None:
+    """A burned-in site label in the bottom-right corner: ``site + 1`` in binary as lit squares."""
+    size = img.shape[0]
+    cell = max(1, int(round(size / 64)))
+    m = max(cell, int(round(0.04 * size))) + int(round(0.06 * size))
+    bits = [(site + 1) >> j & 1 for j in range(3)]
+    y0 = size - m - 2 * cell
+    for j, bit in enumerate(bits):
+        x0 = size - m - (j + 1) * 3 * cell
+        img[y0:y0 + 2 * cell, x0:x0 + 2 * cell] = 0.95 if bit else 0.12
+
+
+def _case_meta(seed: int, label: int, index: int, n_sites: int, confounded: bool) -> CaseMeta:
+    """Site, view, sex and age of case ``index`` of class ``label`` (own random stream)."""
+    rng = np.random.default_rng([seed, label, index, 7919])
+    u = rng.uniform(size=4)
+    if confounded:
+        home = label % n_sites
+        others = [s for s in range(n_sites) if s != home]
+        site = home if u[0] < CONFOUND_PROBABILITY or not others else others[int(u[1] * len(others))]
+    else:
+        site = index % n_sites
+    age = int(np.clip(round(55 + 17 * rng.standard_normal()), 18, 95))
+    return CaseMeta(site=site, n_sites=n_sites, view="AP" if u[2] < 0.3 else "PA",
+                    sex="M" if u[3] < 0.5 else "F", age=age)
+
+
 # ----------------------------------------------------------------------------- public API
 
 
@@ -403,7 +531,7 @@ def _check_size(size: object) -> None:
 
 
 def render_case(label: int, *, size: int, rng: np.random.Generator, shortcut: bool = False,
-                severity: float | None = None) -> PhantomCase:
+                severity: float | None = None, meta: CaseMeta | None = None) -> PhantomCase:
     """Render one phantom radiograph of class ``label``.
 
     The random stream is consumed the same way whatever ``severity`` and ``shortcut`` are,
@@ -416,6 +544,8 @@ def render_case(label: int, *, size: int, rng: np.random.Generator, shortcut: bo
         rng: the case's generator, e.g. ``np.random.default_rng([seed, label, index])``.
         shortcut: burn in a class-correlated marker (see :data:`SHORTCUT_MARKERS`).
         severity: finding severity in [0, 1]; drawn from U(0.25, 1) when None.
+        meta: the case's site, view, sex and age (:class:`CaseMeta`); None renders the
+            phantom without sites (the same random stream is used either way).
 
     Returns:
         A :class:`PhantomCase` with ``(size, size)`` image, lesion mask and lung mask.
@@ -432,6 +562,8 @@ def render_case(label: int, *, size: int, rng: np.random.Generator, shortcut: bo
         check_range("severity", severity, low=0.0, high=1.0)
     label = int(label)
     p = _sample_patient(rng)
+    if meta is not None:
+        p = _adjust_patient(p, meta)
     drawn = float(rng.uniform(*SEVERITY_RANGE))
     sev = drawn if severity is None else float(severity)
     px = size / 256.0
@@ -445,9 +577,13 @@ def render_case(label: int, *, size: int, rng: np.random.Generator, shortcut: bo
         dens += (0.12 + 0.18 * sev if sev > 0 else 0.0) * finding
         if sev > 0:
             mask = (finding > 0.3) & lungs
-    img = _expose(_blur(dens, 0.9 * px), p, rng)
+    sig = site_signature(meta.site, meta.n_sites) if meta is not None else None
+    img = _expose(_blur(dens, 0.9 * px), p, rng, noise=sig["noise"] if sig else 1.0)
     if shortcut:
         _burn_marker(img, label, rng)
+    if meta is not None and sig is not None:
+        _collimate(img, sig)
+        _burn_site_label(img, meta.site)
     image = np.round(img * 255.0).astype(np.uint8)
     return PhantomCase(image=image, mask=mask, lungs=lungs, severity=sev, label=label)
 
@@ -472,7 +608,8 @@ def _metadata(*, seed: int, size: int, per_class: int, shortcut: bool) -> dict[s
 
 
 def generate_phantom(out_dir: str | Path, *, per_class: int, size: int = 256, seed: int = 0,
-                     shortcut: bool = False, progress: bool = False) -> Path:
+                     shortcut: bool = False, progress: bool = False, sites: int = 0,
+                     confounded: bool = False) -> Path:
     """Write a phantom dataset in the COVID-19 Radiography Database layout.
 
     Files: ``out_dir/<class>/<class>_<i:04d>.png`` (8-bit grayscale),
@@ -482,6 +619,10 @@ def generate_phantom(out_dir: str | Path, *, per_class: int, size: int = 256, se
     ``np.random.default_rng([seed, k, i])``, so a smaller ``per_class`` is a prefix of a
     larger one and the same arguments give byte-identical files.
 
+    With ``sites`` >= 1 the cases also get metadata (see :class:`CaseMeta`), written to
+    ``out_dir/<class>.metadata.csv`` (``FILE NAME,site,view,sex,age``: read by the folder
+    layout) and to the manifest ``out_dir/manifest.csv`` (``path,label,mask,site,view,sex,age``).
+
     Args:
         out_dir: output folder (created if missing).
         per_class: images per class, >= 1.
@@ -489,6 +630,8 @@ def generate_phantom(out_dir: str | Path, *, per_class: int, size: int = 256, se
         seed: non-negative int.
         shortcut: burn in class-correlated markers (see :data:`SHORTCUT_MARKERS`).
         progress: show a tqdm progress bar.
+        sites: number of acquisition sites, in [0, 8]; 0 writes no metadata.
+        confounded: tie class prevalence to the site (needs ``sites`` >= 2).
 
     Returns:
         ``out_dir`` as a Path.
@@ -501,9 +644,12 @@ def generate_phantom(out_dir: str | Path, *, per_class: int, size: int = 256, se
     check_range("per_class", per_class, low=1, integer=True)
     _check_size(size)
     check_range("seed", seed, low=0, integer=True)
-    for name, flag in (("shortcut", shortcut), ("progress", progress)):
+    for name, flag in (("shortcut", shortcut), ("progress", progress), ("confounded", confounded)):
         if not isinstance(flag, bool):
             raise param_error(name, "a bool", flag)
+    check_range("sites", sites, low=0, high=MAX_SITES, integer=True)
+    if confounded and sites < 2:
+        raise param_error("sites", "at least 2 with confounded=True", sites)
     out = Path(out_dir)
     jobs = [(k, i) for k in range(len(CLASS_NAMES)) for i in range(per_class)]
     if progress:
@@ -514,12 +660,43 @@ def generate_phantom(out_dir: str | Path, *, per_class: int, size: int = 256, se
         (out / name).mkdir(parents=True, exist_ok=True)
         (out / "masks" / name).mkdir(parents=True, exist_ok=True)
         (out / "lung_masks" / name).mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, object]] = []
     for k, i in jobs:
-        case = render_case(k, size=size, rng=np.random.default_rng([seed, k, i]), shortcut=shortcut)
+        meta = _case_meta(seed, k, i, sites, confounded) if sites else None
+        case = render_case(k, size=size, rng=np.random.default_rng([seed, k, i]), shortcut=shortcut, meta=meta)
         rel = Path(CLASS_NAMES[k]) / f"{CLASS_NAMES[k]}_{i:04d}.png"
         Image.fromarray(case.image).save(out / rel)
         Image.fromarray(case.mask.astype(np.uint8) * 255).save(out / "masks" / rel)
         Image.fromarray(case.lungs.astype(np.uint8) * 255).save(out / "lung_masks" / rel)
-    meta = _metadata(seed=seed, size=size, per_class=per_class, shortcut=shortcut)
-    (out / "phantom.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        if meta is not None:
+            rows.append({"label": CLASS_NAMES[k], "rel": rel, **meta.row()})
+    if rows:
+        _write_case_tables(out, rows)
+    info = _metadata(seed=seed, size=size, per_class=per_class, shortcut=shortcut)
+    if sites:
+        info.update(sites=sites, confounded=confounded, confound_probability=CONFOUND_PROBABILITY,
+                    site_signatures={site_name(s): site_signature(s, sites) for s in range(sites)})
+    meta_text = json.dumps(info, indent=2, sort_keys=True)
+    (out / "phantom.json").write_text(meta_text + "\n", encoding="utf-8")
     return out
+
+
+_META_COLUMNS = ("site", "view", "sex", "age")
+
+
+def _write_case_tables(out: Path, rows: list[dict[str, object]]) -> None:
+    """``<class>.metadata.csv`` per class and ``manifest.csv`` for all cases."""
+    import csv
+
+    with open(out / "manifest.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "mask", *_META_COLUMNS])
+        for r in rows:
+            rel = Path(str(r["rel"]))
+            w.writerow([rel.as_posix(), r["label"], (Path("masks") / rel).as_posix(), *(r[c] for c in _META_COLUMNS)])
+    for name in CLASS_NAMES:
+        with open(out / f"{name}.metadata.csv", "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(["FILE NAME", *_META_COLUMNS])
+            for r in (r for r in rows if r["label"] == name):
+                w.writerow([Path(str(r["rel"])).name, *(r[c] for c in _META_COLUMNS)])

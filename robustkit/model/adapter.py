@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from robustkit._tf import keras, tf
-from robustkit.errors import ModelError, check_choice
+from robustkit.errors import ModelError, check_choice, param_error
 from robustkit.metrics.outputs import OUTPUT_KINDS, is_sigmoid, probabilities
 
 __all__ = [
@@ -393,6 +393,32 @@ class ModelAdapter:
             out[sl] = self._grad_tf(tf.constant(x[sl]), tf.constant(t[sl])).numpy()
             self.calls += 1
         return out
+
+    def features(self, x: np.ndarray, layer: str | None = None) -> np.ndarray:
+        """Features ``(N, D)`` of pixel-space images: the input of the final Dense layer (the
+        penultimate representation), or the flattened output of the layer named ``layer``."""
+        x = self._check_batch(x)
+        fn = self._features_fn(layer)
+        parts = [np.asarray(fn(tf.constant(x[sl]))).reshape(sl.stop - sl.start, -1) for sl in self._chunks(len(x))]
+        self.calls += len(parts)
+        return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, 0), np.float32)
+
+    def _features_fn(self, layer: str | None) -> Callable[[Any], Any]:
+        cache: dict[str | None, Callable[[Any], Any]] = self.__dict__.setdefault("_feature_fns", {})
+        if layer not in cache:
+            if layer is not None:
+                try:
+                    tensor = self.model.get_layer(layer).output
+                except ValueError:
+                    raise param_error("layer", "the name of a layer of the model", layer) from None
+            else:
+                dense = [lay for lay in self.model.layers if isinstance(lay, keras.layers.Dense)]
+                tensor = dense[-1].input if dense else self.model.layers[-2].output
+            tap = keras.Model(self.model.inputs, tensor)
+            spec = tf.TensorSpec((None, *self.input_shape), tf.float32)
+            cache[layer] = tf.function(lambda t: tap(self.scale_input(t), training=False), input_signature=[spec],
+                                       autograph=False)
+        return cache[layer]
 
     def describe(self) -> dict[str, Any]:
         """JSON-able provenance for results.json."""

@@ -117,7 +117,16 @@ def _candidate(c: CandidateComparison, i: int) -> dict[str, Any]:
         "mismatches": c.config_mismatches,
         "only_in_baseline": c.only_in_baseline,
         "only_in_candidate": c.only_in_candidate,
+        "slices": [_slice_row(r) for r in c.slices],
     }
+
+
+def _slice_row(r: dict[str, Any]) -> dict[str, Any]:
+    """One per-slice McNemar row (:func:`robustkit.compare.slice_deltas`) as text cells."""
+    b, c = r.get("discordant") or ["", ""]
+    return {"slice": str(r.get("slice", "")), "n": str(r.get("n", "")), "baseline": f"{r['baseline']:.3f}",
+            "candidate": f"{r['candidate']:.3f}", "delta": _signed(r["delta"]), "discordant": f"{b} / {c}",
+            "p": _p(r.get("p_value")), "p_holm": _p(r.get("p_holm")), "verdict": str(r.get("verdict", ""))}
 
 
 def _row(d: MetricDelta) -> dict[str, Any]:

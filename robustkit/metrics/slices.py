@@ -1,0 +1,319 @@
+"""Slices of the samples by metadata, per-slice metrics, slice-vs-complement tests, BH q-values.
+
+Pure numpy/scipy (scikit-learn for the site probe, imported when used). A slice is a
+conjunction of ``column=value`` conditions over the per-sample metadata (``site=B``,
+``site=B&view=AP``); numeric columns with many values are binned (age in decades:
+``age=40-49``). Per slice: accuracy, sensitivity and specificity of the positive class
+(COVID-19) and the top-label ECE (:mod:`robustkit.metrics.calibration`'s binning), each with
+a percentile bootstrap interval over the slice's samples; the accuracy gap to the complement
+is tested with Fisher's exact test (the two groups are disjoint), and the p-values of all
+slices are adjusted with Benjamini-Hochberg (1995). Directions: accuracy, sensitivity,
+specificity higher is better; ECE lower; the gap higher (negative = worse than the rest).
+
+The probe (:func:`site_probe`) asks whether a column (the site) can be read from the model's
+penultimate features: a cross-validated logistic regression, its out-of-fold AUROC and a
+bootstrap interval, against chance 0.5 (DeGrave et al. 2021 on the source shortcut).
+
+Example:
+    >>> [round(q, 3) for q in bh_qvalues([0.01, 0.04, 0.03, 0.5])]
+    [0.04, 0.053, 0.053, 0.5]
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+
+from robustkit.errors import ConfigError
+from robustkit.metrics.calibration import ece_compute, ece_update
+from robustkit.metrics.classification import bootstrap_indices, roc_auc_ovr
+
+__all__ = [
+    "SLICE_METRICS",
+    "Slice",
+    "bh_qvalues",
+    "cramers_v",
+    "dependence_within",
+    "discretize",
+    "enumerate_slices",
+    "parse_slice",
+    "site_probe",
+    "slice_mask",
+    "slice_metrics",
+    "slice_test",
+]
+
+#: the per-slice metrics, with their directions
+SLICE_METRICS: dict[str, str] = {"accuracy": "higher", "sensitivity": "higher", "specificity": "higher",
+                                 "ece": "lower"}
+
+
+@dataclass(frozen=True)
+class Slice:
+    """A named subset of the samples.
+
+    Attributes:
+        name: ``col=value`` conditions joined by ``&`` (``site=B&view=AP``).
+        conditions: the ``(column, value label)`` pairs.
+        mask: ``(N,)`` bool membership.
+    """
+
+    name: str
+    conditions: tuple[tuple[str, str], ...]
+    mask: np.ndarray
+
+
+def _label(lo: float, width: float, integer: bool) -> str:
+    return f"{lo:g}-{lo + width - 1:g}" if integer else f"{lo:g}-{lo + width:g}"
+
+
+def discretize(values: np.ndarray, *, bin_width: float, max_levels: int = 10) -> np.ndarray:
+    """Value labels ``(N,)`` str: a numeric column with more than ``max_levels`` distinct
+    values is binned into ``[k*w, (k+1)*w)`` labelled ``40-49`` (ints) or ``40-50``."""
+    values = np.asarray(values)
+    if not np.issubdtype(values.dtype, np.number) or len(np.unique(values)) <= max_levels:
+        return values.astype(str)
+    integer = np.issubdtype(values.dtype, np.integer) and float(bin_width).is_integer()
+    lo = np.floor(values.astype(np.float64) / bin_width) * bin_width
+    return np.asarray([_label(v, bin_width, integer) for v in lo])
+
+
+def parse_slice(text: str) -> tuple[tuple[str, str], ...]:
+    """``"site=B&view=AP"`` -> ``(("site", "B"), ("view", "AP"))``; ConfigError if malformed."""
+    parts = [p.strip() for p in str(text).split("&")]
+    out = []
+    for p in parts:
+        col, sep, val = p.partition("=")
+        if not sep or not col.strip() or not val.strip():
+            raise ConfigError(f"The 'slices' parameter of study 'slices' must be 'column=value' conditions "
+                              f"joined by '&'. Got {text!r} instead.")
+        out.append((col.strip(), val.strip()))
+    return tuple(out)
+
+
+def slice_mask(labels: Mapping[str, np.ndarray], conditions: Sequence[tuple[str, str]]) -> np.ndarray:
+    """Membership ``(N,)`` of the samples meeting every ``(column, value label)`` condition."""
+    n = len(next(iter(labels.values()))) if labels else 0
+    mask = np.ones(n, dtype=bool)
+    for col, val in conditions:
+        mask &= labels[col] == val
+    return mask
+
+
+def _name(conditions: Sequence[tuple[str, str]]) -> str:
+    return "&".join(f"{c}={v}" for c, v in conditions)
+
+
+def enumerate_slices(labels: Mapping[str, np.ndarray], *, depth: int = 2, min_size: int = 30) -> list[Slice]:
+    """Every value of every column, and conjunctions of up to ``depth`` columns, keeping the
+    slices with at least ``min_size`` samples and at least ``min_size`` outside.
+
+    Args:
+        labels: column -> ``(N,)`` value labels (see :func:`discretize`).
+        depth: the most columns in one slice (1 or 2 typically).
+        min_size: the fewest samples in the slice and in its complement.
+    """
+    cols = sorted(labels)
+    n = len(labels[cols[0]]) if cols else 0
+    out: list[Slice] = []
+    for k in range(1, depth + 1):
+        for group in combinations(cols, k):
+            keys = np.stack([labels[c] for c in group], axis=1)
+            for combo in sorted({tuple(r) for r in keys.tolist()}):
+                conditions = tuple(zip(group, map(str, combo)))
+                mask = slice_mask(labels, conditions)
+                if mask.sum() >= min_size and n - mask.sum() >= min_size:
+                    out.append(Slice(_name(conditions), conditions, mask))
+    return out
+
+
+def _rates(correct: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Row means of ``correct`` over ``keep`` (both ``(B, n)``); NaN for an empty row."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(keep, correct, 0).sum(axis=1) / keep.sum(axis=1)
+
+
+def _stats(rows: np.ndarray, y: np.ndarray, pred: np.ndarray, conf: np.ndarray, positive: int,
+           n_bins: int) -> np.ndarray:
+    """Accuracy, sensitivity, specificity, ECE ``(B, 4)`` for each row of sample indices ``(B, n)``."""
+    hit = pred == y
+    pos, said = y == positive, pred == positive
+    bins, gap = ece_update(conf, hit, n_bins=n_bins)
+    return np.stack([
+        hit[rows].mean(axis=1),
+        _rates(said[rows], pos[rows]),
+        _rates(~said[rows], ~pos[rows]),
+        ece_compute(bins, gap, rows, n_bins=n_bins),
+    ], axis=1)
+
+
+def slice_metrics(y: np.ndarray, pred: np.ndarray, conf: np.ndarray, mask: np.ndarray, *, positive: int = 0,
+                  n_bins: int = 15, n_boot: int = 1000, seed: int = 0,
+                  level: float = 0.95) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """The slice's metrics (:data:`SLICE_METRICS`) and their percentile bootstrap intervals.
+
+    Args:
+        y, pred: ``(N,)`` labels and predicted classes (ints).
+        conf: ``(N,)`` top-label confidence.
+        mask: ``(N,)`` bool slice membership (at least one sample).
+        positive: the class whose sensitivity and specificity are reported.
+        n_bins: ECE bins (equal width).
+        n_boot: bootstrap resamples of the slice's samples (0: no intervals).
+        seed: resampling seed.
+
+    Returns:
+        ``({metric: value}, {metric: [low, high]})``; NaN where undefined (no positives).
+    """
+    idx = np.flatnonzero(mask)
+    yy, pp, cc = np.asarray(y)[idx], np.asarray(pred)[idx], np.asarray(conf, dtype=np.float64)[idx]
+    point = _stats(np.arange(len(idx))[None], yy, pp, cc, positive, n_bins)[0]
+    values = {k: float(v) for k, v in zip(SLICE_METRICS, point)}
+    if n_boot < 1 or len(idx) < 2:
+        return values, {}
+    boot = _stats(bootstrap_indices(len(idx), n_boot, seed=seed), yy, pp, cc, positive, n_bins)
+    alpha = (1.0 - level) / 2.0
+    out = {}
+    for j, k in enumerate(SLICE_METRICS):
+        col = boot[:, j][np.isfinite(boot[:, j])]
+        if len(col) >= n_boot / 2:
+            out[k] = [float(np.quantile(col, alpha)), float(np.quantile(col, 1 - alpha))]
+    return values, out
+
+
+def slice_test(correct: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """Accuracy gap of the slice to its complement and Fisher's exact two-sided p-value.
+
+    Args:
+        correct: ``(N,)`` bool, the prediction was right.
+        mask: ``(N,)`` bool, the slice (slice and complement both non-empty).
+
+    Returns:
+        ``(accuracy(slice) - accuracy(complement), p)``.
+    """
+    from scipy.stats import fisher_exact
+
+    correct, mask = np.asarray(correct, dtype=bool), np.asarray(mask, dtype=bool)
+    a, b = int(np.sum(correct & mask)), int(np.sum(~correct & mask))
+    c, d = int(np.sum(correct & ~mask)), int(np.sum(~correct & ~mask))
+    gap = a / max(a + b, 1) - c / max(c + d, 1)
+    return float(gap), float(fisher_exact([[a, b], [c, d]]).pvalue)
+
+
+def bh_qvalues(p_values: Sequence[float]) -> list[float]:
+    """Benjamini-Hochberg (1995) q-values: ``q_(i) = min_{j >= i} m p_(j) / j``, capped at 1.
+
+    NaN entries stay NaN and are not counted in ``m``.
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    m = len(finite)
+    if m == 0:
+        return out.tolist()
+    order = finite[np.argsort(p[finite], kind="mergesort")]
+    scaled = p[order] * m / np.arange(1, m + 1)
+    out[order] = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
+    return out.tolist()
+
+
+def cramers_v(a: np.ndarray, b: np.ndarray) -> float:
+    """Cramér's V of two categorical columns (0: independent, 1: one determines the other)."""
+    _, ia = np.unique(np.asarray(a).astype(str), return_inverse=True)
+    _, ib = np.unique(np.asarray(b).astype(str), return_inverse=True)
+    table = np.zeros((ia.max() + 1, ib.max() + 1))
+    np.add.at(table, (ia, ib), 1)
+    k = min(table.shape) - 1
+    if k < 1:
+        return 0.0
+    expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / table.sum()
+    chi2 = float(np.sum((table - expected) ** 2 / expected))
+    return math.sqrt(chi2 / (table.sum() * k))
+
+
+def dependence_within(pred: np.ndarray, column: np.ndarray, groups: np.ndarray) -> float:
+    """How much the predictions depend on ``column`` (the site) among samples of the same class.
+
+    The size-weighted mean over the groups (classes) of Cramér's V between the predicted class
+    and the column within the group. 0: within every class the prediction does not change
+    with the site; 1: within every class the site decides the prediction (a model that reads
+    the source). Groups with one site or one prediction count as 0; NaN with no samples.
+    """
+    pred, column, groups = np.asarray(pred), np.asarray(column).astype(str), np.asarray(groups)
+    total, weight = 0.0, 0
+    for g in np.unique(groups):
+        m = groups == g
+        total += m.sum() * cramers_v(pred[m], column[m])
+        weight += int(m.sum())
+    return total / weight if weight else math.nan
+
+
+def _oof_probs(x: np.ndarray, t: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    out = np.zeros((len(t), int(t.max()) + 1))
+    for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, t):
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # convergence chatter on tiny folds
+            clf.fit(x[train], t[train])
+        out[np.ix_(test, clf.classes_)] = clf.predict_proba(x[test])
+    return out
+
+
+def _auroc(t: np.ndarray, probs: np.ndarray) -> float:
+    """Binary AUROC of class 1, or the macro one-vs-rest AUROC of several classes."""
+    auc = roc_auc_ovr(t, probs)
+    return float(auc[1]) if probs.shape[1] == 2 else float(np.nanmean(auc))
+
+
+def site_probe(features: np.ndarray, target: np.ndarray, *, folds: int = 5, seed: int = 0,
+               n_boot: int = 1000, groups: np.ndarray | None = None) -> dict[str, Any]:
+    """How well ``target`` (the site) can be read from the model's features.
+
+    A standardised, L2-regularised (C=0.1) logistic regression, stratified ``folds``-fold
+    cross-validated; the AUROC (binary, or macro one-vs-rest) of its out-of-fold
+    probabilities, with a percentile bootstrap interval over samples (the fits are not
+    repeated, so the interval ignores the variability of the fit and is somewhat narrow).
+    Chance is 0.5. With ``groups`` (the class labels), the features are first
+    centred within each group, so that site information carried only by the class (a
+    class-site confound) does not count.
+
+    Args:
+        features: ``(N, D)`` penultimate features.
+        target: ``(N,)`` the column to predict.
+        folds: cross-validation folds (reduced to the smallest value count when fewer).
+        seed: fold and bootstrap seed.
+        n_boot: bootstrap resamples for the interval.
+        groups: optional ``(N,)`` labels to centre the features within.
+
+    Returns:
+        ``{"auroc", "low", "high", "folds", "n", "levels"}``; ``auroc`` NaN (and a ``note``)
+        when a level has fewer than 2 samples or there is only one level.
+    """
+    levels, t = np.unique(np.asarray(target).astype(str), return_inverse=True)
+    counts = np.bincount(t)
+    folds = int(min(folds, counts.min())) if len(counts) else 0
+    base: dict[str, Any] = {"n": int(len(t)), "levels": levels.tolist(), "folds": folds,
+                            "auroc": math.nan, "low": math.nan, "high": math.nan}
+    if len(levels) < 2 or folds < 2:
+        return {**base, "note": "needs two values with at least two samples each"}
+    x = np.asarray(features, dtype=np.float64).reshape(len(t), -1)
+    if groups is not None:
+        g = np.asarray(groups)
+        for v in np.unique(g):
+            x[g == v] -= x[g == v].mean(axis=0)
+    probs = _oof_probs(x, t, folds, seed)
+    boot = bootstrap_indices(len(t), n_boot, seed=seed)
+    values = np.asarray([_auroc(t[r], probs[r]) for r in boot])
+    values = values[np.isfinite(values)]
+    low, high = (np.quantile(values, [0.025, 0.975]) if len(values) else (math.nan, math.nan))
+    return {**base, "auroc": _auroc(t, probs), "low": float(low), "high": float(high)}

@@ -1,0 +1,315 @@
+"""Study ``slices``: performance per subgroup of the metadata, and whether the model can see the site.
+
+Public COVID-19 chest X-ray sets take COVID-19 and normal images from different sources, so
+a model can learn *where* an image came from instead of what is in the lungs (DeGrave et
+al. 2021; Roberts et al. 2021). This study slices the audited samples by their metadata
+columns (site, view, sex, age binned in decades, ...; each value and pairs of columns where
+at least ``min_size`` samples remain on both sides), reports per slice accuracy, COVID-19
+sensitivity and specificity and ECE with bootstrap intervals, tests each slice's accuracy
+against its complement (Fisher's exact test) and adjusts over the slices with
+Benjamini-Hochberg (1995). A slice is flagged only when it is worse than the rest by more
+than ``effect_size`` *and* its q-value is below ``alpha``.
+
+The probe fits a cross-validated logistic regression on the model's penultimate features
+to predict the site (and any other ``probe_columns``); a high out-of-fold AUROC, with a
+class-site confound in the data, warns that the model may be reading the source. The
+within-class probe centres the features within each class first, so that site
+information carried only by the class does not count.
+
+Math: :mod:`robustkit.metrics.slices`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from robustkit.errors import DataError, check_range, param_error
+from robustkit.metrics import slices as S
+from robustkit.metrics.outputs import probabilities
+from robustkit.results import Check, StudyResult
+from robustkit.studies import register
+from robustkit.studies.base import AuditContext, Records, Study, StudyConfig
+
+if TYPE_CHECKING:
+    from robustkit.data.dataset import Dataset
+    from robustkit.model.adapter import ModelAdapter
+
+__all__ = ["SlicesConfig", "SlicesStudy"]
+
+_WHERE = "study 'slices'"
+
+
+@dataclass(frozen=True)
+class SlicesConfig(StudyConfig):
+    """Options of the slices study.
+
+    Attributes:
+        columns: metadata columns to slice by; empty: every column of the data.
+        slices: extra slice definitions always reported (``site=B&view=AP``).
+        depth: the most columns combined in one slice (1: single values, 2: pairs).
+        min_size: the fewest samples in an enumerated slice and in its complement (>= 2).
+        bin_width: width of the bins of numeric columns with more than 10 values (age: 10).
+        effect_size: accuracy gap to the complement beyond which a significant slice is flagged.
+        alpha: level of the BH q-values and of the probe's warning.
+        n_bootstrap: bootstrap resamples for the intervals.
+        n_bins: ECE bins (equal width).
+        positive_class: the class whose sensitivity and specificity are reported.
+        probe_columns: columns the site probe predicts; None: ``site`` if the data has it.
+        probe_folds: cross-validation folds of the probe.
+        probe_warn_auroc: probe AUROC from which the shortcut check warns (with a confound).
+        dependence_warn: within-class Cramér's V of prediction and site from which the
+            shortcut check warns (a small sample's V is biased upwards, about
+            ``sqrt((r-1)(c-1) / (n_class * min(r-1, c-1)))`` under independence).
+    """
+
+    columns: tuple[str, ...] = ()
+    slices: tuple[str, ...] = ()
+    depth: int = 2
+    min_size: int = 30
+    bin_width: float = 10.0
+    effect_size: float = 0.05
+    alpha: float = 0.05
+    n_bootstrap: int = 1000
+    n_bins: int = 15
+    positive_class: str = "COVID-19"
+    probe_columns: tuple[str, ...] | None = None
+    probe_folds: int = 5
+    probe_warn_auroc: float = 0.75
+    dependence_warn: float = 0.5
+
+    def validate(self) -> None:
+        super().validate()
+        check_range("depth", self.depth, low=1, high=3, integer=True, where=_WHERE)
+        check_range("min_size", self.min_size, low=2, integer=True, where=_WHERE)
+        check_range("bin_width", self.bin_width, low=0.0, low_open=True, where=_WHERE)
+        check_range("effect_size", self.effect_size, low=0.0, high=1.0, where=_WHERE)
+        check_range("alpha", self.alpha, low=0.0, high=1.0, low_open=True, where=_WHERE)
+        check_range("n_bootstrap", self.n_bootstrap, low=10, integer=True, where=_WHERE)
+        check_range("n_bins", self.n_bins, low=1, integer=True, where=_WHERE)
+        check_range("probe_folds", self.probe_folds, low=2, integer=True, where=_WHERE)
+        check_range("probe_warn_auroc", self.probe_warn_auroc, low=0.5, high=1.0, where=_WHERE)
+        check_range("dependence_warn", self.dependence_warn, low=0.0, high=1.0, where=_WHERE)
+        for text in self.slices:
+            S.parse_slice(text)
+
+
+@register
+class SlicesStudy(Study[SlicesConfig]):
+    name = "slices"
+    description = (
+        "Performance per subgroup of the metadata (site, view, sex, age, and pairs of them), each "
+        "slice against the rest with Benjamini-Hochberg q-values, and a probe of whether the site "
+        "can be read from the model's features (the source shortcut of DeGrave et al. 2021)."
+    )
+    Config = SlicesConfig
+    profiles = {"quick": {"n_bootstrap": 200, "depth": 1}, "standard": {}, "full": {"n_bootstrap": 2000}}
+    metric_docs = {
+        "accuracy": ("share right, overall and per slice (accuracy.<slice>)", "higher"),
+        "worst.accuracy": ("accuracy of the worst slice", "higher"),
+        "worst.gap": ("worst slice's accuracy minus that of the rest (negative: worse)", "higher"),
+        "worst.q": ("Benjamini-Hochberg q-value of the worst slice against the rest", "none"),
+        "n_slices": ("number of slices evaluated", "none"),
+        "n_flagged": ("slices worse than the rest by more than effect_size with q < alpha", "lower"),
+        "probe.auroc": ("AUROC of a cross-validated probe reading the column (site) from the "
+                        "features; 0.5 is chance", "lower"),
+        "probe.auroc_within_class": ("the probe's AUROC on features centred within each class", "lower"),
+        "confound": ("Cramér's V between class and the column in the data (0: none, 1: total)", "none"),
+        "dependence": ("mean within-class Cramér's V between the prediction and the column (site): "
+                       "0 the site does not move the prediction, 1 the site decides it", "lower"),
+    }
+    headline = ("worst.accuracy", "n_flagged", "probe.auroc.site")
+
+    # -- driver side ------------------------------------------------------------------
+    def prepare(self, data: Dataset, ctx: AuditContext) -> None:
+        """Check the named columns and slice definitions against the data before any model work."""
+        _labels(data, self.config)
+        _probe_columns(data, self.config)
+
+    # -- model side -------------------------------------------------------------------
+    def map(self, model: ModelAdapter, batch: Dataset, ctx: AuditContext) -> Records:
+        """Clean logits ``(B, K)`` and, when a probe runs, penultimate features ``(B, D)``."""
+        out: Records = {"logits": ctx.clean_logits(model, batch)}
+        if _probe_columns(batch, self.config):
+            h, w, c = model.input_shape
+            out["features"] = model.features(batch.load_images(np.arange(len(batch)), size=(h, w), channels=c))
+        return out
+
+    # -- pure reduce ------------------------------------------------------------------
+    def reduce(self, records: Records, data: Dataset, ctx: AuditContext) -> StudyResult:
+        cfg = self.config
+        y = np.asarray(data.labels)
+        probs = probabilities(records["logits"], ctx.model_info.get("output_kind", "softmax"))
+        pred, conf = probs.argmax(axis=1), probs.max(axis=1)
+        correct = pred == y
+        result = StudyResult(name=self.name, metrics={"accuracy": float(correct.mean())})
+        result.records.update(pred=pred.astype(np.int16), probs=probs.astype(np.float32), correct=correct[:, None])
+        result.data.update(correct_metrics=["accuracy"], alpha=cfg.alpha, effect_size=cfg.effect_size,
+                           bin_width=cfg.bin_width)
+        labels = _labels(data, cfg)
+        if not labels:
+            result.checks = [Check("metadata", "warn", "the data has no metadata columns: no slices.")]
+            result.data.update(slices=[], slice_defs={}, probe={}, columns=[])
+            return result
+        positive = _positive(list(data.class_names), cfg.positive_class)
+        slices = _all_slices(labels, cfg)
+        rows = _slice_rows(slices, y, pred, conf, correct, positive, cfg, ctx)
+        _store(result, rows, {s.name: s.mask for s in slices})
+        probe = _probes(records, data, cfg, ctx, pred)
+        for col, p in probe.items():
+            result.metrics[f"probe.auroc.{col}"] = p["auroc"]
+            result.metrics[f"probe.auroc_within_class.{col}"] = p["within_class"]["auroc"]
+            result.metrics[f"confound.{col}"] = p["confound"]
+            result.metrics[f"dependence.{col}"] = p["dependence"]
+            result.intervals[f"probe.auroc.{col}"] = [p["low"], p["high"]]
+        result.data.update(columns=sorted(labels), probe=probe,
+                           positive_class=list(data.class_names)[positive] if positive >= 0 else None)
+        result.checks = _checks(rows, probe, cfg)
+        return result
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _labels(data: Dataset, cfg: SlicesConfig) -> dict[str, np.ndarray]:
+    """Value labels per slicing column; errors for a missing column or an empty slice."""
+    meta = data.metadata
+    have = sorted(meta)
+    for col in cfg.columns:
+        if col not in meta:
+            raise param_error("columns", f"metadata columns of the data (it has {have})", col, where=_WHERE)
+    cols = list(cfg.columns) or have
+    labels = {c: S.discretize(meta[c], bin_width=cfg.bin_width) for c in cols}
+    for text in cfg.slices:
+        conditions = S.parse_slice(text)
+        for col, _ in conditions:
+            if col not in meta:
+                raise param_error("slices", f"conditions on metadata columns of the data (it has {have})", text,
+                                  where=_WHERE)
+            labels.setdefault(col, S.discretize(meta[col], bin_width=cfg.bin_width))
+        if len(data) and not S.slice_mask(labels, conditions).any():
+            raise DataError(f"The 'slices' parameter of {_WHERE}: expected a slice that matches at least one "
+                            f"sample, got {text!r}, which matches none.")
+    return labels
+
+
+def _probe_columns(data: Dataset, cfg: SlicesConfig) -> tuple[str, ...]:
+    have = set(data.metadata_columns)
+    if cfg.probe_columns is None:
+        return ("site",) if "site" in have else ()
+    for col in cfg.probe_columns:
+        if col not in have:
+            raise param_error("probe_columns", f"metadata columns of the data (it has {sorted(have)})", col,
+                              where=_WHERE)
+    return tuple(cfg.probe_columns)
+
+
+def _positive(names: list[str], wanted: str) -> int:
+    return names.index(wanted) if wanted in names else (0 if names else -1)
+
+
+def _all_slices(labels: dict[str, np.ndarray], cfg: SlicesConfig) -> list[S.Slice]:
+    enumerated = S.enumerate_slices({c: labels[c] for c in (cfg.columns or sorted(labels)) if c in labels},
+                                    depth=cfg.depth, min_size=cfg.min_size)
+    names = {s.name for s in enumerated}
+    for text in cfg.slices:
+        conditions = S.parse_slice(text)
+        name = "&".join(f"{c}={v}" for c, v in conditions)
+        if name not in names:
+            enumerated.append(S.Slice(name, conditions, S.slice_mask(labels, conditions)))
+            names.add(name)
+    return enumerated
+
+
+def _slice_rows(slices: list[S.Slice], y: np.ndarray, pred: np.ndarray, conf: np.ndarray, correct: np.ndarray,
+                positive: int, cfg: SlicesConfig, ctx: AuditContext) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for s in slices:
+        values, intervals = S.slice_metrics(y, pred, conf, s.mask, positive=positive, n_bins=cfg.n_bins,
+                                            n_boot=cfg.n_bootstrap, seed=ctx.seed_for("slices", s.name))
+        gap, p = S.slice_test(correct, s.mask) if 0 < s.mask.sum() < len(y) else (math.nan, math.nan)
+        rows.append({"slice": s.name, "conditions": [list(c) for c in s.conditions], "n": int(s.mask.sum()),
+                     **values, "intervals": intervals, "gap": gap, "p": p})
+    for row, q in zip(rows, S.bh_qvalues([float(r["p"]) for r in rows])):
+        row["q"] = q
+        row["flagged"] = bool(float(row["gap"]) <= -cfg.effect_size and q < cfg.alpha)
+    return sorted(rows, key=lambda r: (r["gap"] if math.isfinite(r["gap"]) else math.inf, r["slice"]))
+
+
+def _store(result: StudyResult, rows: list[dict[str, Any]], masks: dict[str, np.ndarray]) -> None:
+    """Flat metrics, intervals, per-slice accuracy records, the table and the worst slice.
+
+    ``records["accuracy.<slice>"]`` ``(N,)`` is 1/0 in the slice and NaN outside, so that
+    compare's paired bootstrap (and gate's ``max_drop``) recompute each slice's accuracy.
+    """
+    correct = result.records["correct"][:, 0].astype(np.float32)
+    for r in rows:
+        result.metrics[f"accuracy.{r['slice']}"] = r["accuracy"]
+        result.records[f"accuracy.{r['slice']}"] = np.where(masks[r["slice"]], correct, np.float32(np.nan))
+        if "accuracy" in r["intervals"]:
+            result.intervals[f"accuracy.{r['slice']}"] = r["intervals"]["accuracy"]
+    result.metrics["n_slices"] = float(len(rows))
+    result.metrics["n_flagged"] = float(sum(r["flagged"] for r in rows))
+    result.tables["slices"] = [{k: v for k, v in r.items() if k not in ("conditions", "intervals")} for r in rows]
+    result.data["slices"] = rows
+    result.data["slice_defs"] = {r["slice"]: r["conditions"] for r in rows}
+    if rows:
+        worst = min(rows, key=lambda r: (r["accuracy"], -r["n"], r["slice"]))
+        result.metrics.update({"worst.accuracy": worst["accuracy"], "worst.gap": worst["gap"], "worst.q": worst["q"]})
+        result.data["worst"] = {k: worst[k] for k in ("slice", "n", "accuracy", "gap", "q", "flagged")}
+
+
+def _probes(records: Records, data: Dataset, cfg: SlicesConfig, ctx: AuditContext,
+            pred: np.ndarray) -> dict[str, dict[str, Any]]:
+    cols = _probe_columns(data, cfg)
+    if not cols or "features" not in records:
+        return {}
+    meta, y = data.metadata, np.asarray(data.labels)
+    out = {}
+    for col in cols:
+        target = S.discretize(meta[col], bin_width=cfg.bin_width)
+        seed = ctx.seed_for("slices", "probe", col)
+        res = S.site_probe(records["features"], target, folds=cfg.probe_folds, seed=seed, n_boot=cfg.n_bootstrap)
+        res["within_class"] = S.site_probe(records["features"], target, folds=cfg.probe_folds, seed=seed,
+                                           n_boot=cfg.n_bootstrap, groups=y)
+        res["confound"] = S.cramers_v(y, target)
+        res["dependence"] = S.dependence_within(pred, target, y)
+        out[col] = res
+    return out
+
+
+def _checks(rows: list[dict[str, Any]], probe: dict[str, dict[str, Any]], cfg: SlicesConfig) -> list[Check]:
+    flagged = [r for r in rows if r["flagged"]]
+    if flagged:
+        shown = ", ".join(f"{r['slice']} (gap {r['gap']:+.3f}, q={r['q']:.3g})" for r in flagged[:5])
+        checks = [Check("slices", "warn", f"{len(flagged)} slice(s) worse than the rest by more than "
+                        f"{cfg.effect_size:g} with q < {cfg.alpha:g}: {shown}.")]
+    else:
+        checks = [Check("slices", "pass", f"no slice of {len(rows)} is worse than the rest by more than "
+                        f"{cfg.effect_size:g} with q < {cfg.alpha:g}.")]
+    for col, p in probe.items():
+        checks.append(_probe_check(col, p, cfg))
+    return checks
+
+
+def _probe_check(col: str, p: dict[str, Any], cfg: SlicesConfig) -> Check:
+    """Warn when the prediction depends on the column within classes, or when the data
+    confounds class and column and the probe reads the column; pass otherwise (with the numbers)."""
+    auc, within, v, dep = p["auroc"], p["within_class"]["auroc"], p["confound"], p["dependence"]
+    name = f"{col} shortcut"
+    if dep >= cfg.dependence_warn:
+        return Check(name, "warn", f"within each class the prediction depends on the {col} (Cramér's V "
+                     f"{dep:.2f}; probe AUROC {auc:.3f}): the model reads the source, not only the lungs.")
+    if not math.isfinite(auc):
+        return Check(name, "warn", f"the {col} probe could not run: {p.get('note', '')}.")
+    if v >= 0.3 and auc >= cfg.probe_warn_auroc:
+        return Check(name, "warn", f"class and {col} are confounded in the data (Cramér's V {v:.2f}) and the "
+                     f"{col} can be read from the model's features (probe AUROC {auc:.3f}, within classes "
+                     f"{within:.3f}): the model may be reading the source instead of the lungs.")
+    seen = "the features encode it" if within >= cfg.probe_warn_auroc else "the features barely encode it"
+    return Check(name, "pass", f"probe AUROC {auc:.3f} [{p['low']:.3f}, {p['high']:.3f}], within classes "
+                 f"{within:.3f} ({seen}); class and {col} are not confounded here (Cramér's V {v:.2f}) and "
+                 f"the prediction hardly depends on the {col} within classes ({dep:.2f}).")
