@@ -201,6 +201,8 @@ class ModelAdapter:
         output: the output kind (``softmax``, ``sigmoid``, ``multilabel``, ``logits``);
             default: the sidecar's ``output``, else detected from the final layer
             (:func:`detect_output_kind`). ``output_kind_reason`` says which and why.
+        features_layer: the layer :meth:`logits_and_features` reads, whose output must be a
+            vector per image; default: the input of the final Dense layer.
     """
 
     def __init__(
@@ -215,6 +217,7 @@ class ModelAdapter:
         path: Path | None = None,
         meta: dict[str, Any] | None = None,
         output: str | None = None,
+        features_layer: str | None = None,
     ) -> None:
         check_choice("input_scale", input_scale, INPUT_SCALES)
         if output is not None:
@@ -237,6 +240,10 @@ class ModelAdapter:
             self._gradient_graph, input_signature=[spec, tf.TensorSpec((None,), tf.int32)], autograph=False
         )
         self.calls = 0
+        self.features_layer = features_layer
+        self._features: tuple[Any, Any] | None = None  # (FeatureTap, compiled call), built on first use
+        if features_layer is not None:
+            self.feature_tap()  # a bad layer name fails at load time, in one line
 
     # -- construction helpers -------------------------------------------------------------
     def _check_input(self) -> None:
@@ -394,6 +401,41 @@ class ModelAdapter:
             self.calls += 1
         return out
 
+    # -- features (the OOD study) ----------------------------------------------------------
+    def feature_tap(self) -> Any:
+        """The :class:`~robustkit.model.features.FeatureTap` of ``features_layer`` (default: the
+        input of the final Dense layer), with the compiled logits-and-features call built once."""
+        if self._features is None:
+            from robustkit.model.features import feature_tap
+
+            tap = feature_tap(self.model, self.features_layer, model_name=self.name)
+            tensor, fn = self.head()
+            both = keras.Model(self.model.inputs, [tap.tensor, tensor])
+
+            def graph(x: Any) -> Any:
+                f, t = both(self.scale_input(x), training=False)
+                return tf.cast(fn(t), tf.float32), tf.cast(tf.reshape(f, (tf.shape(f)[0], -1)), tf.float32)
+
+            spec = tf.TensorSpec((None, *self.input_shape), tf.float32)
+            self._features = (tap, tf.function(graph, input_signature=[spec], autograph=False))
+        return self._features[0]
+
+    def logits_and_features(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits ``(N, K)`` and features ``(N, D)`` of pixel-space images, from one compiled pass."""
+        x = self._check_batch(x)
+        self.feature_tap()
+        assert self._features is not None
+        call = self._features[1]
+        zs, fs = [], []
+        for sl in self._chunks(len(x)):
+            z, f = call(tf.constant(x[sl]))
+            zs.append(z.numpy())
+            fs.append(f.numpy())
+            self.calls += 1
+        if not zs:
+            return np.zeros((0, self.num_classes), np.float32), np.zeros((0, 0), np.float32)
+        return np.concatenate(zs), np.concatenate(fs)
+
     def describe(self) -> dict[str, Any]:
         """JSON-able provenance for results.json."""
         return {
@@ -432,6 +474,7 @@ def load_model(
     trust: bool = False,
     batch_size: int | None = None,
     output: str | None = None,
+    features_layer: str | None = None,
 ) -> ModelAdapter:
     """Load a checkpoint (``.keras``, legacy ``.h5``/``.hdf5``, SavedModel folder) as an adapter.
 
@@ -439,6 +482,8 @@ def load_model(
     ``<stem>.meta.json`` that ``robustkit train`` writes, else defaults (``class_0``...,
     ``unit``). The output kind likewise: ``output``, else the sidecar's ``output``, else
     detected from the final layer. Keras safe mode stays on unless ``trust`` is set.
+    ``features_layer`` names the layer :meth:`ModelAdapter.logits_and_features` reads (default:
+    the input of the final Dense layer).
     """
     p = Path(path)
     if not p.exists():
@@ -456,4 +501,5 @@ def load_model(
         path=p,
         meta=meta,
         output=output,
+        features_layer=features_layer,
     )
