@@ -77,10 +77,11 @@ class PairedSpec:
 
 @dataclass(frozen=True)
 class Export:
-    """A small JSON file written beside ``results.json`` from the study's stored data.
+    """A small file written beside ``results.json`` from the study's stored data: JSON, or
+    ``.npz`` (numpy arrays) when the file name ends so.
 
     Attributes:
-        filename: file name in the audit folder (``temperature.json``).
+        filename: file name in the audit folder (``temperature.json``, ``ood_statistics.npz``).
         data_key: key of the study's ``data`` that holds the JSON object.
     """
 
@@ -156,6 +157,9 @@ BUILTIN_PLUGINS: tuple[StudyPlugin, ...] = (
                 paired=_CAL, exports=(Export("temperature.json", "temperature_export"),)),
     StudyPlugin("saliency", "robustkit.studies.saliency:SaliencyStudy",
                 "robustkit.report.view_saliency:saliency_view", "partials/saliency.html.j2"),
+    StudyPlugin("ood", "robustkit.studies.ood:OODStudy", "robustkit.report.view_ood:ood_view",
+                "partials/ood.html.j2", paired=PairedSpec(binary=()),
+                exports=(Export("ood.json", "ood_export"), Export("ood_statistics.npz", "ood_statistics"))),
 )
 
 _PLUGINS: dict[str, StudyPlugin] = {p.name: p for p in BUILTIN_PLUGINS}

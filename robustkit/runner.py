@@ -9,6 +9,7 @@ unchanged checkpoint in CI costs nothing; ``fresh=True`` starts over.
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 import platform
 import shutil
@@ -29,6 +30,7 @@ from robustkit.results import (
     RESULTS_FILE,
     AuditResult,
     StudyResult,
+    atomic_write_bytes,
     atomic_write_text,
     load_results,
     save_results,
@@ -282,7 +284,11 @@ def _write_exports(result: AuditResult, out: Path) -> None:
         record = plugin(name)
         for export in record.exports if record is not None and study.status == "ok" else ():
             obj = study.data.get(export.data_key)
-            if obj:
+            if obj and export.filename.endswith(".npz"):
+                buf = io.BytesIO()
+                np.savez(buf, **{k: np.asarray(v) for k, v in obj.items()})
+                atomic_write_bytes(out / export.filename, buf.getvalue())
+            elif obj:
                 atomic_write_text(out / export.filename, json.dumps(obj, indent=2) + "\n")
 
 
