@@ -7,6 +7,7 @@ exit with code 2; a command that ran but found a failure (a failed study) exits 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -137,6 +138,13 @@ def _add_audit_options(p: argparse.ArgumentParser) -> None:
                    help="saliency: the layer Grad-CAM explains (default: the last 4-D feature map)")
     p.add_argument("--layers", type=_studies_arg, default=None,
                    help="saliency: comma-separated layers for the activation-map panel")
+    p.add_argument("--reference-data", default=None, metavar="DIR",
+                   help="ood: in-distribution reference images (the training set, one folder per class); "
+                   "default: a seeded split of the audit data (weaker)")
+    p.add_argument("--ood", dest="ood_dirs", action="append", default=None, metavar="NAME=DIR",
+                   help="ood: a folder of images the model should refuse, as set NAME (repeatable)")
+    p.add_argument("--features-layer", default=None,
+                   help="ood: the layer whose output is the feature vector (default: the final Dense layer's input)")
     _add_class_options(p)
 
 
@@ -202,6 +210,9 @@ def _config_with_settings(a: argparse.Namespace):  # type: ignore[no-untyped-def
         settings.append(f"saliency.layer={a.layer!r}")
     if a.layers is not None:
         settings.append(f"saliency.layers={a.layers!r}")
+    for key in ("reference_data", "ood_dirs", "features_layer"):
+        if getattr(a, key, None) is not None:
+            settings.append(f"ood.{key}={json.dumps(getattr(a, key))}")
     overrides = {k: dict(v) for k, v in cfg.overrides.items()}
     for text in settings:
         study, key, value = parse_setting(text)

@@ -79,6 +79,7 @@ SMALL: dict[str, dict[str, Any]] = {
     "calibration": {"n_bootstrap": 20},
     "saliency": {"max_samples": 6, "methods": ["vanilla_gradient", "smoothgrad", "integrated_gradients", "gradcam"],
                  "smoothgrad_n": 4, "ig_steps": 8, "n_noise": 1, "stability_samples": 4, "independent": True},
+    "ood": {"sets": ["ct", "synthetic", "effusion", "inverted"], "n_per_set": 4, "n_bootstrap": 20, "n_gallery": 2},
 }
 
 

@@ -75,11 +75,14 @@ def test_mahalanobis_and_knn_match_a_direct_computation() -> None:
     f_ref = rng.standard_normal((60, 5)) @ rng.standard_normal((5, 5))
     y = np.repeat(np.arange(3), 20)
     f = rng.standard_normal((25, 5))
-    means, prec = O.fit_gaussian(f_ref, y, 3)
+    means, prec = O.fit_gaussian(f_ref, y, 3, shrinkage=0.0)
     cov = sum(np.cov(f_ref[y == k].T, bias=True) * 20 for k in range(3)) / 60
     direct = np.array([min(float((x - f_ref[y == k].mean(0)) @ np.linalg.inv(cov) @ (x - f_ref[y == k].mean(0)))
                            for k in range(3)) for x in f])
     np.testing.assert_allclose(-O.mahalanobis_score(f, means, prec), direct, rtol=1e-8)
+    _, shrunk = O.fit_gaussian(f_ref, y, 3, shrinkage=0.3)
+    target = 0.7 * cov + 0.3 * np.trace(cov) / 5 * np.eye(5)
+    np.testing.assert_allclose(shrunk, np.linalg.inv(target), rtol=1e-8)
     dist = np.sort(cdist(f, f_ref, metric="cosine"), axis=1)
     for k in (1, 4, 60):
         np.testing.assert_allclose(-O.knn_score(f, f_ref, k, chunk=7), dist[:, k - 1], atol=1e-10)

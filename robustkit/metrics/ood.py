@@ -53,6 +53,7 @@ __all__ = [
     "ood_metrics",
     "react_clip",
     "react_score",
+    "shrunk_covariance",
     "threshold_at_tpr",
     "vim_score",
 ]
@@ -90,9 +91,14 @@ def energy_score(logits: np.ndarray) -> np.ndarray:
     return _logsumexp(logits)
 
 
-def fit_gaussian(features: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Class means ``(K, D)`` and the pseudo-inverse of the shared (pooled within-class)
-    covariance ``(D, D)`` of reference features ``(N, D)`` with labels ``(N,)``.
+def fit_gaussian(features: np.ndarray, labels: np.ndarray, num_classes: int,
+                 *, shrinkage: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """Class means ``(K, D)`` and the inverse of the shared (pooled within-class) covariance
+    ``(D, D)`` of reference features ``(N, D)`` with labels ``(N,)``.
+
+    The covariance is shrunk towards its mean variance, ``(1 - s) S + s tr(S)/D I``, so that
+    fewer reference images than feature dimensions still give a stable inverse (``s = 0``:
+    the pseudo-inverse of ``S``, Lee et al.'s estimator).
 
     Raises:
         ConfigError: when a class has no reference sample.
@@ -105,8 +111,15 @@ def fit_gaussian(features: np.ndarray, labels: np.ndarray, num_classes: int) -> 
                           f"none of class(es) {np.flatnonzero(counts == 0).tolist()}")
     means = np.stack([f[y == k].mean(axis=0) for k in range(num_classes)])
     centred = f - means[y]
-    cov = centred.T @ centred / len(f)
-    return means, np.linalg.pinv(cov, hermitian=True)
+    cov = shrunk_covariance(centred.T @ centred / len(f), shrinkage)
+    return means, (np.linalg.pinv(cov, hermitian=True) if shrinkage == 0 else np.linalg.inv(cov))
+
+
+def shrunk_covariance(cov: np.ndarray, shrinkage: float) -> np.ndarray:
+    """``(1 - s) S + s tr(S)/D I`` of a covariance ``(D, D)``."""
+    check_range("shrinkage", shrinkage, low=0.0, high=1.0, where="fit_gaussian")
+    scale = max(float(np.trace(cov)) / cov.shape[0], 1e-12)
+    return (1 - shrinkage) * cov + shrinkage * scale * np.eye(cov.shape[0])
 
 
 def mahalanobis_score(features: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
@@ -155,10 +168,12 @@ def vim_dim(d: int) -> int:
 def fit_vim(features: np.ndarray, logits: np.ndarray, kernel: np.ndarray, bias: np.ndarray,
             *, dim: int | None = None) -> ViMFit:
     """Fit ViM on reference features ``(N, D)`` and logits ``(N, K)`` of the final layer
-    ``z = f @ kernel + bias`` (``kernel`` ``(D, K)``, ``bias`` ``(K,)``)."""
+    ``z = f @ kernel + bias`` (``kernel`` ``(D, K)``, ``bias`` ``(K,)``). The default
+    principal dimension (:func:`vim_dim`) is capped at ``N - 1`` so that the principal
+    subspace never takes arbitrary directions of the covariance's null space."""
     f = np.asarray(features, dtype=np.float64)
     d = f.shape[1]
-    dim = vim_dim(d) if dim is None else dim
+    dim = min(vim_dim(d), max(1, len(f) - 1), d - 1) if dim is None else dim
     check_range("dim", dim, low=1, high=d - 1, integer=True, where="fit_vim")
     origin = -np.linalg.pinv(np.asarray(kernel, dtype=np.float64).T) @ np.asarray(bias, dtype=np.float64)
     c = f - origin

@@ -241,7 +241,7 @@ class ModelAdapter:
         )
         self.calls = 0
         self.features_layer = features_layer
-        self._features: tuple[Any, Any] | None = None  # (FeatureTap, compiled call), built on first use
+        self._features: dict[str | None, tuple[Any, Any]] = {}  # layer -> (FeatureTap, compiled call)
         if features_layer is not None:
             self.feature_tap()  # a bad layer name fails at load time, in one line
 
@@ -402,39 +402,42 @@ class ModelAdapter:
         return out
 
     # -- features (the OOD study) ----------------------------------------------------------
-    def feature_tap(self) -> Any:
-        """The :class:`~robustkit.model.features.FeatureTap` of ``features_layer`` (default: the
-        input of the final Dense layer), with the compiled logits-and-features call built once."""
-        if self._features is None:
+    def feature_tap(self, layer: str | None = None) -> Any:
+        """The :class:`~robustkit.model.features.FeatureTap` of ``layer`` (default:
+        ``features_layer``, else the input of the final Dense layer); its compiled
+        logits-and-features call is built once per layer."""
+        return self._feature_call(layer)[0]
+
+    def _feature_call(self, layer: str | None) -> tuple[Any, Any]:
+        layer = layer if layer is not None else self.features_layer
+        if layer not in self._features:
             from robustkit.model.features import feature_tap
 
-            tap = feature_tap(self.model, self.features_layer, model_name=self.name)
+            tap = feature_tap(self.model, layer, model_name=self.name)
             tensor, fn = self.head()
             both = keras.Model(self.model.inputs, [tap.tensor, tensor])
 
             def graph(x: Any) -> Any:
                 f, t = both(self.scale_input(x), training=False)
-                return tf.cast(fn(t), tf.float32), tf.cast(tf.reshape(f, (tf.shape(f)[0], -1)), tf.float32)
+                return tf.cast(fn(t), tf.float32), tf.cast(f, tf.float32)
 
             spec = tf.TensorSpec((None, *self.input_shape), tf.float32)
-            self._features = (tap, tf.function(graph, input_signature=[spec], autograph=False))
-        return self._features[0]
+            self._features[layer] = (tap, tf.function(graph, input_signature=[spec], autograph=False))
+        return self._features[layer]
 
-    def logits_and_features(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Logits ``(N, K)`` and features ``(N, D)`` of pixel-space images, from one compiled pass."""
+    def logits_and_features(self, x: np.ndarray, *, layer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Logits ``(N, K)`` and features ``(N, D)`` (of :meth:`feature_tap`'s layer) of
+        pixel-space images, both from one compiled forward pass."""
         x = self._check_batch(x)
-        self.feature_tap()
-        assert self._features is not None
-        call = self._features[1]
-        zs, fs = [], []
+        tap, call = self._feature_call(layer)
+        d = int(tap.tensor.shape[-1])
+        z_out = np.empty((len(x), self.num_classes), dtype=np.float32)
+        f_out = np.empty((len(x), d), dtype=np.float32)
         for sl in self._chunks(len(x)):
             z, f = call(tf.constant(x[sl]))
-            zs.append(z.numpy())
-            fs.append(f.numpy())
+            z_out[sl], f_out[sl] = z.numpy(), f.numpy()
             self.calls += 1
-        if not zs:
-            return np.zeros((0, self.num_classes), np.float32), np.zeros((0, 0), np.float32)
-        return np.concatenate(zs), np.concatenate(fs)
+        return z_out, f_out
 
     def describe(self) -> dict[str, Any]:
         """JSON-able provenance for results.json."""

@@ -124,7 +124,7 @@ def reduce_ood(study: OODStudy, records: Records, data: Dataset, ctx: AuditConte
         histograms=_histograms(id_scores, set_scores), roc=_rocs(id_scores[recommended], set_scores, recommended),
         gallery=_gallery(study, sets, {s: v[recommended] for s, v in set_scores.items()}, threshold, pos, kind, ctx),
         ood_export=_export(study, recommended, threshold, names[pos], ctx),
-        ood_statistics=_statistics(fit, recommended),
+        ood_statistics=_statistics(fit, ref, ref_y, recommended),
     )
     result.checks = _checks(study, result, recommended)
     all_scores = _score(_Part(records["logits"], records["features"]), fit, kind)
@@ -187,7 +187,7 @@ def _histograms(id_scores: dict[str, np.ndarray], set_scores: dict[str, dict[str
         counts = {"id": np.histogram(np.clip(id_scores[sc], edges[0], edges[-1]), edges)[0].tolist()}
         counts.update({s: np.histogram(np.clip(v[sc], edges[0], edges[-1]), edges)[0].tolist()
                        for s, v in set_scores.items()})
-        out[sc] = {"edges": np.round(edges, 5).tolist(), "counts": counts}
+        out[sc] = {"edges": edges.tolist(), "counts": counts}
     return out
 
 
@@ -234,15 +234,19 @@ def _export(study: OODStudy, recommended: str, threshold: float, positive: str, 
     }
 
 
-def _statistics(fit: _Fit, recommended: str) -> dict[str, Any]:
-    """What the recommended score needs at deployment (written as ``ood_statistics.npz``)."""
+def _statistics(fit: _Fit, ref: _Part, labels: np.ndarray, recommended: str) -> dict[str, Any]:
+    """What the recommended score needs at deployment (written as ``ood_statistics.npz``):
+    well-conditioned inputs of the fit (a deployment inverts or decomposes them itself)."""
+    f = np.asarray(ref.features, dtype=np.float64)
     if recommended == "mahalanobis":
-        return {"means": fit.means, "precision": fit.precision}
+        centred = f - fit.means[labels]
+        return {"means": fit.means, "covariance": centred.T @ centred / len(f), "shrinkage": 0.01}
     if recommended == "knn":
-        return {"bank": fit.bank, "k": fit.k}
+        return {"bank": f, "k": fit.k}
     if recommended == "vim" and fit.vim is not None:
-        return {"origin": fit.vim.origin, "residual_basis": fit.vim.residual_basis, "alpha": fit.vim.alpha,
-                "kernel": fit.kernel, "bias": fit.bias}
+        c = f - fit.vim.origin
+        return {"origin": fit.vim.origin, "centred_covariance": c.T @ c / len(c), "dim": fit.vim.dim,
+                "alpha": fit.vim.alpha, "kernel": fit.kernel, "bias": fit.bias}
     if recommended == "react":
         return {"clip": fit.clip, "kernel": fit.kernel, "bias": fit.bias}
     return {"logits_only": 1}
