@@ -286,7 +286,7 @@ def _write_exports(result: AuditResult, out: Path) -> None:
             obj = study.data.get(export.data_key)
             if obj and export.filename.endswith(".npz"):
                 buf = io.BytesIO()
-                np.savez(buf, **{k: np.asarray(v) for k, v in obj.items()})
+                np.savez(buf, **{str(k): np.asarray(v) for k, v in obj.items()})  # type: ignore[arg-type]
                 atomic_write_bytes(out / export.filename, buf.getvalue())
             elif obj:
                 atomic_write_text(out / export.filename, json.dumps(obj, indent=2) + "\n")

@@ -170,7 +170,9 @@ class OODStudy(Study[OODConfig]):
         self._build_extra(groups)
 
     def _build_extra(self, groups: list[tuple[str, str, str, list[Any]]]) -> None:
-        samples, arrays, self.sets_info = [], {}, []
+        samples: list[Sample] = []
+        arrays: dict[str, np.ndarray] = {}
+        self.sets_info: list[dict[str, Any]] = []
         for label, (set_name, kind, prov, items) in enumerate(groups):
             for i, item in enumerate(items):
                 sid = f"{set_name}/{i:05d}"

@@ -108,7 +108,7 @@ def reduce_ood(study: OODStudy, records: Records, data: Dataset, ctx: AuditConte
     fit = _fit(ref, ref_y, len(names), _head(records, len(names)), cfg)
     id_scores = _score(test, fit, kind)
     set_scores = {s: _score(p, fit, kind) for s, p in sets.items()}
-    kinds = {i["name"]: i["kind"] for i in study.sets_info}
+    kinds = {str(i["name"]): str(i["kind"]) for i in study.sets_info}
     pooled = _pools(set_scores, kinds)
     result = StudyResult(name=study.name)
     _detection(result, id_scores, {**set_scores, **pooled}, cfg.n_bootstrap, ctx)
@@ -254,13 +254,12 @@ def _statistics(fit: _Fit, ref: _Part, labels: np.ndarray, recommended: str) -> 
 
 def _checks(study: OODStudy, result: StudyResult, recommended: str) -> list[Check]:
     checks = []
-    empty = [i["name"] for i in study.sets_info if i["n"] == 0 and i["kind"] != "reference"]
+    empty = [str(i["name"]) for i in study.sets_info if i["n"] == 0 and i["kind"] != "reference"]
     if empty:
         checks.append(Check("OOD sets built", "warn", f"no images for {', '.join(empty)} (files not installed)."))
     far = result.metrics.get(f"auroc.{recommended}.far", np.nan)
     if np.isfinite(far):
-        status = "pass" if far >= 0.9 else "warn"
-        checks.append(Check("far-OOD detection", status, f"{recommended} AUROC on the far sets pooled: {far:.3f}."))
+        checks.append(Check("far-OOD detection", "pass" if far >= 0.9 else "warn", f"{recommended} AUROC on the far sets pooled: {far:.3f}."))
     if study._ref_pos is not None:
         checks.append(Check("reference data", "warn", "statistics fitted on a split of the audit data; pass "
                             "--reference-data (the training set) for the stronger setting."))
