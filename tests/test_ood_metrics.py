@@ -97,7 +97,11 @@ def test_vim_and_react_reduce_to_energy_when_nothing_is_removed() -> None:
     fit = O.fit_vim(f_ref, f_ref @ kernel + bias, kernel, bias, dim=5)
     # the origin u solves kernel^T u = -bias: the logits of u are zero
     np.testing.assert_allclose(fit.origin @ kernel + bias, 0.0, atol=1e-8)
-    resid = np.linalg.norm((f - fit.origin) @ fit.residual_basis, axis=1)
+    # the principal subspace is the top-5 eigenvectors of the centred second moment; the residual is the rest
+    c_ref = f_ref - fit.origin
+    w, v = np.linalg.eigh(c_ref.T @ c_ref)
+    rest = v[:, np.argsort(-w)[5:]]
+    resid = np.linalg.norm((f - fit.origin) @ rest, axis=1)
     np.testing.assert_allclose(O.vim_score(f, z, fit), O.energy_score(z) - fit.alpha * resid, rtol=1e-10)
 
 
@@ -106,3 +110,25 @@ def test_a_reference_set_without_a_class_is_refused_in_one_line() -> None:
         O.fit_gaussian(np.zeros((4, 2)), np.array([0, 0, 1, 1]), 3)
     with pytest.raises(ConfigError, match="'k' parameter of knn_score"):
         O.knn_score(np.zeros((2, 2)), np.ones((3, 2)), 4)
+
+
+def test_intervals_equal_a_slow_loop_over_the_same_resamples() -> None:
+    from robustkit.metrics.classification import bootstrap_interval
+
+    rng = np.random.default_rng(5)
+    id_s, ood_s = np.round(rng.normal(1, 1, 40), 1), np.round(rng.normal(0, 1, 25), 1)
+    y = np.r_[np.ones(40, bool), np.zeros(25, bool)]
+    s = np.r_[id_s, ood_s]
+    keys = list(O.DETECTION_METRICS)
+
+    def slow(idx: np.ndarray) -> np.ndarray:
+        yy, ss = y[idx], s[idx]
+        fpr, tpr, _ = roc_curve(yy, ss, drop_intermediate=False)
+        fpr_o, tpr_o, _ = roc_curve(~yy, -ss, drop_intermediate=False)
+        return np.array([roc_auc_score(yy, ss), average_precision_score(yy, ss), average_precision_score(~yy, -ss),
+                         fpr[np.searchsorted(tpr, 0.95)], fpr_o[np.searchsorted(tpr_o, 0.95)]])
+
+    lo, hi = bootstrap_interval(slow, len(s), n_boot=60, seed=9, strata=y)
+    fast = O.ood_intervals(id_s, ood_s, n_boot=60, seed=9, chunk=7)
+    for k, a, b in zip(keys, lo, hi):
+        assert fast[k] == pytest.approx([a, b], abs=1e-12), k

@@ -121,8 +121,20 @@ def _to_uint8(img: np.ndarray, size: int) -> np.ndarray:
     return np.round(out * 255).astype(np.uint8)
 
 
+def _shrink(img: np.ndarray, side: int) -> np.ndarray:
+    """``img`` resized so that its longer side is at most ``side`` (crops need no more)."""
+    h, w = img.shape[:2]
+    scale = side / max(h, w)
+    if scale >= 1:
+        return img
+    size = (max(8, round(h * scale)), max(8, round(w * scale)))
+    out = _fit(np.ascontiguousarray(img, dtype=np.float32), size, 3 if img.ndim == 3 else 1)
+    return out[..., 0] if img.ndim == 2 else out
+
+
 def _expand(sources: list[tuple[str, np.ndarray]], name: str, n: int, *, size: int, seed: int) -> list[np.ndarray]:
     """``n`` images: each source once unchanged, then seeded variants, round-robin."""
+    sources = [(src, _shrink(img, 2 * size)) for src, img in sources]
     out = []
     for i in range(n):
         _, img = sources[i % len(sources)]

@@ -40,11 +40,9 @@ from robustkit.metrics.outputs import probabilities
 __all__ = [
     "DETECTION_METRICS",
     "ViMFit",
-    "aupr",
     "energy_score",
     "fit_gaussian",
     "fit_vim",
-    "fpr_at_tpr",
     "knn_score",
     "mahalanobis_score",
     "max_logit_score",
@@ -125,11 +123,10 @@ def shrunk_covariance(cov: np.ndarray, shrinkage: float) -> np.ndarray:
 def mahalanobis_score(features: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
     """Minus the smallest squared Mahalanobis distance ``(N,)`` to a class mean."""
     f = np.asarray(features, dtype=np.float64)
-    best = np.full(len(f), np.inf)
-    for mu in means:
-        d = f - mu
-        best = np.minimum(best, np.einsum("nd,de,ne->n", d, precision, d))
-    return -best
+    fp = f @ precision  # (f - mu) P (f - mu) = f P f - 2 f P mu + mu P mu, one product for every class
+    mp = np.asarray(means, dtype=np.float64) @ precision
+    d2 = (fp * f).sum(axis=1)[:, None] - 2 * f @ mp.T + (mp * means).sum(axis=1)[None, :]
+    return -d2.min(axis=1)
 
 
 def _unit(f: np.ndarray) -> np.ndarray:
@@ -152,10 +149,10 @@ def knn_score(features: np.ndarray, bank: np.ndarray, k: int, *, chunk: int = 10
 
 @dataclass(frozen=True)
 class ViMFit:
-    """ViM's fitted statistics: origin ``u`` ``(D,)``, residual basis ``(D, D - dim)``, ``alpha``."""
+    """ViM's fitted statistics: origin ``u`` ``(D,)``, principal basis ``(D, dim)``, ``alpha``."""
 
     origin: np.ndarray
-    residual_basis: np.ndarray
+    principal_basis: np.ndarray
     alpha: float
     dim: int
 
@@ -177,16 +174,22 @@ def fit_vim(features: np.ndarray, logits: np.ndarray, kernel: np.ndarray, bias: 
     check_range("dim", dim, low=1, high=d - 1, integer=True, where="fit_vim")
     origin = -np.linalg.pinv(np.asarray(kernel, dtype=np.float64).T) @ np.asarray(bias, dtype=np.float64)
     c = f - origin
-    eigval, eigvec = np.linalg.eigh(c.T @ c / len(c))
-    basis = eigvec[:, np.argsort(-eigval)[dim:]]
-    residual = np.linalg.norm(c @ basis, axis=1)
+    _, _, vt = np.linalg.svd(c, full_matrices=False)  # rows: eigenvectors of c.T @ c, largest first
+    basis = vt[:dim].T
+    residual = _residual_norm(c, basis)
     alpha = float(np.asarray(logits, dtype=np.float64).max(axis=1).mean() / max(residual.mean(), 1e-12))
-    return ViMFit(origin=origin, residual_basis=basis, alpha=alpha, dim=dim)
+    return ViMFit(origin=origin, principal_basis=basis, alpha=alpha, dim=dim)
+
+
+def _residual_norm(c: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """``||c - c B B^T||`` per row, for an orthonormal ``B`` ``(D, dim)``."""
+    proj = c @ basis
+    return np.sqrt(np.maximum((c * c).sum(axis=1) - (proj * proj).sum(axis=1), 0.0))
 
 
 def vim_score(features: np.ndarray, logits: np.ndarray, fit: ViMFit) -> np.ndarray:
-    """ViM score ``(N,)``: ``logsumexp(z) - alpha * ||(f - u) @ residual_basis||``."""
-    residual = np.linalg.norm((np.asarray(features, dtype=np.float64) - fit.origin) @ fit.residual_basis, axis=1)
+    """ViM score ``(N,)``: ``logsumexp(z) - alpha * ||(f - u)`` outside the principal subspace``||``."""
+    residual = _residual_norm(np.asarray(features, dtype=np.float64) - fit.origin, fit.principal_basis)
     return _logsumexp(logits) - fit.alpha * residual
 
 
@@ -209,34 +212,51 @@ def _labelled(id_scores: np.ndarray, ood_scores: np.ndarray) -> tuple[np.ndarray
     return y, s
 
 
-def aupr(y_pos: np.ndarray, score: np.ndarray) -> float:
-    """Average precision ``sum_n (R_n - R_{n-1}) P_n`` over distinct thresholds (scikit-learn's)."""
-    y_pos = np.asarray(y_pos, dtype=bool)
-    if not y_pos.any():
-        return float("nan")
-    order = np.argsort(-np.asarray(score), kind="mergesort")
-    s, y = np.asarray(score)[order], y_pos[order].astype(np.float64)
-    distinct = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
-    tps = np.cumsum(y)[distinct]
-    precision = tps / (distinct + 1)
-    recall = tps / y.sum()
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-
-
-def fpr_at_tpr(y_pos: np.ndarray, score: np.ndarray, tpr_level: float = 0.95) -> float:
-    """False positive rate at the first threshold whose true positive rate reaches ``tpr_level``."""
-    fpr, tpr = M.roc_curve(y_pos, score)
-    if not np.isfinite(tpr).all() or not np.isfinite(fpr).all():
-        return float("nan")
-    return float(fpr[np.searchsorted(tpr, tpr_level - 1e-12)])
-
-
 def threshold_at_tpr(id_scores: np.ndarray, tpr_level: float = 0.95) -> float:
     """The largest threshold that keeps at least ``tpr_level`` of the ID scores (``score >= t``)."""
     s = np.sort(np.asarray(id_scores, dtype=np.float64))[::-1]
     if not len(s):
         return float("nan")
     return float(s[max(0, math.ceil(tpr_level * len(s) - 1e-9) - 1)])
+
+
+def _batch_metrics(scores: np.ndarray, positive: np.ndarray) -> dict[str, np.ndarray]:
+    """AUROC, average precision and FPR at 95% TPR of each row ``(B,)`` of ``scores`` ``(B, n)``
+    with 0/1 ``positive`` ``(B, n)``: one sort per row, thresholds at every distinct score
+    (ties count one half in the AUROC, as in the Mann-Whitney statistic)."""
+    from scipy.stats import rankdata
+
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(positive, dtype=bool)
+    n = s.shape[1]
+    p = y.sum(axis=1).astype(np.float64)
+    neg = n - p
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ranks = rankdata(s, axis=1)
+        auroc = ((ranks * y).sum(axis=1) - p * (p + 1) / 2) / (p * neg)
+        order = np.argsort(-s, axis=1, kind="stable")
+        ss, yy = np.take_along_axis(s, order, 1), np.take_along_axis(y, order, 1)
+        tps = np.cumsum(yy, axis=1, dtype=np.float64)
+        is_end = np.ones_like(yy)
+        is_end[:, :-1] = ss[:, :-1] != ss[:, 1:]
+        pos = np.arange(n)
+        last = np.maximum.accumulate(np.where(is_end, pos, -1), axis=1)
+        prev = np.concatenate([np.full((len(s), 1), -1), last[:, :-1]], axis=1)
+        tps_prev = np.where(prev >= 0, np.take_along_axis(tps, np.maximum(prev, 0), 1), 0.0)
+        ap = (is_end * (tps - tps_prev) * tps / (pos + 1)).sum(axis=1) / p
+        reach = is_end & (tps / p[:, None] >= 0.95 - 1e-12)
+        first = reach.argmax(axis=1)
+        fpr = (first + 1 - tps[np.arange(len(s)), first]) / neg
+    bad = (p == 0) | (neg == 0)
+    nan = np.where(bad, np.nan, 0.0)
+    return {"auroc": auroc + nan, "ap": ap + nan, "fpr95": fpr + nan}
+
+
+def _all_metrics(scores: np.ndarray, is_id: np.ndarray) -> dict[str, np.ndarray]:
+    inn = _batch_metrics(scores, is_id)
+    out = _batch_metrics(-scores, ~is_id)
+    return {"auroc": inn["auroc"], "aupr_in": inn["ap"], "aupr_out": out["ap"], "fpr95": inn["fpr95"],
+            "fpr95_openood": out["fpr95"]}
 
 
 def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, float]:
@@ -247,24 +267,24 @@ def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, floa
         ood_scores: ``(N_ood,)`` scores of one OOD set.
     """
     y, s = _labelled(id_scores, ood_scores)
-    return {
-        "auroc": M._binary_auc(y, s),
-        "aupr_in": aupr(y, s),
-        "aupr_out": aupr(~y, -s),
-        "fpr95": fpr_at_tpr(y, s),
-        "fpr95_openood": fpr_at_tpr(~y, -s),
-    }
+    return {k: float(v[0]) for k, v in _all_metrics(s[None, :], y[None, :]).items()}
 
 
 def ood_intervals(id_scores: np.ndarray, ood_scores: np.ndarray, *, n_boot: int, seed: int,
-                  level: float = 0.95) -> dict[str, list[float]]:
-    """Percentile bootstrap intervals of :func:`ood_metrics`, resampling ID and OOD separately."""
+                  level: float = 0.95, chunk: int = 256) -> dict[str, list[float]]:
+    """Percentile bootstrap intervals of :func:`ood_metrics`, resampling ID and OOD separately
+    (:func:`~robustkit.metrics.classification.bootstrap_indices` with the two as strata); NaN
+    where a metric is undefined in more than half of the resamples."""
     y, s = _labelled(id_scores, ood_scores)
-    keys = list(DETECTION_METRICS)
-
-    def stat(idx: np.ndarray) -> np.ndarray:
-        m = ood_metrics(s[idx][y[idx]], s[idx][~y[idx]])
-        return np.array([m[k] for k in keys])
-
-    lo, hi = M.bootstrap_interval(stat, len(s), n_boot=n_boot, seed=seed, level=level, strata=y)
-    return {k: [float(a), float(b)] for k, a, b in zip(keys, lo, hi)}
+    idx = M.bootstrap_indices(len(s), n_boot, seed=seed, strata=y)
+    parts = [_all_metrics(s[idx[i:i + chunk]], y[idx[i:i + chunk]]) for i in range(0, n_boot, chunk)]
+    alpha = (1.0 - level) / 2.0
+    out = {}
+    for k in DETECTION_METRICS:
+        values = np.concatenate([p[k] for p in parts])
+        if np.mean(np.isfinite(values)) < 0.5:
+            out[k] = [float("nan"), float("nan")]
+            continue
+        lo, hi = np.nanquantile(values, [alpha, 1 - alpha])
+        out[k] = [float(lo), float(hi)]
+    return out
