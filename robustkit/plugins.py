@@ -82,11 +82,15 @@ class Export:
 
     Attributes:
         filename: file name in the audit folder (``temperature.json``, ``ood_statistics.npz``).
-        data_key: key of the study's ``data`` that holds the JSON object.
+        data_key: key of the study's ``data`` that holds the object, or, with ``source="study"``,
+            the attribute the study object set in ``reduce`` (large arrays kept out of
+            ``results.json``; a study reused from an earlier run leaves its file as it was).
+        source: ``"data"`` or ``"study"``.
     """
 
     filename: str
     data_key: str
+    source: str = "data"
 
 
 @dataclass(frozen=True)
@@ -159,7 +163,7 @@ BUILTIN_PLUGINS: tuple[StudyPlugin, ...] = (
                 "robustkit.report.view_saliency:saliency_view", "partials/saliency.html.j2"),
     StudyPlugin("ood", "robustkit.studies.ood:OODStudy", "robustkit.report.view_ood:ood_view",
                 "partials/ood.html.j2", paired=PairedSpec(binary=()),
-                exports=(Export("ood.json", "ood_export"), Export("ood_statistics.npz", "ood_statistics"))),
+                exports=(Export("ood.json", "ood_export"), Export("ood_statistics.npz", "statistics", source="study"))),
 )
 
 _PLUGINS: dict[str, StudyPlugin] = {p.name: p for p in BUILTIN_PLUGINS}

@@ -13,6 +13,7 @@ from robustkit.cli import main
 from robustkit.data.ood_sets import build_sets
 from robustkit.data.phantom import render_effusion
 from robustkit.errors import ModelError
+from robustkit.gate import gate
 from robustkit.metrics import ood as O
 from robustkit.model.adapter import load_model
 from robustkit.results import load_results
@@ -74,7 +75,7 @@ def test_audit_writes_ood_exports_report_and_gateable_metrics(capsys, toy_model,
     export = json.loads((out / "ood.json").read_text())
     assert export["score"] == rec and export["statistics"] == "ood_statistics.npz"
     stats = np.load(out / "ood_statistics.npz")
-    assert len(stats.files) >= 1
+    assert set(stats.files) == set(res.data["statistics_arrays"]) and "ood_statistics" not in res.data
     # the threshold keeps 95% of the ID test scores (records of the audit samples outside the reference split)
     id_scores = res.records[f"score_{rec}"][~res.records["reference"]]
     assert export["threshold"] == pytest.approx(O.threshold_at_tpr(id_scores))
@@ -84,6 +85,11 @@ def test_audit_writes_ood_exports_report_and_gateable_metrics(capsys, toy_model,
     assert res.direction("auroc.energy.ct") == "higher" and res.direction("fpr95.knn.far") == "lower"
     html = (out / "report.html").read_text()
     assert "The recommended filter" in html and "mine" in html and "<svg" in html
+    far = res.metrics[f"auroc.{rec}.far"]
+    passing = {"rule": [{"metric": f"ood.auroc.{rec}.far", "min": far - 1e-9},
+                        {"metric": "ood.confident_covid_rate.ct", "max": 1.0}]}
+    failing = {"rule": [{"metric": f"ood.auroc.{rec}.far", "min": far + 1e-6}]}
+    assert gate(out, passing).exit_code == 0 and gate(out, failing).exit_code == 1
 
 
 def test_bad_ood_folder_and_reference_without_a_class_are_one_line(capsys, toy_model, toy_data, tmp_path) -> None:
@@ -101,3 +107,22 @@ def test_bad_ood_folder_and_reference_without_a_class_are_one_line(capsys, toy_m
     assert main([*base, "--reference-data", str(ref)]) == 2
     err = capsys.readouterr().err
     assert "robustkit: error:" in err and "Viral Pneumonia" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_the_ray_engine_gives_the_in_process_result(toy_model, toy_data) -> None:
+    ray = pytest.importorskip("ray", reason='the Ray engine needs pip install "robustkit[ray]"')
+    from robustkit.runner import audit
+
+    config = {"ood": {"sets": ["ct", "synthetic", "inverted"], "n_per_set": 4, "n_bootstrap": 20, "n_gallery": 0}}
+    local = audit(toy_model, toy_data, studies=["ood"], profile="quick", config=config, seed=2, report=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = audit(toy_model, toy_data, studies=["ood"], profile="quick", config=config, seed=2, report=False,
+                       engine="ray", workers=1, batch_size=8)
+    finally:
+        ray.shutdown()
+    a, b = local.studies["ood"], remote.studies["ood"]
+    assert b.status == "ok" and set(a.metrics) == set(b.metrics)
+    for key, value in a.metrics.items():
+        assert b.metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-5, nan_ok=True), key

@@ -138,6 +138,7 @@ class OODStudy(Study[OODConfig]):
         names = list(ctx.model_info.get("class_names") or data.class_names)
         size = (ctx.input_shape or (256, 256, 1))[0]
         self._ref_pos: np.ndarray | None = None
+        self.statistics: dict[str, Any] = {}
         groups: list[tuple[str, str, str, list[Any]]] = []  # (name, kind, provenance, items)
         if cfg.reference_data:
             ref = load_dataset(cfg.reference_data, class_names=names)

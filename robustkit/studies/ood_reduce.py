@@ -124,8 +124,9 @@ def reduce_ood(study: OODStudy, records: Records, data: Dataset, ctx: AuditConte
         histograms=_histograms(id_scores, set_scores), roc=_rocs(id_scores[recommended], set_scores, recommended),
         gallery=_gallery(study, sets, {s: v[recommended] for s, v in set_scores.items()}, threshold, pos, kind, ctx),
         ood_export=_export(study, recommended, threshold, names[pos], ctx),
-        ood_statistics=_statistics(fit, ref, ref_y, recommended),
     )
+    study.statistics = _statistics(fit, recommended)  # -> ood_statistics.npz, not results.json
+    result.data["statistics_arrays"] = {k: list(np.shape(v)) for k, v in study.statistics.items()}
     result.checks = _checks(study, result, recommended)
     all_scores = _score(_Part(records["logits"], records["features"]), fit, kind)
     result.records.update({f"score_{s}": all_scores[s].astype(np.float32) for s in SCORES})
@@ -234,19 +235,16 @@ def _export(study: OODStudy, recommended: str, threshold: float, positive: str, 
     }
 
 
-def _statistics(fit: _Fit, ref: _Part, labels: np.ndarray, recommended: str) -> dict[str, Any]:
-    """What the recommended score needs at deployment (written as ``ood_statistics.npz``):
-    well-conditioned inputs of the fit (a deployment inverts or decomposes them itself)."""
-    f = np.asarray(ref.features, dtype=np.float64)
+def _statistics(fit: _Fit, recommended: str) -> dict[str, Any]:
+    """What the recommended score needs at deployment, ready to use (``ood_statistics.npz``):
+    see the score functions of :mod:`robustkit.metrics.ood` for how each is applied."""
     if recommended == "mahalanobis":
-        centred = f - fit.means[labels]
-        return {"means": fit.means, "covariance": centred.T @ centred / len(f), "shrinkage": 0.01}
+        return {"means": fit.means, "precision": fit.precision}
     if recommended == "knn":
-        return {"bank": f, "k": fit.k}
+        return {"bank": fit.bank, "k": fit.k}
     if recommended == "vim" and fit.vim is not None:
-        c = f - fit.vim.origin
-        return {"origin": fit.vim.origin, "centred_covariance": c.T @ c / len(c), "dim": fit.vim.dim,
-                "alpha": fit.vim.alpha, "kernel": fit.kernel, "bias": fit.bias}
+        return {"origin": fit.vim.origin, "principal_basis": fit.vim.principal_basis, "alpha": fit.vim.alpha,
+                "kernel": fit.kernel, "bias": fit.bias}
     if recommended == "react":
         return {"clip": fit.clip, "kernel": fit.kernel, "bias": fit.bias}
     return {"logits_only": 1}
