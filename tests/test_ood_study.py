@@ -83,6 +83,7 @@ def test_audit_writes_ood_exports_report_and_gateable_metrics(capsys, toy_model,
     for key in ("auroc.energy.ct", "auroc.mahalanobis.far", "confident_covid_rate.mine", "auroc.knn.mine"):
         assert key in res.metrics
     assert res.direction("auroc.energy.ct") == "higher" and res.direction("fpr95.knn.far") == "lower"
+    assert res.direction("confident_covid_rate.ct") == "lower" and res.direction("confident_covid_rate.id") == "none"
     html = (out / "report.html").read_text()
     assert "The recommended filter" in html and "mine" in html and "<svg" in html
     far = res.metrics[f"auroc.{rec}.far"]
