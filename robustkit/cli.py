@@ -7,6 +7,7 @@ exit with code 2; a command that ran but found a failure (a failed study) exits 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -148,8 +149,9 @@ def _add_study_options(p: argparse.ArgumentParser) -> None:
 
     for record in plugins().values():
         for opt in record.options:
-            p.add_argument(opt.flag, dest=_option_dest(record.name, opt.key), default=None,
-                           type=_studies_arg if opt.is_list else str, help=opt.help)
+            p.add_argument(opt.flag, dest=_option_dest(record.name, opt.key), default=None, help=opt.help,
+                           type=_studies_arg if opt.is_list else str, metavar=opt.metavar,
+                           action="append" if opt.repeat else "store")
 
 
 def _option_dest(study: str, key: str) -> str:
@@ -158,12 +160,15 @@ def _option_dest(study: str, key: str) -> str:
 
 def _study_settings(a: argparse.Namespace) -> list[str]:
     """``--set`` lines for the study shortcuts given on the command line."""
+    from robustkit.plugins import plugins
+
+    text = {_option_dest(r.name, o.key): o.text for r in plugins().values() for o in r.options}
     out = []
     for dest, value in vars(a).items():
         if dest.startswith("study_option__") and value is not None:
             _, study, key = dest.split("__", 2)
-            text = repr(value) if isinstance(value, list) else str(value)  # TOML value, bare words as strings
-            out.append(f"{study}.{key}={text}")
+            literal = json.dumps(value) if isinstance(value, list) or text.get(dest, True) else str(value)
+            out.append(f"{study}.{key}={literal}")  # a TOML value (JSON strings and lists are TOML)
     return out
 
 

@@ -33,6 +33,7 @@ DEMO_AUDIT: dict[str, dict[str, Any]] = {
     "adversarial": {"max_samples": 48},
     "saliency": {"max_samples": 12, "stability_samples": 6, "smoothgrad_n": 16,
                  "randomization_samples": 3, "randomization_steps": 4},
+    "ood": {"n_per_set": 32, "n_bootstrap": 200},
 }
 
 

@@ -78,15 +78,20 @@ class PairedSpec:
 
 @dataclass(frozen=True)
 class Export:
-    """A small JSON file written beside ``results.json`` from the study's stored data.
+    """A small file written beside ``results.json`` from the study's stored data: JSON, or
+    ``.npz`` (numpy arrays) when the file name ends so.
 
     Attributes:
-        filename: file name in the audit folder (``temperature.json``).
-        data_key: key of the study's ``data`` that holds the JSON object.
+        filename: file name in the audit folder (``temperature.json``, ``ood_statistics.npz``).
+        data_key: key of the study's ``data`` that holds the object, or, with ``source="study"``,
+            the attribute the study object set in ``reduce`` (large arrays kept out of
+            ``results.json``; a study reused from an earlier run leaves its file as it was).
+        source: ``"data"`` or ``"study"``.
     """
 
     filename: str
     data_key: str
+    source: str = "data"
 
 
 @dataclass(frozen=True)
@@ -98,12 +103,18 @@ class CliOption:
         key: the study config key it sets.
         help: one line for ``robustkit audit --help``.
         is_list: the value is comma-separated (``--layers a,b``).
+        repeat: the option may be given several times; the values make a list (``--ood``).
+        metavar: how ``--help`` names the value.
+        text: the value is a string (a path, a name) as given, never read as a number.
     """
 
     flag: str
     key: str
     help: str
     is_list: bool = False
+    repeat: bool = False
+    metavar: str | None = None
+    text: bool = True
 
 
 @dataclass(frozen=True)
@@ -183,6 +194,16 @@ BUILTIN_PLUGINS: tuple[StudyPlugin, ...] = (
                                    "panel", is_list=True))),
     StudyPlugin("slices", "robustkit.studies.slices:SlicesStudy",
                 "robustkit.report.view_slices:slices_view", "partials/slices.html.j2"),
+    StudyPlugin("ood", "robustkit.studies.ood:OODStudy", "robustkit.report.view_ood:ood_view",
+                "partials/ood.html.j2", paired=PairedSpec(binary=()),
+                exports=(Export("ood.json", "ood_export"), Export("ood_statistics.npz", "statistics", source="study")),
+                options=(CliOption("--reference-data", "reference_data", "ood: in-distribution reference images "
+                                   "(the training set, one folder per class); default: a seeded split of the audit "
+                                   "data (weaker)", metavar="DIR"),
+                         CliOption("--ood", "ood_dirs", "ood: a folder of images the model should refuse, as set "
+                                   "NAME (repeatable)", repeat=True, metavar="NAME=DIR"),
+                         CliOption("--features-layer", "features_layer", "ood: the layer whose output is the "
+                                   "feature vector (default: the final Dense layer's input)"))),
 )
 
 _PLUGINS: dict[str, StudyPlugin] = {p.name: p for p in BUILTIN_PLUGINS}

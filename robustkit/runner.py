@@ -9,6 +9,7 @@ unchanged checkpoint in CI costs nothing; ``fresh=True`` starts over.
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 import platform
 import shutil
@@ -29,6 +30,7 @@ from robustkit.results import (
     RESULTS_FILE,
     AuditResult,
     StudyResult,
+    atomic_write_bytes,
     atomic_write_text,
     load_results,
     save_results,
@@ -226,7 +228,7 @@ def audit(
     result.seconds = time.perf_counter() - start
     if out_dir is not None:
         save_results(result, out_dir)
-        _write_exports(result, out_dir)
+        _write_exports(result, out_dir, plan)
         if report:
             from robustkit.report import render_report
 
@@ -274,15 +276,21 @@ def _check_output_kind(adapter: ModelAdapter, output: str | None) -> None:
                           f"not supported yet), got 'multilabel' ({adapter.output_kind_reason}).")
 
 
-def _write_exports(result: AuditResult, out: Path) -> None:
+def _write_exports(result: AuditResult, out: Path, plan: list[Study] | None = None) -> None:
     """Small files a deployment reads (``temperature.json``), as each study's record declares."""
     from robustkit.plugins import plugin
 
+    studies = {s.name: s for s in plan or []}
     for name, study in result.studies.items():
         record = plugin(name)
         for export in record.exports if record is not None and study.status == "ok" else ():
-            obj = study.data.get(export.data_key)
-            if obj:
+            obj = (getattr(studies.get(name), export.data_key, None) if export.source == "study"
+                   else study.data.get(export.data_key))
+            if obj and export.filename.endswith(".npz"):
+                buf = io.BytesIO()
+                np.savez(buf, **{str(k): np.asarray(v) for k, v in obj.items()})  # type: ignore[arg-type]
+                atomic_write_bytes(out / export.filename, buf.getvalue())
+            elif obj:
                 atomic_write_text(out / export.filename, json.dumps(obj, indent=2) + "\n")
 
 

@@ -160,7 +160,7 @@ def test_study_shortcuts_come_from_the_study_plugin_records() -> None:
     saved = dict(plugins())
     try:  # a third-party record's shortcut appears in the audit command, owned by its study
         register_plugin(StudyPlugin("clean", saved["clean"].study, saved["clean"].view, saved["clean"].template,
-                                    options=(CliOption("--boots", "n_bootstrap", "clean: resamples"),)))
+                                    options=(CliOption("--boots", "n_bootstrap", "clean: resamples", text=False),)))
         cfg = _config_with_settings(build_parser().parse_args(["audit", "--model", "m", "--data", "d", "--out", "o",
                                                                "--boots", "50"]))
         assert cfg.overrides["clean"] == {"n_bootstrap": 50}

@@ -29,7 +29,7 @@ from robustkit.errors import ConfigError, check_range
 from robustkit.model.adapter import load_model
 from robustkit.results import Check, StudyResult
 from robustkit.studies import _REGISTRY, available, get_study, register
-from robustkit.studies.base import AuditContext, Study, StudyConfig, merge_records
+from robustkit.studies.base import EXTRA, AuditContext, Study, StudyConfig, merge_records
 
 SCHEMA = json.loads((Path(robustkit.__file__).parent / "schema" / "results.schema.json").read_text())
 
@@ -80,6 +80,7 @@ SMALL: dict[str, dict[str, Any]] = {
     "saliency": {"max_samples": 6, "methods": ["vanilla_gradient", "smoothgrad", "integrated_gradients", "gradcam"],
                  "smoothgrad_n": 4, "ig_steps": 8, "n_noise": 1, "stability_samples": 4, "independent": True},
     "slices": {"n_bootstrap": 20, "min_size": 6, "depth": 2, "probe_folds": 3},
+    "ood": {"sets": ["ct", "synthetic", "effusion", "inverted"], "n_per_set": 4, "n_bootstrap": 20, "n_gallery": 2},
 }
 
 
@@ -126,6 +127,15 @@ def _sharded(study: Study, model, data, *, seed: int, batch_size: int) -> StudyR
             pos = shard[start:start + batch_size]
             parts.append((pos, study.map(model, sub.subset(pos), ctx)))
     records = merge_records(parts, len(sub), study=study.name)
+    extra = study.extra_data(ctx)
+    if extra is not None:  # a study's extra samples (OOD sets) go through the same shards and batches
+        extra_parts = []
+        for shard in np.array_split(np.random.default_rng(batch_size).permutation(len(extra)), 3):
+            for start in range(0, len(shard), batch_size):
+                pos = shard[start:start + batch_size]
+                extra_parts.append((pos, study.map(model, extra.subset(pos), ctx)))
+        merged = merge_records(extra_parts, len(extra), study=study.name)
+        records.update({EXTRA + k: v for k, v in merged.items()})
     return study.finalize(study.reduce(records, sub, ctx), index, 0.0)
 
 

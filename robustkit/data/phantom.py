@@ -700,3 +700,42 @@ def _write_case_tables(out: Path, rows: list[dict[str, object]]) -> None:
             w.writerow(["FILE NAME", *_META_COLUMNS])
             for r in (r for r in rows if r["label"] == name):
                 w.writerow([Path(str(r["rel"])).name, *(r[c] for c in _META_COLUMNS)])
+
+
+def render_effusion(*, size: int, rng: np.random.Generator, fraction: float | None = None) -> PhantomCase:
+    """A phantom radiograph with a pleural effusion: a finding outside the model's classes (OOD).
+
+    A NORMAL case is rendered, then one lung's base is filled with fluid density up to a
+    meniscus that rises laterally (the costophrenic angle is blunted), as on an erect film.
+
+    Args:
+        size: output side in pixels, in [32, 2048].
+        rng: the case's generator.
+        fraction: share of the lung's height filled, in [0.05, 0.9]; drawn from U(0.2, 0.45)
+            when None.
+
+    Returns:
+        A :class:`PhantomCase` of label 1 (the patient without the effusion is NORMAL) whose
+        ``mask`` is the effusion.
+    """
+    if fraction is not None:
+        check_range("fraction", fraction, low=0.05, high=0.9)
+    case = render_case(1, size=size, rng=rng, severity=0.0)
+    side = int(rng.integers(0, 2))  # 0: image left, 1: image right
+    frac = float(rng.uniform(0.2, 0.45)) if fraction is None else float(fraction)
+    cols = np.arange(size)
+    lung = case.lungs & ((cols[None, :] >= size // 2) == bool(side))
+    rows, cs = np.nonzero(lung)
+    if not len(rows):
+        return case
+    top, bottom = rows.min(), rows.max()
+    height = bottom - top + 1
+    medial, lateral = (cs.max(), cs.min()) if side == 0 else (cs.min(), cs.max())
+    reach = np.clip((cols - medial) / (lateral - medial if lateral != medial else 1), 0.0, 1.0)
+    level = bottom - frac * height - 0.2 * height * reach**2  # meniscus: higher at the chest wall
+    fluid = lung & (np.arange(size)[:, None] >= level[None, :])
+    soft = float(np.percentile(case.image, 80)) / 255.0
+    weight = _blur(fluid.astype(np.float32), 1.5 * size / 256.0)
+    img = case.image / 255.0 * (1 - 0.85 * weight) + 0.85 * weight * soft
+    image = np.round(np.clip(img, 0, 1) * 255.0).astype(np.uint8)
+    return PhantomCase(image=image, mask=fluid, lungs=case.lungs, severity=frac, label=1)

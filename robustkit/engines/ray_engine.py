@@ -201,7 +201,7 @@ def run_studies_ray(
             ray.shutdown()
     results = {}
     for study in studies:
-        results[study.name] = _reduce(study, done, data, selections[study.name], ctx)
+        results[study.name] = _reduce(study, done, data, selections[study.name], ctx, model)
         if on_result is not None:
             on_result(results[study.name])
     return results
@@ -265,7 +265,7 @@ def _map_on_ray(ray: Any, todo: np.ndarray, studies: list[Study], data: Dataset,
 
 
 def _reduce(study: Study, payloads: list[dict[str, Any]], data: Dataset, selected: np.ndarray,
-            ctx: AuditContext) -> StudyResult:
+            ctx: AuditContext, model: ModelAdapter) -> StudyResult:
     """Merge the study's records in sample order and reduce them. Its ``seconds`` are the map
     time summed over the workers (worker-seconds, as in one process) plus the reduce."""
     start = time.perf_counter()
@@ -279,6 +279,7 @@ def _reduce(study: Study, payloads: list[dict[str, Any]], data: Dataset, selecte
         unique.setdefault(tuple(int(i) for i in pos), (pos, rec))
     sub = data.subset(selected)
     records = merge_records(list(unique.values()), len(sub), study=study.name)
+    records.update(study.map_extra(model, ctx))  # extra samples (OOD sets) are mapped on the driver for now
     result = study.reduce(records, sub, ctx)
     return study.finalize(result, selected, mapped + time.perf_counter() - start)
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from robustkit._tf import keras, tf
-from robustkit.errors import ModelError, check_choice, param_error
+from robustkit.errors import ModelError, check_choice
 from robustkit.metrics.outputs import OUTPUT_KINDS, is_sigmoid, probabilities
 
 __all__ = [
@@ -201,6 +201,8 @@ class ModelAdapter:
         output: the output kind (``softmax``, ``sigmoid``, ``multilabel``, ``logits``);
             default: the sidecar's ``output``, else detected from the final layer
             (:func:`detect_output_kind`). ``output_kind_reason`` says which and why.
+        features_layer: the layer :meth:`logits_and_features` reads, whose output must be a
+            vector per image; default: the input of the final Dense layer.
     """
 
     def __init__(
@@ -215,6 +217,7 @@ class ModelAdapter:
         path: Path | None = None,
         meta: dict[str, Any] | None = None,
         output: str | None = None,
+        features_layer: str | None = None,
     ) -> None:
         check_choice("input_scale", input_scale, INPUT_SCALES)
         if output is not None:
@@ -237,6 +240,10 @@ class ModelAdapter:
             self._gradient_graph, input_signature=[spec, tf.TensorSpec((None,), tf.int32)], autograph=False
         )
         self.calls = 0
+        self.features_layer = features_layer
+        self._features: dict[str | None, tuple[Any, Any]] = {}  # layer -> (FeatureTap, compiled call)
+        if features_layer is not None:
+            self.feature_tap()  # a bad layer name fails at load time, in one line
 
     # -- construction helpers -------------------------------------------------------------
     def _check_input(self) -> None:
@@ -394,31 +401,48 @@ class ModelAdapter:
             self.calls += 1
         return out
 
-    def features(self, x: np.ndarray, layer: str | None = None) -> np.ndarray:
-        """Features ``(N, D)`` of pixel-space images: the input of the final Dense layer (the
-        penultimate representation), or the flattened output of the layer named ``layer``."""
-        x = self._check_batch(x)
-        fn = self._features_fn(layer)
-        parts = [np.asarray(fn(tf.constant(x[sl]))).reshape(sl.stop - sl.start, -1) for sl in self._chunks(len(x))]
-        self.calls += len(parts)
-        return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, 0), np.float32)
+    # -- features (the OOD study) ----------------------------------------------------------
+    def feature_tap(self, layer: str | None = None) -> Any:
+        """The :class:`~robustkit.model.features.FeatureTap` of ``layer`` (default:
+        ``features_layer``, else the input of the final Dense layer); its compiled
+        logits-and-features call is built once per layer."""
+        return self._feature_call(layer)[0]
 
-    def _features_fn(self, layer: str | None) -> Callable[[Any], Any]:
-        cache: dict[str | None, Callable[[Any], Any]] = self.__dict__.setdefault("_feature_fns", {})
-        if layer not in cache:
-            if layer is not None:
-                try:
-                    tensor = self.model.get_layer(layer).output
-                except ValueError:
-                    raise param_error("layer", "the name of a layer of the model", layer) from None
-            else:
-                dense = [lay for lay in self.model.layers if isinstance(lay, keras.layers.Dense)]
-                tensor = dense[-1].input if dense else self.model.layers[-2].output
-            tap = keras.Model(self.model.inputs, tensor)
+    def _feature_call(self, layer: str | None) -> tuple[Any, Any]:
+        layer = layer if layer is not None else self.features_layer
+        if layer not in self._features:
+            from robustkit.model.features import feature_tap
+
+            tap = feature_tap(self.model, layer, model_name=self.name)
+            tensor, fn = self.head()
+            both = keras.Model(self.model.inputs, [tap.tensor, tensor])
+
+            def graph(x: Any) -> Any:
+                f, t = both(self.scale_input(x), training=False)
+                return tf.cast(fn(t), tf.float32), tf.cast(f, tf.float32)
+
             spec = tf.TensorSpec((None, *self.input_shape), tf.float32)
-            cache[layer] = tf.function(lambda t: tap(self.scale_input(t), training=False), input_signature=[spec],
-                                       autograph=False)
-        return cache[layer]
+            self._features[layer] = (tap, tf.function(graph, input_signature=[spec], autograph=False))
+        return self._features[layer]
+
+    def logits_and_features(self, x: np.ndarray, *, layer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Logits ``(N, K)`` and features ``(N, D)`` (of :meth:`feature_tap`'s layer) of
+        pixel-space images, both from one compiled forward pass."""
+        x = self._check_batch(x)
+        tap, call = self._feature_call(layer)
+        d = int(tap.tensor.shape[-1])
+        z_out = np.empty((len(x), self.num_classes), dtype=np.float32)
+        f_out = np.empty((len(x), d), dtype=np.float32)
+        for sl in self._chunks(len(x)):
+            z, f = call(tf.constant(x[sl]))
+            z_out[sl], f_out[sl] = z.numpy(), f.numpy()
+            self.calls += 1
+        return z_out, f_out
+
+    def features(self, x: np.ndarray, layer: str | None = None) -> np.ndarray:
+        """Features ``(N, D)`` of pixel-space images (the input of the final Dense layer, or the
+        vector output of ``layer``): :meth:`logits_and_features` without the logits."""
+        return self.logits_and_features(x, layer=layer)[1]
 
     def describe(self) -> dict[str, Any]:
         """JSON-able provenance for results.json."""
@@ -458,6 +482,7 @@ def load_model(
     trust: bool = False,
     batch_size: int | None = None,
     output: str | None = None,
+    features_layer: str | None = None,
 ) -> ModelAdapter:
     """Load a checkpoint (``.keras``, legacy ``.h5``/``.hdf5``, SavedModel folder) as an adapter.
 
@@ -465,6 +490,8 @@ def load_model(
     ``<stem>.meta.json`` that ``robustkit train`` writes, else defaults (``class_0``...,
     ``unit``). The output kind likewise: ``output``, else the sidecar's ``output``, else
     detected from the final layer. Keras safe mode stays on unless ``trust`` is set.
+    ``features_layer`` names the layer :meth:`ModelAdapter.logits_and_features` reads (default:
+    the input of the final Dense layer).
     """
     p = Path(path)
     if not p.exists():
@@ -482,4 +509,5 @@ def load_model(
         path=p,
         meta=meta,
         output=output,
+        features_layer=features_layer,
     )

@@ -11,6 +11,10 @@ A study declares its ``name``, a frozen dataclass ``Config`` with defaults, ``pr
   position, so any split of the samples into shards and batches gives the same records.
 * :meth:`Study.prepare` (optional) runs once on the driver before the maps, for what
   depends on all the study's samples (a calibration split); it keys everything by sample id.
+* :meth:`Study.extra_data` (optional) returns samples besides the audit's that the study
+  needs mapped too (the OOD study's reference and OOD sets, built in ``prepare``); the
+  engine maps them with the same :meth:`Study.map` and hands their records to ``reduce``
+  under ``EXTRA + name`` keys (:func:`split_extra` separates them), in that dataset's order.
 * :meth:`Study.reduce` takes the records of all the study's samples (in sample order) and the
   samples' dataset and returns the :class:`StudyResult`: metrics, intervals, tables, checks.
   Pure numpy/scipy over the records (it may read the data side, never the model).
@@ -43,12 +47,21 @@ if TYPE_CHECKING:
     from robustkit.data.dataset import Dataset
     from robustkit.model.adapter import ModelAdapter
 
-__all__ = ["PROFILES", "AuditContext", "Records", "Study", "StudyConfig", "merge_records"]
+__all__ = ["EXTRA", "PROFILES", "AuditContext", "Records", "Study", "StudyConfig", "merge_records", "split_extra"]
 
 #: Per-sample records: name -> array whose first axis is the sample.
 Records = dict[str, np.ndarray]
 
 PROFILES = ("quick", "standard", "full")
+
+#: prefix of the record keys that hold :meth:`Study.extra_data`'s records in ``reduce``
+EXTRA = "extra/"
+
+
+def split_extra(records: Records) -> tuple[Records, Records]:
+    """``(audit records, extra records)``: the second without the :data:`EXTRA` prefix."""
+    extra = {k[len(EXTRA):]: v for k, v in records.items() if k.startswith(EXTRA)}
+    return {k: v for k, v in records.items() if not k.startswith(EXTRA)}, extra
 
 
 @dataclass(frozen=True)
@@ -202,7 +215,9 @@ class Study(ABC, Generic[C]):
             result = self.run(model, sub, ctx)
         else:
             self.prepare(sub, ctx)
-            result = self.reduce(self.map_all(model, sub, ctx, batch_size=batch_size), sub, ctx)
+            records = self.map_all(model, sub, ctx, batch_size=batch_size)
+            records.update(self.map_extra(model, ctx, batch_size=batch_size))
+            result = self.reduce(records, sub, ctx)
         return self.finalize(result, index, time.perf_counter() - start)
 
     def map_all(
@@ -217,6 +232,13 @@ class Study(ABC, Generic[C]):
                 parts.append((pos, self.map(model, data.subset(pos), ctx)))
                 bar.update(len(pos))
         return merge_records(parts, len(data), study=self.name)
+
+    def map_extra(self, model: ModelAdapter, ctx: AuditContext, *, batch_size: int | None = None) -> Records:
+        """:meth:`map` over :meth:`extra_data` (after ``prepare``), keys prefixed with :data:`EXTRA`."""
+        extra = self.extra_data(ctx)
+        if extra is None:
+            return {}
+        return {EXTRA + k: v for k, v in self.map_all(model, extra, ctx, batch_size=batch_size).items()}
 
     def finalize(self, result: StudyResult, index: np.ndarray, seconds: float) -> StudyResult:
         """Stamp name, config, timing, directions and documentation on a reduced result."""
@@ -236,6 +258,12 @@ class Study(ABC, Generic[C]):
         """Optional: decide, on the driver and before any ``map``, what depends on all of the
         study's samples (a split); the study object, with that state, then goes to every
         worker. It must depend on the samples' ids, labels and the seed only."""
+
+    def extra_data(self, ctx: AuditContext) -> Dataset | None:
+        """Optional: samples besides the audit's that :meth:`map` must see (built by
+        ``prepare``; ids distinct from the audit's). Their records reach ``reduce`` under
+        ``EXTRA + name`` keys, in this dataset's order; None (the default) for none."""
+        return None
 
     def map(self, model: ModelAdapter, batch: Dataset, ctx: AuditContext) -> Records:
         """Per-sample records of ``batch`` (arrays with ``len(batch)`` rows): the model work."""

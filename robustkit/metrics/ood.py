@@ -1,0 +1,290 @@
+"""Out-of-distribution detection: post hoc scores from logits and features, and their metrics.
+
+Every score is *higher = more in-distribution* (ID). The detection metrics treat ID as the
+positive class (the convention of Hendrycks & Gimpel 2017 and of ``FPR at 95% TPR`` in
+Liang et al. 2018); OpenOOD (Yang et al. 2022) reports FPR@95 with OOD as the positive
+class, given here too as ``fpr95_openood``.
+
+Scores (``(N,)`` from logits ``(N, K)`` and features ``(N, D)``):
+
+* :func:`msp_score`: maximum softmax probability (Hendrycks & Gimpel, ICLR 2017);
+* :func:`max_logit_score`: maximum logit (Hendrycks et al., ICML 2022);
+* :func:`energy_score`: ``logsumexp`` of the logits, the negative free energy (Liu et al.,
+  NeurIPS 2020);
+* :func:`mahalanobis_score`: minus the smallest Mahalanobis distance to a class mean under
+  a shared covariance (Lee et al., NeurIPS 2018), fitted by :func:`fit_gaussian`;
+* :func:`knn_score`: minus the cosine distance to the k-th nearest reference feature
+  (Sun et al., ICML 2022);
+* :func:`vim_score`: energy minus the scaled norm of the feature's residual outside the
+  principal subspace (ViM, Wang et al., CVPR 2022), fitted by :func:`fit_vim`;
+* :func:`react_score`: energy of the logits recomputed from features clipped at a
+  percentile of the reference activations (ReAct, Sun et al., NeurIPS 2021).
+
+Example:
+    >>> import numpy as np
+    >>> ood_metrics(np.array([3.0, 2.0, 1.5]), np.array([0.1, 0.2]))["auroc"]
+    1.0
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from robustkit.errors import check_range, param_error
+from robustkit.metrics import classification as M
+from robustkit.metrics.outputs import probabilities
+
+__all__ = [
+    "DETECTION_METRICS",
+    "ViMFit",
+    "energy_score",
+    "fit_gaussian",
+    "fit_vim",
+    "knn_score",
+    "mahalanobis_score",
+    "max_logit_score",
+    "msp_score",
+    "ood_intervals",
+    "ood_metrics",
+    "react_clip",
+    "react_score",
+    "shrunk_covariance",
+    "threshold_at_tpr",
+    "vim_score",
+]
+
+#: metric name -> (meaning, direction)
+DETECTION_METRICS: dict[str, tuple[str, str]] = {
+    "auroc": ("ROC AUC of telling ID (positive) from the OOD set by the score", "higher"),
+    "aupr_in": ("average precision with ID as the positive class", "higher"),
+    "aupr_out": ("average precision with the OOD set as the positive class (score negated)", "higher"),
+    "fpr95": ("share of the OOD set accepted at the threshold that keeps 95% of ID images", "lower"),
+    "fpr95_openood": ("share of ID images rejected when 95% of the OOD set is rejected (OpenOOD's FPR@95)",
+                      "lower"),
+}
+
+
+# -- scores --------------------------------------------------------------------------------
+def _logsumexp(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    m = z.max(axis=1, keepdims=True)
+    return (m + np.log(np.exp(z - m).sum(axis=1, keepdims=True)))[:, 0]
+
+
+def msp_score(logits: np.ndarray, kind: str = "softmax") -> np.ndarray:
+    """Maximum probability ``(N,)`` of logits ``(N, K)`` read as the model's ``kind``."""
+    return probabilities(np.asarray(logits, dtype=np.float64), kind).max(axis=1)
+
+
+def max_logit_score(logits: np.ndarray) -> np.ndarray:
+    """Maximum logit ``(N,)``."""
+    return np.asarray(logits, dtype=np.float64).max(axis=1)
+
+
+def energy_score(logits: np.ndarray) -> np.ndarray:
+    """Negative free energy ``logsumexp(z)`` ``(N,)`` at temperature 1."""
+    return _logsumexp(logits)
+
+
+def fit_gaussian(features: np.ndarray, labels: np.ndarray, num_classes: int,
+                 *, shrinkage: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """Class means ``(K, D)`` and the inverse of the shared (pooled within-class) covariance
+    ``(D, D)`` of reference features ``(N, D)`` with labels ``(N,)``.
+
+    The covariance is shrunk towards its mean variance, ``(1 - s) S + s tr(S)/D I``, so that
+    fewer reference images than feature dimensions still give a stable inverse (``s = 0``:
+    the pseudo-inverse of ``S``, Lee et al.'s estimator).
+
+    Raises:
+        ConfigError: when a class has no reference sample.
+    """
+    f = np.asarray(features, dtype=np.float64)
+    y = np.asarray(labels)
+    counts = np.bincount(y, minlength=num_classes)
+    if np.any(counts == 0):
+        raise param_error("reference labels", f"at least one reference sample of each of {num_classes} classes",
+                          f"none of class(es) {np.flatnonzero(counts == 0).tolist()}")
+    means = np.stack([f[y == k].mean(axis=0) for k in range(num_classes)])
+    centred = f - means[y]
+    cov = shrunk_covariance(centred.T @ centred / len(f), shrinkage)
+    return means, (np.linalg.pinv(cov, hermitian=True) if shrinkage == 0 else np.linalg.inv(cov))
+
+
+def shrunk_covariance(cov: np.ndarray, shrinkage: float) -> np.ndarray:
+    """``(1 - s) S + s tr(S)/D I`` of a covariance ``(D, D)``."""
+    check_range("shrinkage", shrinkage, low=0.0, high=1.0, where="fit_gaussian")
+    scale = max(float(np.trace(cov)) / cov.shape[0], 1e-12)
+    return (1 - shrinkage) * cov + shrinkage * scale * np.eye(cov.shape[0])
+
+
+def mahalanobis_score(features: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """Minus the smallest squared Mahalanobis distance ``(N,)`` to a class mean."""
+    f = np.asarray(features, dtype=np.float64)
+    fp = f @ precision  # (f - mu) P (f - mu) = f P f - 2 f P mu + mu P mu, one product for every class
+    mp = np.asarray(means, dtype=np.float64) @ precision
+    d2 = (fp * f).sum(axis=1)[:, None] - 2 * f @ mp.T + (mp * means).sum(axis=1)[None, :]
+    return -d2.min(axis=1)
+
+
+def _unit(f: np.ndarray) -> np.ndarray:
+    f = np.asarray(f, dtype=np.float64)
+    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+
+
+def knn_score(features: np.ndarray, bank: np.ndarray, k: int, *, chunk: int = 1024) -> np.ndarray:
+    """Minus the cosine distance ``(N,)`` to the ``k``-th nearest of the reference ``bank``
+    ``(M, D)`` (both L2-normalised)."""
+    check_range("k", k, low=1, high=max(len(bank), 1), integer=True, where="knn_score")
+    b = _unit(bank)
+    f = _unit(features)
+    out = np.empty(len(f))
+    for s in range(0, len(f), chunk):
+        dist = 1.0 - f[s:s + chunk] @ b.T
+        out[s:s + chunk] = np.partition(dist, k - 1, axis=1)[:, k - 1]
+    return -out
+
+
+@dataclass(frozen=True)
+class ViMFit:
+    """ViM's fitted statistics: origin ``u`` ``(D,)``, principal basis ``(D, dim)``, ``alpha``."""
+
+    origin: np.ndarray
+    principal_basis: np.ndarray
+    alpha: float
+    dim: int
+
+
+def vim_dim(d: int) -> int:
+    """The principal subspace's dimension for features of width ``d`` (ViM's choices)."""
+    return 1000 if d >= 2048 else 512 if d >= 768 else max(1, d // 2)
+
+
+def fit_vim(features: np.ndarray, logits: np.ndarray, kernel: np.ndarray, bias: np.ndarray,
+            *, dim: int | None = None) -> ViMFit:
+    """Fit ViM on reference features ``(N, D)`` and logits ``(N, K)`` of the final layer
+    ``z = f @ kernel + bias`` (``kernel`` ``(D, K)``, ``bias`` ``(K,)``). The default
+    principal dimension (:func:`vim_dim`) is capped at ``N - 1`` so that the principal
+    subspace never takes arbitrary directions of the covariance's null space."""
+    f = np.asarray(features, dtype=np.float64)
+    d = f.shape[1]
+    dim = min(vim_dim(d), max(1, len(f) - 1), d - 1) if dim is None else dim
+    check_range("dim", dim, low=1, high=d - 1, integer=True, where="fit_vim")
+    origin = -np.linalg.pinv(np.asarray(kernel, dtype=np.float64).T) @ np.asarray(bias, dtype=np.float64)
+    c = f - origin
+    _, _, vt = np.linalg.svd(c, full_matrices=False)  # rows: eigenvectors of c.T @ c, largest first
+    basis = vt[:dim].T
+    residual = _residual_norm(c, basis)
+    alpha = float(np.asarray(logits, dtype=np.float64).max(axis=1).mean() / max(residual.mean(), 1e-12))
+    return ViMFit(origin=origin, principal_basis=basis, alpha=alpha, dim=dim)
+
+
+def _residual_norm(c: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """``||c - c B B^T||`` per row, for an orthonormal ``B`` ``(D, dim)``."""
+    proj = c @ basis
+    return np.sqrt(np.maximum((c * c).sum(axis=1) - (proj * proj).sum(axis=1), 0.0))
+
+
+def vim_score(features: np.ndarray, logits: np.ndarray, fit: ViMFit) -> np.ndarray:
+    """ViM score ``(N,)``: ``logsumexp(z) - alpha * ||(f - u)`` outside the principal subspace``||``."""
+    residual = _residual_norm(np.asarray(features, dtype=np.float64) - fit.origin, fit.principal_basis)
+    return _logsumexp(logits) - fit.alpha * residual
+
+
+def react_clip(features: np.ndarray, percentile: float = 90.0) -> float:
+    """ReAct's clipping level: the ``percentile`` of every reference activation ``(N, D)``."""
+    check_range("percentile", percentile, low=0.0, high=100.0, where="react_clip")
+    return float(np.percentile(np.asarray(features, dtype=np.float64), percentile))
+
+
+def react_score(features: np.ndarray, clip: float, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """Energy ``(N,)`` of ``min(f, clip) @ kernel + bias``."""
+    f = np.minimum(np.asarray(features, dtype=np.float64), clip)
+    return _logsumexp(f @ np.asarray(kernel, dtype=np.float64) + np.asarray(bias, dtype=np.float64))
+
+
+# -- detection metrics -----------------------------------------------------------------------
+def _labelled(id_scores: np.ndarray, ood_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    s = np.r_[np.asarray(id_scores, dtype=np.float64), np.asarray(ood_scores, dtype=np.float64)]
+    y = np.r_[np.ones(len(id_scores), dtype=bool), np.zeros(len(ood_scores), dtype=bool)]
+    return y, s
+
+
+def threshold_at_tpr(id_scores: np.ndarray, tpr_level: float = 0.95) -> float:
+    """The largest threshold that keeps at least ``tpr_level`` of the ID scores (``score >= t``)."""
+    s = np.sort(np.asarray(id_scores, dtype=np.float64))[::-1]
+    if not len(s):
+        return float("nan")
+    return float(s[max(0, math.ceil(tpr_level * len(s) - 1e-9) - 1)])
+
+
+def _batch_metrics(scores: np.ndarray, positive: np.ndarray) -> dict[str, np.ndarray]:
+    """AUROC, average precision and FPR at 95% TPR of each row ``(B,)`` of ``scores`` ``(B, n)``
+    with 0/1 ``positive`` ``(B, n)``: one sort per row, thresholds at every distinct score
+    (ties count one half in the AUROC, as in the Mann-Whitney statistic)."""
+    from scipy.stats import rankdata
+
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(positive, dtype=bool)
+    n = s.shape[1]
+    p = y.sum(axis=1).astype(np.float64)
+    neg = n - p
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ranks = rankdata(s, axis=1)
+        auroc = ((ranks * y).sum(axis=1) - p * (p + 1) / 2) / (p * neg)
+        order = np.argsort(-s, axis=1, kind="stable")
+        ss, yy = np.take_along_axis(s, order, 1), np.take_along_axis(y, order, 1)
+        tps = np.cumsum(yy, axis=1, dtype=np.float64)
+        is_end = np.ones_like(yy)
+        is_end[:, :-1] = ss[:, :-1] != ss[:, 1:]
+        pos = np.arange(n)
+        last = np.maximum.accumulate(np.where(is_end, pos, -1), axis=1)
+        prev = np.concatenate([np.full((len(s), 1), -1), last[:, :-1]], axis=1)
+        tps_prev = np.where(prev >= 0, np.take_along_axis(tps, np.maximum(prev, 0), 1), 0.0)
+        ap = (is_end * (tps - tps_prev) * tps / (pos + 1)).sum(axis=1) / p
+        reach = is_end & (tps / p[:, None] >= 0.95 - 1e-12)
+        first = reach.argmax(axis=1)
+        fpr = (first + 1 - tps[np.arange(len(s)), first]) / neg
+    bad = (p == 0) | (neg == 0)
+    nan = np.where(bad, np.nan, 0.0)
+    return {"auroc": auroc + nan, "ap": ap + nan, "fpr95": fpr + nan}
+
+
+def _all_metrics(scores: np.ndarray, is_id: np.ndarray) -> dict[str, np.ndarray]:
+    inn = _batch_metrics(scores, is_id)
+    out = _batch_metrics(-scores, ~is_id)
+    return {"auroc": inn["auroc"], "aupr_in": inn["ap"], "aupr_out": out["ap"], "fpr95": inn["fpr95"],
+            "fpr95_openood": out["fpr95"]}
+
+
+def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, float]:
+    """AUROC, AUPR-in, AUPR-out, FPR@95 (ID positive) and OpenOOD's FPR@95 (OOD positive).
+
+    Args:
+        id_scores: ``(N_id,)`` scores of in-distribution images (higher = more ID).
+        ood_scores: ``(N_ood,)`` scores of one OOD set.
+    """
+    y, s = _labelled(id_scores, ood_scores)
+    return {k: float(v[0]) for k, v in _all_metrics(s[None, :], y[None, :]).items()}
+
+
+def ood_intervals(id_scores: np.ndarray, ood_scores: np.ndarray, *, n_boot: int, seed: int,
+                  level: float = 0.95, chunk: int = 256) -> dict[str, list[float]]:
+    """Percentile bootstrap intervals of :func:`ood_metrics`, resampling ID and OOD separately
+    (:func:`~robustkit.metrics.classification.bootstrap_indices` with the two as strata); NaN
+    where a metric is undefined in more than half of the resamples."""
+    y, s = _labelled(id_scores, ood_scores)
+    idx = M.bootstrap_indices(len(s), n_boot, seed=seed, strata=y)
+    parts = [_all_metrics(s[idx[i:i + chunk]], y[idx[i:i + chunk]]) for i in range(0, n_boot, chunk)]
+    alpha = (1.0 - level) / 2.0
+    out = {}
+    for k in DETECTION_METRICS:
+        values = np.concatenate([p[k] for p in parts])
+        if np.mean(np.isfinite(values)) < 0.5:
+            out[k] = [float("nan"), float("nan")]
+            continue
+        lo, hi = np.nanquantile(values, [alpha, 1 - alpha])
+        out[k] = [float(lo), float(hi)]
+    return out

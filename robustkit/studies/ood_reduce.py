@@ -1,0 +1,266 @@
+"""The OOD study's reduce: fit on the reference features, score, measure, pick the filter.
+
+Pure numpy over the records (the study's :meth:`~robustkit.studies.ood.OODStudy.map` gave
+logits, features and the final layer's parameters for the audit samples and, under the
+``extra/`` keys, for the reference and OOD sets).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from robustkit.data.images import png_base64
+from robustkit.metrics import ood as O
+from robustkit.metrics.classification import roc_curve
+from robustkit.metrics.outputs import probabilities
+from robustkit.results import Check, StudyResult
+from robustkit.studies.base import AuditContext, Records, split_extra
+
+if TYPE_CHECKING:
+    from robustkit.data.dataset import Dataset
+    from robustkit.studies.ood import OODStudy
+
+__all__ = ["reduce_ood"]
+
+SCORES = ("msp", "max_logit", "energy", "mahalanobis", "knn", "vim", "react")
+STATISTICS_FILE = "ood_statistics.npz"
+
+
+@dataclass
+class _Part:
+    """Logits ``(n, K)`` and features ``(n, D)`` of one group of images."""
+
+    logits: np.ndarray
+    features: np.ndarray
+
+
+@dataclass
+class _Fit:
+    means: np.ndarray
+    precision: np.ndarray
+    bank: np.ndarray
+    k: int
+    kernel: np.ndarray | None
+    bias: np.ndarray | None
+    vim: O.ViMFit | None
+    clip: float | None
+
+
+def _head(records: Records, k: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    row = np.asarray(records["head"][0], dtype=np.float64).reshape(-1, k)
+    if not np.any(row):
+        return None, None
+    return row[:-1], row[-1]
+
+
+def _fit(ref: _Part, labels: np.ndarray, num_classes: int, head: tuple[Any, Any], cfg: Any) -> _Fit:
+    kernel, bias = head
+    means, precision = O.fit_gaussian(ref.features, labels, num_classes)
+    d = ref.features.shape[1]
+    vim = O.fit_vim(ref.features, ref.logits, kernel, bias) if kernel is not None and d >= 2 else None
+    clip = O.react_clip(ref.features, cfg.react_percentile) if kernel is not None else None
+    return _Fit(means, precision, ref.features, min(cfg.knn_k, len(ref.features)), kernel, bias, vim, clip)
+
+
+def _score(part: _Part, fit: _Fit, kind: str) -> dict[str, np.ndarray]:
+    z, f = part.logits, part.features
+    nan = np.full(len(z), np.nan)
+    return {
+        "msp": O.msp_score(z, kind),
+        "max_logit": O.max_logit_score(z),
+        "energy": O.energy_score(z),
+        "mahalanobis": O.mahalanobis_score(f, fit.means, fit.precision),
+        "knn": O.knn_score(f, fit.bank, fit.k),
+        "vim": O.vim_score(f, z, fit.vim) if fit.vim is not None else nan,
+        "react": O.react_score(f, fit.clip, fit.kernel, fit.bias)
+        if fit.clip is not None and fit.kernel is not None and fit.bias is not None else nan,
+    }
+
+
+def _parts(study: OODStudy, records: Records) -> tuple[_Part, np.ndarray, _Part, dict[str, _Part], np.ndarray]:
+    """(reference part, its labels, ID test part, OOD parts by set, audit reference flags)."""
+    rec, extra = split_extra(records)
+    groups = list(study._extra.class_names)
+    glabels = study._extra.labels
+    audit = _Part(rec["logits"], rec["features"])
+    is_ref = np.zeros(len(audit.logits), dtype=bool)
+    if study._ref_pos is not None:
+        is_ref[study._ref_pos] = True
+        ref = _Part(audit.logits[is_ref], audit.features[is_ref])
+    else:
+        at = glabels == groups.index("reference")
+        ref = _Part(extra["logits"][at], extra["features"][at])
+    test = _Part(audit.logits[~is_ref], audit.features[~is_ref])
+    sets = {g: _Part(extra["logits"][glabels == i], extra["features"][glabels == i])
+            for i, g in enumerate(groups) if g != "reference" and np.any(glabels == i)}
+    return ref, study._ref_labels, test, sets, is_ref
+
+
+def reduce_ood(study: OODStudy, records: Records, data: Dataset, ctx: AuditContext) -> StudyResult:
+    """The OOD study's :class:`StudyResult` from its records (see the module docstring)."""
+    cfg = study.config
+    names = list(data.class_names)
+    kind = str(ctx.model_info.get("output_kind", "softmax"))
+    ref, ref_y, test, sets, is_ref = _parts(study, records)
+    fit = _fit(ref, ref_y, len(names), _head(records, len(names)), cfg)
+    id_scores = _score(test, fit, kind)
+    set_scores = {s: _score(p, fit, kind) for s, p in sets.items()}
+    kinds = {str(i["name"]): str(i["kind"]) for i in study.sets_info}
+    pooled = _pools(set_scores, kinds)
+    result = StudyResult(name=study.name)
+    _detection(result, id_scores, {**set_scores, **pooled}, cfg.n_bootstrap, ctx)
+    recommended = _recommend(result, [s for s in set_scores if kinds[s] == "near"] or list(set_scores))
+    threshold = O.threshold_at_tpr(id_scores[recommended])
+    pos = names.index(cfg.positive_class) if cfg.positive_class in names else 0
+    _confident(result, test, sets, set_scores, id_scores[recommended], recommended, threshold, pos, cfg, kind)
+    result.metrics["n_id"], result.metrics["n_reference"] = float(len(test.logits)), float(len(ref.logits))
+    result.data.update(
+        sets=study.sets_info, reference=study.reference_note, weaker_reference=study._ref_pos is not None,
+        scores=[s for s in SCORES if np.all(np.isfinite(id_scores[s]))], recommended=recommended,
+        threshold=threshold, positive_class=names[pos], operating_threshold=cfg.threshold,
+        histograms=_histograms(id_scores, set_scores), roc=_rocs(id_scores[recommended], set_scores, recommended),
+        gallery=_gallery(study, sets, {s: v[recommended] for s, v in set_scores.items()}, threshold, pos, kind, ctx),
+        ood_export=_export(study, recommended, threshold, names[pos], ctx),
+    )
+    study.statistics = _statistics(fit, recommended)  # -> ood_statistics.npz, not results.json
+    result.data["statistics_arrays"] = {k: list(np.shape(v)) for k, v in study.statistics.items()}
+    result.checks = _checks(study, result, recommended)
+    all_scores = _score(_Part(records["logits"], records["features"]), fit, kind)
+    result.records.update({f"score_{s}": all_scores[s].astype(np.float32) for s in SCORES})
+    result.records["reference"] = is_ref
+    return result
+
+
+def _pools(set_scores: dict[str, dict[str, np.ndarray]], kinds: dict[str, str]) -> dict[str, dict[str, np.ndarray]]:
+    out = {}
+    for pool in ("far", "near"):
+        members = [s for s in set_scores if kinds.get(s) == pool]
+        if members:
+            out[pool] = {sc: np.concatenate([set_scores[m][sc] for m in members]) for sc in SCORES}
+    return out
+
+
+def _detection(result: StudyResult, id_scores: dict[str, np.ndarray], sets: dict[str, dict[str, np.ndarray]],
+               n_boot: int, ctx: AuditContext) -> None:
+    for set_name, scores in sets.items():
+        for sc in SCORES:
+            if not np.all(np.isfinite(id_scores[sc])) or not len(scores[sc]):
+                continue
+            point = O.ood_metrics(id_scores[sc], scores[sc])
+            ivs = O.ood_intervals(id_scores[sc], scores[sc], n_boot=n_boot, seed=ctx.seed_for("ood", sc, set_name))
+            for m, v in point.items():
+                result.metrics[f"{m}.{sc}.{set_name}"] = v
+                result.intervals[f"{m}.{sc}.{set_name}"] = ivs[m]
+
+
+def _recommend(result: StudyResult, sets: list[str]) -> str:
+    """The score with the best mean AUROC over ``sets`` (the near sets when there are any)."""
+    best, best_v = "energy", -np.inf
+    for sc in SCORES:
+        vals = [result.metrics.get(f"auroc.{sc}.{s}", np.nan) for s in sets]
+        v = float(np.mean(vals)) if vals and np.all(np.isfinite(vals)) else -np.inf
+        if v > best_v:
+            best, best_v = sc, v
+    return best
+
+
+def _confident(result: StudyResult, test: _Part, sets: dict[str, _Part], set_scores: dict[str, dict[str, np.ndarray]],
+               id_rec: np.ndarray, recommended: str, threshold: float, pos: int, cfg: Any, kind: str) -> None:
+    parts = {"id": (test, id_rec), **{s: (p, set_scores[s][recommended]) for s, p in sets.items()}}
+    for set_name, (part, score) in parts.items():
+        confident = probabilities(part.logits, kind)[:, pos] >= cfg.threshold
+        result.metrics[f"confident_covid_rate.{set_name}"] = float(confident.mean()) if len(confident) else np.nan
+        kept = confident & (score >= threshold)
+        result.metrics[f"confident_covid_rate_filtered.{set_name}"] = float(kept.mean()) if len(kept) else np.nan
+    # on the ID test images the rate is the model's own positive rate (what the filter costs), not an error
+    result.directions["confident_covid_rate.id"] = result.directions["confident_covid_rate_filtered.id"] = "none"
+
+
+def _histograms(id_scores: dict[str, np.ndarray], set_scores: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for sc in SCORES:
+        pooled = np.concatenate([id_scores[sc], *[s[sc] for s in set_scores.values()]])
+        if not np.all(np.isfinite(pooled)):
+            continue
+        lo, hi = np.percentile(pooled, [1, 99])
+        edges = np.linspace(lo, hi if hi > lo else lo + 1.0, 31)
+        counts = {"id": np.histogram(np.clip(id_scores[sc], edges[0], edges[-1]), edges)[0].tolist()}
+        counts.update({s: np.histogram(np.clip(v[sc], edges[0], edges[-1]), edges)[0].tolist()
+                       for s, v in set_scores.items()})
+        out[sc] = {"edges": edges.tolist(), "counts": counts}
+    return out
+
+
+def _rocs(id_score: np.ndarray, set_scores: dict[str, dict[str, np.ndarray]], sc: str) -> dict[str, Any]:
+    out = {}
+    for s, v in set_scores.items():
+        fpr, tpr = roc_curve(np.r_[np.ones(len(id_score), bool), np.zeros(len(v[sc]), bool)], np.r_[id_score, v[sc]])
+        keep = np.unique(np.r_[np.linspace(0, len(fpr) - 1, min(len(fpr), 150)).astype(int), len(fpr) - 1])
+        out[s] = {"fpr": np.round(fpr[keep], 5).tolist(), "tpr": np.round(tpr[keep], 5).tolist()}
+    return out
+
+
+def _gallery(study: OODStudy, sets: dict[str, _Part], rec_scores: dict[str, np.ndarray], threshold: float, pos: int,
+             kind: str, ctx: AuditContext) -> list[dict[str, Any]]:
+    n = study.config.n_gallery
+    if n <= 0 or not sets or ctx.input_shape is None:
+        return []
+    extra, groups = study._extra, list(study._extra.class_names)
+    rows = []
+    for s, part in sets.items():
+        at = np.flatnonzero(extra.labels == groups.index(s))
+        p = probabilities(part.logits, kind)[:, pos]
+        rows += [(float(p[j]), s, int(at[j]), float(rec_scores[s][j])) for j in range(len(at))]
+    rows.sort(key=lambda r: (-r[0], r[2]))
+    h, w, c = ctx.input_shape
+    chosen = rows[:n]
+    images = extra.load_images(np.array([r[2] for r in chosen], dtype=np.int64), size=(h, w), channels=c)
+    return [{"set": s, "id": str(extra.ids[i]), "prob": p, "score": sc, "rejected": bool(sc < threshold),
+             "image_png": png_base64(img)} for (p, s, i, sc), img in zip(chosen, images)]
+
+
+def _export(study: OODStudy, recommended: str, threshold: float, positive: str, ctx: AuditContext) -> dict[str, Any]:
+    layer = study.config.features_layer
+    return {
+        "score": recommended,
+        "direction": "higher = in-distribution; reject an image whose score is below the threshold",
+        "threshold": threshold,
+        "id_tpr": 0.95,
+        "features_layer": layer if layer is not None else "input of the final Dense layer",
+        "statistics": STATISTICS_FILE,
+        "positive_class": positive,
+        "model": ctx.model_info.get("name"),
+        "model_fingerprint": ctx.model_info.get("fingerprint"),
+    }
+
+
+def _statistics(fit: _Fit, recommended: str) -> dict[str, Any]:
+    """What the recommended score needs at deployment, ready to use (``ood_statistics.npz``):
+    see the score functions of :mod:`robustkit.metrics.ood` for how each is applied."""
+    if recommended == "mahalanobis":
+        return {"means": fit.means, "precision": fit.precision}
+    if recommended == "knn":
+        return {"bank": fit.bank, "k": fit.k}
+    if recommended == "vim" and fit.vim is not None:
+        return {"origin": fit.vim.origin, "principal_basis": fit.vim.principal_basis, "alpha": fit.vim.alpha,
+                "kernel": fit.kernel, "bias": fit.bias}
+    if recommended == "react":
+        return {"clip": fit.clip, "kernel": fit.kernel, "bias": fit.bias}
+    return {"logits_only": 1}
+
+
+def _checks(study: OODStudy, result: StudyResult, recommended: str) -> list[Check]:
+    checks = []
+    empty = [str(i["name"]) for i in study.sets_info if i["n"] == 0 and i["kind"] != "reference"]
+    if empty:
+        checks.append(Check("OOD sets built", "warn", f"no images for {', '.join(empty)} (files not installed)."))
+    far = result.metrics.get(f"auroc.{recommended}.far", np.nan)
+    if np.isfinite(far):
+        checks.append(Check("far-OOD detection", "pass" if far >= 0.9 else "warn", f"{recommended} AUROC on the far sets pooled: {far:.3f}."))
+    if study._ref_pos is not None:
+        checks.append(Check("reference data", "warn", "statistics fitted on a split of the audit data; pass "
+                            "--reference-data (the training set) for the stronger setting."))
+    return checks

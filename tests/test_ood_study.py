@@ -1,0 +1,129 @@
+"""The OOD study end to end: the adapter's features, the CLI, exports, report, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from robustkit.cli import main
+from robustkit.data.ood_sets import build_sets
+from robustkit.data.phantom import render_effusion
+from robustkit.errors import ModelError
+from robustkit.gate import gate
+from robustkit.metrics import ood as O
+from robustkit.model.adapter import load_model
+from robustkit.results import load_results
+
+SMALL = ["--set", "ood.sets=['ct','mr','synthetic','effusion','inverted']", "--set", "ood.n_per_set=5",
+         "--set", "ood.n_bootstrap=20", "--set", "ood.n_gallery=3"]
+
+
+@pytest.fixture(scope="module")
+def model(toy_model: Path):
+    return load_model(toy_model, batch_size=16)
+
+
+def test_logits_and_features_come_from_one_pass_and_rebuild_the_logits(model) -> None:
+    x = np.random.default_rng(0).uniform(0, 1, (5, *model.input_shape)).astype(np.float32)
+    calls = model.calls
+    z, f = model.logits_and_features(x)
+    assert model.calls == calls + 1  # one compiled call for 5 images
+    np.testing.assert_allclose(z, model.logits(x), rtol=1e-5, atol=1e-5)
+    tap = model.feature_tap()
+    assert f.shape == (5, 512) and tap.kernel.shape == (512, 3)
+    np.testing.assert_allclose(f @ tap.kernel + tap.bias, z, rtol=1e-4, atol=1e-4)  # features feed the head
+
+
+def test_a_bad_features_layer_is_one_line(model) -> None:
+    with pytest.raises(ModelError, match=r"^--features-layer: expected a layer of .* got 'nope'\.$"):
+        model.feature_tap("nope")
+    with pytest.raises(ModelError, match=r"vector per image \(N, D\), got 'conv2' with output shape"):
+        model.feature_tap("conv2")
+    z, f = model.logits_and_features(np.zeros((2, *model.input_shape), np.float32), layer="flatten")
+    assert f.shape == (2, 512) and model.feature_tap("flatten").kernel is not None  # the head's input, named
+
+
+def test_sets_are_deterministic_and_the_effusion_is_inside_a_lung() -> None:
+    a = build_sets(["ct", "synthetic"], n_per_set=6, size=32, seed=1)
+    b = build_sets(["ct", "synthetic"], n_per_set=6, size=32, seed=1)
+    c = build_sets(["ct"], n_per_set=6, size=32, seed=2)
+    assert len(a["ct"][0]) == 6 and "CT_small.dcm" in a["ct"][1]
+    for x, y in zip(a["ct"][0], b["ct"][0]):
+        np.testing.assert_array_equal(x, y)
+    assert any(not np.array_equal(x, y) for x, y in zip(a["ct"][0], c["ct"][0]))
+    case = render_effusion(size=128, rng=np.random.default_rng(0), fraction=0.3)
+    assert case.mask.any() and not (case.mask & ~case.lungs).any()
+    assert case.image[case.mask].mean() > case.image[case.lungs & ~case.mask].mean()  # fluid is denser than air
+
+
+@pytest.mark.slow
+def test_audit_writes_ood_exports_report_and_gateable_metrics(capsys, toy_model, toy_data, tmp_path) -> None:
+    user = tmp_path / "mine"
+    user.mkdir()
+    shutil.copy(next(toy_data.rglob("*.png")), user / "a.png")
+    out = tmp_path / "audit"
+    code = main(["audit", "--model", str(toy_model), "--data", str(toy_data), "--out", str(out), "--studies",
+                 "ood", "--profile", "quick", "--quiet", "--ood", f"mine={user}", *SMALL])
+    capsys.readouterr()
+    assert code == 0
+    res = load_results(out).studies["ood"]
+    rec = res.data["recommended"]
+    export = json.loads((out / "ood.json").read_text())
+    assert export["score"] == rec and export["statistics"] == "ood_statistics.npz"
+    stats = np.load(out / "ood_statistics.npz")
+    assert set(stats.files) == set(res.data["statistics_arrays"]) and "ood_statistics" not in res.data
+    # the threshold keeps 95% of the ID test scores (records of the audit samples outside the reference split)
+    id_scores = res.records[f"score_{rec}"][~res.records["reference"]]
+    assert export["threshold"] == pytest.approx(O.threshold_at_tpr(id_scores))
+    assert np.mean(id_scores >= export["threshold"]) >= 0.95
+    for key in ("auroc.energy.ct", "auroc.mahalanobis.far", "confident_covid_rate.mine", "auroc.knn.mine"):
+        assert key in res.metrics
+    assert res.direction("auroc.energy.ct") == "higher" and res.direction("fpr95.knn.far") == "lower"
+    assert res.direction("confident_covid_rate.ct") == "lower" and res.direction("confident_covid_rate.id") == "none"
+    html = (out / "report.html").read_text()
+    assert "The recommended filter" in html and "mine" in html and "<svg" in html
+    far = res.metrics[f"auroc.{rec}.far"]
+    passing = {"rule": [{"metric": f"ood.auroc.{rec}.far", "min": far - 1e-9},
+                        {"metric": "ood.confident_covid_rate.ct", "max": 1.0}]}
+    failing = {"rule": [{"metric": f"ood.auroc.{rec}.far", "min": far + 1e-6}]}
+    assert gate(out, passing).exit_code == 0 and gate(out, failing).exit_code == 1
+
+
+def test_bad_ood_folder_and_reference_without_a_class_are_one_line(capsys, toy_model, toy_data, tmp_path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    base = ["audit", "--model", str(toy_model), "--data", str(toy_data), "--out", str(tmp_path / "o"),
+            "--studies", "ood", "--quiet", *SMALL]
+    assert main([*base, "--ood", f"blank={empty}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"robustkit: error: --ood blank={empty}: expected a folder with images "
+                   "(.png, .jpg, .jpeg, .bmp, .tif, .tiff, .dcm, .dicom), got none."]
+    ref = tmp_path / "ref"
+    for cls in ("COVID-19", "NORMAL"):
+        shutil.copytree(toy_data / cls, ref / cls)
+    assert main([*base, "--reference-data", str(ref)]) == 2
+    err = capsys.readouterr().err
+    assert "robustkit: error:" in err and "Viral Pneumonia" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_the_ray_engine_gives_the_in_process_result(toy_model, toy_data) -> None:
+    ray = pytest.importorskip("ray", reason='the Ray engine needs pip install "robustkit[ray]"')
+    from robustkit.runner import audit
+
+    config = {"ood": {"sets": ["ct", "synthetic", "inverted"], "n_per_set": 4, "n_bootstrap": 20, "n_gallery": 0}}
+    local = audit(toy_model, toy_data, studies=["ood"], profile="quick", config=config, seed=2, report=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = audit(toy_model, toy_data, studies=["ood"], profile="quick", config=config, seed=2, report=False,
+                       engine="ray", workers=1, batch_size=8)
+    finally:
+        ray.shutdown()
+    a, b = local.studies["ood"], remote.studies["ood"]
+    assert b.status == "ok" and set(a.metrics) == set(b.metrics)
+    for key, value in a.metrics.items():
+        assert b.metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-5, nan_ok=True), key
