@@ -168,8 +168,10 @@ class AdversarialConfig(StudyConfig):
 class AdversarialStudy(Study):
     name = "adversarial"
     description = (
-        "How much deliberate, worst-case change to the pixels the classifier survives. Projected "
-        "gradient descent (PGD) searches, for every image, for a perturbation within a budget "
+        "How much deliberate, worst-case change to the pixels the classifier survives. An ensemble of "
+        "attacks in the manner of AutoAttack (APGD with the cross-entropy loss, then APGD with the DLR "
+        "loss, then the gradient-free Square attack, each on the images the earlier ones did not break; "
+        "the quick profile runs one PGD) searches, for every image, for a perturbation within a budget "
         "epsilon (Linf: no pixel changes by more than epsilon; L2: the perturbation's total "
         "length is at most epsilon) that changes the prediction. Robust accuracy is the share of "
         "images still classified correctly at each budget; the minimal perturbation is the "
@@ -189,7 +191,7 @@ class AdversarialStudy(Study):
     metric_docs = {
         "robust_accuracy": ("share of images still classified correctly under the attack at a budget "
                             "(clean errors count as wrong); the ensemble's per-sample worst case, and per attack "
-                            "(`robust_accuracy.apgd_ce|apgd_dlr|square.<norm>.<eps>`) counting the images broken "
+                            "(`robust_accuracy.<attack>.<norm>.<eps>`, attack `apgd_ce`, `apgd_dlr` or `square`) counting the images broken "
                             "by the ensemble's attacks up to that one, in AutoAttack's order; FGSM alone "
                             "(`robust_accuracy.fgsm.linf.<eps>`)", "higher"),
         "square_only_rate": ("share of correctly classified images that only the gradient-free Square attack "
