@@ -191,8 +191,9 @@ class AdversarialStudy(Study):
     metric_docs = {
         "robust_accuracy": ("share of images still classified correctly under the attack at a budget "
                             "(clean errors count as wrong); the ensemble's per-sample worst case, and per attack "
-                            "(`robust_accuracy.<attack>.<norm>.<eps>`, attack `apgd_ce`, `apgd_dlr` or `square`) counting the images broken "
-                            "by the ensemble's attacks up to that one, in AutoAttack's order; FGSM alone "
+                            "(`robust_accuracy.<attack>.<norm>.<eps>`, attack `apgd_ce`, `apgd_dlr` or `square`) "
+                            "counting the images broken by the ensemble's attacks up to that one, in AutoAttack's "
+                            "order; FGSM alone "
                             "(`robust_accuracy.fgsm.linf.<eps>`)", "higher"),
         "square_only_rate": ("share of correctly classified images that only the gradient-free Square attack "
                              "broke (the gradient attacks failed on them: a sign of masked gradients)", "lower"),
@@ -374,7 +375,7 @@ class AdversarialStudy(Study):
         assert isinstance(cfg, AdversarialConfig)
         if cfg.attack != "ensemble":
             return []
-        return [name for name, _ in self._attack(norm).attacks(num_classes)]  # type: ignore[attr-defined]
+        return [name for name, _ in Ensemble(norm=norm, square_queries=cfg.square_queries).attacks(num_classes)]
 
     def _grid(self, norm: str) -> tuple[float, ...]:
         cfg = self.config
