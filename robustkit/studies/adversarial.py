@@ -300,8 +300,9 @@ class AdversarialStudy(Study):
         alive = np.flatnonzero(in_check & s.correct[:, k])
         if not alive.size:
             return out
-        stronger = (self._attack(norm, steps=2 * self._steps(), restarts=1),
-                    self._attack(norm, restarts=1, random_start=True))
+        # the check asks whether the gradient attacks converged: the ensemble re-runs without Square
+        stronger = (self._attack(norm, steps=2 * self._steps(), restarts=1, square_queries=0),
+                    self._attack(norm, restarts=1, random_start=True, square_queries=0))
         for j, attack in enumerate(stronger):
             res = attack(model, x[alive], y[alive], epsilons=float(s.epsilons[k]), target=_pick(target, alive),
                          seed=_seeds(ctx, [ids[i] for i in alive], "checks", "sensitivity"))
@@ -356,11 +357,11 @@ class AdversarialStudy(Study):
         if cfg.attack == "ensemble":
             opts: dict[str, Any] = dict(norm=norm, steps=cfg.apgd_steps, restarts=cfg.apgd_restarts,
                                         n_target_classes=cfg.n_target_classes, square_queries=cfg.square_queries)
-            opts.update({k: v for k, v in changes.items() if k in ("steps", "restarts")})
+            opts.update({k: v for k, v in changes.items() if k in ("steps", "restarts", "square_queries")})
             return Ensemble(**opts)
         options: dict[str, Any] = dict(steps=cfg.steps, step_size_factor=cfg.step_size_factor, restarts=cfg.restarts,
                                        random_start=cfg.random_start, loss=cfg.loss, targeted=cfg.targeted)
-        options.update(changes)
+        options.update({k: v for k, v in changes.items() if k != "square_queries"})
         return (A.LinfPGD if norm == "linf" else A.L2PGD)(**options)
 
     def _steps(self) -> int:
