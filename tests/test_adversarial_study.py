@@ -107,6 +107,23 @@ def test_report_section_renders(result) -> None:
     assert error is None
     assert len(ctx["figures"]) == 4  # Linf and L2 curves, Linf and L2 histograms
     assert all(f["svg"].startswith("<svg") for f in ctx["figures"])
+    assert ctx["attack"].startswith("Attack: the AutoAttack-style ensemble (Linf: APGD-CE -> APGD-DLR -> Square")
+    curve = result.studies["adversarial"].data["curves"]["linf"]
+    assert curve["label"] == "ensemble" and list(curve["attacks"]) == ["APGD-CE", "APGD-DLR", "Square"]
+    assert curve["attacks"]["Square"] == curve["pgd"]  # the last attack's running value is the ensemble's
+
+
+def test_curve_figure_draws_each_attack(monkeypatch) -> None:
+    from robustkit.report import view_adversarial
+
+    drawn = {}
+    monkeypatch.setattr(view_adversarial.figures, "line_chart_svg",
+                        lambda series, **kw: drawn.update(series) or "<svg/>")
+    curve = {"epsilons": [1, 2], "pgd": [0.3, 0.1], "low": [0.2, 0.0], "high": [0.4, 0.2], "label": "ensemble",
+             "attacks": {"APGD-CE": [0.5, 0.3], "APGD-DLR": [0.4, 0.2], "Square": [0.3, 0.1]}, "fgsm": [0.6, 0.5]}
+    view_adversarial._curve_figure("linf", curve, 0.9)
+    assert list(drawn) == ["ensemble (worst case)", "after APGD-CE", "+ APGD-DLR", "FGSM"]
+    assert drawn["after APGD-CE"][1] == [0.9, 0.5, 0.3]
 
 
 def test_config_validation() -> None:
