@@ -18,6 +18,8 @@ OVERRIDES = {
     "epsilons_linf": [24 / 255, 8 / 255, 16 / 255],  # unsorted on purpose
     "epsilons_l2": [1.0, 2.0],
     "steps": 6,
+    "apgd_steps": 6,
+    "square_queries": 30,
     "max_samples": 24,
     "n_bootstrap": 50,
     "check_samples": 8,
@@ -48,7 +50,29 @@ def test_metric_names_and_directions(result) -> None:
     assert s.direction("min_perturbation.linf.median") == "higher"
     assert {c.name for c in s.checks} >= {"near zero at a large epsilon", "steps and restarts",
                                          "loss rises and flattens", "gradients finite and non-zero",
-                                         "deterministic predictions", "FGSM vs PGD"}
+                                         "deterministic predictions", "FGSM vs PGD",
+                                         "ensemble not above any single attack",
+                                         "Square breaks nothing the gradient attacks could not"}
+    for name in ("apgd_ce.linf.8", "apgd_dlr.linf.24", "square.linf.16", "apgd_ce.l2.1", "apgd_dlr.l2.2"):
+        assert f"robust_accuracy.{name}" in s.metrics
+    assert "robust_accuracy.square.l2.1" not in s.metrics  # Square runs for Linf only
+    assert s.direction("square_only_rate.linf") == "lower"
+    assert s.data["attack"]["attacks"] == {"linf": ["APGD-CE", "APGD-DLR", "Square"], "l2": ["APGD-CE", "APGD-DLR"]}
+
+
+def test_ensemble_metrics_are_the_running_worst_case(result) -> None:
+    s = result.studies["adversarial"]
+    correct, names = s.records["correct"], s.data["correct_metrics"]
+    for e in ("8", "16", "24"):
+        cols = [correct[:, names.index(f"robust_accuracy.{a}linf.{e}")] for a in ("apgd_ce.", "apgd_dlr.", "square.", "")]
+        for before, after in zip(cols, cols[1:]):
+            assert np.all(after <= before)  # each attack only removes images
+        np.testing.assert_array_equal(cols[2], cols[3])  # after Square: the ensemble itself
+    by = s.records["broken_by_linf"]
+    clean_ok = s.records["min_eps_linf"] > 0
+    broken = clean_ok & np.isfinite(s.records["min_eps_linf"])
+    np.testing.assert_array_equal(by > 0, broken)
+    assert s.metrics["square_only_rate.linf"] == pytest.approx(np.mean(by[clean_ok] == 3))
 
 
 def test_records_agree_with_metrics(result) -> None:
@@ -83,13 +107,31 @@ def test_report_section_renders(result) -> None:
     assert error is None
     assert len(ctx["figures"]) == 4  # Linf and L2 curves, Linf and L2 histograms
     assert all(f["svg"].startswith("<svg") for f in ctx["figures"])
+    assert ctx["attack"].startswith("Attack: the AutoAttack-style ensemble (Linf: APGD-CE -> APGD-DLR -> Square")
+    curve = result.studies["adversarial"].data["curves"]["linf"]
+    assert curve["label"] == "ensemble" and list(curve["attacks"]) == ["APGD-CE", "APGD-DLR", "Square"]
+    assert curve["attacks"]["Square"] == curve["pgd"]  # the last attack's running value is the ensemble's
+
+
+def test_curve_figure_draws_each_attack(monkeypatch) -> None:
+    from robustkit.report import view_adversarial
+
+    drawn = {}
+    monkeypatch.setattr(view_adversarial.figures, "line_chart_svg",
+                        lambda series, **kw: drawn.update(series) or "<svg/>")
+    curve = {"epsilons": [1, 2], "pgd": [0.3, 0.1], "low": [0.2, 0.0], "high": [0.4, 0.2], "label": "ensemble",
+             "attacks": {"APGD-CE": [0.5, 0.3], "APGD-DLR": [0.4, 0.2], "Square": [0.3, 0.1]}, "fgsm": [0.6, 0.5]}
+    view_adversarial._curve_figure("linf", curve, 0.9)
+    assert list(drawn) == ["ensemble (worst case)", "after APGD-CE", "+ APGD-DLR", "FGSM"]
+    assert drawn["after APGD-CE"][1] == [0.9, 0.5, 0.3]
 
 
 def test_config_validation() -> None:
     cfg = AdversarialConfig(epsilons_linf=2 / 255)
     assert cfg.epsilons_linf == (2 / 255,)
     for bad in ({"epsilons_linf": [-1 / 255]}, {"epsilons_l2": 0}, {"norms": ["l1"]}, {"loss": "hinge"},
-                {"target_class": "NORMAL"}, {"steps": 0}, {"foolbox_attacks": ["fgsm"]}, {"epsilons_linf": "8/255"}):
+                {"target_class": "NORMAL"}, {"steps": 0}, {"foolbox_attacks": ["fgsm"]}, {"epsilons_linf": "8/255"},
+                {"attack": "autoattack"}, {"targeted": True}, {"apgd_steps": 0}, {"square_queries": -1}):
         with pytest.raises(ConfigError):
             AdversarialStudy.configure("standard", bad)
     assert eps_name("linf", 0.5 / 255) == "0.5" and eps_name("linf", 8 / 255) == "8" and eps_name("l2", 0.25) == "0.25"
@@ -115,6 +157,22 @@ def test_gradient_masking_fires_the_checks(toy_data: Path) -> None:
     assert checks["gradients finite and non-zero"].status in ("warn", "fail")
     assert "masking" in checks["gradients finite and non-zero"].detail
     assert checks["loss rises and flattens"].status == "warn" or checks["near zero at a large epsilon"].status == "fail"
+
+
+def test_square_finds_what_masked_gradients_hide(toy_data: Path) -> None:
+    """On the rounding model every input gradient is zero, so APGD cannot move; the gradient-free
+    Square attack still breaks images, and the check says so."""
+    model = ModelAdapter(_masking_model(), class_names=["COVID-19", "NORMAL", "Viral Pneumonia"])
+    data = load_dataset(toy_data)
+    study = AdversarialStudy.configure("standard", {
+        "max_samples": 12, "n_bootstrap": 20, "check_samples": 4, "norms": ["linf"], "fgsm": False,
+        "epsilons_linf": [24 / 255, 48 / 255], "apgd_steps": 5, "square_queries": 100})
+    res = study.execute(model, data, AuditContext(seed=0))
+    checks = {c.name: c for c in res.checks}
+    assert res.metrics["square_only_rate.linf"] > 0
+    assert checks["Square breaks nothing the gradient attacks could not"].status == "warn"
+    assert "masking" in checks["Square breaks nothing the gradient attacks could not"].detail
+    assert res.metrics["robust_accuracy.linf.48"] < res.metrics["robust_accuracy.apgd_dlr.linf.48"]
 
 
 def test_foolbox_attacks_and_black_box_check(toy_model: Path, toy_data: Path) -> None:

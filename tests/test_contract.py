@@ -75,7 +75,7 @@ SMALL: dict[str, dict[str, Any]] = {
     "perturbation": {"n_bootstrap": 20, "transforms": ["jpeg", "rotation", "marker"], "severities": [1, 5]},
     "noise": {"n_bootstrap": 20, "severities": [2, 5]},
     "adversarial": {"max_samples": 12, "norms": ["linf", "l2"], "foolbox_attacks": ["deepfool"],
-                    "foolbox_samples": 3},
+                    "foolbox_samples": 3, "attack": "ensemble", "apgd_steps": 4, "square_queries": 20},
     "calibration": {"n_bootstrap": 20},
     "saliency": {"max_samples": 6, "methods": ["vanilla_gradient", "smoothgrad", "integrated_gradients", "gradcam"],
                  "smoothgrad_n": 4, "ig_steps": 8, "n_noise": 1, "stability_samples": 4, "independent": True},

@@ -35,7 +35,7 @@ import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -55,6 +55,7 @@ __all__ = [
     "L2PGD",
     "LinfPGD",
     "MinimalPerturbation",
+    "SweepAttack",
     "SweepResult",
     "epsilon_sweep",
     "foolbox_model",
@@ -66,7 +67,7 @@ __all__ = [
 
 LOSSES = ("ce", "margin")
 
-# (adapter) -> {(kind, steps, loss, targeted): compiled function}; dies with the adapter
+# (adapter) -> {(loop, kind, steps, loss, targeted): compiled function}; dies with the adapter
 _COMPILED: weakref.WeakKeyDictionary[ModelAdapter, dict[tuple[Any, ...], Any]] = weakref.WeakKeyDictionary()
 
 
@@ -83,6 +84,8 @@ class AttackResult:
             sample (the loss is maximised, so it should rise and flatten).
         gradient_evals: per-sample input-gradient evaluations spent (sum over samples).
         evals: ``(N,)`` input-gradient evaluations spent on each sample.
+        broken_by: ``(N,)`` int8, for an ensemble: which of its attacks broke the sample
+            (1, 2, ... in the order they ran; 0: none); empty for a single attack.
     """
 
     adv: np.ndarray
@@ -91,6 +94,7 @@ class AttackResult:
     loss_trace: np.ndarray
     gradient_evals: int
     evals: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    broken_by: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
 
     @property
     def pred(self) -> np.ndarray:
@@ -207,7 +211,7 @@ class GradientAttack(ABC):
     # -- the loop, written once -------------------------------------------------------------
     def _compiled(self, model: ModelAdapter) -> Callable[..., Any]:
         cls = type(self)
-        key = (cls._normalize, cls._project, self.steps, self.loss, self.targeted)
+        key = (cls._build, cls._normalize, cls._project, self.steps, self.loss, self.targeted)
         cache = _COMPILED.setdefault(model, {})
         if key not in cache:
             cache[key] = self._build(model)
@@ -434,6 +438,15 @@ class FGM(L2PGD):
 # ------------------------------------------------------------------------------- sweeps
 
 
+class SweepAttack(Protocol):
+    """What :func:`epsilon_sweep` runs: a gradient attack, an APGD or the ensemble."""
+
+    steps: int
+
+    def __call__(self, model: ModelAdapter, x: np.ndarray, labels: np.ndarray, *, epsilons: float | np.ndarray,
+                 target: np.ndarray | None = None, seed: int | np.ndarray = 0) -> AttackResult: ...
+
+
 @dataclass
 class SweepResult:
     """An epsilon sweep over increasing radii (each run on the previous run's survivors).
@@ -455,6 +468,9 @@ class SweepResult:
         traces: ``(N, E, steps + 1)`` each sample's loss trace per radius where the attack
             ran on it and failed to break it (NaN elsewhere); ``loss_traces`` is its mean.
         evals: ``(N,)`` gradient evaluations spent on each sample.
+        broken_by: ``(N,)`` int8: for an ensemble, the code of the attack that broke the sample
+            at ``min_eps`` (see :attr:`AttackResult.broken_by`); 1 for a single attack; 0 where
+            clean-wrong or not broken.
     """
 
     epsilons: np.ndarray
@@ -467,10 +483,11 @@ class SweepResult:
     gradient_evals: int
     traces: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.float32))
     evals: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    broken_by: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
 
 
 def epsilon_sweep(
-    attack: GradientAttack,
+    attack: SweepAttack,
     model: ModelAdapter,
     x: np.ndarray,
     labels: np.ndarray,
@@ -488,7 +505,7 @@ def epsilon_sweep(
     Samples misclassified on their clean image count as broken at radius 0.
 
     Args:
-        attack: the attack (its steps, restarts, loss ...).
+        attack: the attack (its steps, restarts, loss ...): PGD, APGD or the ensemble.
         model: the adapter.
         x: images ``(N, H, W, C)``; labels: classes ``(N,)``.
         epsilons: radii in pixel units (sorted here).
@@ -516,6 +533,7 @@ def epsilon_sweep(
         gradient_evals=0,
         traces=np.full((n, e, attack.steps + 1), np.nan, np.float32),
         evals=np.zeros(n, np.int64),
+        broken_by=np.zeros(n, np.int8),
     )
     keep_set = {int(i) for i in keep}
     for k, radius in enumerate(eps):
@@ -540,6 +558,7 @@ def _record_broken(out: SweepResult, res: AttackResult, todo: np.ndarray, broken
                    keep: set[int], kind: str) -> None:
     idx = todo[broken]
     out.min_eps[idx] = out.epsilons[k]
+    out.broken_by[idx] = res.broken_by[broken] if res.broken_by.size else 1
     out.adv_pred[idx, k:] = res.pred[broken][:, None]
     out.adv_conf[idx, k:] = probabilities(res.logits[broken], kind).max(axis=1)[:, None]
     for j, pos in zip(np.flatnonzero(broken), idx):

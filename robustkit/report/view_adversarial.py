@@ -58,9 +58,13 @@ def _num(v: Any) -> float:
 
 def _curve_figure(norm: str, curve: Mapping[str, Any], clean: float) -> dict[str, Any]:
     x = [0.0] + [_num(e) for e in curve.get("epsilons", [])]
-    series = {"PGD": (x, [clean] + [_num(v) for v in curve.get("pgd", [])])}
-    bands = {"PGD": ([clean] + [_num(v) for v in curve.get("low", [])],
-                     [clean] + [_num(v) for v in curve.get("high", [])])}
+    main = "ensemble (worst case)" if curve.get("label") == "ensemble" else "PGD"
+    series = {main: (x, [clean] + [_num(v) for v in curve.get("pgd", [])])}
+    bands = {main: ([clean] + [_num(v) for v in curve.get("low", [])],
+                    [clean] + [_num(v) for v in curve.get("high", [])])}
+    steps = list(dict(curve.get("attacks", {})).items())[:-1]  # the last one is the ensemble itself
+    for i, (name, values) in enumerate(steps):
+        series["after " + name if i == 0 else "+ " + name] = (x, [clean] + [_num(v) for v in values])
     if curve.get("fgsm"):
         series["FGSM"] = (x, [clean] + [_num(v) for v in curve["fgsm"]])
     unit = "epsilon (/255, Linf)" if norm == "linf" else "epsilon (L2 norm)"
@@ -68,8 +72,10 @@ def _curve_figure(norm: str, curve: Mapping[str, Any], clean: float) -> dict[str
         "title": f"Robust accuracy against the {'Linf' if norm == 'linf' else 'L2'} budget",
         "svg": figures.line_chart_svg(series, xlabel=unit, ylabel="robust accuracy", ylim=(0.0, 1.02), bands=bands),
         "caption": "Share of images still classified correctly when an attacker may change them within each "
-                   "budget (0: the clean accuracy). The band is the bootstrap 95% interval; FGSM (one step) "
-                   "should never lie below PGD.",
+                   "budget (0: the clean accuracy). The band is the bootstrap 95% interval. For the ensemble, "
+                   "the lines 'after APGD-CE' and '+ APGD-DLR' count the images broken by its attacks up to that "
+                   "one (AutoAttack's order); the ensemble line adds Square (Linf): the per-sample worst case. "
+                   "FGSM (one step) should never lie below the main curve.",
     }
 
 
@@ -102,6 +108,20 @@ def _gallery_item(e: Mapping[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def _attack_text(attack: Mapping[str, Any]) -> str:
+    """One sentence on what attack ran, from the stored summary (empty for older results)."""
+    if attack.get("name") == "ensemble":
+        runs = "; ".join(f"{'Linf' if n == 'linf' else 'L2'}: {' -> '.join(map(str, a))}"
+                         for n, a in dict(attack.get("attacks", {})).items())
+        return (f"Attack: the AutoAttack-style ensemble ({runs}), each on the images the earlier ones did not "
+                f"break; APGD {attack.get('apgd_steps')} iterations x {attack.get('apgd_restarts')} run(s), "
+                f"Square {attack.get('square_queries')} queries. An image counts as robust only if every "
+                "attack failed on it.")
+    if attack.get("name") == "PGD":
+        return f"Attack: PGD, {attack.get('steps')} steps x {attack.get('restarts')} run(s)."
+    return ""
+
+
 @view("adversarial")
 def adversarial_view(study: StudyResult, audit: AuditResult) -> dict[str, Any]:
     """Robust-accuracy curves, minimal-perturbation histograms, gallery, foolbox table, checks."""
@@ -116,4 +136,5 @@ def adversarial_view(study: StudyResult, audit: AuditResult) -> dict[str, Any]:
     ctx["n_samples"] = fmt(study.metrics.get("n_samples"), "n_samples")
     ctx["clean_accuracy"] = fmt(clean)
     ctx["gradient_evals"] = {str(k): fmt(v, "n") for k, v in dict(data.get("gradient_evals", {})).items()}
+    ctx["attack"] = _attack_text(dict(data.get("attack", {})))
     return ctx

@@ -1,6 +1,9 @@
 """Study ``adversarial``: worst-case robustness, measured fast and checked for honesty.
 
-Compiled PGD (Linf and L2; :mod:`robustkit.model.attacks`) runs an epsilon sweep in increasing
+The attack (``attack``) is the AutoAttack-style ensemble (:mod:`robustkit.model.ensemble`:
+APGD-CE, then APGD-DLR on the survivors, then the gradient-free Square on the survivors;
+Croce and Hein 2020) in the ``standard`` and ``full`` profiles, and one compiled PGD in
+``quick``. It runs an epsilon sweep (Linf and L2; :mod:`robustkit.model.attacks`) in increasing
 order, attacking at each radius only the samples that survived the smaller ones, so robust
 accuracy is non-increasing by construction and each sample gets its minimal perturbation on
 the grid. FGSM runs beside it as a sanity baseline; in the ``full`` profile foolbox's
@@ -27,6 +30,7 @@ from robustkit.errors import check_choice, check_range, param_error
 from robustkit.metrics import classification as M
 from robustkit.metrics.outputs import probabilities
 from robustkit.model import attacks as A
+from robustkit.model.ensemble import ENSEMBLE_LABELS, Ensemble
 from robustkit.results import StudyResult
 from robustkit.studies import register
 from robustkit.studies.adversarial_checks import SENSITIVITY, CheckInputs, eps_name, run_checks
@@ -39,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = ["AdversarialConfig", "AdversarialStudy", "eps_name"]
 
 NORMS = ("linf", "l2")
+ATTACKS = ("pgd", "ensemble")
 _WHERE = "study 'adversarial'"
 
 
@@ -53,10 +58,15 @@ class AdversarialConfig(StudyConfig):
 
     Attributes:
         norms: threat models to sweep, ``linf`` and/or ``l2``.
+        attack: ``ensemble`` (APGD-CE -> APGD-DLR -> Square, per-sample worst case) or ``pgd``.
+        apgd_steps: APGD iterations per run in the ensemble (the paper: 100).
+        apgd_restarts: APGD runs per sample (the untargeted ones; APGD-T runs once per target).
+        n_target_classes: target classes of APGD-T (models with >= 4 classes; the paper: 9).
+        square_queries: Square's queries per sample in the ensemble (Linf; 0: no Square).
         epsilons_linf: Linf radii in pixel units (``0.5 / 255`` ... ``8 / 255``); a scalar
             or a list; sorted and de-duplicated.
         epsilons_l2: L2 radii (norm over all pixels and channels of the [0, 1] image).
-        steps: PGD steps per run.
+        steps: PGD steps per run (``attack: pgd``).
         step_size_factor: PGD step = ``step_size_factor * epsilon / steps``.
         restarts: PGD runs per sample and radius (later runs start at random points and
             attack only the samples still unbroken).
@@ -79,6 +89,11 @@ class AdversarialConfig(StudyConfig):
 
     max_samples: int | None = 128
     norms: tuple[str, ...] = ("linf", "l2")
+    attack: str = "ensemble"
+    apgd_steps: int = 20
+    apgd_restarts: int = 1
+    n_target_classes: int = 9
+    square_queries: int = 100
     epsilons_linf: tuple[float, ...] = (0.5 / 255, 1 / 255, 2 / 255, 4 / 255, 8 / 255)
     epsilons_l2: tuple[float, ...] = (0.25, 0.5, 1.0)
     steps: int = 20
@@ -115,6 +130,14 @@ class AdversarialConfig(StudyConfig):
         self._check_epsilons("epsilons_linf", self.epsilons_linf, high=1.0, needed="linf" in self.norms)
         self._check_epsilons("epsilons_l2", self.epsilons_l2, high=None, needed="l2" in self.norms)
         check_range("steps", self.steps, low=1, integer=True, where=_WHERE)
+        check_choice("attack", self.attack, ATTACKS, where=_WHERE)
+        check_range("apgd_steps", self.apgd_steps, low=1, integer=True, where=_WHERE)
+        check_range("apgd_restarts", self.apgd_restarts, low=1, integer=True, where=_WHERE)
+        check_range("n_target_classes", self.n_target_classes, low=1, integer=True, where=_WHERE)
+        check_range("square_queries", self.square_queries, low=0, integer=True, where=_WHERE)
+        if self.targeted and self.attack == "ensemble":
+            raise param_error("targeted", "false with attack 'ensemble' (set attack: pgd for a targeted attack)",
+                              self.targeted, where=_WHERE)
         check_range("step_size_factor", self.step_size_factor, low=0, low_open=True, where=_WHERE)
         check_range("restarts", self.restarts, low=1, integer=True, where=_WHERE)
         check_choice("loss", self.loss, A.LOSSES, where=_WHERE)
@@ -145,8 +168,10 @@ class AdversarialConfig(StudyConfig):
 class AdversarialStudy(Study):
     name = "adversarial"
     description = (
-        "How much deliberate, worst-case change to the pixels the classifier survives. Projected "
-        "gradient descent (PGD) searches, for every image, for a perturbation within a budget "
+        "How much deliberate, worst-case change to the pixels the classifier survives. An ensemble of "
+        "attacks in the manner of AutoAttack (APGD with the cross-entropy loss, then APGD with the DLR "
+        "loss, then the gradient-free Square attack, each on the images the earlier ones did not break; "
+        "the quick profile runs one PGD) searches, for every image, for a perturbation within a budget "
         "epsilon (Linf: no pixel changes by more than epsilon; L2: the perturbation's total "
         "length is at most epsilon) that changes the prediction. Robust accuracy is the share of "
         "images still classified correctly at each budget; the minimal perturbation is the "
@@ -156,15 +181,22 @@ class AdversarialStudy(Study):
     )
     Config = AdversarialConfig
     profiles = {
-        "quick": {"norms": ["linf"], "epsilons_linf": [1 / 255, 2 / 255, 4 / 255], "steps": 10,
+        "quick": {"norms": ["linf"], "epsilons_linf": [1 / 255, 2 / 255, 4 / 255], "attack": "pgd", "steps": 10,
                   "max_samples": 32, "n_bootstrap": 300, "check_samples": 16},
         "standard": {},
-        "full": {"steps": 40, "restarts": 3, "max_samples": 256, "n_bootstrap": 2000,
+        "full": {"steps": 40, "restarts": 3, "apgd_steps": 100, "apgd_restarts": 5, "square_queries": 5000,
+                 "max_samples": 256, "n_bootstrap": 2000,
                  "foolbox_attacks": ["deepfool", "carlini_wagner", "hop_skip_jump"]},
     }
     metric_docs = {
         "robust_accuracy": ("share of images still classified correctly under the attack at a budget "
-                            "(clean errors count as wrong)", "higher"),
+                            "(clean errors count as wrong); the ensemble's per-sample worst case, and per attack "
+                            "(`robust_accuracy.<attack>.<norm>.<eps>`, attack `apgd_ce`, `apgd_dlr` or `square`) "
+                            "counting the images broken by the ensemble's attacks up to that one, in AutoAttack's "
+                            "order; FGSM alone "
+                            "(`robust_accuracy.fgsm.linf.<eps>`)", "higher"),
+        "square_only_rate": ("share of correctly classified images that only the gradient-free Square attack "
+                             "broke (the gradient attacks failed on them: a sign of masked gradients)", "lower"),
         "attack_success_rate": ("share of correctly classified images the attack broke at a budget", "lower"),
         "min_perturbation": ("smallest budget on the grid that broke an image (Linf in /255; 0: wrong "
                              "when clean; inf: not broken), median and quartiles", "higher"),
@@ -268,8 +300,9 @@ class AdversarialStudy(Study):
         alive = np.flatnonzero(in_check & s.correct[:, k])
         if not alive.size:
             return out
-        stronger = (self._attack(norm, steps=2 * cfg.steps, restarts=1),
-                    self._attack(norm, restarts=1, random_start=True))
+        # the check asks whether the gradient attacks converged: the ensemble re-runs without Square
+        stronger = (self._attack(norm, steps=2 * self._steps(), restarts=1, square_queries=0),
+                    self._attack(norm, restarts=1, random_start=True, square_queries=0))
         for j, attack in enumerate(stronger):
             res = attack(model, x[alive], y[alive], epsilons=float(s.epsilons[k]), target=_pick(target, alive),
                          seed=_seeds(ctx, [ids[i] for i in alive], "checks", "sensitivity"))
@@ -284,11 +317,12 @@ class AdversarialStudy(Study):
         logits = records["clean_logits"]
         names = list(data.class_names)
         target = _targets(cfg, logits, y, names)
-        sweeps = {norm: _sweep_from(records, norm, self._grid(norm), cfg.steps) for norm in cfg.norms}
+        sweeps = {norm: _sweep_from(records, norm, self._grid(norm), self._steps()) for norm in cfg.norms}
         fgsm = _fgsm_from(records, cfg.epsilons_linf) if "fgsm_correct" in records else None
         foolbox = _foolbox_from(records, cfg.foolbox_attacks)
         result = StudyResult(name=self.name)
-        columns = _fill_metrics(result, sweeps, fgsm, y, target, names)
+        ensemble = {norm: _by_attack(s, self._attack_names(len(names), norm)) for norm, s in sweeps.items()}
+        columns = _fill_metrics(result, sweeps, fgsm, y, target, names, ensemble)
         _fill_foolbox(result, foolbox, sweeps)
         result.intervals = _intervals(result.records["correct"], columns, y, cfg.n_bootstrap,
                                       ctx.seed_for("adversarial", "bootstrap"))
@@ -299,12 +333,13 @@ class AdversarialStudy(Study):
                              sensitivity=records["sensitivity"], grad_finite=records["grad_finite"],
                              grad_zero=records["grad_zero"], logit_change=records["logit_change"],
                              logit_drift=records["logit_drift"], logit_scale=records["logit_scale"],
-                             tolerance=cfg.tolerance, large_epsilon_linf=cfg.large_epsilon_linf)
+                             tolerance=cfg.tolerance, large_epsilon_linf=cfg.large_epsilon_linf, ensemble=ensemble)
         result.checks, check_data = run_checks(inputs)
         result.data.update(
             class_names=names,
             clean_accuracy=float(np.mean(logits.argmax(axis=1) == y)) if len(y) else float("nan"),
-            curves=_curves(result, sweeps, fgsm),
+            curves=_curves(result, sweeps, fgsm, ensemble),
+            attack=_attack_summary(cfg, ensemble),
             histograms={norm: _histogram(s, y, names, norm) for norm, s in sweeps.items()},
             gallery=_gallery(data, ctx, records, logits, sweeps, names, cfg.n_examples),
             loss_traces={norm: _nan_list(s.loss_traces) for norm, s in sweeps.items()},
@@ -315,13 +350,33 @@ class AdversarialStudy(Study):
         )
         return result
 
-    def _attack(self, norm: str, **changes: Any) -> A.GradientAttack:
+    def _attack(self, norm: str, **changes: Any) -> A.SweepAttack:
+        """The sweep's attack for ``norm`` (the ensemble or PGD), with ``changes`` to its options."""
         cfg = self.config
         assert isinstance(cfg, AdversarialConfig)
+        if cfg.attack == "ensemble":
+            opts: dict[str, Any] = dict(norm=norm, steps=cfg.apgd_steps, restarts=cfg.apgd_restarts,
+                                        n_target_classes=cfg.n_target_classes, square_queries=cfg.square_queries)
+            opts.update({k: v for k, v in changes.items() if k in ("steps", "restarts", "square_queries")})
+            return Ensemble(**opts)
         options: dict[str, Any] = dict(steps=cfg.steps, step_size_factor=cfg.step_size_factor, restarts=cfg.restarts,
                                        random_start=cfg.random_start, loss=cfg.loss, targeted=cfg.targeted)
-        options.update(changes)
+        options.update({k: v for k, v in changes.items() if k != "square_queries"})
         return (A.LinfPGD if norm == "linf" else A.L2PGD)(**options)
+
+    def _steps(self) -> int:
+        """Iterations per run of the sweep's attack (its loss traces have one more entry)."""
+        cfg = self.config
+        assert isinstance(cfg, AdversarialConfig)
+        return cfg.apgd_steps if cfg.attack == "ensemble" else cfg.steps
+
+    def _attack_names(self, num_classes: int, norm: str) -> list[str]:
+        """The ensemble's attacks that run for ``norm`` (empty for PGD), in order."""
+        cfg = self.config
+        assert isinstance(cfg, AdversarialConfig)
+        if cfg.attack != "ensemble":
+            return []
+        return [name for name, _ in Ensemble(norm=norm, square_queries=cfg.square_queries).attacks(num_classes)]
 
     def _grid(self, norm: str) -> tuple[float, ...]:
         cfg = self.config
@@ -399,7 +454,8 @@ def _large_epsilon(cfg: AdversarialConfig, norm: str, shape: tuple[int, ...] | N
 
 def _sweep_records(norm: str, s: A.SweepResult) -> dict[str, np.ndarray]:
     return {f"correct_{norm}": s.correct, f"min_eps_{norm}": s.min_eps, f"adv_pred_{norm}": s.adv_pred.astype(np.int16),
-            f"adv_conf_{norm}": s.adv_conf, f"traces_{norm}": s.traces, f"evals_{norm}": s.evals}
+            f"adv_conf_{norm}": s.adv_conf, f"traces_{norm}": s.traces, f"evals_{norm}": s.evals,
+            f"by_{norm}": s.broken_by}
 
 
 def _gallery_records(x: np.ndarray, s: A.SweepResult | None) -> dict[str, np.ndarray]:
@@ -453,7 +509,8 @@ def _sweep_from(rec: dict[str, np.ndarray], norm: str, grid: tuple[float, ...], 
     return A.SweepResult(epsilons=np.sort(np.asarray(grid, dtype=np.float64)), correct=rec[f"correct_{norm}"],
                          min_eps=rec[f"min_eps_{norm}"], adv_pred=rec[f"adv_pred_{norm}"],
                          adv_conf=rec[f"adv_conf_{norm}"], loss_traces=means, kept={},
-                         gradient_evals=int(rec[f"evals_{norm}"].sum()), traces=traces, evals=rec[f"evals_{norm}"])
+                         gradient_evals=int(rec[f"evals_{norm}"].sum()), traces=traces, evals=rec[f"evals_{norm}"],
+                         broken_by=rec[f"by_{norm}"])
 
 
 def _fgsm_from(rec: dict[str, np.ndarray], grid: tuple[float, ...]) -> A.SweepResult:
@@ -486,8 +543,39 @@ def _quartiles(values: np.ndarray) -> tuple[float, float, float]:
     return float(q[0]), float(q[1]), float(q[2])
 
 
+def _by_attack(s: A.SweepResult, attacks: list[str]) -> dict[str, np.ndarray]:
+    """Per ensemble attack (in order), ``(N, E)`` still correct counting only the images broken
+    by the attacks up to and including it (AutoAttack's running log; the last one is the
+    ensemble's per-sample worst case). Empty for a single attack."""
+    broken_at = s.min_eps[:, None] <= s.epsilons[None, :]
+    return {name: ~(broken_at & (s.broken_by[:, None] <= code)) for code, name in enumerate(attacks, start=1)}
+
+
+def _attack_summary(cfg: AdversarialConfig, ensemble: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+    """What ran, for the report: the attack, its budget, and the ensemble's attacks per norm."""
+    if cfg.attack != "ensemble":
+        return {"name": "PGD", "steps": cfg.steps, "restarts": cfg.restarts}
+    return {"name": "ensemble", "apgd_steps": cfg.apgd_steps, "apgd_restarts": cfg.apgd_restarts,
+            "square_queries": cfg.square_queries,
+            "attacks": {norm: [ENSEMBLE_LABELS[a] for a in by] for norm, by in ensemble.items()}}
+
+
+def _fill_ensemble(result: StudyResult, s: A.SweepResult, norm: str, by: dict[str, np.ndarray],
+                   columns: list[str], correct: list[np.ndarray]) -> None:
+    """Per attack of the ensemble its robust accuracy per radius; the share only Square broke."""
+    for name, ok in by.items():
+        for k, eps in enumerate(s.epsilons):
+            columns.append(f"robust_accuracy.{name}.{norm}.{eps_name(norm, eps)}")
+            correct.append(ok[:, k])
+            result.metrics[columns[-1]] = float(ok[:, k].mean())
+    if "square" in by:
+        code = list(by).index("square") + 1
+        result.metrics[f"square_only_rate.{norm}"] = _rate(s.broken_by == code, s.min_eps > 0)
+
+
 def _fill_metrics(result: StudyResult, sweeps: dict[str, A.SweepResult], fgsm: A.SweepResult | None,
-                  y: np.ndarray, target: np.ndarray | None, names: list[str]) -> list[str]:
+                  y: np.ndarray, target: np.ndarray | None, names: list[str],
+                  ensemble: dict[str, dict[str, np.ndarray]]) -> list[str]:
     """Robust accuracy, success rates, minimal perturbations; records; returns correct columns."""
     m, columns, correct = result.metrics, [], []
     clean_ok = sweeps[next(iter(sweeps))].min_eps > 0
@@ -510,6 +598,8 @@ def _fill_metrics(result: StudyResult, sweeps: dict[str, A.SweepResult], fgsm: A
             m[f"min_perturbation.{norm}.median.{name}"] = _quartiles(s.min_eps[y == k] * unit)[1]
         result.records[f"min_eps_{norm}"] = s.min_eps.astype(np.float32)
         result.records[f"adv_pred_{norm}"] = s.adv_pred.astype(np.int16)
+        result.records[f"broken_by_{norm}"] = s.broken_by.astype(np.int8)
+        _fill_ensemble(result, s, norm, ensemble.get(norm, {}), columns, correct)
     if fgsm is not None:
         for k, eps in enumerate(fgsm.epsilons):
             columns.append(f"robust_accuracy.fgsm.linf.{eps_name('linf', eps)}")
@@ -566,11 +656,18 @@ def _nan_list(a: np.ndarray) -> list[list[float | None]]:
     return [[None if not np.isfinite(v) else float(v) for v in row] for row in np.asarray(a)]
 
 
-def _curves(result: StudyResult, sweeps: dict[str, A.SweepResult], fgsm: A.SweepResult | None) -> dict[str, Any]:
+def _curves(result: StudyResult, sweeps: dict[str, A.SweepResult], fgsm: A.SweepResult | None,
+            ensemble: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+    """Per norm: radii, the attack's robust accuracy (``pgd``, named by ``label``) with its
+    interval, each ensemble attack's running robust accuracy (``attacks``) and FGSM's."""
     out: dict[str, Any] = {}
     for norm, s in sweeps.items():
+        by = ensemble.get(norm, {})
         curve: dict[str, Any] = {"unit": "/255" if norm == "linf" else "L2", "epsilons": [], "pgd": [], "low": [],
-                                 "high": []}
+                                 "high": [], "label": "ensemble" if by else "PGD",
+                                 "attacks": {ENSEMBLE_LABELS[a]: [result.metrics[
+                                     f"robust_accuracy.{a}.{norm}.{eps_name(norm, e)}"] for e in s.epsilons]
+                                     for a in by}}
         for eps in s.epsilons:
             name = f"robust_accuracy.{norm}.{eps_name(norm, eps)}"
             lo, hi = result.intervals.get(name, [float("nan")] * 2)

@@ -6,13 +6,15 @@ per-sample outcomes of its check attacks (:class:`CheckInputs`, all from the stu
 records: the model work is done in the study's ``map``) and returns one
 :class:`~robustkit.results.Check` per test: near zero at a large epsilon, steps and
 restarts, black-box vs white-box, minimum-norm attacks vs PGD, the loss trace, the input
-gradients, determinism, and FGSM vs PGD. Pure numpy: no model here.
+gradients, determinism, FGSM vs PGD, and for the AutoAttack-style ensemble "the ensemble is
+not above any single attack" and "Square breaks nothing the gradient attacks could not".
+Pure numpy: no model here.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -63,6 +65,9 @@ class CheckInputs:
             ``logit_scale``: the largest absolute logit of the pass.
         tolerance: Allowed change in robust accuracy.
         large_epsilon_linf: The large Linf radius (pixel units) of the near-zero check.
+        ensemble: per norm, per attack of the ensemble (in the order they ran), ``(N, E)``
+            bool still correct counting the images broken by the attacks up to that one;
+            empty when the sweep ran a single attack.
     """
 
     y: np.ndarray
@@ -80,6 +85,7 @@ class CheckInputs:
     logit_scale: np.ndarray
     tolerance: float
     large_epsilon_linf: float
+    ensemble: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     @property
     def norm(self) -> str:
@@ -98,6 +104,8 @@ def run_checks(c: CheckInputs) -> tuple[list[Check], dict[str, Any]]:
         _check_gradients(c, data),
         _check_determinism(c, data),
         _check_fgsm(c),
+        _check_ensemble(c),
+        _check_square(c),
     ]
     return [k for k in checks if k is not None], data
 
@@ -243,3 +251,54 @@ def _check_fgsm(c: CheckInputs) -> Check | None:
                      "badly tuned PGD step.")
     return Check("FGSM vs PGD", "pass",
                  f"PGD robust accuracy is at most FGSM's (+{c.tolerance:g}) at every Linf budget.")
+
+
+def _radius(norm: str, eps: float) -> str:
+    return f"{norm} {eps_name(norm, eps)}{'/255' if norm == 'linf' else ''}"
+
+
+def _check_ensemble(c: CheckInputs) -> Check | None:
+    """The ensemble's robust accuracy is not above any of its attacks' (by construction: a bug
+    otherwise) nor, image by image, above FGSM's (FGSM runs alone on every image)."""
+    if not any(c.ensemble.values()):
+        return None
+    above, fgsm_only = [], []
+    for norm, by in c.ensemble.items():
+        s = c.sweeps[norm]
+        for name, ok in by.items():
+            above += [f"{name} at {_radius(norm, e)}" for k, e in enumerate(s.epsilons)
+                      if s.correct[:, k].mean() > ok[:, k].mean()]
+        if norm == "linf" and c.fgsm is not None:
+            fgsm_only += [f"{int(n)} at {_radius(norm, e)}" for k, e in enumerate(s.epsilons)
+                          if (n := np.sum(s.correct[:, k] & ~c.fgsm.correct[:, k]))]
+    if above:
+        return Check("ensemble not above any single attack", "fail",
+                     f"the ensemble's robust accuracy is above that of {', '.join(above)}: the per-sample worst "
+                     "case was not taken (a bug in the study).")
+    if fgsm_only:
+        return Check("ensemble not above any single attack", "warn",
+                     f"one-step FGSM broke images the ensemble left correct ({', '.join(fgsm_only)}): the "
+                     "ensemble's search failed where a single gradient step did (masking or too few steps).")
+    return Check("ensemble not above any single attack", "pass",
+                 "at every budget the ensemble's robust accuracy is at most each of its attacks', and every "
+                 "image FGSM broke, the ensemble broke too.")
+
+
+def _check_square(c: CheckInputs) -> Check | None:
+    """A gradient-free success on an image the gradient attacks failed on points at masked gradients."""
+    runs = {norm: list(by).index("square") + 1 for norm, by in c.ensemble.items() if "square" in by}
+    if not runs:
+        return None
+    found = []
+    for norm, code in runs.items():
+        s = c.sweeps[norm]
+        hits = s.broken_by == code
+        found += [f"{int(np.sum(hits & (s.min_eps == e)))} at {_radius(norm, e)}" for e in s.epsilons
+                  if np.any(hits & (s.min_eps == e))]
+    if found:
+        return Check("Square breaks nothing the gradient attacks could not", "warn",
+                     f"the gradient-free Square attack broke images that APGD-CE and APGD-DLR could not "
+                     f"({', '.join(found)}): the gradients mislead the gradient attacks (gradient masking) or "
+                     "they need more steps; trust the ensemble's number, not APGD's alone.")
+    return Check("Square breaks nothing the gradient attacks could not", "pass",
+                 "Square (gradient-free) broke no image that the gradient attacks left correct.")
