@@ -154,9 +154,9 @@ def test_gradient_masking_fires_the_checks(toy_data: Path) -> None:
     study = AdversarialStudy.configure("quick", {"max_samples": 12, "n_bootstrap": 20, "check_samples": 6})
     res = study.execute(model, data, AuditContext(seed=0))
     checks = {c.name: c for c in res.checks}
-    assert checks["gradients finite and non-zero"].status in ("warn", "fail")
+    assert checks["gradients finite and non-zero"].status == "warn"  # finite, but all zero: masking
     assert "masking" in checks["gradients finite and non-zero"].detail
-    assert checks["loss rises and flattens"].status == "warn" or checks["near zero at a large epsilon"].status == "fail"
+    assert checks["near zero at a large epsilon"].status == "fail"
 
 
 def test_square_finds_what_masked_gradients_hide(toy_data: Path) -> None:

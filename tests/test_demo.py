@@ -36,8 +36,12 @@ def test_demo_runs_end_to_end_and_reuses_its_cache(tmp_path: Path, monkeypatch: 
     saved = json.loads((out / "results.json").read_text())
     assert saved["model"]["fingerprint"] == result.model["fingerprint"]
 
-    trained = []
+    trained, executed = [], []
     monkeypatch.setattr(robustkit.model.training, "train", lambda *a, **k: trained.append(1))
+    from robustkit.studies.base import Study
+
+    monkeypatch.setattr(Study, "execute", lambda self, *a, **k: executed.append(self.name))
     again = run_demo(out=out, cache=cache, profile="quick", quiet=True)
-    assert trained == []  # the cached checkpoint was reused, and so were the finished studies
+    assert trained == []  # the cached checkpoint was reused
+    assert executed == []  # and no finished study ran again (equal numbers alone would not show it)
     np.testing.assert_equal(again.metrics(), result.metrics())  # NaN == NaN here

@@ -55,6 +55,10 @@ def test_inception_v3_grayscale_input_is_repeated_to_rgb_inside_the_model() -> N
     probs = model.predict(gray, verbose=0)
     assert probs.shape == (2, 2)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    from robustkit._tf import keras
+
+    rgb = keras.Model(model.inputs, model.get_layer("gray_to_rgb").output)(gray)  # each channel is the image
+    np.testing.assert_array_equal(np.asarray(rgb), np.repeat(gray, 3, axis=-1))
 
 
 def test_small_cnn_maps_pixels_to_probabilities() -> None:

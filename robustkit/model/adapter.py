@@ -496,7 +496,7 @@ def load_model(
     p = Path(path)
     if not p.exists():
         raise ModelError(f"{p}: expected a model checkpoint, got no such file.")
-    meta = _read_meta(p) if p.is_file() else {}
+    meta = _read_meta(p)  # a SavedModel folder reads <folder>.meta.json too
     model = _load_keras(p, trust=trust)
     scale = input_scale or meta.get("input_scale", "unit")
     return ModelAdapter(
