@@ -202,15 +202,20 @@ def test_slices_ood_and_ensemble_light_up_when_present() -> None:
                     directions={"auroc": "higher", "confident_covid_rate": "lower"}, data={"recommended": "energy"}),
     ]
     audit = make_audit(extra=extra)
-    audit.studies["adversarial"].metrics.update({"ensemble_robust_accuracy.linf.0.5": 0.55,
-                                                 "ensemble_robust_accuracy.linf.2": 0.1})
+    adv = audit.studies["adversarial"]
+    adv.config["attack"] = "ensemble"  # the standard profile's AutoAttack-style ensemble (#17)
+    smallest = min(float(m.split(".", 2)[2]) for m in adv.metrics if m.startswith("robust_accuracy.linf."))
+    budget = f"{smallest:g}"
+    adv.metrics[f"robust_accuracy.apgd_ce.linf.{budget}"] = 0.55
     card = build_card(audit)
     assert [n.metric for n in card.sections["ood"]] == ["ood.auroc.energy.far", "ood.auroc.energy.near",
                                                         "ood.confident_covid_rate.near"]
     assert [n.metric for n in card.sections["slices"]] == ["slices.worst.accuracy", "slices.worst.gap",
                                                            "slices.probe.auroc.site"]
     assert "site=B" in card.sections["slices"][0].label
-    assert "adversarial.ensemble_robust_accuracy.linf.0.5" in [n.metric for n in card.sections["adversarial"]]
+    labels = {n.metric: n.label for n in card.sections["adversarial"]}
+    assert f"adversarial.robust_accuracy.apgd_ce.linf.{budget}" in labels
+    assert any(label.startswith("ensemble") for label in labels.values())
     assert not any("'slices' was not run" in t or "'ood' was not run" in t for t in card.limitations)
     html = card_html(card)
     assert 'id="card-ood"' in html and 'id="card-slices"' in html
