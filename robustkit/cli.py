@@ -150,7 +150,7 @@ def _add_study_options(p: argparse.ArgumentParser) -> None:
     for record in plugins().values():
         for opt in record.options:
             p.add_argument(opt.flag, dest=_option_dest(record.name, opt.key), default=None, help=opt.help,
-                           type=_studies_arg if opt.is_list else str, metavar=opt.metavar,
+                           type=_studies_arg if opt.is_list else str, metavar=opt.metavar or opt.key.upper(),
                            action="append" if opt.repeat else "store")
 
 
