@@ -227,7 +227,7 @@ def _sections(r: AuditResult, seed: int) -> tuple[dict[str, list[CardNumber]], d
             ("brier", "Brier before"), ("brier_ts", "Brier after"), ("temperature", "temperature T"))),
         "shift": _shift(r),
         "adversarial": _adversarial(r, notes),
-        "ood": _ood(r),
+        "ood": _ood(r, notes),
         "slices": _slices(r, notes),
         "saliency": _saliency(r, notes),
     }
@@ -322,13 +322,27 @@ def _adversarial(r: AuditResult, notes: dict[str, list[str]]) -> list[CardNumber
     return _present(picks)
 
 
-def _ood(r: AuditResult) -> list[CardNumber]:
+def _ood(r: AuditResult, notes: dict[str, list[str]]) -> list[CardNumber]:
+    """The recommended score's AUROC on the far and near sets pooled (every set when no pooled
+    figure is stored), the confident COVID-19 rate on the in-distribution images and on the three
+    sets the model calls COVID-19 most; the rest is in the report."""
     if "ood" not in r.studies:
         return []
     rec = r.studies["ood"].data.get("recommended")
     prefix = f"ood.auroc.{rec}." if rec else "ood.auroc."
-    found = numbers_by_prefix(r, prefix, label=f"AUROC{' (' + str(rec) + ')' if rec else ''} {{rest}}")
-    return found + numbers_by_prefix(r, "ood.confident_covid_rate.", label="confident COVID-19 rate {rest}")
+    label = f"AUROC{' (' + str(rec) + ')' if rec else ''} {{rest}}"
+    pooled = [m for m in (prefix + "far", prefix + "near") if m in r.metrics()]
+    aurocs = _present(_number(r, m, label.format(rest=m[len(prefix):])) for m in pooled) if pooled \
+        else numbers_by_prefix(r, prefix, label=label)
+    rate = "ood.confident_covid_rate."
+    rates = {m[len(rate):]: v for m, v in r.metrics().items() if m.startswith(rate)}
+    top = sorted((k for k in rates if k != "id"), key=lambda k: -rates[k] if math.isfinite(rates[k]) else 0)[:3]
+    shown = (["id"] if "id" in rates else []) + top
+    hidden = len(rates) - len(shown)
+    if hidden > 0:
+        notes["ood"] = [f"The confident COVID-19 rate of {hidden} more set(s) and every score's AUROC per set "
+                        "are in the full report."]
+    return aurocs + _present(_number(r, rate + k, f"confident COVID-19 rate {k}") for k in shown)
 
 
 def _slices(r: AuditResult, notes: dict[str, list[str]]) -> list[CardNumber]:

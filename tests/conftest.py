@@ -97,3 +97,15 @@ def toy_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def toy_model(tmp_path_factory: pytest.TempPathFactory, toy_data: Path) -> Path:
     return train_toy_model(toy_data, tmp_path_factory.mktemp("model") / "toy.keras")
+
+
+@pytest.fixture(scope="session")
+def toy_arrays(toy_model: Path, toy_data: Path):
+    """The toy model as an adapter, the toy images ``(N, H, W, 1)`` and labels ``(N,)``."""
+    from robustkit.data.dataset import load_dataset
+    from robustkit.model.adapter import load_model
+
+    adapter = load_model(toy_model)
+    data = load_dataset(toy_data)
+    h, w, c = adapter.input_shape
+    return adapter, data.load_images(np.arange(len(data)), size=(h, w), channels=c), np.asarray(data.labels)

@@ -5,25 +5,20 @@ from __future__ import annotations
 import math
 import warnings
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from robustkit.data.dataset import load_dataset
 from robustkit.errors import ConfigError
 from robustkit.model import apgd as P
-from robustkit.model.adapter import ModelAdapter, load_model
+from robustkit.model.adapter import ModelAdapter
 from robustkit.model.ensemble import Ensemble
 from robustkit.model.square import LinfSquare, p_selection
 
 
 @pytest.fixture(scope="module")
-def toy(toy_model: Path, toy_data: Path) -> tuple[ModelAdapter, np.ndarray, np.ndarray]:
-    adapter = load_model(toy_model)
-    data = load_dataset(toy_data)
-    h, w, c = adapter.input_shape
-    return adapter, data.load_images(np.arange(len(data)), size=(h, w), channels=c), np.asarray(data.labels)
+def toy(toy_arrays: tuple[ModelAdapter, np.ndarray, np.ndarray]) -> tuple[ModelAdapter, np.ndarray, np.ndarray]:
+    return toy_arrays
 
 
 def _mlp(w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray, size: int = 4) -> ModelAdapter:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from robustkit.data.dataset import load_dataset
 from robustkit.errors import ConfigError
 from robustkit.model import attacks as A
-from robustkit.model.adapter import ModelAdapter, load_model
+from robustkit.model.adapter import ModelAdapter
 
 
 def _linear_adapter(weights: np.ndarray, bias: np.ndarray, size: int = 4) -> ModelAdapter:
@@ -26,11 +24,8 @@ def _linear_adapter(weights: np.ndarray, bias: np.ndarray, size: int = 4) -> Mod
 
 
 @pytest.fixture(scope="module")
-def toy(toy_model: Path, toy_data: Path) -> tuple[ModelAdapter, np.ndarray, np.ndarray]:
-    adapter = load_model(toy_model)
-    data = load_dataset(toy_data)
-    h, w, c = adapter.input_shape
-    return adapter, data.load_images(np.arange(len(data)), size=(h, w), channels=c), np.asarray(data.labels)
+def toy(toy_arrays: tuple[ModelAdapter, np.ndarray, np.ndarray]) -> tuple[ModelAdapter, np.ndarray, np.ndarray]:
+    return toy_arrays
 
 
 def test_fgsm_on_a_linear_model_equals_the_analytic_answer() -> None:

@@ -5,22 +5,17 @@ sphere."""
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from robustkit.data.dataset import load_dataset
 from robustkit.model import attacks as A
-from robustkit.model.adapter import ModelAdapter, load_model
+from robustkit.model.adapter import ModelAdapter
 
 
 @pytest.fixture(scope="module")
-def toy(toy_model: Path, toy_data: Path) -> tuple[ModelAdapter, np.ndarray, np.ndarray]:
-    adapter = load_model(toy_model)
-    data = load_dataset(toy_data)
-    h, w, c = adapter.input_shape
-    return adapter, data.load_images(np.arange(len(data)), size=(h, w), channels=c), np.asarray(data.labels)
+def toy(toy_arrays: tuple[ModelAdapter, np.ndarray, np.ndarray]) -> tuple[ModelAdapter, np.ndarray, np.ndarray]:
+    return toy_arrays
 
 
 def _foolbox_pgd(name: str, model: ModelAdapter, x: np.ndarray, y: np.ndarray, eps: float, step: float,

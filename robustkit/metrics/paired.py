@@ -33,6 +33,7 @@ from robustkit.errors import check_range, param_error
 from robustkit.metrics.calibration import ece_compute, ece_update
 
 __all__ = [
+    "bh_qvalues",
     "PAIRED_STATISTICS",
     "BootstrapResult",
     "McNemarResult",
@@ -171,6 +172,32 @@ def _normal_p(delta: float, diffs: np.ndarray) -> float:
     return float(min(1.0, 2.0 * norm.sf(abs(delta) / se)))
 
 
+def _ranked(p_values: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(p, NaN-filled output, positions of the finite p-values in increasing order)``: the
+    shared first stage of the step-down and step-up adjustments (NaN entries are not counted)."""
+    p = np.asarray(p_values, dtype=np.float64)
+    finite = np.flatnonzero(np.isfinite(p))
+    return p, np.full(p.shape, np.nan), finite[np.argsort(p[finite], kind="mergesort")]
+
+
+def bh_qvalues(p_values: Sequence[float]) -> list[float]:
+    """Benjamini-Hochberg (1995) q-values: ``q_(i) = min_{j >= i} m p_(j) / j``, capped at 1.
+
+    NaN entries stay NaN and are not counted in ``m``.
+
+    Example:
+        >>> [round(q, 3) for q in bh_qvalues([0.01, 0.04, 0.03, 0.5])]
+        [0.04, 0.053, 0.053, 0.5]
+    """
+    p, out, order = _ranked(p_values)
+    m = len(order)
+    if m == 0:
+        return out.tolist()
+    scaled = p[order] * m / np.arange(1, m + 1)
+    out[order] = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
+    return out.tolist()
+
+
 def holm(p_values: Sequence[float]) -> list[float]:
     """Holm's step-down adjusted p-values (NaN entries stay NaN and are not counted).
 
@@ -178,13 +205,10 @@ def holm(p_values: Sequence[float]) -> list[float]:
         >>> [round(p, 3) for p in holm([0.01, 0.04, 0.03])]
         [0.03, 0.06, 0.06]
     """
-    p = np.asarray(p_values, dtype=np.float64)
-    out = np.full(p.shape, np.nan)
-    finite = np.flatnonzero(np.isfinite(p))
-    m = len(finite)
+    p, out, order = _ranked(p_values)
+    m = len(order)
     if m == 0:
         return out.tolist()
-    order = finite[np.argsort(p[finite], kind="mergesort")]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         stepped = np.maximum.accumulate((m - np.arange(m)) * p[order])

@@ -33,6 +33,7 @@ import numpy as np
 from robustkit.errors import ConfigError
 from robustkit.metrics.calibration import ece_compute, ece_update
 from robustkit.metrics.classification import bootstrap_indices, roc_auc_ovr
+from robustkit.metrics.paired import bh_qvalues  # the multiple-testing home (with Holm)
 
 __all__ = [
     "SLICE_METRICS",
@@ -203,23 +204,6 @@ def slice_test(correct: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
     c, d = int(np.sum(correct & ~mask)), int(np.sum(~correct & ~mask))
     gap = a / max(a + b, 1) - c / max(c + d, 1)
     return float(gap), float(fisher_exact([[a, b], [c, d]]).pvalue)
-
-
-def bh_qvalues(p_values: Sequence[float]) -> list[float]:
-    """Benjamini-Hochberg (1995) q-values: ``q_(i) = min_{j >= i} m p_(j) / j``, capped at 1.
-
-    NaN entries stay NaN and are not counted in ``m``.
-    """
-    p = np.asarray(p_values, dtype=np.float64)
-    out = np.full(p.shape, np.nan)
-    finite = np.flatnonzero(np.isfinite(p))
-    m = len(finite)
-    if m == 0:
-        return out.tolist()
-    order = finite[np.argsort(p[finite], kind="mergesort")]
-    scaled = p[order] * m / np.arange(1, m + 1)
-    out[order] = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
-    return out.tolist()
 
 
 def cramers_v(a: np.ndarray, b: np.ndarray) -> float:
