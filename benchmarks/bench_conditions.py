@@ -33,6 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from robustkit.data.dataset import load_dataset  # noqa: E402
+from robustkit.data.regions import MASK_CONDITIONS  # noqa: E402
 from robustkit.model.adapter import ModelAdapter, load_model  # noqa: E402
 from robustkit.studies import AuditContext, get_study  # noqa: E402
 from robustkit.studies.conditions import _plan  # noqa: E402
@@ -102,7 +103,8 @@ def _measure(name: str, overrides: dict, model: ModelAdapter, data, seed: int, r
     starts = range(0, len(data), model.batch_size)
     batches = [data.load_images(np.arange(s, min(len(data), s + model.batch_size)), size=(h, w), channels=c)
                for s in starts]
-    passes = len(plan.jobs) * len(batches)
+    lung = len(MASK_CONDITIONS) if name == "perturbation" and data.has_lung_masks else 0  # lungs/outside blanked
+    passes = (len(plan.jobs) + lung) * len(batches)
     bare = [_bare(model, batches, passes)]
     runs = []
     for _ in range(repeats):
@@ -113,7 +115,7 @@ def _measure(name: str, overrides: dict, model: ModelAdapter, data, seed: int, r
         bare.append(_bare(model, batches, passes))
     ratios = [r / ((a + b) / 2) for r, a, b in zip(runs, bare, bare[1:])]
     return {
-        "conditions": len(plan.conditions), "distinct": len(plan.jobs), "passes": passes,
+        "conditions": len(plan.conditions) + lung, "distinct": len(plan.jobs) + lung, "passes": passes,
         "study_s": float(np.median(runs)), "bare_s": float(np.median(bare)),
         "ratio": float(np.median(ratios)), "ratios": ratios,
     }

@@ -76,7 +76,7 @@ def _audit(model: Path, data: Path, out: Path, studies: list[str], **engine) -> 
     from robustkit.runner import audit
 
     t = time.perf_counter()
-    result = audit(model, data, studies=studies, profile="quick", config=STUDY_CONFIG, seed=0, out=out,
+    result = audit(model, data, studies=studies, profile="quick", config=dict(STUDY_CONFIG), seed=0, out=out,
                    report=False, batch_size=32, fresh=True, **engine)
     return time.perf_counter() - t, result
 
@@ -96,8 +96,13 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--studies", default="clean,perturbation,noise,calibration,adversarial")
     ap.add_argument("--cpus-per-worker", type=float, default=1.0)
+    ap.add_argument("--every-image", action="store_true",
+                    help="lift the quick profile's sample caps (every study on every image)")
     args = ap.parse_args()
     studies = args.studies.split(",")
+    if args.every_image:
+        for name in studies:
+            STUDY_CONFIG.setdefault(name, {})["max_samples"] = None
 
     from robustkit.data.phantom import generate_phantom
 

@@ -74,14 +74,17 @@ def main() -> None:
         ctx = AuditContext(seed=0)
         sub = data.subset(study.select(data, ctx))
         ctx.clean_logits(adapter, sub)  # the audit's clean pass, shared with every study
-        start = time.perf_counter()
-        result = study.execute(adapter, data, ctx)
-        study_s = time.perf_counter() - start
+        times = []
+        for _ in range(2):  # the first run traces the explainer's graphs; the second is warm
+            start = time.perf_counter()
+            result = study.execute(adapter, data, ctx)
+            times.append(time.perf_counter() - start)
         passes = result.data["passes"]
         bare_s = _bare_seconds(adapter, passes["gradient"], passes["forward"])
     print(f"InceptionV3 {args.size}px, {len(result.records['index'])} images, batch {args.batch_size}")
     print(f"gradient image-passes {passes['gradient']}, forward image-passes {passes['forward']}")
-    print(f"study {study_s:.1f} s, bare passes {bare_s:.1f} s, ratio {study_s / bare_s:.2f} (target <= 1.2)")
+    print(f"bare passes {bare_s:.1f} s; study first run {times[0]:.1f} s (ratio {times[0] / bare_s:.2f}, "
+          f"with tracing), warm {times[1]:.1f} s (ratio {times[1] / bare_s:.2f}; target <= 1.2)")
 
 
 if __name__ == "__main__":
