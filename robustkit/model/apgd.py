@@ -47,7 +47,6 @@ from robustkit.errors import check_choice, check_range, param_error
 from robustkit.metrics.outputs import is_sigmoid
 from robustkit.model.adapter import ModelAdapter
 from robustkit.model.attacks import (
-    _SEED_MOD,
     L2PGD,
     AttackResult,
     GradientAttack,
@@ -165,22 +164,12 @@ class APGD(GradientAttack):
         order = np.argsort(-model.logits(x), axis=1, kind="stable")
         return [order[:, j].astype(np.int32) for j in range(1, 1 + min(self.n_target_classes, k - 1))]
 
-    def _run_chunks(self, model: ModelAdapter, x: np.ndarray, classes: np.ndarray, eps: np.ndarray,
-                    rand: bool, seeds: np.ndarray, run: int) -> AttackResult:
-        fn = self._compiled(model)
-        eta = self._step_sizes(eps)
-        out = _empty_result(x, model.num_classes, self.steps)
-        pairs = np.stack([seeds % _SEED_MOD, np.full(len(seeds), run)], axis=1).astype(np.int32)
-        for start in range(0, len(x), model.batch_size):
-            sl = slice(start, min(len(x), start + model.batch_size))
-            x0, e = tf.constant(x[sl]), tf.constant(eps[sl])
-            offset = self._random_start(tf.shape(x0), e, tf.constant(pairs[sl]))
-            adv, z, ok, trace = fn(x0, tf.constant(classes[sl]), e, tf.constant(eta[sl]), offset)
-            model.calls += 1
-            out.adv[sl], out.logits[sl], out.success[sl], out.loss_trace[sl] = adv, z, ok, trace
-            out.gradient_evals += (sl.stop - sl.start) * (self.steps + 1)
-            out.evals[sl] = self.steps + 1
-        return out
+    always_random_start = True  # Algorithm 1 starts from a random point of the ball
+
+    @property
+    def gradient_evals_per_run(self) -> int:
+        """The first gradient at the start plus one per iteration."""
+        return int(self.steps) + 1
 
 
 def _spec(model: ModelAdapter) -> list[Any]:

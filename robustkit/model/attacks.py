@@ -317,13 +317,22 @@ class GradientAttack(ABC):
         for start in range(0, len(x), model.batch_size):
             sl = slice(start, min(len(x), start + model.batch_size))
             x0, e = tf.constant(x[sl]), tf.constant(eps[sl])
-            offset = self._random_start(tf.shape(x0), e, tf.constant(pairs[sl])) if rand else tf.zeros_like(x0)
+            random = rand or self.always_random_start
+            offset = self._random_start(tf.shape(x0), e, tf.constant(pairs[sl])) if random else tf.zeros_like(x0)
             adv, z, ok, trace = fn(x0, tf.constant(classes[sl]), e, tf.constant(alpha[sl]), offset)
             model.calls += 1
             out.adv[sl], out.logits[sl], out.success[sl], out.loss_trace[sl] = adv, z, ok, trace
-            out.gradient_evals += (sl.stop - sl.start) * self.steps
-            out.evals[sl] = self.steps
+            out.gradient_evals += (sl.stop - sl.start) * self.gradient_evals_per_run
+            out.evals[sl] = self.gradient_evals_per_run
         return out
+
+    #: start every run at a random point of the ball, whatever ``random_start`` says (APGD)
+    always_random_start = False
+
+    @property
+    def gradient_evals_per_run(self) -> int:
+        """Input-gradient evaluations of one run of the loop on one sample."""
+        return int(self.steps)
 
 
 _SEED_MOD = 2**31 - 1
