@@ -187,8 +187,11 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
                    "[-1, 1] (default: its .meta.json, else unit); robustkit scales inside the graph")
     p.add_argument("--output", choices=["softmax", "sigmoid", "multilabel", "logits"], default=None,
                    help="the model's output kind (default: its .meta.json, else detected from the final layer: "
-                   "softmax, sigmoid (one class per image, scored one-vs-rest) or logits); multilabel is "
-                   "not supported yet")
+                   "softmax, sigmoid (one class per image, scored one-vs-rest) or logits; a sigmoid head on a "
+                   "multi-label manifest is audited as multilabel: several findings per image)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="multi-label audits: the decision threshold in (0, 1) of every finding (default: chosen "
+                   "per finding by Youden's J on a calibration half of the images, read on the other half)")
     p.add_argument("--data", required=True, type=Path, help="folder-per-class dataset or CSV manifest")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--reference", type=Path, default=None,
@@ -218,7 +221,8 @@ def _cmd_audit(a: argparse.Namespace) -> int:
                    input_scale=a.input_scale, engine=a.engine, ray_address=a.ray_address, workers=a.workers,
                    cpus_per_worker=a.cpus_per_worker, gpus_per_worker=a.gpus_per_worker,
                    output=a.output, class_map=_class_map(a),
-                   exclude_classes=a.exclude_classes, masks=a.masks, merge_classes=a.merge_classes)
+                   exclude_classes=a.exclude_classes, masks=a.masks, merge_classes=a.merge_classes,
+                   threshold=a.threshold)
     return _finish(result, a.out)
 
 

@@ -8,6 +8,8 @@ batch_size = 32
 studies = ["clean", "noise"]  # default: every available study
 masks = "lung"                # what the data's masks/ files are: lesion | lung | none
 exclude_classes = ["Lung_Opacity"]  # data classes set aside (out of scope)
+threshold = 0.5               # multi-label: one decision threshold for every finding
+                              # (default: chosen per finding on a calibration half)
 
 [classes]                     # data class name -> model class name
 COVID = "COVID-19"
@@ -42,7 +44,7 @@ else:  # pragma: no cover
 __all__ = ["AuditConfig", "load_config", "parse_setting", "read_toml"]
 
 _TOP_KEYS = {"seed", "profile", "limit", "batch_size", "studies", "masks", "exclude_classes",
-             "merge_classes"}
+             "merge_classes", "threshold"}
 _CLASSES = "classes"
 _MASK_KINDS = ("lesion", "lung", "none")
 
@@ -62,6 +64,7 @@ class AuditConfig:
     exclude_classes: tuple[str, ...] = ()
     merge_classes: bool = False
     masks: str | None = None
+    threshold: float | None = None
 
     def validate(self) -> None:
         check_range("seed", self.seed, low=0, integer=True)
@@ -80,6 +83,8 @@ class AuditConfig:
             raise param_error("exclude_classes", "a list of class names", list(self.exclude_classes))
         if not isinstance(self.merge_classes, bool):
             raise param_error("merge_classes", "true or false", self.merge_classes)
+        if self.threshold is not None:
+            check_range("threshold", self.threshold, low=0.0, high=1.0, low_open=True, high_open=True)
 
     def merged(self, **cli: Any) -> AuditConfig:
         """A copy with the non-None command-line values taking precedence (``engine``: per key)."""
@@ -165,6 +170,7 @@ def load_config(source: str | Path | dict[str, Any] | None) -> AuditConfig:
             exclude_classes=_names(top.get("exclude_classes", [])),
             merge_classes=top.get("merge_classes", False),
             masks=top.get("masks"),
+            threshold=top.get("threshold"),
         )
         cfg.validate()
     except ConfigError as exc:

@@ -65,13 +65,14 @@ def check_range(
     high: float | None = None,
     integer: bool = False,
     low_open: bool = False,
+    high_open: bool = False,
     where: str = "",
 ) -> None:
     """Raise :class:`ConfigError` unless ``value`` is a number in the given range."""
     kind = "an int" if integer else "a number"
     lo = "-inf" if low is None else f"{low:g}"
     hi = "inf" if high is None else f"{high:g}"
-    expected = f"{kind} in {'(' if low_open or low is None else '['}{lo}, {hi}{']' if high is not None else ')'}"
+    expected = f"{kind} in {'(' if low_open or low is None else '['}{lo}, {hi}{']' if high is not None and not high_open else ')'}"
     ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
     if isinstance(value, bool) or not ok_type:
         raise param_error(name, expected, value, where=where)
@@ -79,7 +80,7 @@ def check_range(
         raise param_error(name, expected, value, where=where)
     if low is not None and (value < low or (low_open and value == low)):
         raise param_error(name, expected, value, where=where)
-    if high is not None and value > high:
+    if high is not None and (value > high or (high_open and value == high)):
         raise param_error(name, expected, value, where=where)
 
 

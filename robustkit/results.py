@@ -6,7 +6,7 @@ An :class:`AuditResult` is written as two files in the audit folder:
   :class:`StudyResult` summary per study (status, seconds, flat ``metrics``, bootstrap
   ``intervals``, metric ``directions``, report ``tables`` and ``data``, ``checks``);
 * ``records.npz``: per-sample arrays. Top-level keys ``ids`` and ``labels`` cover the
-  audited samples; a study's arrays are stored as ``<study>/<name>``, and each study that
+  audited samples (multi-label audits add ``targets``, bool (N, K)); a study's arrays are stored as ``<study>/<name>``, and each study that
   records anything stores ``<study>/index``, the positions of its samples in ``ids``.
 
 Both files are written atomically (temporary file, then rename), so a killed audit leaves
@@ -154,6 +154,8 @@ class AuditResult:
     seconds: float = 0.0
     #: per-sample metadata columns of the dataset (``records.npz`` keys ``metadata/<column>``)
     metadata: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    #: multi-label audits: bool (N, K), the findings of each sample (``records.npz`` key ``targets``)
+    targets: np.ndarray | None = field(default=None, repr=False)
 
     def metric(self, name: str) -> float:
         """Return one metric by its full dotted name, e.g. ``clean.accuracy``."""
@@ -199,6 +201,8 @@ class AuditResult:
 
     def record_arrays(self) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {"ids": np.asarray(self.ids), "labels": np.asarray(self.labels)}
+        if self.targets is not None:
+            out["targets"] = np.asarray(self.targets, dtype=bool)
         out.update({f"{METADATA_PREFIX}{k}": np.asarray(v) for k, v in self.metadata.items()})
         for s, r in self.studies.items():
             for k, v in r.records.items():
@@ -320,4 +324,5 @@ def load_results(path: str | Path) -> AuditResult:
         created=obj.get("created", ""),
         seconds=float(obj.get("seconds", 0.0)),
         metadata={k[len(METADATA_PREFIX):]: v for k, v in arrays.items() if k.startswith(METADATA_PREFIX)},
+        targets=arrays.get("targets"),
     )

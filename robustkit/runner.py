@@ -82,10 +82,67 @@ def _align(model: ModelAdapter, data: Dataset) -> Dataset:
 
 
 def _load_data(data: str | Path, cfg: AuditConfig, on_bad_input: str) -> Dataset:
-    """Load the dataset with the config's class map, excluded classes and mask kind."""
+    """Load the dataset with the config's class map, excluded classes and mask kind (a
+    manifest with ``A|B`` or "No Finding" labels is read as multi-label)."""
     return load_dataset(data, on_bad_input=on_bad_input, class_map=cfg.class_map,
                         exclude_classes=cfg.exclude_classes, merge_classes=cfg.merge_classes,
                         masks=cfg.masks)
+
+
+def _match_output_kind(model: ModelAdapter, data: Dataset, output: str | None) -> None:
+    """A multi-label manifest needs a multi-label model: a detected sigmoid head is read as
+    one; a softmax or logits model, or ``--output sigmoid``, is refused."""
+    kind = model.output_kind
+    if not data.multilabel:
+        if kind == "multilabel":
+            model.output_kind_reason += "; the data is single-label: each image's class is its one finding"
+        return
+    if kind == "sigmoid" and output != "sigmoid":
+        model.output_kind = "multilabel"
+        model.output_kind_reason += "; the data is multi-label (sets of findings), so audited as multilabel"
+        return
+    if kind != "multilabel":
+        given = "--output sigmoid" if output == "sigmoid" else f"a {kind} model"
+        raise ConfigError(f"{data.root}: expected single-label data for {given} (one class per image), got a "
+                          "multi-label manifest (labels such as 'A|B' or 'No Finding'); pass --output "
+                          "multilabel if the model's outputs are independent sigmoids.")
+
+
+def _multilabel_plan(plan: list[Study], model: ModelAdapter, cfg: AuditConfig, quiet: bool) -> list[Study]:
+    """A multi-label audit runs the studies that score findings; one asked for by name that
+    does not is refused, the others are left out with a line saying so."""
+    if model.output_kind != "multilabel":
+        return plan
+    unable = [s.name for s in plan if not type(s).multilabel]
+    asked = [n for n in unable if cfg.studies and n in cfg.studies]
+    if asked:
+        raise ConfigError(f"--studies: expected studies that score multi-label models, got {', '.join(asked)} "
+                          "(they score one class per image); leave them out.")
+    if unable:
+        _say(quiet, f"multi-label model: left out {', '.join(unable)} (they score one class per image)")
+    return [s for s in plan if type(s).multilabel]
+
+
+def _set_thresholds(model: ModelAdapter, data: Dataset, ctx: AuditContext, given: float | None) -> None:
+    """Multi-label audits: each finding's decision threshold, given or chosen by Youden's J on
+    the calibration half of the images (:func:`robustkit.metrics.multilabel.threshold_split`)."""
+    from robustkit.metrics import multilabel as ML
+    from robustkit.metrics.outputs import probabilities
+
+    if model.output_kind != "multilabel":
+        if given is not None:
+            raise ConfigError(f"--threshold {given}: expected a multi-label audit (--output multilabel), "
+                              f"got a {model.output_kind} model; single-label metrics use the arg-max.")
+        return
+    k = len(model.class_names)
+    if given is not None:
+        model.thresholds, model.threshold_source = np.full(k, float(given)), f"given (--threshold {given:g})"
+        return
+    calib = ML.threshold_split(data.ids)
+    probs = probabilities(ctx.clean_logits(model, data.subset(np.flatnonzero(calib))), "multilabel")
+    model.thresholds = ML.youden_thresholds(data.subset(np.flatnonzero(calib)).targets, probs)
+    model.threshold_source = (f"chosen per finding by Youden's J on the calibration half ({int(calib.sum())} of "
+                              f"{len(calib)} images, by sample id); thresholded metrics are read on the other half")
 
 
 def _previous(out: Path | None, fresh: bool, model: ModelAdapter, data: Dataset, seed: int) -> AuditResult | None:
@@ -98,6 +155,7 @@ def _previous(out: Path | None, fresh: bool, model: ModelAdapter, data: Dataset,
     same = (
         prev.model.get("fingerprint") == model.fingerprint
         and prev.model.get("output_kind", "softmax") == model.output_kind  # same model, other reading
+        and prev.model.get("thresholds") == model.describe().get("thresholds")
         and prev.dataset.get("fingerprint") == data.fingerprint
         and prev.config.get("seed") == seed
         and list(map(str, prev.ids)) == list(map(str, data.ids))
@@ -133,6 +191,7 @@ def audit(
     exclude_classes: list[str] | tuple[str, ...] | None = None,
     masks: str | None = None,
     merge_classes: bool | None = None,
+    threshold: float | None = None,
 ) -> AuditResult:
     """Audit a classifier and return (and, with ``out``, write) the :class:`AuditResult`.
 
@@ -163,14 +222,16 @@ def audit(
         cpus_per_worker: CPUs per Ray actor (TensorFlow's thread pools follow it).
         gpus_per_worker: GPUs per Ray actor (a fraction shares a GPU).
         output: the model's output kind (``softmax``, ``sigmoid``, ``multilabel``, ``logits``);
-            default: its ``.meta.json``, else detected from the final layer. ``multilabel`` is
-            recognised but refused for now.
+            default: its ``.meta.json``, else detected from the final layer; a sigmoid head on a
+            multi-label manifest is audited as ``multilabel``.
         class_map: ``{data class: model class}`` renames applied before the class check
             (added to the config's ``[classes]``).
         exclude_classes: data classes set aside as the out-of-scope set (counted in
             ``results.json``'s dataset block).
         masks: what the data's ``masks`` files are: ``lesion``, ``lung`` or ``none``.
         merge_classes: allow ``class_map`` to send two data classes to one model class.
+        threshold: multi-label audits: one decision threshold in (0, 1) for every finding;
+            default: chosen per finding by Youden's J on a calibration half of the images.
 
     Example:
         >>> result = audit("demo.keras", "data/phantom", profile="quick", out="reports/a")  # doctest: +SKIP
@@ -181,7 +242,7 @@ def audit(
                      engine={"name": engine, "address": ray_address, "workers": workers,
                              "cpus_per_worker": cpus_per_worker, "gpus_per_worker": gpus_per_worker},
                      class_map=dict(class_map) if class_map else None, exclude_classes=exclude_classes,
-                     masks=masks, merge_classes=merge_classes)
+                     masks=masks, merge_classes=merge_classes, threshold=threshold)
     ray_options = _ray_options(cfg)
     plan = plan_studies(cfg)
     adapter = model if isinstance(model, ModelAdapter) else load_model(
@@ -191,6 +252,7 @@ def audit(
     if cfg.batch_size:
         adapter.batch_size = cfg.batch_size
     dataset = data if isinstance(data, Dataset) else _load_data(data, cfg, on_bad_input)
+    _match_output_kind(adapter, dataset, output)
     dataset = _align(adapter, dataset)
     if cfg.limit is not None:
         dataset = dataset.subsample(cfg.limit, seed=cfg.seed)
@@ -198,9 +260,11 @@ def audit(
         raise DataError(f"{dataset.root}: expected at least one image to audit, got none.")
     out_dir = Path(out) if out is not None else None
     ref = load_results(reference) if isinstance(reference, (str, Path)) else reference
+    ctx = AuditContext(seed=cfg.seed, quiet=quiet, progress=_progress_factory(), reference=ref)
+    _set_thresholds(adapter, dataset, ctx, cfg.threshold)
+    plan = _multilabel_plan(plan, adapter, cfg, quiet)
     prev = _previous(out_dir, fresh, adapter, dataset, cfg.seed)
     result = _new_result(adapter, dataset, cfg, plan)
-    ctx = AuditContext(seed=cfg.seed, quiet=quiet, progress=_progress_factory(), reference=ref)
     start = time.perf_counter()
     pending = []
     for study in plan:
@@ -261,19 +325,18 @@ def _run_on_ray(pending: list[Study], adapter: ModelAdapter, dataset: Dataset, c
     if out is not None and fresh:
         shutil.rmtree(out / SHARDS, ignore_errors=True)
     spec = {"path": str(adapter.path), "class_names": list(adapter.class_names), "input_scale": adapter.input_scale,
-            "trust": trust, "batch_size": adapter.batch_size, "output": adapter.output_kind}
+            "trust": trust, "batch_size": adapter.batch_size, "output": adapter.output_kind,
+            "thresholds": None if adapter.thresholds is None else adapter.thresholds.tolist(),
+            "threshold_source": adapter.threshold_source}
     _say(quiet, f"ray: {', '.join(s.name for s in pending)} on {options.workers} worker(s)")
     run_studies_ray(pending, adapter, dataset, ctx, options=options, model_spec=spec, out=out, on_result=finished)
     if out is not None:
         shutil.rmtree(out / SHARDS, ignore_errors=True)  # every study is saved: the shards are spent
 def _check_output_kind(adapter: ModelAdapter, output: str | None) -> None:
-    """Refuse what the studies cannot score yet (multi-label) and a kind an adapter cannot take."""
+    """Refuse an output kind an adapter was not built with."""
     if output is not None and output != adapter.output_kind:
         raise ConfigError(f"--output {output}: expected it on the ModelAdapter (ModelAdapter(output=...)) when "
                           f"auditing an adapter, got an adapter of kind {adapter.output_kind!r}.")
-    if adapter.output_kind == "multilabel":
-        raise ConfigError("--output multilabel: expected softmax, sigmoid or logits (multi-label audits are "
-                          f"not supported yet), got 'multilabel' ({adapter.output_kind_reason}).")
 
 
 def _write_exports(result: AuditResult, out: Path, plan: list[Study] | None = None) -> None:
@@ -331,6 +394,7 @@ def _new_result(model: ModelAdapter, data: Dataset, cfg: AuditConfig, plan: list
         class_names=list(model.class_names),
         robustkit_version=__version__,
         metadata=data.metadata,
+        targets=data.targets if model.output_kind == "multilabel" else None,
         created=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
     )
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny folder dataset and a tiny trained Keras classifier.
+"""Shared fixtures: a tiny folder dataset and a tiny trained Keras classifier (and their
+multi-label twins: a manifest of co-occurring findings and a sigmoid-head CNN).
 
 Everything is small (32 px, a few dozen images, a two-layer CNN) so that the suite runs in
 minutes on two CPU cores; one test module exercises the real InceptionV3 architecture.
@@ -80,6 +81,73 @@ def train_toy_model(data_root: Path, out: Path, *, epochs: int = 30, seed: int =
     return out
 
 
+FINDINGS = ("Consolidation", "Nodule", "Opacity")
+
+
+def _finding_masks(size: int = SIZE) -> dict[str, np.ndarray]:
+    """Where each toy finding is drawn: Opacity the lower corners, Consolidation a central bar,
+    Nodule a square at the top."""
+    q = size // 4
+    masks = {name: np.zeros((size, size), dtype=bool) for name in FINDINGS}
+    masks["Opacity"][-q - 2 : -2, 2 : 2 + q] = True
+    masks["Opacity"][-q - 2 : -2, -q - 2 : -2] = True
+    masks["Consolidation"][q : size - q, size // 2 - 3 : size // 2 + 3] = True
+    masks["Nodule"][2 : 2 + q // 2 + 2, 2 : 2 + q // 2 + 2] = True
+    return masks
+
+
+def write_toy_multilabel(root: Path, *, n: int = 48, seed: int = 0, size: int = SIZE) -> Path:
+    """A multi-label manifest (``path,label,mask.<finding>...,site``): each finding present with
+    probability 0.4 independently ("No Finding" when none), a mask per present finding."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    for name in FINDINGS:
+        (root / "masks" / name).mkdir(parents=True, exist_ok=True)
+    drawn = _finding_masks(size)
+    lines = ["path,label," + ",".join(f"mask.{f}" for f in FINDINGS) + ",site"]
+    for i in range(n):
+        present = [f for f in FINDINGS if rng.random() < 0.4]
+        img = 0.3 + 0.05 * rng.standard_normal((size, size))
+        cells = []
+        for f in FINDINGS:
+            if f in present:
+                img[drawn[f]] += 0.5
+                Image.fromarray(drawn[f].astype(np.uint8) * 255).save(root / "masks" / f / f"img_{i:03d}.png")
+                cells.append(f"masks/{f}/img_{i:03d}.png")
+            else:
+                cells.append("")
+        Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(root / "images" / f"img_{i:03d}.png")
+        label = "|".join(present) or "No Finding"
+        lines.append(f"images/img_{i:03d}.png,{label}," + ",".join(cells) + f",{'AB'[i % 2]}")
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return root / "manifest.csv"
+
+
+def train_toy_multilabel(manifest: Path, out: Path, *, epochs: int = 40, seed: int = 0) -> Path:
+    """A small CNN with a sigmoid head fitted by binary cross-entropy on the toy findings,
+    saved with a sidecar saying ``"output": "multilabel"``."""
+    from robustkit._tf import keras
+    from robustkit.data.dataset import load_dataset
+
+    data = load_dataset(manifest)
+    x = data.load_images(range(len(data)), size=(SIZE, SIZE), channels=1)
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((SIZE, SIZE, 1))
+    h = keras.layers.Conv2D(8, 3, activation="relu", padding="same", name="conv1")(inp)
+    h = keras.layers.MaxPooling2D()(h)
+    h = keras.layers.Conv2D(8, 3, activation="relu", padding="same", name="conv2")(h)
+    h = keras.layers.MaxPooling2D()(h)
+    h = keras.layers.Flatten()(h)
+    model = keras.Model(inp, keras.layers.Dense(len(FINDINGS), activation="sigmoid", name="findings")(h))
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="binary_crossentropy")
+    model.fit(x, data.targets.astype(np.float32), epochs=epochs, batch_size=12, verbose=0, shuffle=False)
+    model.save(out)
+    meta = {"class_names": list(FINDINGS), "input_size": SIZE, "channels": 1, "arch": "toy_cnn",
+            "output": "multilabel"}
+    out.with_name(out.name[: -len(out.suffix)] + ".meta.json").write_text(json.dumps(meta))
+    return out
+
+
 def strip_volatile(obj: object) -> object:
     """A results JSON without timings ("seconds") and dates ("created"), recursively."""
     if isinstance(obj, dict):
@@ -97,6 +165,18 @@ def toy_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def toy_model(tmp_path_factory: pytest.TempPathFactory, toy_data: Path) -> Path:
     return train_toy_model(toy_data, tmp_path_factory.mktemp("model") / "toy.keras")
+
+
+@pytest.fixture(scope="session")
+def toy_multilabel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A multi-label manifest of 48 toy images with three findings and per-finding masks."""
+    return write_toy_multilabel(tmp_path_factory.mktemp("toyml") / "data")
+
+
+@pytest.fixture(scope="session")
+def toy_multilabel_model(tmp_path_factory: pytest.TempPathFactory, toy_multilabel: Path) -> Path:
+    """The toy sigmoid-head CNN trained on :func:`toy_multilabel`'s images."""
+    return train_toy_multilabel(toy_multilabel, tmp_path_factory.mktemp("mlmodel") / "toyml.keras")
 
 
 @pytest.fixture(scope="session")

@@ -177,7 +177,7 @@ def test_the_output_option_and_the_sidecar_override_detection() -> None:
     assert ModelAdapter(model, output="sigmoid", meta={"output": "softmax"}).output_kind == "sigmoid"
 
 
-def test_bad_output_kinds_are_refused_in_one_line(tmp_path: Path, toy_model: Path, toy_data: Path,
+def test_bad_output_kinds_are_refused_in_one_line(tmp_path: Path, toy_model: Path, toy_multilabel: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     from robustkit.cli import main
 
@@ -186,12 +186,18 @@ def test_bad_output_kinds_are_refused_in_one_line(tmp_path: Path, toy_model: Pat
         ModelAdapter(model, output="probit")
     with pytest.raises(ModelError, match=r"'output' in its .meta.json .*got 'probit'"):
         ModelAdapter(model, meta={"output": "probit"})
-    with pytest.raises(ConfigError, match=r"^--output multilabel: expected softmax, sigmoid or logits"):
-        audit(toy_model, toy_data, studies=["clean"], output="multilabel")
-    code = main(["audit", "--model", str(toy_model), "--data", str(toy_data), "--out", str(tmp_path / "o"),
-                 "--output", "multilabel", "--studies", "clean", "--quiet"])
+    # a multi-label manifest for a softmax model: refused, naming --output
+    with pytest.raises(ConfigError, match=r"expected single-label data for a softmax model .*--output multilabel"):
+        audit(toy_model, toy_multilabel, studies=["clean"])
+    code = main(["audit", "--model", str(toy_model), "--data", str(toy_multilabel), "--out", str(tmp_path / "o"),
+                 "--studies", "clean", "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and err[0].startswith("robustkit: error: --output multilabel")
+    assert code == 2 and len(err) == 1 and "pass --output multilabel" in err[0], err
+    # --output sigmoid on multi-label data says it is single-label
+    code = main(["audit", "--model", str(toy_model), "--data", str(toy_multilabel), "--out", str(tmp_path / "o"),
+                 "--studies", "clean", "--quiet", "--output", "sigmoid"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "for --output sigmoid (one class per image)" in err[0], err
 
 
 # ---------------------------------------------------------------- attacks and temperature

@@ -77,6 +77,10 @@ class Sample:
         mask_path: The lesion mask of the image, if there is one.
         lung_mask_path: The lung-field mask of the image, if there is one.
         metadata: ``(column, value)`` pairs (site, view, sex, age, ...); numbers stay numbers.
+        findings: Multi-label data: the indices (into ``class_names``) of the findings present,
+            sorted, empty for "No Finding"; None for single-label data. ``label`` is then a
+            stratification key: the first finding present, or ``len(class_names)`` for none.
+        finding_masks: Multi-label data: ``(finding name, mask path)`` per finding with a mask.
     """
 
     id: str
@@ -85,6 +89,8 @@ class Sample:
     mask_path: Path | None = None
     lung_mask_path: Path | None = None
     metadata: tuple[tuple[str, Any], ...] = ()
+    findings: tuple[int, ...] | None = None
+    finding_masks: tuple[tuple[str, Path], ...] = ()
 
 
 def _sha256(path: Path) -> str:
@@ -150,6 +156,8 @@ class Dataset:
             when no class was excluded.
         class_map: The data-to-model class renames applied (``{data name: model name}``).
         notes: What was seen but not used (a spreadsheet that could not be read ...).
+        multilabel: The samples carry sets of findings (``Sample.findings``, :attr:`targets`)
+            and ``class_names`` are the findings.
     """
 
     def __init__(
@@ -165,6 +173,7 @@ class Dataset:
         out_of_scope: Dataset | None = None,
         class_map: dict[str, str] | None = None,
         notes: Sequence[str] = (),
+        multilabel: bool = False,
         _store: _Store | None = None,
     ) -> None:
         self.root = Path(root)
@@ -176,6 +185,7 @@ class Dataset:
         self.out_of_scope = out_of_scope
         self.class_map = dict(class_map or {})
         self.notes = list(notes)
+        self.multilabel = bool(multilabel)
         self._store = _store or _Store(CACHE_BYTES if cache_bytes is None else cache_bytes)
 
     def __len__(self) -> int:
@@ -195,9 +205,23 @@ class Dataset:
         return np.array([s.label for s in self.samples], dtype=np.int64)
 
     @property
+    def targets(self) -> np.ndarray:
+        """bool (N, K): which classes (findings) each sample has; one-hot for single-label data."""
+        out = np.zeros((len(self.samples), len(self.class_names)), dtype=bool)
+        for row, s in enumerate(self.samples):
+            out[row, list(s.findings) if s.findings is not None else [s.label]] = True
+        return out
+
+    @property
     def has_masks(self) -> bool:
-        """Whether any sample has a lesion mask."""
-        return any(s.mask_path is not None for s in self.samples)
+        """Whether any sample has a lesion mask (for multi-label data: a mask of any finding)."""
+        return any(s.mask_path is not None or s.finding_masks for s in self.samples)
+
+    @property
+    def finding_mask_names(self) -> list[str]:
+        """Multi-label data: the findings that have a mask on at least one sample (class order)."""
+        have = {name for s in self.samples for name, _ in s.finding_masks}
+        return [c for c in self.class_names if c in have]
 
     @property
     def has_lung_masks(self) -> bool:
@@ -239,6 +263,11 @@ class Dataset:
             for s in self.samples
         )
         content: dict[str, Any] = {"class_names": self.class_names, "samples": rows}
+        if self.multilabel:  # single-label fingerprints stay what they were
+            content["findings"] = sorted(
+                (s.id, list(s.findings or ()), [[n, store.sha256(p)] for n, p in s.finding_masks])
+                for s in self.samples
+            )
         if self.out_of_scope is not None:
             content["out_of_scope"] = self.out_of_scope.fingerprint
         if self.skipped:
@@ -259,6 +288,7 @@ class Dataset:
             out_of_scope=self.out_of_scope,
             class_map=self.class_map,
             notes=self.notes,
+            multilabel=self.multilabel,
             _store=self._store,
         )
 
@@ -277,7 +307,8 @@ class Dataset:
 
     def _by_class(self) -> list[np.ndarray]:
         labels = self.labels
-        return [np.flatnonzero(labels == k) for k in range(len(self.class_names))]
+        keys = range(len(self.class_names) + int(self.multilabel))  # + "No Finding"
+        return [np.flatnonzero(labels == k) for k in keys]
 
     def subsample_positions(self, n: int, *, seed: int) -> np.ndarray:
         """Positions ``(m,)`` of a seeded, stratified subsample of ``n`` samples (proportional
@@ -357,8 +388,10 @@ class Dataset:
             self._store.sizes[path] = _probe(path, self.max_pixels)
         return self._store.sizes[path]
 
-    def _mask(self, sample: Sample, size: tuple[int, int], kind: str) -> np.ndarray:
+    def _mask(self, sample: Sample, size: tuple[int, int], kind: str, finding: str | None = None) -> np.ndarray:
         path = sample.lung_mask_path if kind == "lung" else sample.mask_path
+        if finding is not None:
+            path = dict(sample.finding_masks).get(finding)
         if path is None:
             return np.zeros(size, dtype=bool)
         key = (path, size, 0)
@@ -374,7 +407,12 @@ class Dataset:
         return out
 
     def load_masks(
-        self, indices: Iterable[int] | np.ndarray, *, size: tuple[int, int], kind: str = "lesion"
+        self,
+        indices: Iterable[int] | np.ndarray,
+        *,
+        size: tuple[int, int],
+        kind: str = "lesion",
+        finding: str | None = None,
     ) -> np.ndarray:
         """Masks resized to ``size``: bool (n, H, W), all False where a sample has none.
 
@@ -384,13 +422,18 @@ class Dataset:
             kind: ``"lesion"`` or ``"lung"`` (lung fields). A mask of another size than its
                 image but the same aspect ratio is resized to the image by nearest neighbour
                 first (see :meth:`mask_resizes`).
+            finding: Multi-label data: the masks of this finding (all False where a sample has
+                none); ``kind`` must then be ``"lesion"``.
         """
         size = _check_size(size)
         check_choice("kind", kind, ("lesion", "lung"), where="Dataset.load_masks")
+        if finding is not None:
+            check_choice("finding", finding, self.class_names, where="Dataset.load_masks")
+            check_choice("kind", kind, ("lesion",), where="Dataset.load_masks")
         idx = self._indices(indices)
         out = np.zeros((len(idx), size[0], size[1]), dtype=bool)
         for row, i in enumerate(idx):
-            out[row] = self._mask(self.samples[i], size, kind)
+            out[row] = self._mask(self.samples[i], size, kind, finding)
         return out
 
     def mask_resizes(self) -> dict[str, int]:
@@ -398,7 +441,7 @@ class Dataset:
         (the report says so once)."""
         counts: dict[str, int] = {}
         for s in self.samples:
-            for path in (s.mask_path, s.lung_mask_path):
+            for path in (s.mask_path, s.lung_mask_path, *(p for _, p in s.finding_masks)):
                 if path is None:
                     continue
                 mh, mw = self._image_shape(path)
@@ -424,8 +467,12 @@ class Dataset:
             yield chunk, self.load_images(chunk, size=size, channels=channels)
 
     def class_counts(self) -> dict[str, int]:
-        """Samples per class, every class listed (in class order)."""
-        counts = np.bincount(self.labels, minlength=len(self.class_names))
+        """Samples per class, every class listed (in class order); for multi-label data, the
+        samples with each finding (an image counts once per finding it has)."""
+        if self.multilabel:
+            counts = self.targets.sum(axis=0)
+        else:
+            counts = np.bincount(self.labels, minlength=len(self.class_names))
         return {name: int(c) for name, c in zip(self.class_names, counts, strict=True)}
 
     def describe(self) -> dict[str, Any]:
@@ -449,6 +496,18 @@ class Dataset:
             "mask_resized": self.mask_resizes(),
             "notes": list(self.notes),
             "phantom": (Path(self.root) / "phantom.json").is_file(),  # robustkit's synthetic phantom
+            **(self._describe_findings() if self.multilabel else {}),
+        }
+
+    def _describe_findings(self) -> dict[str, Any]:
+        targets = self.targets
+        per_image = targets.sum(axis=1)
+        return {
+            "multilabel": True,
+            "n_no_finding": int((per_image == 0).sum()),
+            "findings_per_image": {str(k): int((per_image == k).sum()) for k in np.unique(per_image)},
+            "finding_masks": {c: sum(c in dict(s.finding_masks) for s in self.samples)
+                              for c in self.finding_mask_names},
         }
 
     def with_class_order(self, class_names: Sequence[str]) -> Dataset:
@@ -457,10 +516,20 @@ class Dataset:
         Raises:
             DataError: naming the classes missing on either side.
         """
-        order = _resolve_classes(self.class_names, class_names, self.root)
+        order = _resolve_classes(self.class_names, class_names, self.root, absent_ok=self.multilabel)
         new_index = {name: i for i, name in enumerate(order)}
-        samples = [replace(s, label=new_index[self.class_names[s.label]]) for s in self.samples]
+        if self.multilabel:
+            samples = [_with_findings(s, sorted(new_index[self.class_names[f]] for f in s.findings or ()),
+                                      len(order)) for s in self.samples]
+        else:
+            samples = [replace(s, label=new_index[self.class_names[s.label]]) for s in self.samples]
         return self._derive(samples, order)
+
+
+def _with_findings(sample: Sample, findings: Sequence[int], k: int) -> Sample:
+    """``sample`` with these finding indices (and the stratification key that goes with them)."""
+    found = tuple(sorted(set(findings)))
+    return replace(sample, findings=found, label=found[0] if found else k)
 
 
 def _allocate(counts: np.ndarray, n: int) -> np.ndarray:
@@ -515,14 +584,16 @@ def stratified_split(labels: np.ndarray, fraction: float, *, rng: np.random.Gene
     return np.sort(np.concatenate(first)).astype(np.int64), np.sort(np.concatenate(second)).astype(np.int64)
 
 
-def _resolve_classes(found: Sequence[str], given: Sequence[str] | None, where: Path) -> list[str]:
-    """The class order to use: ``given`` if it names exactly the ``found`` classes."""
+def _resolve_classes(found: Sequence[str], given: Sequence[str] | None, where: Path,
+                     absent_ok: bool = False) -> list[str]:
+    """The class order to use: ``given`` if it names exactly the ``found`` classes (with
+    ``absent_ok``, multi-label data, a given finding no image has is allowed: all negatives)."""
     if given is None:
         return list(found)
     given = list(given)
     if len(set(given)) != len(given) or not all(isinstance(c, str) and c for c in given):
         raise param_error("class_names", "a list of unique, non-empty class names", given)
-    missing = [c for c in given if c not in found]
+    missing = [] if absent_ok else [c for c in given if c not in found]
     extra = [c for c in found if c not in given]
     if missing or extra:
         parts = ([f"missing from the data: {missing}"] if missing else []) + (
@@ -548,6 +619,7 @@ def load_dataset(
     exclude_classes: Sequence[str] = (),
     merge_classes: bool = False,
     masks: str | None = None,
+    multilabel: bool | None = None,
 ) -> Dataset:
     """Find, check and index a labelled image dataset (images are decoded lazily).
 
@@ -565,6 +637,11 @@ def load_dataset(
         exclude_classes: Data classes set aside as ``Dataset.out_of_scope``.
         merge_classes: Allow ``class_map`` to send two data classes to one class.
         masks: What the ``masks`` files are: ``"lesion"`` (default), ``"lung"`` or ``"none"``.
+        multilabel: Read the manifest's labels as sets of findings (``Effusion|Opacity``, "No
+            Finding" the empty set). Default: a manifest with a ``|`` or "No Finding" label or
+            a ``mask.<finding>`` column is multi-label. For multi-label data the class map and
+            exclusions apply to findings: an excluded finding is removed from every label set
+            (counted in ``notes``), not set aside as out-of-scope images.
 
     Returns:
         The dataset, samples ordered by (class, id) for a folder, by row for a manifest.
@@ -580,8 +657,10 @@ def load_dataset(
     if masks is not None:
         check_choice("masks", masks, MASK_KINDS, where="load_dataset")
     root = Path(path)
-    fmt, found, entries, notes = scan_layout(root, masks=masks)
+    fmt, found, entries, notes = scan_layout(root, masks=masks, multilabel=multilabel)
     plan = apply_class_map(found, class_map, exclude=list(exclude_classes), merge=merge_classes)
+    if entries and entries[0].findings is not None:
+        return _load_multilabel(root, entries, notes, plan, class_names, on_bad_input, max_pixels, validate)
     order = _resolve_classes(plan.kept, class_names, root)
     store = _Store(CACHE_BYTES)
     entries, skipped = _filter_bad(
@@ -605,6 +684,38 @@ def load_dataset(
         base, order, _samples(inside, order, plan.rename, fmt), format=fmt, skipped=skipped,
         max_pixels=max_pixels, notes=notes, out_of_scope=oos, class_map=renames, _store=store,
     )
+
+
+def _load_multilabel(root: Path, entries: list[Any], notes: list[str], plan: Any, class_names: list[str] | None,
+                     on_bad_input: str, max_pixels: int, validate: bool) -> Dataset:
+    """A multi-label manifest: the class map renames findings, an exclusion drops a finding."""
+    order = _resolve_classes(plan.kept, class_names, root, absent_ok=True)
+    store = _Store(CACHE_BYTES)
+    entries, skipped = _filter_bad(entries, max_pixels=max_pixels, deep=validate,
+                                   skip=on_bad_input == "skip", sizes=store.sizes)
+    if not entries:
+        raise _bad(root, "expected at least one usable image, got none.")
+    index = {name: i for i, name in enumerate(order)}
+    notes = list(notes)
+    for name in plan.excluded:
+        n = sum(name in (e.findings or ()) for e in entries)
+        notes.append(f"finding {name!r} excluded: removed from the labels of {n} image(s)")
+    absent = [c for c in order if not any(plan.rename.get(f) == c for e in entries for f in e.findings or ())]
+    if absent:
+        notes.append(f"no image has the finding(s) {', '.join(absent)}: their AUROC is undefined")
+    samples = []
+    for e in entries:
+        findings = [index[plan.rename[f]] for f in e.findings or () if f in plan.rename]
+        masks: dict[str, Path] = {}
+        for name, path in e.finding_masks:
+            if name in plan.rename:
+                masks.setdefault(plan.rename[name], path)  # merged findings: the first mask
+        sample = Sample(e.id, e.path, 0, e.mask_path, e.lung_mask_path, e.metadata,
+                        finding_masks=tuple(sorted(masks.items())))
+        samples.append(_with_findings(sample, findings, len(order)))
+    renames = {k: v for k, v in plan.rename.items() if k != v}
+    return Dataset(root.parent, order, samples, format="manifest", skipped=skipped, max_pixels=max_pixels,
+                   notes=notes, class_map=renames, multilabel=True, _store=store)
 
 
 def _samples(

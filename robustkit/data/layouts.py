@@ -28,12 +28,19 @@ from robustkit.data.imageio import IMAGE_SUFFIXES, _bad, _check_file, _check_mas
 from robustkit.data.metadata import META_KEY, read_table, sidecar_tables, typed_columns
 from robustkit.errors import DataError, check_choice
 
-__all__ = ["MASK_KINDS", "scan_layout"]
+__all__ = ["FINDING_SEP", "MASK_KINDS", "NO_FINDING", "scan_layout"]
 
 _MASKS = "masks"
 _LUNG_MASKS = "lung_masks"
 _IMAGES = "images"
 _RESERVED = ("path", "label", "mask", "mask_kind")
+
+#: The manifest label of an image with none of the findings (ChestX-ray14's form).
+NO_FINDING = "No Finding"
+#: Separates the findings of one image in a multi-label manifest's ``label`` column.
+FINDING_SEP = "|"
+#: Prefix of a multi-label manifest's per-finding mask columns (``mask.Effusion``).
+FINDING_MASK = "mask."
 
 #: What a ``masks`` folder or column holds: lesion masks, lung-field masks, or nothing to read.
 MASK_KINDS = ("lesion", "lung", "none")
@@ -49,6 +56,16 @@ class _Entry:
     lung_mask_path: Path | None = None
     metadata: tuple[tuple[str, Any], ...] = ()
     mask_kind: str = ""
+    #: multi-label data: the findings present (names; empty for "No Finding"), else None
+    findings: tuple[str, ...] | None = None
+    #: multi-label data: ``(finding, mask path)`` for the findings that have a mask
+    finding_masks: tuple[tuple[str, Path], ...] = ()
+
+    @property
+    def mask_files(self) -> list[Path]:
+        """Every mask file of the entry (lesion, lung, per finding)."""
+        paths = [self.mask_path, self.lung_mask_path, *(p for _, p in self.finding_masks)]
+        return [p for p in paths if p is not None]
 
 
 def _hidden(name: str) -> bool:
@@ -165,7 +182,13 @@ def _manifest_path(base: Path, value: str) -> tuple[Path, str]:
     return path, rel
 
 
-def _scan_manifest(csv_path: Path) -> tuple[list[str], list[_Entry], list[str]]:
+def _is_multilabel_label(text: str) -> bool:
+    return FINDING_SEP in text or not text or text.casefold() == NO_FINDING.casefold()
+
+
+def _scan_manifest(
+    csv_path: Path, multilabel: bool | None = None
+) -> tuple[list[str], list[_Entry], list[str]]:
     base = csv_path.parent
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as fh:
@@ -177,27 +200,68 @@ def _scan_manifest(csv_path: Path) -> tuple[list[str], list[_Entry], list[str]]:
                     f"expected a CSV header with the columns 'path' and 'label' (and optionally 'mask'), got {columns}.",
                 )
             reader.fieldnames = columns
-            entries, rows, lines = [], [], []
+            rows, lines = [], []
             for row in reader:
-                entries.append(_manifest_entry(csv_path, base, row, reader.line_num))
                 rows.append(row)
                 lines.append(reader.line_num)
     except (UnicodeDecodeError, csv.Error) as exc:
         raise _bad(
             csv_path, f"expected a UTF-8 CSV manifest, got {type(exc).__name__}: {exc}"
         ) from None
-    if not entries:
+    if not rows:
         raise _bad(csv_path, "expected at least one row in the manifest, got none.")
-    meta = [c for c in columns if c not in _RESERVED]
+    mask_columns = [c for c in columns if c.startswith(FINDING_MASK)]
+    if multilabel is None:
+        multilabel = bool(mask_columns) or any(
+            _is_multilabel_label((r.get("label") or "").strip()) for r in rows
+        )
+    if mask_columns and not multilabel:
+        raise _bad(csv_path, f"expected per-finding mask columns ({', '.join(mask_columns)}) only in a "
+                   "multi-label manifest, got single-label data (pass --output multilabel).")
+    entries = [
+        _manifest_entry(csv_path, base, row, line, multilabel, mask_columns)
+        for row, line in zip(rows, lines)
+    ]
+    meta = [c for c in columns if c not in _RESERVED and c not in mask_columns]
     typed = typed_columns(rows, meta, where=csv_path, line_of=lambda i: f"line {lines[i]}")
     entries = [replace(e, metadata=tuple(t.items())) for e, t in zip(entries, typed)]
+    if multilabel:
+        found = sorted({f for e in entries for f in e.findings or ()})
+        _check_finding_masks(csv_path, mask_columns, found)
+        return found, entries, []
     return sorted({e.label for e in entries}), entries, []
 
 
-def _manifest_entry(csv_path: Path, base: Path, row: dict[str, Any], line: int) -> _Entry:
+def _check_finding_masks(csv_path: Path, mask_columns: Sequence[str], found: Sequence[str]) -> None:
+    for column in mask_columns:
+        name = column[len(FINDING_MASK):]
+        if name not in found:
+            raise _bad(csv_path, f"expected the mask column {column!r} to name a finding of the "
+                       f"labels ({', '.join(found)}), got {name!r}.")
+
+
+def _parse_findings(csv_path: Path, label: str, line: int) -> tuple[str, ...]:
+    """``"Effusion|Opacity"`` -> ``("Effusion", "Opacity")``; ``"No Finding"`` or ``""`` -> ()."""
+    if not label or label.casefold() == NO_FINDING.casefold():
+        return ()
+    parts = [p.strip() for p in label.split(FINDING_SEP)]
+    if any(not p for p in parts) or any(p.casefold() == NO_FINDING.casefold() for p in parts):
+        raise _bad(csv_path, f"expected findings separated by {FINDING_SEP!r} (or {NO_FINDING!r} alone) on "
+                   f"line {line}, got {label!r}.")
+    return tuple(sorted(set(parts)))
+
+
+def _manifest_entry(
+    csv_path: Path,
+    base: Path,
+    row: dict[str, Any],
+    line: int,
+    multilabel: bool = False,
+    mask_columns: Sequence[str] = (),
+) -> _Entry:
     value = (row.get("path") or "").strip()
     label = (row.get("label") or "").strip()
-    if not value or not label:
+    if not value or (not label and not multilabel):
         raise _bad(
             csv_path,
             f"expected a path and a label on line {line}, got path={value!r}, label={label!r}.",
@@ -209,9 +273,22 @@ def _manifest_entry(csv_path: Path, base: Path, row: dict[str, Any], line: int) 
     if kind and kind not in ("lesion", "lung"):
         raise _bad(csv_path, f"expected mask_kind 'lesion' or 'lung' on line {line}, got {kind!r}.")
     sid = Path(rel).with_suffix("").as_posix()
+    findings = _parse_findings(csv_path, label, line) if multilabel else None
+    finding_masks: list[tuple[str, Path]] = []
+    for column in mask_columns:
+        cell = (row.get(column) or "").strip()
+        if not cell:
+            continue
+        name = column[len(FINDING_MASK):]
+        if findings is not None and name not in findings:
+            raise _bad(csv_path, f"expected a {column!r} mask only where the label has {name!r} "
+                       f"(line {line}), got it with the label {label!r}.")
+        finding_masks.append((name, _manifest_path(base, cell)[0]))
+    label = FINDING_SEP.join(findings) if findings else (NO_FINDING if multilabel else label)
+    common = {"mask_kind": kind, "findings": findings, "finding_masks": tuple(finding_masks)}
     if kind == "lung":
-        return _Entry(sid, path, label, None, rel, mask, mask_kind=kind)
-    return _Entry(sid, path, label, mask, rel, None, mask_kind=kind)
+        return _Entry(sid, path, label, None, rel, mask, **common)  # type: ignore[arg-type]
+    return _Entry(sid, path, label, mask, rel, None, **common)  # type: ignore[arg-type]
 
 
 def _check_unique_ids(entries: Sequence[_Entry]) -> None:
@@ -231,15 +308,13 @@ def _validate_entry(
     """Raise DataError if the entry's image (or mask) is missing, unreadable or mismatched."""
     if not deep:
         _check_file(entry.path)
-        for mask in (entry.mask_path, entry.lung_mask_path):
-            if mask is not None:
-                _check_file(mask)
+        for mask in entry.mask_files:
+            _check_file(mask)
         return
     sizes[entry.path] = _probe(entry.path, max_pixels)
-    for mask in (entry.mask_path, entry.lung_mask_path):
-        if mask is not None:
-            sizes[mask] = _probe(mask, max_pixels)
-            _check_mask_shape(entry.path, sizes[entry.path], mask, sizes[mask])
+    for mask in entry.mask_files:
+        sizes[mask] = _probe(mask, max_pixels)
+        _check_mask_shape(entry.path, sizes[entry.path], mask, sizes[mask])
 
 
 def _filter_bad(
@@ -262,8 +337,8 @@ def _filter_bad(
             prefix = next(
                 (
                     f"{p}: "
-                    for p in (entry.path, entry.mask_path, entry.lung_mask_path)
-                    if p and text.startswith(f"{p}: ")
+                    for p in (entry.path, *entry.mask_files)
+                    if text.startswith(f"{p}: ")
                 ),
                 "",
             )
@@ -297,7 +372,7 @@ def _declare(entries: list[_Entry], masks: str | None, where: Path) -> list[_Ent
 
 
 def scan_layout(
-    root: Path, *, masks: str | None = None
+    root: Path, *, masks: str | None = None, multilabel: bool | None = None
 ) -> tuple[str, list[str], list[_Entry], list[str]]:
     """Find the entries of a dataset folder or CSV manifest (images are not opened).
 
@@ -307,9 +382,12 @@ def scan_layout(
             and any metadata columns.
         masks: What the ``masks`` files are: ``"lesion"``, ``"lung"`` (lung fields) or
             ``"none"`` (ignored). Default: lesion, unless a manifest row says ``mask_kind``.
+        multilabel: Read a manifest's labels as sets of findings (``A|B``, ``No Finding``).
+            Default: when a label has a ``|`` or says ``No Finding``, or a ``mask.<finding>``
+            column exists. A folder layout is single-label.
 
     Returns:
-        The format (``"folder"`` or ``"manifest"``), the class names found (sorted), the
+        The format (``"folder"`` or ``"manifest"``), the class names (findings) found (sorted), the
         entries (folder: class by class; manifest: row order) and notes on what was not read.
 
     Raises:
@@ -317,9 +395,12 @@ def scan_layout(
             bad manifest, or duplicate ids.
     """
     if root.is_dir():
+        if multilabel:
+            raise _bad(root, "expected a CSV manifest for multi-label data (labels such as "
+                       f"'Effusion{FINDING_SEP}Opacity'), got a folder per class.")
         fmt, (found, entries, notes) = "folder", _scan_folder(root)
     elif root.is_file() and root.suffix.lower() == ".csv":
-        fmt, (found, entries, notes) = "manifest", _scan_manifest(root)
+        fmt, (found, entries, notes) = "manifest", _scan_manifest(root, multilabel)
     elif root.exists():
         raise _bad(root, "expected a dataset folder or a .csv manifest, got another kind of file.")
     else:

@@ -203,6 +203,9 @@ class ModelAdapter:
             (:func:`detect_output_kind`). ``output_kind_reason`` says which and why.
         features_layer: the layer :meth:`logits_and_features` reads, whose output must be a
             vector per image; default: the input of the final Dense layer.
+        thresholds: multi-label models: the decision threshold of each finding (a finding is
+            called present when its probability is >= its threshold); the audit runner sets
+            them (given, or chosen on a calibration half) and ``threshold_source`` says how.
     """
 
     def __init__(
@@ -218,6 +221,8 @@ class ModelAdapter:
         meta: dict[str, Any] | None = None,
         output: str | None = None,
         features_layer: str | None = None,
+        thresholds: list[float] | np.ndarray | None = None,
+        threshold_source: str = "",
     ) -> None:
         check_choice("input_scale", input_scale, INPUT_SCALES)
         if output is not None:
@@ -233,6 +238,8 @@ class ModelAdapter:
         self.class_names = self._resolve_class_names(class_names)
         self.batch_size = batch_size or self._default_batch_size()
         self.output_kind, self.output_kind_reason = self._resolve_output_kind(output)
+        self.thresholds = None if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+        self.threshold_source = threshold_source
         self.logits_source, self._raw_logits = self._find_logits()
         spec = tf.TensorSpec((None, *self.input_shape), tf.float32)
         self._logits_tf = tf.function(self.logits_graph, input_signature=[spec], autograph=False)
@@ -459,6 +466,8 @@ class ModelAdapter:
             "parameters": int(self.model.count_params()),
             "arch": self.meta.get("arch", self.model.name),
             "batch_size": self.batch_size,
+            **({"thresholds": dict(zip(self.class_names, map(float, self.thresholds), strict=True)),
+                "threshold_source": self.threshold_source} if self.thresholds is not None else {}),
         }
 
 
@@ -483,6 +492,8 @@ def load_model(
     batch_size: int | None = None,
     output: str | None = None,
     features_layer: str | None = None,
+    thresholds: list[float] | None = None,
+    threshold_source: str = "",
 ) -> ModelAdapter:
     """Load a checkpoint (``.keras``, legacy ``.h5``/``.hdf5``, SavedModel folder) as an adapter.
 
@@ -510,4 +521,6 @@ def load_model(
         meta=meta,
         output=output,
         features_layer=features_layer,
+        thresholds=thresholds,
+        threshold_source=threshold_source,
     )

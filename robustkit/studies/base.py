@@ -161,6 +161,9 @@ class Study(ABC, Generic[C]):
     profiles: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     metric_docs: ClassVar[Mapping[str, tuple[str, str]]] = {}
     headline: ClassVar[tuple[str, ...]] = ()
+    #: whether the study scores multi-label models (per finding, from ``data.targets``); a
+    #: multi-label audit leaves the others out and says so
+    multilabel: ClassVar[bool] = False
 
     def __init__(self, config: C | None = None) -> None:
         self.config: C = config if config is not None else self.Config()

@@ -3,6 +3,12 @@
 The predicted class is the argmax of the model's output (the original notebook rounded the
 probabilities first, which sent every uncertain case to class 0, COVID-19). Every metric
 has a stratified bootstrap 95% interval.
+
+A multi-label model (several findings per image) is scored per finding instead: AUROC and
+AUPRC from its probabilities, sensitivity and specificity at each finding's decision
+threshold (``ModelAdapter.thresholds``: given, or chosen on the calibration half of the
+images, in which case they are read on the other half), macro and micro means, each with
+an interval (:mod:`robustkit.metrics.multilabel`).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import numpy as np
 from robustkit.data.images import png_base64
 from robustkit.errors import ModelError, check_range
 from robustkit.metrics import classification as M
+from robustkit.metrics import multilabel as ML
 from robustkit.metrics.outputs import probabilities
 from robustkit.results import Check, StudyResult
 from robustkit.studies import register
@@ -67,8 +74,20 @@ class CleanStudy(Study[CleanConfig]):
         "f1": ("per class: harmonic mean of precision and recall", "higher"),
         "auc": ("one-vs-rest ROC AUC per class and its macro mean, from the probabilities", "higher"),
         "n_samples": ("number of images evaluated", "none"),
+        "auroc": ("multi-label: ROC AUC per finding (its probability against its presence), the macro "
+                  "mean over findings and the micro mean over every image-finding pair", "higher"),
+        "auprc": ("multi-label: area under the precision-recall curve (average precision) per finding, "
+                  "macro and micro; read it against the finding's prevalence, its value for a random model",
+                  "higher"),
+        "sensitivity": ("multi-label: per finding, the share of images with it called present at its "
+                        "threshold, and the macro mean", "higher"),
+        "specificity": ("multi-label: per finding, the share of images without it called absent at its "
+                        "threshold, and the macro mean", "higher"),
+        "n_thresholded": ("multi-label: images the thresholded metrics are read on (the half not used to "
+                          "choose the thresholds, or every image when they were given)", "none"),
     }
     headline = ("accuracy", "recall.COVID-19", "auc.macro")
+    multilabel = True
 
     def map(self, model: ModelAdapter, batch: Dataset, ctx: AuditContext) -> dict[str, np.ndarray]:
         """Logits and probabilities ``(B, K)`` of the unmodified images."""
@@ -80,6 +99,8 @@ class CleanStudy(Study[CleanConfig]):
         return {"logits": logits, "probs": probs}
 
     def reduce(self, records: dict[str, np.ndarray], data: Dataset, ctx: AuditContext) -> StudyResult:
+        if ctx.model_info.get("output_kind") == "multilabel":
+            return self._reduce_findings(records, data, ctx)
         logits, probs = records["logits"], records["probs"]
         y, pred = np.asarray(data.labels), probs.argmax(axis=1)
         names = list(data.class_names)
@@ -99,6 +120,78 @@ class CleanStudy(Study[CleanConfig]):
         )
         result.data["correct_metrics"] = ["accuracy"]
         return result
+
+
+    def _reduce_findings(self, records: dict[str, np.ndarray], data: Dataset, ctx: AuditContext) -> StudyResult:
+        """Per-finding AUROC, AUPRC, sensitivity and specificity, macro and micro, with intervals."""
+        probs, targets, names = records["probs"], data.targets, list(data.class_names)
+        thresholds, thresholded = finding_thresholds(ctx, data)
+        called = probs >= thresholds[None, :]
+
+        def flat(idx: np.ndarray) -> dict[str, float]:
+            keep = idx[thresholded[idx]]
+            scores = ML.finding_summary(targets[idx], probs[idx], thresholds).flat(names)
+            sens_spec = ML.finding_summary(targets[keep], probs[keep], thresholds).flat(names)
+            scores.update({k: v for k, v in sens_spec.items() if k.startswith(("sensitivity.", "specificity."))})
+            return scores
+
+        everyone = np.arange(len(probs))
+        metrics = flat(everyone)
+        keys = list(metrics)
+        lo, hi = M.bootstrap_interval(lambda idx: np.array([flat(idx)[k] for k in keys]), len(probs),
+                                      n_boot=self.config.n_bootstrap, seed=ctx.seed_for("clean", "bootstrap"),
+                                      strata=data.labels)
+        intervals = {k: [float(a), float(b)] for k, a, b in zip(keys, lo, hi)}
+        metrics.update(n_samples=float(len(probs)), n_thresholded=float(thresholded.sum()))
+        result = StudyResult(name=self.name, metrics=metrics, intervals=intervals)
+        result.tables["per_finding"] = [
+            {"finding": name, "positives": int(targets[:, k].sum()), "prevalence": float(targets[:, k].mean()),
+             "auroc": metrics[f"auroc.{name}"], "auprc": metrics[f"auprc.{name}"],
+             "threshold": float(thresholds[k]), "sensitivity": metrics[f"sensitivity.{name}"],
+             "specificity": metrics[f"specificity.{name}"]}
+            for k, name in enumerate(names)
+        ]
+        result.data.update(
+            class_names=names, multilabel=True, thresholds=thresholds.tolist(),
+            threshold_source=str(ctx.model_info.get("threshold_source", "")),
+            roc={name: _roc(targets[:, k], probs[:, k]) for k, name in enumerate(names)},
+            headline=[h for h in ("auroc.macro", "auprc.macro", "sensitivity.macro", "specificity.macro")],
+            correct_metrics=[],
+        )
+        result.checks = _finding_checks(targets, names, self.config.min_support)
+        result.records.update(logits=records["logits"], probs=probs, called=called, correct=called == targets)
+        return result
+
+
+def finding_thresholds(ctx: AuditContext, data: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """A multi-label audit's decision thresholds ``(K,)`` in class order, and which samples
+    ``(N,)`` thresholded metrics are read on (all when the thresholds were given; the half
+    not used to choose them otherwise)."""
+    given = ctx.model_info.get("thresholds") or {}
+    k = len(data.class_names)
+    thresholds = np.array([float(given.get(n, 0.5)) for n in data.class_names], dtype=np.float64)
+    if len(given) != k:
+        return thresholds, np.ones(len(data), dtype=bool)
+    chosen = str(ctx.model_info.get("threshold_source", "")).startswith("chosen")
+    return thresholds, (~ML.threshold_split(data.ids) if chosen else np.ones(len(data), dtype=bool))
+
+
+def _finding_checks(targets: np.ndarray, names: list[str], min_support: int) -> list[Check]:
+    pos, neg = targets.sum(axis=0), (~targets).sum(axis=0)
+    small = [f"{n} ({p} with, {q} without)" for n, p, q in zip(names, pos, neg) if min(p, q) < min_support]
+    if small:
+        return [Check("per-finding support", "warn", f"fewer than {min_support} images with or without "
+                      f"{', '.join(small)}: per-finding intervals are wide.")]
+    return [Check("per-finding support", "pass",
+                  f"every finding has at least {min_support} images with it and without it.")]
+
+
+def _roc(y: np.ndarray, score: np.ndarray) -> dict[str, list[float]]:
+    fpr, tpr = M.roc_curve(y, score)
+    if len(fpr) > 200:  # keep the JSON small; the curve is monotone so subsampling is safe
+        keep = np.unique(np.r_[np.linspace(0, len(fpr) - 1, 200).astype(int), len(fpr) - 1])
+        fpr, tpr = fpr[keep], tpr[keep]
+    return {"fpr": np.round(fpr, 5).tolist(), "tpr": np.round(tpr, 5).tolist()}
 
 
 def _scores(y: np.ndarray, pred: np.ndarray, probs: np.ndarray, k: int) -> dict[str, Any]:
@@ -160,14 +253,7 @@ def _intervals(y, pred, probs, names, config: CleanConfig, ctx: AuditContext) ->
 
 
 def _roc_curves(y: np.ndarray, probs: np.ndarray, names: list[str]) -> dict[str, dict[str, list[float]]]:
-    out = {}
-    for k, name in enumerate(names):
-        fpr, tpr = M.roc_curve(y == k, probs[:, k])
-        if len(fpr) > 200:  # keep the JSON small; the curve is monotone so subsampling is safe
-            keep = np.unique(np.r_[np.linspace(0, len(fpr) - 1, 200).astype(int), len(fpr) - 1])
-            fpr, tpr = fpr[keep], tpr[keep]
-        out[name] = {"fpr": np.round(fpr, 5).tolist(), "tpr": np.round(tpr, 5).tolist()}
-    return out
+    return {name: _roc(y == k, probs[:, k]) for k, name in enumerate(names)}
 
 
 def _checks(y: np.ndarray, names: list[str], min_support: int) -> list[Check]:

@@ -1,0 +1,227 @@
+"""Per-finding metrics of multi-label models: AUROC, AUPRC, sensitivity and specificity.
+
+A multi-label model (CheXNet's 14 findings, CheXpert's observations) gives every finding its
+own probability; findings co-occur, so accuracy over an arg-max means nothing. Each finding
+is scored as its own binary problem (``targets[:, k]`` against ``probs[:, k]``), and the
+means come in two forms: *macro* (the mean of the findings' values, every finding counted
+once) and *micro* (every image-finding pair pooled, so common findings weigh more).
+
+Thresholded metrics (sensitivity, specificity, the flip rate of a finding) need a decision
+threshold per finding: given by the user, or chosen by Youden's J on a calibration half of
+the images (:func:`threshold_split`, decided by each sample's id so that a subset or a
+shard of the images puts every image on the same side) and reported on the other half.
+
+Pure numpy; ``binary_auroc`` equals scikit-learn's ``roc_auc_score`` and
+``average_precision`` its ``average_precision_score`` (tested).
+
+Example:
+    >>> t = np.array([[1, 0], [0, 1], [1, 1], [0, 0]], dtype=bool)
+    >>> p = np.array([[0.9, 0.2], [0.3, 0.8], [0.7, 0.6], [0.1, 0.4]])
+    >>> per_finding_auroc(t, p).tolist()
+    [1.0, 1.0]
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+from robustkit.metrics.classification import _binary_auc
+
+__all__ = [
+    "DeLongResult",
+    "average_precision",
+    "binary_auroc",
+    "delong_paired",
+    "finding_summary",
+    "micro_auroc",
+    "per_finding_ap",
+    "per_finding_auroc",
+    "sensitivity_specificity",
+    "threshold_split",
+    "youden_thresholds",
+]
+
+
+def binary_auroc(y: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC of one binary problem (Mann-Whitney, ties count one half); NaN without both classes."""
+    return _binary_auc(np.asarray(y, dtype=bool), np.asarray(score, dtype=np.float64))
+
+
+def average_precision(y: np.ndarray, score: np.ndarray) -> float:
+    """Area under the precision-recall curve as a step sum, ``sum_n (R_n - R_{n-1}) P_n``
+    over the distinct scores (scikit-learn's ``average_precision_score``); NaN without positives."""
+    y = np.asarray(y, dtype=bool).reshape(-1)
+    s = np.asarray(score, dtype=np.float64).reshape(-1)
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        return float("nan")
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # the last row of each distinct score
+    tps = np.cumsum(y)[last].astype(np.float64)
+    precision = tps / (last + 1)
+    recall = tps / n_pos
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def per_finding_auroc(targets: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """ROC AUC per finding ``(K,)``; NaN for a finding every image has or no image has."""
+    t, p = np.asarray(targets, dtype=bool), np.asarray(probs)
+    return np.array([binary_auroc(t[:, k], p[:, k]) for k in range(t.shape[1])])
+
+
+def per_finding_ap(targets: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Average precision (AUPRC) per finding ``(K,)``; NaN for a finding no image has."""
+    t, p = np.asarray(targets, dtype=bool), np.asarray(probs)
+    return np.array([average_precision(t[:, k], p[:, k]) for k in range(t.shape[1])])
+
+
+def micro_auroc(targets: np.ndarray, probs: np.ndarray) -> float:
+    """ROC AUC of every image-finding pair pooled."""
+    return binary_auroc(np.asarray(targets).ravel(), np.asarray(probs).ravel())
+
+
+def sensitivity_specificity(
+    targets: np.ndarray, probs: np.ndarray, thresholds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per finding ``(K,)``: the share of images with the finding called positive
+    (``prob >= threshold``) and the share without it called negative; NaN where undefined."""
+    t = np.asarray(targets, dtype=bool)
+    called = np.asarray(probs) >= np.asarray(thresholds, dtype=np.float64)[None, :]
+    pos, neg = t.sum(axis=0), (~t).sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sens = np.where(pos > 0, (called & t).sum(axis=0) / pos, np.nan)
+        spec = np.where(neg > 0, (~called & ~t).sum(axis=0) / neg, np.nan)
+    return sens.astype(np.float64), spec.astype(np.float64)
+
+
+def youden_thresholds(targets: np.ndarray, probs: np.ndarray, *, default: float = 0.5) -> np.ndarray:
+    """Per finding, the threshold maximising Youden's J = sensitivity + specificity - 1.
+
+    Candidates are the finding's distinct scores (a call is ``prob >= threshold``); ties
+    in J go to the highest threshold (fewest positive calls), and the threshold returned
+    lies halfway between that score and the next lower one, so that the calls on these
+    images are the same and a new image is not decided by a hair. A finding without both
+    positive and negative images gets ``default``.
+    """
+    t, p = np.asarray(targets, dtype=bool), np.asarray(probs, dtype=np.float64)
+    out = np.full(t.shape[1], float(default))
+    for k in range(t.shape[1]):
+        y, s = t[:, k], p[:, k]
+        n_pos, n_neg = int(y.sum()), int((~y).sum())
+        if n_pos == 0 or n_neg == 0:
+            continue
+        order = np.argsort(-s, kind="mergesort")
+        s_sorted, y_sorted = s[order], y[order]
+        last = np.r_[np.nonzero(np.diff(s_sorted))[0], len(s_sorted) - 1]
+        tps = np.cumsum(y_sorted)[last]
+        fps = (last + 1) - tps
+        j = tps / n_pos - fps / n_neg
+        best = int(np.argmax(j))  # the first: the highest threshold with the best J
+        below = s_sorted[last[best + 1]] if best + 1 < len(last) else s_sorted[last[best]]
+        out[k] = float((s_sorted[last[best]] + below) / 2)  # halfway to the next lower score
+    return out
+
+
+def threshold_split(ids: Sequence[str] | np.ndarray) -> np.ndarray:
+    """bool (N,): whether each sample is in the calibration half (where thresholds are chosen).
+
+    Decided by a hash of the sample id alone, so any subset, shard or order of the images
+    puts each image on the same side; about half the images land on each side.
+    """
+    return np.array([hashlib.sha256(f"threshold/{sid}".encode()).digest()[0] < 128 for sid in ids], dtype=bool)
+
+
+@dataclass(frozen=True)
+class FindingSummary:
+    """Per-finding scores and their means (see :func:`finding_summary`)."""
+
+    auroc: np.ndarray
+    auprc: np.ndarray
+    sensitivity: np.ndarray
+    specificity: np.ndarray
+    micro_auroc: float
+    micro_auprc: float
+
+    def flat(self, names: Sequence[str]) -> dict[str, float]:
+        """``{"auroc.<finding>": ..., "auroc.macro": ..., "auroc.micro": ..., ...}``."""
+        out: dict[str, float] = {}
+        for key in ("auroc", "auprc", "sensitivity", "specificity"):
+            values = getattr(self, key)
+            for name, v in zip(names, values, strict=True):
+                out[f"{key}.{name}"] = float(v)
+            finite = values[np.isfinite(values)]
+            out[f"{key}.macro"] = float(finite.mean()) if finite.size else float("nan")
+        out["auroc.micro"], out["auprc.micro"] = self.micro_auroc, self.micro_auprc
+        return out
+
+
+def finding_summary(targets: np.ndarray, probs: np.ndarray, thresholds: np.ndarray) -> FindingSummary:
+    """AUROC, AUPRC (threshold-free) and sensitivity, specificity at ``thresholds``, per finding."""
+    sens, spec = sensitivity_specificity(targets, probs, thresholds)
+    return FindingSummary(
+        auroc=per_finding_auroc(targets, probs),
+        auprc=per_finding_ap(targets, probs),
+        sensitivity=sens,
+        specificity=spec,
+        micro_auroc=micro_auroc(targets, probs),
+        micro_auprc=average_precision(np.asarray(targets).ravel(), np.asarray(probs).ravel()),
+    )
+
+
+@dataclass(frozen=True)
+class DeLongResult:
+    """DeLong's test of two correlated ROC AUCs on the same images.
+
+    Attributes:
+        auc_a, auc_b: The two AUCs.
+        delta: ``auc_b - auc_a``.
+        se: Standard error of ``delta`` (from the structural components).
+        p_value: Two-sided normal p-value of ``delta = 0``; NaN when undefined.
+    """
+
+    auc_a: float
+    auc_b: float
+    delta: float
+    se: float
+    p_value: float
+
+
+def _placements(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """DeLong's structural components: per positive, the share of negatives it outranks
+    (ties one half), and per negative, the share of positives that outrank it."""
+    both = np.r_[pos, neg]
+    rank_all = stats.rankdata(both)
+    rank_pos, rank_neg = stats.rankdata(pos), stats.rankdata(neg)
+    m, n = len(pos), len(neg)
+    v10 = (rank_all[:m] - rank_pos) / n
+    v01 = 1.0 - (rank_all[m:] - rank_neg) / m
+    return v10, v01
+
+
+def delong_paired(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -> DeLongResult:
+    """DeLong, DeLong and Clarke-Pearson (1988): are two models' AUCs on the same images different?"""
+    y = np.asarray(y, dtype=bool)
+    a, b = np.asarray(score_a, dtype=np.float64), np.asarray(score_b, dtype=np.float64)
+    m, n = int(y.sum()), int((~y).sum())
+    if m < 2 or n < 2:
+        nan = float("nan")
+        return DeLongResult(binary_auroc(y, a), binary_auroc(y, b), nan, nan, nan)
+    va10, va01 = _placements(a[y], a[~y])
+    vb10, vb01 = _placements(b[y], b[~y])
+    auc_a, auc_b = float(va10.mean()), float(vb10.mean())
+    s10 = np.cov(np.vstack([va10, vb10]))
+    s01 = np.cov(np.vstack([va01, vb01]))
+    var = (s10[0, 0] + s10[1, 1] - 2 * s10[0, 1]) / m + (s01[0, 0] + s01[1, 1] - 2 * s01[0, 1]) / n
+    delta = auc_b - auc_a
+    se = float(np.sqrt(max(var, 0.0)))
+    if se == 0.0:
+        p = 1.0 if delta == 0 else 0.0
+    else:
+        p = float(2 * stats.norm.sf(abs(delta) / se))
+    return DeLongResult(auc_a, auc_b, float(delta), se, p)
