@@ -73,6 +73,10 @@ def _add_phantom(sub: argparse._SubParsersAction) -> None:
                    "manifest.csv; each site has its own exposure, noise, collimation and burned-in label")
     p.add_argument("--confounded", action="store_true",
                    help="with --sites: class prevalence differs strongly by site (a learnable shortcut)")
+    p.add_argument("--multilabel", action="store_true",
+                   help="co-occurring findings (Effusion, Infiltration, Opacity) instead of classes: 4 x --per-class "
+                   "images in images/, a mask per finding in masks/<finding>/ and manifest.csv "
+                   "(label 'Effusion|Opacity' or 'No Finding', columns mask.<finding>)")
     p.set_defaults(func=_cmd_phantom)
 
 
@@ -80,7 +84,8 @@ def _cmd_phantom(a: argparse.Namespace) -> int:
     from robustkit.data.phantom import generate_phantom
 
     out = generate_phantom(a.out, per_class=a.per_class, size=a.size, seed=a.seed,
-                           shortcut=a.shortcut, progress=not a.quiet, sites=a.sites, confounded=a.confounded)
+                           shortcut=a.shortcut, progress=not a.quiet, sites=a.sites, confounded=a.confounded,
+                           multilabel=a.multilabel)
     print(out)
     return 0
 
