@@ -111,6 +111,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-augment", dest="augment", action="store_false",
                    help="train without the recipe's augmentation (rotation, shifts, zoom)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--multilabel", action="store_true",
+                   help="a sigmoid head fitted with binary cross-entropy to the findings of a multi-label "
+                   "manifest (several findings per image); the sidecar records output multilabel")
     _add_class_options(p, masks=False)
     p.set_defaults(func=_cmd_train)
 
@@ -122,7 +125,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
                 batch_size=a.batch_size, weights=a.weights, seed=a.seed,
                 learning_rate=a.learning_rate, augment=a.augment, quiet=a.quiet,
                 class_map=_class_map(a), exclude_classes=a.exclude_classes or (),
-                merge_classes=bool(a.merge_classes))
+                merge_classes=bool(a.merge_classes), multilabel=a.multilabel)
     print(res.checkpoint)
     return 0
 
