@@ -73,6 +73,10 @@ def _add_phantom(sub: argparse._SubParsersAction) -> None:
                    "manifest.csv; each site has its own exposure, noise, collimation and burned-in label")
     p.add_argument("--confounded", action="store_true",
                    help="with --sites: class prevalence differs strongly by site (a learnable shortcut)")
+    p.add_argument("--multilabel", action="store_true",
+                   help="co-occurring findings (Effusion, Infiltration, Opacity) instead of classes: 4 x --per-class "
+                   "images in images/, a mask per finding in masks/<finding>/ and manifest.csv "
+                   "(label 'Effusion|Opacity' or 'No Finding', columns mask.<finding>)")
     p.set_defaults(func=_cmd_phantom)
 
 
@@ -80,7 +84,8 @@ def _cmd_phantom(a: argparse.Namespace) -> int:
     from robustkit.data.phantom import generate_phantom
 
     out = generate_phantom(a.out, per_class=a.per_class, size=a.size, seed=a.seed,
-                           shortcut=a.shortcut, progress=not a.quiet, sites=a.sites, confounded=a.confounded)
+                           shortcut=a.shortcut, progress=not a.quiet, sites=a.sites, confounded=a.confounded,
+                           multilabel=a.multilabel)
     print(out)
     return 0
 
@@ -106,6 +111,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-augment", dest="augment", action="store_false",
                    help="train without the recipe's augmentation (rotation, shifts, zoom)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--multilabel", action="store_true",
+                   help="a sigmoid head fitted with binary cross-entropy to the findings of a multi-label "
+                   "manifest (several findings per image); the sidecar records output multilabel")
     _add_class_options(p, masks=False)
     p.set_defaults(func=_cmd_train)
 
@@ -117,7 +125,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
                 batch_size=a.batch_size, weights=a.weights, seed=a.seed,
                 learning_rate=a.learning_rate, augment=a.augment, quiet=a.quiet,
                 class_map=_class_map(a), exclude_classes=a.exclude_classes or (),
-                merge_classes=bool(a.merge_classes))
+                merge_classes=bool(a.merge_classes), multilabel=a.multilabel)
     print(res.checkpoint)
     return 0
 

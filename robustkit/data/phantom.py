@@ -523,6 +523,34 @@ def _case_meta(seed: int, label: int, index: int, n_sites: int, confounded: bool
                     sex="M" if u[3] < 0.5 else "F", age=age)
 
 
+def _clear_density(p: _Patient, size: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """``(u, v, density, lungs, soft_lung)`` of the patient with clear lungs (no finding yet):
+    anatomy, bones, vessels and lung texture (draws the vessels and the texture from ``rng``)."""
+    u, v = _coords(size, p)
+    dens, lungs, soft_lung, central = _anatomy(u, v, p, size / 256.0)
+    dens += _bones(u, v, p, soft_lung, central)
+    dens += soft_lung * (0.07 * _vessels(u, v, p, rng) + 0.015 * _lung_texture(rng, size))
+    return u, v, dens, lungs, soft_lung
+
+
+def _fluid(lungs: np.ndarray, side: int, frac: float) -> np.ndarray:
+    """Bool ``(S, S)``: a pleural effusion in one lung's base (``side`` 0: image left, 1: right)
+    filling ``frac`` of the lung's height up to a meniscus that rises laterally (blunted
+    costophrenic angle, as on an erect film); empty if that lung has no pixels."""
+    size = lungs.shape[0]
+    cols = np.arange(size)
+    lung = lungs & ((cols[None, :] >= size // 2) == bool(side))
+    rows, cs = np.nonzero(lung)
+    if not len(rows):
+        return lung
+    top, bottom = rows.min(), rows.max()
+    height = bottom - top + 1
+    medial, lateral = (cs.max(), cs.min()) if side == 0 else (cs.min(), cs.max())
+    reach = np.clip((cols - medial) / (lateral - medial if lateral != medial else 1), 0.0, 1.0)
+    level = bottom - frac * height - 0.2 * height * reach**2  # meniscus: higher at the chest wall
+    return lung & (np.arange(size)[:, None] >= level[None, :])
+
+
 # ----------------------------------------------------------------------------- public API
 
 
@@ -567,10 +595,7 @@ def render_case(label: int, *, size: int, rng: np.random.Generator, shortcut: bo
     drawn = float(rng.uniform(*SEVERITY_RANGE))
     sev = drawn if severity is None else float(severity)
     px = size / 256.0
-    u, v = _coords(size, p)
-    dens, lungs, soft_lung, central = _anatomy(u, v, p, px)
-    dens += _bones(u, v, p, soft_lung, central)
-    dens += soft_lung * (0.07 * _vessels(u, v, p, rng) + 0.015 * _lung_texture(rng, size))
+    u, v, dens, lungs, soft_lung = _clear_density(p, size, rng)
     mask = np.zeros((size, size), dtype=bool)
     if label != 1:
         finding = (_covid if label == 0 else _viral)(u, v, p, rng, sev) * soft_lung
@@ -609,7 +634,7 @@ def _metadata(*, seed: int, size: int, per_class: int, shortcut: bool) -> dict[s
 
 def generate_phantom(out_dir: str | Path, *, per_class: int, size: int = 256, seed: int = 0,
                      shortcut: bool = False, progress: bool = False, sites: int = 0,
-                     confounded: bool = False) -> Path:
+                     confounded: bool = False, multilabel: bool = False) -> Path:
     """Write a phantom dataset in the COVID-19 Radiography Database layout.
 
     Files: ``out_dir/<class>/<class>_<i:04d>.png`` (8-bit grayscale),
@@ -623,15 +648,21 @@ def generate_phantom(out_dir: str | Path, *, per_class: int, size: int = 256, se
     ``out_dir/<class>.metadata.csv`` (``FILE NAME,site,view,sex,age``: read by the folder
     layout) and to the manifest ``out_dir/manifest.csv`` (``path,label,mask,site,view,sex,age``).
 
+    With ``multilabel=True`` the findings co-occur instead (``Effusion``, ``Infiltration``,
+    ``Opacity``, each with its own mask; ``4 * per_class`` images and a ``manifest.csv`` of
+    ``Effusion|Opacity``-style labels): see :mod:`robustkit.data.phantom_multilabel`.
+
     Args:
         out_dir: output folder (created if missing).
-        per_class: images per class, >= 1.
+        per_class: images per class, >= 1 (multi-label: ``4 * per_class`` images in all).
         size: image side in pixels, in [32, 2048].
         seed: non-negative int.
         shortcut: burn in class-correlated markers (see :data:`SHORTCUT_MARKERS`).
         progress: show a tqdm progress bar.
         sites: number of acquisition sites, in [0, 8]; 0 writes no metadata.
         confounded: tie class prevalence to the site (needs ``sites`` >= 2).
+        multilabel: co-occurring findings with a mask per finding (not with ``shortcut``
+            or ``confounded``).
 
     Returns:
         ``out_dir`` as a Path.
@@ -644,13 +675,17 @@ def generate_phantom(out_dir: str | Path, *, per_class: int, size: int = 256, se
     check_range("per_class", per_class, low=1, integer=True)
     _check_size(size)
     check_range("seed", seed, low=0, integer=True)
-    for name, flag in (("shortcut", shortcut), ("progress", progress), ("confounded", confounded)):
+    flags = (("shortcut", shortcut), ("progress", progress), ("confounded", confounded), ("multilabel", multilabel))
+    for name, flag in flags:
         if not isinstance(flag, bool):
             raise param_error(name, "a bool", flag)
     check_range("sites", sites, low=0, high=MAX_SITES, integer=True)
     if confounded and sites < 2:
         raise param_error("sites", "at least 2 with confounded=True", sites)
     out = Path(out_dir)
+    if multilabel:
+        return _multilabel(out, per_class=per_class, size=size, seed=seed, shortcut=shortcut,
+                           confounded=confounded, sites=sites, progress=progress)
     jobs = [(k, i) for k in range(len(CLASS_NAMES)) for i in range(per_class)]
     if progress:
         from tqdm import tqdm
@@ -679,6 +714,20 @@ def generate_phantom(out_dir: str | Path, *, per_class: int, size: int = 256, se
     meta_text = json.dumps(info, indent=2, sort_keys=True)
     (out / "phantom.json").write_text(meta_text + "\n", encoding="utf-8")
     return out
+
+
+def _multilabel(out: Path, *, per_class: int, size: int, seed: int, shortcut: bool, confounded: bool,
+                sites: int, progress: bool) -> Path:
+    """``generate_phantom(multilabel=True)``: refuse the single-label options, then delegate."""
+    from robustkit.data.phantom_multilabel import generate_multilabel_phantom
+
+    for name, flag in (("shortcut", shortcut), ("confounded", confounded)):
+        if flag:
+            raise param_error(name, "False with multilabel=True (class markers and class-site ties need classes)",
+                              flag)
+    out.mkdir(parents=True, exist_ok=True)
+    return generate_multilabel_phantom(out, per_class=per_class, size=size, seed=seed, sites=sites,
+                                       progress=progress)
 
 
 _META_COLUMNS = ("site", "view", "sex", "age")
@@ -723,17 +772,9 @@ def render_effusion(*, size: int, rng: np.random.Generator, fraction: float | No
     case = render_case(1, size=size, rng=rng, severity=0.0)
     side = int(rng.integers(0, 2))  # 0: image left, 1: image right
     frac = float(rng.uniform(0.2, 0.45)) if fraction is None else float(fraction)
-    cols = np.arange(size)
-    lung = case.lungs & ((cols[None, :] >= size // 2) == bool(side))
-    rows, cs = np.nonzero(lung)
-    if not len(rows):
+    fluid = _fluid(case.lungs, side, frac)
+    if not fluid.any():
         return case
-    top, bottom = rows.min(), rows.max()
-    height = bottom - top + 1
-    medial, lateral = (cs.max(), cs.min()) if side == 0 else (cs.min(), cs.max())
-    reach = np.clip((cols - medial) / (lateral - medial if lateral != medial else 1), 0.0, 1.0)
-    level = bottom - frac * height - 0.2 * height * reach**2  # meniscus: higher at the chest wall
-    fluid = lung & (np.arange(size)[:, None] >= level[None, :])
     soft = float(np.percentile(case.image, 80)) / 255.0
     weight = _blur(fluid.astype(np.float32), 1.5 * size / 256.0)
     img = case.image / 255.0 * (1 - 0.85 * weight) + 0.85 * weight * soft

@@ -44,6 +44,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -88,7 +89,12 @@ _WEIGHTS_CHOICES = ("none", "imagenet", "a path to an existing .h5/.weights.h5/.
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What :func:`train` wrote and how the run went."""
+    """What :func:`train` wrote and how the run went.
+
+    For a multi-label run (``output == "multilabel"``) ``best_val_accuracy`` is the share of
+    (image, finding) pairs right at threshold 0.5 and ``best_val_auroc`` the mean per-finding
+    AUROC on the validation part; ``best_val_auroc`` is None for a softmax run.
+    """
 
     checkpoint: Path
     history_json: Path
@@ -99,6 +105,8 @@ class TrainResult:
     seconds: float
     class_names: list[str]
     recipe: dict[str, Any] = field(default_factory=dict)
+    output: str = "softmax"
+    best_val_auroc: float | None = None
 
 
 # --------------------------------------------------------------------------- model
@@ -143,14 +151,15 @@ def _small_cnn_features(x: Any) -> tuple[Any, keras.Model | None]:
     return x, None
 
 
-def _head(x: Any, arch: str, num_classes: int) -> Any:
+def _head(x: Any, arch: str, num_classes: int, multilabel: bool = False) -> Any:
     x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
     if arch == "inception_v3":
         x = keras.layers.Dense(256, activation="relu", name="head_dense_1")(x)
         x = keras.layers.Dropout(0.5, name="head_dropout_1")(x)
         x = keras.layers.Dense(128, activation="relu", name="head_dense_2")(x)
         x = keras.layers.Dropout(0.3, name="head_dropout_2")(x)
-    return keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    activation = "sigmoid" if multilabel else "softmax"
+    return keras.layers.Dense(num_classes, activation=activation, name="predictions")(x)
 
 
 def _load_weights_file(model: keras.Model, backbone: keras.Model | None, path: Path) -> None:
@@ -179,17 +188,19 @@ def build_model(
     channels: int = 3,
     weights: str = "none",
     seed: int = 0,
+    multilabel: bool = False,
 ) -> keras.Model:
     """Build a pixel-space classifier: input ``(input_size, input_size, channels)`` in [0, 1].
 
     Args:
         arch: one of :data:`ARCHITECTURES`.
         input_size: square input side (InceptionV3 needs >= 75).
-        num_classes: softmax outputs.
+        num_classes: outputs (classes, or findings with ``multilabel``).
         channels: 1 (grayscale, repeated to RGB inside the model for InceptionV3) or 3.
         weights: "none", "imagenet" (only from Keras's cache; never downloads) or a path to
             a ``.h5``/``.weights.h5``/``.keras`` file for the whole model or the backbone.
         seed: seed of the weight initialisation.
+        multilabel: a sigmoid head (one probability per finding) instead of softmax.
 
     Returns:
         An uncompiled ``keras.Model`` mapping (N, S, S, C) float32 to (N, num_classes) probs.
@@ -213,7 +224,7 @@ def build_model(
         features, backbone = _inception_features(x, resolved)
     else:
         features, backbone = _small_cnn_features(x)
-    model = keras.Model(inputs, _head(features, arch, num_classes), name=arch)
+    model = keras.Model(inputs, _head(features, arch, num_classes, multilabel), name=arch)
     if isinstance(resolved, Path):
         _load_weights_file(model, backbone, resolved)
     return model
@@ -303,7 +314,8 @@ class _EpochLog(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
         lr = self.model.optimizer.learning_rate
-        row = {k: float(logs[k]) for k in ("loss", "accuracy", "val_loss", "val_accuracy")}
+        keys = ("loss", "accuracy", "val_loss", "val_accuracy", "auroc", "val_auroc")
+        row = {k: float(logs[k]) for k in keys if k in logs}
         row.update(epoch=epoch + 1, lr=float(np.asarray(lr)), seconds=time.perf_counter() - self._t0)
         self.rows.append(row)
         val = row["val_loss"] if math.isfinite(row["val_loss"]) else math.inf
@@ -313,18 +325,21 @@ class _EpochLog(keras.callbacks.Callback):
             print(
                 f"epoch {epoch + 1}/{self.epochs}  loss {row['loss']:.4f}  acc {row['accuracy']:.4f}  "
                 f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}  "
-                f"lr {row['lr']:.2e}  {row['seconds']:.1f}s",
+                + (f"val_auroc {row['val_auroc']:.4f}  " if "val_auroc" in row else "")
+                + f"lr {row['lr']:.2e}  {row['seconds']:.1f}s",
                 flush=True,
             )
 
 
 def _recipe(*, arch: str, input_size: int, epochs: int, batch_size: int, lr: float, from_scratch: bool,
-            weights: str, augment: bool, val_fraction: float) -> dict[str, Any]:
+            weights: str, augment: bool, val_fraction: float, multilabel: bool = False) -> dict[str, Any]:
     return {
+        "output": "multilabel" if multilabel else "softmax",
         "arch": arch, "input_size": input_size, "epochs": epochs, "batch_size": batch_size,
         "weights": str(weights), "optimizer": "adam", "learning_rate": lr,
         "lr_schedule": "linear warm-up (first epoch) + cosine decay to 0" if from_scratch else "constant",
-        "loss": "sparse_categorical_crossentropy", "val_fraction": val_fraction,
+        "loss": "binary_crossentropy over the findings" if multilabel else "sparse_categorical_crossentropy",
+        "val_fraction": val_fraction,
         "augmentation": {"rotation_deg": 15, "shift": 0.15, "zoom": 0.1, "shear": None,
                          "horizontal_flip": False, "fill_mode": "nearest"} if augment else None,
         "bn_momentum": BN_MOMENTUM, "bn_recalibration": "exact average over the training set after training",
@@ -381,8 +396,11 @@ def _write_json(path: Path, obj: Any) -> None:
 # --------------------------------------------------------------------------- train
 
 
-def _check_train_args(arch: str, epochs: int, batch_size: int, val_fraction: float, lr: float | None) -> None:
+def _check_train_args(arch: str, epochs: int, batch_size: int, val_fraction: float, lr: float | None,
+                      multilabel: bool = False) -> None:
     check_choice("arch", arch, ARCHITECTURES)
+    if not isinstance(multilabel, bool):
+        raise param_error("multilabel", "a bool", multilabel)
     check_range("epochs", epochs, low=1, integer=True)
     check_range("batch_size", batch_size, low=1, integer=True)
     check_range("val_fraction", val_fraction, low=0, high=1, low_open=True)
@@ -392,15 +410,50 @@ def _check_train_args(arch: str, epochs: int, batch_size: int, val_fraction: flo
         check_range("learning_rate", lr, low=0, low_open=True)
 
 
-def _load_split(data: Any, val_fraction: float, seed: int, input_size: int, classes: dict[str, Any]):
-    from robustkit.data.dataset import load_dataset
+def _targets(ds: Any, multilabel: bool) -> np.ndarray:
+    """What the model is fitted to: int64 ``(N,)`` class labels, or with ``multilabel`` float32
+    ``(N, K)`` findings (``ds.targets`` of multi-label data, the one-hot classes otherwise)."""
+    data_multilabel = bool(getattr(ds, "multilabel", False))
+    if data_multilabel and not multilabel:
+        raise ConfigError(f"{ds.root}: expected single-label data for a softmax model, got multi-label data "
+                          "(several findings per image); train it with --multilabel (multilabel=True).")
+    labels = np.asarray(ds.labels, np.int64)
+    k = len(ds.class_names)
+    if not multilabel:
+        return labels
+    if not data_multilabel:
+        print(f"robustkit: note: --multilabel on single-label data: each image's target is its one class "
+              f"(one-hot over {k} classes), fitted with binary cross-entropy.", file=sys.stderr)
+        return np.eye(k, dtype=np.float32)[labels]
+    targets = np.asarray(ds.targets)
+    if targets.shape != (len(ds), k):
+        raise ConfigError(f"{ds.root}: expected multi-label targets of shape ({len(ds)}, {k}), got {targets.shape}.")
+    return targets.astype(np.float32)
+
+
+def _load_split(data: Any, val_fraction: float, seed: int, input_size: int, classes: dict[str, Any],
+                multilabel: bool = False) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The dataset, and the images and targets of its seeded stratified split (Dataset.split's)."""
+    from robustkit.data.dataset import load_dataset, stratified_split
 
     ds = data if hasattr(data, "load_images") else load_dataset(data, **classes)
-    tr, va = ds.split(val_fraction, seed=seed)
+    y = _targets(ds, multilabel)
+    first, second = stratified_split(ds.labels, val_fraction, rng=np.random.default_rng(seed))
     size = (input_size, input_size)
-    xt = tr.load_images(np.arange(len(tr)), size=size, channels=3)
-    xv = va.load_images(np.arange(len(va)), size=size, channels=3)
-    return ds, xt, np.asarray(tr.labels, np.int64), xv, np.asarray(va.labels, np.int64)
+    xt = ds.subset(first).load_images(np.arange(len(first)), size=size, channels=3)
+    xv = ds.subset(second).load_images(np.arange(len(second)), size=size, channels=3)
+    return ds, xt, y[first], xv, y[second]
+
+
+def _compile(model: keras.Model, schedule: Any, *, multilabel: bool, num_classes: int) -> None:
+    """Softmax: sparse categorical cross-entropy and accuracy. Multi-label: binary cross-entropy,
+    the share of (image, finding) pairs right at 0.5 and the mean per-finding AUROC."""
+    if not multilabel:
+        model.compile(keras.optimizers.Adam(schedule), "sparse_categorical_crossentropy", metrics=["accuracy"])
+        return
+    metrics = [keras.metrics.BinaryAccuracy(name="accuracy"),
+               keras.metrics.AUC(multi_label=True, num_labels=num_classes, name="auroc")]
+    model.compile(keras.optimizers.Adam(schedule), "binary_crossentropy", metrics=metrics)
 
 
 def train(
@@ -420,6 +473,7 @@ def train(
     class_map: dict[str, str] | None = None,
     exclude_classes: Sequence[str] = (),
     merge_classes: bool = False,
+    multilabel: bool = False,
 ) -> TrainResult:
     """Train ``arch`` on a folder dataset and save the best checkpoint by validation loss.
 
@@ -432,26 +486,31 @@ def train(
             so a model is trained on the COVID-19 Radiography Database as downloaded.
         exclude_classes: data classes left out of training (e.g. ``["Lung_Opacity"]``).
         merge_classes: allow ``class_map`` to send two data classes to one class.
+        multilabel: a sigmoid head fitted with binary cross-entropy to the data's findings
+            (``data.targets`` of multi-label data; single-label data gives one-hot targets,
+            said in one line); the sidecar records ``"output": "multilabel"``. Multi-label
+            data without it is refused.
         Others: see :func:`build_model` and the module docstring.
 
     Returns:
         A :class:`TrainResult`.
     """
-    _check_train_args(arch, epochs, batch_size, val_fraction, learning_rate)
+    _check_train_args(arch, epochs, batch_size, val_fraction, learning_rate, multilabel)
     t_start = time.perf_counter()
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
     classes = {"class_map": class_map, "exclude_classes": tuple(exclude_classes),
                "merge_classes": merge_classes}
-    ds, xt, yt, xv, yv = _load_split(data, val_fraction, seed, input_size, classes)
+    ds, xt, yt, xv, yv = _load_split(data, val_fraction, seed, input_size, classes, multilabel)
     class_names = list(ds.class_names)
-    model = build_model(arch, input_size=input_size, num_classes=len(class_names), weights=weights, seed=seed)
+    model = build_model(arch, input_size=input_size, num_classes=len(class_names), weights=weights, seed=seed,
+                        multilabel=multilabel)
     _set_bn_momentum(model, BN_MOMENTUM)
     from_scratch = weights == "none"
     lr = learning_rate if learning_rate is not None else (1e-3 if from_scratch else 1e-4)
     steps = math.ceil(len(xt) / batch_size)
     schedule = _learning_rate(lr, steps_per_epoch=steps, epochs=epochs, from_scratch=from_scratch)
-    model.compile(keras.optimizers.Adam(schedule), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    _compile(model, schedule, multilabel=multilabel, num_classes=len(class_names))
     log = _EpochLog(epochs, quiet)
     train_ds = _train_dataset(xt, yt, batch_size=batch_size, seed=seed, augment=augment)
     model.fit(train_ds, epochs=epochs, validation_data=(xv, yv), batch_size=batch_size,
@@ -459,7 +518,7 @@ def train(
     return _finish(model, log, ds, xt, xv, yv, out=Path(out), seconds0=t_start, class_names=class_names,
                    recipe=_recipe(arch=arch, input_size=input_size, epochs=epochs, batch_size=batch_size,
                                   lr=lr, from_scratch=from_scratch, weights=weights, augment=augment,
-                                  val_fraction=val_fraction),
+                                  val_fraction=val_fraction, multilabel=multilabel),
                    arch=arch, input_size=input_size, seed=seed, quiet=quiet)
 
 
@@ -470,7 +529,9 @@ def _finish(model: keras.Model, log: _EpochLog, ds: Any, xt: np.ndarray, xv: np.
     _, best_epoch, best_weights = log.best
     model.set_weights(best_weights)
     recalibrate_batchnorm(model, xt)
-    best_val_loss, best_val_acc = (float(v) for v in model.evaluate(xv, yv, verbose=0))
+    scores = {k: float(v) for k, v in model.evaluate(xv, yv, verbose=0, return_dict=True).items()}
+    best_val_loss, best_val_acc, best_val_auroc = scores["loss"], scores["accuracy"], scores.get("auroc")
+    output = str(recipe["output"])
     ckpt, hist_path, plot_path, meta_path = _out_paths(out)
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     model.save(ckpt)
@@ -478,15 +539,17 @@ def _finish(model: keras.Model, log: _EpochLog, ds: Any, xt: np.ndarray, xv: np.
     fingerprint = getattr(ds, "fingerprint", None)
     _write_json(hist_path, {
         "epochs": log.rows, "best_epoch": best_epoch, "best_val_loss": best_val_loss,
-        "best_val_accuracy": best_val_acc,
+        "best_val_accuracy": best_val_acc, "output": output,
+        **({"best_val_auroc": best_val_auroc} if best_val_auroc is not None else {}),
         "best_val_loss_before_bn_recalibration": log.rows[best_epoch - 1]["val_loss"],
         "recipe": recipe, "class_names": class_names, "seed": seed, "seconds": seconds,
         "data_fingerprint": fingerprint() if callable(fingerprint) else fingerprint,
     })
     _plot_history(log.rows, plot_path)
     _write_json(meta_path, {"class_names": class_names, "input_size": input_size, "channels": 3, "arch": arch,
-                            "input_range": [0, 1], "robustkit_version": _version()})
+                            "input_range": [0, 1], "output": output, "robustkit_version": _version()})
     if not quiet:
-        print(f"best epoch {best_epoch}: val_loss {best_val_loss:.4f} val_acc {best_val_acc:.4f} -> {ckpt}")
+        auroc = f" val_auroc {best_val_auroc:.4f}" if best_val_auroc is not None else ""
+        print(f"best epoch {best_epoch}: val_loss {best_val_loss:.4f} val_acc {best_val_acc:.4f}{auroc} -> {ckpt}")
     return TrainResult(ckpt, hist_path, plot_path, best_epoch, best_val_loss, best_val_acc, seconds,
-                       class_names, recipe)
+                       class_names, recipe, output, best_val_auroc)
