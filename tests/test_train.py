@@ -141,7 +141,9 @@ def test_best_checkpoint_is_the_epoch_of_lowest_validation_loss(tiny_run: TrainR
     history = json.loads(tiny_run.history_json.read_text())
     val_losses = [row["val_loss"] for row in history["epochs"]]
     assert tiny_run.best_epoch == int(np.argmin(val_losses)) + 1 == history["best_epoch"]
-    _, val = load_dataset(tiny_data).split(0.2, seed=3)
+    data = load_dataset(tiny_data)
+    val, fit = data.split(0.2, seed=3)  # val_fraction of every class validates, the rest trains
+    assert (history["n_val"], history["n_train"]) == (len(val), len(fit)) and len(fit) > len(val)
     x = val.load_images(np.arange(len(val)), size=(32, 32), channels=3)
     model = keras.models.load_model(tiny_run.checkpoint)
     probs = model.predict(x, verbose=0)

@@ -70,7 +70,7 @@ ARCHITECTURES = ("inception_v3", "small_cnn")
 #: Settings the ``robustkit demo`` command trains with (see the module docstring).
 DEMO_RECIPE: dict[str, Any] = {
     "arch": "inception_v3",
-    "train_per_class": 400,
+    "train_per_class": 125,
     "test_per_class": 100,
     "phantom_size": 128,
     "input_size": 128,
@@ -433,16 +433,17 @@ def _targets(ds: Any, multilabel: bool) -> np.ndarray:
 
 def _load_split(data: Any, val_fraction: float, seed: int, input_size: int, classes: dict[str, Any],
                 multilabel: bool = False) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The dataset, and the images and targets of its seeded stratified split (Dataset.split's)."""
+    """The dataset, and the images and targets of its seeded stratified split (Dataset.split's):
+    ``val_fraction`` of every class validates, the rest trains."""
     from robustkit.data.dataset import load_dataset, stratified_split
 
     ds = data if hasattr(data, "load_images") else load_dataset(data, **classes)
     y = _targets(ds, multilabel)
-    first, second = stratified_split(ds.labels, val_fraction, rng=np.random.default_rng(seed))
+    val, fit = stratified_split(ds.labels, val_fraction, rng=np.random.default_rng(seed))  # val_fraction -> val
     size = (input_size, input_size)
-    xt = ds.subset(first).load_images(np.arange(len(first)), size=size, channels=3)
-    xv = ds.subset(second).load_images(np.arange(len(second)), size=size, channels=3)
-    return ds, xt, y[first], xv, y[second]
+    xt = ds.subset(fit).load_images(np.arange(len(fit)), size=size, channels=3)
+    xv = ds.subset(val).load_images(np.arange(len(val)), size=size, channels=3)
+    return ds, xt, y[fit], xv, y[val]
 
 
 def _compile(model: keras.Model, schedule: Any, *, multilabel: bool, num_classes: int) -> None:
@@ -543,6 +544,7 @@ def _finish(model: keras.Model, log: _EpochLog, ds: Any, xt: np.ndarray, xv: np.
         **({"best_val_auroc": best_val_auroc} if best_val_auroc is not None else {}),
         "best_val_loss_before_bn_recalibration": log.rows[best_epoch - 1]["val_loss"],
         "recipe": recipe, "class_names": class_names, "seed": seed, "seconds": seconds,
+        "n_train": len(xt), "n_val": len(xv),
         "data_fingerprint": fingerprint() if callable(fingerprint) else fingerprint,
     })
     _plot_history(log.rows, plot_path)
