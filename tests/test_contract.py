@@ -253,3 +253,43 @@ def test_merge_records_orders_shards_and_refuses_gaps() -> None:
         merge_records(parts, 5)
     with pytest.raises(AssertionError, match="rows for a batch of 2"):
         merge_records([(np.array([0, 1]), {"v": np.array([1])})], 2)
+
+
+# ---------------------------------------------------------------- multi-label models
+
+
+def _multilabel_names() -> list[str]:
+    return [n for n in available() if get_study(n).multilabel]
+
+
+@pytest.fixture(scope="module")
+def ml_model(toy_multilabel_model: Path):
+    adapter = load_model(toy_multilabel_model, batch_size=16)
+    adapter.thresholds, adapter.threshold_source = np.array([0.3, 0.5, 0.7]), "given (a test)"
+    return adapter
+
+
+@pytest.fixture(scope="module")
+def ml_data(toy_multilabel: Path, ml_model):
+    return load_dataset(toy_multilabel).with_class_order(list(ml_model.class_names))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _multilabel_names())
+def test_multilabel_studies_keep_the_contract(name: str, ml_model, ml_data) -> None:
+    """Every study that scores multi-label models: shards and batch sizes give the one-pass
+    result, schema-valid, same seed same numbers."""
+    assert ml_model.output_kind == "multilabel"
+    study = _study(name)
+    whole = _one_pass(study, ml_model, ml_data)
+    assert whole.status == "ok", whole.error
+    jsonschema.validate(whole.to_json(), {"$defs": SCHEMA["$defs"], "$ref": "#/$defs/study"})
+    for bs in (1, 7):
+        part = _sharded(study, ml_model, ml_data, seed=0, batch_size=bs)
+        assert set(part.records) == set(whole.records)
+        for key, arr in whole.records.items():
+            if arr.dtype.kind in "biuUS":
+                np.testing.assert_array_equal(part.records[key], arr, err_msg=f"{name}: {key} at batch size {bs}")
+            else:
+                np.testing.assert_allclose(part.records[key], arr, rtol=1e-5, atol=1e-5, err_msg=f"{name}: {key}")
+        _assert_close(_strip(whole.to_json()), _strip(part.to_json()), f"{name}@bs{bs}")
