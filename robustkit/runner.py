@@ -99,7 +99,8 @@ def _match_output_kind(model: ModelAdapter, data: Dataset, output: str | None) -
         return
     if kind == "sigmoid" and output != "sigmoid":
         model.output_kind = "multilabel"
-        model.output_kind_reason += "; the data is multi-label (sets of findings), so audited as multilabel"
+        model.output_kind_reason = (model.output_kind_reason.split("; scored as single-label")[0]
+                                    + "; the data is multi-label (sets of findings), so audited as multilabel")
         return
     if kind != "multilabel":
         given = "--output sigmoid" if output == "sigmoid" else f"a {kind} model"

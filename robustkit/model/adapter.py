@@ -321,6 +321,8 @@ class ModelAdapter:
         """The output kind and the reason: the argument, else the sidecar, else detection."""
         probe = None if logits_head(self.model) is not None else self._probe()
         detected, why = detect_output_kind(self.model, probe)
+        if detected == "sigmoid" and "multilabel" in (output, self.meta.get("output")):
+            why = why.split("; scored as single-label")[0]  # the advice does not apply: it was taken
         if output is not None:
             return output, f"set by --output/output={output!r} (detected: {detected}, as {why})"
         meta_kind = self.meta.get("output")
