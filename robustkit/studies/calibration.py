@@ -154,10 +154,10 @@ class CalibrationStudy(Study):
         "n_calibration": ("samples the temperature was fitted on", "none"),
         "n_evaluation": ("samples every metric is computed on", "none"),
     } | {f"{k}_ts": (f"{k} after temperature scaling", "lower") for k in _BASE_SCORES} | {
-        "ece.macro": ("multi-label: ECE per finding (ece.<finding>; equal-width bins of the finding's "
+        "ece.macro": ("multi-label: ECE per finding (ece.{finding}; equal-width bins of the finding's "
                       "probability against its presence, the binary reliability form) and its mean over "
-                      "findings; ece_ts.<finding>, ece_ts.macro after temperature scaling", "lower"),
-        "brier.macro": ("multi-label: Brier score per finding (brier.<finding>, mean (p - presence)^2 in [0, 1]) "
+                      "findings; ece_ts.{finding}, ece_ts.macro after temperature scaling", "lower"),
+        "brier.macro": ("multi-label: Brier score per finding (brier.{finding}, mean (p - presence)^2 in [0, 1]) "
                         "and its mean over findings; brier_ts.* after temperature scaling", "lower"),
         "prevalence": ("multi-label: per finding, the share of evaluation images with it (a constant "
                        "prediction of it has Brier prevalence * (1 - prevalence))", "none"),
