@@ -35,7 +35,7 @@ from robustkit.metrics import classification as M
 from robustkit.report.render import study_anchor
 from robustkit.results import AuditResult, load_results
 
-__all__ = ["KNOWN_STUDIES", "Card", "CardNumber", "build_card", "numbers_by_prefix"]
+__all__ = ["KNOWN_STUDIES", "Card", "CardNumber", "build_card", "is_multilabel", "numbers_by_prefix"]
 
 #: the studies a full audit runs; one that is absent is a limitation of the card
 KNOWN_STUDIES = ("clean", "perturbation", "noise", "adversarial", "calibration", "saliency", "slices", "ood")
@@ -218,13 +218,27 @@ def _classes_positive_first(names: Sequence[str]) -> list[str]:
     return sorted(names, key=lambda c: (c != _POSITIVE, list(names).index(c)))
 
 
+_CALIBRATION = (("ece", "ECE before scaling"), ("ece_ts", "ECE after temperature scaling"),
+                ("brier", "Brier before"), ("brier_ts", "Brier after"), ("temperature", "temperature T"))
+_FINDING_CALIBRATION = (("ece.macro", "ECE (macro) before"), ("ece_ts.macro", "ECE (macro) after scaling"),
+                        ("brier.macro", "Brier (macro) before"), ("brier_ts.macro", "Brier (macro) after"),
+                        ("temperature", "temperature T"))
+
+
+def is_multilabel(r: AuditResult) -> bool:
+    """Whether the audit scored a multi-label model (per finding)."""
+    return r.model.get("output_kind") == "multilabel"
+
+
 def _sections(r: AuditResult, seed: int) -> tuple[dict[str, list[CardNumber]], dict[str, list[str]]]:
     notes: dict[str, list[str]] = {}
+    multilabel = is_multilabel(r)
+    if multilabel:
+        notes["performance"] = _threshold_notes(r)
     out = {
-        "performance": _performance(r, seed),
-        "calibration": _present(_number(r, f"calibration.{m}", label) for m, label in (
-            ("ece", "ECE before scaling"), ("ece_ts", "ECE after temperature scaling"),
-            ("brier", "Brier before"), ("brier_ts", "Brier after"), ("temperature", "temperature T"))),
+        "performance": _finding_performance(r) if multilabel else _performance(r, seed),
+        "calibration": _present(_number(r, f"calibration.{m}", label)
+                                for m, label in (_FINDING_CALIBRATION if multilabel else _CALIBRATION)),
         "shift": _shift(r),
         "adversarial": _adversarial(r, notes),
         "ood": _ood(r, notes),
@@ -243,6 +257,29 @@ def _performance(r: AuditResult, seed: int) -> list[CardNumber]:
         per_class.append(_number(r, f"clean.recall.{c}", f"sensitivity {c}"))
         per_class.append(spec.get(c))
     return _present([*head, *per_class])
+
+
+def _finding_performance(r: AuditResult) -> list[CardNumber]:
+    """Multi-label audits: macro and micro AUROC, then per finding its AUROC, sensitivity and
+    specificity at the finding's threshold (the labels ``AUROC <finding>`` etc. make the card's
+    per-finding table)."""
+    head = [_number(r, "clean.auroc.macro", "ROC AUC (macro)"), _number(r, "clean.auroc.micro", "ROC AUC (micro)"),
+            _number(r, "clean.auprc.macro", "AUPRC (macro)")]
+    per_finding: list[CardNumber | None] = []
+    for f in r.class_names:
+        per_finding += [_number(r, f"clean.auroc.{f}", f"AUROC {f}"), _number(r, f"clean.sensitivity.{f}", f"sensitivity {f}"),
+                        _number(r, f"clean.specificity.{f}", f"specificity {f}")]
+    return _present([*head, *per_finding])
+
+
+def _threshold_notes(r: AuditResult) -> list[str]:
+    """How the per-finding thresholds of sensitivity and specificity were set."""
+    given = r.model.get("thresholds") or {}
+    if not given:
+        return []
+    values = ", ".join(f"{f} {float(t):.3g}" for f, t in given.items())
+    source = str(r.model.get("threshold_source") or "source not recorded")
+    return [f"Sensitivity and specificity at the thresholds {values}: {source}."]
 
 
 def specificities(r: AuditResult, *, seed: int = 0) -> dict[str, CardNumber]:

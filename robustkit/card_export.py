@@ -161,7 +161,7 @@ def _per_class(nums: Sequence[CardNumber], classes: Sequence[str]) -> tuple[list
     rows: dict[str, dict[str, Any]] = {}
     for n in nums:
         kind, _, cls = n.label.partition(" ")
-        if kind in ("sensitivity", "specificity") and cls in classes:
+        if kind in ("sensitivity", "specificity", "AUROC") and cls in classes:
             rows.setdefault(cls, {"class": cls})[kind] = _cell(n)
         else:
             overall.append(_cell(n))
@@ -177,6 +177,7 @@ def card_html(card: Card) -> str:
     return env.get_template("card.html.j2").render(
         css=Markup(_read_template("card.css")), card=card, verdict=card.verdict,
         acceptance=[_acceptance_row(r) for r in card.acceptance], overall=overall, per_class=per_class,
+        multilabel=card.model.get("output_kind") == "multilabel", performance_notes=card.notes.get("performance", []),
         sections=sections, changes=[_change_row(d) for d in card.changes],
         title=f"Audit card \u2014 {card.model['name']}")
 

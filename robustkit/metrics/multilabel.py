@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from robustkit.metrics import calibration as CM
 from robustkit.metrics.classification import _binary_auc
 
 __all__ = [
@@ -41,6 +42,8 @@ __all__ = [
     "micro_auroc",
     "per_finding_ap",
     "per_finding_auroc",
+    "per_finding_brier",
+    "per_finding_ece",
     "sensitivity_specificity",
     "threshold_split",
     "youden_thresholds",
@@ -79,6 +82,34 @@ def per_finding_ap(targets: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """Average precision (AUPRC) per finding ``(K,)``; NaN for a finding no image has."""
     t, p = np.asarray(targets, dtype=bool), np.asarray(probs)
     return np.array([average_precision(t[:, k], p[:, k]) for k in range(t.shape[1])])
+
+
+def per_finding_ece(targets: np.ndarray, probs: np.ndarray, *, n_bins: int = 15) -> np.ndarray:
+    """Expected calibration error per finding ``(K,)``, the binary reliability form (lower is better).
+
+    Each finding's probability ``probs[:, k]`` is put in ``n_bins`` equal-width bins and
+    compared with the finding's presence ``targets[:, k]``: ``sum_b n_b / N * |freq_b - conf_b|``
+    over populated bins, with the binning of :func:`robustkit.metrics.calibration.ece_update`
+    (the classwise ECE of Nixon et al. 2019 with presence as the outcome). NaN without images.
+    """
+    t, p = np.asarray(targets, dtype=np.float64), np.asarray(probs, dtype=np.float64)
+    out = np.full(t.shape[1], np.nan)
+    if len(t) == 0:
+        return out
+    everyone = np.arange(len(t))[None, :]
+    for k in range(t.shape[1]):
+        bins, gap = CM.ece_update(p[:, k], t[:, k], n_bins=n_bins)
+        out[k] = CM.ece_compute(bins, gap, everyone, n_bins=n_bins)[0]
+    return out
+
+
+def per_finding_brier(targets: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Brier score per finding ``(K,)``: ``mean_i (p_ik - t_ik)^2`` in [0, 1] (lower is better;
+    scikit-learn's ``brier_score_loss`` of each column). NaN without images."""
+    t, p = np.asarray(targets, dtype=np.float64), np.asarray(probs, dtype=np.float64)
+    if len(t) == 0:
+        return np.full(t.shape[1], np.nan)
+    return np.mean((p - t) ** 2, axis=0)
 
 
 def micro_auroc(targets: np.ndarray, probs: np.ndarray) -> float:

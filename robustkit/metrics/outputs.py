@@ -13,7 +13,9 @@ A classifier's head is one of four kinds, and every metric reads probabilities m
 
 Temperature scaling (Guo et al. 2017) keeps one scalar T for every kind: for the softmax
 kinds it minimises the multiclass NLL, for the sigmoid kinds the one-vs-rest binary NLL
-``mean_i sum_k BCE(1[y_i = k], sigmoid(z_ik / T))``. No TensorFlow here.
+``mean_i sum_k BCE(t_ik, sigmoid(z_ik / T))``, where the targets ``t`` are the one-hot of
+class indices ``(N,)`` or, for multi-label data, the findings ``(N, K)`` themselves. No
+TensorFlow here.
 
 Example:
     >>> import numpy as np
@@ -78,35 +80,43 @@ def probabilities(logits: np.ndarray, kind: str, temperature: float = 1.0) -> np
     return CM.softmax(logits, temperature)
 
 
-def _binary_nll(z: np.ndarray, y: np.ndarray, temperature: float) -> np.ndarray:
-    """Per-sample one-vs-rest binary NLL ``(N,)``: ``sum_k softplus(u) - 1[y = k] u``, u = z / T."""
-    u = z / temperature
-    onehot = np.zeros_like(u)
+def _targets(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """One-vs-rest targets ``(N, K)`` float64: multi-label findings ``(N, K)`` as given, else the
+    one-hot of class indices ``(N,)``."""
+    y = np.asarray(labels)
+    if y.ndim == 2 and y.shape == shape:
+        return y.astype(np.float64)
+    y = y.astype(np.int64).reshape(-1)
+    onehot = np.zeros(shape, dtype=np.float64)
     onehot[np.arange(len(y)), y] = 1.0
-    return np.sum(np.logaddexp(0.0, u) - onehot * u, axis=1)
+    return onehot
+
+
+def _binary_nll(z: np.ndarray, t: np.ndarray, temperature: float) -> np.ndarray:
+    """Per-sample one-vs-rest binary NLL ``(N,)``: ``sum_k softplus(u) - t_k u``, u = z / T."""
+    u = z / temperature
+    return np.sum(np.logaddexp(0.0, u) - t * u, axis=1)
 
 
 def sample_nll(logits: np.ndarray, labels: np.ndarray, kind: str, temperature: float = 1.0) -> np.ndarray:
     """Per-sample NLL ``(N,)`` of the labels under the kind's probabilities (exact, no clipping).
 
     Softmax kinds: ``-log softmax(z / T)[y]``. Sigmoid kinds: the one-vs-rest binary NLL
-    summed over the K outputs, ``sum_k -log(p_k if k == y else 1 - p_k)``.
+    summed over the K outputs, ``sum_k -log(p_k if t_k else 1 - p_k)``, with ``t`` the one-hot
+    of class indices ``labels`` ``(N,)`` or the findings ``labels`` ``(N, K)`` (multi-label).
     """
     if not is_sigmoid(kind):
         return CM.sample_nll(logits, labels, temperature)
     z = np.asarray(logits, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.int64).reshape(-1)
-    return _binary_nll(z, y, float(temperature))
+    return _binary_nll(z, _targets(labels, z.shape), float(temperature))
 
 
-def _binary_nll_and_grad(z: np.ndarray, y: np.ndarray, log_t: float) -> tuple[float, float]:
+def _binary_nll_and_grad(z: np.ndarray, t: np.ndarray, log_t: float) -> tuple[float, float]:
     """Mean one-vs-rest binary NLL at ``T = exp(log_t)`` and its derivative in ``log T``:
-    ``d/dlogT = -mean_i sum_k (sigmoid(z/T) - 1[y = k]) z / T``."""
-    t = float(np.exp(log_t))
-    onehot = np.zeros_like(z)
-    onehot[np.arange(len(y)), y] = 1.0
-    loss = float(np.mean(_binary_nll(z, y, t)))
-    grad = float(-np.mean(np.sum((expit(z / t) - onehot) * z, axis=1)) / t)
+    ``d/dlogT = -mean_i sum_k (sigmoid(z/T) - t_k) z / T``."""
+    temp = float(np.exp(log_t))
+    loss = float(np.mean(_binary_nll(z, t, temp)))
+    grad = float(-np.mean(np.sum((expit(z / temp) - t) * z, axis=1)) / temp)
     return loss, grad
 
 
@@ -119,11 +129,12 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, kind: str) -> CM.Tem
 
     Args:
         logits: ``(N, K)`` logits of the calibration split.
-        labels: ``(N,)`` class indices.
+        labels: ``(N,)`` class indices, or for sigmoid kinds the findings ``(N, K)`` (bool or
+            0/1) of a multi-label split: T then minimises the binary NLL summed over findings.
         kind: one of :data:`OUTPUT_KINDS`.
     """
     if not is_sigmoid(kind):
         return CM.fit_temperature(logits, labels)
     z = np.asarray(logits, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.int64).reshape(-1)
-    return CM.fit_log_temperature(lambda s: _binary_nll_and_grad(z, y, s), len(y))
+    t = _targets(labels, z.shape)
+    return CM.fit_log_temperature(lambda s: _binary_nll_and_grad(z, t, s), len(t))

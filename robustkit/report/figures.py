@@ -136,14 +136,16 @@ def roc_curves_svg(
     curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     *,
     aucs: Mapping[str, float] | None = None,
+    points: Mapping[str, tuple[float, float]] | None = None,
 ) -> str:
     """Draw one-vs-rest ROC curves, one line per class, with the chance diagonal.
 
     Args:
         curves: class name -> ``(fpr, tpr)``, each a sequence of the same length.
         aucs: optional class name -> area under the curve, shown in the legend.
+        points: optional class name -> an operating point ``(fpr, tpr)`` marked on its curve.
     """
-    aucs = aucs or {}
+    aucs, points = aucs or {}, points or {}
     with matplotlib.rc_context(STYLE):
         fig = new_figure(5.0, 3.6)
         ax = fig.subplots()
@@ -153,6 +155,9 @@ def roc_curves_svg(
             label = safe_label(name) + (f" (AUC {auc:.3f})" if auc is not None and np.isfinite(auc) else "")
             ax.plot(fpr, tpr, color=PALETTE[i % len(PALETTE)], linewidth=1.6,
                     label=label if i < _MAX_LEGEND else None)
+            if name in points:
+                ax.plot([points[name][0]], [points[name][1]], marker="o", markersize=5, linestyle="none",
+                        color=PALETTE[i % len(PALETTE)], markeredgecolor="#222222", markeredgewidth=0.6)
         ax.set_xlim(-0.01, 1.01)
         ax.set_ylim(-0.01, 1.01)
         ax.set_xlabel("False positive rate")

@@ -21,6 +21,7 @@ from robustkit.report.views import (
     fmt_interval,
     generic_view,
     metric_rows,
+    sentence,
     table_view,
     view,
 )
@@ -205,6 +206,46 @@ def _is_shift_metric(name: str) -> bool:
     return name.count(".") >= 2 and root in ("ece", "ece_ts", "brier", "brier_ts", "accuracy")
 
 
+_FINDING_SCORES = ("ece", "brier")
+
+
+def _findings_view(study: StudyResult, ctx: dict[str, Any]) -> dict[str, Any]:
+    """The calibration section of a multi-label audit: per-finding ECE and Brier before and
+    after scaling, their macro means, and a reliability diagram per finding."""
+    data, m, iv = study.data, study.metrics, study.intervals
+    names = [str(n) for n in data.get("class_names", [])]
+    ctx["multilabel"] = True
+    ctx["calibration_form"] = str(data.get("calibration_form", ""))
+    ctx["temperature_form"] = str(data.get("temperature_form", ""))
+    ctx["usage"] = str((data.get("temperature_export") or {}).get("usage", ""))
+    ctx["not_measured"] = sentence(str(data.get("not_measured", "")))
+    ctx["pairs"] = [{"name": name, "before": fmt(m.get(name)), "before_ci": fmt_interval(iv.get(name)),
+                     "after": fmt(m.get(after)), "after_ci": fmt_interval(iv.get(after)),
+                     "arrow": arrow(study.direction(name)), "direction": study.direction(name)}
+                    for name, after in (("ece.macro", "ece_ts.macro"), ("brier.macro", "brier_ts.macro"), ("nll", "nll_ts"))
+                    if name in m]
+    ctx["per_finding"] = [
+        {"finding": n, "prevalence": fmt(m.get(f"prevalence.{n}")),
+         "cells": [{"value": fmt(m.get(f"{k}.{n}")), "interval": fmt_interval(iv.get(f"{k}.{n}"))}
+                   for root in _FINDING_SCORES for k in (root, f"{root}_ts")]}
+        for n in names
+    ]
+    ctx["tables"] = [t for t in ctx["tables"] if t["title"] != "per_finding"]
+    ctx["estimators"] = _estimator_rows(data.get("estimators") or {})
+    export = data.get("temperature_export")
+    ctx["export"] = json.dumps(export, indent=2, sort_keys=True) if export else ""
+    rel = data.get("finding_reliability") or {}
+    ctx["figs"] = {"findings": None}
+    if rel:
+        ctx["figs"]["findings"] = {
+            "title": "Reliability per finding (equal-width bins, evaluation split)", "svg": classwise_svg(rel),
+            "caption": "For each finding, the share of images that have it (observed frequency) against the "
+                       "probability the model gave it, before (solid) and after (dashed) temperature scaling; "
+                       "on the diagonal is calibrated, below it over-confident that the finding is present."}
+    ctx["figures"] = [f for f in ctx["figs"].values() if f]
+    return ctx
+
+
 @view("calibration")
 def calibration_view(study: StudyResult, audit: AuditResult) -> dict[str, Any]:
     """Context of ``partials/calibration.html.j2``."""
@@ -214,6 +255,9 @@ def calibration_view(study: StudyResult, audit: AuditResult) -> dict[str, Any]:
     ctx["split"] = {"n_calibration": fmt(split.get("n_calibration"), "n_calibration"),
                     "n_evaluation": fmt(split.get("n_evaluation"), "n_evaluation")}
     ctx["temperature"] = fmt(study.metrics.get("temperature"))
+    ctx["multilabel"] = False
+    if data.get("multilabel"):
+        return _findings_view(study, ctx)
     ctx["positive_class"] = str(data.get("positive_class", ""))
     ctx["pairs"] = _pair_rows(study)
     ctx["selective"] = metric_rows(study, [m for m in study.metrics

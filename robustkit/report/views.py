@@ -35,6 +35,7 @@ __all__ = [
     "fmt",
     "fmt_interval",
     "generic_view",
+    "sentence",
     "metric_rows",
     "table_view",
     "view",
@@ -212,6 +213,9 @@ def clean_view(study: StudyResult, audit: AuditResult) -> dict[str, Any]:
     data = study.data
     names = [str(n) for n in data.get("class_names") or audit.class_names]
     ctx["n_samples"] = fmt(study.metrics.get("n_samples", len(audit.ids)), "n_samples")
+    ctx["multilabel"], ctx["per_finding"] = False, []
+    if data.get("multilabel"):
+        return _clean_findings(study, ctx, names)
     ctx["overall"] = metric_rows(study, _CLEAN_OVERALL)
     ctx["per_class_columns"] = [c for c in _PER_CLASS if any(c in r for r in study.tables.get("per_class", []))]
     ctx["per_class"] = [_per_class_row(study, row, ctx["per_class_columns"]) for row in study.tables.get("per_class", [])]
@@ -232,6 +236,53 @@ def clean_view(study: StudyResult, audit: AuditResult) -> dict[str, Any]:
         })
     ctx["examples"] = [e for e in (_example(x) for x in data.get("examples", [])) if e is not None]
     return ctx
+
+
+_FINDING_OVERALL = ("auroc.macro", "auroc.micro", "auprc.macro", "auprc.micro", "sensitivity.macro",
+                    "specificity.macro")
+_PER_FINDING = ("auroc", "auprc", "sensitivity", "specificity")
+
+
+def _clean_findings(study: StudyResult, ctx: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """The clean section of a multi-label audit: per-finding AUROC, AUPRC, thresholds,
+    sensitivity and specificity with intervals, and a ROC curve per finding."""
+    data, m = study.data, study.metrics
+    rows = {str(r.get("finding")): r for r in study.tables.get("per_finding", [])}
+    ctx["multilabel"] = True
+    ctx["overall"] = metric_rows(study, _FINDING_OVERALL)
+    ctx["threshold_source"] = sentence(str(data.get("threshold_source", "") or "not recorded"))
+    ctx["n_thresholded"] = fmt(m.get("n_thresholded"), "n_thresholded")
+    ctx["per_finding_columns"] = ["AUROC", "AUPRC", "Sensitivity", "Specificity"]
+    ctx["per_finding"] = [_finding_row(study, n, rows.get(n, {})) for n in names]
+    ctx["per_class"], ctx["per_class_columns"] = [], []
+    ctx["tables"] = [t for t in ctx["tables"] if t["title"] != "per_finding"]
+    if data.get("roc"):
+        curves = {str(k): (v["fpr"], v["tpr"]) for k, v in data["roc"].items()}
+        points = {n: (1.0 - m[f"specificity.{n}"], m[f"sensitivity.{n}"]) for n in curves
+                  if math.isfinite(m.get(f"specificity.{n}", math.nan)) and math.isfinite(m.get(f"sensitivity.{n}", math.nan))}
+        ctx["figures"].append({
+            "title": "ROC curve per finding",
+            "svg": figures.roc_curves_svg(curves, aucs={k: m[f"auroc.{k}"] for k in curves if f"auroc.{k}" in m},
+                                          points=points),
+            "caption": "Each finding's probability against its presence, over every image; a curve nearer the "
+                       "top-left corner separates images with the finding better, the dotted diagonal is chance. "
+                       "Dots: the operating point at the finding's threshold (1 - specificity, sensitivity), "
+                       "read on the images the thresholds were not chosen on.",
+        })
+    ctx["examples"] = []
+    return ctx
+
+
+def sentence(text: str) -> str:
+    """``text`` with its first letter upper-case (Jinja's ``capitalize`` lowers the rest)."""
+    return text[:1].upper() + text[1:]
+
+
+def _finding_row(study: StudyResult, name: str, row: Mapping[str, Any]) -> dict[str, Any]:
+    cells = [{"value": fmt(study.metrics.get(f"{c}.{name}")), "interval": fmt_interval(study.intervals.get(f"{c}.{name}"))}
+             for c in _PER_FINDING]
+    return {"finding": name, "cells": cells, "prevalence": fmt(row.get("prevalence")),
+            "positives": fmt(row.get("positives"), "support"), "threshold": fmt(row.get("threshold"))}
 
 
 def _per_class_row(study: StudyResult, row: Mapping[str, Any], columns: Sequence[str]) -> dict[str, Any]:

@@ -20,6 +20,11 @@ evaluation samples, the logits under every shift condition (a random transform d
 ``ctx.rng("calibration", "shift", transform, severity, sample id)``); calibration samples
 get NaN there, with no model pass. ``reduce`` fits the temperature on the calibration
 split and computes every metric, interval, table and check.
+
+A multi-label model is calibrated per finding (:mod:`robustkit.studies.calibration_findings`):
+ECE in the binary reliability form and Brier per finding, their macro means, one temperature
+fitted by the binary NLL summed over findings; the split is stratified by the first finding
+(``Dataset.labels``) and ``map`` runs no shift pass.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from robustkit.metrics import outputs as OUT
 from robustkit.results import Check, StudyResult
 from robustkit.studies import register
 from robustkit.studies.base import AuditContext, Records, Study, StudyConfig
+from robustkit.studies.calibration_findings import reduce_findings
 
 if TYPE_CHECKING:
     from robustkit.data.dataset import Dataset
@@ -147,8 +153,17 @@ class CalibrationStudy(Study):
         "sensitivity_at_risk": ("sensitivity of the class among the cases kept at that target risk", "higher"),
         "n_calibration": ("samples the temperature was fitted on", "none"),
         "n_evaluation": ("samples every metric is computed on", "none"),
-    } | {f"{k}_ts": (f"{k} after temperature scaling", "lower") for k in _BASE_SCORES}
+    } | {f"{k}_ts": (f"{k} after temperature scaling", "lower") for k in _BASE_SCORES} | {
+        "ece.macro": ("multi-label: ECE per finding (ece.{finding}; equal-width bins of the finding's "
+                      "probability against its presence, the binary reliability form) and its mean over "
+                      "findings; ece_ts.{finding}, ece_ts.macro after temperature scaling", "lower"),
+        "brier.macro": ("multi-label: Brier score per finding (brier.{finding}, mean (p - presence)^2 in [0, 1]) "
+                        "and its mean over findings; brier_ts.* after temperature scaling", "lower"),
+        "prevalence": ("multi-label: per finding, the share of evaluation images with it (a constant "
+                       "prediction of it has Brier prevalence * (1 - prevalence))", "none"),
+    }
     headline = ("ece", "ece_ts", "temperature", "aurc", "coverage_at_risk.0.05")
+    multilabel = True
 
     def prepare(self, data: Dataset, ctx: AuditContext) -> None:
         """The calibration/evaluation split of the study's samples (ids of the evaluation side)."""
@@ -165,7 +180,7 @@ class CalibrationStudy(Study):
         if not np.all(np.isfinite(logits)):
             raise ModelError(f"{model.name}: expected finite logits on the clean data, got NaN or inf.")
         fns, _ = _shift_transforms(self.config.shift_transforms)
-        conds = _conditions(fns, self.config.shift_severities)
+        conds = [] if model.output_kind == "multilabel" else _conditions(fns, self.config.shift_severities)
         evaluation = getattr(self, "_evaluation", None)
         rows = np.array([evaluation is None or str(i) in evaluation for i in batch.ids], dtype=bool)
         shift = np.full((len(batch), len(conds), model.num_classes), np.nan, dtype=np.float32)
@@ -182,6 +197,8 @@ class CalibrationStudy(Study):
         if len(cal) == 0 or len(ev) == 0:
             raise DataError(f"{data.root}: expected at least 2 images for a calibration and an evaluation split, got {len(y)}.")
         kind = str(ctx.model_info.get("output_kind", "softmax"))
+        if kind == "multilabel":
+            return reduce_findings(records, data, ctx, cfg, (cal, ev))
         fit = OUT.fit_temperature(logits[cal], y[cal], kind)
         positive = _positive_class(names, cfg.positive_class)
         ev_set = _EvalSet(logits[ev], y[ev], fit.temperature, kind)
