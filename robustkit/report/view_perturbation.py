@@ -1,7 +1,8 @@
 """Views of the ``perturbation`` and ``noise`` studies: heat map, curves, examples, parameters.
 
 Both studies store the same things (see :mod:`robustkit.studies.conditions`), so one view
-serves both. Everything is drawn from the stored metrics and ``data`` (the transform
+serves both; a multi-label audit gets its per-finding form (macro AUROC heat map, AUROC against
+severity per finding, AUROC and flip-rate tables per finding and condition). Everything is drawn from the stored metrics and ``data`` (the transform
 descriptions, the example thumbnails); nothing here runs a model or imports TensorFlow.
 """
 
@@ -23,11 +24,12 @@ __all__ = ["accuracy_heatmap_svg", "condition_view", "severity_curves_svg"]
 
 _BASE64 = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
 _SUMMARY = ("n_samples", "mean_accuracy", "relative_robustness", "worst_accuracy", "mean_flip_rate", "mean_corruption_error")
+_ML_SUMMARY = ("n_samples", "n_thresholded", "mean_auroc", "mean_auroc_drop", "worst_auroc", "mean_flip_rate")
 _LINESTYLES = ("-", "--", ":", "-.")
 
 
 def accuracy_heatmap_svg(values: Sequence[Sequence[float]], rows: Sequence[str], severities: Sequence[int],
-                         *, clean: float | None = None) -> str:
+                         *, clean: float | None = None, label: str = "Accuracy") -> str:
     """Draw accuracy per transform (rows) and severity (columns), coloured and numbered.
 
     Args:
@@ -35,6 +37,7 @@ def accuracy_heatmap_svg(values: Sequence[Sequence[float]], rows: Sequence[str],
         rows: ``T`` transform names.
         severities: ``S`` severities.
         clean: clean accuracy, drawn as a first column when given.
+        label: what the values are (the colour bar's label), e.g. ``"Macro AUROC"``.
     """
     arr = np.asarray(values, dtype=float).reshape(len(rows), len(severities))
     cols = [str(s) for s in severities]
@@ -57,15 +60,16 @@ def accuracy_heatmap_svg(values: Sequence[Sequence[float]], rows: Sequence[str],
                         color="#222222" if np.isfinite(v) and v > 0.6 else "white")
         if clean is not None:
             ax.axvline(0.5, color="white", linewidth=2)
-        fig.colorbar(im, ax=ax, shrink=0.8, label="Accuracy")
+        fig.colorbar(im, ax=ax, shrink=0.8, label=label)
         return figures.to_svg(fig)
 
 
 def severity_curves_svg(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
-                        clean: float | None = None) -> str:
-    """Accuracy against severity, one line per transform, clean accuracy as a dashed line."""
+                        clean: float | None = None, ylabel: str = "Accuracy", size: tuple[float, float] = (6.4, 3.8)
+                        ) -> str:
+    """``ylabel`` (accuracy) against severity, one line per transform, its clean value as a dashed line."""
     with matplotlib.rc_context(figures.STYLE):
-        fig = figures.new_figure(6.4, 3.8)
+        fig = figures.new_figure(*size)
         ax = fig.subplots()
         if clean is not None and math.isfinite(clean):
             ax.axhline(clean, color="#222222", linestyle="--", linewidth=1.4, label="clean", zorder=5)
@@ -75,7 +79,7 @@ def severity_curves_svg(series: Mapping[str, tuple[Sequence[float], Sequence[flo
             ax.plot(x, y, marker="o", markersize=3, color=colour, linestyle=style, linewidth=1.4,
                     label=figures.safe_label(name))
         ax.set_xlabel("Severity")
-        ax.set_ylabel("Accuracy")
+        ax.set_ylabel(ylabel)
         ax.set_ylim(-0.02, 1.02)
         xs = sorted({float(v) for x, _ in series.values() for v in x})
         if xs:
@@ -93,6 +97,9 @@ def condition_view(study: StudyResult, audit: AuditResult) -> dict[str, Any]:
     data = study.data
     transforms = [t for t in data.get("transforms", []) if isinstance(t, Mapping)]
     severities = [int(s) for s in data.get("severities", [])]
+    ctx["multilabel"] = bool(data.get("multilabel"))
+    if ctx["multilabel"]:
+        return _finding_view(ctx, study, transforms, severities)
     clean = _float(data.get("clean_accuracy"))
     names = [str(t.get("name")) for t in transforms]
     ctx["summary"] = metric_rows(study, _SUMMARY)
@@ -170,5 +177,75 @@ def _condition_rows(study: StudyResult, transforms: Sequence[Mapping[str, Any]],
                 "flip_rate": fmt(study.metrics.get(f"flip_rate.{c}")),
                 "confidence": fmt(study.metrics.get(f"mean_confidence.{c}")),
                 "recalls": [fmt(study.metrics.get(f"recall.{k}.{c}")) for k in classes],
+            })
+    return rows
+
+
+# ------------------------------------------------------------------------------ multi-label
+
+
+def _finding_view(ctx: dict[str, Any], study: StudyResult, transforms: Sequence[Mapping[str, Any]],
+                  severities: Sequence[int]) -> dict[str, Any]:
+    """The multi-label form: per-finding AUROC and flip rate under every condition."""
+    data, metrics = study.data, study.metrics
+    findings = [str(f) for f in data.get("class_names") or []]
+    names = [str(t.get("name")) for t in transforms]
+    stored = data.get("clean_auroc")
+    clean: Mapping[str, Any] = stored if isinstance(stored, Mapping) else {}
+    ctx.update(multilabel=True, findings=findings, summary=metric_rows(study, _ML_SUMMARY),
+               n_samples=fmt(metrics.get("n_samples"), "n_samples"),
+               n_thresholded=fmt(metrics.get("n_thresholded"), "n_thresholded"),
+               clean_auroc=fmt(_float(clean.get("macro"))), worst_condition=str(data.get("worst_condition") or ""),
+               threshold_source=str(data.get("threshold_source") or ""),
+               parameters=_parameter_rows(transforms), param_severities=list(range(1, 6)),
+               examples=_example_rows(data.get("examples") or {}, names),
+               corruption_errors=[], reference="", conditions=[], recall_classes=[])
+    ctx["per_finding"] = [{k: fmt(v) if k not in ("finding", "worst_condition") else str(v) for k, v in row.items()}
+                          for row in study.tables.get("per_finding", [])]
+    ctx["finding_conditions"] = _finding_rows(study, transforms, severities, findings)
+    ctx["tables"] = [t for t in ctx["tables"] if t["title"] not in ("conditions", "per_finding")]
+    if names and severities:
+        ctx["figures"] = _finding_figures(metrics, names, severities, findings, clean)
+    return ctx
+
+
+def _finding_figures(metrics: Mapping[str, float], names: Sequence[str], severities: Sequence[int],
+                     findings: Sequence[str], clean: Mapping[str, Any]) -> list[dict[str, str]]:
+    def grid(f: str) -> list[list[float]]:
+        return [[metrics.get(f"auroc.{f}.{n}.{s}", float("nan")) for s in severities] for n in names]
+
+    out = [{"title": "Macro AUROC by transform and severity",
+            "svg": accuracy_heatmap_svg(grid("macro"), names, severities, clean=_float(clean.get("macro")),
+                                        label="Macro AUROC"),
+            "caption": "Each cell is the mean over findings of the per-finding AUROC on the transformed images; "
+                       "the first column is the clean macro AUROC. 0.5 is chance; darker cells are worse."}]
+    for f in findings:
+        out.append({"title": f"{f}: AUROC against severity",
+                    "svg": severity_curves_svg({n: (severities, row) for n, row in zip(names, grid(f))},
+                                               clean=_float(clean.get(f)), ylabel=f"AUROC {f}", size=(5.2, 3.2)),
+                    "caption": f"AUROC of {f} (its probability against its presence) under each transform; the "
+                               "dashed line is its clean AUROC, 0.5 is chance."})
+    return out
+
+
+def _finding_rows(study: StudyResult, transforms: Sequence[Mapping[str, Any]], severities: Sequence[int],
+                  findings: Sequence[str]) -> list[dict[str, Any]]:
+    m, iv = study.metrics, study.intervals
+    rows = []
+    for t in transforms:
+        name, params = str(t.get("name")), list(t.get("params", []))
+        for s in severities:
+            c = f"{name}.{s}"
+            if f"auroc.macro.{c}" not in m:
+                continue
+            rows.append({
+                "condition": c, "parameter": str(params[s - 1]) if 0 < s <= len(params) else "",
+                "auroc": fmt(m[f"auroc.macro.{c}"]), "interval": fmt_interval(iv.get(f"auroc.macro.{c}")),
+                "drop": fmt(m.get(f"auroc_drop.macro.{c}")), "flip_rate": fmt(m.get(f"flip_rate.{c}")),
+                "flip_interval": fmt_interval(iv.get(f"flip_rate.{c}")),
+                "findings": [{"auroc": fmt(m.get(f"auroc.{f}.{c}")), "drop": fmt(m.get(f"auroc_drop.{f}.{c}")),
+                              "interval": fmt_interval(iv.get(f"auroc.{f}.{c}")),
+                              "flip_rate": fmt(m.get(f"flip_rate.{f}.{c}")),
+                              "flip_interval": fmt_interval(iv.get(f"flip_rate.{f}.{c}"))} for f in findings],
             })
     return rows

@@ -20,13 +20,18 @@ severities), ``mean_accuracy``, ``mean_flip_rate``, ``relative_robustness``,
 ``mean_corruption_error`` (Hendrycks & Dietterich 2019, "Benchmarking Neural Network
 Robustness to Common Corruptions and Perturbations", ICLR: CE_t = sum_s E_{t,s} / sum_s
 E^ref_{t,s}).
+
+A multi-label model (``output_kind == "multilabel"``) is scored per finding instead: its map
+records the probabilities ``(N, n_conditions, K)`` and its reduce is
+:func:`robustkit.studies.condition_findings.reduce_findings` (``auroc.<finding>.t.s``, the drop
+from clean, the flip rate of thresholded findings; documented there).
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -134,7 +139,9 @@ class ConditionStudy(Study):
     metric_docs = {
         "accuracy": ("share of images classified correctly under a transform at a severity "
                      "(accuracy.t.s), or its mean over severities (accuracy.t)", "higher"),
-        "flip_rate": ("share of images whose predicted class differs from their clean prediction", "lower"),
+        "flip_rate": ("share of images whose predicted class differs from their clean prediction; multi-label: "
+                      "share of image-finding calls (at the finding's threshold) that differ from the clean call, "
+                      "per finding F (flip_rate.F.t.s) and over every finding (flip_rate.t.s)", "lower"),
         "mean_confidence": ("mean top-class probability under the condition", "none"),
         "recall": ("per class and condition: share of the class's images predicted as it", "higher"),
         "mean_accuracy": ("accuracy averaged over every condition run", "higher"),
@@ -145,21 +152,41 @@ class ConditionStudy(Study):
                              "model's (Hendrycks & Dietterich CE; below 1 beats the reference)", "lower"),
         "mean_corruption_error": ("mean of the per-transform corruption errors (mCE)", "lower"),
         "n_samples": ("number of images evaluated under each condition", "none"),
+        "auroc": ("multi-label: ROC AUC of a finding F under a condition (auroc.F.t.s), its macro mean over "
+                  "findings (auroc.macro.t.s), and their means over severities (auroc.F.t)", "higher"),
+        "auroc_drop": ("multi-label: clean AUROC minus AUROC under the condition on the same images, per finding "
+                       "and macro (auroc_drop.F.t.s, auroc_drop.macro.t.s)", "lower"),
+        "mean_auroc": ("multi-label: macro AUROC averaged over every condition run (mean_auroc), or a finding's "
+                       "AUROC so averaged (mean_auroc.F)", "higher"),
+        "mean_auroc_drop": ("multi-label: clean macro AUROC minus mean_auroc", "lower"),
+        "worst_auroc": ("multi-label: lowest macro AUROC over the conditions (worst_auroc), or a finding's lowest "
+                        "AUROC (worst_auroc.F)", "higher"),
+        "n_thresholded": ("multi-label: images the flip rates are read on (the half not used to choose the "
+                          "thresholds, or every image when they were given)", "none"),
     }
     headline = ("mean_accuracy", "relative_robustness", "worst_accuracy")
     #: transforms whose flip rate alone is checked against ``flip_warn`` (shortcut probes)
     probes: ClassVar[tuple[str, ...]] = ()
+    multilabel = True
 
     def map(self, model: ModelAdapter, batch: Dataset, ctx: AuditContext) -> dict[str, np.ndarray]:
         """Predicted class and confidence ``(B, n_conditions)`` under every condition, and the
-        clean prediction ``(B,)``."""
+        clean prediction ``(B,)``; for a multi-label model, the probabilities ``(B, n_conditions,
+        K)`` and the clean ones ``(B, K)`` (float32)."""
         plan = _plan(self.config.transforms, self.config.severities)
+        if model.output_kind == "multilabel":
+            clean = probabilities(ctx.clean_logits(model, batch), model.output_kind).astype(np.float32)
+            return {"probs": self._sweep_probs(model, batch, ctx, plan), "clean_probs": clean}
         clean_pred = ctx.clean_logits(model, batch).argmax(axis=1).astype(np.int16)
         pred, conf = self._sweep(model, batch, ctx, plan)
         return {"pred": pred, "confidence": conf, "clean_pred": clean_pred}
 
     def reduce(self, records: dict[str, np.ndarray], data: Dataset, ctx: AuditContext) -> StudyResult:
         plan = _plan(self.config.transforms, self.config.severities)
+        if ctx.model_info.get("output_kind") == "multilabel":
+            from robustkit.studies.condition_findings import reduce_findings
+
+            return reduce_findings(self, records, data, ctx, plan)
         y = np.asarray(data.labels, dtype=np.int64)
         pred, conf = records["pred"], records["confidence"]
         clean_pred = records["clean_pred"].astype(np.int64)
@@ -197,12 +224,29 @@ class ConditionStudy(Study):
         n, m = len(batch), len(plan.conditions)
         pred = np.zeros((n, m), dtype=np.int16)
         conf = np.zeros((n, m), dtype=np.float32)
-        for job, x in _prefetch(self._jobs(model, batch, ctx, plan), _PREFETCH):
-            p = probabilities(model.logits(x), model.output_kind)
-            cols = plan.columns[job]
+
+        def fill(cols: list[int], p: np.ndarray) -> None:
             pred[:, cols] = p.argmax(axis=1).astype(np.int16)[:, None]
             conf[:, cols] = p.max(axis=1)[:, None]
+
+        self._run_jobs(model, batch, ctx, plan, fill)
         return pred, conf
+
+    def _sweep_probs(self, model: ModelAdapter, batch: Dataset, ctx: AuditContext, plan: _Plan) -> np.ndarray:
+        """The model's probabilities ``(B, n_conditions, K)`` (float32) under every condition."""
+        probs = np.zeros((len(batch), len(plan.conditions), len(model.class_names)), dtype=np.float32)
+
+        def fill(cols: list[int], p: np.ndarray) -> None:
+            probs[:, cols, :] = p.astype(np.float32)[:, None, :]
+
+        self._run_jobs(model, batch, ctx, plan, fill)
+        return probs
+
+    def _run_jobs(self, model: ModelAdapter, batch: Dataset, ctx: AuditContext, plan: _Plan,
+                  fill: Callable[[list[int], np.ndarray], None]) -> None:
+        """Hand ``fill`` each distinct job's condition columns and probabilities ``(B, K)``."""
+        for job, x in _prefetch(self._jobs(model, batch, ctx, plan), _PREFETCH):
+            fill(plan.columns[job], probabilities(model.logits(x), model.output_kind))
 
     def _jobs(self, model: ModelAdapter, batch: Dataset, ctx: AuditContext, plan: _Plan
               ) -> Iterator[tuple[int, np.ndarray]]:
@@ -247,12 +291,14 @@ class ConditionStudy(Study):
         )
         return {f"accuracy.{c}": [float(a), float(b)] for c, a, b in zip(names, lo, hi)}
 
-    def _checks(self, metrics: dict[str, float], plan: _Plan, clean_acc: float) -> list[Check]:
-        checks = [_rise_check(metrics, plan, clean_acc, self.config.rise_warn)]
+    def _checks(self, metrics: dict[str, float], plan: _Plan, clean_acc: float, *, key: str = "accuracy",
+                what: str = "accuracy", calls: str = "predictions") -> list[Check]:
+        """The rise check on ``key.t.s`` (named ``what``) and the probes' flip-rate checks."""
+        checks = [_rise_check(metrics, plan, clean_acc, self.config.rise_warn, key=key, what=what)]
         flip_warn = getattr(self.config, "flip_warn", None)
         for probe in self.probes:
             if flip_warn is not None and probe in self.config.transforms:
-                checks.append(_probe_check(metrics, probe, sorted(self.config.severities), flip_warn))
+                checks.append(_probe_check(metrics, probe, sorted(self.config.severities), flip_warn, calls=calls))
         return checks
 
 
@@ -368,35 +414,38 @@ def corruption_errors(metrics: dict[str, float], reference: Any, study: str, pla
     return out
 
 
-def _rise_check(metrics: dict[str, float], plan: _Plan, clean_acc: float, margin: float) -> Check:
-    """Warn where accuracy rises markedly with severity or beats clean accuracy (for graded transforms)."""
+def _rise_check(metrics: dict[str, float], plan: _Plan, clean_acc: float, margin: float, *,
+                key: str = "accuracy", what: str = "accuracy") -> Check:
+    """Warn where ``what`` (metric ``key.t.s``) rises markedly with severity or beats its clean
+    value (for graded transforms)."""
     problems = []
     for t in dict.fromkeys(t for t, _ in plan.conditions):
         sev = sorted(s for tt, s in plan.conditions if tt is t)
         if not t.graded or len(sev) < 2:
             continue
-        acc = [metrics[f"accuracy.{condition_name(t.name, s)}"] for s in sev]
+        acc = [metrics[f"{key}.{condition_name(t.name, s)}"] for s in sev]
         if acc[-1] - acc[0] > margin:
             problems.append(f"{t.name} ({acc[0]:.3f} at severity {sev[0]}, {acc[-1]:.3f} at {sev[-1]})")
         elif np.isfinite(clean_acc) and max(acc) - clean_acc > margin:
             problems.append(f"{t.name} ({max(acc):.3f}, above clean {clean_acc:.3f})")
     if problems:
-        return Check("accuracy falls with severity", "warn",
-                     "accuracy rises by more than " + f"{margin:g} with severity for " + "; ".join(problems)
+        return Check(f"{what} falls with severity", "warn",
+                     f"{what} rises by more than " + f"{margin:g} with severity for " + "; ".join(problems)
                      + ": a broken transform, or a model that uses what the transform adds (a shortcut).")
-    return Check("accuracy falls with severity", "pass",
-                 f"no transform gains more than {margin:g} accuracy with severity or over clean.")
+    return Check(f"{what} falls with severity", "pass",
+                 f"no transform gains more than {margin:g} {what} with severity or over clean.")
 
 
-def _probe_check(metrics: dict[str, float], probe: str, severities: list[int], limit: float) -> Check:
+def _probe_check(metrics: dict[str, float], probe: str, severities: list[int], limit: float, *,
+                 calls: str = "predictions") -> Check:
     flips = {s: metrics[f"flip_rate.{condition_name(probe, s)}"] for s in severities}
     s_max = max(flips, key=lambda s: flips[s])
     worst = flips[s_max]
-    name = f"{probe} alone flips predictions"
+    name = f"{probe} alone flips {calls}"
     if np.isfinite(worst) and worst > limit:
-        return Check(name, "warn", f"the {probe} transform alone changes {worst:.1%} of predictions (severity "
+        return Check(name, "warn", f"the {probe} transform alone changes {worst:.1%} of {calls} (severity "
                      f"{s_max}; limit {limit:.0%}): the model reads burned-in text, a shortcut.")
-    return Check(name, "pass", f"the {probe} transform changes at most {worst:.1%} of predictions (limit {limit:.0%}).")
+    return Check(name, "pass", f"the {probe} transform changes at most {worst:.1%} of {calls} (limit {limit:.0%}).")
 
 
 def _condition_table(metrics: dict[str, float], plan: _Plan) -> list[dict[str, Any]]:

@@ -78,16 +78,27 @@ class PerturbationStudy(ConditionStudy):
                           "that reads the lungs falls with the lungs blanked)", "none"),
         "lung_flip_rate": ("share of predictions changed by blanking the lungs or the outside", "none"),
         "lung_n_samples": ("images with a lung mask under the lung-mask conditions", "none"),
+        "lung_auroc": ("multi-label: AUROC per finding and macro with the lungs blanked or the outside blanked "
+                       "(lung_auroc.F.lungs_blanked, lung_auroc.macro.*); a model that reads the lungs falls with the lungs "
+                       "blanked", "none"),
     }}
 
     def map(self, model: ModelAdapter, batch: Dataset, ctx: AuditContext) -> dict[str, np.ndarray]:
         """The conditions' records, plus ``lung_pred`` ``(B, 2)``: the prediction with the lungs
         blanked and with the outside blanked (-1 for an image without a lung mask)."""
         records = super().map(model, batch, ctx)
-        records["lung_pred"] = _lung_predictions(model, batch)
+        if model.output_kind == "multilabel":
+            records["lung_probs"] = _lung_probabilities(model, batch)
+        else:
+            records["lung_pred"] = _lung_predictions(model, batch)
         return records
 
     def reduce(self, records: dict[str, np.ndarray], data: Dataset, ctx: AuditContext) -> StudyResult:
+        if "lung_probs" in records:
+            lung_probs = records.pop("lung_probs")
+            result = super().reduce(records, data, ctx)
+            _lung_findings(lung_probs, records["clean_probs"], data, ctx, result)
+            return result
         lung_pred = records.pop("lung_pred")
         result = super().reduce(records, data, ctx)
         _lung_conditions(lung_pred, records["clean_pred"], data, result)
@@ -114,6 +125,49 @@ def _lung_predictions(model: ModelAdapter, batch: Dataset) -> np.ndarray:
     return out
 
 
+def _lung_probabilities(model: ModelAdapter, batch: Dataset) -> np.ndarray:
+    """Multi-label: the probabilities ``(B, n_conditions, K)`` under each lung-mask condition
+    (NaN for an image without a lung mask)."""
+    out = np.full((len(batch), len(MASK_CONDITIONS), len(model.class_names)), np.nan, np.float32)
+    rows = np.flatnonzero([s.lung_mask_path is not None for s in batch.samples])
+    if len(rows) == 0:
+        return out
+    h, w, c = model.input_shape
+    x = batch.load_images(rows, size=(h, w), channels=c)
+    lungs = batch.load_masks(rows, size=(h, w), kind="lung")
+    for j, fn in enumerate(MASK_CONDITIONS.values()):
+        out[rows, j] = probabilities(model.logits(fn(x, lungs)), model.output_kind)
+    return out
+
+
+def _lung_findings(lung_probs: np.ndarray, clean_probs: np.ndarray, data: Dataset, ctx: AuditContext,
+                   result: StudyResult) -> None:
+    """Multi-label: per-finding and macro AUROC and the flip rate of thresholded findings with the
+    lungs blanked and with the outside blanked, and the check of :func:`_lung_check` on macro AUROC
+    (chance 0.5)."""
+    from robustkit.studies.clean import finding_thresholds
+    from robustkit.studies.condition_findings import finding_scores
+
+    rows = np.flatnonzero(np.all(np.isfinite(lung_probs), axis=(1, 2))) if len(lung_probs) else np.zeros(0, np.int64)
+    if len(rows) == 0:
+        return
+    thresholds, thresholded = finding_thresholds(ctx, data)
+    probs, clean = lung_probs[rows], clean_probs[rows]
+    flipped = (probs >= thresholds) != (clean >= thresholds)[:, None, :]
+    sc = finding_scores(probs, clean, np.asarray(data.targets, bool)[rows], flipped, thresholded[rows],
+                        np.arange(len(rows)))
+    result.metrics["lung_n_samples"] = float(len(rows))
+    for j, name in enumerate(MASK_CONDITIONS):
+        result.metrics[f"lung_auroc.macro.{name}"] = float(sc["auroc.macro"][j])
+        for k, f in enumerate(data.class_names):
+            result.metrics[f"lung_auroc.{f}.{name}"] = float(sc["auroc"][j, k])
+        result.metrics[f"lung_flip_rate.{name}"] = float(sc["flip_rate.all"][j])
+    result.records["lung_probs"] = lung_probs
+    result.data["lung_conditions"] = {"conditions": list(MASK_CONDITIONS), "n_images": int(len(rows))}
+    result.checks.append(_lung_check(result.metrics, float(sc["clean.macro"]), 2, key="lung_auroc.macro",
+                                     what="macro AUROC"))
+
+
 def _lung_conditions(lung_pred: np.ndarray, clean_pred: np.ndarray, data: Dataset, result: StudyResult) -> None:
     """Accuracy and flip rate with the lungs blanked and with the outside blanked, and a check
     that flags a model that holds up without its lungs but falls without the rest."""
@@ -132,11 +186,14 @@ def _lung_conditions(lung_pred: np.ndarray, clean_pred: np.ndarray, data: Datase
     result.checks.append(_lung_check(result.metrics, float(np.mean(clean == y)), len(data.class_names)))
 
 
-def _lung_check(metrics: dict[str, float], clean_acc: float, n_classes: int) -> Check:
-    lungs, outside = metrics["lung_accuracy.lungs_blanked"], metrics["lung_accuracy.outside_blanked"]
+def _lung_check(metrics: dict[str, float], clean_acc: float, n_classes: int, *, key: str = "lung_accuracy",
+                what: str = "accuracy") -> Check:
+    """Warn when ``what`` holds up with the lungs blanked and falls to near chance (``1 / n_classes``;
+    0.5 for AUROC) with the outside blanked."""
+    lungs, outside = metrics[f"{key}.lungs_blanked"], metrics[f"{key}.outside_blanked"]
     chance = 1.0 / n_classes
     reads_outside = lungs >= HOLDS_UP * clean_acc and outside <= chance + NEAR_CHANCE
-    detail = (f"accuracy {lungs:.3f} with the lungs blanked, {outside:.3f} with the outside blanked "
+    detail = (f"{what} {lungs:.3f} with the lungs blanked, {outside:.3f} with the outside blanked "
               f"(clean {clean_acc:.3f}, chance {chance:.3f})")
     if reads_outside:
         return Check("model reads the lungs", "warn", detail + ": it holds up without the lungs and "
