@@ -288,7 +288,7 @@ def _check_findings(base: AuditResult, cand: AuditResult, what: str, labels: tup
                               f"{label!r}, got {None if audit.targets is None else np.shape(audit.targets)}.")
         thresholds = audit.model.get("thresholds") or {}
         for finding, value in (thresholds.items() if isinstance(thresholds, dict) else []):
-            check_range(f"model.thresholds[{finding!r}]", value, low=0.0, high=1.0, low_open=True,
+            check_range(f"model.thresholds.{finding}", value, low=0.0, high=1.0, low_open=True,
                         high_open=True, where=f"the results.json of {label!r}")
     order_b = {s: i for i, s in enumerate(np.asarray(cand.ids).astype(str))}
     rows_b = np.asarray([order_b[s] for s in np.asarray(base.ids).astype(str)], dtype=np.int64)
