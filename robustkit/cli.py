@@ -362,6 +362,9 @@ Compare audits of the same dataset metric by metric. The first DIR is the baseli
 other DIR is compared with it. Samples are paired by id: accuracy-type metrics get an exact
 McNemar test on the discordant pairs, other metrics a paired bootstrap of the difference
 where the per-sample records recompute them, and the rest are reported as "not testable".
+Multi-label audits are compared per finding: DeLong's test for clean.auroc.<finding>,
+exact McNemar on the thresholded calls for sensitivity/specificity.<finding>, the paired
+bootstrap for AUPRC and the macro/micro means.
 p-values are Holm-adjusted over the tested metrics of each candidate (--correction none to
 turn that off). Writes OUT/compare.json and OUT/compare.html.
 
@@ -420,6 +423,10 @@ Check an audit against a policy file (TOML) of rules on dotted metric names and 
   max_drop = 0.01                      # needs --baseline: fails on a significant drop
                                        # (paired test, Holm over the rule's metrics)
                                        # larger than this
+
+  [[rule]]
+  metric = "clean.auroc.Pleural Effusion" # multi-label: a finding's name as it is,
+  min = 0.80                              # spaces included
 
 Optional per rule: name, description; optional top-level: alpha (default 0.05).
 A rule naming a metric the audit lacks, or a wildcard matching nothing, is an error

@@ -11,6 +11,11 @@ study needs no change here:
   :data:`robustkit.metrics.paired.PAIRED_STATISTICS` recomputes the stored value from the
   records (the study's record in :mod:`robustkit.plugins` says which columns back which
   metrics; ECE reuses the calibration metric's own binning);
+* multi-label audits (the same images and findings) are compared per finding
+  (:mod:`robustkit.metrics.paired_findings`): ``auroc.<finding>`` by DeLong's test,
+  ``sensitivity.<finding>`` / ``specificity.<finding>`` by exact McNemar on the thresholded
+  calls of the images with / without the finding (each audit's own thresholds), and the
+  macro / micro means and ``auprc.*`` by the paired bootstrap over images;
 * the rest get their delta and the verdict ``not testable``.
 
 Samples are paired by id. p-values are Holm-adjusted over every tested metric of one
@@ -38,8 +43,8 @@ import numpy as np
 from robustkit.errors import ConfigError, RobustkitError, check_choice, check_range, param_error
 from robustkit.metrics.paired import (
     PairedRecords,
-    binary_column,
     find_statistic,
+    find_test,
     holm,
     mcnemar_exact,
     paired_bootstrap,
@@ -234,6 +239,10 @@ def check_comparable(
     major_a, major_b = (str(r.schema_version).split(".")[0] for r in (base, cand))
     if major_a != major_b:
         raise RobustkitError(f"{what}: expected the same major schema version, got {base.schema_version!r} and {cand.schema_version!r}.")
+    kind_a, kind_b = _kind(base), _kind(cand)
+    if (kind_a == "multilabel") != (kind_b == "multilabel"):
+        raise ConfigError(f"{what}: expected two multi-label audits or two single-label ones, got a {kind_a} "
+                          f"baseline and a {kind_b} candidate.")
     fa, fb = base.dataset.get("fingerprint"), cand.dataset.get("fingerprint")
     if fa and fb and fa != fb:
         raise ConfigError(f"{what}: expected the same dataset, got dataset fingerprints {_short(fa)} and {_short(fb)}.")
@@ -245,7 +254,14 @@ def check_comparable(
             f"{only_a[:3]} and {len(only_b)} only in the candidate {only_b[:3]}."
         )
     if set(base.class_names) != set(cand.class_names):
+        if kind_a == "multilabel":
+            only_a = sorted(set(base.class_names) - set(cand.class_names))
+            only_b = sorted(set(cand.class_names) - set(base.class_names))
+            raise ConfigError(f"{what}: expected the same findings, got {only_a} only in the baseline and "
+                              f"{only_b} only in the candidate.")
         raise ConfigError(f"{what}: expected the same classes, got {base.class_names} and {cand.class_names}.")
+    if kind_a == "multilabel":
+        _check_findings(base, cand, what, (base_label, cand_label))
     diffs = _config_diffs(base.config, cand.config)
     if diffs and not allow_config_mismatch:
         shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
@@ -254,6 +270,36 @@ def check_comparable(
             "Pass --allow-config-mismatch to compare anyway."
         )
     return diffs
+
+
+def _kind(audit: AuditResult) -> str:
+    """``multilabel`` for an audit with per-sample findings, else its output kind (``softmax`` ...)."""
+    if audit.targets is not None:
+        return "multilabel"
+    return str(audit.model.get("output_kind") or "softmax")
+
+
+def _check_findings(base: AuditResult, cand: AuditResult, what: str, labels: tuple[str, str]) -> None:
+    """Multi-label audits: both have targets, the same findings per image (by id and finding
+    name), and stored thresholds in (0, 1)."""
+    for audit, label in zip((base, cand), labels):
+        if audit.targets is None or np.shape(audit.targets) != (len(audit.ids), len(audit.class_names)):
+            raise ConfigError(f"{what}: expected records.npz 'targets' of shape (n_samples, n_findings) in "
+                              f"{label!r}, got {None if audit.targets is None else np.shape(audit.targets)}.")
+        thresholds = audit.model.get("thresholds") or {}
+        for finding, value in (thresholds.items() if isinstance(thresholds, dict) else []):
+            check_range(f"model.thresholds.{finding}", value, low=0.0, high=1.0, low_open=True,
+                        high_open=True, where=f"the results.json of {label!r}")
+    order_b = {s: i for i, s in enumerate(np.asarray(cand.ids).astype(str))}
+    rows_b = np.asarray([order_b[s] for s in np.asarray(base.ids).astype(str)], dtype=np.int64)
+    cols_b = [list(cand.class_names).index(f) for f in base.class_names]
+    ta = np.asarray(base.targets, dtype=bool)
+    tb = np.asarray(cand.targets, dtype=bool)[rows_b][:, cols_b]
+    differ = np.flatnonzero((ta != tb).any(axis=1))
+    if len(differ):
+        shown = [str(base.ids[i]) for i in differ[:3]]
+        raise ConfigError(f"{what}: expected the same findings per image, got {len(differ)} image(s) whose "
+                          f"findings differ, e.g. {shown}.")
 
 
 def _config_diffs(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
@@ -306,7 +352,7 @@ def _test(name: str, base: AuditResult, cand: AuditResult, pair: tuple[PairedRec
     if pair is None:
         return {**empty, "note": "no per-sample records to pair"}
     pa, pb = pair
-    study, metric = name.partition(".")[0], name.partition(".")[2]
+    study = name.partition(".")[0]
     stat_a, stat_b = find_statistic(name, pa, check=va), find_statistic(name, pb, check=vb)
     if stat_a is None or stat_b is None:
         return {**empty, "n_paired": pa.n, "note": "the records do not recompute this metric"}
@@ -316,11 +362,9 @@ def _test(name: str, base: AuditResult, cand: AuditResult, pair: tuple[PairedRec
     interval = (boot.low, boot.high) if math.isfinite(boot.low) else None
     out = {"test": "paired-bootstrap", "p_value": boot.p_value if math.isfinite(boot.p_value) else None,
            "interval": interval, "n_paired": pa.n, "discordant": None, "note": ""}
-    col_a, col_b = binary_column(pa, metric), binary_column(pb, metric)
-    if col_a is not None and col_b is not None and np.array_equal(col_a[1], col_b[1]):
-        m = col_a[1]
-        res = mcnemar_exact(col_a[0][m], col_b[0][m])
-        out.update(test="mcnemar-exact", p_value=res.p_value, discordant=(res.b, res.c))
+    test = find_test(name, pa, pb)
+    if test is not None:
+        out.update(test=test.test, p_value=test.p_value, discordant=test.discordant)
     if out["p_value"] is None:
         out.update(test="none", note="too few resamples where the metric is defined")
     return out
@@ -372,15 +416,38 @@ def _records(audit: AuditResult, study: str, rows: np.ndarray) -> PairedRecords:
     s = audit.studies[study]
     index = s.records["index"]
     recs = {k: v[rows] for k, v in s.records.items() if k != "index" and v.ndim >= 1 and len(v) == len(index)}
-    names = np.asarray(audit.class_names, dtype=str)
-    labels = names[np.asarray(audit.labels, dtype=np.int64)[index[rows]]]
+    samples = index[rows]
+    targets = None if audit.targets is None else np.asarray(audit.targets, dtype=bool)[samples]
+    labels = _sample_labels(audit, samples)
     record = plugin(study)
     if record is None:
-        return PairedRecords(recs, s.data, s.config, labels, list(audit.class_names))
+        return PairedRecords(recs, s.data, s.config, labels, list(audit.class_names), targets=targets)
     spec = record.paired
     ece = {m: (c.confidence, c.correct) for m, c in spec.ece.items()}
+    findings = None if spec.findings is None or targets is None else (spec.findings.scores, spec.findings.correct)
     return PairedRecords(recs, s.data, s.config, labels, list(audit.class_names),
-                         binary=spec.binary, ece=ece, subset=spec.subset)
+                         binary=spec.binary, ece=ece, subset=spec.subset, targets=targets, findings=findings,
+                         thresholded=None if targets is None else _thresholded(audit, samples))
+
+
+def _sample_labels(audit: AuditResult, samples: np.ndarray) -> np.ndarray:
+    """``(n,)`` the class name of each sample; for multi-label audits its sorted findings
+    joined by ``|`` (``No Finding`` when none), so that pairing also checks the targets."""
+    names = np.asarray(audit.class_names, dtype=str)
+    if audit.targets is None:
+        return names[np.asarray(audit.labels, dtype=np.int64)[samples]]
+    rows = np.asarray(audit.targets, dtype=bool)[samples]
+    return np.asarray(["|".join(sorted(names[r])) or "No Finding" for r in rows], dtype=str)
+
+
+def _thresholded(audit: AuditResult, samples: np.ndarray) -> np.ndarray:
+    """bool ``(n,)``: the samples a multi-label audit read its thresholded metrics on: the
+    half not used to choose the thresholds, or all when they were given (as the clean study)."""
+    from robustkit.metrics.multilabel import threshold_split
+
+    if not str(audit.model.get("threshold_source", "")).startswith("chosen"):
+        return np.ones(len(samples), dtype=bool)
+    return ~threshold_split(np.asarray(audit.ids).astype(str)[samples])
 
 
 # ---------------------------------------------------------------- per-slice tests

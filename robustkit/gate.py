@@ -14,7 +14,11 @@ A policy (TOML) is a list of ``[[rule]]`` tables::
     name = "COVID-19 sensitivity holds" # optional, shown in CI
     description = "..."                  # optional
 
-A rule holds when every metric it matches holds every bound it sets. ``max_drop`` fails on
+A metric spelt exactly as the audit names it is matched as it is, so a finding's name may
+hold spaces or glob characters (``metric = "clean.auroc.Pleural Effusion"``: a TOML string
+needs no further quoting); otherwise ``metric`` is an fnmatch pattern
+(``clean.auroc.*`` is every finding and the macro and micro means). A rule holds when
+every metric it matches holds every bound it sets. ``max_drop`` fails on
 a drop (a change in the metric's bad direction) larger than ``max_drop`` that the paired
 test of :mod:`robustkit.compare` finds significant (Holm-adjusted over the metrics the rule
 matches); a metric that cannot be tested (no per-sample records recompute it) fails on an
@@ -22,12 +26,14 @@ observed drop larger than ``max_drop``, so that a gate never passes for want of 
 An optional top-level ``alpha`` (default 0.05) sets the significance level.
 
 Errors, not failures (exit 2): unknown keys, wrong types, a rule with no bound, a pattern
-that matches no metric, a metric the audit (or the baseline) does not have, ``max_drop``
+that matches no metric (the message lists the audit's closest names), a metric the audit
+(or the baseline) does not have, ``max_drop``
 without a baseline or on a metric that has no direction. No TensorFlow here.
 """
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import math
 from collections.abc import Mapping
@@ -241,11 +247,11 @@ def gate(
 
 def _match(rule: Rule, audit: AuditResult, base: AuditResult | None, source: str) -> list[str]:
     where = f"rule {rule.index} ({rule.title!r}) of {source}"
-    names = [m for m in audit.metrics() if fnmatch.fnmatchcase(m, rule.metric)]
+    names = _names(rule.metric, audit)
     if not names:
         what = "a pattern matching a metric of the audit" if any(ch in rule.metric for ch in "*?[") else "a metric the audit has"
-        raise ConfigError(f"{where}: expected {what}, got {rule.metric!r}, which matches nothing; the audit has e.g. "
-                          f"{', '.join(list(audit.metrics())[:5]) or 'no metrics'}.")
+        raise ConfigError(f"{where}: expected {what}, got {rule.metric!r}, which matches nothing; "
+                          f"{_close_names(rule.metric, audit)}.")
     if rule.max_drop is None:
         return names
     if base is None:
@@ -257,6 +263,28 @@ def _match(rule: Rule, audit: AuditResult, base: AuditResult | None, source: str
     if undirected:
         raise ConfigError(f"{where}: max_drop needs a direction, got none for {undirected[:3]}.")
     return names
+
+
+def _names(metric: str, audit: AuditResult) -> list[str]:
+    """The metrics a rule names: the one it spells exactly (a finding may hold ``[``, ``*``
+    or spaces), else those its fnmatch pattern matches."""
+    if metric in audit.metrics():
+        return [metric]
+    return [m for m in audit.metrics() if fnmatch.fnmatchcase(m, metric)]
+
+
+def _close_names(metric: str, audit: AuditResult) -> str:
+    """The audit's names closest to a rule's unknown ``metric`` (a misspelt finding), else the
+    names under the same prefix (``clean.auroc.*``), else a few of its metrics."""
+    have = list(audit.metrics())
+    close = difflib.get_close_matches(metric, have, n=5, cutoff=0.6)
+    if close:
+        return "close names: " + ", ".join(repr(c) for c in close)
+    prefix = metric.rsplit(".", 1)[0] + "."
+    same = [m for m in have if m.startswith(prefix)]
+    if same and "." in metric:
+        return f"the audit's {prefix}* names: " + ", ".join(repr(c) for c in same[:12])
+    return "the audit has e.g. " + (", ".join(have[:5]) or "no metrics")
 
 
 def _evaluate(rule: Rule, names: list[str], audit: AuditResult, base: AuditResult | None,

@@ -34,6 +34,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "EceColumns",
     "Export",
+    "FindingColumns",
     "PairedSpec",
     "StudyPlugin",
     "load_attr",
@@ -59,6 +60,20 @@ class EceColumns:
 
 
 @dataclass(frozen=True)
+class FindingColumns:
+    """The record columns behind a multi-label study's per-finding metrics.
+
+    Attributes:
+        scores: column ``(n, K)`` of each finding's probability (AUROC, AUPRC; DeLong).
+        correct: column ``(n, K)`` of 0/1 "the thresholded call equals the target"
+            (sensitivity and specificity; McNemar on the images with / without a finding).
+    """
+
+    scores: str = "probs"
+    correct: str = "correct"
+
+
+@dataclass(frozen=True)
 class PairedSpec:
     """Which per-sample record columns back which metrics (read by compare).
 
@@ -69,11 +84,14 @@ class PairedSpec:
             bins is the study config's ``n_bins`` (15 when absent).
         subset: ``(column, value)``: only samples whose ``records[column] == value`` count
             for the ECE metrics (calibration's evaluation split), or None for all.
+        findings: the per-finding columns of multi-label audits, or None where the study
+            has none (its per-finding metrics are then bootstrapped where possible).
     """
 
     binary: tuple[str, ...] = ("correct",)
     ece: Mapping[str, EceColumns] = field(default_factory=dict)
     subset: tuple[str, int] | None = None
+    findings: FindingColumns | None = None
 
 
 @dataclass(frozen=True)
@@ -174,7 +192,8 @@ _CAL = PairedSpec(
 #: Built-in studies, in the order an audit runs them.
 BUILTIN_PLUGINS: tuple[StudyPlugin, ...] = (
     StudyPlugin("clean", "robustkit.studies.clean:CleanStudy",
-                "robustkit.report.views:clean_view", "partials/clean.html.j2"),
+                "robustkit.report.views:clean_view", "partials/clean.html.j2",
+                paired=PairedSpec(findings=FindingColumns())),
     StudyPlugin("perturbation", "robustkit.studies.perturbation:PerturbationStudy",
                 "robustkit.report.view_perturbation:condition_view", "partials/perturbation.html.j2",
                 paired=_CONDITIONS),

@@ -14,6 +14,10 @@ their per-sample outcomes are paired:
 * :data:`PAIRED_STATISTICS` says how to recompute a stored metric from a study's
   per-sample records (:class:`PairedRecords`), so that compare can bootstrap its
   difference. Register more with :func:`paired_statistic`.
+* :data:`PAIRED_TESTS` says which test gives a metric's p-value when one fits it better
+  than the bootstrap: McNemar for the mean of a 0/1 column (here), DeLong for a
+  multi-label finding's AUROC (:mod:`robustkit.metrics.paired_findings`). Register more
+  with :func:`paired_test`.
 
 Pure numpy and scipy; no TensorFlow.
 """
@@ -37,15 +41,20 @@ __all__ = [
     "PAIRED_STATISTICS",
     "BootstrapResult",
     "McNemarResult",
+    "PAIRED_TESTS",
     "PairedRecords",
+    "PairedTestResult",
     "Statistic",
     "StatisticFactory",
+    "TestFactory",
     "binary_column",
     "find_statistic",
+    "find_test",
     "holm",
     "mcnemar_exact",
     "paired_bootstrap",
     "paired_statistic",
+    "paired_test",
     "resample_indices",
 ]
 
@@ -241,6 +250,13 @@ class PairedRecords:
         subset: ``(column, value)``: only those samples count for the ECE metrics; None:
             ``split == 1`` where the records hold a ``split`` (a calibration study's
             evaluation half), else all.
+        targets: multi-label audits: bool ``(n, K)``, the findings of each sample, columns
+            in ``class_names`` order; None for single-label audits.
+        findings: multi-label audits: ``(scores column, correct column)``, the record keys
+            of the ``(n, K)`` per-finding probabilities and of the ``(n, K)`` 0/1 "the
+            thresholded call equals the target"; None where the study has no such columns.
+        thresholded: bool ``(n,)``: the samples the thresholded metrics (sensitivity,
+            specificity) are read on; None: all.
     """
 
     records: Mapping[str, np.ndarray]
@@ -251,10 +267,20 @@ class PairedRecords:
     binary: Sequence[str] | None = None
     ece: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     subset: tuple[str, int] | None = None
+    targets: np.ndarray | None = None
+    findings: tuple[str, str] | None = None
+    thresholded: np.ndarray | None = None
 
     @property
     def n(self) -> int:
         return int(len(self.labels))
+
+    def finding_index(self, finding: str) -> int | None:
+        """The column of ``finding`` in ``targets`` and the finding records, or None when the
+        records are not multi-label or have no such finding."""
+        if self.targets is None or self.findings is None or finding not in list(self.class_names):
+            return None
+        return list(self.class_names).index(finding)
 
 
 StatisticFactory = Callable[[PairedRecords, str], "Statistic | None"]
@@ -308,14 +334,65 @@ def _reproduces(stat: Statistic, n: int, value: float) -> bool:
     return math.isfinite(got) and math.isfinite(value) and abs(got - value) <= 1e-6 * max(1.0, abs(value))
 
 
+@dataclass(frozen=True)
+class PairedTestResult:
+    """The p-value of a paired test of one metric.
+
+    Attributes:
+        test: its name as compare shows it (``mcnemar-exact``, ``delong``).
+        p_value: two-sided p-value.
+        discordant: McNemar's ``(b, c)``, or None.
+    """
+
+    test: str
+    p_value: float
+    discordant: tuple[int, int] | None = None
+
+
+TestFactory = Callable[[PairedRecords, PairedRecords, str], "PairedTestResult | None"]
+"""``(baseline records, candidate records, metric name within its study) -> result``, or None
+where the test does not apply."""
+
+PAIRED_TESTS: dict[str, TestFactory] = {}
+"""fnmatch pattern over the full dotted metric name -> test. Later entries are tried first;
+a metric no test takes gets the paired bootstrap's p-value."""
+
+
+def paired_test(pattern: str) -> Callable[[TestFactory], TestFactory]:
+    """Register the decorated test for metrics whose full name matches ``pattern``."""
+
+    def register(fn: TestFactory) -> TestFactory:
+        PAIRED_TESTS[pattern] = fn
+        return fn
+
+    return register
+
+
+def find_test(full_name: str, first: PairedRecords, second: PairedRecords) -> PairedTestResult | None:
+    """The first registered test (latest first) that applies to ``full_name`` and gives a
+    finite p-value, or None: then the bootstrap's p-value stands."""
+    metric = full_name.partition(".")[2]
+    for pattern in reversed(list(PAIRED_TESTS)):
+        if fnmatch.fnmatchcase(full_name, pattern):
+            res = PAIRED_TESTS[pattern](first, second, metric)
+            if res is not None and math.isfinite(res.p_value):
+                return res
+    return None
+
+
 def binary_column(pr: PairedRecords, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
     """The 0/1 per-sample column whose mean is ``metric``, and the mask of samples it averages.
 
     A study declares such columns as ``records[key]`` ``(n, M)`` with ``data[key + "_metrics"]``
     the ``M`` metric names (``correct`` / ``correct_metrics`` for accuracies). A per-class
     ``recall.<class>`` (or ``recall.<class>.<condition>``) is the accuracy column (of that
-    condition) over the samples of that class.
+    condition) over the samples of that class. A multi-label finding's
+    ``sensitivity.<finding>`` (``specificity.<finding>``) is its "call equals target" column
+    over the thresholded samples with (without) the finding.
     """
+    found = _finding_column(pr, metric)
+    if found is not None:
+        return found
     for key, names in pr.data.items():
         if not key.endswith("_metrics") or not isinstance(names, (list, tuple)) or metric not in names:
             continue
@@ -334,6 +411,19 @@ def binary_column(pr: PairedRecords, metric: str) -> tuple[np.ndarray, np.ndarra
             if found is not None:
                 return found[0], pr.labels == cls
     return None
+
+
+def _finding_column(pr: PairedRecords, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
+    root, _, finding = metric.partition(".")
+    k = pr.finding_index(finding) if root in ("sensitivity", "specificity") else None
+    if k is None or pr.targets is None or pr.findings is None:
+        return None
+    correct = pr.records.get(pr.findings[1])
+    if correct is None or correct.ndim != 2 or correct.shape[1] != pr.targets.shape[1]:
+        return None
+    present = pr.targets[:, k] if root == "sensitivity" else ~pr.targets[:, k]
+    keep = present if pr.thresholded is None else present & pr.thresholded
+    return np.asarray(correct[:, k], dtype=bool), keep
 
 
 def _masked_mean(col: np.ndarray, mask: np.ndarray) -> Statistic:
@@ -358,6 +448,18 @@ def _column_mean(pr: PairedRecords, metric: str) -> Statistic | None:
         if arr is not None and arr.ndim == 1 and np.issubdtype(arr.dtype, np.number):
             return _masked_mean(np.nan_to_num(arr.astype(np.float64)), np.isfinite(arr))
     return None
+
+
+@paired_test("*")
+def _mcnemar(first: PairedRecords, second: PairedRecords, metric: str) -> PairedTestResult | None:
+    """Exact McNemar on the 0/1 column whose mean is ``metric``, where both audits average
+    it over the same samples."""
+    col_a, col_b = binary_column(first, metric), binary_column(second, metric)
+    if col_a is None or col_b is None or not np.array_equal(col_a[1], col_b[1]):
+        return None
+    m = col_a[1]
+    res = mcnemar_exact(col_a[0][m], col_b[0][m])
+    return PairedTestResult("mcnemar-exact", res.p_value, (res.b, res.c))
 
 
 @paired_statistic("*.precision.*")
@@ -416,3 +518,6 @@ def _subset(pr: PairedRecords) -> np.ndarray:
     if col is None:
         return np.ones(pr.n, dtype=bool) if pr.subset is None else np.zeros(pr.n, dtype=bool)
     return np.asarray(col) == value
+
+
+from robustkit.metrics import paired_findings as _paired_findings  # noqa: E402,F401  (registers them)

@@ -63,7 +63,8 @@ def render_comparison(comparison: Comparison, path: str | Path) -> Path:
 def comparison_html(comparison: Comparison) -> str:
     """Return the full HTML document of a comparison."""
     env = _environment()
-    cands = [_candidate(c, i) for i, c in enumerate(comparison.candidates)]
+    findings = list(comparison.baseline.class_names) if comparison.baseline.targets is not None else []
+    cands = [_candidate(c, i, findings) for i, c in enumerate(comparison.candidates)]
     sections = [_toc("how-to-read", "How to read"), _toc("models", "Models")]
     sections += [_toc(c["anchor"], f"Deltas: {c['label']}") for c in cands]
     sections.append(_toc("curves", "Curves"))
@@ -78,6 +79,7 @@ def comparison_html(comparison: Comparison) -> str:
         models=_models(comparison),
         mismatch=comparison.allow_config_mismatch and any(c.config_mismatches for c in comparison.candidates),
         candidates=cands,
+        multilabel=bool(findings),
         figures=_figures(comparison),
     )
 
@@ -106,7 +108,7 @@ def _models(cmp: Comparison) -> list[dict[str, str]]:
     ]
 
 
-def _candidate(c: CandidateComparison, i: int) -> dict[str, Any]:
+def _candidate(c: CandidateComparison, i: int, findings: list[str] | None = None) -> dict[str, Any]:
     rows = [_row(d) for d in c.deltas]
     return {
         "anchor": f"deltas-{i + 1}",
@@ -118,7 +120,20 @@ def _candidate(c: CandidateComparison, i: int) -> dict[str, Any]:
         "only_in_baseline": c.only_in_baseline,
         "only_in_candidate": c.only_in_candidate,
         "slices": [_slice_row(r) for r in c.slices],
+        "findings": _finding_rows(c.deltas, findings or []),
     }
+
+
+def _finding_rows(deltas: list[MetricDelta], findings: list[str]) -> list[dict[str, Any]]:
+    """Multi-label comparisons: the per-finding metrics (``<study>.<root>.<finding>``), grouped
+    by finding in the baseline's order, each row with its test (DeLong, McNemar, bootstrap)."""
+    by_length = sorted(findings, key=len, reverse=True)  # 'Lung Opacity' before 'Opacity'
+    grouped: dict[str, list[dict[str, Any]]] = {f: [] for f in findings}
+    for d in deltas:
+        owner = next((f for f in by_length if d.metric.endswith("." + f)), None)
+        if owner is not None:
+            grouped[owner].append({**_row(d), "measure": d.metric[: -len(owner) - 1]})
+    return [{"finding": f, "rows": rows} for f, rows in grouped.items() if rows]
 
 
 def _slice_row(r: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,117 @@
+"""Paired statistics and tests of multi-label metrics, per finding (read by compare and gate).
+
+Two multi-label audits of the same images are compared finding by finding:
+
+* ``auroc.<finding>``: DeLong's test of two correlated ROC AUCs (DeLong, DeLong and
+  Clarke-Pearson 1988; :func:`robustkit.metrics.multilabel.delong_paired`) on both models'
+  probabilities of the finding against its presence; the interval of the difference is
+  the paired bootstrap's.
+* ``auroc.macro`` / ``auroc.micro`` and every ``auprc.*``: a paired bootstrap over images
+  (an image keeps all its findings, both models' outputs kept together).
+* ``sensitivity.<finding>`` / ``specificity.<finding>``: exact McNemar on the thresholded
+  calls (each audit's own thresholds) of the images with / without the finding
+  (:func:`robustkit.metrics.paired.binary_column`); their macro means by paired bootstrap.
+
+The statistics recompute each stored metric with its own function in
+:mod:`robustkit.metrics.multilabel`, so compare's reproduction check holds exactly. Pure
+numpy and scipy; imported (and registered) by :mod:`robustkit.metrics.paired`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+
+from robustkit.metrics.multilabel import average_precision, binary_auroc, delong_paired
+from robustkit.metrics.paired import (
+    PairedRecords,
+    PairedTestResult,
+    Statistic,
+    _masked_mean,
+    binary_column,
+    paired_statistic,
+    paired_test,
+)
+
+__all__: list[str] = []  # registrations only
+
+Score = Callable[[np.ndarray, np.ndarray], float]
+_SCORES: dict[str, Score] = {"auroc": binary_auroc, "auprc": average_precision}
+
+
+def _columns(pr: PairedRecords) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(targets, probabilities)``, both ``(n, K)``, or None when the records are not multi-label."""
+    if pr.targets is None or pr.findings is None:
+        return None
+    probs = pr.records.get(pr.findings[0])
+    if probs is None or probs.ndim != 2 or probs.shape != pr.targets.shape:
+        return None
+    return pr.targets, np.asarray(probs, dtype=np.float64)
+
+
+def _per_row(score: Score, y: np.ndarray, s: np.ndarray) -> Statistic:
+    """The score of ``y`` against ``s`` (``(n,)`` or, pooled, ``(n, K)``) on each resample."""
+
+    def stat(idx: np.ndarray) -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.array([score(y[row].ravel(), s[row].ravel()) for row in idx], dtype=np.float64)
+
+    return stat
+
+
+def _nanmean(stats: list[Statistic]) -> Statistic:
+    """The mean of the defined values of several statistics (a macro mean over findings)."""
+
+    def stat(idx: np.ndarray) -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(np.stack([s(idx) for s in stats]), axis=0)
+
+    return stat
+
+
+@paired_statistic("*.auroc.*")
+@paired_statistic("*.auprc.*")
+def _ranking(pr: PairedRecords, metric: str) -> Statistic | None:
+    """AUROC / AUPRC of one finding, their macro mean over findings, or the micro (pooled) form."""
+    root, _, which = metric.partition(".")
+    cols = _columns(pr) if root in _SCORES else None
+    if cols is None:
+        return None
+    targets, probs = cols
+    score = _SCORES[root]
+    if which == "micro":
+        return _per_row(score, targets, probs)
+    if which == "macro":
+        return _nanmean([_per_row(score, targets[:, k], probs[:, k]) for k in range(targets.shape[1])])
+    k = pr.finding_index(which)
+    return None if k is None else _per_row(score, targets[:, k], probs[:, k])
+
+
+@paired_statistic("*.sensitivity.macro")
+@paired_statistic("*.specificity.macro")
+def _rate_macro(pr: PairedRecords, metric: str) -> Statistic | None:
+    """Macro mean of the per-finding sensitivities (specificities) on the thresholded samples."""
+    root = metric.partition(".")[0]
+    cols = [binary_column(pr, f"{root}.{name}") for name in pr.class_names]
+    if pr.targets is None or not cols or any(c is None for c in cols):
+        return None
+    return _nanmean([_masked_mean(*c) for c in cols if c is not None])
+
+
+@paired_test("*.auroc.*")
+def _delong(first: PairedRecords, second: PairedRecords, metric: str) -> PairedTestResult | None:
+    """DeLong's paired test of one finding's AUROC (not of the macro or micro means)."""
+    finding = metric.partition(".")[2]
+    ka, kb = first.finding_index(finding), second.finding_index(finding)
+    cols_a, cols_b = _columns(first), _columns(second)
+    if ka is None or kb is None or cols_a is None or cols_b is None:
+        return None
+    y = cols_a[0][:, ka]
+    if not np.array_equal(y, cols_b[0][:, kb]):
+        return None
+    res = delong_paired(y, cols_a[1][:, ka], cols_b[1][:, kb])
+    return PairedTestResult("delong", res.p_value)
