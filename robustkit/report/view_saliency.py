@@ -176,6 +176,7 @@ def saliency_view(study: StudyResult, audit: AuditResult) -> dict[str, Any]:
     ctx = generic_view(study, audit)
     data = study.data
     ctx["gallery"] = _gallery(data.get("gallery"), study.records)
+    ctx["multilabel"] = bool(data.get("multilabel"))
     ctx["activations"] = _activations(data.get("activations"), study.records)
     ctx["parameters"] = [{"name": str(k).replace("_", " "), "value": str(v)}
                          for k, v in (data.get("parameters") or {}).items()]

@@ -162,7 +162,9 @@ class SaliencyStudy(Study):
         "randomization": ("similarity of the map with the original after the cascading weight "
                           "randomisation (a trustworthy method drops towards 0)", "lower"),
         "localization": ("agreement of the map with the lesion mask (pointing game, relevance mass, "
-                         "relevance rank accuracy); `.random` is a uniform random map", "higher"),
+                         "relevance rank accuracy); `.random` is a uniform random map; multi-label: each "
+                         "finding's map against that finding's mask, `localization.<metric>.<method>.<finding>`, "
+                         "pooled over the (image, finding) pairs with a mask", "higher"),
         "lung_share": ("share of |attribution| inside the lung fields (lung masks; DeGrave et al. "
                        "2021); `.random` is a uniform random map", "higher"),
         "lung_area_share": ("the lung fields' share of the image (what a uniform map scores)", "none"),
@@ -171,7 +173,8 @@ class SaliencyStudy(Study):
         "completeness_error": ("|sum of IG attributions - logit difference| / |logit difference|, "
                                "pooled over images", "lower"),
         "n_samples": ("number of images explained", "none"),
-        "n_localization_excluded": ("images left out of localisation because their mask is empty", "none"),
+        "n_localization_excluded": ("images left out of localisation because their mask is empty (multi-label: "
+                                    "(image, finding) pairs without the finding's mask)", "none"),
         "n_stability_changed": ("(image, perturbation) pairs left out because the prediction changed", "none"),
     }
     headline = ("localization.mass.gradcam", "randomization.spearman.gradcam", "stability.spearman.gradcam")
