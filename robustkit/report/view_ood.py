@@ -65,7 +65,8 @@ def _auroc_table(study: StudyResult, sets: list[Mapping[str, Any]], scores: list
     return {"scores": scores, "rows": rows}
 
 
-def _recommended_rows(study: StudyResult, sets: list[str], score: str) -> list[dict[str, Any]]:
+def _recommended_rows(study: StudyResult, sets: list[str], score: str,
+                      rate: str = "confident_covid_rate") -> list[dict[str, Any]]:
     rows = []
     for name in ["id", *sets, "far", "near"]:
         row = {"set": name}
@@ -73,8 +74,8 @@ def _recommended_rows(study: StudyResult, sets: list[str], score: str) -> list[d
             key = f"{m}.{score}.{name}"
             row[_LABELS[m]] = fmt(study.metrics.get(key)) + (
                 f" {fmt_interval(study.intervals.get(key))}" if study.intervals.get(key) else "")
-        row["confident"] = fmt(study.metrics.get(f"confident_covid_rate.{name}"))
-        row["after filter"] = fmt(study.metrics.get(f"confident_covid_rate_filtered.{name}"))
+        row["called" if rate == "finding_call_rate" else "confident"] = fmt(study.metrics.get(f"{rate}.{name}"))
+        row["after filter"] = fmt(study.metrics.get(f"{rate}_filtered.{name}"))
         rows.append(row)
     return rows
 
@@ -100,9 +101,11 @@ def ood_view(study: StudyResult, audit: AuditResult) -> dict[str, Any]:
     scores = [str(s) for s in data.get("scores", [])]
     ctx.update(sets=sets, recommended=rec, scores=scores, reference=str(data.get("reference", "")),
                weaker=bool(data.get("weaker_reference")), threshold=fmt(data.get("threshold")),
-               positive_class=str(data.get("positive_class", "")),
+               positive_class=str(data.get("positive_class") or "a finding"),
+               multilabel=bool(data.get("multilabel")),
+               score_forms=[{"score": str(k), "form": str(v)} for k, v in (data.get("score_forms") or {}).items()],
                operating_threshold=fmt(data.get("operating_threshold")),
-               auroc=_auroc_table(study, sets, scores), rec_rows=_recommended_rows(study, names, rec),
+               auroc=_auroc_table(study, sets, scores), rec_rows=_recommended_rows(study, names, rec, str(data.get("call_rate", "confident_covid_rate"))),
                gallery=_gallery(data.get("gallery", [])),
                export=json.dumps(data.get("ood_export"), indent=2, sort_keys=True) if data.get("ood_export") else "")
     ctx["metrics"] = metric_rows(study, ["n_id", "n_reference"])

@@ -95,11 +95,14 @@ def _gallery_item(item: Mapping[str, Any], records: Mapping[str, Any]) -> dict[s
     gray = _gray(image) if image is not None else None
     maps: list[dict[str, str | None]] = []
     for m in item.get("maps", []):
-        v = _record_map(records, "map_thumbs", (item.get("row"), m.get("column")))
+        at = m.get("at") or (item.get("row"), m.get("column"))  # multi-label: [row, finding, method]
+        v = _record_map(records, str(m.get("key", "map_thumbs")), at)
+        own = _array(m.get("mask")) if "mask" in m else grid  # multi-label: the mask of the map's finding
+        outline = own > 0.5 if own is not None else None
         if v is not None and gray is not None and v.shape == gray.shape[:2]:
             maps.append({"method": str(m.get("method", "")),
-                         "overlay": _uri(_draw_outline(0.5 * gray + 0.5 * _colormap(v), mask), 112),
-                         "heat": _uri(_draw_outline(_colormap(v), mask), 112)})
+                         "overlay": _uri(_draw_outline(0.5 * gray + 0.5 * _colormap(v), outline), 112),
+                         "heat": _uri(_draw_outline(_colormap(v), outline), 112)})
         elif m.get("overlay_png"):
             maps.append({"method": str(m.get("method", "")), "overlay": _src(m.get("overlay_png")),
                          "heat": _src(m.get("heat_png"))})
@@ -173,6 +176,7 @@ def saliency_view(study: StudyResult, audit: AuditResult) -> dict[str, Any]:
     ctx = generic_view(study, audit)
     data = study.data
     ctx["gallery"] = _gallery(data.get("gallery"), study.records)
+    ctx["multilabel"] = bool(data.get("multilabel"))
     ctx["activations"] = _activations(data.get("activations"), study.records)
     ctx["parameters"] = [{"name": str(k).replace("_", " "), "value": str(v)}
                          for k, v in (data.get("parameters") or {}).items()]
@@ -187,7 +191,7 @@ def saliency_view(study: StudyResult, audit: AuditResult) -> dict[str, Any]:
     loc = data.get("localization") or {}
     ctx["excluded"] = [{"class": str(k), "n": int(v)} for k, v in (loc.get("excluded_by_class") or {}).items() if v]
     ctx["tables"] = [table_view(name, rows) for name, rows in study.tables.items() if rows]
-    per_class = _per_class_localization(study, data)
+    per_class = [] if loc.get("per_finding") else _per_class_localization(study, data)
     if per_class:
         ctx["tables"].append(table_view("localization per class", per_class))
     return ctx

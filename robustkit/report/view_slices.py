@@ -58,18 +58,19 @@ def forest_svg(names: Sequence[str], values: Sequence[float], lows: Sequence[flo
         return to_svg(fig)
 
 
-def _forest(rows: Sequence[Mapping[str, Any]], overall: float) -> dict[str, Any]:
+def _forest(rows: Sequence[Mapping[str, Any]], overall: float, *, multilabel: bool = False) -> dict[str, Any]:
     shown = list(rows)[:MAX_FOREST]
-    iv = [dict(r.get("intervals", {})).get("accuracy", [math.nan, math.nan]) for r in shown]
-    svg = forest_svg([str(r["slice"]) for r in shown], [_num(r.get("accuracy")) for r in shown],
+    value, key, label = ("auroc", "auroc.macro", "macro AUROC") if multilabel else ("accuracy", "accuracy", "accuracy")
+    iv = [dict(r.get("intervals", {})).get(key, [math.nan, math.nan]) for r in shown]
+    svg = forest_svg([str(r["slice"]) for r in shown], [_num(r.get(value)) for r in shown],
                      [_num(i[0]) for i in iv], [_num(i[1]) for i in iv], overall=overall,
-                     flagged=[bool(r.get("flagged")) for r in shown], xlabel="accuracy")
+                     flagged=[bool(r.get("flagged")) for r in shown], xlabel=label)
     more = f" The {len(rows) - len(shown)} slices with the smallest gaps are only in the table." if len(rows) > len(shown) else ""
     return {
-        "title": "Accuracy per slice",
+        "title": f"{label[0].upper()}{label[1:]} per slice",
         "svg": svg,
         "caption": "Each row is a slice (sorted by its gap to the rest, worst first) with its bootstrap 95% "
-                   "interval; the dashed line is the accuracy on all samples. Flagged slices (worse than the "
+                   f"interval; the dashed line is the {label} on all samples. Flagged slices (worse than the "
                    "rest by more than the effect size, with a BH q-value below alpha) are drawn in the warning "
                    "colour. An interval that crosses the line is not evidence of a difference." + more,
     }
@@ -85,6 +86,16 @@ def _slice_row(r: Mapping[str, Any]) -> dict[str, str]:
         "ece": f"{fmt(r.get('ece'))} {fmt_interval(iv.get('ece'))}",
         "gap": fmt(r.get("gap")), "q": fmt(r.get("q")), "flagged": "yes" if r.get("flagged") else "",
     }
+
+
+def _finding_row(r: Mapping[str, Any], findings: Sequence[str]) -> dict[str, Any]:
+    """A multi-label slice row: macro and per-finding AUROC with intervals, gap, q, flag."""
+    iv = dict(r.get("intervals", {}))
+    return {"slice": str(r.get("slice", "")), "n": fmt(r.get("n"), "n"),
+            "macro": f"{fmt(r.get('auroc'))} {fmt_interval(iv.get('auroc.macro'))}",
+            "findings": [f"{fmt(r.get(f'auroc.{f}'))} {fmt_interval(iv.get(f'auroc.{f}'))}" for f in findings],
+            "rest": fmt(r.get("rest")), "gap": fmt(r.get("gap")), "q": fmt(r.get("q")),
+            "flagged": "yes" if r.get("flagged") else ""}
 
 
 def _probe_rows(probe: Mapping[str, Any]) -> list[dict[str, str]]:
@@ -105,16 +116,21 @@ def slices_view(study: StudyResult, audit: AuditResult) -> dict[str, Any]:
     """Forest plot, the slice table sorted by gap, the worst slice and the probe."""
     ctx = generic_view(study, audit)
     rows = list(study.data.get("slices", []))
-    overall = _num(study.metrics.get("accuracy"))
+    multilabel = bool(study.data.get("multilabel"))
+    overall = _num(study.metrics.get("auroc.macro" if multilabel else "accuracy"))
     ctx["tables"] = [t for t in ctx["tables"] if t["title"] != "slices"]
-    ctx["figures"] = [_forest(rows, overall)] if rows else []
-    ctx["slice_rows"] = [_slice_row(r) for r in rows]
+    ctx["figures"] = [_forest(rows, overall, multilabel=multilabel)] if rows else []
+    ctx["multilabel"] = multilabel
+    ctx["findings"] = [str(f) for f in study.data.get("findings", [])]
+    ctx["slice_rows"] = [_finding_row(r, ctx["findings"]) if multilabel else _slice_row(r) for r in rows]
     ctx["probe_rows"] = _probe_rows(dict(study.data.get("probe", {})))
     worst = dict(study.data.get("worst", {}))
-    ctx["worst"] = {k: fmt(worst.get(k), k if k == "n" else None) for k in ("n", "accuracy", "gap", "q")}
+    ctx["worst"] = {k: fmt(worst.get(k), k if k == "n" else None) for k in ("n", "accuracy", "auroc", "gap", "q")}
     ctx["worst"]["slice"] = str(worst.get("slice", ""))
     ctx["overall"] = fmt(overall)
     ctx["alpha"], ctx["effect_size"] = fmt(study.data.get("alpha")), fmt(study.data.get("effect_size"))
     ctx["columns"] = ", ".join(map(str, study.data.get("columns", [])))
-    ctx["metrics"] = [m for m in ctx["metrics"] if not str(m.get("name", "")).startswith("accuracy.")]
+    per_slice = ("accuracy.", "auroc.") if multilabel else ("accuracy.",)
+    ctx["metrics"] = [m for m in ctx["metrics"] if not str(m.get("name", "")).startswith(per_slice)
+                      or str(m.get("name", "")) == "auroc.macro"]
     return ctx

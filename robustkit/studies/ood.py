@@ -11,6 +11,14 @@ model). ``reduce`` fits the reference statistics and scores every image with the
 :mod:`robustkit.metrics.ood` (higher = more in-distribution); its metrics are the detection
 metrics per score and set, with bootstrap intervals, and the confident positive-class
 ("COVID-19") rate per set, with and without the recommended filter.
+
+Multi-label models (sigmoid outputs, several findings per image; ``multilabel = True``): MSP
+is the largest sigmoid, max-logit the largest pre-sigmoid value, energy the JointEnergy of
+Wang et al. (2021), ``sum_k log(1 + exp(z_k))`` (also inside ViM and ReAct in place of
+``logsumexp``); Mahalanobis fits one Gaussian per finding (its images, an image counted for
+every finding it has) and one for "No Finding", with a shared covariance pooled within those
+groups; KNN needs no labels. The rate per set becomes ``finding_call_rate``: the share called
+with at least one finding at the audit's per-finding thresholds.
 """
 
 from __future__ import annotations
@@ -126,10 +134,15 @@ class OODStudy(Study[OODConfig]):
                                  "threshold (per set; 'id' for the in-distribution test images)", "lower"),
         "confident_covid_rate_filtered": ("the same after the recommended OOD filter rejects images scoring "
                                           "below its 95%-ID-TPR threshold", "lower"),
+        "finding_call_rate": ("multi-label: share of a set's images called with at least one finding at the "
+                              "per-finding decision thresholds (per set; 'id' for the in-distribution test images)",
+                              "lower"),
+        "finding_call_rate_filtered": ("multi-label: the same after the recommended OOD filter", "lower"),
         "n_id": ("in-distribution test images scored", "none"),
         "n_reference": ("reference images the statistics are fitted on", "none"),
     }
     headline = ("auroc.energy.far", "auroc.energy.near")
+    multilabel = True
 
     # -- driver side ---------------------------------------------------------------------------
     def prepare(self, data: Dataset, ctx: AuditContext) -> None:
@@ -142,19 +155,19 @@ class OODStudy(Study[OODConfig]):
         groups: list[tuple[str, str, str, list[Any]]] = []  # (name, kind, provenance, items)
         if cfg.reference_data:
             ref = load_dataset(cfg.reference_data, class_names=names)
-            self._ref_labels = ref.labels.copy()
+            self._ref_labels, self._ref_targets = ref.labels.copy(), ref.targets
             groups.append(("reference", "reference", f"folder {cfg.reference_data}", list(ref.samples)))
             self.reference_note = f"{len(ref)} images of --reference-data {cfg.reference_data}"
         else:
             rng = np.random.default_rng(ctx.seed_for("ood", "reference"))
             ref_pos, _ = stratified_split(data.labels, cfg.reference_fraction, rng=rng)
             self._ref_pos = np.sort(ref_pos)
-            self._ref_labels = data.labels[self._ref_pos]
+            self._ref_labels, self._ref_targets = data.labels[self._ref_pos], data.targets[self._ref_pos]
             ref = data.subset(self._ref_pos)
             self.reference_note = (f"a seeded {cfg.reference_fraction:.0%} split of the audit data ({len(ref)} images; "
                                    "the rest is the ID test set): weaker than the training set (--reference-data)")
         missing = [names[k] for k in range(len(names)) if not np.any(self._ref_labels == k)]
-        if missing:
+        if missing and not data.multilabel:  # multi-label: a finding without reference images has no Gaussian
             raise DataError(f"{cfg.reference_data or 'the reference split of the audit data'}: expected reference "
                             f"images of every class ({', '.join(names)}), got none of {', '.join(missing)}.")
         built = build_sets(cfg.sets, n_per_set=cfg.n_per_set, size=size, seed=ctx.seed, reference=ref)

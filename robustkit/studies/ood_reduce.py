@@ -56,9 +56,37 @@ def _head(records: Records, k: int) -> tuple[np.ndarray | None, np.ndarray | Non
     return row[:-1], row[-1]
 
 
-def _fit(ref: _Part, labels: np.ndarray, num_classes: int, head: tuple[Any, Any], cfg: Any) -> _Fit:
+def finding_groups(features: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Multi-label reference features as class-conditional groups: one per finding (its images;
+    an image with two findings is in both) and one for "No Finding", empty groups dropped.
+
+    Returns:
+        The features repeated once per group membership ``(M, D)``, their group ``(M,)`` and
+        the number of groups, ready for :func:`robustkit.metrics.ood.fit_gaussian` (whose
+        pooled within-group covariance then counts each membership once).
+    """
+    t = np.asarray(targets, bool)
+    member = np.c_[t, ~t.any(axis=1)]
+    member = member[:, member.any(axis=0)]
+    rows, groups = np.nonzero(member)
+    return np.asarray(features)[rows], groups, member.shape[1]
+
+
+def joint_energy(logits: np.ndarray) -> np.ndarray:
+    """JointEnergy ``(N,)`` of a multi-label head's pre-sigmoid logits ``(N, K)``:
+    ``sum_k log(1 + exp(z_k))`` (Wang et al. 2021, "Can multi-label classification networks
+    know what they don't know?"); higher = more in-distribution."""
+    return np.logaddexp(0.0, np.asarray(logits, dtype=np.float64)).sum(axis=1)
+
+
+def _fit(ref: _Part, labels: np.ndarray, num_classes: int, head: tuple[Any, Any], cfg: Any,
+         targets: np.ndarray | None = None) -> _Fit:
+    """Reference statistics; ``targets`` ``(N, K)`` given: multi-label (per-finding Gaussians)."""
     kernel, bias = head
-    means, precision = O.fit_gaussian(ref.features, labels, num_classes)
+    if targets is not None:
+        means, precision = O.fit_gaussian(*finding_groups(ref.features, targets))
+    else:
+        means, precision = O.fit_gaussian(ref.features, labels, num_classes)
     d = ref.features.shape[1]
     vim = O.fit_vim(ref.features, ref.logits, kernel, bias) if kernel is not None and d >= 2 else None
     clip = O.react_clip(ref.features, cfg.react_percentile) if kernel is not None else None
@@ -68,7 +96,7 @@ def _fit(ref: _Part, labels: np.ndarray, num_classes: int, head: tuple[Any, Any]
 def _score(part: _Part, fit: _Fit, kind: str) -> dict[str, np.ndarray]:
     z, f = part.logits, part.features
     nan = np.full(len(z), np.nan)
-    return {
+    out = {
         "msp": O.msp_score(z, kind),
         "max_logit": O.max_logit_score(z),
         "energy": O.energy_score(z),
@@ -78,6 +106,25 @@ def _score(part: _Part, fit: _Fit, kind: str) -> dict[str, np.ndarray]:
         "react": O.react_score(f, fit.clip, fit.kernel, fit.bias)
         if fit.clip is not None and fit.kernel is not None and fit.bias is not None else nan,
     }
+    if kind == "multilabel":  # JointEnergy in place of logsumexp, in energy, ViM and ReAct
+        out["vim"] = out["vim"] - out["energy"] + joint_energy(z)
+        out["energy"] = joint_energy(z)
+        if fit.clip is not None and fit.kernel is not None and fit.bias is not None:
+            out["react"] = joint_energy(np.minimum(np.asarray(f, np.float64), fit.clip) @ fit.kernel + fit.bias)
+    return out
+
+
+#: how each score reads a multi-label (sigmoid) head; stated in the result and the report
+MULTILABEL_SCORES = {
+    "msp": "the largest sigmoid output",
+    "max_logit": "the largest pre-sigmoid logit",
+    "energy": "JointEnergy, sum over findings of log(1 + exp(z_k)) (Wang et al. 2021)",
+    "mahalanobis": "one Gaussian per finding (its reference images) and one for No Finding, shared covariance "
+                   "pooled within those groups; minus the smallest distance",
+    "knn": "class-agnostic (distance to the k-th nearest reference feature)",
+    "vim": "ViM's residual with JointEnergy in place of logsumexp",
+    "react": "JointEnergy of the head re-applied to the clipped features",
+}
 
 
 def _parts(study: OODStudy, records: Records) -> tuple[_Part, np.ndarray, _Part, dict[str, _Part], np.ndarray]:
@@ -104,8 +151,10 @@ def reduce_ood(study: OODStudy, records: Records, data: Dataset, ctx: AuditConte
     cfg = study.config
     names = list(data.class_names)
     kind = str(ctx.model_info.get("output_kind", "softmax"))
+    multilabel = kind == "multilabel"
     ref, ref_y, test, sets, is_ref = _parts(study, records)
-    fit = _fit(ref, ref_y, len(names), _head(records, len(names)), cfg)
+    fit = _fit(ref, ref_y, len(names), _head(records, len(names)), cfg,
+               study._ref_targets if multilabel else None)
     id_scores = _score(test, fit, kind)
     set_scores = {s: _score(p, fit, kind) for s, p in sets.items()}
     kinds = {str(i["name"]): str(i["kind"]) for i in study.sets_info}
@@ -115,14 +164,17 @@ def reduce_ood(study: OODStudy, records: Records, data: Dataset, ctx: AuditConte
     recommended = _recommend(result, [s for s in set_scores if kinds[s] == "near"] or list(set_scores))
     threshold = O.threshold_at_tpr(id_scores[recommended])
     pos = names.index(cfg.positive_class) if cfg.positive_class in names else 0
-    _confident(result, test, sets, set_scores, id_scores[recommended], recommended, threshold, pos, cfg, kind)
+    calls = _finding_calls(ctx, data) if multilabel else None
+    _confident(result, test, sets, set_scores, id_scores[recommended], recommended, threshold, pos, cfg, kind, calls)
     result.metrics["n_id"], result.metrics["n_reference"] = float(len(test.logits)), float(len(ref.logits))
     result.data.update(
         sets=study.sets_info, reference=study.reference_note, weaker_reference=study._ref_pos is not None,
         scores=[s for s in SCORES if np.all(np.isfinite(id_scores[s]))], recommended=recommended,
-        threshold=threshold, positive_class=names[pos], operating_threshold=cfg.threshold,
+        threshold=threshold, positive_class=None if multilabel else names[pos], operating_threshold=cfg.threshold,
         histograms=_histograms(id_scores, set_scores), roc=_rocs(id_scores[recommended], set_scores, recommended),
         gallery=_gallery(study, sets, {s: v[recommended] for s, v in set_scores.items()}, threshold, pos, kind, ctx),
+        **({"multilabel": True, "score_forms": MULTILABEL_SCORES, "call_rate": "finding_call_rate",
+            "finding_thresholds": None if calls is None else calls.tolist()} if multilabel else {}),
         ood_export=_export(study, recommended, threshold, names[pos], ctx),
     )
     study.statistics = _statistics(fit, recommended)  # -> ood_statistics.npz, not results.json
@@ -167,16 +219,29 @@ def _recommend(result: StudyResult, sets: list[str]) -> str:
     return best
 
 
+def _finding_calls(ctx: AuditContext, data: Dataset) -> np.ndarray:
+    """The audit's per-finding decision thresholds ``(K,)`` (multi-label)."""
+    from robustkit.studies.clean import finding_thresholds
+
+    return finding_thresholds(ctx, data)[0]
+
+
 def _confident(result: StudyResult, test: _Part, sets: dict[str, _Part], set_scores: dict[str, dict[str, np.ndarray]],
-               id_rec: np.ndarray, recommended: str, threshold: float, pos: int, cfg: Any, kind: str) -> None:
+               id_rec: np.ndarray, recommended: str, threshold: float, pos: int, cfg: Any, kind: str,
+               finding_thresholds: np.ndarray | None = None) -> None:
+    """Per set, the share called the positive class with confidence (multi-label, given
+    ``finding_thresholds``: called with any finding), without and with the filter."""
     parts = {"id": (test, id_rec), **{s: (p, set_scores[s][recommended]) for s, p in sets.items()}}
+    name = "confident_covid_rate" if finding_thresholds is None else "finding_call_rate"
     for set_name, (part, score) in parts.items():
-        confident = probabilities(part.logits, kind)[:, pos] >= cfg.threshold
-        result.metrics[f"confident_covid_rate.{set_name}"] = float(confident.mean()) if len(confident) else np.nan
+        probs = probabilities(part.logits, kind)
+        confident = np.asarray(probs[:, pos] >= cfg.threshold if finding_thresholds is None
+                               else (probs >= finding_thresholds[None, :]).any(axis=1), dtype=bool)
+        result.metrics[f"{name}.{set_name}"] = float(confident.mean()) if len(confident) else np.nan
         kept = confident & (score >= threshold)
-        result.metrics[f"confident_covid_rate_filtered.{set_name}"] = float(kept.mean()) if len(kept) else np.nan
+        result.metrics[f"{name}_filtered.{set_name}"] = float(kept.mean()) if len(kept) else np.nan
     # on the ID test images the rate is the model's own positive rate (what the filter costs), not an error
-    result.directions["confident_covid_rate.id"] = result.directions["confident_covid_rate_filtered.id"] = "none"
+    result.directions[f"{name}.id"] = result.directions[f"{name}_filtered.id"] = "none"
 
 
 def _histograms(id_scores: dict[str, np.ndarray], set_scores: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
@@ -212,7 +277,8 @@ def _gallery(study: OODStudy, sets: dict[str, _Part], rec_scores: dict[str, np.n
     rows = []
     for s, part in sets.items():
         at = np.flatnonzero(extra.labels == groups.index(s))
-        p = probabilities(part.logits, kind)[:, pos]
+        probs = probabilities(part.logits, kind)
+        p = probs.max(axis=1) if kind == "multilabel" else probs[:, pos]  # multi-label: the most confident finding
         rows += [(float(p[j]), s, int(at[j]), float(rec_scores[s][j])) for j in range(len(at))]
     rows.sort(key=lambda r: (-r[0], r[2]))
     h, w, c = ctx.input_shape

@@ -12,6 +12,12 @@ Four methods (vanilla gradient, SmoothGrad, Integrated Gradients, Grad-CAM; see
   accuracy) beside a uniform random map; images with empty masks (NORMAL) are left out;
 * faithfulness: the deletion curve (most relevant pixels replaced first) and its area.
 
+Multi-label models (``multilabel = True``): every finding present on an image is explained on
+its own (the explainers' target is that finding's output) and localised against that
+finding's mask, ``localization.<metric>.<method>.<finding>``; stability, randomisation,
+deletion and completeness explain each image's top-scoring finding (see
+:mod:`robustkit.studies.saliency_findings`).
+
 The study's cost is its gradient passes: SmoothGrad samples and IG steps run as big
 compiled batches. :meth:`SaliencyStudy.map` does all of that work per sample (every random
 draw keyed by the sample id; the randomised networks come from the explainer, keyed by the
@@ -36,6 +42,11 @@ from robustkit.model.explainers import METHODS, Explainer
 from robustkit.results import Check, StudyResult
 from robustkit.studies import register
 from robustkit.studies.base import AuditContext, Records, Study, StudyConfig
+from robustkit.studies.saliency_findings import (
+    finding_gallery,
+    finding_localization,
+    finding_scores,
+)
 
 if TYPE_CHECKING:
     from robustkit.data.dataset import Dataset
@@ -151,7 +162,9 @@ class SaliencyStudy(Study):
         "randomization": ("similarity of the map with the original after the cascading weight "
                           "randomisation (a trustworthy method drops towards 0)", "lower"),
         "localization": ("agreement of the map with the lesion mask (pointing game, relevance mass, "
-                         "relevance rank accuracy); `.random` is a uniform random map", "higher"),
+                         "relevance rank accuracy); `.random` is a uniform random map; multi-label: each "
+                         "finding's map against that finding's mask, `localization.<metric>.<method>.<finding>`, "
+                         "pooled over the (image, finding) pairs with a mask", "higher"),
         "lung_share": ("share of |attribution| inside the lung fields (lung masks; DeGrave et al. "
                        "2021); `.random` is a uniform random map", "higher"),
         "lung_area_share": ("the lung fields' share of the image (what a uniform map scores)", "none"),
@@ -160,10 +173,12 @@ class SaliencyStudy(Study):
         "completeness_error": ("|sum of IG attributions - logit difference| / |logit difference|, "
                                "pooled over images", "lower"),
         "n_samples": ("number of images explained", "none"),
-        "n_localization_excluded": ("images left out of localisation because their mask is empty", "none"),
+        "n_localization_excluded": ("images left out of localisation because their mask is empty (multi-label: "
+                                    "(image, finding) pairs without the finding's mask)", "none"),
         "n_stability_changed": ("(image, perturbation) pairs left out because the prediction changed", "none"),
     }
     headline = ("localization.mass.gradcam", "randomization.spearman.gradcam", "stability.spearman.gradcam")
+    multilabel = True
 
 
     def prepare(self, data: Dataset, ctx: AuditContext) -> None:
@@ -203,7 +218,12 @@ class SaliencyStudy(Study):
             rec |= self._stability_scores(ex, x, target, maps, roles["stability"], ctx, ids)
         with passes.stage(roles["randomization"]):
             rec |= self._randomization_scores(ex, x, target, maps, roles["randomization"], ctx, ids)
-        rec |= _localization_scores(batch, maps, ctx, ids, (h, w))
+        if model.output_kind == "multilabel":
+            rec |= finding_scores(lambda meth, xs, t, key, sids: self._explain(ex, meth, xs, t, ctx, key, sids),
+                                  _thumbnails, list(cfg.methods), batch, x, ctx, ids, passes.stage)
+            rec["logits"] = logits
+        else:
+            rec |= _localization_scores(batch, maps, ctx, ids, (h, w))
         rec |= _lung_share_scores(batch, maps, ctx, ids, (h, w))
         with passes.stage(everyone):
             rec |= _deletion_probs(ex, x, target, logits, maps, ctx, ids, cfg)
@@ -219,8 +239,10 @@ class SaliencyStudy(Study):
         result = StudyResult(name=self.name)
         result.metrics["n_samples"] = float(len(data))
         result.records["target"] = records["target"].astype(np.int16)
+        multilabel = ctx.model_info.get("output_kind") == "multilabel"
         stages = [_stability(records, methods, cfg), _randomization(records, methods, cfg),
-                  _localization(records, data, methods), _lung_share(records, methods),
+                  finding_localization(records, data, methods) if multilabel else _localization(records, data, methods),
+                  _lung_share(records, methods),
                   _deletion(records, methods, cfg)]
         if "integrated_gradients" in methods:
             stages.insert(0, _completeness(records, cfg))
@@ -228,6 +250,8 @@ class SaliencyStudy(Study):
             _absorb(result, part)
         result.data.update(_report_data(records, data, methods, cfg, ctx))
         result.records.update(map_thumbs=records["thumbs"], activation_maps=records["act_maps"])
+        if multilabel:
+            result.records["finding_thumbs"] = records["finding_thumbs"]
         result.data["record_columns"] = methods + ["random"]
         baseline = 1 if "integrated_gradients" in methods else 0  # the black image, once per audit
         result.data["passes"] = {"gradient": int(records["grad_passes"].sum()),
@@ -668,7 +692,7 @@ def _activation_panel(records: Records, data: Dataset, ctx: AuditContext) -> dic
     layers = [str(s) for s in records["act_layers"][rows[0]]] if len(rows) else []
     if not layers:
         return {"layers": [], "images": []}
-    labels, names = np.asarray(data.labels), list(data.class_names)
+    labels = np.asarray(data.labels)
     rows = rows[np.argsort(labels[rows], kind="mergesort")]
     grays = _gray_thumbs(data, rows, ctx, _thumb_shape(*(ctx.input_shape or (_THUMB, _THUMB))[:2]))
     images = []
@@ -676,15 +700,28 @@ def _activation_panel(records: Records, data: Dataset, ctx: AuditContext) -> dic
         panel = [{"layer": name, "channels": [
             {"channel": int(ch), "at": [int(r), li, ci]}
             for ci, ch in enumerate(records["act_channels"][r, li]) if ch >= 0]} for li, name in enumerate(layers)]
-        images.append({"id": str(data.ids[r]), "label": names[int(labels[r])], "image": _grid(gray), "layers": panel})
+        images.append({"id": str(data.ids[r]), "label": _label_text(data, int(r)), "image": _grid(gray),
+                       "layers": panel})
     return {"layers": layers, "images": images}
+
+
+def _label_text(data: Dataset, row: int) -> str:
+    """A sample's class, or for multi-label data its findings (``A | B``, ``No Finding``)."""
+    names = list(data.class_names)
+    if data.multilabel:
+        return " | ".join(names[f] for f in data.samples[row].findings or ()) or "No Finding"
+    return names[int(data.samples[row].label)]
 
 
 def _report_data(records: Records, data: Dataset, methods: list[str], cfg: SaliencyConfig,
                  ctx: AuditContext) -> dict[str, Any]:
     layer = str(records["gradcam_layer"][0]) if len(records["gradcam_layer"]) else cfg.layer
+    multilabel = ctx.model_info.get("output_kind") == "multilabel"
+    gallery = finding_gallery(records, data, methods, cfg.n_gallery, ctx, _gray_thumbs, _area_resize, _grid) \
+        if multilabel else _gallery(records, data, methods, cfg, ctx)
     return {
-        "gallery": _gallery(records, data, methods, cfg, ctx),
+        "gallery": gallery,
+        "multilabel": multilabel,
         "activations": _activation_panel(records, data, ctx),
         "class_names": list(data.class_names),
         "parameters": {
@@ -694,13 +731,19 @@ def _report_data(records: Records, data: Dataset, methods: list[str], cfg: Salie
             "integrated_gradients": (f"{cfg.ig_steps} steps (midpoint rule), baseline black (0) in pixel space; "
                                      "for InceptionV3, whose own input scale is [-1, 1], its zero is mid-grey"),
             "gradcam": f"layer {layer}, relu of the gradient-weighted channel sum, bilinear upsampling",
-            "explained_class": "the predicted class (logit before the softmax)",
+            "explained_class": _EXPLAINED_MULTILABEL if multilabel else "the predicted class (logit before the softmax)",
             "deletion": f"{cfg.deletion_steps} steps, removed pixels replaced by "
                         + ("the image's mean" if cfg.deletion_fill == "mean" else "black"),
             "stability": (f"{cfg.n_noise} Gaussian noise copies (sigma {cfg.noise_sigma}), brightness "
                           f"{cfg.brightness:+}, shift {cfg.shift} px; top-k = {cfg.topk_fraction:.0%} of pixels"),
         },
     }
+
+
+_EXPLAINED_MULTILABEL = (
+    "multi-label: each finding present on an image, its own output (logit before the sigmoid), localised "
+    "against that finding's mask; stability, randomisation, deletion and IG completeness: each image's "
+    "top-scoring finding (the arg-max output)")
 
 
 # ------------------------------------------------------------------ lung-field masks (issue #11)

@@ -16,6 +16,10 @@ class-site confound in the data, warns that the model may be reading the source.
 within-class probe centres the features within each class first, so that site
 information carried only by the class does not count.
 
+Multi-label models (``multilabel = True``): each slice is scored by the per-finding AUROC and
+their macro mean, and the slice-vs-rest test reads the macro AUROC (see
+:mod:`robustkit.studies.slices_findings`).
+
 Math: :mod:`robustkit.metrics.slices`.
 """
 
@@ -32,6 +36,7 @@ from robustkit.metrics import slices as S
 from robustkit.metrics.outputs import probabilities
 from robustkit.results import Check, StudyResult
 from robustkit.studies import register
+from robustkit.studies import slices_findings as F
 from robustkit.studies.base import AuditContext, Records, Study, StudyConfig
 
 if TYPE_CHECKING:
@@ -118,10 +123,15 @@ class SlicesStudy(Study[SlicesConfig]):
                         "features; 0.5 is chance", "lower"),
         "probe.auroc_within_class": ("the probe's AUROC on features centred within each class", "lower"),
         "confound": ("Cramér's V between class and the column in the data (0: none, 1: total)", "none"),
+        "auroc": ("multi-label: ROC AUC per finding and their macro mean, overall (auroc.<finding>, auroc.macro) "
+                  "and per slice (auroc.<slice>.<finding>, auroc.<slice>.macro)", "higher"),
+        "worst.auroc": ("multi-label: macro AUROC of the worst slice (its gap and q: worst.gap, worst.q)",
+                        "higher"),
         "dependence": ("mean within-class Cramér's V between the prediction and the column (site): "
                        "0 the site does not move the prediction, 1 the site decides it", "lower"),
     }
-    headline = ("worst.accuracy", "n_flagged", "probe.auroc.site")
+    headline = ("worst.accuracy", "worst.auroc", "n_flagged", "probe.auroc.site")
+    multilabel = True
 
     # -- driver side ------------------------------------------------------------------
     def prepare(self, data: Dataset, ctx: AuditContext) -> None:
@@ -140,6 +150,8 @@ class SlicesStudy(Study[SlicesConfig]):
 
     # -- pure reduce ------------------------------------------------------------------
     def reduce(self, records: Records, data: Dataset, ctx: AuditContext) -> StudyResult:
+        if ctx.model_info.get("output_kind") == "multilabel":
+            return self._reduce_findings(records, data, ctx)
         cfg = self.config
         y = np.asarray(data.labels)
         probs = probabilities(records["logits"], ctx.model_info.get("output_kind", "softmax"))
@@ -158,17 +170,40 @@ class SlicesStudy(Study[SlicesConfig]):
         slices = _all_slices(labels, cfg)
         rows = _slice_rows(slices, y, pred, conf, correct, positive, cfg, ctx)
         _store(result, rows, {s.name: s.mask for s in slices})
-        probe = _probes(records, data, cfg, ctx, pred)
-        for col, p in probe.items():
-            result.metrics[f"probe.auroc.{col}"] = p["auroc"]
-            result.metrics[f"probe.auroc_within_class.{col}"] = p["within_class"]["auroc"]
-            result.metrics[f"confound.{col}"] = p["confound"]
-            result.metrics[f"dependence.{col}"] = p["dependence"]
-            result.intervals[f"probe.auroc.{col}"] = [p["low"], p["high"]]
+        probe = _probes(records, data, cfg, ctx, pred, y)
+        _store_probe(result, probe)
         result.data.update(columns=sorted(labels), probe=probe,
                            positive_class=list(data.class_names)[positive] if positive >= 0 else None)
         result.checks = _checks(rows, probe, cfg)
         return result
+
+    def _reduce_findings(self, records: Records, data: Dataset, ctx: AuditContext) -> StudyResult:
+        """Multi-label: per slice the per-finding and macro AUROC, the gap test on the macro AUROC."""
+        cfg, names = self.config, list(data.class_names)
+        result, called, true_sets = F.overall(records, data, ctx)
+        result.data.update(alpha=cfg.alpha, effect_size=cfg.effect_size, bin_width=cfg.bin_width)
+        labels = _labels(data, cfg)
+        if not labels:
+            result.checks = [Check("metadata", "warn", "the data has no metadata columns: no slices.")]
+            result.data.update(slices=[], slice_defs={}, probe={}, columns=[])
+            return result
+        rows = F.slice_finding_rows(_all_slices(labels, cfg), data.targets, result.records["probs"], names,
+                                    np.asarray(data.labels), cfg, ctx)
+        F.store_findings(result, rows, names)
+        probe = _probes(records, data, cfg, ctx, called, true_sets)
+        _store_probe(result, probe)
+        result.data.update(columns=sorted(labels), probe=probe, positive_class=None)
+        result.checks = _checks(rows, probe, cfg, measure="macro AUROC")
+        return result
+
+
+def _store_probe(result: StudyResult, probe: dict[str, dict[str, Any]]) -> None:
+    for col, p in probe.items():
+        result.metrics[f"probe.auroc.{col}"] = p["auroc"]
+        result.metrics[f"probe.auroc_within_class.{col}"] = p["within_class"]["auroc"]
+        result.metrics[f"confound.{col}"] = p["confound"]
+        result.metrics[f"dependence.{col}"] = p["dependence"]
+        result.intervals[f"probe.auroc.{col}"] = [p["low"], p["high"]]
 
 
 # ---------------------------------------------------------------- helpers
@@ -263,11 +298,13 @@ def _store(result: StudyResult, rows: list[dict[str, Any]], masks: dict[str, np.
 
 
 def _probes(records: Records, data: Dataset, cfg: SlicesConfig, ctx: AuditContext,
-            pred: np.ndarray) -> dict[str, dict[str, Any]]:
+            pred: np.ndarray, y: np.ndarray) -> dict[str, dict[str, Any]]:
+    """The probe of each column; ``y`` ``(N,)`` are the classes it is centred within (multi-label:
+    the sets of findings) and ``pred`` ``(N,)`` the predictions (the called sets)."""
     cols = _probe_columns(data, cfg)
     if not cols or "features" not in records:
         return {}
-    meta, y = data.metadata, np.asarray(data.labels)
+    meta = data.metadata
     out = {}
     for col in cols:
         target = S.discretize(meta[col], bin_width=cfg.bin_width)
@@ -281,14 +318,15 @@ def _probes(records: Records, data: Dataset, cfg: SlicesConfig, ctx: AuditContex
     return out
 
 
-def _checks(rows: list[dict[str, Any]], probe: dict[str, dict[str, Any]], cfg: SlicesConfig) -> list[Check]:
+def _checks(rows: list[dict[str, Any]], probe: dict[str, dict[str, Any]], cfg: SlicesConfig,
+            measure: str = "accuracy") -> list[Check]:
     flagged = [r for r in rows if r["flagged"]]
     if flagged:
         shown = ", ".join(f"{r['slice']} (gap {r['gap']:+.3f}, q={r['q']:.3g})" for r in flagged[:5])
-        checks = [Check("slices", "warn", f"{len(flagged)} slice(s) worse than the rest by more than "
+        checks = [Check("slices", "warn", f"{len(flagged)} slice(s) worse than the rest in {measure} by more than "
                         f"{cfg.effect_size:g} with q < {cfg.alpha:g}: {shown}.")]
     else:
-        checks = [Check("slices", "pass", f"no slice of {len(rows)} is worse than the rest by more than "
+        checks = [Check("slices", "pass", f"no slice of {len(rows)} is worse than the rest in {measure} by more than "
                         f"{cfg.effect_size:g} with q < {cfg.alpha:g}.")]
     for col, p in probe.items():
         checks.append(_probe_check(col, p, cfg))

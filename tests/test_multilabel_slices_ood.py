@@ -1,0 +1,84 @@
+"""The slices and OOD studies on a multi-label model: per-finding AUROC per slice against
+scikit-learn, the macro gap test, and OOD scores that fit a sigmoid head end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from robustkit.studies.ood_reduce import finding_groups, joint_energy
+from robustkit.studies.slices_findings import slice_aurocs
+
+FINDINGS = ("Consolidation", "Nodule", "Opacity")
+
+
+@pytest.fixture(scope="module")
+def ml_audit(tmp_path_factory: pytest.TempPathFactory, toy_multilabel: Path, toy_multilabel_model: Path):
+    from robustkit.runner import audit
+
+    out = tmp_path_factory.mktemp("mlslices")
+    result = audit(toy_multilabel_model, toy_multilabel, studies=["slices", "ood"], profile="quick", out=out,
+                   seed=0, quiet=True,
+                   config={"slices": {"min_size": 10}, "ood": {"n_per_set": 6, "n_bootstrap": 20,
+                                                                "sets": ["ct", "natural", "inverted"]}})
+    return result, out
+
+
+def test_slice_auroc_equals_sklearn_on_each_slice(ml_audit) -> None:
+    result, out = ml_audit
+    sl = result.studies["slices"]
+    assert sl.status == "ok", sl.error
+    rec = np.load(out / "records.npz")
+    probs, targets = rec["slices/probs"], rec["targets"][rec["slices/index"]]
+    site = rec["metadata/site"][rec["slices/index"]]
+    for value in ("A", "B"):
+        m = site == value
+        for k, f in enumerate(FINDINGS):
+            assert sl.metrics[f"auroc.site={value}.{f}"] == pytest.approx(roc_auc_score(targets[m, k], probs[m, k]))
+        assert sl.metrics[f"auroc.site={value}.macro"] == pytest.approx(
+            np.mean([roc_auc_score(targets[m, k], probs[m, k]) for k in range(3)]))
+        assert len(sl.intervals[f"auroc.site={value}.macro"]) == 2
+    assert {"worst.auroc", "worst.gap", "worst.q", "n_flagged"} <= set(sl.metrics)
+    assert "accuracy" not in sl.metrics and sl.data["multilabel"]
+
+
+def test_slice_aurocs_on_noisy_scores_against_sklearn_and_the_gap_test() -> None:
+    rng = np.random.default_rng(0)
+    n, k = 240, 3
+    t = rng.random((n, k)) < 0.4
+    mask = np.arange(n) % 3 == 0
+    noise = np.where(mask[:, None], 2.5, 0.6)  # the slice's scores are much noisier: a worse slice
+    p = t + noise * rng.standard_normal((n, k))
+    r = slice_aurocs(t, p, mask, np.zeros(n, int), n_boot=200, seed=1)
+    ref = [roc_auc_score(t[mask, j], p[mask, j]) for j in range(k)]
+    np.testing.assert_allclose(r["auroc"], ref)
+    rest = np.mean([roc_auc_score(t[~mask, j], p[~mask, j]) for j in range(k)])
+    assert r["gap"] == pytest.approx(np.mean(ref) - rest) and r["gap"] < -0.1
+    assert r["p"] < 0.05 and r["macro_interval"][0] < r["macro"] < r["macro_interval"][1]
+    same = slice_aurocs(t, t + 0.6 * rng.standard_normal((n, k)), mask, np.zeros(n, int), n_boot=200, seed=1)
+    assert same["p"] > 0.05
+
+
+def test_ood_runs_end_to_end_with_sigmoid_scores(ml_audit) -> None:
+    result, _ = ml_audit
+    ood = result.studies["ood"]
+    assert ood.status == "ok", ood.error
+    for sc in ("msp", "energy", "mahalanobis", "knn"):
+        for s in ("ct", "natural", "inverted", "far", "near"):
+            assert np.isfinite(ood.metrics[f"auroc.{sc}.{s}"])
+    assert ood.data["multilabel"] and "JointEnergy" in ood.data["score_forms"]["energy"]
+    assert 0.0 <= ood.metrics["finding_call_rate.ct"] <= 1.0
+    assert "confident_covid_rate.ct" not in ood.metrics
+
+
+def test_multilabel_score_forms() -> None:
+    z = np.array([[0.0, 2.0], [-3.0, -1.0]])
+    np.testing.assert_allclose(joint_energy(z), np.log1p(np.exp(z)).sum(axis=1))
+    f = np.arange(8.0).reshape(4, 2)
+    t = np.array([[1, 0], [1, 1], [0, 0], [0, 0]], bool)  # the second image has both findings
+    rep, groups, n_groups = finding_groups(f, t)
+    assert n_groups == 3 and groups.tolist() == [0, 0, 1, 2, 2]
+    np.testing.assert_array_equal(rep, f[[0, 1, 1, 2, 3]])
