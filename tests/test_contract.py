@@ -290,6 +290,8 @@ def test_multilabel_studies_keep_the_contract(name: str, ml_model, ml_data) -> N
         for key, arr in whole.records.items():
             if arr.dtype.kind in "biuUS":
                 np.testing.assert_array_equal(part.records[key], arr, err_msg=f"{name}: {key} at batch size {bs}")
-            else:
-                np.testing.assert_allclose(part.records[key], arr, rtol=1e-5, atol=1e-5, err_msg=f"{name}: {key}")
+            else:  # within 1e-5 of the record's scale: a score built from large terms (ViM) carries their noise
+                scale = float(np.nanmax(np.abs(arr))) if np.isfinite(arr).any() else 1.0
+                np.testing.assert_allclose(part.records[key], arr, rtol=1e-5, atol=1e-5 * max(1.0, scale),
+                                           err_msg=f"{name}: {key}")
         _assert_close(_strip(whole.to_json()), _strip(part.to_json()), f"{name}@bs{bs}")

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from robustkit.studies.ood_reduce import finding_groups, joint_energy
+from robustkit.metrics.ood import joint_energy
+from robustkit.studies.ood_reduce import finding_groups
 from robustkit.studies.slices_findings import slice_aurocs
 
 FINDINGS = ("Consolidation", "Nodule", "Opacity")

@@ -29,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +44,7 @@ __all__ = [
     "energy_score",
     "fit_gaussian",
     "fit_vim",
+    "joint_energy",
     "knn_score",
     "mahalanobis_score",
     "max_logit_score",
@@ -87,6 +89,13 @@ def max_logit_score(logits: np.ndarray) -> np.ndarray:
 def energy_score(logits: np.ndarray) -> np.ndarray:
     """Negative free energy ``logsumexp(z)`` ``(N,)`` at temperature 1."""
     return _logsumexp(logits)
+
+
+def joint_energy(logits: np.ndarray) -> np.ndarray:
+    """JointEnergy ``(N,)`` of a multi-label head's pre-sigmoid logits ``(N, K)``:
+    ``sum_k log(1 + exp(z_k))`` (Wang et al. 2021, "Can multi-label classification networks
+    know what they don't know?"); higher = more in-distribution."""
+    return np.logaddexp(0.0, np.asarray(logits, dtype=np.float64)).sum(axis=1)
 
 
 def fit_gaussian(features: np.ndarray, labels: np.ndarray, num_classes: int,
@@ -187,10 +196,12 @@ def _residual_norm(c: np.ndarray, basis: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum((c * c).sum(axis=1) - (proj * proj).sum(axis=1), 0.0))
 
 
-def vim_score(features: np.ndarray, logits: np.ndarray, fit: ViMFit) -> np.ndarray:
-    """ViM score ``(N,)``: ``logsumexp(z) - alpha * ||(f - u)`` outside the principal subspace``||``."""
+def vim_score(features: np.ndarray, logits: np.ndarray, fit: ViMFit,
+              energy: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """ViM score ``(N,)``: ``logsumexp(z) - alpha * ||(f - u)`` outside the principal subspace``||``
+    (``energy`` replaces ``logsumexp``: :func:`joint_energy` for a multi-label head)."""
     residual = _residual_norm(np.asarray(features, dtype=np.float64) - fit.origin, fit.principal_basis)
-    return _logsumexp(logits) - fit.alpha * residual
+    return (energy or _logsumexp)(logits) - fit.alpha * residual
 
 
 def react_clip(features: np.ndarray, percentile: float = 90.0) -> float:
@@ -199,10 +210,11 @@ def react_clip(features: np.ndarray, percentile: float = 90.0) -> float:
     return float(np.percentile(np.asarray(features, dtype=np.float64), percentile))
 
 
-def react_score(features: np.ndarray, clip: float, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """Energy ``(N,)`` of ``min(f, clip) @ kernel + bias``."""
+def react_score(features: np.ndarray, clip: float, kernel: np.ndarray, bias: np.ndarray,
+                energy: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """Energy ``(N,)`` of ``min(f, clip) @ kernel + bias`` (``energy``: as in :func:`vim_score`)."""
     f = np.minimum(np.asarray(features, dtype=np.float64), clip)
-    return _logsumexp(f @ np.asarray(kernel, dtype=np.float64) + np.asarray(bias, dtype=np.float64))
+    return (energy or _logsumexp)(f @ np.asarray(kernel, dtype=np.float64) + np.asarray(bias, dtype=np.float64))
 
 
 # -- detection metrics -----------------------------------------------------------------------

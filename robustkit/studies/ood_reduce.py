@@ -72,13 +72,6 @@ def finding_groups(features: np.ndarray, targets: np.ndarray) -> tuple[np.ndarra
     return np.asarray(features)[rows], groups, member.shape[1]
 
 
-def joint_energy(logits: np.ndarray) -> np.ndarray:
-    """JointEnergy ``(N,)`` of a multi-label head's pre-sigmoid logits ``(N, K)``:
-    ``sum_k log(1 + exp(z_k))`` (Wang et al. 2021, "Can multi-label classification networks
-    know what they don't know?"); higher = more in-distribution."""
-    return np.logaddexp(0.0, np.asarray(logits, dtype=np.float64)).sum(axis=1)
-
-
 def _fit(ref: _Part, labels: np.ndarray, num_classes: int, head: tuple[Any, Any], cfg: Any,
          targets: np.ndarray | None = None) -> _Fit:
     """Reference statistics; ``targets`` ``(N, K)`` given: multi-label (per-finding Gaussians)."""
@@ -96,22 +89,17 @@ def _fit(ref: _Part, labels: np.ndarray, num_classes: int, head: tuple[Any, Any]
 def _score(part: _Part, fit: _Fit, kind: str) -> dict[str, np.ndarray]:
     z, f = part.logits, part.features
     nan = np.full(len(z), np.nan)
-    out = {
+    energy = O.joint_energy if kind == "multilabel" else O.energy_score  # JointEnergy: energy, ViM, ReAct
+    return {
         "msp": O.msp_score(z, kind),
         "max_logit": O.max_logit_score(z),
-        "energy": O.energy_score(z),
+        "energy": energy(z),
         "mahalanobis": O.mahalanobis_score(f, fit.means, fit.precision),
         "knn": O.knn_score(f, fit.bank, fit.k),
-        "vim": O.vim_score(f, z, fit.vim) if fit.vim is not None else nan,
-        "react": O.react_score(f, fit.clip, fit.kernel, fit.bias)
+        "vim": O.vim_score(f, z, fit.vim, energy) if fit.vim is not None else nan,
+        "react": O.react_score(f, fit.clip, fit.kernel, fit.bias, energy)
         if fit.clip is not None and fit.kernel is not None and fit.bias is not None else nan,
     }
-    if kind == "multilabel":  # JointEnergy in place of logsumexp, in energy, ViM and ReAct
-        out["vim"] = out["vim"] - out["energy"] + joint_energy(z)
-        out["energy"] = joint_energy(z)
-        if fit.clip is not None and fit.kernel is not None and fit.bias is not None:
-            out["react"] = joint_energy(np.minimum(np.asarray(f, np.float64), fit.clip) @ fit.kernel + fit.bias)
-    return out
 
 
 #: how each score reads a multi-label (sigmoid) head; stated in the result and the report

@@ -52,7 +52,9 @@ def finding_scores(explain: Callable[[str, np.ndarray, np.ndarray, str, list[str
     (n, k_all), m, size = targets.shape, len(methods), x.shape[1:3]
     out: Records = {f"finding_{key}": np.full((n, k_all, m + 1), np.nan, np.float32) for key in LOC_FNS}
     out["finding_has_mask"] = np.zeros((n, k_all), bool)
-    thumbs: np.ndarray | None = None
+    # the thumbnails' shape comes from the image size, never from which findings a batch has
+    thumbs = np.full((n, k_all, *thumbnails({meth: np.zeros((1, *size)) for meth in methods}).shape[1:]),
+                     np.nan, np.float32)
     for k, name in enumerate(names):
         rows = np.flatnonzero(targets[:, k])
         if not len(rows):
@@ -61,16 +63,13 @@ def finding_scores(explain: Callable[[str, np.ndarray, np.ndarray, str, list[str
         with stage(targets[:, k]):
             maps = {meth: explain(meth, x[rows], np.full(len(rows), k, np.int32), f"finding/{name}", row_ids)
                     for meth in methods}
-        small = thumbnails(maps)
-        if thumbs is None:
-            thumbs = np.full((n, k_all, *small.shape[1:]), np.nan, np.float32)
-        thumbs[rows, k] = small
+        thumbs[rows, k] = thumbnails(maps)
         masks = batch.load_masks(rows, size=size, finding=name)
         rand = np.stack([ctx.rng("saliency", "random_map", sid, name).random(size) for sid in row_ids])
         for key, fn in LOC_FNS.items():
             out[f"finding_{key}"][rows, k] = np.stack([fn(mp, masks) for mp in [*maps.values(), rand]], axis=1)
         out["finding_has_mask"][rows, k] = masks.reshape(len(rows), -1).any(axis=1)
-    out["finding_thumbs"] = thumbs if thumbs is not None else np.full((n, k_all, m, 1, 1), np.nan, np.float32)
+    out["finding_thumbs"] = thumbs
     return out
 
 
