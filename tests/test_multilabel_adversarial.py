@@ -71,6 +71,24 @@ def test_linear_model_flips_at_the_analytic_budget() -> None:
     assert np.array_equal(s.flipped[:, :, -1], flipped)
 
 
+@pytest.mark.parametrize(("norm", "kind"), [("linf", "apgd"), ("l2", "pgd")])
+def test_other_norms_and_apgd_flip_at_the_analytic_budget(norm: str, kind: str) -> None:
+    rng = np.random.default_rng(3)
+    w = _weights(1)
+    x = (0.5 + 0.03 * rng.standard_normal((4, 32, 32, 1))).astype(np.float32)
+    cut = np.log(THRESHOLDS / (1 - THRESHOLDS))
+    b = cut - np.median(x.reshape(4, -1) @ w, axis=0)
+    z = x.reshape(4, -1).astype(np.float64) @ w + b
+    called = 1 / (1 + np.exp(-z)) >= THRESHOLDS
+    dual = np.abs(w).sum(axis=0) if norm == "linf" else np.linalg.norm(w, axis=0)  # the dual norm of w_f
+    budget = np.abs(z - cut) / dual
+    grid = np.geomspace(budget.min() / 1.5, budget.max() * 1.5, 8)
+    s = flip_sweep(flip_attack(norm, kind, steps=10), _linear_adapter(w, b), x, called, grid,
+                   seeds=np.arange(12).reshape(4, 3))
+    expected = grid[np.searchsorted(grid, budget)]
+    assert np.array_equal(s.min_eps, expected), (s.min_eps, budget)
+
+
 def test_flip_attacks_keep_the_base_contract() -> None:
     attack = LinfFlipPGD(steps=3)
     assert "loss='flip_margin'" in repr(attack)
