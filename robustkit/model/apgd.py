@@ -126,6 +126,17 @@ class APGD(GradientAttack):
     def _build(self, model: ModelAdapter) -> Any:
         return tf.function(_apgd_loop(self, model), input_signature=_spec(model))
 
+    def _objective(self, model: ModelAdapter) -> tuple[Any, Any]:
+        """The CE or DLR loss of ``[label, target]`` rows ``(N, 2)``; success is misclassification."""
+        loss, targeted, sigmoid = self.loss, self.targeted, is_sigmoid(model.output_kind)
+
+        def value(z: Any, yt: Any) -> Any:
+            if loss == "ce":
+                return _attack_loss(z, yt[:, 0], "ce", False, sigmoid)
+            return dlr_loss(z, yt[:, 0], yt[:, 1] if targeted else None)
+
+        return value, lambda z, yt: tf.not_equal(tf.argmax(z, axis=1, output_type=tf.int32), yt[:, 0])
+
     def __call__(self, model: ModelAdapter, x: np.ndarray, labels: np.ndarray, *, epsilons: float | np.ndarray,
                  target: np.ndarray | None = None, seed: int | np.ndarray = 0) -> AttackResult:
         """Attack ``x`` ``(N, H, W, C)`` with labels ``(N,)`` within ``epsilons`` (scalar or ``(N,)``).
@@ -189,8 +200,8 @@ def _schedule(steps: int) -> tuple[Any, Any]:
 
 def _apgd_loop(attack: APGD, model: ModelAdapter) -> Any:
     """The compiled APGD run: ``(x0, [label, target], eps, eta0, start) -> (adv, logits, success, trace)``."""
-    steps, loss, targeted = attack.steps, attack.loss, attack.targeted
-    sigmoid = is_sigmoid(model.output_kind)
+    steps = attack.steps
+    objective, hit = attack._objective(model)
     normalize, project = attack._normalize, attack._project
     is_ck, gap = _schedule(steps)
 
@@ -198,10 +209,7 @@ def _apgd_loop(attack: APGD, model: ModelAdapter) -> Any:
         with tf.GradientTape() as tape:
             tape.watch(x)
             z = model.logits_graph(x)
-            if loss == "ce":
-                f = _attack_loss(z, yt[:, 0], "ce", False, sigmoid)
-            else:
-                f = dlr_loss(z, yt[:, 0], yt[:, 1] if targeted else None)
+            f = objective(z, yt)
             total = tf.reduce_sum(f)  # inside the tape, or the gradient is zero
         g = tape.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return z, f, g
@@ -210,10 +218,9 @@ def _apgd_loop(attack: APGD, model: ModelAdapter) -> Any:
         return tf.clip_by_value(x0 + project(v - x0, eps), 0.0, 1.0)
 
     def run(x0: Any, yt: Any, eps: Any, eta: Any, start: Any) -> tuple[Any, ...]:
-        y = yt[:, 0]
         x = into_ball(x0, x0 + start, eps)
         z, f, g = value_and_grad(x, yt)
-        found = tf.not_equal(tf.argmax(z, axis=1, output_type=tf.int32), y)
+        found = hit(z, yt)
         adv, adv_z = x, z
         x_max, z_max, f_max, g_max, x_prev = x, z, f, g, x
         count = tf.zeros_like(f)
@@ -224,7 +231,7 @@ def _apgd_loop(attack: APGD, model: ModelAdapter) -> Any:
             step = into_ball(x0, x + _bcast(eta) * normalize(g), eps)
             x_new = into_ball(x0, x + a * (step - x) + (1.0 - a) * (x - x_prev), eps)
             z, f_new, g_new = value_and_grad(x_new, yt)
-            new = tf.logical_and(tf.not_equal(tf.argmax(z, axis=1, output_type=tf.int32), y), tf.logical_not(found))
+            new = tf.logical_and(hit(z, yt), tf.logical_not(found))
             adv, adv_z, found = tf.where(_bcast(new), x_new, adv), tf.where(new[:, None], z, adv_z), found | new
             count += tf.cast(f_new > f, tf.float32)
             better = f_new > f_max

@@ -209,17 +209,30 @@ class GradientAttack(ABC):
         depend on the other samples of its batch."""
 
     # -- the loop, written once -------------------------------------------------------------
-    def _compiled(self, model: ModelAdapter) -> Callable[..., Any]:
+    def _objective(self, model: ModelAdapter) -> tuple[Callable[[Any, Any], Any], Callable[[Any, Any], Any]]:
+        """What the loop maximises and what counts as success, as graph functions of the logits
+        ``(N, K)`` and the run's labels (what ``__call__`` hands the loop): the per-sample loss
+        ``(N,)`` and ``(N,)`` bool. Default: :func:`_attack_loss` and misclassification (or the
+        target reached); an attack with another goal (flipping one finding's call) overrides it."""
+        loss, targeted, sigmoid = self.loss, self.targeted, is_sigmoid(model.output_kind)
+        return (lambda z, y: _attack_loss(z, y, loss, targeted, sigmoid),
+                lambda z, y: _is_adversarial(z, y, targeted))
+
+    def _cache_key(self, model: ModelAdapter) -> tuple[Any, ...]:
+        """What the compiled loop depends on besides the adapter."""
         cls = type(self)
-        key = (cls._build, cls._normalize, cls._project, self.steps, self.loss, self.targeted)
+        return (cls._build, cls._objective, cls._normalize, cls._project, self.steps, self.loss, self.targeted)
+
+    def _compiled(self, model: ModelAdapter) -> Callable[..., Any]:
+        key = self._cache_key(model)
         cache = _COMPILED.setdefault(model, {})
         if key not in cache:
             cache[key] = self._build(model)
         return cache[key]
 
     def _build(self, model: ModelAdapter) -> Callable[..., Any]:
-        steps, loss, targeted = self.steps, self.loss, self.targeted
-        sigmoid = is_sigmoid(model.output_kind)
+        steps = self.steps
+        objective, hit = self._objective(model)
         normalize, project = self._normalize, self._project
         image = tf.TensorSpec((None, *model.input_shape), tf.float32)
         vec = tf.TensorSpec((None,), tf.float32)
@@ -229,7 +242,7 @@ class GradientAttack(ABC):
             with tf.GradientTape() as tape:
                 tape.watch(x)
                 z = model.logits_graph(x)
-                per_sample = _attack_loss(z, labels, loss, targeted, sigmoid)
+                per_sample = objective(z, labels)
                 total = tf.reduce_sum(per_sample)
             g = tape.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
             return z, per_sample, g
@@ -242,7 +255,7 @@ class GradientAttack(ABC):
             trace = tf.TensorArray(tf.float32, size=steps + 1)
             for i in (range(steps) if steps <= _UNROLL_STEPS else tf.range(steps)):
                 z, per_sample, g = value_and_grad(x, labels)
-                new = tf.logical_and(_is_adversarial(z, labels, targeted), tf.logical_not(found))
+                new = tf.logical_and(hit(z, labels), tf.logical_not(found))
                 best = tf.where(_bcast(new), x, best)
                 best_z = tf.where(new[:, None], z, best_z)
                 found = tf.logical_or(found, new)
@@ -250,11 +263,11 @@ class GradientAttack(ABC):
                 x = x + _bcast(alpha) * normalize(g)
                 x = tf.clip_by_value(x0 + project(x - x0, eps), 0.0, 1.0)
             z = model.logits_graph(x)
-            trace = trace.write(steps, _attack_loss(z, labels, loss, targeted, sigmoid))
+            trace = trace.write(steps, objective(z, labels))
             new = tf.logical_not(found)  # unbroken samples return their last iterate
             best = tf.where(_bcast(new), x, best)
             best_z = tf.where(new[:, None], z, best_z)
-            success = _is_adversarial(best_z, labels, targeted)
+            success = hit(best_z, labels)
             return best, best_z, success, tf.transpose(trace.stack())
 
         return tf.function(run, input_signature=spec)

@@ -125,6 +125,10 @@ def _attack_text(attack: Mapping[str, Any]) -> str:
 @view("adversarial")
 def adversarial_view(study: StudyResult, audit: AuditResult) -> dict[str, Any]:
     """Robust-accuracy curves, minimal-perturbation histograms, gallery, foolbox table, checks."""
+    if study.data.get("multilabel"):  # per finding: the budgets that flip its call
+        from robustkit.report.view_adversarial_findings import findings_view
+
+        return findings_view(study, audit)
     ctx = generic_view(study, audit)
     data = study.data
     clean = _num(data.get("clean_accuracy"))

@@ -204,9 +204,19 @@ class AdversarialStudy(Study):
                                  "NORMAL", "lower"),
         "foolbox": ("foolbox minimum-norm attacks on a subsample: perturbation sizes (L2; Linf in /255) "
                     "and success rate", "higher"),
+        "flip_off_rate": ("multi-label: per finding, the share of images with the finding called present whose "
+                          "call the attack turned off within a budget (`flip_off_rate.<norm>.<eps>.<finding>`), "
+                          "and the macro mean over findings", "lower"),
+        "flip_on_rate": ("multi-label: per finding, the share of images with the finding called absent whose "
+                         "call the attack turned on within a budget, and the macro mean", "lower"),
+        "min_budget_off": ("multi-label: median smallest budget on the grid that turned a present finding off "
+                           "(Linf in /255; inf: more than half never flipped), per finding and pooled", "higher"),
+        "min_budget_on": ("multi-label: median smallest budget on the grid that turned an absent finding on, "
+                          "per finding and pooled", "higher"),
     }
     headline = ("robust_accuracy.linf.1", "robust_accuracy.linf.2", "min_perturbation.linf.median",
                 "robust_accuracy.l2.0.5")
+    multilabel = True
 
     def prepare(self, data: Dataset, ctx: AuditContext) -> None:
         """The samples of the checks and of the foolbox attacks: seeded, stratified subsets of
@@ -238,6 +248,10 @@ class AdversarialStudy(Study):
         """
         cfg = self.config
         assert isinstance(cfg, AdversarialConfig)
+        if model.output_kind == "multilabel":  # per finding: the budget that flips its call
+            from robustkit.studies.adversarial_findings import finding_records
+
+            return finding_records(cfg, model, batch, ctx)
         h, w, c = model.input_shape
         x = batch.load_images(np.arange(len(batch)), size=(h, w), channels=c)
         y = np.asarray(batch.labels, dtype=np.int64)
@@ -313,6 +327,10 @@ class AdversarialStudy(Study):
         """Metrics, intervals, curves, checks and gallery from the records of every sample."""
         cfg = self.config
         assert isinstance(cfg, AdversarialConfig)
+        if ctx.model_info.get("output_kind") == "multilabel":
+            from robustkit.studies.adversarial_findings import finding_result
+
+            return finding_result(cfg, records, data, ctx, self.name)
         y = np.asarray(data.labels, dtype=np.int64)
         logits = records["clean_logits"]
         names = list(data.class_names)
