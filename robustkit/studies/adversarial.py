@@ -223,6 +223,9 @@ class AdversarialStudy(Study):
         exactly ``check_samples`` / ``foolbox_samples`` of the study's samples (foolbox then
         runs on the clean-correct ones among them)."""
         cfg = self.config
+        if ctx.model_info.get("output_kind") == "multilabel":  # the per-finding attacks use neither subset
+            self._chosen = {"checks": frozenset(), "foolbox": frozenset()}
+            return
         self._chosen = {
             key: frozenset(str(i) for i in data.ids[
                 data.subsample_positions(min(k, len(data)), seed=ctx.seed_for(self.name, key))])
