@@ -254,8 +254,12 @@ def _finish(result, out: Path) -> int:  # type: ignore[no-untyped-def]
     for name, check in result.checks():
         if check.status != "pass":
             print(f"[{check.status}] {name}: {check.name}: {check.detail}", file=sys.stderr)
-    acc = result.studies["clean"].metrics.get("accuracy")
-    print(f"clean accuracy {acc:.4f} on {len(result.ids)} images", file=sys.stderr)
+    clean = result.studies["clean"].metrics
+    if "auroc.macro" in clean:  # a multi-label audit: no accuracy over an arg-max
+        print(f"clean macro AUROC {clean['auroc.macro']:.4f} over {len(result.class_names)} findings on "
+              f"{len(result.ids)} images", file=sys.stderr)
+    elif "accuracy" in clean:
+        print(f"clean accuracy {clean['accuracy']:.4f} on {len(result.ids)} images", file=sys.stderr)
     print(out / "report.html")
     if failed:
         print(f"robustkit: studies failed: {', '.join(failed)}", file=sys.stderr)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import inspect
 import json
 from pathlib import Path
 
@@ -33,21 +32,6 @@ def _rows(root: Path) -> list[dict[str, str]]:
 
 def _findings(label: str) -> set[str]:
     return set() if label == NO_FINDING else set(label.split("|"))
-
-
-def _load(manifest: Path):  # type: ignore[no-untyped-def]
-    """The manifest as a multi-label Dataset. Until the multi-label loader lands (it takes
-    ``multilabel=``), read ``path,label`` only and attach the contract's attributes."""
-    if "multilabel" in inspect.signature(load_dataset).parameters:
-        return load_dataset(manifest)
-    labels = {r["path"].rsplit(".", 1)[0]: r["label"] for r in _rows(manifest.parent)}
-    plain = manifest.with_name("plain.csv")
-    plain.write_text("path,label\n" + "".join(f"{k}.png,{v}\n" for k, v in labels.items()), encoding="utf-8")
-    ds = load_dataset(plain)
-    ds.targets = np.array([[f in _findings(labels[i]) for f in FINDINGS] for i in ds.ids])
-    ds.class_names = list(FINDINGS)
-    ds.multilabel = True
-    return ds
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +140,7 @@ def ml_run(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
                             multilabel=True)
     out = tmp_path_factory.mktemp("mlmodel") / "ml.keras"
     # val_fraction 0.5: 200 images fitted, 200 to pick the best epoch
-    return train(_load(root / "manifest.csv"), out, arch="small_cnn", input_size=64, epochs=25, batch_size=16,
+    return train(load_dataset(root / "manifest.csv"), out, arch="small_cnn", input_size=64, epochs=25, batch_size=16,
                  val_fraction=0.5, augment=False, seed=0, quiet=True, multilabel=True)
 
 
@@ -171,7 +155,7 @@ def test_train_multilabel_writes_a_sigmoid_checkpoint_that_learns_every_finding(
     assert {"val_auroc", "val_accuracy"} <= set(history["epochs"][0])
     model = keras.models.load_model(ml_run.checkpoint)
     assert model.get_layer("predictions").activation.__name__ == "sigmoid" and model.output_shape == (None, 3)
-    test = _load(generate_phantom(tmp_path / "test", per_class=25, size=64, seed=1, multilabel=True) / "manifest.csv")
+    test = load_dataset(generate_phantom(tmp_path / "test", per_class=25, size=64, seed=1, multilabel=True) / "manifest.csv")
     x = test.load_images(np.arange(len(test)), size=(64, 64), channels=3)
     probs = model.predict(x, verbose=0)
     y = np.asarray(test.targets, bool)
@@ -184,7 +168,7 @@ def test_train_refuses_multilabel_data_without_the_flag(tmp_path: Path, monkeypa
     import robustkit.data.dataset as dataset
 
     root = generate_phantom(tmp_path / "d", per_class=2, size=32, seed=0, multilabel=True)
-    loaded = _load(root / "manifest.csv")
+    loaded = load_dataset(root / "manifest.csv")
     monkeypatch.setattr(dataset, "load_dataset", lambda *a, **k: loaded)  # the contract's loader until it lands
     args = ["train", "--data", str(root / "manifest.csv"), "--out", str(tmp_path / "m.keras"), "--arch", "small_cnn",
             "--input-size", "32", "--epochs", "1", "-q"]
@@ -204,3 +188,45 @@ def test_train_multilabel_on_single_label_data_says_one_hot(tmp_path: Path, caps
     assert len(notes) == 1 and "single-label" in notes[0]
     meta = json.loads(out.with_name("s.meta.json").read_text())
     assert meta["output"] == "multilabel" and meta["class_names"] == ["COVID-19", "NORMAL", "Viral Pneumonia"]
+
+
+def test_a_multilabel_phantom_is_audited_end_to_end(ml_run, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """The phantom, ``train --multilabel``, then ``audit`` with every study that scores findings:
+    results per finding, a report section per study naming every finding, the card, a gate rule
+    on ``clean.auroc.<finding>``."""
+    from robustkit.report.render import study_anchor
+    from robustkit.results import load_results
+
+    test = generate_phantom(tmp_path / "test", per_class=10, size=64, seed=7, multilabel=True, sites=2)
+    out = tmp_path / "audit"
+    settings = ["adversarial.max_samples=8", "adversarial.apgd_steps=4", "saliency.max_samples=4",
+                "ood.n_per_set=4", "slices.min_size=4", "calibration.n_bootstrap=20", "clean.n_bootstrap=50"]
+    code = main(["audit", "--model", str(ml_run.checkpoint), "--data", str(test / "manifest.csv"), "--out", str(out),
+                 "--profile", "quick", "--quiet", *[a for s in settings for a in ("--set", s)]])
+    assert code in (0, 1), capsys.readouterr().err
+    result = load_results(out)
+    assert result.model["output_kind"] == "multilabel" and set(result.model["thresholds"]) == set(FINDINGS)
+    assert result.dataset["multilabel"] and result.targets is not None and result.targets.shape == (40, 3)
+    assert all(s.status == "ok" for s in result.studies.values()), {n: s.error for n, s in result.studies.items()}
+    assert {"clean", "perturbation", "noise", "adversarial", "calibration", "saliency", "slices", "ood"} <= set(
+        result.studies)
+    for name in FINDINGS:
+        assert 0.0 <= result.metric(f"clean.auroc.{name}") <= 1.0
+    html = (out / "report.html").read_text()
+    for study in result.studies:
+        start = html.index(f'<section id="{study_anchor(study)}"')
+        section = html[start:html.find("<section id=", start + 10)]
+        if study == "ood":  # scores per image, not per finding: says how it reads a sigmoid head
+            assert "JointEnergy" in section
+        else:
+            assert all(name in section for name in FINDINGS), f"the {study} section does not name every finding"
+    assert main(["card", str(out), "--quiet"]) == 0
+    card = (out / "card.html").read_text()
+    assert all(name in card for name in FINDINGS)
+    auroc = result.metric("clean.auroc.Effusion")
+    policy = tmp_path / "gate.toml"
+    policy.write_text(f'[[rule]]\nmetric = "clean.auroc.Effusion"\nmin = {auroc - 0.01:.4f}\n')
+    assert main(["gate", str(out), "--policy", str(policy)]) == 0
+    policy.write_text(f'[[rule]]\nmetric = "clean.auroc.Effusion"\nmin = {min(auroc + 0.01, 1.0):.4f}\n')
+    assert main(["gate", str(out), "--policy", str(policy)]) == 1
