@@ -138,6 +138,7 @@ class _Search:
     logits: np.ndarray
     trace: np.ndarray
     evals: np.ndarray
+    clean_logits: np.ndarray
 
 
 class FAB:
@@ -192,9 +193,10 @@ class FAB:
         if target is not None:
             raise param_error("target", "None (FAB-T picks its own targets)", "target classes")
         found, eps = self._search(model, x, labels, epsilons, seed, stop=True)
-        success = found.size <= eps
-        return AttackResult(adv=found.adv, success=success, logits=found.logits, loss_trace=found.trace,
-                            gradient_evals=int(found.evals.sum()), evals=found.evals)
+        success = found.size <= eps  # an unbroken sample returns its image (its closest find lies outside)
+        adv = np.where(success[:, None, None, None], found.adv, np.asarray(x, np.float32))
+        return AttackResult(adv=adv, success=success, logits=np.where(success[:, None], found.logits, found.clean_logits),
+                            loss_trace=found.trace, gradient_evals=int(found.evals.sum()), evals=found.evals)
 
     def minimal_perturbation(self, model: ModelAdapter, x: np.ndarray, labels: np.ndarray, *,
                              epsilons: float | np.ndarray = np.inf, seed: int | np.ndarray = 0) -> MinimalPerturbation:
@@ -220,7 +222,8 @@ class FAB:
         seeds = sample_seeds(seed, n)
         clean = model.logits(x)
         found = _Search(adv=x.copy(), size=np.full(n, np.inf), logits=clean.copy(),
-                        trace=np.zeros((n, self.steps + 1), np.float32), evals=np.zeros(n, np.int64))
+                        trace=np.zeros((n, self.steps + 1), np.float32), evals=np.zeros(n, np.int64),
+                        clean_logits=clean)
         for run, t in enumerate(np.repeat(likely_classes(clean, self.n_target_classes), self.restarts, axis=0)):
             todo = np.flatnonzero(found.size > eps) if stop else np.arange(n)
             if todo.size:
