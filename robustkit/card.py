@@ -341,7 +341,7 @@ def _adversarial(r: AuditResult, notes: dict[str, list[str]]) -> list[CardNumber
     if "adversarial" not in r.studies:
         return []
     attack = str(r.studies["adversarial"].config.get("attack", "pgd"))
-    name = "ensemble (APGD-CE, APGD-DLR, Square)" if attack == "ensemble" else "PGD"
+    name = "ensemble (APGD-CE, APGD-DLR, FAB-T, Square)" if attack == "ensemble" else "PGD"
     picks: list[CardNumber | None] = []
     for norm in ("linf", "l2"):
         found = _smallest_budget(r, f"adversarial.robust_accuracy.{norm}.")

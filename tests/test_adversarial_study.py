@@ -19,6 +19,7 @@ OVERRIDES = {
     "epsilons_l2": [1.0, 2.0],
     "steps": 6,
     "apgd_steps": 6,
+    "fab_steps": 5,
     "square_queries": 30,
     "max_samples": 24,
     "n_bootstrap": 50,
@@ -53,26 +54,33 @@ def test_metric_names_and_directions(result) -> None:
                                          "deterministic predictions", "FGSM vs PGD",
                                          "ensemble not above any single attack",
                                          "Square breaks nothing the gradient attacks could not"}
-    for name in ("apgd_ce.linf.8", "apgd_dlr.linf.24", "square.linf.16", "apgd_ce.l2.1", "apgd_dlr.l2.2"):
+    for name in ("apgd_ce.linf.8", "apgd_dlr.linf.24", "fab_t.linf.16", "square.linf.16", "apgd_ce.l2.1",
+                 "apgd_dlr.l2.2", "fab_t.l2.1", "square.l2.2"):
         assert f"robust_accuracy.{name}" in s.metrics
-    assert "robust_accuracy.square.l2.1" not in s.metrics  # Square runs for Linf only
-    assert s.direction("square_only_rate.linf") == "lower"
-    assert s.data["attack"]["attacks"] == {"linf": ["APGD-CE", "APGD-DLR", "Square"], "l2": ["APGD-CE", "APGD-DLR"]}
+        assert s.direction(f"robust_accuracy.{name}") == "higher"
+    assert s.direction("square_only_rate.linf") == s.direction("square_only_rate.l2") == "lower"
+    every = ["APGD-CE", "APGD-DLR", "FAB-T", "Square"]
+    assert s.data["attack"]["attacks"] == {"linf": every, "l2": every}
+    assert s.data["attack"]["fab_steps"] == 5
 
 
 def test_ensemble_metrics_are_the_running_worst_case(result) -> None:
     s = result.studies["adversarial"]
     correct, names = s.records["correct"], s.data["correct_metrics"]
-    for e in ("8", "16", "24"):
-        cols = [correct[:, names.index(f"robust_accuracy.{a}linf.{e}")] for a in ("apgd_ce.", "apgd_dlr.", "square.", "")]
-        for before, after in zip(cols, cols[1:]):
-            assert np.all(after <= before)  # each attack only removes images
-        np.testing.assert_array_equal(cols[2], cols[3])  # after Square: the ensemble itself
-    by = s.records["broken_by_linf"]
-    clean_ok = s.records["min_eps_linf"] > 0
-    broken = clean_ok & np.isfinite(s.records["min_eps_linf"])
-    np.testing.assert_array_equal(by > 0, broken)
-    assert s.metrics["square_only_rate.linf"] == pytest.approx(np.mean(by[clean_ok] == 3))
+    attacks = ("apgd_ce.", "apgd_dlr.", "fab_t.", "square.", "")
+    for norm, grid in (("linf", ("8", "16", "24")), ("l2", ("1", "2"))):
+        by = s.records[f"broken_by_{norm}"]
+        min_eps = s.records[f"min_eps_{norm}"]
+        for e in grid:
+            cols = [correct[:, names.index(f"robust_accuracy.{a}{norm}.{e}")] for a in attacks]
+            within = min_eps <= float(e) / (255 if norm == "linf" else 1) * (1 + 1e-6)
+            for code, (before, after) in enumerate(zip(cols, cols[1:4]), start=2):  # codes: 1 APGD-CE ... 4 Square
+                assert np.all(after <= before)  # each attack only removes images
+                np.testing.assert_array_equal(before & ~after, (by == code) & within)
+            np.testing.assert_array_equal(cols[3], cols[4])  # after Square: the ensemble itself
+        clean_ok = min_eps > 0
+        np.testing.assert_array_equal(by > 0, clean_ok & np.isfinite(min_eps))
+        assert s.metrics[f"square_only_rate.{norm}"] == pytest.approx(np.mean(by[clean_ok] == 4))
 
 
 def test_records_agree_with_metrics(result) -> None:
@@ -107,10 +115,14 @@ def test_report_section_renders(result) -> None:
     assert error is None
     assert len(ctx["figures"]) == 4  # Linf and L2 curves, Linf and L2 histograms
     assert all(f["svg"].startswith("<svg") for f in ctx["figures"])
-    assert ctx["attack"].startswith("Attack: the AutoAttack-style ensemble (Linf: APGD-CE -> APGD-DLR -> Square")
-    curve = result.studies["adversarial"].data["curves"]["linf"]
-    assert curve["label"] == "ensemble" and list(curve["attacks"]) == ["APGD-CE", "APGD-DLR", "Square"]
-    assert curve["attacks"]["Square"] == curve["pgd"]  # the last attack's running value is the ensemble's
+    assert ctx["attack"].startswith("Attack: the AutoAttack-style ensemble (Linf: APGD-CE -> APGD-DLR -> FAB-T -> "
+                                    "Square; L2: APGD-CE -> APGD-DLR -> FAB-T -> Square)")
+    assert "FAB-T 5 iterations per target class" in ctx["attack"]
+    for norm in ("linf", "l2"):
+        curve = result.studies["adversarial"].data["curves"][norm]
+        assert curve["label"] == "ensemble" and list(curve["attacks"]) == ["APGD-CE", "APGD-DLR", "FAB-T", "Square"]
+        assert curve["attacks"]["Square"] == curve["pgd"]  # the last attack's running value is the ensemble's
+    assert "'+ FAB-T'" in ctx["figures"][0]["caption"] and "adds Square" in ctx["figures"][0]["caption"]
 
 
 def test_curve_figure_draws_each_attack(monkeypatch) -> None:
@@ -120,9 +132,11 @@ def test_curve_figure_draws_each_attack(monkeypatch) -> None:
     monkeypatch.setattr(view_adversarial.figures, "line_chart_svg",
                         lambda series, **kw: drawn.update(series) or "<svg/>")
     curve = {"epsilons": [1, 2], "pgd": [0.3, 0.1], "low": [0.2, 0.0], "high": [0.4, 0.2], "label": "ensemble",
-             "attacks": {"APGD-CE": [0.5, 0.3], "APGD-DLR": [0.4, 0.2], "Square": [0.3, 0.1]}, "fgsm": [0.6, 0.5]}
+             "attacks": {"APGD-CE": [0.5, 0.3], "APGD-DLR": [0.4, 0.2], "FAB-T": [0.35, 0.1], "Square": [0.3, 0.1]},
+             "fgsm": [0.6, 0.5]}
     view_adversarial._curve_figure("linf", curve, 0.9)
-    assert list(drawn) == ["ensemble (worst case)", "after APGD-CE", "+ APGD-DLR", "FGSM"]
+    assert list(drawn) == ["ensemble (worst case)", "after APGD-CE", "+ APGD-DLR", "+ FAB-T", "FGSM"]
+    assert drawn["+ FAB-T"][1] == [0.9, 0.35, 0.1]
     assert drawn["after APGD-CE"][1] == [0.9, 0.5, 0.3]
 
 
@@ -131,7 +145,8 @@ def test_config_validation() -> None:
     assert cfg.epsilons_linf == (2 / 255,)
     for bad in ({"epsilons_linf": [-1 / 255]}, {"epsilons_l2": 0}, {"norms": ["l1"]}, {"loss": "hinge"},
                 {"target_class": "NORMAL"}, {"steps": 0}, {"foolbox_attacks": ["fgsm"]}, {"epsilons_linf": "8/255"},
-                {"attack": "autoattack"}, {"targeted": True}, {"apgd_steps": 0}, {"square_queries": -1}):
+                {"attack": "autoattack"}, {"targeted": True}, {"apgd_steps": 0}, {"square_queries": -1},
+                {"fab_steps": -1}, {"fab_steps": 2.5}):
         with pytest.raises(ConfigError):
             AdversarialStudy.configure("standard", bad)
     assert eps_name("linf", 0.5 / 255) == "0.5" and eps_name("linf", 8 / 255) == "8" and eps_name("l2", 0.25) == "0.25"
@@ -173,6 +188,8 @@ def test_square_finds_what_masked_gradients_hide(toy_data: Path) -> None:
     assert checks["Square breaks nothing the gradient attacks could not"].status == "warn"
     assert "masking" in checks["Square breaks nothing the gradient attacks could not"].detail
     assert res.metrics["robust_accuracy.linf.48"] < res.metrics["robust_accuracy.apgd_dlr.linf.48"]
+    # FAB-T linearises a zero gradient: it cannot move either
+    assert res.metrics["robust_accuracy.fab_t.linf.48"] == res.metrics["robust_accuracy.apgd_dlr.linf.48"]
 
 
 def test_foolbox_attacks_and_black_box_check(toy_model: Path, toy_data: Path) -> None:

@@ -148,7 +148,8 @@ def test_dlr_needs_enough_classes_and_targeted_needs_dlr(toy) -> None:
         P.LinfAPGD(steps=2, loss="dlr", targeted=True)(model, x[:2], y[:2], epsilons=0.01)
     with pytest.raises(ConfigError, match="'dlr'"):
         P.LinfAPGD(steps=2, loss="ce", targeted=True)
-    assert [name for name, _ in Ensemble().attacks(3)] == ["apgd_ce", "apgd_dlr", "square"]
+    assert [name for name, _ in Ensemble().attacks(3)] == ["apgd_ce", "apgd_dlr", "fab_t", "square"]
+    assert [name for name, _ in Ensemble(fab_steps=0, square_queries=0).attacks(2)] == ["apgd_ce"]
     assert Ensemble().attacks(10)[1][1].targeted and not Ensemble().attacks(3)[1][1].targeted
 
 

@@ -3,8 +3,9 @@
 * :mod:`~robustkit.model.adapter`: :class:`ModelAdapter`, a checkpoint in pixel space with
   compiled batched passes (logits, probabilities, features, input gradients);
 * :mod:`~robustkit.model.attacks`: the compiled attack loops (FGSM, PGD; Linf and L2);
-* :mod:`~robustkit.model.apgd`, :mod:`~robustkit.model.square`, :mod:`~robustkit.model.ensemble`:
-  APGD (CE, DLR), the Square attack, and the AutoAttack-style ensemble of the two;
+* :mod:`~robustkit.model.apgd`, :mod:`~robustkit.model.fab`, :mod:`~robustkit.model.square`,
+  :mod:`~robustkit.model.ensemble`: APGD (CE, DLR), FAB-T, the Square attack (Linf, L2), and the
+  AutoAttack-style ensemble of them;
 * :mod:`~robustkit.model.explainers`: gradient, SmoothGrad, Integrated Gradients, Grad-CAM;
 * :mod:`~robustkit.model.training`: architectures and the training recipe.
 """

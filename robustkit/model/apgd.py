@@ -59,7 +59,7 @@ from robustkit.model.attacks import (
     sample_seeds,
 )
 
-__all__ = ["APGD", "APGD_LOSSES", "L2APGD", "LinfAPGD", "checkpoints", "dlr_loss"]
+__all__ = ["APGD", "APGD_LOSSES", "L2APGD", "LinfAPGD", "checkpoints", "dlr_loss", "likely_classes"]
 
 APGD_LOSSES = ("ce", "dlr")
 RHO = 0.75  # share of loss-raising steps below which the step is halved
@@ -79,6 +79,17 @@ def checkpoints(steps: int) -> list[int]:
         p.append(nxt)
     # round first: 0.22 + 0.19 is 0.41000000000000003 in floating point, and ceil would give 42
     return sorted({w for q in p[1:] if 1 <= (w := math.ceil(round(q * steps, 9))) <= steps})
+
+
+def likely_classes(logits: np.ndarray, n: int) -> np.ndarray:
+    """The targets of a targeted run ``(min(n, K - 1), N)``: row ``j`` is each sample's
+    ``(j + 2)``-th most likely class (AutoAttack's APGD-T and FAB-T).
+
+    >>> likely_classes(np.array([[0.1, 3.0, 2.0, -1.0]]), 2).tolist()
+    [[2], [0]]
+    """
+    order = np.argsort(-np.asarray(logits), axis=1, kind="stable")
+    return order[:, 1:1 + min(n, order.shape[1] - 1)].T.astype(np.int32)
 
 
 def dlr_loss(z: Any, labels: Any, target: Any = None) -> Any:
@@ -172,8 +183,7 @@ class APGD(GradientAttack):
                               f"{k} classes")
         if not self.targeted:
             return [y]
-        order = np.argsort(-model.logits(x), axis=1, kind="stable")
-        return [order[:, j].astype(np.int32) for j in range(1, 1 + min(self.n_target_classes, k - 1))]
+        return list(likely_classes(model.logits(x), self.n_target_classes))
 
     always_random_start = True  # Algorithm 1 starts from a random point of the ball
 

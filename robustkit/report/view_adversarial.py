@@ -72,11 +72,20 @@ def _curve_figure(norm: str, curve: Mapping[str, Any], clean: float) -> dict[str
         "title": f"Robust accuracy against the {'Linf' if norm == 'linf' else 'L2'} budget",
         "svg": figures.line_chart_svg(series, xlabel=unit, ylabel="robust accuracy", ylim=(0.0, 1.02), bands=bands),
         "caption": "Share of images still classified correctly when an attacker may change them within each "
-                   "budget (0: the clean accuracy). The band is the bootstrap 95% interval. For the ensemble, "
-                   "the lines 'after APGD-CE' and '+ APGD-DLR' count the images broken by its attacks up to that "
-                   "one (AutoAttack's order); the ensemble line adds Square (Linf): the per-sample worst case. "
-                   "FGSM (one step) should never lie below the main curve.",
+                   "budget (0: the clean accuracy). The band is the bootstrap 95% interval. " + _running_text(
+                       list(series)[1:1 + len(steps)], list(dict(curve.get("attacks", {})))[-1:])
+                   + "FGSM (one step) should never lie below the main curve.",
     }
+
+
+def _running_text(lines: list[str], last: list[str]) -> str:
+    """The caption's sentence on the ensemble's running curves (empty for a single attack)."""
+    if not last:
+        return ""
+    named = ", ".join(f"'{line}'" for line in lines)
+    return (f"For the ensemble, the lines {named} count the images broken by its attacks up to that one "
+            f"(AutoAttack's order); the ensemble line adds {last[0]}: the per-sample worst case. " if lines else
+            f"The ensemble ran {last[0]} alone. ")
 
 
 def _histogram_figure(norm: str, hist: Mapping[str, Any]) -> dict[str, Any]:
@@ -113,9 +122,10 @@ def _attack_text(attack: Mapping[str, Any]) -> str:
     if attack.get("name") == "ensemble":
         runs = "; ".join(f"{'Linf' if n == 'linf' else 'L2'}: {' -> '.join(map(str, a))}"
                          for n, a in dict(attack.get("attacks", {})).items())
+        fab = f"FAB-T {attack['fab_steps']} iterations per target class, " if attack.get("fab_steps") else ""
         return (f"Attack: the AutoAttack-style ensemble ({runs}), each on the images the earlier ones did not "
                 f"break; APGD {attack.get('apgd_steps')} iterations x {attack.get('apgd_restarts')} run(s), "
-                f"Square {attack.get('square_queries')} queries. An image counts as robust only if every "
+                f"{fab}Square {attack.get('square_queries')} queries. An image counts as robust only if every "
                 "attack failed on it.")
     if attack.get("name") == "PGD":
         return f"Attack: PGD, {attack.get('steps')} steps x {attack.get('restarts')} run(s)."

@@ -1,8 +1,8 @@
 """Study ``adversarial``: worst-case robustness, measured fast and checked for honesty.
 
 The attack (``attack``) is the AutoAttack-style ensemble (:mod:`robustkit.model.ensemble`:
-APGD-CE, then APGD-DLR on the survivors, then the gradient-free Square on the survivors;
-Croce and Hein 2020) in the ``standard`` and ``full`` profiles, and one compiled PGD in
+APGD-CE, then APGD-DLR, then the minimum-norm FAB-T, then the gradient-free Square, each on the
+survivors of the earlier ones; Croce and Hein 2020) in the ``standard`` and ``full`` profiles, and one compiled PGD in
 ``quick``. It runs an epsilon sweep (Linf and L2; :mod:`robustkit.model.attacks`) in increasing
 order, attacking at each radius only the samples that survived the smaller ones, so robust
 accuracy is non-increasing by construction and each sample gets its minimal perturbation on
@@ -30,7 +30,7 @@ from robustkit.errors import check_choice, check_range, param_error
 from robustkit.metrics import classification as M
 from robustkit.metrics.outputs import probabilities
 from robustkit.model import attacks as A
-from robustkit.model.ensemble import ENSEMBLE_LABELS, Ensemble
+from robustkit.model.ensemble import ENSEMBLE_ATTACKS, ENSEMBLE_LABELS, Ensemble
 from robustkit.results import StudyResult
 from robustkit.studies import register
 from robustkit.studies.adversarial_checks import SENSITIVITY, CheckInputs, eps_name, run_checks
@@ -58,11 +58,12 @@ class AdversarialConfig(StudyConfig):
 
     Attributes:
         norms: threat models to sweep, ``linf`` and/or ``l2``.
-        attack: ``ensemble`` (APGD-CE -> APGD-DLR -> Square, per-sample worst case) or ``pgd``.
+        attack: ``ensemble`` (APGD-CE -> APGD-DLR -> FAB-T -> Square, per-sample worst case) or ``pgd``.
         apgd_steps: APGD iterations per run in the ensemble (the paper: 100).
         apgd_restarts: APGD runs per sample (the untargeted ones; APGD-T runs once per target).
-        n_target_classes: target classes of APGD-T (models with >= 4 classes; the paper: 9).
-        square_queries: Square's queries per sample in the ensemble (Linf; 0: no Square).
+        n_target_classes: target classes of APGD-T (models with >= 4 classes) and FAB-T (the paper: 9).
+        fab_steps: FAB-T's iterations per target class in the ensemble (the paper: 100; 0: no FAB-T).
+        square_queries: Square's queries per sample in the ensemble (0: no Square).
         epsilons_linf: Linf radii in pixel units (``0.5 / 255`` ... ``8 / 255``); a scalar
             or a list; sorted and de-duplicated.
         epsilons_l2: L2 radii (norm over all pixels and channels of the [0, 1] image).
@@ -93,6 +94,7 @@ class AdversarialConfig(StudyConfig):
     apgd_steps: int = 20
     apgd_restarts: int = 1
     n_target_classes: int = 9
+    fab_steps: int = 10
     square_queries: int = 100
     epsilons_linf: tuple[float, ...] = (0.5 / 255, 1 / 255, 2 / 255, 4 / 255, 8 / 255)
     epsilons_l2: tuple[float, ...] = (0.25, 0.5, 1.0)
@@ -134,6 +136,7 @@ class AdversarialConfig(StudyConfig):
         check_range("apgd_steps", self.apgd_steps, low=1, integer=True, where=_WHERE)
         check_range("apgd_restarts", self.apgd_restarts, low=1, integer=True, where=_WHERE)
         check_range("n_target_classes", self.n_target_classes, low=1, integer=True, where=_WHERE)
+        check_range("fab_steps", self.fab_steps, low=0, integer=True, where=_WHERE)
         check_range("square_queries", self.square_queries, low=0, integer=True, where=_WHERE)
         if self.targeted and self.attack == "ensemble":
             raise param_error("targeted", "false with attack 'ensemble' (set attack: pgd for a targeted attack)",
@@ -170,7 +173,8 @@ class AdversarialStudy(Study):
     description = (
         "How much deliberate, worst-case change to the pixels the classifier survives. An ensemble of "
         "attacks in the manner of AutoAttack (APGD with the cross-entropy loss, then APGD with the DLR "
-        "loss, then the gradient-free Square attack, each on the images the earlier ones did not break; "
+        "loss, then FAB-T, which looks for the smallest change that flips the image, then the gradient-free "
+        "Square attack, each on the images the earlier ones did not break; "
         "the quick profile runs one PGD) searches, for every image, for a perturbation within a budget "
         "epsilon (Linf: no pixel changes by more than epsilon; L2: the perturbation's total "
         "length is at most epsilon) that changes the prediction. Robust accuracy is the share of "
@@ -184,14 +188,15 @@ class AdversarialStudy(Study):
         "quick": {"norms": ["linf"], "epsilons_linf": [1 / 255, 2 / 255, 4 / 255], "attack": "pgd", "steps": 10,
                   "max_samples": 32, "n_bootstrap": 300, "check_samples": 16},
         "standard": {},
-        "full": {"steps": 40, "restarts": 3, "apgd_steps": 100, "apgd_restarts": 5, "square_queries": 5000,
+        "full": {"steps": 40, "restarts": 3, "apgd_steps": 100, "apgd_restarts": 5, "fab_steps": 100,
+                 "square_queries": 5000,
                  "max_samples": 256, "n_bootstrap": 2000,
                  "foolbox_attacks": ["deepfool", "carlini_wagner", "hop_skip_jump"]},
     }
     metric_docs = {
         "robust_accuracy": ("share of images still classified correctly under the attack at a budget "
                             "(clean errors count as wrong); the ensemble's per-sample worst case, and per attack "
-                            "(`robust_accuracy.<attack>.<norm>.<eps>`, attack `apgd_ce`, `apgd_dlr` or `square`) "
+                            "(`robust_accuracy.<attack>.<norm>.<eps>`, attack `apgd_ce`, `apgd_dlr`, `fab_t` or `square`) "
                             "counting the images broken by the ensemble's attacks up to that one, in AutoAttack's "
                             "order; FGSM alone "
                             "(`robust_accuracy.fgsm.linf.<eps>`)", "higher"),
@@ -377,7 +382,8 @@ class AdversarialStudy(Study):
         assert isinstance(cfg, AdversarialConfig)
         if cfg.attack == "ensemble":
             opts: dict[str, Any] = dict(norm=norm, steps=cfg.apgd_steps, restarts=cfg.apgd_restarts,
-                                        n_target_classes=cfg.n_target_classes, square_queries=cfg.square_queries)
+                                        n_target_classes=cfg.n_target_classes, fab_steps=cfg.fab_steps,
+                                        square_queries=cfg.square_queries)
             opts.update({k: v for k, v in changes.items() if k in ("steps", "restarts", "square_queries")})
             return Ensemble(**opts)
         options: dict[str, Any] = dict(steps=cfg.steps, step_size_factor=cfg.step_size_factor, restarts=cfg.restarts,
@@ -397,7 +403,8 @@ class AdversarialStudy(Study):
         assert isinstance(cfg, AdversarialConfig)
         if cfg.attack != "ensemble":
             return []
-        return [name for name, _ in Ensemble(norm=norm, square_queries=cfg.square_queries).attacks(num_classes)]
+        ensemble = Ensemble(norm=norm, fab_steps=cfg.fab_steps, square_queries=cfg.square_queries)
+        return [name for name, _ in ensemble.attacks(num_classes)]
 
     def _grid(self, norm: str) -> tuple[float, ...]:
         cfg = self.config
@@ -569,7 +576,7 @@ def _by_attack(s: A.SweepResult, attacks: list[str]) -> dict[str, np.ndarray]:
     by the attacks up to and including it (AutoAttack's running log; the last one is the
     ensemble's per-sample worst case). Empty for a single attack."""
     broken_at = s.min_eps[:, None] <= s.epsilons[None, :]
-    return {name: ~(broken_at & (s.broken_by[:, None] <= code)) for code, name in enumerate(attacks, start=1)}
+    return {name: ~(broken_at & (s.broken_by[:, None] <= ENSEMBLE_ATTACKS.index(name) + 1)) for name in attacks}
 
 
 def _attack_summary(cfg: AdversarialConfig, ensemble: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
@@ -577,7 +584,7 @@ def _attack_summary(cfg: AdversarialConfig, ensemble: dict[str, dict[str, np.nda
     if cfg.attack != "ensemble":
         return {"name": "PGD", "steps": cfg.steps, "restarts": cfg.restarts}
     return {"name": "ensemble", "apgd_steps": cfg.apgd_steps, "apgd_restarts": cfg.apgd_restarts,
-            "square_queries": cfg.square_queries,
+            "fab_steps": cfg.fab_steps, "square_queries": cfg.square_queries,
             "attacks": {norm: [ENSEMBLE_LABELS[a] for a in by] for norm, by in ensemble.items()}}
 
 
@@ -590,7 +597,7 @@ def _fill_ensemble(result: StudyResult, s: A.SweepResult, norm: str, by: dict[st
             correct.append(ok[:, k])
             result.metrics[columns[-1]] = float(ok[:, k].mean())
     if "square" in by:
-        code = list(by).index("square") + 1
+        code = ENSEMBLE_ATTACKS.index("square") + 1
         result.metrics[f"square_only_rate.{norm}"] = _rate(s.broken_by == code, s.min_eps > 0)
 
 

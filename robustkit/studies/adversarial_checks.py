@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from robustkit.model import attacks as A
+from robustkit.model.ensemble import ENSEMBLE_ATTACKS
 from robustkit.results import Check
 
 __all__ = ["SENSITIVITY", "CheckInputs", "eps_name", "run_checks"]
@@ -286,18 +287,18 @@ def _check_ensemble(c: CheckInputs) -> Check | None:
 
 def _check_square(c: CheckInputs) -> Check | None:
     """A gradient-free success on an image the gradient attacks failed on points at masked gradients."""
-    runs = {norm: list(by).index("square") + 1 for norm, by in c.ensemble.items() if "square" in by}
+    runs = [norm for norm, by in c.ensemble.items() if "square" in by]
     if not runs:
         return None
-    found = []
-    for norm, code in runs.items():
+    found, code = [], ENSEMBLE_ATTACKS.index("square") + 1
+    for norm in runs:
         s = c.sweeps[norm]
         hits = s.broken_by == code
         found += [f"{int(np.sum(hits & (s.min_eps == e)))} at {_radius(norm, e)}" for e in s.epsilons
                   if np.any(hits & (s.min_eps == e))]
     if found:
         return Check("Square breaks nothing the gradient attacks could not", "warn",
-                     f"the gradient-free Square attack broke images that APGD-CE and APGD-DLR could not "
+                     f"the gradient-free Square attack broke images that the gradient attacks (APGD, FAB-T) could not "
                      f"({', '.join(found)}): the gradients mislead the gradient attacks (gradient masking) or "
                      "they need more steps; trust the ensemble's number, not APGD's alone.")
     return Check("Square breaks nothing the gradient attacks could not", "pass",
