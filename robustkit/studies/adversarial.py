@@ -229,7 +229,7 @@ class AdversarialStudy(Study):
         runs on the clean-correct ones among them)."""
         cfg = self.config
         if ctx.model_info.get("output_kind") == "multilabel":  # the per-finding attacks use neither subset
-            self._chosen = {"checks": frozenset(), "foolbox": frozenset()}
+            self._chosen: dict[str, frozenset[str]] = {"checks": frozenset(), "foolbox": frozenset()}
             return
         self._chosen = {
             key: frozenset(str(i) for i in data.ids[
