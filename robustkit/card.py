@@ -343,6 +343,18 @@ def _adversarial(r: AuditResult, notes: dict[str, list[str]]) -> list[CardNumber
     attack = str(r.studies["adversarial"].config.get("attack", "pgd"))
     name = "ensemble (APGD-CE, APGD-DLR, FAB-T, Square)" if attack == "ensemble" else "PGD"
     picks: list[CardNumber | None] = []
+    if r.model.get("output_kind") == "multilabel":  # per finding: how little flips a call
+        for norm in ("linf", "l2"):
+            unit = " /255" if norm == "linf" else ""
+            for direction, what in (("off", "present finding turned off"), ("on", "absent finding turned on")):
+                prefix = f"adversarial.flip_{direction}_rate.{norm}."
+                budgets = [m[len(prefix):-len(".macro")] for m in r.metrics()
+                           if m.startswith(prefix) and m.endswith(".macro")]
+                budgets = [b for b in budgets if math.isfinite(_budget(b))]
+                if budgets:
+                    budget = min(budgets, key=_budget)
+                    picks.append(_number(r, f"{prefix}{budget}.macro",
+                                         f"{what} (macro over findings), {norm.upper()} {budget}{unit}"))
     for norm in ("linf", "l2"):
         found = _smallest_budget(r, f"adversarial.robust_accuracy.{norm}.")
         unit = " /255" if norm == "linf" else ""

@@ -224,6 +224,7 @@ def test_a_multilabel_phantom_is_audited_end_to_end(ml_run, tmp_path: Path,
     assert main(["card", str(out), "--quiet"]) == 0
     card = (out / "card.html").read_text()
     assert all(name in card for name in FINDINGS)
+    assert "present finding turned off (macro over findings), LINF" in card  # the card's adversarial block
     auroc = result.metric("clean.auroc.Effusion")
     policy = tmp_path / "gate.toml"
     policy.write_text(f'[[rule]]\nmetric = "clean.auroc.Effusion"\nmin = {auroc - 0.01:.4f}\n')
