@@ -183,7 +183,7 @@ def load_attr(ref: str, *, what: str) -> Any:
         raise ConfigError(f"cannot load {what}: expected an importable {ref!r}, got {type(exc).__name__}: {exc}") from exc
 
 
-_CONDITIONS = PairedSpec(binary=("correct", "flipped"))
+_CONDITIONS = PairedSpec(binary=("correct", "flipped"), findings=FindingColumns())
 _CAL = PairedSpec(
     ece={"ece": EceColumns("confidence"), "ece_ts": EceColumns("confidence_ts")},
     subset=("split", 1),

@@ -134,13 +134,16 @@ def test_delong_of_identical_models_is_one() -> None:
 
 @pytest.fixture(scope="module")
 def fixture_audits(toy_multilabel, toy_multilabel_model, tmp_path_factory) -> tuple[AuditResult, AuditResult]:
-    """The toy multi-label model and a weaker one (one epoch, another seed), audited (clean)."""
+    """The toy multi-label model and a weaker one (one epoch, another seed), audited (clean and
+    perturbation)."""
     from robustkit.runner import audit
     from tests.conftest import train_toy_multilabel
 
     root = tmp_path_factory.mktemp("mlcompare")
     weak = train_toy_multilabel(toy_multilabel, root / "weak.keras", epochs=1, seed=1)
-    opts = {"studies": ["clean"], "config": {"clean": {"n_bootstrap": 10}}, "quiet": True, "report": False}
+    opts = {"studies": ["clean", "perturbation"], "quiet": True, "report": False,
+            "config": {"clean": {"n_bootstrap": 10},
+                       "perturbation": {"n_bootstrap": 10, "transforms": ["jpeg", "rotation"], "severities": [1, 5]}}}
     audit(str(toy_multilabel_model), toy_multilabel, out=root / "a", **opts)
     audit(str(weak), toy_multilabel, out=root / "b", **opts)
     return load_results(root / "a"), load_results(root / "b")
@@ -178,6 +181,30 @@ def test_fixture_compare_is_delong_and_mcnemar_per_finding(fixture_audits) -> No
     assert any(d.verdict == "regression" for d in tested)  # one epoch is worse
     html = comparison_html(cmp)
     assert "Per finding" in html and ">delong<" in html and "DeLong" in html
+
+
+@pytest.mark.slow
+def test_fixture_compare_tests_each_finding_under_each_condition(fixture_audits) -> None:
+    """Perturbation: ``auroc.<finding>.<condition>`` by DeLong on the probabilities under that
+    condition; the macro AUROC and the drops by the paired bootstrap, reproducing the stored values."""
+    a, b = fixture_audits
+    cmp = compare([a, b], n_boot=100)
+    ra, rb = a.records("perturbation"), b.records("perturbation")
+    row_b = {s: i for i, s in enumerate(np.asarray(b.ids).astype(str)[rb["index"]])}
+    order = np.asarray([row_b[s] for s in np.asarray(a.ids).astype(str)[ra["index"]]])
+    targets = a.targets[ra["index"]]
+    conditions = a.studies["perturbation"].data["conditions"]
+    assert conditions == ["jpeg.1", "jpeg.5", "rotation.1", "rotation.5"]
+    for c, cond in enumerate(conditions):
+        for k, f in enumerate(a.class_names):
+            d = _delta(cmp, f"perturbation.auroc.{f}.{cond}")
+            ref = ML.delong_paired(targets[:, k], ra["probs"][:, c, k], rb["probs"][order, c, k])
+            assert d.test == "delong" and d.p_value == pytest.approx(ref.p_value, rel=1e-12)
+            assert d.delta == pytest.approx(ref.delta, abs=1e-9)
+        for m in (f"auroc.macro.{cond}", f"auroc_drop.macro.{cond}", f"auroc_drop.{a.class_names[0]}.{cond}"):
+            d = _delta(cmp, f"perturbation.{m}")
+            assert d.test == "paired-bootstrap" and d.p_value is not None
+            assert d.baseline == pytest.approx(a.metric(f"perturbation.{m}"))
 
 
 # ---------------------------------------------------------------- compare on built audits
