@@ -25,7 +25,7 @@ from robustkit import __version__
 from robustkit.config import AuditConfig, load_config
 from robustkit.data.dataset import Dataset, load_dataset
 from robustkit.errors import ConfigError, DataError, ModelError, RobustkitError
-from robustkit.model.adapter import ModelAdapter, load_model
+from robustkit.model.adapter import ModelAdapter, load_model, without_single_label_advice
 from robustkit.results import (
     RESULTS_FILE,
     AuditResult,
@@ -99,7 +99,7 @@ def _match_output_kind(model: ModelAdapter, data: Dataset, output: str | None) -
         return
     if kind == "sigmoid" and output != "sigmoid":
         model.output_kind = "multilabel"
-        model.output_kind_reason = (model.output_kind_reason.split("; scored as single-label")[0]
+        model.output_kind_reason = (without_single_label_advice(model.output_kind_reason)
                                     + "; the data is multi-label (sets of findings), so audited as multilabel")
         return
     if kind != "multilabel":

@@ -48,8 +48,10 @@ def write_toy_dataset(root: Path, *, per_class: int = 12, seed: int = 0, size: i
     return root
 
 
-def build_toy_model(*, size: int = SIZE, channels: int = 1, seed: int = 0):
-    """A small functional CNN ending in a softmax Dense layer (pixel space in [0, 1])."""
+def build_toy_model(*, size: int = SIZE, channels: int = 1, seed: int = 0, outputs: int = len(CLASSES),
+                    activation: str = "softmax", head: str = "predictions"):
+    """A small functional CNN ending in a Dense layer ``head`` of ``outputs`` units (softmax by
+    default; pixel space in [0, 1])."""
     from robustkit._tf import keras
 
     keras.utils.set_random_seed(seed)
@@ -59,7 +61,7 @@ def build_toy_model(*, size: int = SIZE, channels: int = 1, seed: int = 0):
     x = keras.layers.Conv2D(8, 3, activation="relu", padding="same", name="conv2")(x)
     x = keras.layers.MaxPooling2D()(x)
     x = keras.layers.Flatten()(x)
-    out = keras.layers.Dense(len(CLASSES), activation="softmax", name="predictions")(x)
+    out = keras.layers.Dense(outputs, activation=activation, name=head)(x)
     return keras.Model(inp, out, name="toy_cnn")
 
 
@@ -131,14 +133,7 @@ def train_toy_multilabel(manifest: Path, out: Path, *, epochs: int = 40, seed: i
 
     data = load_dataset(manifest)
     x = data.load_images(range(len(data)), size=(SIZE, SIZE), channels=1)
-    keras.utils.set_random_seed(seed)
-    inp = keras.Input((SIZE, SIZE, 1))
-    h = keras.layers.Conv2D(8, 3, activation="relu", padding="same", name="conv1")(inp)
-    h = keras.layers.MaxPooling2D()(h)
-    h = keras.layers.Conv2D(8, 3, activation="relu", padding="same", name="conv2")(h)
-    h = keras.layers.MaxPooling2D()(h)
-    h = keras.layers.Flatten()(h)
-    model = keras.Model(inp, keras.layers.Dense(len(FINDINGS), activation="sigmoid", name="findings")(h))
+    model = build_toy_model(seed=seed, outputs=len(FINDINGS), activation="sigmoid", head="findings")
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="binary_crossentropy")
     model.fit(x, data.targets.astype(np.float32), epochs=epochs, batch_size=12, verbose=0, shuffle=False)
     model.save(out)

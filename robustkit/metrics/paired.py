@@ -479,12 +479,16 @@ def _balanced_accuracy(pr: PairedRecords, metric: str) -> Statistic | None:
     found = binary_column(pr, "accuracy")
     if found is None:
         return None
-    per_class = [_masked_mean(found[0], pr.labels == c) for c in np.unique(pr.labels)]
+    return nanmean_of([_masked_mean(found[0], pr.labels == c) for c in np.unique(pr.labels)])
+
+
+def nanmean_of(stats: list[Statistic]) -> Statistic:
+    """The mean of the defined values of several statistics on each resample (a macro mean)."""
 
     def stat(idx: np.ndarray) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            return np.nanmean(np.stack([s(idx) for s in per_class]), axis=0)
+            return np.nanmean(np.stack([s(idx) for s in stats]), axis=0)
 
     return stat
 

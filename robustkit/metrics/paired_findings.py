@@ -35,6 +35,7 @@ from robustkit.metrics.paired import (
     Statistic,
     _masked_mean,
     binary_column,
+    nanmean_of,
     paired_statistic,
     paired_test,
 )
@@ -74,7 +75,7 @@ def _condition(pr: PairedRecords, which: str) -> tuple[str, np.ndarray, np.ndarr
 def _per_finding(pr: PairedRecords, head: str, targets: np.ndarray, probs: np.ndarray) -> Statistic | None:
     """AUROC of one finding (or the macro mean over findings) of ``probs`` on each resample."""
     if head == "macro":
-        return _nanmean([_per_row(binary_auroc, targets[:, k], probs[:, k]) for k in range(targets.shape[1])])
+        return nanmean_of([_per_row(binary_auroc, targets[:, k], probs[:, k]) for k in range(targets.shape[1])])
     k = pr.finding_index(head)
     return None if k is None else _per_row(binary_auroc, targets[:, k], probs[:, k])
 
@@ -86,17 +87,6 @@ def _per_row(score: Score, y: np.ndarray, s: np.ndarray) -> Statistic:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             return np.array([score(y[row].ravel(), s[row].ravel()) for row in idx], dtype=np.float64)
-
-    return stat
-
-
-def _nanmean(stats: list[Statistic]) -> Statistic:
-    """The mean of the defined values of several statistics (a macro mean over findings)."""
-
-    def stat(idx: np.ndarray) -> np.ndarray:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return np.nanmean(np.stack([s(idx) for s in stats]), axis=0)
 
     return stat
 
@@ -115,7 +105,7 @@ def _ranking(pr: PairedRecords, metric: str) -> Statistic | None:
     if which == "micro":
         return _per_row(score, targets, probs)
     if which == "macro":
-        return _nanmean([_per_row(score, targets[:, k], probs[:, k]) for k in range(targets.shape[1])])
+        return nanmean_of([_per_row(score, targets[:, k], probs[:, k]) for k in range(targets.shape[1])])
     k = pr.finding_index(which)
     return None if k is None else _per_row(score, targets[:, k], probs[:, k])
 
@@ -141,7 +131,7 @@ def _rate_macro(pr: PairedRecords, metric: str) -> Statistic | None:
     cols = [binary_column(pr, f"{root}.{name}") for name in pr.class_names]
     if pr.targets is None or not cols or any(c is None for c in cols):
         return None
-    return _nanmean([_masked_mean(*c) for c in cols if c is not None])
+    return nanmean_of([_masked_mean(*c) for c in cols if c is not None])
 
 
 @paired_test("*.auroc.*")

@@ -36,6 +36,7 @@ __all__ = [
     "load_model",
     "logits_head",
     "softmax",
+    "without_single_label_advice",
 ]
 
 INPUT_SCALES = ("unit", "255", "symmetric")
@@ -158,6 +159,16 @@ def logits_head(model: keras.Model) -> tuple[Any, Callable[[Any], Any], str] | N
     return last.input, dense, f"pre-activation of the final Dense layer {last.name!r}"
 
 
+#: where a detected sigmoid head's reason starts advising ``--output multilabel``
+_SINGLE_LABEL_ADVICE = "; scored as single-label"
+
+
+def without_single_label_advice(reason: str) -> str:
+    """A sigmoid head's detection reason without its "pass --output multilabel" advice, for
+    when the model is read as multi-label after all."""
+    return reason.split(_SINGLE_LABEL_ADVICE)[0]
+
+
 def detect_output_kind(model: keras.Model, probe: np.ndarray | None = None) -> tuple[str, str]:
     """The output kind of a model and why: from its final layer, else from a probe's outputs.
 
@@ -173,7 +184,7 @@ def detect_output_kind(model: keras.Model, probe: np.ndarray | None = None) -> t
         if act == "softmax":
             return "softmax", f"{where} ends in a softmax"
         if act == "sigmoid":
-            return "sigmoid", (f"{where} ends in a sigmoid; scored as single-label (one class per image, "
+            return "sigmoid", (f"{where} ends in a sigmoid{_SINGLE_LABEL_ADVICE} (one class per image, "
                                "outputs one-vs-rest); pass --output multilabel for several findings per image")
         return "logits", f"{where} has no activation: its outputs are logits"
     p = np.asarray(probe) if probe is not None else np.empty((0, 0))
@@ -322,7 +333,7 @@ class ModelAdapter:
         probe = None if logits_head(self.model) is not None else self._probe()
         detected, why = detect_output_kind(self.model, probe)
         if detected == "sigmoid" and "multilabel" in (output, self.meta.get("output")):
-            why = why.split("; scored as single-label")[0]  # the advice does not apply: it was taken
+            why = without_single_label_advice(why)
         if output is not None:
             return output, f"set by --output/output={output!r} (detected: {detected}, as {why})"
         meta_kind = self.meta.get("output")

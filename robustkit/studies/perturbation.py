@@ -111,17 +111,24 @@ class PerturbationStudy(ConditionStudy):
 HOLDS_UP, NEAR_CHANCE = 0.8, 0.15
 
 
-def _lung_predictions(model: ModelAdapter, batch: Dataset) -> np.ndarray:
-    """Predicted class ``(B, n_conditions)`` under each lung-mask condition (-1: no lung mask)."""
-    out = np.full((len(batch), len(MASK_CONDITIONS)), -1, np.int16)
+def _under_lung_conditions(model: ModelAdapter, batch: Dataset) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The rows of ``batch`` with a lung mask, and the model's probabilities ``(rows, K)`` under
+    each lung-mask condition (in MASK_CONDITIONS order)."""
     rows = np.flatnonzero([s.lung_mask_path is not None for s in batch.samples])
     if len(rows) == 0:
-        return out
+        return rows, []
     h, w, c = model.input_shape
     x = batch.load_images(rows, size=(h, w), channels=c)
     lungs = batch.load_masks(rows, size=(h, w), kind="lung")
-    for j, fn in enumerate(MASK_CONDITIONS.values()):
-        out[rows, j] = probabilities(model.logits(fn(x, lungs)), model.output_kind).argmax(axis=1)
+    return rows, [probabilities(model.logits(fn(x, lungs)), model.output_kind) for fn in MASK_CONDITIONS.values()]
+
+
+def _lung_predictions(model: ModelAdapter, batch: Dataset) -> np.ndarray:
+    """Predicted class ``(B, n_conditions)`` under each lung-mask condition (-1: no lung mask)."""
+    out = np.full((len(batch), len(MASK_CONDITIONS)), -1, np.int16)
+    rows, probs = _under_lung_conditions(model, batch)
+    for j, p in enumerate(probs):
+        out[rows, j] = p.argmax(axis=1)
     return out
 
 
@@ -129,14 +136,9 @@ def _lung_probabilities(model: ModelAdapter, batch: Dataset) -> np.ndarray:
     """Multi-label: the probabilities ``(B, n_conditions, K)`` under each lung-mask condition
     (NaN for an image without a lung mask)."""
     out = np.full((len(batch), len(MASK_CONDITIONS), len(model.class_names)), np.nan, np.float32)
-    rows = np.flatnonzero([s.lung_mask_path is not None for s in batch.samples])
-    if len(rows) == 0:
-        return out
-    h, w, c = model.input_shape
-    x = batch.load_images(rows, size=(h, w), channels=c)
-    lungs = batch.load_masks(rows, size=(h, w), kind="lung")
-    for j, fn in enumerate(MASK_CONDITIONS.values()):
-        out[rows, j] = probabilities(model.logits(fn(x, lungs)), model.output_kind)
+    rows, probs = _under_lung_conditions(model, batch)
+    for j, p in enumerate(probs):
+        out[rows, j] = p
     return out
 
 

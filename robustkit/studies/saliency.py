@@ -43,6 +43,7 @@ from robustkit.results import Check, StudyResult
 from robustkit.studies import register
 from robustkit.studies.base import AuditContext, Records, Study, StudyConfig
 from robustkit.studies.saliency_findings import (
+    beats_random_checks,
     finding_gallery,
     finding_localization,
     finding_scores,
@@ -617,14 +618,7 @@ def _localization(records: Records, data: Dataset, methods: list[str]) -> StudyR
     part.data["localization"] = {
         "excluded_by_class": {cls: int(((labels == k) & ~has).sum()) for k, cls in enumerate(names)},
         "n_images": int(has.sum())}
-    for meth in methods:
-        m = part.metrics
-        better = all(m[f"localization.{k}.{meth}"] > m[f"localization.{k}.random"] for k in ("mass", "rank_accuracy"))
-        part.checks.append(Check(
-            f"localisation beats random: {meth}", "pass" if better else "warn",
-            f"relevance mass {m[f'localization.mass.{meth}']:.3f} vs {m['localization.mass.random']:.3f} for a "
-            f"random map; rank accuracy {m[f'localization.rank_accuracy.{meth}']:.3f} vs "
-            f"{m['localization.rank_accuracy.random']:.3f}."))
+    part.checks += beats_random_checks(part.metrics, methods)
     return part
 
 

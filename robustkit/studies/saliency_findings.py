@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
     from robustkit.data.dataset import Dataset
 
-__all__ = ["LOC_FNS", "finding_gallery", "finding_localization", "finding_scores"]
+__all__ = ["LOC_FNS", "beats_random_checks", "finding_gallery", "finding_localization", "finding_scores"]
 
 LOC_FNS = {"pointing_game": SM.pointing_game, "mass": SM.relevance_mass, "rank_accuracy": SM.relevance_rank_accuracy}
 
@@ -105,16 +105,23 @@ def finding_localization(records: Records, data: Dataset, methods: list[str]) ->
         "per_finding": True, "n_pairs": int(has.sum()),
         "excluded_by_class": {name: int((present[:, k] & ~has[:, k]).sum()) for k, name in enumerate(names)},
         "n_images": int(has.any(axis=1).sum())}
-    m = part.metrics
+    part.checks += beats_random_checks(
+        part.metrics, methods, f"per finding against its own mask, pooled over {int(has.sum())} (image, finding) pairs: ")
+    return part
+
+
+def beats_random_checks(m: dict[str, float], methods: list[str], lead: str = "") -> list[Check]:
+    """"localisation beats random" per method: relevance mass and rank accuracy both above a
+    random map's (the single-label reduce's check too; ``lead`` says what was pooled)."""
+    checks = []
     for meth in methods:
         better = all(m[f"localization.{k}.{meth}"] > m[f"localization.{k}.random"] for k in ("mass", "rank_accuracy"))
-        part.checks.append(Check(
+        checks.append(Check(
             f"localisation beats random: {meth}", "pass" if better else "warn",
-            f"per finding against its own mask, pooled over {int(has.sum())} (image, finding) pairs: relevance "
-            f"mass {m[f'localization.mass.{meth}']:.3f} vs {m['localization.mass.random']:.3f} for a random map; "
-            f"rank accuracy {m[f'localization.rank_accuracy.{meth}']:.3f} vs "
+            f"{lead}relevance mass {m[f'localization.mass.{meth}']:.3f} vs {m['localization.mass.random']:.3f} "
+            f"for a random map; rank accuracy {m[f'localization.rank_accuracy.{meth}']:.3f} vs "
             f"{m['localization.rank_accuracy.random']:.3f}."))
-    return part
+    return checks
 
 
 def _mask_grid(mask: np.ndarray, shape: tuple[int, int], resize: Callable[..., np.ndarray]) -> list[Any] | None:
