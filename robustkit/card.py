@@ -20,7 +20,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -34,12 +34,12 @@ from robustkit.gate import Policy, load_policy
 from robustkit.metrics import classification as M
 from robustkit.report.render import study_anchor
 from robustkit.results import AuditResult, load_results
+from robustkit.task import Task
 
 __all__ = ["KNOWN_STUDIES", "Card", "CardNumber", "build_card", "is_multilabel", "numbers_by_prefix"]
 
 #: the studies a full audit runs; one that is absent is a limitation of the card
 KNOWN_STUDIES = ("clean", "perturbation", "noise", "adversarial", "calibration", "saliency", "slices", "ood")
-_POSITIVE = "COVID-19"
 _BOOT, _BOOT_SEED = 1000, 0
 
 
@@ -214,8 +214,14 @@ def numbers_by_prefix(r: AuditResult, prefix: str, *, label: str = "{rest}", lim
     return _present(_number(r, m, label.format(rest=m[len(prefix):])) for m in found)
 
 
-def _classes_positive_first(names: Sequence[str]) -> list[str]:
-    return sorted(names, key=lambda c: (c != _POSITIVE, list(names).index(c)))
+def _critical(r: AuditResult) -> str | None:
+    """The audit's critical class (:mod:`robustkit.task`), or None when it names none."""
+    return Task.from_results(r.model, r.class_names, r.task).critical
+
+
+def _classes_critical_first(r: AuditResult) -> list[str]:
+    names, critical = list(r.class_names), _critical(r)
+    return sorted(names, key=lambda c: (c != critical, names.index(c)))
 
 
 _CALIBRATION = (("ece", "ECE before scaling"), ("ece_ts", "ECE after temperature scaling"),
@@ -253,7 +259,7 @@ def _performance(r: AuditResult, seed: int) -> list[CardNumber]:
             _number(r, "clean.auc.macro", "ROC AUC (macro)")]
     spec = specificities(r, seed=seed)
     per_class: list[CardNumber | None] = []
-    for c in _classes_positive_first(r.class_names):
+    for c in _classes_critical_first(r):
         per_class.append(_number(r, f"clean.recall.{c}", f"sensitivity {c}"))
         per_class.append(spec.get(c))
     return _present([*head, *per_class])
@@ -363,7 +369,7 @@ def _adversarial(r: AuditResult, notes: dict[str, list[str]]) -> list[CardNumber
             if attack == "ensemble":
                 picks.append(_number(r, f"adversarial.robust_accuracy.apgd_ce.{norm}.{found[1]}",
                                      f"after APGD-CE alone, {norm.upper()} {found[1]}{unit}"))
-    checks = r.studies["adversarial"].checks
+    checks = [c for c in r.studies["adversarial"].checks if c.name != "critical class"]  # not an attack's honesty
     bad = [f"{c.name} ({c.status})" for c in checks if c.status != "pass"]
     notes["adversarial"] = [f"Attack honesty checks: {len(checks) - len(bad)} of {len(checks)} pass"
                             + (f"; not passed: {', '.join(bad)}." if bad else ".")] if checks else [
@@ -373,8 +379,8 @@ def _adversarial(r: AuditResult, notes: dict[str, list[str]]) -> list[CardNumber
 
 def _ood(r: AuditResult, notes: dict[str, list[str]]) -> list[CardNumber]:
     """The recommended score's AUROC on the far and near sets pooled (every set when no pooled
-    figure is stored), the confident COVID-19 rate on the in-distribution images and on the three
-    sets the model calls COVID-19 most; the rest is in the report."""
+    figure is stored), the confident critical-class rate on the in-distribution images and on the
+    three sets the model calls the critical class most; the rest is in the report."""
     if "ood" not in r.studies:
         return []
     rec = r.studies["ood"].data.get("recommended")
@@ -383,15 +389,15 @@ def _ood(r: AuditResult, notes: dict[str, list[str]]) -> list[CardNumber]:
     pooled = [m for m in (prefix + "far", prefix + "near") if m in r.metrics()]
     aurocs = _present(_number(r, m, label.format(rest=m[len(prefix):])) for m in pooled) if pooled \
         else numbers_by_prefix(r, prefix, label=label)
-    rate = "ood.confident_covid_rate."
+    rate, critical = "ood.confident_critical_rate.", _critical(r) or "critical class"
     rates = {m[len(rate):]: v for m, v in r.metrics().items() if m.startswith(rate)}
     top = sorted((k for k in rates if k != "id"), key=lambda k: -rates[k] if math.isfinite(rates[k]) else 0)[:3]
     shown = (["id"] if "id" in rates else []) + top
     hidden = len(rates) - len(shown)
     if hidden > 0:
-        notes["ood"] = [f"The confident COVID-19 rate of {hidden} more set(s) and every score's AUROC per set "
+        notes["ood"] = [f"The confident {critical} rate of {hidden} more set(s) and every score's AUROC per set "
                         "are in the full report."]
-    return aurocs + _present(_number(r, rate + k, f"confident COVID-19 rate {k}") for k in shown)
+    return aurocs + _present(_number(r, rate + k, f"confident {critical} rate {k}") for k in shown)
 
 
 def _slices(r: AuditResult, notes: dict[str, list[str]]) -> list[CardNumber]:

@@ -200,6 +200,11 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, default=None,
                    help="multi-label audits: the decision threshold in (0, 1) of every finding (default: chosen "
                    "per finding by Youden's J on a calibration half of the images, read on the other half)")
+    p.add_argument("--critical-class", default=None, metavar="NAME",
+                   help="the output whose misses cost most (the demo: COVID-19); it names the critical miss "
+                   "rate under attack, the confident critical rate on OOD sets and the sensitivity read among "
+                   "kept cases and per slice (default: the config's critical_class, else none: those numbers "
+                   "are not measured and a check says so)")
     p.add_argument("--data", required=True, type=Path, help="folder-per-class dataset or CSV manifest")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--reference", type=Path, default=None,
@@ -230,7 +235,7 @@ def _cmd_audit(a: argparse.Namespace) -> int:
                    cpus_per_worker=a.cpus_per_worker, gpus_per_worker=a.gpus_per_worker,
                    output=a.output, class_map=_class_map(a),
                    exclude_classes=a.exclude_classes, masks=a.masks, merge_classes=a.merge_classes,
-                   threshold=a.threshold)
+                   threshold=a.threshold, critical_class=a.critical_class)
     return _finish(result, a.out)
 
 

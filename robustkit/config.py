@@ -10,6 +10,8 @@ masks = "lung"                # what the data's masks/ files are: lesion | lung 
 exclude_classes = ["Lung_Opacity"]  # data classes set aside (out of scope)
 threshold = 0.5               # multi-label: one decision threshold for every finding
                               # (default: chosen per finding on a calibration half)
+critical_class = "COVID-19"   # the output whose misses cost most (default: none; the
+                              # numbers that need one say they were not measured)
 
 [classes]                     # data class name -> model class name
 COVID = "COVID-19"
@@ -44,7 +46,7 @@ else:  # pragma: no cover
 __all__ = ["AuditConfig", "load_config", "parse_setting", "read_toml"]
 
 _TOP_KEYS = {"seed", "profile", "limit", "batch_size", "studies", "masks", "exclude_classes",
-             "merge_classes", "threshold"}
+             "merge_classes", "threshold", "critical_class"}
 _CLASSES = "classes"
 _MASK_KINDS = ("lesion", "lung", "none")
 
@@ -65,6 +67,7 @@ class AuditConfig:
     merge_classes: bool = False
     masks: str | None = None
     threshold: float | None = None
+    critical_class: str | None = None
 
     def validate(self) -> None:
         check_range("seed", self.seed, low=0, integer=True)
@@ -83,6 +86,8 @@ class AuditConfig:
             raise param_error("exclude_classes", "a list of class names", list(self.exclude_classes))
         if not isinstance(self.merge_classes, bool):
             raise param_error("merge_classes", "true or false", self.merge_classes)
+        if self.critical_class is not None and (not isinstance(self.critical_class, str) or not self.critical_class):
+            raise param_error("critical_class", "the name of one of the model's outputs", self.critical_class)
         if self.threshold is not None:
             check_range("threshold", self.threshold, low=0.0, high=1.0, low_open=True, high_open=True)
 
@@ -171,6 +176,7 @@ def load_config(source: str | Path | dict[str, Any] | None) -> AuditConfig:
             merge_classes=top.get("merge_classes", False),
             masks=top.get("masks"),
             threshold=top.get("threshold"),
+            critical_class=top.get("critical_class"),
         )
         cfg.validate()
     except ConfigError as exc:

@@ -17,7 +17,7 @@ from typing import Any
 
 from robustkit.results import AuditResult
 
-__all__ = ["DEMO_AUDIT", "DEMO_SITES", "demo_paths", "run_demo"]
+__all__ = ["DEMO_AUDIT", "DEMO_CRITICAL_CLASS", "DEMO_SITES", "demo_paths", "run_demo"]
 
 #: Acquisition sites of the demo's phantoms (balanced: every class equally at every site),
 #: so that the slices study has site, view, sex and age metadata to slice by.
@@ -35,6 +35,11 @@ DEMO_AUDIT: dict[str, dict[str, Any]] = {
                  "randomization_samples": 3, "randomization_steps": 4},
     "ood": {"n_per_set": 32, "n_bootstrap": 200},
 }
+
+
+#: The demo model's critical class (the output whose misses cost most): configuration of the
+#: demo audit, as any audit's ``critical_class``, never a name in the studies.
+DEMO_CRITICAL_CLASS = "COVID-19"
 
 
 def _key(obj: dict[str, Any]) -> str:
@@ -94,7 +99,8 @@ def run_demo(
     _say(quiet, f"demo: auditing on the held-out test phantom -> {out}")
     from robustkit.studies import available
 
-    config = {k: v for k, v in DEMO_AUDIT.items() if k in available()} if profile == "standard" else None
+    tables = {k: v for k, v in DEMO_AUDIT.items() if k in available()} if profile == "standard" else {}
+    config = {"critical_class": DEMO_CRITICAL_CLASS, **tables}
     result = audit(paths["checkpoint"], paths["test"], profile=profile, seed=seed, out=out, quiet=quiet,
                    config=config)
     from robustkit.card_export import write_card

@@ -39,7 +39,7 @@ __all__ = [
     "save_results",
 ]
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 RESULTS_FILE = "results.json"
 RECORDS_FILE = "records.npz"
 METADATA_PREFIX = "metadata/"
@@ -156,6 +156,8 @@ class AuditResult:
     metadata: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     #: multi-label audits: bool (N, K), the findings of each sample (``records.npz`` key ``targets``)
     targets: np.ndarray | None = field(default=None, repr=False)
+    #: the task model (:meth:`robustkit.task.Task.describe`): outputs, exclusivity, critical class
+    task: dict[str, Any] = field(default_factory=dict)
 
     def metric(self, name: str) -> float:
         """Return one metric by its full dotted name, e.g. ``clean.accuracy``."""
@@ -195,6 +197,7 @@ class AuditResult:
             "config": _jsonable(self.config),
             "environment": _jsonable(self.environment),
             "class_names": list(self.class_names),
+            "task": _jsonable(self.task),
             "n_samples": int(len(self.ids)),
             "studies": {k: v.to_json() for k, v in self.studies.items()},
         }
@@ -325,4 +328,5 @@ def load_results(path: str | Path) -> AuditResult:
         seconds=float(obj.get("seconds", 0.0)),
         metadata={k[len(METADATA_PREFIX):]: v for k, v in arrays.items() if k.startswith(METADATA_PREFIX)},
         targets=arrays.get("targets"),
+        task=dict(obj.get("task", {})),
     )

@@ -36,6 +36,7 @@ from robustkit.results import (
     save_results,
 )
 from robustkit.studies import AuditContext, Study, available, get_study
+from robustkit.task import Task, resolve_critical
 
 __all__ = ["audit", "plan_studies"]
 
@@ -146,7 +147,16 @@ def _set_thresholds(model: ModelAdapter, data: Dataset, ctx: AuditContext, given
                               f"{len(calib)} images, by sample id); thresholded metrics are read on the other half")
 
 
-def _previous(out: Path | None, fresh: bool, model: ModelAdapter, data: Dataset, seed: int) -> AuditResult | None:
+def _task(model: ModelAdapter, cfg: AuditConfig) -> Task:
+    """The audit's task model: the model's outputs, their decision rule, the critical class."""
+    thresholds = None if model.thresholds is None else tuple(float(t) for t in model.thresholds)
+    return Task(names=tuple(model.class_names), exclusive=model.output_kind != "multilabel",
+                critical=resolve_critical(cfg.critical_class, model.class_names),
+                thresholds=thresholds, threshold_source=model.threshold_source if thresholds else None)
+
+
+def _previous(out: Path | None, fresh: bool, model: ModelAdapter, data: Dataset, seed: int,
+              task: Task) -> AuditResult | None:
     if out is None or fresh or not (out / RESULTS_FILE).is_file():
         return None
     try:
@@ -159,6 +169,7 @@ def _previous(out: Path | None, fresh: bool, model: ModelAdapter, data: Dataset,
         and prev.model.get("thresholds") == model.describe().get("thresholds")
         and prev.dataset.get("fingerprint") == data.fingerprint
         and prev.config.get("seed") == seed
+        and prev.task.get("critical_class") == task.critical  # the studies' reduces read it
         and list(map(str, prev.ids)) == list(map(str, data.ids))
     )
     return prev if same else None
@@ -193,6 +204,7 @@ def audit(
     masks: str | None = None,
     merge_classes: bool | None = None,
     threshold: float | None = None,
+    critical_class: str | None = None,
 ) -> AuditResult:
     """Audit a classifier and return (and, with ``out``, write) the :class:`AuditResult`.
 
@@ -233,6 +245,8 @@ def audit(
         merge_classes: allow ``class_map`` to send two data classes to one model class.
         threshold: multi-label audits: one decision threshold in (0, 1) for every finding;
             default: chosen per finding by Youden's J on a calibration half of the images.
+        critical_class: the output whose misses cost most (:mod:`robustkit.task`); default:
+            the config's ``critical_class``, else none (the numbers that need one say so).
 
     Example:
         >>> result = audit("demo.keras", "data/phantom", profile="quick", out="reports/a")  # doctest: +SKIP
@@ -243,7 +257,8 @@ def audit(
                      engine={"name": engine, "address": ray_address, "workers": workers,
                              "cpus_per_worker": cpus_per_worker, "gpus_per_worker": gpus_per_worker},
                      class_map=dict(class_map) if class_map else None, exclude_classes=exclude_classes,
-                     masks=masks, merge_classes=merge_classes, threshold=threshold)
+                     masks=masks, merge_classes=merge_classes, threshold=threshold,
+                     critical_class=critical_class)
     ray_options = _ray_options(cfg)
     plan = plan_studies(cfg)
     adapter = model if isinstance(model, ModelAdapter) else load_model(
@@ -263,9 +278,10 @@ def audit(
     ref = load_results(reference) if isinstance(reference, (str, Path)) else reference
     ctx = AuditContext(seed=cfg.seed, quiet=quiet, progress=_progress_factory(), reference=ref)
     _set_thresholds(adapter, dataset, ctx, cfg.threshold)
+    ctx.task = _task(adapter, cfg)
     plan = _multilabel_plan(plan, adapter, cfg, quiet)
-    prev = _previous(out_dir, fresh, adapter, dataset, cfg.seed)
-    result = _new_result(adapter, dataset, cfg, plan)
+    prev = _previous(out_dir, fresh, adapter, dataset, cfg.seed, ctx.task)
+    result = _new_result(adapter, dataset, cfg, plan, ctx.task)
     start = time.perf_counter()
     pending = []
     for study in plan:
@@ -376,13 +392,14 @@ def _run_one(study: Study, model: ModelAdapter, data: Dataset, ctx: AuditContext
     return res
 
 
-def _new_result(model: ModelAdapter, data: Dataset, cfg: AuditConfig, plan: list[Study]) -> AuditResult:
+def _new_result(model: ModelAdapter, data: Dataset, cfg: AuditConfig, plan: list[Study], task: Task) -> AuditResult:
     return AuditResult(
         model=model.describe(),
         dataset=data.describe(),
         config={
             "seed": cfg.seed,
             "profile": cfg.profile,
+            "critical_class": task.critical,
             "limit": cfg.limit,
             "batch_size": model.batch_size,
             "studies": {s.name: s.config_dict() for s in plan},
@@ -396,6 +413,7 @@ def _new_result(model: ModelAdapter, data: Dataset, cfg: AuditConfig, plan: list
         robustkit_version=__version__,
         metadata=data.metadata,
         targets=data.targets if model.output_kind == "multilabel" else None,
+        task=task.describe(),
         created=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
     )
 

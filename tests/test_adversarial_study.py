@@ -31,7 +31,7 @@ OVERRIDES = {
 def result(toy_model: Path, toy_data: Path, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("adv")
     return audit(toy_model, toy_data, studies=["adversarial"], seed=3, out=out,
-                 config={"adversarial": OVERRIDES})
+                 config={"critical_class": "COVID-19", "adversarial": OVERRIDES})
 
 
 def test_metric_names_and_directions(result) -> None:
@@ -40,7 +40,7 @@ def test_metric_names_and_directions(result) -> None:
     for e in ("8", "16", "24"):
         assert f"robust_accuracy.linf.{e}" in s.metrics
         assert f"attack_success_rate.linf.{e}" in s.metrics
-        assert f"covid_to_normal_rate.linf.{e}" in s.metrics
+        assert f"critical_miss_rate.linf.{e}" in s.metrics
         assert f"robust_accuracy.linf.{e}" in s.intervals
     for e in ("1", "2"):
         assert f"robust_accuracy.l2.{e}" in s.metrics
@@ -102,7 +102,8 @@ def test_records_agree_with_metrics(result) -> None:
 
 
 def test_same_seed_same_numbers(result, toy_model: Path, toy_data: Path) -> None:
-    again = audit(toy_model, toy_data, studies=["adversarial"], seed=3, config={"adversarial": OVERRIDES})
+    again = audit(toy_model, toy_data, studies=["adversarial"], seed=3, config={"adversarial": OVERRIDES},
+                  critical_class="COVID-19")
     a, b = result.studies["adversarial"], again.studies["adversarial"]
     assert a.metrics == b.metrics
     np.testing.assert_array_equal(a.records["correct"], b.records["correct"])

@@ -17,6 +17,7 @@ from robustkit.metrics import calibration as CM
 from robustkit.results import AuditResult
 from robustkit.studies import AuditContext, get_study
 from robustkit.studies.calibration import CalibrationStudy
+from robustkit.task import Task
 
 SCHEMA = json.loads((Path(robustkit.__file__).parent / "schema" / "results.schema.json").read_text())
 
@@ -230,10 +231,11 @@ def toy(toy_model: Path, toy_data: Path):
     return _adapter_and_data(toy_model, toy_data)
 
 
-def _run(toy, seed: int = 0, **overrides):
+def _run(toy, seed: int = 0, critical: str | None = "COVID-19", **overrides):
     model, data = toy
     study = CalibrationStudy.configure("quick", {"n_bootstrap": 50, **overrides})
-    return study.execute(model, data, AuditContext(seed=seed))
+    task = Task(names=tuple(data.class_names), critical=critical)
+    return study.execute(model, data, AuditContext(seed=seed, task=task))
 
 
 @pytest.fixture(scope="module")
@@ -332,9 +334,19 @@ def test_bad_config_raises(overrides) -> None:
         get_study("calibration").configure("standard", overrides)
 
 
-def test_unknown_positive_class_raises(toy) -> None:
-    with pytest.raises(ConfigError, match="positive_class"):
-        _run(toy, positive_class="Tuberculosis")
+def test_the_per_study_positive_class_is_gone_and_no_critical_class_is_said(toy) -> None:
+    with pytest.raises(ConfigError, match="positive_class"):  # the audit's critical_class replaced it
+        _run(toy, positive_class="NORMAL")
+    res = _run(toy, critical=None)
+    assert not [m for m in res.metrics if m.startswith("sensitivity_at_risk")]
+    assert all("sensitivity" not in p for p in res.data["operating_points"])
+    assert all(not any(k.startswith("sensitivity") for k in row) for row in res.tables["referral"])
+    check = next(c for c in res.checks if c.name == "critical class")
+    assert check.status == "warn" and "--critical-class" in check.detail
+    # the other numbers do not depend on it
+    full = _run(toy)
+    np.testing.assert_equal({k: v for k, v in full.metrics.items() if not k.startswith("sensitivity_at_risk")},
+                            res.metrics)
 
 
 def test_report_section_renders_figures(result) -> None:

@@ -18,7 +18,7 @@ from robustkit.cli import main
 from robustkit.metrics import classification as M
 from robustkit.results import AuditResult, Check, StudyResult, load_results, save_results
 
-CLASSES = ["NORMAL", "COVID-19", "Viral Pneumonia"]  # COVID-19 not first: the card puts it first
+CLASSES = ["NORMAL", "COVID-19", "Viral Pneumonia"]  # COVID-19 not first: as the critical class the card puts it first
 HOSTILE = '<script>alert(1)</script>"><img src=x onerror=alert(1)>'
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((REPO / "robustkit" / "schema" / "card.schema.json").read_text())
@@ -64,7 +64,8 @@ def _others() -> list[StudyResult]:
 
 
 def make_audit(*, classes: list[str] = CLASSES, n: int = 90, seed: int = 0, flip: int = 0,
-               extra: list[StudyResult] | None = None, model_name: str = "xray-v2", root: str = "/data/test") -> AuditResult:
+               extra: list[StudyResult] | None = None, model_name: str = "xray-v2", root: str = "/data/test",
+               critical: str | None = "COVID-19") -> AuditResult:
     rng = np.random.default_rng(seed)
     y = np.repeat(np.arange(len(classes)), n // len(classes))
     pred = np.where(rng.random(len(y)) < 0.85, y, (y + 1) % len(classes))
@@ -79,7 +80,8 @@ def make_audit(*, classes: list[str] = CLASSES, n: int = 90, seed: int = 0, flip
                  "class_counts": {c: int((y == k).sum()) for k, c in enumerate(classes)}},
         config={"seed": 0, "profile": "quick", "studies": {}}, environment={},
         ids=np.asarray([f"img_{i:03d}" for i in range(len(y))]), labels=y, class_names=classes,
-        studies={s.name: s for s in studies}, robustkit_version="0.1.0", created="2025-01-01T00:00:00+00:00")
+        studies={s.name: s for s in studies}, robustkit_version="0.1.0", created="2025-01-01T00:00:00+00:00",
+        task={"names": list(classes), "exclusive": True, "critical_class": critical})
 
 
 def _policy(tmp_path: Path, text: str) -> Path:
@@ -125,12 +127,15 @@ def test_specificity_matches_the_stored_confusion_and_an_independent_loop(tmp_pa
         assert lo <= entry["value"] <= hi and hi - lo > 0
 
 
-def test_covid_comes_first_in_the_per_class_table(tmp_path: Path) -> None:
+def test_the_critical_class_comes_first_in_the_per_class_table(tmp_path: Path) -> None:
     card = build_card(make_audit())
     labels = [n.label for n in card.sections["performance"] if n.label.startswith(("sensitivity", "specificity"))]
     assert labels[:2] == ["sensitivity COVID-19", "specificity COVID-19"]
     html = card_html(card)
     assert html.index(">COVID-19<") < html.index(">NORMAL<")
+    plain = build_card(make_audit(critical=None))  # no critical class: the model's order, no name guessed
+    labels = [n.label for n in plain.sections["performance"] if n.label.startswith("sensitivity")]
+    assert labels == [f"sensitivity {c}" for c in CLASSES]
 
 
 def test_smallest_budget_and_honesty_checks(tmp_path: Path) -> None:
@@ -198,8 +203,8 @@ def test_slices_ood_and_ensemble_light_up_when_present() -> None:
                     intervals={"probe.auroc.site": [0.94, 0.99]}, directions={"worst": "higher", "probe.auroc": "lower"},
                     data={"worst": {"slice": "site=B"}, "slice_defs": {"site=A": {}, "site=B": {}}}),
         StudyResult(name="ood", metrics={"auroc.energy.far": 0.99, "auroc.energy.near": 0.8, "auroc.msp.far": 0.7,
-                                         "confident_covid_rate.near": 0.12},
-                    directions={"auroc": "higher", "confident_covid_rate": "lower"}, data={"recommended": "energy"}),
+                                         "confident_critical_rate.near": 0.12},
+                    directions={"auroc": "higher", "confident_critical_rate": "lower"}, data={"recommended": "energy"}),
     ]
     audit = make_audit(extra=extra)
     adv = audit.studies["adversarial"]
@@ -209,7 +214,7 @@ def test_slices_ood_and_ensemble_light_up_when_present() -> None:
     adv.metrics[f"robust_accuracy.apgd_ce.linf.{budget}"] = 0.55
     card = build_card(audit)
     assert [n.metric for n in card.sections["ood"]] == ["ood.auroc.energy.far", "ood.auroc.energy.near",
-                                                        "ood.confident_covid_rate.near"]
+                                                        "ood.confident_critical_rate.near"]
     assert [n.metric for n in card.sections["slices"]] == ["slices.worst.accuracy", "slices.worst.gap",
                                                            "slices.probe.auroc.site"]
     assert "site=B" in card.sections["slices"][0].label

@@ -72,7 +72,7 @@ def test_ood_runs_end_to_end_with_sigmoid_scores(ml_audit) -> None:
             assert np.isfinite(ood.metrics[f"auroc.{sc}.{s}"])
     assert ood.data["multilabel"] and "JointEnergy" in ood.data["score_forms"]["energy"]
     assert 0.0 <= ood.metrics["finding_call_rate.ct"] <= 1.0
-    assert "confident_covid_rate.ct" not in ood.metrics
+    assert "confident_critical_rate.ct" not in ood.metrics
 
 
 def test_multilabel_score_forms() -> None:

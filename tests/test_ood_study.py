@@ -67,7 +67,8 @@ def test_audit_writes_ood_exports_report_and_gateable_metrics(capsys, toy_model,
     shutil.copy(next(toy_data.rglob("*.png")), user / "a.png")
     out = tmp_path / "audit"
     code = main(["audit", "--model", str(toy_model), "--data", str(toy_data), "--out", str(out), "--studies",
-                 "ood", "--profile", "quick", "--quiet", "--ood", f"mine={user}", *SMALL])
+                 "ood", "--profile", "quick", "--quiet", "--ood", f"mine={user}", "--critical-class", "COVID-19",
+                 *SMALL])
     capsys.readouterr()
     assert code == 0
     res = load_results(out).studies["ood"]
@@ -80,15 +81,15 @@ def test_audit_writes_ood_exports_report_and_gateable_metrics(capsys, toy_model,
     id_scores = res.records[f"score_{rec}"][~res.records["reference"]]
     assert export["threshold"] == pytest.approx(O.threshold_at_tpr(id_scores))
     assert np.mean(id_scores >= export["threshold"]) >= 0.95
-    for key in ("auroc.energy.ct", "auroc.mahalanobis.far", "confident_covid_rate.mine", "auroc.knn.mine"):
+    for key in ("auroc.energy.ct", "auroc.mahalanobis.far", "confident_critical_rate.mine", "auroc.knn.mine"):
         assert key in res.metrics
     assert res.direction("auroc.energy.ct") == "higher" and res.direction("fpr95.knn.far") == "lower"
-    assert res.direction("confident_covid_rate.ct") == "lower" and res.direction("confident_covid_rate.id") == "none"
+    assert res.direction("confident_critical_rate.ct") == "lower" and res.direction("confident_critical_rate.id") == "none"
     html = (out / "report.html").read_text()
     assert "The recommended filter" in html and "mine" in html and "<svg" in html
     far = res.metrics[f"auroc.{rec}.far"]
     passing = {"rule": [{"metric": f"ood.auroc.{rec}.far", "min": far - 1e-9},
-                        {"metric": "ood.confident_covid_rate.ct", "max": 1.0}]}
+                        {"metric": "ood.confident_critical_rate.ct", "max": 1.0}]}
     failing = {"rule": [{"metric": f"ood.auroc.{rec}.far", "min": far + 1e-6}]}
     assert gate(out, passing).exit_code == 0 and gate(out, failing).exit_code == 1
 

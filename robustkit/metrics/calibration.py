@@ -511,7 +511,7 @@ def selective_sensitivity(conf: np.ndarray, labels: np.ndarray, pred: np.ndarray
     return float(np.mean(np.asarray(pred)[pos] == positive))
 
 
-def referral(conf: np.ndarray, labels: np.ndarray, pred: np.ndarray, positive: int,
+def referral(conf: np.ndarray, labels: np.ndarray, pred: np.ndarray, positive: int | None,
              fraction: float) -> dict[str, float]:
     """Refer the least confident ``fraction`` of cases; error and sensitivity of the rest.
 
@@ -519,13 +519,13 @@ def referral(conf: np.ndarray, labels: np.ndarray, pred: np.ndarray, positive: i
 
     Returns:
         ``n_referred``, ``n_kept``, ``error`` (among kept), ``sensitivity`` (of ``positive``
-        among kept) and ``threshold`` (the lowest kept confidence).
+        among kept; NaN when ``positive`` is None) and ``threshold`` (the lowest kept confidence).
     """
     conf = np.asarray(conf, dtype=np.float64)
     labels, pred = np.asarray(labels), np.asarray(pred)
     n_ref = int(np.floor(fraction * len(conf) + 0.5))
     kept = np.argsort(-conf, kind="mergesort")[: len(conf) - n_ref]
-    pos = kept[labels[kept] == positive]
+    pos = kept[labels[kept] == positive] if positive is not None else kept[:0]
     return {
         "n_referred": float(n_ref),
         "n_kept": float(len(kept)),

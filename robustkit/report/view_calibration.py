@@ -258,7 +258,7 @@ def calibration_view(study: StudyResult, audit: AuditResult) -> dict[str, Any]:
     ctx["multilabel"] = False
     if data.get("multilabel"):
         return _findings_view(study, ctx)
-    ctx["positive_class"] = str(data.get("positive_class", ""))
+    ctx["positive_class"] = str(data.get("positive_class") or "")  # the audit's critical class, if any
     ctx["pairs"] = _pair_rows(study)
     ctx["selective"] = metric_rows(study, [m for m in study.metrics
                                            if m.split(".")[0] in ("aurc", "e_aurc", "coverage_at_risk", "sensitivity_at_risk")])

@@ -1,5 +1,5 @@
 """Report view of the ``ood`` study: score histograms, ROC of the recommended score, tables,
-the gallery of OOD images called the positive class most confidently.
+the gallery of OOD images called the critical class (else their top class) most confidently.
 
 Reads only the stored :class:`~robustkit.results.StudyResult`; histogram counts and ROC
 points were computed by the study (the scikit-learn Display pattern).
@@ -66,7 +66,7 @@ def _auroc_table(study: StudyResult, sets: list[Mapping[str, Any]], scores: list
 
 
 def _recommended_rows(study: StudyResult, sets: list[str], score: str,
-                      rate: str = "confident_covid_rate") -> list[dict[str, Any]]:
+                      rate: str = "confident_critical_rate") -> list[dict[str, Any]]:
     rows = []
     for name in ["id", *sets, "far", "near"]:
         row = {"set": name}
@@ -101,11 +101,13 @@ def ood_view(study: StudyResult, audit: AuditResult) -> dict[str, Any]:
     scores = [str(s) for s in data.get("scores", [])]
     ctx.update(sets=sets, recommended=rec, scores=scores, reference=str(data.get("reference", "")),
                weaker=bool(data.get("weaker_reference")), threshold=fmt(data.get("threshold")),
-               positive_class=str(data.get("positive_class") or "a finding"),
+               positive_class=str(data.get("positive_class") or ("a finding" if data.get("multilabel") else
+                                                                 "its top class")),
+               has_critical=bool(data.get("positive_class")),
                multilabel=bool(data.get("multilabel")),
                score_forms=[{"score": str(k), "form": str(v)} for k, v in (data.get("score_forms") or {}).items()],
                operating_threshold=fmt(data.get("operating_threshold")),
-               auroc=_auroc_table(study, sets, scores), rec_rows=_recommended_rows(study, names, rec, str(data.get("call_rate", "confident_covid_rate"))),
+               auroc=_auroc_table(study, sets, scores), rec_rows=_recommended_rows(study, names, rec, str(data.get("call_rate", "confident_critical_rate"))),
                gallery=_gallery(data.get("gallery", [])),
                export=json.dumps(data.get("ood_export"), indent=2, sort_keys=True) if data.get("ood_export") else "")
     ctx["metrics"] = metric_rows(study, ["n_id", "n_reference"])

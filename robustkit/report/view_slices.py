@@ -121,6 +121,7 @@ def slices_view(study: StudyResult, audit: AuditResult) -> dict[str, Any]:
     ctx["tables"] = [t for t in ctx["tables"] if t["title"] != "slices"]
     ctx["figures"] = [_forest(rows, overall, multilabel=multilabel)] if rows else []
     ctx["multilabel"] = multilabel
+    ctx["positive_class"] = str(study.data.get("positive_class") or "")  # the audit's critical class
     ctx["findings"] = [str(f) for f in study.data.get("findings", [])]
     ctx["slice_rows"] = [_finding_row(r, ctx["findings"]) if multilabel else _slice_row(r) for r in rows]
     ctx["probe_rows"] = _probe_rows(dict(study.data.get("probe", {})))

@@ -35,6 +35,7 @@ from robustkit.results import StudyResult
 from robustkit.studies import register
 from robustkit.studies.adversarial_checks import SENSITIVITY, CheckInputs, eps_name, run_checks
 from robustkit.studies.base import AuditContext, Study, StudyConfig
+from robustkit.task import critical_missing_check
 
 if TYPE_CHECKING:
     from robustkit.data.dataset import Dataset
@@ -180,8 +181,8 @@ class AdversarialStudy(Study):
         "length is at most epsilon) that changes the prediction. Robust accuracy is the share of "
         "images still classified correctly at each budget; the minimal perturbation is the "
         "smallest budget on the grid that broke an image. Read the curve from the left: the "
-        "faster it falls, the more fragile the model; a COVID-19 case flipped to NORMAL is the "
-        "costly error. The checks say whether the attack was strong enough to trust the numbers."
+        "faster it falls, the more fragile the model; a case of the critical class (the audit's "
+        "critical_class) turned into another class is the costly error. The checks say whether the attack was strong enough to trust the numbers."
     )
     Config = AdversarialConfig
     profiles = {
@@ -205,8 +206,9 @@ class AdversarialStudy(Study):
         "attack_success_rate": ("share of correctly classified images the attack broke at a budget", "lower"),
         "min_perturbation": ("smallest budget on the grid that broke an image (Linf in /255; 0: wrong "
                              "when clean; inf: not broken), median and quartiles", "higher"),
-        "covid_to_normal_rate": ("share of correctly classified COVID-19 images the attack turned into "
-                                 "NORMAL", "lower"),
+        "critical_miss_rate": ("share of the critical class's correctly classified images (the audit's "
+                               "`critical_class`) that the attack turned into any other class at a budget "
+                               "(`critical_miss_rate.<norm>.<eps>`); not measured without a critical class", "lower"),
         "foolbox": ("foolbox minimum-norm attacks on a subsample: perturbation sizes (L2; Linf in /255) "
                     "and success rate", "higher"),
         "flip_off_rate": ("multi-label: per finding, the share of images with the finding called present whose "
@@ -348,7 +350,7 @@ class AdversarialStudy(Study):
         foolbox = _foolbox_from(records, cfg.foolbox_attacks)
         result = StudyResult(name=self.name)
         ensemble = {norm: _by_attack(s, self._attack_names(len(names), norm)) for norm, s in sweeps.items()}
-        columns = _fill_metrics(result, sweeps, fgsm, y, target, names, ensemble)
+        columns = _fill_metrics(result, sweeps, fgsm, y, target, names, ensemble, ctx.critical_index)
         _fill_foolbox(result, foolbox, sweeps)
         result.intervals = _intervals(result.records["correct"], columns, y, cfg.n_bootstrap,
                                       ctx.seed_for("adversarial", "bootstrap"))
@@ -361,6 +363,8 @@ class AdversarialStudy(Study):
                              logit_drift=records["logit_drift"], logit_scale=records["logit_scale"],
                              tolerance=cfg.tolerance, large_epsilon_linf=cfg.large_epsilon_linf, ensemble=ensemble)
         result.checks, check_data = run_checks(inputs)
+        if ctx.critical_index is None:
+            result.checks.append(critical_missing_check("the critical miss rate under attack"))
         result.data.update(
             class_names=names,
             clean_accuracy=float(np.mean(logits.argmax(axis=1) == y)) if len(y) else float("nan"),
@@ -428,15 +432,9 @@ def _targets(cfg: AdversarialConfig, logits: np.ndarray, y: np.ndarray, names: l
     return np.where(y == k, least, k)
 
 
-def _find_class(names: list[str], word: str) -> int | None:
-    hits = [k for k, n in enumerate(names) if word.lower() in n.lower()]
-    return hits[0] if hits else None
-
-
-def _gallery_candidates(y: np.ndarray, pred: np.ndarray, names: list[str], n: int) -> list[int]:
-    """Correctly classified samples, round-robin over classes, COVID-19 cases first."""
-    covid = _find_class(names, "covid")
-    order = sorted(range(len(names)), key=lambda k: (k != covid, k))
+def _gallery_candidates(y: np.ndarray, pred: np.ndarray, names: list[str], n: int, critical: int | None) -> list[int]:
+    """Correctly classified samples, round-robin over classes, the critical class's first."""
+    order = sorted(range(len(names)), key=lambda k: (k != critical, k))
     pools = [list(np.flatnonzero((y == k) & (pred == y))) for k in order]
     out: list[int] = []
     while len(out) < n and any(pools):
@@ -603,11 +601,10 @@ def _fill_ensemble(result: StudyResult, s: A.SweepResult, norm: str, by: dict[st
 
 def _fill_metrics(result: StudyResult, sweeps: dict[str, A.SweepResult], fgsm: A.SweepResult | None,
                   y: np.ndarray, target: np.ndarray | None, names: list[str],
-                  ensemble: dict[str, dict[str, np.ndarray]]) -> list[str]:
+                  ensemble: dict[str, dict[str, np.ndarray]], critical: int | None) -> list[str]:
     """Robust accuracy, success rates, minimal perturbations; records; returns correct columns."""
     m, columns, correct = result.metrics, [], []
     clean_ok = sweeps[next(iter(sweeps))].min_eps > 0
-    covid, normal = _find_class(names, "covid"), _find_class(names, "normal")
     for norm, s in sweeps.items():
         unit = 255.0 if norm == "linf" else 1.0
         for k, eps in enumerate(s.epsilons):
@@ -617,8 +614,8 @@ def _fill_metrics(result: StudyResult, sweeps: dict[str, A.SweepResult], fgsm: A
             m[columns[-1]] = float(s.correct[:, k].mean())
             hit = (s.adv_pred[:, k] == target) if target is not None else ~s.correct[:, k]
             m[f"attack_success_rate.{norm}.{e}"] = _rate(hit, clean_ok)
-            if covid is not None and normal is not None:
-                m[f"covid_to_normal_rate.{norm}.{e}"] = _rate(s.adv_pred[:, k] == normal, clean_ok & (y == covid))
+            if critical is not None:
+                m[f"critical_miss_rate.{norm}.{e}"] = _rate(s.adv_pred[:, k] != critical, clean_ok & (y == critical))
         q25, q50, q75 = _quartiles(s.min_eps * unit)
         m.update({f"min_perturbation.{norm}.median": q50, f"min_perturbation.{norm}.q25": q25,
                   f"min_perturbation.{norm}.q75": q75})
@@ -733,13 +730,13 @@ def _gallery(data: Dataset, ctx: AuditContext, rec: dict[str, np.ndarray], logit
     norm = _gallery_norm(tuple(sweeps))
     s = sweeps[norm]
     y = np.asarray(data.labels, dtype=np.int64)
-    covid, normal = _find_class(names, "covid"), _find_class(names, "normal")
+    critical = ctx.critical_index
     probs = probabilities(logits, str(ctx.model_info.get("output_kind", "softmax")))
-    kept = [i for i in _gallery_candidates(y, logits.argmax(axis=1), names, 4 * n) if rec["adv_png"][i]]
+    kept = [i for i in _gallery_candidates(y, logits.argmax(axis=1), names, 4 * n, critical) if rec["adv_png"][i]]
 
-    def flips(i: int) -> bool:
+    def flips(i: int) -> bool:  # a critical case the attack turned into another class
         k = int(np.searchsorted(s.epsilons, s.min_eps[i]))
-        return covid is not None and y[i] == covid and s.adv_pred[i, k] == normal
+        return critical is not None and y[i] == critical and s.adv_pred[i, k] != critical
 
     flipped = sorted((i for i in kept if flips(i)), key=lambda i: (s.min_eps[i], i))[: max(1, n // 2)]
     rest = sorted((i for i in kept if i not in flipped), key=lambda i: (s.min_eps[i], y[i], i))

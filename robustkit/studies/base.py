@@ -42,6 +42,7 @@ import numpy as np
 
 from robustkit.errors import ConfigError, check_range, param_error
 from robustkit.results import AuditResult, StudyResult
+from robustkit.task import Task
 
 if TYPE_CHECKING:
     from robustkit.data.dataset import Dataset
@@ -96,6 +97,14 @@ class AuditContext:
     #: the audited model's description (``ModelAdapter.describe()``), for ``reduce``s that
     #: need its name, input shape or output kind without touching the model
     model_info: dict[str, Any] = field(default_factory=dict)
+    #: the audit's task model (outputs, decision rule, critical class), set by the runner;
+    #: None only for a study run outside an audit (its critical numbers are then not measured)
+    task: Task | None = None
+
+    @property
+    def critical_index(self) -> int | None:
+        """The critical output's index (:attr:`Task.critical_index`), or None when not set."""
+        return None if self.task is None else self.task.critical_index
 
     @property
     def input_shape(self) -> tuple[int, int, int] | None:

@@ -43,6 +43,7 @@ from robustkit.results import Check, StudyResult
 from robustkit.studies import register
 from robustkit.studies.base import AuditContext, Records, Study, StudyConfig
 from robustkit.studies.calibration_findings import reduce_findings
+from robustkit.task import critical_missing_check
 
 if TYPE_CHECKING:
     from robustkit.data.dataset import Dataset
@@ -73,8 +74,6 @@ class CalibrationConfig(StudyConfig):
         shift_transforms: transforms of :mod:`robustkit.data.transforms` for calibration under
             shift (those not available are skipped, with a check saying so).
         shift_severities: severities (1..5) of each shift transform (0, the clean split, is always drawn).
-        positive_class: class whose sensitivity among kept cases is reported; empty: the
-            first class whose name contains ``COVID``, else class 0.
         min_per_bin: mean samples per populated bin under which ECE is flagged as unreliable.
         max_interval_width: ECE interval width above which it is flagged as inconclusive.
         overconfidence_gap: mean confidence minus accuracy that counts as over-confident.
@@ -87,7 +86,6 @@ class CalibrationConfig(StudyConfig):
     referral_fractions: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
     shift_transforms: tuple[str, ...] = ("gaussian", "gaussian_blur", "exposure_down", "jpeg")
     shift_severities: tuple[int, ...] = (1, 2, 3, 4, 5)
-    positive_class: str = ""
     min_per_bin: int = 10
     max_interval_width: float = 0.1
     overconfidence_gap: float = 0.1
@@ -167,7 +165,6 @@ class CalibrationStudy(Study):
 
     def prepare(self, data: Dataset, ctx: AuditContext) -> None:
         """The calibration/evaluation split of the study's samples (ids of the evaluation side)."""
-        _positive_class(list(data.class_names), self.config.positive_class)  # fail before the model runs
         y = np.asarray(data.labels, dtype=np.int64)
         _, ev = _split(y, self.config.calibration_fraction, _split_keys(data.ids, ctx))
         self._evaluation = frozenset(str(i) for i in np.asarray(data.ids)[ev])
@@ -200,18 +197,20 @@ class CalibrationStudy(Study):
         if kind == "multilabel":
             return reduce_findings(records, data, ctx, cfg, (cal, ev))
         fit = OUT.fit_temperature(logits[cal], y[cal], kind)
-        positive = _positive_class(names, cfg.positive_class)
+        positive = ctx.critical_index  # sensitivity among kept cases is the critical class's
         ev_set = _EvalSet(logits[ev], y[ev], fit.temperature, kind)
         result = StudyResult(name=self.name)
-        result.metrics = _scores(ev_set, np.arange(len(ev)), cfg, names[positive], positive)
+        result.metrics = _scores(ev_set, np.arange(len(ev)), cfg, names, positive)
         result.metrics.update(temperature=fit.temperature, n_calibration=float(len(cal)), n_evaluation=float(len(ev)))
         result.metrics["accuracy_all"] = float(np.mean(logits.argmax(axis=1) == y))
-        result.intervals = _intervals(ev_set, cfg, names[positive], positive, ctx)
+        result.intervals = _intervals(ev_set, cfg, names, positive, ctx)
         _describe(result, ctx.model_info, cfg, fit, ev_set, names, positive, (cal, ev), y)
         shift_checks = _shift(result, np.asarray(records["shift_logits"], dtype=np.float64)[ev], ev_set, cfg)
         n_cal_errors = int(np.sum(logits[cal].argmax(axis=1) != y[cal]))
         result.data["temperature_export"]["identifiable"] = n_cal_errors > 0  # else T is only a bound
         result.checks = _checks(result, fit, cfg, n_cal_errors) + shift_checks
+        if positive is None:
+            result.checks.append(critical_missing_check("the sensitivity among kept cases"))
         _records(result, logits, y, fit.temperature, cal, kind)
         return result
 
@@ -238,15 +237,8 @@ def _split(y: np.ndarray, fraction: float, keys: np.ndarray) -> tuple[np.ndarray
     return stratified_split(y, fraction, keys=keys)
 
 
-def _positive_class(names: list[str], wanted: str) -> int:
-    if wanted:
-        if wanted not in names:
-            raise param_error("positive_class", "one of " + ", ".join(map(repr, names)), wanted, where=_WHERE)
-        return names.index(wanted)
-    return next((i for i, n in enumerate(names) if "COVID" in n.upper()), 0)
-
-
-def _scores(e: _EvalSet, idx: np.ndarray, cfg: CalibrationConfig, pos_name: str, positive: int) -> dict[str, float]:
+def _scores(e: _EvalSet, idx: np.ndarray, cfg: CalibrationConfig, names: list[str],
+            positive: int | None) -> dict[str, float]:
     """Every evaluation-split metric on the samples ``idx`` of the split."""
     y, b = e.y[idx], cfg.n_bins
     out: dict[str, float] = {}
@@ -267,19 +259,20 @@ def _scores(e: _EvalSet, idx: np.ndarray, cfg: CalibrationConfig, pos_name: str,
     for r in cfg.target_risks:
         cov, thr = CM.coverage_at_risk(conf, correct, r)
         out[f"coverage_at_risk.{_r(r)}"] = cov
-        out[f"sensitivity_at_risk.{pos_name}.{_r(r)}"] = CM.selective_sensitivity(conf, y, pred, positive, thr)
+        if positive is not None:
+            out[f"sensitivity_at_risk.{names[positive]}.{_r(r)}"] = CM.selective_sensitivity(conf, y, pred, positive, thr)
     return out
 
 
-def _intervals(e: _EvalSet, cfg: CalibrationConfig, pos_name: str, positive: int,
+def _intervals(e: _EvalSet, cfg: CalibrationConfig, names: list[str], positive: int | None,
                ctx: AuditContext) -> dict[str, list[float]]:
     """Stratified bootstrap 95% intervals over the evaluation split (T held fixed)."""
     if len(e.y) < 2:
         return {}
-    keys = list(_scores(e, np.arange(len(e.y)), cfg, pos_name, positive))
+    keys = list(_scores(e, np.arange(len(e.y)), cfg, names, positive))
 
     def stat(idx: np.ndarray) -> np.ndarray:
-        s = _scores(e, idx, cfg, pos_name, positive)
+        s = _scores(e, idx, cfg, names, positive)
         return np.array([s[k] for k in keys])
 
     lo, hi = M.bootstrap_interval(stat, len(e.y), n_boot=cfg.n_bootstrap,
@@ -313,7 +306,7 @@ def _estimators(cfg: CalibrationConfig, metrics: dict[str, float]) -> dict[str, 
 
 
 def _describe(result: StudyResult, info: dict[str, Any], cfg: CalibrationConfig, fit: CM.TemperatureFit,
-              e: _EvalSet, names: list[str], positive: int, splits: tuple[np.ndarray, np.ndarray],
+              e: _EvalSet, names: list[str], positive: int | None, splits: tuple[np.ndarray, np.ndarray],
               y: np.ndarray) -> None:
     """Fill ``data`` and ``tables`` with what the report draws (``info``: the model's description)."""
     cal, ev = splits
@@ -326,7 +319,7 @@ def _describe(result: StudyResult, info: dict[str, Any], cfg: CalibrationConfig,
         probability_form=OUT.link_formula(kind)
         + ("; top-label metrics use the arg-max and its sigmoid value, classwise ones each output one-vs-rest"
            if OUT.is_sigmoid(kind) else ""),
-        positive_class=names[positive],
+        positive_class=None if positive is None else names[positive],
         split={"n_calibration": int(len(cal)), "n_evaluation": int(len(ev)),
                "calibration_fraction": cfg.calibration_fraction,
                "per_class": {n: [int(a), int(b)] for n, a, b in zip(names, cal_counts, ev_counts)}},
@@ -350,10 +343,13 @@ def _describe(result: StudyResult, info: dict[str, Any], cfg: CalibrationConfig,
             "after": CM.reliability_bins(e.p_ts[:, k], e.y == k, n_bins=cfg.n_bins)}
         for k, n in enumerate(names)
     }
-    _selective(result, e, cfg, names[positive], positive)
+    _selective(result, e, cfg, names, positive)
 
 
-def _selective(result: StudyResult, e: _EvalSet, cfg: CalibrationConfig, pos_name: str, positive: int) -> None:
+def _selective(result: StudyResult, e: _EvalSet, cfg: CalibrationConfig, names: list[str],
+               positive: int | None) -> None:
+    """Risk-coverage curve, operating points and the referral table (the critical class's
+    sensitivity among kept cases where the audit names one)."""
     conf, pred = e.p_ts.max(axis=1), e.p_ts.argmax(axis=1)
     correct = pred == e.y
     cov, risk = CM.risk_coverage(conf, correct)
@@ -365,15 +361,19 @@ def _selective(result: StudyResult, e: _EvalSet, cfg: CalibrationConfig, pos_nam
     points = []
     for r in cfg.target_risks:
         c, thr = CM.coverage_at_risk(conf, correct, r)
-        points.append({"target_risk": r, "coverage": c, "threshold": thr if np.isfinite(thr) else None,
-                       "sensitivity": CM.selective_sensitivity(conf, e.y, pred, positive, thr)})
+        point = {"target_risk": r, "coverage": c, "threshold": thr if np.isfinite(thr) else None}
+        if positive is not None:
+            point["sensitivity"] = CM.selective_sensitivity(conf, e.y, pred, positive, thr)
+        points.append(point)
     result.data["operating_points"] = points
     rows = []
     for f in cfg.referral_fractions:
         ref = CM.referral(conf, e.y, pred, positive, f)
-        rows.append({"referred": f"{100 * f:g}%", "n_referred": int(ref["n_referred"]), "n_kept": int(ref["n_kept"]),
-                     "error_of_rest": ref["error"], f"sensitivity_of_rest ({pos_name})": ref["sensitivity"],
-                     "confidence_threshold": ref["threshold"]})
+        row = {"referred": f"{100 * f:g}%", "n_referred": int(ref["n_referred"]), "n_kept": int(ref["n_kept"]),
+               "error_of_rest": ref["error"]}
+        if positive is not None:
+            row[f"sensitivity_of_rest ({names[positive]})"] = ref["sensitivity"]
+        rows.append({**row, "confidence_threshold": ref["threshold"]})
     result.tables["referral"] = rows
 
 

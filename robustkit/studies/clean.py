@@ -86,7 +86,7 @@ class CleanStudy(Study[CleanConfig]):
         "n_thresholded": ("multi-label: images the thresholded metrics are read on (the half not used to "
                           "choose the thresholds, or every image when they were given)", "none"),
     }
-    headline = ("accuracy", "recall.COVID-19", "auc.macro")
+    headline = ("accuracy", "auc.macro")  # and the critical class's recall (:func:`_headline`)
     multilabel = True
 
     def map(self, model: ModelAdapter, batch: Dataset, ctx: AuditContext) -> dict[str, np.ndarray]:
@@ -119,6 +119,7 @@ class CleanStudy(Study[CleanConfig]):
             logits=logits, probs=probs, pred=pred.astype(np.int16), correct=(pred == y)[:, None]
         )
         result.data["correct_metrics"] = ["accuracy"]
+        result.data["headline"] = _headline(["accuracy", "recall", "auc.macro"], ctx)
         return result
 
 
@@ -155,7 +156,7 @@ class CleanStudy(Study[CleanConfig]):
             class_names=names, multilabel=True, thresholds=thresholds.tolist(),
             threshold_source=str(ctx.model_info.get("threshold_source", "")),
             roc={name: _roc(targets[:, k], probs[:, k]) for k, name in enumerate(names)},
-            headline=[h for h in ("auroc.macro", "auprc.macro", "sensitivity.macro", "specificity.macro")],
+            headline=_headline(["auroc.macro", "auprc.macro", "sensitivity", "specificity.macro"], ctx),
             correct_metrics=[],
         )
         result.checks = _finding_checks(targets, names, self.config.min_support)
@@ -284,3 +285,16 @@ def _examples(ctx: AuditContext, data, y, pred, probs, n: int) -> list[dict[str,
         }
         for i, img in zip(chosen, images)
     ]
+
+
+def _headline(names: list[str], ctx: AuditContext) -> list[str]:
+    """The study's headline metrics: the sensitivity slot (``recall`` or ``sensitivity``) is
+    the critical class's when the audit names one, else the macro mean (multi-label) or left out."""
+    critical = ctx.task.critical if ctx.task is not None else None
+    out = []
+    for h in names:
+        if h in ("recall", "sensitivity"):
+            h = f"{h}.{critical}" if critical else ("sensitivity.macro" if h == "sensitivity" else "")
+        if h:
+            out.append(h)
+    return out

@@ -9,8 +9,8 @@ and penultimate features from one compiled pass (and the final linear layer's pa
 the same on every row, so that ``reduce`` can re-apply it for ViM and ReAct without the
 model). ``reduce`` fits the reference statistics and scores every image with the scores of
 :mod:`robustkit.metrics.ood` (higher = more in-distribution); its metrics are the detection
-metrics per score and set, with bootstrap intervals, and the confident positive-class
-("COVID-19") rate per set, with and without the recommended filter.
+metrics per score and set, with bootstrap intervals, and the confident critical-class
+rate per set (the audit's ``critical_class``), with and without the recommended filter.
 
 Multi-label models (sigmoid outputs, several findings per image; ``multilabel = True``): MSP
 is the largest sigmoid, max-logit the largest pre-sigmoid value, energy the JointEnergy of
@@ -63,10 +63,10 @@ class OODConfig(StudyConfig):
             final Dense layer (ViM and ReAct need that one).
         knn_k: the neighbour whose distance is the KNN score.
         react_percentile: ReAct's clipping percentile of the reference activations.
-        threshold: operating threshold on the positive class's probability.
-        positive_class: the class whose confident calls on OOD images are counted.
+        threshold: operating threshold on the critical class's probability (the audit's
+            ``critical_class``, whose confident calls on OOD images are counted).
         n_bootstrap: bootstrap resamples for the 95% intervals.
-        n_gallery: OOD images shown, most confident positive calls first.
+        n_gallery: OOD images shown, most confident critical calls first.
     """
 
     sets: tuple[str, ...] = OOD_SETS
@@ -78,7 +78,6 @@ class OODConfig(StudyConfig):
     knn_k: int = 10
     react_percentile: float = 90.0
     threshold: float = 0.5
-    positive_class: str = "COVID-19"
     n_bootstrap: int = 300
     n_gallery: int = 8
 
@@ -122,7 +121,7 @@ class OODStudy(Study[OODConfig]):
         "Whether the model can tell inputs it was never meant for (CT, MR, ultrasound and nuclear-medicine "
         "images, a limb radiograph, photographs, noise, a finding outside its classes, inverted or cropped "
         "chest films) from chest radiographs of its classes, by post hoc scores of one forward pass; and how "
-        "often it calls such an image the positive class with confidence."
+        "often it calls such an image the critical class (the audit's critical_class) with confidence."
     )
     Config = OODConfig
     profiles = {"quick": {"n_per_set": 16, "n_bootstrap": 100}, "standard": {},
@@ -130,9 +129,10 @@ class OODStudy(Study[OODConfig]):
     metric_docs = {
         **{k: (f"{v[0]}; per score and set (auroc.<score>.<set>; far/near: the sets pooled)", v[1])
            for k, v in O.DETECTION_METRICS.items()},
-        "confident_covid_rate": ("share of a set's images called the positive class with probability >= the "
-                                 "threshold (per set; 'id' for the in-distribution test images)", "lower"),
-        "confident_covid_rate_filtered": ("the same after the recommended OOD filter rejects images scoring "
+        "confident_critical_rate": ("share of a set's images called the critical class (the audit's "
+                                    "critical_class) with probability >= the threshold (per set; 'id' for the "
+                                    "in-distribution test images); not measured without a critical class", "lower"),
+        "confident_critical_rate_filtered": ("the same after the recommended OOD filter rejects images scoring "
                                           "below its 95%-ID-TPR threshold", "lower"),
         "finding_call_rate": ("multi-label: share of a set's images called with at least one finding at the "
                               "per-finding decision thresholds (per set; 'id' for the in-distribution test images)",

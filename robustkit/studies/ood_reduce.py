@@ -18,6 +18,7 @@ from robustkit.metrics.classification import roc_curve
 from robustkit.metrics.outputs import probabilities
 from robustkit.results import Check, StudyResult
 from robustkit.studies.base import AuditContext, Records, split_extra
+from robustkit.task import critical_missing_check
 
 if TYPE_CHECKING:
     from robustkit.data.dataset import Dataset
@@ -151,23 +152,28 @@ def reduce_ood(study: OODStudy, records: Records, data: Dataset, ctx: AuditConte
     _detection(result, id_scores, {**set_scores, **pooled}, cfg.n_bootstrap, ctx)
     recommended = _recommend(result, [s for s in set_scores if kinds[s] == "near"] or list(set_scores))
     threshold = O.threshold_at_tpr(id_scores[recommended])
-    pos = names.index(cfg.positive_class) if cfg.positive_class in names else 0
+    pos = ctx.critical_index  # the critical class whose confident calls on OOD images are counted
     calls = _finding_calls(ctx, data) if multilabel else None
-    _confident(result, test, sets, set_scores, id_scores[recommended], recommended, threshold, pos, cfg, kind, calls)
+    if multilabel or pos is not None:
+        _confident(result, test, sets, set_scores, id_scores[recommended], recommended, threshold, pos, cfg, kind,
+                   calls)
     result.metrics["n_id"], result.metrics["n_reference"] = float(len(test.logits)), float(len(ref.logits))
     result.data.update(
         sets=study.sets_info, reference=study.reference_note, weaker_reference=study._ref_pos is not None,
         scores=[s for s in SCORES if np.all(np.isfinite(id_scores[s]))], recommended=recommended,
-        threshold=threshold, positive_class=None if multilabel else names[pos], operating_threshold=cfg.threshold,
+        threshold=threshold, positive_class=None if multilabel or pos is None else names[pos],
+        operating_threshold=cfg.threshold,
         histograms=_histograms(id_scores, set_scores), roc=_rocs(id_scores[recommended], set_scores, recommended),
         gallery=_gallery(study, sets, {s: v[recommended] for s, v in set_scores.items()}, threshold, pos, kind, ctx),
         **({"multilabel": True, "score_forms": MULTILABEL_SCORES, "call_rate": "finding_call_rate",
             "finding_thresholds": None if calls is None else calls.tolist()} if multilabel else {}),
-        ood_export=_export(study, recommended, threshold, names[pos], ctx),
+        ood_export=_export(study, recommended, threshold, None if pos is None else names[pos], ctx),
     )
     study.statistics = _statistics(fit, recommended)  # -> ood_statistics.npz, not results.json
     result.data["statistics_arrays"] = {k: list(np.shape(v)) for k, v in study.statistics.items()}
     result.checks = _checks(study, result, recommended)
+    if not multilabel and pos is None:
+        result.checks.append(critical_missing_check("the confident critical rate per set"))
     all_scores = _score(_Part(records["logits"], records["features"]), fit, kind)
     result.records.update({f"score_{s}": all_scores[s].astype(np.float32) for s in SCORES})
     result.records["reference"] = is_ref
@@ -215,12 +221,12 @@ def _finding_calls(ctx: AuditContext, data: Dataset) -> np.ndarray:
 
 
 def _confident(result: StudyResult, test: _Part, sets: dict[str, _Part], set_scores: dict[str, dict[str, np.ndarray]],
-               id_rec: np.ndarray, recommended: str, threshold: float, pos: int, cfg: Any, kind: str,
+               id_rec: np.ndarray, recommended: str, threshold: float, pos: int | None, cfg: Any, kind: str,
                finding_thresholds: np.ndarray | None = None) -> None:
-    """Per set, the share called the positive class with confidence (multi-label, given
+    """Per set, the share called the critical class ``pos`` with confidence (multi-label, given
     ``finding_thresholds``: called with any finding), without and with the filter."""
     parts = {"id": (test, id_rec), **{s: (p, set_scores[s][recommended]) for s, p in sets.items()}}
-    name = "confident_covid_rate" if finding_thresholds is None else "finding_call_rate"
+    name = "confident_critical_rate" if finding_thresholds is None else "finding_call_rate"
     for set_name, (part, score) in parts.items():
         probs = probabilities(part.logits, kind)
         confident = np.asarray(probs[:, pos] >= cfg.threshold if finding_thresholds is None
@@ -256,8 +262,10 @@ def _rocs(id_score: np.ndarray, set_scores: dict[str, dict[str, np.ndarray]], sc
     return out
 
 
-def _gallery(study: OODStudy, sets: dict[str, _Part], rec_scores: dict[str, np.ndarray], threshold: float, pos: int,
-             kind: str, ctx: AuditContext) -> list[dict[str, Any]]:
+def _gallery(study: OODStudy, sets: dict[str, _Part], rec_scores: dict[str, np.ndarray], threshold: float,
+             pos: int | None, kind: str, ctx: AuditContext) -> list[dict[str, Any]]:
+    """The OOD images called most confidently: the critical class's probability, or the top
+    output's where the audit names no critical class (multi-label: the most confident finding)."""
     n = study.config.n_gallery
     if n <= 0 or not sets or ctx.input_shape is None:
         return []
@@ -266,7 +274,7 @@ def _gallery(study: OODStudy, sets: dict[str, _Part], rec_scores: dict[str, np.n
     for s, part in sets.items():
         at = np.flatnonzero(extra.labels == groups.index(s))
         probs = probabilities(part.logits, kind)
-        p = probs.max(axis=1) if kind == "multilabel" else probs[:, pos]  # multi-label: the most confident finding
+        p = probs.max(axis=1) if kind == "multilabel" or pos is None else probs[:, pos]
         rows += [(float(p[j]), s, int(at[j]), float(rec_scores[s][j])) for j in range(len(at))]
     rows.sort(key=lambda r: (-r[0], r[2]))
     h, w, c = ctx.input_shape
@@ -276,7 +284,8 @@ def _gallery(study: OODStudy, sets: dict[str, _Part], rec_scores: dict[str, np.n
              "image_png": png_base64(img)} for (p, s, i, sc), img in zip(chosen, images)]
 
 
-def _export(study: OODStudy, recommended: str, threshold: float, positive: str, ctx: AuditContext) -> dict[str, Any]:
+def _export(study: OODStudy, recommended: str, threshold: float, positive: str | None,
+            ctx: AuditContext) -> dict[str, Any]:
     layer = study.config.features_layer
     return {
         "score": recommended,

@@ -4,7 +4,7 @@ Public COVID-19 chest X-ray sets take COVID-19 and normal images from different 
 a model can learn *where* an image came from instead of what is in the lungs (DeGrave et
 al. 2021; Roberts et al. 2021). This study slices the audited samples by their metadata
 columns (site, view, sex, age binned in decades, ...; each value and pairs of columns where
-at least ``min_size`` samples remain on both sides), reports per slice accuracy, COVID-19
+at least ``min_size`` samples remain on both sides), reports per slice accuracy, the critical class's
 sensitivity and specificity and ECE with bootstrap intervals, tests each slice's accuracy
 against its complement (Fisher's exact test) and adjusts over the slices with
 Benjamini-Hochberg (1995). A slice is flagged only when it is worse than the rest by more
@@ -38,6 +38,7 @@ from robustkit.results import Check, StudyResult
 from robustkit.studies import register
 from robustkit.studies import slices_findings as F
 from robustkit.studies.base import AuditContext, Records, Study, StudyConfig
+from robustkit.task import critical_missing_check
 
 if TYPE_CHECKING:
     from robustkit.data.dataset import Dataset
@@ -62,7 +63,6 @@ class SlicesConfig(StudyConfig):
         alpha: level of the BH q-values and of the probe's warning.
         n_bootstrap: bootstrap resamples for the intervals.
         n_bins: ECE bins (equal width).
-        positive_class: the class whose sensitivity and specificity are reported.
         probe_columns: columns the site probe predicts; None: ``site`` if the data has it.
         probe_folds: cross-validation folds of the probe.
         probe_warn_auroc: probe AUROC from which the shortcut check warns (with a confound).
@@ -80,7 +80,6 @@ class SlicesConfig(StudyConfig):
     alpha: float = 0.05
     n_bootstrap: int = 1000
     n_bins: int = 15
-    positive_class: str = "COVID-19"
     probe_columns: tuple[str, ...] | None = None
     probe_folds: int = 5
     probe_warn_auroc: float = 0.75
@@ -166,15 +165,17 @@ class SlicesStudy(Study[SlicesConfig]):
             result.checks = [Check("metadata", "warn", "the data has no metadata columns: no slices.")]
             result.data.update(slices=[], slice_defs={}, probe={}, columns=[])
             return result
-        positive = _positive(list(data.class_names), cfg.positive_class)
+        positive = ctx.critical_index  # per-slice sensitivity and specificity are the critical class's
         slices = _all_slices(labels, cfg)
         rows = _slice_rows(slices, y, pred, conf, correct, positive, cfg, ctx)
         _store(result, rows, {s.name: s.mask for s in slices})
         probe = _probes(records, data, cfg, ctx, pred, y)
         _store_probe(result, probe)
         result.data.update(columns=sorted(labels), probe=probe,
-                           positive_class=list(data.class_names)[positive] if positive >= 0 else None)
+                           positive_class=None if positive is None else list(data.class_names)[positive])
         result.checks = _checks(rows, probe, cfg)
+        if positive is None:
+            result.checks.append(critical_missing_check("each slice's sensitivity and specificity"))
         return result
 
     def _reduce_findings(self, records: Records, data: Dataset, ctx: AuditContext) -> StudyResult:
@@ -242,10 +243,6 @@ def _probe_columns(data: Dataset, cfg: SlicesConfig) -> tuple[str, ...]:
     return tuple(cfg.probe_columns)
 
 
-def _positive(names: list[str], wanted: str) -> int:
-    return names.index(wanted) if wanted in names else (0 if names else -1)
-
-
 def _all_slices(labels: dict[str, np.ndarray], cfg: SlicesConfig) -> list[S.Slice]:
     enumerated = S.enumerate_slices({c: labels[c] for c in (cfg.columns or sorted(labels)) if c in labels},
                                     depth=cfg.depth, min_size=cfg.min_size)
@@ -260,11 +257,17 @@ def _all_slices(labels: dict[str, np.ndarray], cfg: SlicesConfig) -> list[S.Slic
 
 
 def _slice_rows(slices: list[S.Slice], y: np.ndarray, pred: np.ndarray, conf: np.ndarray, correct: np.ndarray,
-                positive: int, cfg: SlicesConfig, ctx: AuditContext) -> list[dict[str, Any]]:
+                positive: int | None, cfg: SlicesConfig, ctx: AuditContext) -> list[dict[str, Any]]:
+    """Per slice its metrics with intervals, the gap to the rest and its test (q-values over
+    slices); without a critical class (``positive`` None) no sensitivity or specificity."""
     rows: list[dict[str, Any]] = []
     for s in slices:
-        values, intervals = S.slice_metrics(y, pred, conf, s.mask, positive=positive, n_bins=cfg.n_bins,
+        values, intervals = S.slice_metrics(y, pred, conf, s.mask, positive=positive or 0, n_bins=cfg.n_bins,
                                             n_boot=cfg.n_bootstrap, seed=ctx.seed_for("slices", s.name))
+        if positive is None:
+            for key in ("sensitivity", "specificity"):
+                values.pop(key, None)
+                intervals.pop(key, None)
         gap, p = S.slice_test(correct, s.mask) if 0 < s.mask.sum() < len(y) else (math.nan, math.nan)
         rows.append({"slice": s.name, "conditions": [list(c) for c in s.conditions], "n": int(s.mask.sum()),
                      **values, "intervals": intervals, "gap": gap, "p": p})
