@@ -28,15 +28,16 @@ from typing import Any
 import numpy as np
 
 from robustkit.card_acceptance import AcceptanceRow, acceptance_rows
+from robustkit.card_blocks import resolve_block
 from robustkit.compare import MetricDelta, check_comparable, paired_deltas
 from robustkit.errors import ConfigError
 from robustkit.gate import Policy, load_policy
-from robustkit.metrics import classification as M
+from robustkit.plugins import BUILTIN_PLUGINS, plugin
 from robustkit.report.render import study_anchor
 from robustkit.results import AuditResult, load_results
 from robustkit.task import Task
 
-__all__ = ["KNOWN_STUDIES", "Card", "CardNumber", "build_card", "is_multilabel", "numbers_by_prefix"]
+__all__ = ["KNOWN_STUDIES", "Card", "CardNumber", "audit_task", "build_card", "is_multilabel", "numbers_by_prefix"]
 
 #: the studies a full audit runs; one that is absent is a limitation of the card
 KNOWN_STUDIES = ("clean", "perturbation", "noise", "adversarial", "calibration", "saliency", "slices", "ood")
@@ -86,6 +87,8 @@ class Card:
     failed_checks: list[dict[str, str]]
     limitations: list[str]
     provenance: dict[str, Any] = field(default_factory=dict)
+    #: each section's heading, from the studies' card blocks
+    titles: dict[str, str] = field(default_factory=dict)
 
     def numbers(self) -> list[CardNumber]:
         """Every number of every section, in card order."""
@@ -131,13 +134,13 @@ def build_card(
     pol = policy if policy is None or isinstance(policy, Policy) else load_policy(policy)
     if base is not None:
         check_comparable(base, result, "baseline", "audit")
-    sections, notes = _sections(result, seed)
+    sections, notes, titles = _sections(result)
     rows = acceptance_rows(result, pol, base, seed=seed) if pol is not None else []
     changes = _changes(result, base, sections, pol.alpha if pol else alpha, seed)
     use = _intended_use(intended_use)
     card = Card(model=_model(result), data=_data(result), intended_use=use, acceptance=rows,
                 sections=sections, notes=notes, changes=changes, failed_checks=_failed_checks(result),
-                limitations=[], provenance=_provenance(result, pol, base))
+                limitations=[], provenance=_provenance(result, pol, base), titles=titles)
     return replace(card, limitations=_limitations(result, card, pol, base))
 
 
@@ -207,75 +210,48 @@ def _present(items: Iterable[CardNumber | None]) -> list[CardNumber]:
 def numbers_by_prefix(r: AuditResult, prefix: str, *, label: str = "{rest}", limit: int = 12) -> list[CardNumber]:
     """Every stored metric whose full name starts with ``prefix``, in stored order.
 
-    Studies that land later (slices, OOD) are shown by prefix, so the card needs no
-    change when they add a metric. ``label`` formats ``{rest}``, the name after the prefix.
+    ``label`` formats ``{rest}``, the name after the prefix.
     """
     found = [m for m in r.metrics() if m.startswith(prefix)][:limit]
     return _present(_number(r, m, label.format(rest=m[len(prefix):])) for m in found)
 
 
-def _critical(r: AuditResult) -> str | None:
-    """The audit's critical class (:mod:`robustkit.task`), or None when it names none."""
-    return Task.from_results(r.model, r.class_names, r.task).critical
-
-
-def _classes_critical_first(r: AuditResult) -> list[str]:
-    names, critical = list(r.class_names), _critical(r)
-    return sorted(names, key=lambda c: (c != critical, names.index(c)))
-
-
-_CALIBRATION = (("ece", "ECE before scaling"), ("ece_ts", "ECE after temperature scaling"),
-                ("brier", "Brier before"), ("brier_ts", "Brier after"), ("temperature", "temperature T"))
-_FINDING_CALIBRATION = (("ece.macro", "ECE (macro) before"), ("ece_ts.macro", "ECE (macro) after scaling"),
-                        ("brier.macro", "Brier (macro) before"), ("brier_ts.macro", "Brier (macro) after"),
-                        ("temperature", "temperature T"))
-
-
 def is_multilabel(r: AuditResult) -> bool:
     """Whether the audit scored a multi-label model (per finding)."""
-    return r.model.get("output_kind") == "multilabel"
+    return not audit_task(r).exclusive
 
 
-def _sections(r: AuditResult, seed: int) -> tuple[dict[str, list[CardNumber]], dict[str, list[str]]]:
-    notes: dict[str, list[str]] = {}
-    multilabel = is_multilabel(r)
-    if multilabel:
-        notes["performance"] = _threshold_notes(r)
-    out = {
-        "performance": _finding_performance(r) if multilabel else _performance(r, seed),
-        "calibration": _present(_number(r, f"calibration.{m}", label)
-                                for m, label in (_FINDING_CALIBRATION if multilabel else _CALIBRATION)),
-        "shift": _shift(r),
-        "adversarial": _adversarial(r, notes),
-        "ood": _ood(r, notes),
-        "slices": _slices(r, notes),
-        "saliency": _saliency(r, notes),
-    }
-    return out, notes
+def audit_task(r: AuditResult) -> Task:
+    """The audit's task model (:mod:`robustkit.task`), as stored in results.json."""
+    return Task.from_results(r.model, r.class_names, r.task)
 
 
-def _performance(r: AuditResult, seed: int) -> list[CardNumber]:
-    head = [_number(r, "clean.accuracy", "accuracy"), _number(r, "clean.balanced_accuracy", "balanced accuracy"),
-            _number(r, "clean.auc.macro", "ROC AUC (macro)")]
-    spec = specificities(r, seed=seed)
-    per_class: list[CardNumber | None] = []
-    for c in _classes_critical_first(r):
-        per_class.append(_number(r, f"clean.recall.{c}", f"sensitivity {c}"))
-        per_class.append(spec.get(c))
-    return _present([*head, *per_class])
-
-
-def _finding_performance(r: AuditResult) -> list[CardNumber]:
-    """Multi-label audits: macro and micro AUROC, then per finding its AUROC, sensitivity and
-    specificity at the finding's threshold (the labels ``AUROC <finding>`` etc. make the card's
-    per-finding table)."""
-    head = [_number(r, "clean.auroc.macro", "ROC AUC (macro)"), _number(r, "clean.auroc.micro", "ROC AUC (micro)"),
-            _number(r, "clean.auprc.macro", "AUPRC (macro)")]
-    per_finding: list[CardNumber | None] = []
-    for f in r.class_names:
-        per_finding += [_number(r, f"clean.auroc.{f}", f"AUROC {f}"), _number(r, f"clean.sensitivity.{f}", f"sensitivity {f}"),
-                        _number(r, f"clean.specificity.{f}", f"specificity {f}")]
-    return _present([*head, *per_finding])
+def _sections(r: AuditResult) -> tuple[dict[str, list[CardNumber]], dict[str, list[str]], dict[str, str]]:
+    """Every study's declared card block (its plug-in record's ``card``), resolved against the
+    audit's task: ``(numbers by section, notes by section, section titles)``. A study that ran
+    and declares no block, or whose block shows nothing, is named in a note of its own."""
+    task = audit_task(r)
+    # every built-in section, empty when its study did not run (card.json keeps the same keys)
+    blocks = [p.card for p in BUILTIN_PLUGINS if p.card is not None]
+    sections: dict[str, list[CardNumber]] = {b.section or "": [] for b in blocks}
+    titles: dict[str, str] = {b.section or "": b.title or "" for b in blocks}
+    notes: dict[str, list[str]] = {"performance": _threshold_notes(r)} if not task.exclusive else {}
+    for name, study in r.studies.items():
+        record = plugin(name)
+        block = record.card if record is not None else None
+        if study.status != "ok":
+            continue
+        key = (block.section if block is not None else None) or name
+        titles.setdefault(key, (block.title if block is not None else None) or name)
+        found, block_notes = resolve_block(block, study, task) if block is not None else ([], [])
+        numbers = _present(_number(r, f"{name}.{n.metric}", n.label) for n in found)
+        sections.setdefault(key, []).extend(numbers)
+        notes.setdefault(key, []).extend(block_notes)
+        if not numbers:
+            notes[key].append(f"Study '{name}' ran but shows no number on the card "
+                              f"({'its plug-in declares no card block' if block is None else 'none of its declared metrics is stored'}); "
+                              "see the full report.")
+    return sections, {k: v for k, v in notes.items() if v}, titles
 
 
 def _threshold_notes(r: AuditResult) -> list[str]:
@@ -286,142 +262,6 @@ def _threshold_notes(r: AuditResult) -> list[str]:
     values = ", ".join(f"{f} {float(t):.3g}" for f, t in given.items())
     source = str(r.model.get("threshold_source") or "source not recorded")
     return [f"Sensitivity and specificity at the thresholds {values}: {source}."]
-
-
-def specificities(r: AuditResult, *, seed: int = 0) -> dict[str, CardNumber]:
-    """Per-class specificity: the point from the stored confusion matrix, the 95% interval
-    by a stratified bootstrap of the clean predictions in records.npz (when stored)."""
-    if "clean" not in r.studies or "confusion" not in r.studies["clean"].data:
-        return {}
-    cm = np.asarray(r.studies["clean"].data["confusion"], dtype=np.int64)
-    point = M.specificity(cm)
-    recs = r.studies["clean"].records
-    pred = recs.get("pred")
-    index = np.asarray(recs.get("index", np.arange(len(r.labels))), dtype=np.int64)
-    lo = hi = np.full(len(point), np.nan)
-    source = "clean.data.confusion in results.json"
-    if pred is not None and len(pred) == len(index) > 1:
-        y, p, k = np.asarray(r.labels)[index], np.asarray(pred).astype(np.int64), len(point)
-        lo, hi = M.bootstrap_interval(lambda i: M.specificity(M.confusion_matrix(y[i], p[i], k)), len(y),
-                                      n_boot=_BOOT, seed=seed, strata=y)
-        source += f"; interval: stratified bootstrap ({_BOOT}, seed {seed}) of clean/pred in records.npz"
-    out = {}
-    for k, c in enumerate(r.class_names[: len(point)]):
-        iv = (float(lo[k]), float(hi[k])) if math.isfinite(lo[k]) and math.isfinite(hi[k]) else None
-        out[c] = CardNumber(f"clean.specificity.{c}", f"specificity {c}", float(point[k]), iv, "higher",
-                            study_anchor("clean"), source)
-    return out
-
-
-def _shift(r: AuditResult) -> list[CardNumber]:
-    out: list[CardNumber | None] = []
-    for study, kind in (("perturbation", "acquisition shift"), ("noise", "noise")):
-        if study not in r.studies:
-            continue
-        worst = r.studies[study].data.get("worst_condition")
-        n = _number(r, f"{study}.accuracy.{worst}", f"worst {kind}: {worst}") if worst else None
-        out.append(n or _number(r, f"{study}.worst_accuracy", f"worst {kind}"))
-        out.append(_number(r, f"{study}.mean_accuracy", f"mean accuracy under {kind}"))
-    return _present(out)
-
-
-def _budget(text: str) -> float:
-    """The budget a metric-name suffix spells (``0.5``, ``8``); inf when it is not a number."""
-    try:
-        return float(text)
-    except ValueError:
-        return math.inf
-
-
-def _smallest_budget(r: AuditResult, prefix: str) -> tuple[str, str] | None:
-    """``(metric, budget)`` of the smallest budget among metrics ``<prefix><budget>``."""
-    found = [(m, m[len(prefix):]) for m in r.metrics() if m.startswith(prefix)]
-    found = [(m, b) for m, b in found if math.isfinite(_budget(b))]
-    return min(found, key=lambda mb: _budget(mb[1])) if found else None
-
-
-def _adversarial(r: AuditResult, notes: dict[str, list[str]]) -> list[CardNumber]:
-    """Robust accuracy at the smallest budget per norm, named by the attack that produced it
-    (the AutoAttack-style ensemble of the standard and full profiles, or PGD), and, for the
-    ensemble, what APGD-CE alone left standing at that budget."""
-    if "adversarial" not in r.studies:
-        return []
-    attack = str(r.studies["adversarial"].config.get("attack", "pgd"))
-    name = "ensemble (APGD-CE, APGD-DLR, FAB-T, Square)" if attack == "ensemble" else "PGD"
-    picks: list[CardNumber | None] = []
-    if r.model.get("output_kind") == "multilabel":  # per finding: how little flips a call
-        for norm in ("linf", "l2"):
-            unit = " /255" if norm == "linf" else ""
-            for direction, what in (("off", "present finding turned off"), ("on", "absent finding turned on")):
-                prefix = f"adversarial.flip_{direction}_rate.{norm}."
-                budgets = [m[len(prefix):-len(".macro")] for m in r.metrics()
-                           if m.startswith(prefix) and m.endswith(".macro")]
-                budgets = [b for b in budgets if math.isfinite(_budget(b))]
-                if budgets:
-                    budget = min(budgets, key=_budget)
-                    picks.append(_number(r, f"{prefix}{budget}.macro",
-                                         f"{what} (macro over findings), {norm.upper()} {budget}{unit}"))
-    for norm in ("linf", "l2"):
-        found = _smallest_budget(r, f"adversarial.robust_accuracy.{norm}.")
-        unit = " /255" if norm == "linf" else ""
-        if found:
-            picks.append(_number(r, found[0], f"{name} robust accuracy, {norm.upper()} {found[1]}{unit}"))
-            if attack == "ensemble":
-                picks.append(_number(r, f"adversarial.robust_accuracy.apgd_ce.{norm}.{found[1]}",
-                                     f"after APGD-CE alone, {norm.upper()} {found[1]}{unit}"))
-    checks = [c for c in r.studies["adversarial"].checks if c.name != "critical class"]  # not an attack's honesty
-    bad = [f"{c.name} ({c.status})" for c in checks if c.status != "pass"]
-    notes["adversarial"] = [f"Attack honesty checks: {len(checks) - len(bad)} of {len(checks)} pass"
-                            + (f"; not passed: {', '.join(bad)}." if bad else ".")] if checks else [
-        "No attack honesty checks were recorded: the robust accuracy is not verified."]
-    return _present(picks)
-
-
-def _ood(r: AuditResult, notes: dict[str, list[str]]) -> list[CardNumber]:
-    """The recommended score's AUROC on the far and near sets pooled (every set when no pooled
-    figure is stored), the confident critical-class rate on the in-distribution images and on the
-    three sets the model calls the critical class most; the rest is in the report."""
-    if "ood" not in r.studies:
-        return []
-    rec = r.studies["ood"].data.get("recommended")
-    prefix = f"ood.auroc.{rec}." if rec else "ood.auroc."
-    label = f"AUROC{' (' + str(rec) + ')' if rec else ''} {{rest}}"
-    pooled = [m for m in (prefix + "far", prefix + "near") if m in r.metrics()]
-    aurocs = _present(_number(r, m, label.format(rest=m[len(prefix):])) for m in pooled) if pooled \
-        else numbers_by_prefix(r, prefix, label=label)
-    rate, critical = "ood.confident_critical_rate.", _critical(r) or "critical class"
-    rates = {m[len(rate):]: v for m, v in r.metrics().items() if m.startswith(rate)}
-    top = sorted((k for k in rates if k != "id"), key=lambda k: -rates[k] if math.isfinite(rates[k]) else 0)[:3]
-    shown = (["id"] if "id" in rates else []) + top
-    hidden = len(rates) - len(shown)
-    if hidden > 0:
-        notes["ood"] = [f"The confident {critical} rate of {hidden} more set(s) and every score's AUROC per set "
-                        "are in the full report."]
-    return aurocs + _present(_number(r, rate + k, f"confident {critical} rate {k}") for k in shown)
-
-
-def _slices(r: AuditResult, notes: dict[str, list[str]]) -> list[CardNumber]:
-    if "slices" not in r.studies:
-        return []
-    worst = r.studies["slices"].data.get("worst") or {}
-    out = _present([_number(r, "slices.worst.accuracy", f"worst slice accuracy{': ' + str(worst['slice']) if worst.get('slice') else ''}"),
-                    _number(r, "slices.worst.gap", "worst slice minus the rest")])
-    out += numbers_by_prefix(r, "slices.probe.auroc.", label="site probe AUROC: {rest}")
-    if "n_flagged" in r.studies["slices"].metrics:
-        notes["slices"] = [f"{r.studies['slices'].metrics['n_flagged']:g} slices flagged as significantly worse than the rest."]
-    return out
-
-
-def _saliency(r: AuditResult, notes: dict[str, list[str]]) -> list[CardNumber]:
-    if "saliency" not in r.studies:
-        return []
-    s = r.studies["saliency"]
-    sanity = [c for c in s.checks if c.name.startswith("randomisation sanity")]
-    if sanity:
-        ok = [c.name.split(":", 1)[-1].strip() for c in sanity if c.status == "pass"]
-        notes["saliency"] = [f"Weight randomisation sanity: {len(ok)} of {len(sanity)} methods pass"
-                             + (f" ({', '.join(ok)})." if ok else ".")]
-    return numbers_by_prefix(r, "saliency.randomization.ssim.", label="map similarity after randomisation: {rest}")
 
 
 # ---------------------------------------------------------------- baseline, checks, limitations

@@ -31,11 +31,6 @@ __all__ = ["CARD_FILE", "CARD_SCHEMA_VERSION", "card_html", "card_json", "mct_js
 
 CARD_FILE = "card.html"
 CARD_SCHEMA_VERSION = "1.0"
-_SECTION_TITLES = {
-    "performance": "Performance on the clean test images", "calibration": "Calibration",
-    "shift": "Acquisition shift", "adversarial": "Adversarial robustness", "ood": "Out-of-distribution inputs",
-    "slices": "Subgroups (slices)", "saliency": "Saliency sanity",
-}
 
 
 def write_card(audit_dir: str | Path, *, out: str | Path | None = None, policy: str | Path | None = None,
@@ -172,7 +167,7 @@ def card_html(card: Card) -> str:
     """The card as one self-contained HTML document (no script; CSP as in the report)."""
     env = _environment()
     overall, per_class = _per_class(card.sections.get("performance", []), card.model["classes"])
-    sections = [{"key": k, "title": _SECTION_TITLES[k], "rows": [_cell(n) for n in v], "notes": card.notes.get(k, [])}
+    sections = [{"key": k, "title": card.titles.get(k, k), "rows": [_cell(n) for n in v], "notes": card.notes.get(k, [])}
                 for k, v in card.sections.items() if k != "performance" and (v or card.notes.get(k))]
     return env.get_template("card.html.j2").render(
         css=Markup(_read_template("card.css")), card=card, verdict=card.verdict,

@@ -30,6 +30,8 @@ from robustkit.errors import ConfigError, param_error
 
 __all__ = [
     "BUILTIN_PLUGINS",
+    "CardBlock",
+    "CardItem",
     "CliOption",
     "ENTRY_POINT_GROUP",
     "EceColumns",
@@ -136,6 +138,65 @@ class CliOption:
 
 
 @dataclass(frozen=True)
+class CardItem:
+    """A number (or a family of numbers) a study shows on the audit card.
+
+    ``metric`` names a metric of the study; ``label`` is what the card calls it. Both may hold
+    fields, filled in from the stored audit when the card is built (:mod:`robustkit.card_blocks`):
+
+    * ``{critical}``: the audit's critical class (the item is left out without one: the
+      study's own ``critical class`` check says so);
+    * ``{class}``: every output, the critical one first (one number each);
+    * ``{data.KEY}`` / ``{config.KEY}``: a value of the study's stored data or config (dotted
+      keys reach into tables); the item is left out when it is missing;
+    * ``{a|b}``: each of the listed words, in order;
+    * ``{#NAME}``: a number (a budget such as ``0.5`` or ``8``); the first item of a block that
+      meets it picks the smallest finite one present, and later items of the block reuse it;
+    * ``{*}``: any text: every match in stored order, or with ``pick="largest"`` the ``limit``
+      largest values (``exclude``: values of ``{*}`` to leave out).
+
+    Attributes:
+        metric: the pattern of the metric name within the study.
+        label: the card's words for it, with the same fields.
+        task: ``"any"``, ``"exclusive"`` (one label per image) or ``"multilabel"``.
+        pick: ``"each"`` or ``"largest"`` (for ``{*}``).
+        limit: the most numbers the item shows; those left out are counted in a note.
+        exclude: values of ``{*}`` never shown by this item.
+        fallback: an item tried when this one shows nothing.
+    """
+
+    metric: str
+    label: str
+    task: str = "any"
+    pick: str = "each"
+    limit: int = 12
+    exclude: tuple[str, ...] = ()
+    fallback: CardItem | None = None
+
+
+@dataclass(frozen=True)
+class CardBlock:
+    """What a study shows on the audit card: its numbers, in the card section they belong to.
+
+    Attributes:
+        items: the numbers, in card order.
+        section: the card section (``performance``, ``shift``, ...; default: the study's name);
+            two studies may share one (perturbation and noise: ``shift``).
+        title: the section's heading (default: the study's name).
+        checks: how the card counts the study's checks in its note (``"Checks"``); None: no note.
+        check_prefix: only checks whose name starts with this are counted.
+        no_checks: the note when the study recorded no such check (None: no note).
+    """
+
+    items: tuple[CardItem, ...]
+    section: str | None = None
+    title: str | None = None
+    checks: str | None = "Checks"
+    check_prefix: str = ""
+    no_checks: str | None = None
+
+
+@dataclass(frozen=True)
 class StudyPlugin:
     """Everything robustkit needs to know about one study.
 
@@ -151,6 +212,8 @@ class StudyPlugin:
         exports: files written beside ``results.json``.
         options: command-line shortcuts for its config keys (``--layer`` for saliency);
             every study option is also reachable as ``--set STUDY.KEY=VALUE``.
+        card: the numbers it shows on the audit card, for every task kind; None: none (the
+            card then says the study shows nothing there).
     """
 
     name: str
@@ -160,6 +223,7 @@ class StudyPlugin:
     paired: PairedSpec = field(default_factory=PairedSpec)
     exports: tuple[Export, ...] = ()
     options: tuple[CliOption, ...] = ()
+    card: CardBlock | None = None
 
     def load_study(self) -> type:
         """Import and return the study class (a bare class from an entry point as it came)."""
@@ -189,30 +253,99 @@ _CAL = PairedSpec(
     subset=("split", 1),
 )
 
+_ANY, _ONE, _MANY = "any", "exclusive", "multilabel"
+_LINF, _L2 = " LINF {#linf} /255", " L2 {#l2}"
+
+
+def _shift_block(kind: str) -> CardBlock:
+    """Perturbation and noise: the worst condition and the mean over conditions."""
+    return CardBlock(section="shift", title="Acquisition shift", items=(
+        CardItem("accuracy.{data.worst_condition}", f"worst {kind}: {{data.worst_condition}}", _ONE,
+                 fallback=CardItem("worst_accuracy", f"worst {kind}", _ONE)),
+        CardItem("mean_accuracy", f"mean accuracy under {kind}", _ONE),
+        CardItem("auroc.macro.{data.worst_condition}", f"worst {kind} (macro AUROC): {{data.worst_condition}}", _MANY,
+                 fallback=CardItem("worst_auroc", f"worst {kind} (macro AUROC)", _MANY)),
+        CardItem("mean_auroc", f"mean macro AUROC under {kind}", _MANY),
+    ))
+
+
+_CARD_CLEAN = CardBlock(section="performance", title="Performance on the clean test images", items=(
+    CardItem("accuracy", "accuracy", _ONE), CardItem("balanced_accuracy", "balanced accuracy", _ONE),
+    CardItem("auc.macro", "ROC AUC (macro)", _ONE),
+    CardItem("auroc.macro", "ROC AUC (macro)", _MANY), CardItem("auroc.micro", "ROC AUC (micro)", _MANY),
+    CardItem("auprc.macro", "AUPRC (macro)", _MANY),
+    CardItem("recall.{class}", "sensitivity {class}", _ONE), CardItem("specificity.{class}", "specificity {class}", _ONE),
+    CardItem("auroc.{class}", "AUROC {class}", _MANY), CardItem("sensitivity.{class}", "sensitivity {class}", _MANY),
+    CardItem("specificity.{class}", "specificity {class}", _MANY),
+))
+_CARD_CALIBRATION = CardBlock(section="calibration", title="Calibration", items=(
+    *(CardItem(m, label, _ONE) for m, label in (
+        ("ece", "ECE before scaling"), ("ece_ts", "ECE after temperature scaling"), ("brier", "Brier before"),
+        ("brier_ts", "Brier after"))),
+    *(CardItem(m, label, _MANY) for m, label in (
+        ("ece.macro", "ECE (macro) before"), ("ece_ts.macro", "ECE (macro) after scaling"),
+        ("brier.macro", "Brier (macro) before"), ("brier_ts.macro", "Brier (macro) after"))),
+    CardItem("temperature", "temperature T"),
+))
+_CARD_ADVERSARIAL = CardBlock(
+    section="adversarial", title="Adversarial robustness", checks="Attack honesty checks",
+    no_checks="No attack honesty checks were recorded: the robust accuracy is not verified.",
+    items=(
+        CardItem("flip_off_rate.linf.{#linf}.macro", "present finding turned off (macro over findings)," + _LINF, _MANY),
+        CardItem("flip_on_rate.linf.{#linf}.macro", "absent finding turned on (macro over findings)," + _LINF, _MANY),
+        CardItem("flip_off_rate.l2.{#l2}.macro", "present finding turned off (macro over findings)," + _L2, _MANY),
+        CardItem("flip_on_rate.l2.{#l2}.macro", "absent finding turned on (macro over findings)," + _L2, _MANY),
+        CardItem("robust_accuracy.linf.{#linf}", "{config.attack} robust accuracy," + _LINF, _ONE),
+        CardItem("robust_accuracy.apgd_ce.linf.{#linf}", "after APGD-CE alone," + _LINF, _ONE),
+        CardItem("critical_miss_rate.linf.{#linf}", "{critical} cases turned into another class," + _LINF, _ONE),
+        CardItem("robust_accuracy.l2.{#l2}", "{config.attack} robust accuracy," + _L2, _ONE),
+        CardItem("robust_accuracy.apgd_ce.l2.{#l2}", "after APGD-CE alone," + _L2, _ONE),
+    ))
+_CARD_SALIENCY = CardBlock(
+    section="saliency", title="Saliency sanity", checks="Weight randomisation sanity", check_prefix="randomisation sanity",
+    items=(CardItem("randomization.ssim.{*}", "map similarity after randomisation: {*}"),))
+_CARD_SLICES = CardBlock(section="slices", title="Subgroups (slices)", items=(
+    CardItem("worst.accuracy", "worst slice accuracy: {data.worst.slice}", _ONE),
+    CardItem("worst.auroc", "worst slice macro AUROC: {data.worst.slice}", _MANY),
+    CardItem("worst.gap", "worst slice minus the rest"),
+    CardItem("n_flagged", "slices significantly worse than the rest"),
+    CardItem("probe.auroc.{*}", "site probe AUROC: {*}"),
+))
+_CARD_OOD = CardBlock(section="ood", title="Out-of-distribution inputs", items=(
+    CardItem("auroc.{data.recommended}.{far|near}", "AUROC ({data.recommended}) {far|near}",
+             fallback=CardItem("auroc.{data.recommended}.{*}", "AUROC ({data.recommended}) {*}")),
+    CardItem("confident_critical_rate.id", "confident {critical} rate id", _ONE),
+    CardItem("confident_critical_rate.{*}", "confident {critical} rate {*}", _ONE, pick="largest", limit=3,
+             exclude=("id",)),
+    CardItem("finding_call_rate.id", "finding call rate id", _MANY),
+    CardItem("finding_call_rate.{*}", "finding call rate {*}", _MANY, pick="largest", limit=3, exclude=("id",)),
+))
+
 #: Built-in studies, in the order an audit runs them.
 BUILTIN_PLUGINS: tuple[StudyPlugin, ...] = (
     StudyPlugin("clean", "robustkit.studies.clean:CleanStudy",
                 "robustkit.report.views:clean_view", "partials/clean.html.j2",
-                paired=PairedSpec(findings=FindingColumns())),
+                paired=PairedSpec(findings=FindingColumns()), card=_CARD_CLEAN),
     StudyPlugin("perturbation", "robustkit.studies.perturbation:PerturbationStudy",
                 "robustkit.report.view_perturbation:condition_view", "partials/perturbation.html.j2",
-                paired=_CONDITIONS),
+                paired=_CONDITIONS, card=_shift_block("acquisition shift")),
     StudyPlugin("noise", "robustkit.studies.noise:NoiseStudy",
                 "robustkit.report.view_perturbation:condition_view", "partials/noise.html.j2",
-                paired=_CONDITIONS),
+                paired=_CONDITIONS, card=_shift_block("noise")),
     StudyPlugin("adversarial", "robustkit.studies.adversarial:AdversarialStudy",
-                "robustkit.report.view_adversarial:adversarial_view", "partials/adversarial.html.j2"),
+                "robustkit.report.view_adversarial:adversarial_view", "partials/adversarial.html.j2",
+                card=_CARD_ADVERSARIAL),
     StudyPlugin("calibration", "robustkit.studies.calibration:CalibrationStudy",
                 "robustkit.report.view_calibration:calibration_view", "partials/calibration.html.j2",
-                paired=_CAL, exports=(Export("temperature.json", "temperature_export"),)),
+                paired=_CAL, exports=(Export("temperature.json", "temperature_export"),), card=_CARD_CALIBRATION),
     StudyPlugin("saliency", "robustkit.studies.saliency:SaliencyStudy",
                 "robustkit.report.view_saliency:saliency_view", "partials/saliency.html.j2",
                 options=(CliOption("--layer", "layer", "saliency: the layer Grad-CAM explains (default: the last "
                                    "4-D feature map)"),
                          CliOption("--layers", "layers", "saliency: comma-separated layers for the activation-map "
-                                   "panel", is_list=True))),
+                                   "panel", is_list=True)), card=_CARD_SALIENCY),
     StudyPlugin("slices", "robustkit.studies.slices:SlicesStudy",
-                "robustkit.report.view_slices:slices_view", "partials/slices.html.j2"),
+                "robustkit.report.view_slices:slices_view", "partials/slices.html.j2", card=_CARD_SLICES),
     StudyPlugin("ood", "robustkit.studies.ood:OODStudy", "robustkit.report.view_ood:ood_view",
                 "partials/ood.html.j2", paired=PairedSpec(binary=()),
                 exports=(Export("ood.json", "ood_export"), Export("ood_statistics.npz", "statistics", source="study")),
@@ -222,7 +355,7 @@ BUILTIN_PLUGINS: tuple[StudyPlugin, ...] = (
                          CliOption("--ood", "ood_dirs", "ood: a folder of images the model should refuse, as set "
                                    "NAME (repeatable)", repeat=True, metavar="NAME=DIR"),
                          CliOption("--features-layer", "features_layer", "ood: the layer whose output is the "
-                                   "feature vector (default: the final Dense layer's input)"))),
+                                   "feature vector (default: the final Dense layer's input)")), card=_CARD_OOD),
 )
 
 _PLUGINS: dict[str, StudyPlugin] = {p.name: p for p in BUILTIN_PLUGINS}

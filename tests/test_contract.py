@@ -22,14 +22,20 @@ from typing import Any
 import jsonschema
 import numpy as np
 import pytest
+from scipy.stats import binomtest
 
 import robustkit
+from robustkit.card import build_card
+from robustkit.compare import paired_deltas
 from robustkit.data.dataset import Dataset, load_dataset
 from robustkit.errors import ConfigError, check_range
 from robustkit.model.adapter import load_model
-from robustkit.results import Check, StudyResult
+from robustkit.plugins import _PLUGINS, CardBlock, CardItem, StudyPlugin, register_plugin
+from robustkit.plugins import plugin as plugin_record
+from robustkit.results import AuditResult, Check, StudyResult
 from robustkit.studies import _REGISTRY, available, get_study, register
 from robustkit.studies.base import EXTRA, AuditContext, Study, StudyConfig, merge_records
+from robustkit.task import Task
 
 SCHEMA = json.loads((Path(robustkit.__file__).parent / "schema" / "results.schema.json").read_text())
 
@@ -46,27 +52,40 @@ class BrightnessConfig(StudyConfig):
 
 
 class BrightnessStudy(Study[BrightnessConfig]):
-    """The smallest third-party study: accuracy under a seeded per-sample brightness change."""
+    """The smallest third-party study, for every task kind: the calls under a seeded per-sample
+    brightness gain. One map, one reduce, no branch on the kind: the task decides the calls
+    (arg-max, or each output at its threshold), an image is right when every call matches its
+    targets (accuracy for one label per image, exact match for several), and each output's
+    agreement is read the same way. Its plug-in record (below) makes it compare and show on the card."""
 
     name = "contract_plugin"
-    description = "accuracy when each image is scaled by a random gain (a test plug-in)"
+    description = "the calls when each image is scaled by a random gain (a test plug-in)"
     Config = BrightnessConfig
-    metric_docs = {"accuracy": ("share right under the gain", "higher")}
+    metric_docs = {"accuracy": ("share of images whose every call is right under the gain", "higher"),
+                   "agreement": ("per output: share of images whose call of it is right", "higher")}
+    multilabel = True
 
     def map(self, model, batch, ctx):
         h, w, c = model.input_shape
         x = batch.load_images(np.arange(len(batch)), size=(h, w), channels=c)
         gains = np.array([ctx.rng(self.name, str(i)).uniform(1.0, self.config.gain) for i in batch.ids])
-        pred = model.logits(np.clip(x * gains[:, None, None, None], 0, 1).astype(np.float32)).argmax(axis=1)
-        return {"pred": pred.astype(np.int16), "gain": gains.astype(np.float32)}
+        return {"probs": model.probs(np.clip(x * gains[:, None, None, None], 0, 1).astype(np.float32)),
+                "gain": gains.astype(np.float32)}
 
     def reduce(self, records, data, ctx):
-        correct = records["pred"] == data.labels
-        res = StudyResult(name=self.name, metrics={"accuracy": float(correct.mean())})
-        res.records.update(correct=correct[:, None], gain=records["gain"])
-        res.data["correct_metrics"] = ["accuracy"]
+        right = ctx.task.decide(records["probs"]) == data.targets  # (N, K)
+        correct = np.column_stack([right.all(axis=1), right])
+        names = ["accuracy", *(f"agreement.{n}" for n in ctx.task.names)]
+        res = StudyResult(name=self.name, metrics=dict(zip(names, map(float, correct.mean(axis=0)))))
+        res.records.update(correct=correct, gain=records["gain"])
+        res.data["correct_metrics"] = names
         res.checks = [Check("gain applied", "pass" if np.all(records["gain"] >= 1) else "fail", "")]
         return res
+
+
+PLUGIN_RECORD = StudyPlugin("contract_plugin", f"{__name__}:BrightnessStudy", card=CardBlock(
+    section="brightness", title="Brightness", items=(CardItem("accuracy", "accuracy under a random gain"),
+                                                     CardItem("agreement.{critical}", "{critical} call under the gain"))))
 
 
 #: small settings per study so that the suite runs in a minute on two cores
@@ -87,8 +106,10 @@ SMALL: dict[str, dict[str, Any]] = {
 @pytest.fixture(scope="module", autouse=True)
 def plugin():
     register(BrightnessStudy)
+    register_plugin(PLUGIN_RECORD)
     yield
     _REGISTRY.pop(BrightnessStudy.name, None)
+    _PLUGINS.pop(BrightnessStudy.name, None)
 
 
 @pytest.fixture(scope="module")
@@ -114,9 +135,14 @@ def _study(name: str) -> Study:
     return cls.configure("quick", SMALL.get(name, {}))
 
 
+def _task(model) -> Task:
+    """The task the runner builds for ``model`` (no critical class: the contract holds without one)."""
+    return Task.from_results(model.describe(), model.class_names)
+
+
 def _sharded(study: Study, model, data, *, seed: int, batch_size: int) -> StudyResult:
     """The engine's work done by hand: shuffled shards, batches of ``batch_size``, merge, reduce."""
-    ctx = AuditContext(seed=seed, model_info=model.describe())
+    ctx = AuditContext(seed=seed, model_info=model.describe(), task=_task(model))
     index = study.select(data, ctx)
     sub = data.subset(index)
     study.prepare(sub, ctx)
@@ -140,7 +166,18 @@ def _sharded(study: Study, model, data, *, seed: int, batch_size: int) -> StudyR
 
 
 def _one_pass(study: Study, model, data, *, seed: int = 0) -> StudyResult:
-    return study.execute(model, data, AuditContext(seed=seed), batch_size=len(data))
+    return study.execute(model, data, AuditContext(seed=seed, task=_task(model)), batch_size=len(data))
+
+
+_WHOLE: dict[tuple[str, int], StudyResult] = {}
+
+
+def _whole(name: str, model, data) -> StudyResult:
+    """The one-pass result of study ``name`` at seed 0 with the SMALL settings (computed once)."""
+    key = (name, id(model))
+    if key not in _WHOLE:
+        _WHOLE[key] = _one_pass(_study(name), model, data)
+    return _WHOLE[key]
 
 
 def _strip(obj: Any) -> Any:
@@ -173,7 +210,7 @@ def _assert_close(a: Any, b: Any, where: str = "") -> None:
 @pytest.mark.parametrize("name", _names())
 def test_shards_and_batch_sizes_give_the_one_pass_result(name: str, model, data) -> None:
     study = _study(name)
-    whole = _one_pass(study, model, data)
+    whole = _whole(name, model, data)
     assert whole.status == "ok"
     for bs in (1, 7, 32):
         part = _sharded(study, model, data, seed=0, batch_size=bs)
@@ -259,7 +296,7 @@ def test_merge_records_orders_shards_and_refuses_gaps() -> None:
 
 
 def _multilabel_names() -> list[str]:
-    return [n for n in available() if get_study(n).multilabel]
+    return [n for n in available() if get_study(n).multilabel] + [BrightnessStudy.name]
 
 
 @pytest.fixture(scope="module")
@@ -281,7 +318,7 @@ def test_multilabel_studies_keep_the_contract(name: str, ml_model, ml_data) -> N
     result, schema-valid, same seed same numbers."""
     assert ml_model.output_kind == "multilabel"
     study = _study(name)
-    whole = _one_pass(study, ml_model, ml_data)
+    whole = _whole(name, ml_model, ml_data)
     assert whole.status == "ok", whole.error
     jsonschema.validate(whole.to_json(), {"$defs": SCHEMA["$defs"], "$ref": "#/$defs/study"})
     for bs in (1, 7):
@@ -295,3 +332,43 @@ def test_multilabel_studies_keep_the_contract(name: str, ml_model, ml_data) -> N
                 np.testing.assert_allclose(part.records[key], arr, rtol=1e-5, atol=1e-5 * max(1.0, scale),
                                            err_msg=f"{name}: {key}")
         _assert_close(_strip(whole.to_json()), _strip(part.to_json()), f"{name}@bs{bs}")
+
+
+# ---------------------------------------------------------------- the card and compare, for every kind
+
+
+def _as_audit(name: str, result: StudyResult, model, data) -> AuditResult:
+    """One study's result as a stored audit whose critical class is the model's first output."""
+    task = dataclasses.replace(_task(model), critical=model.class_names[0])
+    return AuditResult(model=model.describe(), dataset={"fingerprint": "x"}, config={}, environment={},
+                       ids=np.asarray(data.ids), labels=np.asarray(data.labels), class_names=list(model.class_names),
+                       studies={name: result}, task=task.describe(),
+                       targets=None if task.exclusive else data.targets)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["softmax", "multilabel"])
+def test_every_study_shows_its_stored_numbers_on_the_card(kind: str, model, data, ml_model, ml_data) -> None:
+    """Each study's declared card block gives at least one number for every task kind, each the
+    stored metric itself (a block that reads metrics the study does not write fails here)."""
+    m, d = (model, data) if kind == "softmax" else (ml_model, ml_data)
+    for name in _names() if kind == "softmax" else _multilabel_names():
+        result = _whole(name, m, d)
+        card = build_card(_as_audit(name, result, m, d))
+        record = plugin_record(name)
+        assert record is not None and record.card is not None, f"{name} declares no card block"
+        shown = [n for n in card.sections[record.card.section or name] if n.metric.startswith(f"{name}.")]
+        assert shown, f"{kind}: study {name!r} shows no number on the card ({card.notes})"
+        for n in shown:
+            assert n.value == pytest.approx(result.metrics[n.metric.split(".", 1)[1]], nan_ok=True)
+
+
+def test_the_toy_study_compares_with_mcnemar_on_its_records(model, data) -> None:
+    runs = [_one_pass(BrightnessStudy.configure("quick", {"gain": g}), model, data) for g in (1.01, 4.0)]
+    base, cand = (_as_audit(BrightnessStudy.name, r, model, data) for r in runs)
+    (delta,) = paired_deltas(base, cand, ["contract_plugin.accuracy"], correction="none")
+    a, b = (r.records["correct"][:, 0].astype(bool) for r in runs)
+    lost, gained = int((a & ~b).sum()), int((~a & b).sum())
+    assert delta.test == "mcnemar-exact" and delta.discordant == (lost, gained) and lost + gained > 0
+    assert delta.p_value == pytest.approx(binomtest(min(lost, gained), lost + gained, 0.5).pvalue)
+    assert delta.delta == pytest.approx(b.mean() - a.mean())

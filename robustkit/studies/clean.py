@@ -81,8 +81,9 @@ class CleanStudy(Study[CleanConfig]):
                   "higher"),
         "sensitivity": ("multi-label: per finding, the share of images with it called present at its "
                         "threshold, and the macro mean", "higher"),
-        "specificity": ("multi-label: per finding, the share of images without it called absent at its "
-                        "threshold, and the macro mean", "higher"),
+        "specificity": ("per class: share of the images of the other classes not predicted as it "
+                        "(one-vs-rest); multi-label: per finding, the share of images without it called absent "
+                        "at its threshold, and the macro mean", "higher"),
         "n_thresholded": ("multi-label: images the thresholded metrics are read on (the half not used to "
                           "choose the thresholds, or every image when they were given)", "none"),
     }
@@ -205,6 +206,7 @@ def _scores(y: np.ndarray, pred: np.ndarray, probs: np.ndarray, k: int) -> dict[
         "macro_f1": float(np.nanmean(f1)) if np.any(np.isfinite(f1)) else float("nan"),
         "precision": precision,
         "recall": recall,
+        "specificity": M.specificity(cm),
         "f1": f1,
         "auc": auc,
     }
@@ -212,7 +214,7 @@ def _scores(y: np.ndarray, pred: np.ndarray, probs: np.ndarray, k: int) -> dict[
 
 def _flatten(s: dict[str, Any], names: list[str]) -> dict[str, float]:
     out = {k: float(s[k]) for k in ("accuracy", "balanced_accuracy", "macro_f1")}
-    for key in ("precision", "recall", "f1", "auc"):
+    for key in ("precision", "recall", "specificity", "f1", "auc"):
         for name, v in zip(names, s[key]):
             out[f"{key}.{name}"] = float(v)
     finite_auc = s["auc"][np.isfinite(s["auc"])]
@@ -229,6 +231,7 @@ def _point_metrics(y, pred, probs, names) -> tuple[dict[str, float], list[dict[s
             "class": name,
             "precision": flat[f"precision.{name}"],
             "recall": flat[f"recall.{name}"],
+            "specificity": flat[f"specificity.{name}"],
             "f1": flat[f"f1.{name}"],
             "auc": flat[f"auc.{name}"],
             "support": int(support[k]),
