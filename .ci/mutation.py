@@ -54,7 +54,8 @@ class Mutation:
 
 
 _TESTS_OF = {"robustkit/gate.py": GATE_TESTS, "robustkit/compare.py": COMPARE_TESTS,
-             "robustkit/metrics/paired.py": COMPARE_TESTS, "robustkit/metrics/calibration.py": CALIBRATION_TESTS,
+             "robustkit/metrics/paired.py": COMPARE_TESTS,
+             "robustkit/metrics/paired_statistics.py": COMPARE_TESTS, "robustkit/metrics/calibration.py": CALIBRATION_TESTS,
              "robustkit/data/transforms.py": TRANSFORM_TESTS}
 
 
@@ -66,6 +67,7 @@ def _m(name: str, path: str, old: str, new: str, **kw: object) -> Mutation:
 G, C, P, K, T = ("robustkit/gate.py", "robustkit/compare.py", "robustkit/metrics/paired.py",
                  "robustkit/metrics/calibration.py", "robustkit/data/transforms.py")
 CL = "robustkit/metrics/classification.py"
+PS = "robustkit/metrics/paired_statistics.py"
 
 MUTATIONS: tuple[Mutation, ...] = (
     # gate
@@ -86,7 +88,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     # compare
     _m("compare: Holm ignored", C, 'p_adj = holm(p_raw) if correction == "holm" else p_raw', "p_adj = p_raw"),
     _m("compare: delta sign", C, "delta=vb - va", "delta=va - vb"),
-    _m("compare: McNemar over all samples for a recall", C, "mcnemar_exact(col_a[0][m], col_b[0][m])",
+    _m("compare: McNemar over all samples for a recall", PS, "mcnemar_exact(col_a[0][m], col_b[0][m])",
        "mcnemar_exact(col_a[0], col_b[0])"),
     _m("compare: interval level fixed", C, "level=1 - alpha)", "level=0.95)"),
     _m("compare: seed mismatch accepted", C, 'out = [] if a.get("seed") == b.get("seed") else',
@@ -102,11 +104,11 @@ MUTATIONS: tuple[Mutation, ...] = (
     _m("paired: bootstrap delta sign", P, "delta = float(np.asarray(second(ident))[0] - np.asarray(first(ident))[0])",
        "delta = float(np.asarray(first(ident))[0] - np.asarray(second(ident))[0])"),
     _m("paired: bootstrap se with ddof 0", P, "np.std(diffs, ddof=1)", "np.std(diffs, ddof=0)"),
-    _m("paired: precision computed as recall", P, "_masked_mean(pr.labels == cls, predicted)",
+    _m("paired: precision computed as recall", PS, "_masked_mean(pr.labels == cls, predicted)",
        "_masked_mean(predicted, pr.labels == cls)"),
-    _m("paired: ECE subset is the fit half", P, '("split", 1)', '("split", 0)'),
+    _m("paired: ECE subset is the fit half", PS, '("split", 1)', '("split", 0)'),
     _m("paired: resampling ignores the seed", P, "np.random.default_rng(seed).integers", "np.random.default_rng(0).integers"),
-    _m("paired: compare's ECE in the other bin convention", P, "bins, gap = ece_update(conf, corr, n_bins=n_bins)",
+    _m("paired: compare's ECE in the other bin convention", PS, "bins, gap = ece_update(conf, corr, n_bins=n_bins)",
        "bins, gap = np.clip(np.floor(conf * n_bins).astype(np.int64), 0, n_bins - 1), corr - conf"),
     # calibration
     _m("calibration: ECE bins left-closed", K, 'side="left") - 1', 'side="right") - 1'),

@@ -8,11 +8,11 @@ study needs no change here:
   ``data[key + "_metrics"]`` naming the ``M`` metrics; accuracies use ``correct``) and a
   per-class ``recall.<class>`` get the exact McNemar test on the discordant pairs;
 * other metrics get a paired bootstrap of the difference where a statistic in
-  :data:`robustkit.metrics.paired.PAIRED_STATISTICS` recomputes the stored value from the
+  :data:`robustkit.metrics.paired_statistics.BUILTIN_STATISTICS` recomputes the stored value from the
   records (the study's record in :mod:`robustkit.plugins` says which columns back which
   metrics; ECE reuses the calibration metric's own binning);
 * multi-label audits (the same images and findings) are compared per finding
-  (:mod:`robustkit.metrics.paired_findings`): ``auroc.<finding>`` by DeLong's test,
+  (:mod:`robustkit.metrics.paired_statistics`): ``auroc.<finding>`` by DeLong's test,
   ``sensitivity.<finding>`` / ``specificity.<finding>`` by exact McNemar on the thresholded
   calls of the images with / without the finding (each audit's own thresholds), and the
   macro / micro means and ``auprc.*`` by the paired bootstrap over images;
@@ -43,13 +43,12 @@ import numpy as np
 from robustkit.errors import ConfigError, RobustkitError, check_choice, check_range, param_error
 from robustkit.metrics.paired import (
     PairedRecords,
-    find_statistic,
-    find_test,
     holm,
     mcnemar_exact,
     paired_bootstrap,
     resample_indices,
 )
+from robustkit.metrics.paired_statistics import find_statistic, find_test
 from robustkit.plugins import plugin
 from robustkit.results import AuditResult, atomic_write_text, load_results
 

@@ -287,7 +287,8 @@ def test_resampling_follows_its_seed() -> None:
 
 
 def test_paired_ece_without_a_declared_subset_counts_the_evaluation_split() -> None:
-    from robustkit.metrics.paired import PairedRecords, find_statistic
+    from robustkit.metrics.paired import PairedRecords
+    from robustkit.metrics.paired_statistics import find_statistic
     from tests.test_compare import slow_ece
 
     rng = np.random.default_rng(4)

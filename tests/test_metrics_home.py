@@ -8,7 +8,8 @@ import pytest
 
 from robustkit.compare import compare
 from robustkit.metrics import calibration as CM
-from robustkit.metrics.paired import PairedRecords, find_statistic
+from robustkit.metrics.paired import PairedRecords
+from robustkit.metrics.paired_statistics import find_statistic
 from robustkit.report.compare_render import _reliability_points
 from robustkit.results import AuditResult, StudyResult
 

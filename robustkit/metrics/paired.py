@@ -11,20 +11,18 @@ their per-sample outcomes are paired:
   Tibshirani 1993, ch. 16).
 * :func:`holm` adjusts a family of p-values for multiple testing (Holm 1979); it controls
   the family-wise error rate without assuming independence.
-* :data:`PAIRED_STATISTICS` says how to recompute a stored metric from a study's
-  per-sample records (:class:`PairedRecords`), so that compare can bootstrap its
-  difference. Register more with :func:`paired_statistic`.
-* :data:`PAIRED_TESTS` says which test gives a metric's p-value when one fits it better
-  than the bootstrap: McNemar for the mean of a 0/1 column (here), DeLong for a
-  multi-label finding's AUROC (:mod:`robustkit.metrics.paired_findings`). Register more
-  with :func:`paired_test`.
+* :class:`PairedRecords` holds a study's per-sample records for that; the built-in statistics
+  (how to recompute a stored metric from them) and tests (McNemar for the mean of a 0/1
+  column, DeLong for a finding's AUROC) are one explicit list in
+  :mod:`robustkit.metrics.paired_statistics`, which also looks them up. A plug-in adds its own
+  with :func:`paired_statistic` and :func:`paired_test` (:data:`PAIRED_STATISTICS`,
+  :data:`PAIRED_TESTS`), tried before the built-ins.
 
 Pure numpy and scipy; no TensorFlow.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -34,7 +32,6 @@ from typing import Any
 import numpy as np
 
 from robustkit.errors import check_range, param_error
-from robustkit.metrics.calibration import ece_compute, ece_update
 
 __all__ = [
     "bh_qvalues",
@@ -48,9 +45,8 @@ __all__ = [
     "StatisticFactory",
     "TestFactory",
     "binary_column",
-    "find_statistic",
-    "find_test",
     "holm",
+    "nanmean_of",
     "mcnemar_exact",
     "paired_bootstrap",
     "paired_statistic",
@@ -287,8 +283,9 @@ StatisticFactory = Callable[[PairedRecords, str], "Statistic | None"]
 """``(records, metric name within its study) -> Statistic``, or None where it does not apply."""
 
 PAIRED_STATISTICS: dict[str, StatisticFactory] = {}
-"""fnmatch pattern over the full dotted metric name -> factory. Later entries are tried
-first; compare keeps a statistic only if it reproduces the stored metric on both audits."""
+"""A plug-in's statistics: fnmatch pattern over the full dotted metric name -> factory. Later
+entries are tried first, all before the built-ins of :mod:`robustkit.metrics.paired_statistics`;
+compare keeps a statistic only if it reproduces the stored metric on both audits."""
 
 
 def paired_statistic(pattern: str) -> Callable[[StatisticFactory], StatisticFactory]:
@@ -306,32 +303,6 @@ def paired_statistic(pattern: str) -> Callable[[StatisticFactory], StatisticFact
         return fn
 
     return register
-
-
-def find_statistic(full_name: str, pr: PairedRecords, *, check: float | None = None) -> Statistic | None:
-    """The first registered statistic (latest first) that applies to ``full_name``.
-
-    Args:
-        full_name: ``<study>.<metric>``.
-        pr: the study's paired records.
-        check: the stored metric value; a statistic that does not reproduce it (to 1e-6)
-            on the unresampled samples is skipped.
-    """
-    metric = full_name.partition(".")[2]
-    for pattern in reversed(list(PAIRED_STATISTICS)):
-        if not fnmatch.fnmatchcase(full_name, pattern):
-            continue
-        stat = PAIRED_STATISTICS[pattern](pr, metric)
-        if stat is not None and (check is None or _reproduces(stat, pr.n, check)):
-            return stat
-    return None
-
-
-def _reproduces(stat: Statistic, n: int, value: float) -> bool:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        got = float(np.asarray(stat(np.arange(n)[None, :]))[0])
-    return math.isfinite(got) and math.isfinite(value) and abs(got - value) <= 1e-6 * max(1.0, abs(value))
 
 
 @dataclass(frozen=True)
@@ -354,8 +325,9 @@ TestFactory = Callable[[PairedRecords, PairedRecords, str], "PairedTestResult | 
 where the test does not apply."""
 
 PAIRED_TESTS: dict[str, TestFactory] = {}
-"""fnmatch pattern over the full dotted metric name -> test. Later entries are tried first;
-a metric no test takes gets the paired bootstrap's p-value."""
+"""A plug-in's tests: fnmatch pattern over the full dotted metric name -> test. Later entries
+are tried first, all before the built-ins; a metric no test takes gets the paired bootstrap's
+p-value."""
 
 
 def paired_test(pattern: str) -> Callable[[TestFactory], TestFactory]:
@@ -366,18 +338,6 @@ def paired_test(pattern: str) -> Callable[[TestFactory], TestFactory]:
         return fn
 
     return register
-
-
-def find_test(full_name: str, first: PairedRecords, second: PairedRecords) -> PairedTestResult | None:
-    """The first registered test (latest first) that applies to ``full_name`` and gives a
-    finite p-value, or None: then the bootstrap's p-value stands."""
-    metric = full_name.partition(".")[2]
-    for pattern in reversed(list(PAIRED_TESTS)):
-        if fnmatch.fnmatchcase(full_name, pattern):
-            res = PAIRED_TESTS[pattern](first, second, metric)
-            if res is not None and math.isfinite(res.p_value):
-                return res
-    return None
 
 
 def binary_column(pr: PairedRecords, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -437,51 +397,6 @@ def _masked_mean(col: np.ndarray, mask: np.ndarray) -> Statistic:
     return stat
 
 
-@paired_statistic("*")
-def _column_mean(pr: PairedRecords, metric: str) -> Statistic | None:
-    """A 0/1 column (accuracies, recalls), or ``records[metric]`` (n,): its mean."""
-    found = binary_column(pr, metric)
-    if found is not None:
-        return _masked_mean(*found)
-    for key in (metric, metric[len("mean_"):] if metric.startswith("mean_") else None):
-        arr = pr.records.get(key) if key else None
-        if arr is not None and arr.ndim == 1 and np.issubdtype(arr.dtype, np.number):
-            return _masked_mean(np.nan_to_num(arr.astype(np.float64)), np.isfinite(arr))
-    return None
-
-
-@paired_test("*")
-def _mcnemar(first: PairedRecords, second: PairedRecords, metric: str) -> PairedTestResult | None:
-    """Exact McNemar on the 0/1 column whose mean is ``metric``, where both audits average
-    it over the same samples."""
-    col_a, col_b = binary_column(first, metric), binary_column(second, metric)
-    if col_a is None or col_b is None or not np.array_equal(col_a[1], col_b[1]):
-        return None
-    m = col_a[1]
-    res = mcnemar_exact(col_a[0][m], col_b[0][m])
-    return PairedTestResult("mcnemar-exact", res.p_value, (res.b, res.c))
-
-
-@paired_statistic("*.precision.*")
-def _precision(pr: PairedRecords, metric: str) -> Statistic | None:
-    """Per-class precision from ``records['pred']`` (indices into ``class_names``) and labels."""
-    cls = metric.partition(".")[2]
-    pred = pr.records.get("pred")
-    if pred is None or pred.ndim != 1 or cls not in list(pr.class_names):
-        return None
-    predicted = pred.astype(np.int64) == list(pr.class_names).index(cls)
-    return _masked_mean(pr.labels == cls, predicted)
-
-
-@paired_statistic("*.balanced_accuracy")
-def _balanced_accuracy(pr: PairedRecords, metric: str) -> Statistic | None:
-    """Mean of the per-class recalls (classes present in the labels)."""
-    found = binary_column(pr, "accuracy")
-    if found is None:
-        return None
-    return nanmean_of([_masked_mean(found[0], pr.labels == c) for c in np.unique(pr.labels)])
-
-
 def nanmean_of(stats: list[Statistic]) -> Statistic:
     """The mean of the defined values of several statistics on each resample (a macro mean)."""
 
@@ -491,37 +406,3 @@ def nanmean_of(stats: list[Statistic]) -> Statistic:
             return np.nanmean(np.stack([s(idx) for s in stats]), axis=0)
 
     return stat
-
-
-@paired_statistic("*.ece*")
-def _ece(pr: PairedRecords, metric: str) -> Statistic | None:
-    """Equal-width top-label ECE, recomputed with the calibration metric's own stages.
-
-    :func:`robustkit.metrics.calibration.ece_update` / ``ece_compute`` bin the samples
-    exactly as the study's point metric does (one binning convention); the bootstrap keeps
-    the bins of the full sample. Columns and subset come from ``pr.ece`` / ``pr.subset``;
-    ``n_bins`` from the study's config (15 when absent).
-    """
-    columns = pr.ece.get(metric) or (("confidence", "correct") if metric == "ece" and not pr.ece else None)
-    if columns is None:
-        return None
-    conf, corr = pr.records.get(columns[0]), pr.records.get(columns[1])
-    if conf is None or corr is None or conf.ndim != 1:
-        return None
-    corr = corr[:, 0] if corr.ndim == 2 else corr
-    keep = _subset(pr)
-    n_bins = int(pr.config.get("n_bins", 15) or 15)
-    bins, gap = ece_update(conf, corr, n_bins=n_bins)
-    return lambda idx: ece_compute(bins, gap, idx, n_bins=n_bins, keep=keep)
-
-
-def _subset(pr: PairedRecords) -> np.ndarray:
-    """Mask ``(n,)`` of the samples an ECE counts (see :attr:`PairedRecords.subset`)."""
-    column, value = pr.subset if pr.subset is not None else ("split", 1)
-    col = pr.records.get(column)
-    if col is None:
-        return np.ones(pr.n, dtype=bool) if pr.subset is None else np.zeros(pr.n, dtype=bool)
-    return np.asarray(col) == value
-
-
-from robustkit.metrics import paired_findings as _paired_findings  # noqa: E402,F401  (registers them)
