@@ -36,7 +36,7 @@ from robustkit.data.dataset import load_dataset  # noqa: E402
 from robustkit.data.regions import MASK_CONDITIONS  # noqa: E402
 from robustkit.model.adapter import ModelAdapter, load_model  # noqa: E402
 from robustkit.studies import AuditContext, get_study  # noqa: E402
-from robustkit.studies.conditions import _plan  # noqa: E402
+from robustkit.studies.condition_plan import plan_conditions  # noqa: E402
 
 SIZE = 128
 CLASSES = ["COVID-19", "NORMAL", "Viral Pneumonia"]
@@ -96,7 +96,7 @@ def _measure(name: str, overrides: dict, model: ModelAdapter, data, seed: int, r
     compared with the mean of the bare runs either side of it, so that a drifting machine
     load cancels out; the median ratio over the repeats is reported."""
     study = get_study(name).configure("standard", {"max_samples": None, **overrides})
-    plan = _plan(study.config.transforms, study.config.severities)
+    plan = plan_conditions(study.config.transforms, study.config.severities)
     ctx = AuditContext(seed=seed)
     ctx.clean_logits(model, data)  # shared with the clean study in an audit; also warms up the graph
     h, w, c = model.input_shape

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from robustkit.data.phantom import (
+from robustkit.data.phantom_render import (
     PHANTOM_VERSION,
     SEVERITY_RANGE,
     CaseMeta,

@@ -42,7 +42,7 @@ from robustkit.metrics import outputs as OUT
 from robustkit.results import Check, StudyResult
 from robustkit.studies import register
 from robustkit.studies.base import AuditContext, Records, Study, StudyConfig
-from robustkit.studies.calibration_findings import reduce_findings
+from robustkit.studies.calibration_findings import optimiser_check, reduce_findings
 from robustkit.task import critical_missing_check
 
 if TYPE_CHECKING:
@@ -476,20 +476,7 @@ def _overconfidence_check(rows: list[dict[str, Any]], gap: float, missing: list[
 
 
 def _checks(result: StudyResult, fit: CM.TemperatureFit, cfg: CalibrationConfig, n_cal_errors: int) -> list[Check]:
-    return [_optimiser_check(fit, n_cal_errors), _interval_check(result, cfg), _scaling_check(result)]
-
-
-def _optimiser_check(fit: CM.TemperatureFit, n_cal_errors: int) -> Check:
-    t, g = fit.temperature, fit.grad_log_t
-    if n_cal_errors == 0:
-        return Check("temperature fit", "warn",
-                     f"T = {t:.4g}, but every one of the {fit.n} calibration images is classified correctly: "
-                     "the NLL keeps falling as T shrinks, so T is not identifiable; use a larger or harder split.")
-    if abs(g) < 1e-4 and not fit.at_bound and 0.05 <= t <= 20:
-        return Check("temperature fit", "pass", f"T = {t:.4g}; |dNLL/dlogT| = {abs(g):.1e} at the optimum.")
-    return Check("temperature fit", "fail",
-                 f"T = {t:.4g} (sane range 0.05-20), |dNLL/dlogT| = {abs(g):.1e}, at a search bound: {fit.at_bound}; "
-                 "the optimiser did not reach an interior minimum.")
+    return [optimiser_check(fit, n_cal_errors), _interval_check(result, cfg), _scaling_check(result)]
 
 
 def _interval_check(result: StudyResult, cfg: CalibrationConfig) -> Check:

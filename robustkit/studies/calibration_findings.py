@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from robustkit.studies.base import AuditContext, Records
     from robustkit.studies.calibration import CalibrationConfig
 
-__all__ = ["FINDING_DOCS", "reduce_findings"]
+__all__ = ["FINDING_DOCS", "optimiser_check", "reduce_findings"]
 
 _FORM = ("per finding, binary reliability form: equal-width bins of the finding's probability "
          "sigmoid(logit / T) against its presence; macro = mean over findings")
@@ -155,8 +155,6 @@ def _estimators(n_bins: int) -> dict[str, dict[str, Any]]:
 
 
 def _checks(result: StudyResult, fit: CM.TemperatureFit, cfg: CalibrationConfig, n_wrong: int) -> list[Check]:
-    from robustkit.studies.calibration import _optimiser_check
-
     m = result.metrics
     detail = (f"evaluation split: NLL {m['nll']:.4f} -> {m['nll_ts']:.4f}, macro ECE {m['ece.macro']:.4f} -> "
               f"{m['ece_ts.macro']:.4f} (T = {m['temperature']:.3g}).")
@@ -164,7 +162,7 @@ def _checks(result: StudyResult, fit: CM.TemperatureFit, cfg: CalibrationConfig,
     worse = [label for label, before, after in pairs if m[after] > m[before] + 1e-9]
     scaling = (Check("temperature scaling helps", "warn", f"scaling made {' and '.join(worse)} worse on the "
                      f"held-out split; {detail}") if worse else Check("temperature scaling helps", "pass", detail))
-    return [_optimiser_check(fit, n_wrong), _precision_check(result, cfg), scaling,
+    return [optimiser_check(fit, n_wrong), _precision_check(result, cfg), scaling,
             Check("top-label and shift calibration", "warn", _NOT_MEASURED + ".")]
 
 
@@ -178,3 +176,17 @@ def _precision_check(result: StudyResult, cfg: CalibrationConfig) -> Check:
         return Check("ECE precision", "warn", detail + " Too few images to conclude much about calibration per "
                      "finding; read the reliability diagrams' intervals.")
     return Check("ECE precision", "pass", detail)
+
+
+def optimiser_check(fit: CM.TemperatureFit, n_cal_errors: int) -> Check:
+    """Whether the temperature fit reached an interior minimum (both task kinds read it)."""
+    t, g = fit.temperature, fit.grad_log_t
+    if n_cal_errors == 0:
+        return Check("temperature fit", "warn",
+                     f"T = {t:.4g}, but every one of the {fit.n} calibration images is classified correctly: "
+                     "the NLL keeps falling as T shrinks, so T is not identifiable; use a larger or harder split.")
+    if abs(g) < 1e-4 and not fit.at_bound and 0.05 <= t <= 20:
+        return Check("temperature fit", "pass", f"T = {t:.4g}; |dNLL/dlogT| = {abs(g):.1e} at the optimum.")
+    return Check("temperature fit", "fail",
+                 f"T = {t:.4g} (sane range 0.05-20), |dNLL/dlogT| = {abs(g):.1e}, at a search bound: {fit.at_bound}; "
+                 "the optimiser did not reach an interior minimum.")

@@ -35,11 +35,12 @@ from robustkit.data.transforms import get_transform
 from robustkit.metrics import classification as M
 from robustkit.results import StudyResult
 from robustkit.studies.clean import finding_thresholds
-from robustkit.studies.conditions import ConditionStudy, _describe, _param_text, _Plan
+from robustkit.studies.condition_plan import Plan, describe_transform, param_text
 
 if TYPE_CHECKING:
     from robustkit.data.dataset import Dataset
     from robustkit.studies.base import AuditContext
+    from robustkit.studies.conditions import ConditionStudy
 
 __all__ = ["auroc_columns", "finding_scores", "reduce_findings"]
 
@@ -132,7 +133,7 @@ def _flat_values(scores: dict[str, np.ndarray]) -> np.ndarray:
     return np.concatenate([np.ravel(scores[parts[g]]) for g in _GROUPS])
 
 
-def _summary(metrics: dict[str, float], plan: _Plan, findings: list[str], clean_macro: float) -> dict[str, float]:
+def _summary(metrics: dict[str, float], plan: Plan, findings: list[str], clean_macro: float) -> dict[str, float]:
     names = plan.names
     out: dict[str, float] = {}
     for t in dict.fromkeys(t.name for t, _ in plan.conditions):
@@ -152,7 +153,7 @@ def _summary(metrics: dict[str, float], plan: _Plan, findings: list[str], clean_
 
 
 def reduce_findings(study: ConditionStudy, records: dict[str, np.ndarray], data: Dataset, ctx: AuditContext,
-                    plan: _Plan) -> StudyResult:
+                    plan: Plan) -> StudyResult:
     """The multi-label result of a condition study (metrics above, intervals, checks, tables, records)."""
     probs, clean = records["probs"], records["clean_probs"]
     findings, names, targets = list(data.class_names), plan.names, np.asarray(data.targets, dtype=bool)
@@ -179,7 +180,7 @@ def reduce_findings(study: ConditionStudy, records: dict[str, np.ndarray], data:
         thresholds=thresholds.tolist(), threshold_source=str(ctx.model_info.get("threshold_source", "")),
         clean_auroc={**{f: float(v) for f, v in zip(findings, scores["clean"])}, "macro": clean_macro},
         worst_condition=worst, severities=sorted(study.config.severities),
-        transforms=[_describe(get_transform(t)) for t in study.config.transforms],
+        transforms=[describe_transform(get_transform(t)) for t in study.config.transforms],
         examples=study._examples(data, ctx), reference=None,
         headline=["mean_auroc", "mean_auroc_drop", "worst_auroc", "mean_flip_rate"],
         description=study.description.split(" Each cell")[0] + " Multi-label model: each cell is a finding's "
@@ -201,11 +202,11 @@ def _intervals(study: ConditionStudy, probs: np.ndarray, clean: np.ndarray, targ
     return {k: [float(a), float(b)] for k, a, b in zip(keys, lo, hi, strict=True)}
 
 
-def _condition_table(metrics: dict[str, float], plan: _Plan, findings: list[str]) -> list[dict[str, Any]]:
+def _condition_table(metrics: dict[str, float], plan: Plan, findings: list[str]) -> list[dict[str, Any]]:
     rows = []
     for t, s in plan.conditions:
         c = f"{t.name}.{s}"
-        rows.append({"condition": c, "parameter": _param_text(t.param(s)),
+        rows.append({"condition": c, "parameter": param_text(t.param(s)),
                      "auroc_macro": metrics[f"auroc.macro.{c}"], "auroc_drop_macro": metrics[f"auroc_drop.macro.{c}"],
                      "flip_rate": metrics[f"flip_rate.{c}"],
                      **{f"auroc.{f}": metrics[f"auroc.{f}.{c}"] for f in findings}})

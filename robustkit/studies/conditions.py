@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -44,6 +44,14 @@ from robustkit.metrics import classification as M
 from robustkit.metrics.outputs import probabilities
 from robustkit.results import Check, StudyResult
 from robustkit.studies.base import AuditContext, Study, StudyConfig
+from robustkit.studies.condition_findings import reduce_findings
+from robustkit.studies.condition_plan import (
+    Plan,
+    condition_name,
+    describe_transform,
+    param_text,
+    plan_conditions,
+)
 
 if TYPE_CHECKING:
     from robustkit.data.dataset import Dataset
@@ -53,11 +61,6 @@ __all__ = ["ConditionConfig", "ConditionStudy", "condition_name", "corruption_er
 
 EXAMPLE_SIDE = 96  # px of the example thumbnails kept in results.json
 _PREFETCH = 2  # transformed batches prepared ahead of the model
-
-
-def condition_name(transform: str, severity: int) -> str:
-    """``"jpeg.3"``: the qualifier of a condition's metrics."""
-    return f"{transform}.{severity}"
 
 
 @dataclass(frozen=True)
@@ -97,34 +100,6 @@ class ConditionConfig(StudyConfig):
         if self.n_bootstrap != 0:
             check_range("n_bootstrap", self.n_bootstrap, low=10, integer=True, where=where)
         check_range("rise_warn", self.rise_warn, low=0.0, high=1.0, where=where)
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """The conditions in column order and the distinct jobs that compute them."""
-
-    conditions: list[tuple[Transform, int]]
-    jobs: list[tuple[Transform, int]]
-    columns: list[list[int]]  # per job: the condition columns it fills
-
-    @property
-    def names(self) -> list[str]:
-        return [condition_name(t.name, s) for t, s in self.conditions]
-
-
-def _plan(transforms: Sequence[str], severities: Sequence[int]) -> _Plan:
-    conditions = [(get_transform(t), s) for t in transforms for s in sorted(severities)]
-    jobs: list[tuple[Transform, int]] = []
-    columns: list[list[int]] = []
-    seen: dict[tuple[str, str], int] = {}
-    for col, (t, s) in enumerate(conditions):
-        key = (t.name, str(s) if t.random else repr(t.param(s)))
-        if key not in seen:
-            seen[key] = len(jobs)
-            jobs.append((t, s))
-            columns.append([])
-        columns[seen[key]].append(col)
-    return _Plan(conditions, jobs, columns)
 
 
 class ConditionStudy(Study):
@@ -173,7 +148,7 @@ class ConditionStudy(Study):
         """Predicted class and confidence ``(B, n_conditions)`` under every condition, and the
         clean prediction ``(B,)``; for a multi-label model, the probabilities ``(B, n_conditions,
         K)`` and the clean ones ``(B, K)`` (float32)."""
-        plan = _plan(self.config.transforms, self.config.severities)
+        plan = plan_conditions(self.config.transforms, self.config.severities)
         if model.output_kind == "multilabel":
             clean = probabilities(ctx.clean_logits(model, batch), model.output_kind).astype(np.float32)
             return {"probs": self._sweep_probs(model, batch, ctx, plan), "clean_probs": clean}
@@ -182,10 +157,8 @@ class ConditionStudy(Study):
         return {"pred": pred, "confidence": conf, "clean_pred": clean_pred}
 
     def reduce(self, records: dict[str, np.ndarray], data: Dataset, ctx: AuditContext) -> StudyResult:
-        plan = _plan(self.config.transforms, self.config.severities)
+        plan = plan_conditions(self.config.transforms, self.config.severities)
         if ctx.model_info.get("output_kind") == "multilabel":
-            from robustkit.studies.condition_findings import reduce_findings
-
             return reduce_findings(self, records, data, ctx, plan)
         y = np.asarray(data.labels, dtype=np.int64)
         pred, conf = records["pred"], records["confidence"]
@@ -211,14 +184,14 @@ class ConditionStudy(Study):
             clean_accuracy=clean_acc,
             worst_condition=worst,
             severities=sorted(self.config.severities),
-            transforms=[_describe(get_transform(t)) for t in self.config.transforms],
+            transforms=[describe_transform(get_transform(t)) for t in self.config.transforms],
             examples=self._examples(data, ctx),
             reference=_reference_name(ctx, self.name),
         )
         return result
 
     # -- the sweep -------------------------------------------------------------------------
-    def _sweep(self, model: ModelAdapter, batch: Dataset, ctx: AuditContext, plan: _Plan) -> tuple[np.ndarray, np.ndarray]:
+    def _sweep(self, model: ModelAdapter, batch: Dataset, ctx: AuditContext, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
         """Predicted class and confidence ``(B, n_conditions)`` under every condition: each
         distinct job is transformed in a background thread while the model runs the previous one."""
         n, m = len(batch), len(plan.conditions)
@@ -232,7 +205,7 @@ class ConditionStudy(Study):
         self._run_jobs(model, batch, ctx, plan, fill)
         return pred, conf
 
-    def _sweep_probs(self, model: ModelAdapter, batch: Dataset, ctx: AuditContext, plan: _Plan) -> np.ndarray:
+    def _sweep_probs(self, model: ModelAdapter, batch: Dataset, ctx: AuditContext, plan: Plan) -> np.ndarray:
         """The model's probabilities ``(B, n_conditions, K)`` (float32) under every condition."""
         probs = np.zeros((len(batch), len(plan.conditions), len(model.class_names)), dtype=np.float32)
 
@@ -242,13 +215,13 @@ class ConditionStudy(Study):
         self._run_jobs(model, batch, ctx, plan, fill)
         return probs
 
-    def _run_jobs(self, model: ModelAdapter, batch: Dataset, ctx: AuditContext, plan: _Plan,
+    def _run_jobs(self, model: ModelAdapter, batch: Dataset, ctx: AuditContext, plan: Plan,
                   fill: Callable[[list[int], np.ndarray], None]) -> None:
         """Hand ``fill`` each distinct job's condition columns and probabilities ``(B, K)``."""
         for job, x in _prefetch(self._jobs(model, batch, ctx, plan), _PREFETCH):
             fill(plan.columns[job], probabilities(model.logits(x), model.output_kind))
 
-    def _jobs(self, model: ModelAdapter, batch: Dataset, ctx: AuditContext, plan: _Plan
+    def _jobs(self, model: ModelAdapter, batch: Dataset, ctx: AuditContext, plan: Plan
               ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(job, transformed images)`` for every distinct job on the batch's images."""
         h, w, c = model.input_shape
@@ -291,7 +264,7 @@ class ConditionStudy(Study):
         )
         return {f"accuracy.{c}": [float(a), float(b)] for c, a, b in zip(names, lo, hi)}
 
-    def _checks(self, metrics: dict[str, float], plan: _Plan, clean_acc: float, *, key: str = "accuracy",
+    def _checks(self, metrics: dict[str, float], plan: Plan, clean_acc: float, *, key: str = "accuracy",
                 what: str = "accuracy", calls: str = "predictions") -> list[Check]:
         """The rise check on ``key.t.s`` (named ``what``) and the probes' flip-rate checks."""
         checks = [_rise_check(metrics, plan, clean_acc, self.config.rise_warn, key=key, what=what)]
@@ -373,7 +346,7 @@ def _condition_metrics(y: np.ndarray, pred: np.ndarray, conf: np.ndarray, clean_
     return out
 
 
-def _summary_metrics(metrics: dict[str, float], plan: _Plan, clean_correct: np.ndarray) -> dict[str, float]:
+def _summary_metrics(metrics: dict[str, float], plan: Plan, clean_correct: np.ndarray) -> dict[str, float]:
     names = plan.names
     acc = np.array([metrics[f"accuracy.{c}"] for c in names])
     flips = np.array([metrics[f"flip_rate.{c}"] for c in names])
@@ -390,7 +363,7 @@ def _summary_metrics(metrics: dict[str, float], plan: _Plan, clean_correct: np.n
     return out
 
 
-def corruption_errors(metrics: dict[str, float], reference: Any, study: str, plan: _Plan) -> dict[str, float]:
+def corruption_errors(metrics: dict[str, float], reference: Any, study: str, plan: Plan) -> dict[str, float]:
     """``corruption_error.t`` and ``mean_corruption_error`` against a reference audit.
 
     CE_t = sum over severities of (1 - accuracy.t.s) / the same sum for the reference
@@ -414,7 +387,7 @@ def corruption_errors(metrics: dict[str, float], reference: Any, study: str, pla
     return out
 
 
-def _rise_check(metrics: dict[str, float], plan: _Plan, clean_acc: float, margin: float, *,
+def _rise_check(metrics: dict[str, float], plan: Plan, clean_acc: float, margin: float, *,
                 key: str = "accuracy", what: str = "accuracy") -> Check:
     """Warn where ``what`` (metric ``key.t.s``) rises markedly with severity or beats its clean
     value (for graded transforms)."""
@@ -448,35 +421,17 @@ def _probe_check(metrics: dict[str, float], probe: str, severities: list[int], l
     return Check(name, "pass", f"the {probe} transform changes at most {worst:.1%} of {calls} (limit {limit:.0%}).")
 
 
-def _condition_table(metrics: dict[str, float], plan: _Plan) -> list[dict[str, Any]]:
+def _condition_table(metrics: dict[str, float], plan: Plan) -> list[dict[str, Any]]:
     return [
         {
             "condition": condition_name(t.name, s),
-            "parameter": _param_text(t.param(s)),
+            "parameter": param_text(t.param(s)),
             "accuracy": metrics[f"accuracy.{condition_name(t.name, s)}"],
             "flip_rate": metrics[f"flip_rate.{condition_name(t.name, s)}"],
             "mean_confidence": metrics[f"mean_confidence.{condition_name(t.name, s)}"],
         }
         for t, s in plan.conditions
     ]
-
-
-def _param_text(p: Any) -> str:
-    if isinstance(p, tuple):
-        return ", ".join(_param_text(v) for v in p)
-    return f"{p:g}" if isinstance(p, float) else str(p)
-
-
-def _describe(t: Transform) -> dict[str, Any]:
-    return {
-        "name": t.name,
-        "description": t.description,
-        "param_name": t.param_name,
-        "params": [_param_text(p) for p in t.params],
-        "source": t.source,
-        "graded": t.graded,
-        "random": t.random,
-    }
 
 
 def _reference_name(ctx: AuditContext, study: str) -> str | None:
