@@ -7,8 +7,8 @@ per-study code, so a study added by a plug-in shows on the card as the built-ins
 
 Example:
     >>> from robustkit.plugins import CardItem
-    >>> _expand(CardItem("recall.{class}", "sensitivity {class}"), _Scope(("A", "B"), "B", {}, {}))[0].metric
-    'recall.B'
+    >>> _expand(CardItem("sensitivity.{class}", "sensitivity {class}"), _Scope(("A", "B"), "B", {}, {}))[0].metric
+    'sensitivity.B'
 """
 
 from __future__ import annotations

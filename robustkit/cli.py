@@ -428,7 +428,7 @@ Check an audit against a policy file (TOML) of rules on dotted metric names and 
   metric = "perturbation.accuracy.*.5" # every matching metric must hold
   min = 0.60
   [[rule]]
-  metric = "clean.recall.COVID-19"
+  metric = "clean.sensitivity.COVID-19"
   max_drop = 0.01                      # needs --baseline: fails on a significant drop
                                        # (paired test, Holm over the rule's metrics)
                                        # larger than this

@@ -6,7 +6,7 @@ study needs no change here:
 
 * a metric that is the mean of a 0/1 per-sample column (``records[key]`` ``(n, M)`` with
   ``data[key + "_metrics"]`` naming the ``M`` metrics; accuracies use ``correct``) and a
-  per-class ``recall.<class>`` get the exact McNemar test on the discordant pairs;
+  per-class ``sensitivity.<class>`` get the exact McNemar test on the discordant pairs;
 * other metrics get a paired bootstrap of the difference where a statistic in
   :data:`robustkit.metrics.paired_statistics.BUILTIN_STATISTICS` recomputes the stored value from the
   records (the study's record in :mod:`robustkit.plugins` says which columns back which
@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from robustkit.errors import ConfigError, RobustkitError, check_choice, check_range, param_error
+from robustkit.errors import ConfigError, check_choice, check_range, param_error
 from robustkit.metrics.paired import (
     PairedRecords,
     holm,
@@ -50,7 +50,7 @@ from robustkit.metrics.paired import (
 )
 from robustkit.metrics.paired_statistics import find_statistic, find_test
 from robustkit.plugins import plugin
-from robustkit.results import AuditResult, atomic_write_text, load_results
+from robustkit.results import AuditResult, atomic_write_text, load_results, require_current
 
 __all__ = [
     "VERDICTS",
@@ -235,9 +235,8 @@ def check_comparable(
 ) -> list[str]:
     """Raise unless the two audits can be paired; return the tolerated config mismatches."""
     what = f"cannot compare {cand_label!r} with the baseline {base_label!r}"
-    major_a, major_b = (str(r.schema_version).split(".")[0] for r in (base, cand))
-    if major_a != major_b:
-        raise RobustkitError(f"{what}: expected the same major schema version, got {base.schema_version!r} and {cand.schema_version!r}.")
+    for result, label in ((base, base_label), (cand, cand_label)):
+        require_current(str(result.schema_version), f"{what}: {label!r}")
     kind_a, kind_b = _kind(base), _kind(cand)
     if (kind_a == "multilabel") != (kind_b == "multilabel"):
         raise ConfigError(f"{what}: expected two multi-label audits or two single-label ones, got a {kind_a} "
@@ -416,7 +415,7 @@ def _records(audit: AuditResult, study: str, rows: np.ndarray) -> PairedRecords:
     index = s.records["index"]
     recs = {k: v[rows] for k, v in s.records.items() if k != "index" and v.ndim >= 1 and len(v) == len(index)}
     samples = index[rows]
-    targets = None if audit.targets is None else np.asarray(audit.targets, dtype=bool)[samples]
+    targets = _targets(audit)[samples]
     labels = _sample_labels(audit, samples)
     record = plugin(study)
     if record is None:
@@ -426,7 +425,16 @@ def _records(audit: AuditResult, study: str, rows: np.ndarray) -> PairedRecords:
     findings = None if spec.findings is None or targets is None else (spec.findings.scores, spec.findings.correct)
     return PairedRecords(recs, s.data, s.config, labels, list(audit.class_names),
                          binary=spec.binary, ece=ece, subset=spec.subset, targets=targets, findings=findings,
-                         thresholded=None if targets is None else _thresholded(audit, samples))
+                         thresholded=None if audit.targets is None else _thresholded(audit, samples))
+
+
+def _targets(audit: AuditResult) -> np.ndarray:
+    """``(N, K)`` bool: each sample's findings, or for a single-label audit its class one-hot, so
+    that a per-output AUROC is paired (DeLong) the same way for every task kind."""
+    if audit.targets is not None:
+        return np.asarray(audit.targets, dtype=bool)
+    labels = np.asarray(audit.labels, dtype=np.int64)
+    return np.eye(len(audit.class_names), dtype=bool)[labels]
 
 
 def _sample_labels(audit: AuditResult, samples: np.ndarray) -> np.ndarray:

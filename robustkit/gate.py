@@ -9,7 +9,7 @@ A policy (TOML) is a list of ``[[rule]]`` tables::
     metric = "calibration.ece"
     max = 0.05                           # the value must be <= max
     [[rule]]
-    metric = "clean.recall.COVID-19"
+    metric = "clean.sensitivity.COVID-19"
     max_drop = 0.01                      # against a baseline audit (--baseline)
     name = "COVID-19 sensitivity holds" # optional, shown in CI
     description = "..."                  # optional
@@ -45,7 +45,7 @@ from xml.etree import ElementTree as ET
 from robustkit.compare import MetricDelta, check_comparable, paired_deltas
 from robustkit.config import read_toml
 from robustkit.errors import ConfigError, check_range, param_error
-from robustkit.results import AuditResult, load_results
+from robustkit.results import AuditResult, load_results, require_current
 
 __all__ = ["GateReport", "MetricOutcome", "Policy", "Rule", "RuleOutcome", "gate", "github_error", "load_policy", "parse_policy"]
 
@@ -238,6 +238,7 @@ def gate(
         parse_policy(policy) if isinstance(policy, Mapping) else load_policy(policy))
     audit = result if isinstance(result, AuditResult) else load_results(result)
     base = baseline if baseline is None or isinstance(baseline, AuditResult) else load_results(baseline)
+    require_current(str(audit.schema_version), "gate: the audit")
     if base is not None:
         check_comparable(base, audit, "baseline", "audit", allow_config_mismatch=allow_config_mismatch)
     matched = [(rule, _match(rule, audit, base, pol.source)) for rule in pol.rules]

@@ -36,10 +36,15 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "load_results",
+    "require_current",
     "save_results",
 ]
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "2.0"
+#: what changed at the last major version, said when an older audit is refused
+SCHEMA_CHANGES = ("2.0: one name per quantity (clean's auc -> auroc, recall -> sensitivity, also per "
+                  "condition), the task block and the critical class (covid_to_normal_rate -> "
+                  "critical_miss_rate, confident_covid_rate -> confident_critical_rate)")
 RESULTS_FILE = "results.json"
 RECORDS_FILE = "records.npz"
 METADATA_PREFIX = "metadata/"
@@ -69,7 +74,7 @@ class StudyResult:
         status: ``ok`` or ``failed`` (a failed study keeps its error in ``error``).
         seconds: wall time of the study.
         config: the study's resolved config, as plain JSON values.
-        metrics: flat map of dotted metric names to numbers (``recall.COVID-19``).
+        metrics: flat map of dotted metric names to numbers (``sensitivity.COVID-19``).
         intervals: bootstrap 95% intervals ``[low, high]`` for some metrics.
         directions: whether a higher value is better, keyed by the metric's first dotted
             part (``accuracy`` covers ``accuracy.jpeg.3``): ``higher``, ``lower``, ``none``.
@@ -286,6 +291,19 @@ def save_results(result: AuditResult, out_dir: str | Path) -> Path:
     return out
 
 
+def require_current(version: str, where: str) -> None:
+    """Refuse an audit written with another major schema version, in one line that says to re-audit.
+
+    >>> require_current("1.1", "old/results.json")
+    Traceback (most recent call last):
+    ...
+    robustkit.errors.RobustkitError: old/results.json: expected an audit of schema version 2.x, got '1.1'; ...
+    """
+    if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
+        raise RobustkitError(f"{where}: expected an audit of schema version {SCHEMA_VERSION.split('.')[0]}.x, got "
+                             f"{version!r}; re-audit the checkpoint with this robustkit ({SCHEMA_CHANGES}).")
+
+
 def load_results(path: str | Path) -> AuditResult:
     """Read an audit folder (or its ``results.json``) written by :func:`save_results`."""
     p = Path(path)
@@ -297,10 +315,7 @@ def load_results(path: str | Path) -> AuditResult:
         obj = json.loads(rfile.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RobustkitError(f"{rfile}: expected JSON, got unreadable content ({exc}).") from exc
-    if str(obj.get("schema_version", "")).split(".")[0] != SCHEMA_VERSION.split(".")[0]:
-        raise RobustkitError(
-            f"{rfile}: expected schema version {SCHEMA_VERSION}, got {obj.get('schema_version')!r}."
-        )
+    require_current(str(obj.get("schema_version", "")), str(rfile))
     arrays: dict[str, np.ndarray] = {}
     nfile = folder / RECORDS_FILE
     if nfile.is_file():

@@ -48,7 +48,7 @@ def test_clean_accuracy_equals_an_independent_computation(clean_audit, toy_model
     assert result.metric("clean.accuracy") == pytest.approx(np.mean(pred == y), abs=1e-12)
     assert result.metric("clean.accuracy") > 0.8  # the toy model learned the toy patterns
     recall_covid = np.mean(pred[y == 0] == 0)
-    assert result.metric("clean.recall.COVID-19") == pytest.approx(recall_covid)
+    assert result.metric("clean.sensitivity.COVID-19") == pytest.approx(recall_covid)
 
 
 def test_clean_metrics_match_scikit_learn(clean_audit) -> None:
@@ -62,7 +62,7 @@ def test_clean_metrics_match_scikit_learn(clean_audit) -> None:
     for k, name in enumerate(CLASSES):
         assert m[f"precision.{name}"] == pytest.approx(precision_score(y == k, pred == k, zero_division=np.nan))
         assert m[f"f1.{name}"] == pytest.approx(f1_score(y == k, pred == k))
-    assert m["auc.macro"] == pytest.approx(roc_auc_score(y, probs, multi_class="ovr", average="macro"))
+    assert m["auroc.macro"] == pytest.approx(roc_auc_score(y, probs, multi_class="ovr", average="macro"))
     lo, hi = result.interval("clean.accuracy")
     assert lo <= m["accuracy"] <= hi
 
@@ -75,7 +75,7 @@ def test_results_are_schema_valid_and_round_trip(clean_audit) -> None:
     assert again.metrics() == result.metrics()
     np.testing.assert_array_equal(again.records("clean")["probs"], result.records("clean")["probs"])
     assert list(again.ids) == list(result.ids)
-    assert again.direction("clean.recall.NORMAL") == "higher"
+    assert again.direction("clean.sensitivity.NORMAL") == "higher"
     assert (out / "report.html").is_file()
 
 

@@ -272,11 +272,11 @@ def test_gate_adjusts_over_the_metrics_a_rule_matches(correct) -> None:
     cand_correct = correct.copy()
     cand_correct[np.flatnonzero(correct & (labels == 0))[:6]] = False
     base, cand = make_audit(correct), make_audit(cand_correct)
-    rule = {"metric": "clean.recall.*", "max_drop": 0.01}
+    rule = {"metric": "clean.sensitivity.*", "max_drop": 0.01}
     report = gate(cand, {"rule": [rule]}, baseline=base)
-    covid = next(m for m in report.rules[0].metrics if m.metric == "clean.recall.COVID-19")
+    covid = next(m for m in report.rules[0].metrics if m.metric == "clean.sensitivity.COVID-19")
     assert "p_adj=0.0938" in covid.message and report.exit_code == 0
-    alone = gate(cand, {"rule": [{**rule, "metric": "clean.recall.COVID-19"}]}, baseline=base)
+    alone = gate(cand, {"rule": [{**rule, "metric": "clean.sensitivity.COVID-19"}]}, baseline=base)
     assert alone.exit_code == 1 and "p_adj=0.0312" in alone.rules[0].metrics[0].message
 
 

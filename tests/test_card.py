@@ -31,11 +31,11 @@ def _clean(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> StudyResult:
     metrics = {"accuracy": M.accuracy(y, pred), "balanced_accuracy": float(recall.mean())}
     intervals = {"accuracy": [metrics["accuracy"] - 0.05, metrics["accuracy"] + 0.04]}
     for c, r, sp in zip(classes, recall, M.specificity(cm)):
-        metrics[f"recall.{c}"], metrics[f"specificity.{c}"] = float(r), float(sp)
-        intervals[f"recall.{c}"] = [float(r) - 0.1, min(1.0, float(r) + 0.05)]
+        metrics[f"sensitivity.{c}"], metrics[f"specificity.{c}"] = float(r), float(sp)
+        intervals[f"sensitivity.{c}"] = [float(r) - 0.1, min(1.0, float(r) + 0.05)]
         intervals[f"specificity.{c}"] = [float(sp) - 0.05, min(1.0, float(sp) + 0.03)]
     return StudyResult(name="clean", metrics=metrics, intervals=intervals,
-                       directions={"accuracy": "higher", "balanced_accuracy": "higher", "recall": "higher",
+                       directions={"accuracy": "higher", "balanced_accuracy": "higher", "sensitivity": "higher",
                                    "specificity": "higher"},
                        data={"confusion": cm.tolist(), "correct_metrics": ["accuracy"]},
                        checks=[Check("per-class support", "warn", "fewer than 30 images for NORMAL (20).")],
@@ -171,13 +171,13 @@ def test_point_passes_but_bound_fails_is_FAIL_with_both_numbers(tmp_path: Path) 
     threshold = round((acc + lo) / 2, 3)  # between the lower bound and the point
     pol = _policy(tmp_path, f'[[rule]]\nmetric = "clean.accuracy"\nmin = {threshold}\nname = "accuracy holds"\n'
                             '[[rule]]\nmetric = "calibration.ece_ts"\nmax = 0.06\n'
-                            '[[rule]]\nmetric = "clean.recall.*"\nmin = 0.5\n')
+                            '[[rule]]\nmetric = "clean.sensitivity.*"\nmin = 0.5\n')
     card = build_card(audit, policy=pol)
     rows = {r.metric: r for r in card.acceptance}
     row = rows["clean.accuracy"]
     assert row.status == "FAIL" and row.point_passed is True and row.judged_value == lo
     assert rows["calibration.ece_ts"].status == "PASS" and rows["calibration.ece_ts"].judged_on == "upper bound"
-    assert sum(r.metric.startswith("clean.recall.") for r in card.acceptance) == 3
+    assert sum(r.metric.startswith("clean.sensitivity.") for r in card.acceptance) == 3
     assert card.verdict == "FAIL"
     text = unescape(re.sub(r"<[^>]+>", " ", card_html(card)))
     assert f"{acc:.3f}" in text and f"{lo:.3f}" in text and "accuracy holds" in text

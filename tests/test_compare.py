@@ -18,7 +18,7 @@ from robustkit.compare import compare, save_comparison
 from robustkit.errors import ConfigError, RobustkitError
 from robustkit.metrics.paired import holm, mcnemar_exact, paired_bootstrap
 from robustkit.report.compare_render import render_comparison
-from robustkit.results import AuditResult, StudyResult, save_results
+from robustkit.results import SCHEMA_VERSION, AuditResult, StudyResult, save_results
 
 CLASSES = ["COVID-19", "NORMAL", "Viral Pneumonia"]
 HOSTILE = '<script>alert(1)</script>"><img src=x onerror=alert(1)>'
@@ -48,7 +48,7 @@ def make_audit(
     seed: int = 0,
     fingerprint: str = "sha256:data",
     config: dict | None = None,
-    schema: str = "1.0",
+    schema: str = SCHEMA_VERSION,
     shuffle: bool = False,
     shift: np.ndarray | None = None,
     conf_shift: float = 0.0,
@@ -69,13 +69,13 @@ def make_audit(
     clean = StudyResult(
         name="clean",
         metrics={"accuracy": float(correct.mean()), "n_samples": float(n)},
-        directions={"accuracy": "higher", "recall": "higher", "precision": "higher", "n_samples": "none"},
+        directions={"accuracy": "higher", "sensitivity": "higher", "precision": "higher", "n_samples": "none"},
         records={"correct": correct[:, None], "pred": pred.astype(np.int16), "index": np.arange(n)},
         data={"correct_metrics": ["accuracy"]},
         config={"n_bootstrap": 100},
     )
     for k, c in enumerate(CLASSES):
-        clean.metrics[f"recall.{c}"] = float(correct[labels == k].mean())
+        clean.metrics[f"sensitivity.{c}"] = float(correct[labels == k].mean())
         clean.metrics[f"precision.{c}"] = float((pred[pred == k] == labels[pred == k]).mean())
     cols, names = [], []
     extra = np.zeros(n, dtype=bool) if shift is None else np.asarray(shift, dtype=bool)[order]
@@ -220,7 +220,7 @@ def test_recall_is_mcnemar_on_the_class_subset(base_correct) -> None:
     worse = base_correct.copy()
     covid = np.flatnonzero((np.arange(300) % 3 == 0) & base_correct)[:30]
     worse[covid] = False
-    d = _delta(compare([make_audit(base_correct), make_audit(worse)], correction="none"), "clean.recall.COVID-19")
+    d = _delta(compare([make_audit(base_correct), make_audit(worse)], correction="none"), "clean.sensitivity.COVID-19")
     assert d.test == "mcnemar-exact" and d.discordant == (30, 0)
     assert d.p_value == pytest.approx(binomtest(0, 30, 0.5).pvalue)
     assert d.verdict == "regression"
@@ -233,9 +233,9 @@ def test_recall_under_a_condition_is_mcnemar_on_that_column_and_class(base_corre
         for k, c in enumerate(CLASSES):
             name = pert.data["correct_metrics"][0]  # accuracy.<t>.1
             column = pert.records["correct"][:, col(name)]
-            pert.metrics[f"recall.{c}.{name.partition('.')[2]}"] = float(column[a.labels == k].mean())
+            pert.metrics[f"sensitivity.{c}.{name.partition('.')[2]}"] = float(column[a.labels == k].mean())
     cond = audits[0].studies["perturbation"].data["correct_metrics"][0].partition(".")[2]
-    d = _delta(compare(audits, correction="none"), f"perturbation.recall.COVID-19.{cond}")
+    d = _delta(compare(audits, correction="none"), f"perturbation.sensitivity.COVID-19.{cond}")
     a_col = audits[0].studies["perturbation"].records["correct"][:, 0]
     b_col = audits[1].studies["perturbation"].records["correct"][:, 0]
     covid = audits[0].labels == 0  # both audits store the samples in the same order here
@@ -264,7 +264,7 @@ def test_other_metrics_get_a_paired_bootstrap_or_not_testable(base_correct) -> N
     ("change", "expected"),
     [
         ({"fingerprint": "sha256:other"}, "fingerprint"),
-        ({"schema": "2.0"}, "schema version"),
+        ({"schema": "1.1"}, "schema version 2.x, got '1.1'; re-audit"),
         ({"config": {"seed": 0, "studies": {"clean": {"n_bootstrap": 999}, "perturbation": {}, "calibration": {"n_bins": 10}}}},
          "studies.clean.n_bootstrap"),
         ({"config": {"seed": 7, "studies": {}}}, "seed"),
@@ -356,3 +356,32 @@ def test_compare_and_gate_do_not_import_tensorflow(base_correct, tmp_path) -> No
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+def test_a_single_label_class_auroc_is_paired_by_delong_as_a_finding_is(base_correct) -> None:
+    """One path for every task kind: ``clean.auroc.<class>`` of two softmax audits gets DeLong on
+    the class against the rest (the O(mn) reference), ``clean.auroc.macro`` the paired bootstrap."""
+    from robustkit.metrics.classification import roc_auc_ovr
+    from tests.test_multilabel_compare import slow_delong
+
+    rng = np.random.default_rng(3)
+    audits = []
+    for shift in (1.5, 0.4):  # the second model separates the classes less well
+        a = make_audit(base_correct)
+        y = np.asarray(a.labels)
+        logits = rng.normal(size=(len(y), 3)) + shift * np.eye(3)[y]
+        probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        aucs = roc_auc_ovr(y, probs)
+        a.studies["clean"].records["probs"] = probs
+        a.studies["clean"].metrics.update({f"auroc.{c}": float(v) for c, v in zip(CLASSES, aucs)},
+                                          **{"auroc.macro": float(np.mean(aucs))})
+        a.studies["clean"].directions["auroc"] = "higher"
+        audits.append((a, y, probs))
+    cmp = compare([audits[0][0], audits[1][0]], correction="none", n_boot=200)
+    for k, c in enumerate(CLASSES):
+        d = _delta(cmp, f"clean.auroc.{c}")
+        y = audits[0][1] == k
+        _, _, _, p = slow_delong(y, audits[0][2][:, k], audits[1][2][:, k])
+        assert d.test == "delong" and d.p_value == pytest.approx(p, rel=1e-6), c
+    macro = _delta(cmp, "clean.auroc.macro")
+    assert macro.test == "paired-bootstrap" and macro.delta < 0 and macro.p_value is not None

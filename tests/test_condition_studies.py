@@ -59,7 +59,7 @@ def test_metrics_match_the_records(pert: StudyResult, data) -> None:
         assert pert.metrics[f"mean_confidence.{c}"] == pytest.approx(conf[:, col].mean(), rel=1e-5)
         for k, cls in enumerate(CLASSES):
             mask = data.labels == k
-            assert pert.metrics[f"recall.{cls}.{c}"] == pytest.approx((pred[mask, col] == k).mean())
+            assert pert.metrics[f"sensitivity.{cls}.{c}"] == pytest.approx((pred[mask, col] == k).mean())
         lo, hi = pert.intervals[f"accuracy.{c}"]
         assert lo <= pert.metrics[f"accuracy.{c}"] <= hi
     for t in ("jpeg", "rotation", "inversion", "marker"):

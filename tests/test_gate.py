@@ -128,7 +128,7 @@ def test_bad_toml_and_unknown_top_level_key_exit_2(audits, tmp_path, monkeypatch
 
 
 def test_max_drop_significant_vs_insignificant(audits) -> None:
-    policy = {"rule": [{"metric": "clean.accuracy", "max_drop": 0.01}, {"metric": "clean.recall.*", "max_drop": 0.01}]}
+    policy = {"rule": [{"metric": "clean.accuracy", "max_drop": 0.01}, {"metric": "clean.sensitivity.*", "max_drop": 0.01}]}
     ok = gate(audits["one"], policy, baseline=audits["base"])
     assert ok.exit_code == 0  # a one-sample drop (0.3 %) is neither large nor significant
     bad = gate(audits["bad"], policy, baseline=audits["base"])

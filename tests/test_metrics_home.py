@@ -11,7 +11,7 @@ from robustkit.metrics import calibration as CM
 from robustkit.metrics.paired import PairedRecords
 from robustkit.metrics.paired_statistics import find_statistic
 from robustkit.report.compare_render import _reliability_points
-from robustkit.results import AuditResult, StudyResult
+from robustkit.results import SCHEMA_VERSION, AuditResult, StudyResult
 
 EDGE_CONF = np.array([0.55, 0.6, 0.85, 0.8, 0.75, 0.9])
 EDGE_CORRECT = np.array([1, 0, 0, 1, 1, 1])
@@ -116,7 +116,7 @@ def _calibration_audit(conf: np.ndarray, correct: np.ndarray, name: str) -> Audi
         model={"name": name, "fingerprint": f"sha256:{name}"}, dataset={"fingerprint": "sha256:d"},
         config={"seed": 0, "studies": {"calibration": {"n_bins": 10}}}, environment={},
         ids=np.asarray([f"s{i}" for i in range(n)]), labels=np.zeros(n, dtype=np.int64), class_names=["a", "b"],
-        studies={"calibration": study}, schema_version="1.0", created="2024-01-01T00:00:00+00:00",
+        studies={"calibration": study}, schema_version=SCHEMA_VERSION, created="2024-01-01T00:00:00+00:00",
     )
 
 

@@ -19,7 +19,7 @@ from robustkit.gate import gate
 from robustkit.metrics import multilabel as ML
 from robustkit.metrics.paired import holm
 from robustkit.report.compare_render import comparison_html
-from robustkit.results import AuditResult, StudyResult, load_results, save_results
+from robustkit.results import SCHEMA_VERSION, AuditResult, StudyResult, load_results, save_results
 from tests.test_compare import make_audit
 
 FINDINGS = ["Pleural Effusion", "Nodule", "Opacity [left]"]
@@ -76,7 +76,7 @@ def ml_audit(probs: np.ndarray, targets: np.ndarray, *, name: str = "m", finding
         dataset={"fingerprint": fingerprint}, config={"seed": 0, "studies": {"clean": {"n_bootstrap": 100}}},
         environment={}, ids=np.asarray([f"img_{i:03d}" for i in range(n)]),
         labels=np.where(targets.any(axis=1), targets.argmax(axis=1), len(findings)), class_names=list(findings),
-        studies={"clean": clean}, schema_version="1.0", created="2024-01-01T00:00:00+00:00", targets=targets,
+        studies={"clean": clean}, schema_version=SCHEMA_VERSION, created="2024-01-01T00:00:00+00:00", targets=targets,
     )
 
 

@@ -16,7 +16,7 @@ import pytest
 from robustkit import plugins as P
 from robustkit.errors import ConfigError
 from robustkit.report import report_html
-from robustkit.results import AuditResult, StudyResult
+from robustkit.results import SCHEMA_VERSION, AuditResult, StudyResult
 
 REPO = Path(__file__).resolve().parents[1]
 MARKER = "plug-in partial for mystudy"
@@ -66,7 +66,7 @@ def _audit(study: StudyResult) -> AuditResult:
         model={"name": "m", "fingerprint": "sha256:m"}, dataset={"fingerprint": "sha256:d"},
         config={"seed": 0}, environment={}, ids=np.asarray([f"s{i}" for i in range(n)]),
         labels=np.zeros(n, dtype=np.int64), class_names=["a", "b"], studies={study.name: study},
-        schema_version="1.0", created="2024-01-01T00:00:00+00:00",
+        schema_version=SCHEMA_VERSION, created="2024-01-01T00:00:00+00:00",
     )
 
 

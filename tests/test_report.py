@@ -53,11 +53,11 @@ def clean_study(classes: list[str] = CLASSES, ids: list[str] | None = None) -> S
     """A clean StudyResult as the clean study writes it, with made-up numbers."""
     k = len(classes)
     confusion = [[30 if i == j else 3 + i + j for j in range(k)] for i in range(k)]
-    metrics: dict[str, float] = {"accuracy": 0.9534, "balanced_accuracy": 0.941, "macro_f1": 0.9377, "auc.macro": 0.987}
-    intervals = {"accuracy": [0.931, 0.9702], "balanced_accuracy": [0.91, 0.96], "auc.macro": [0.975, 0.995]}
+    metrics: dict[str, float] = {"accuracy": 0.9534, "balanced_accuracy": 0.941, "macro_f1": 0.9377, "auroc.macro": 0.987}
+    intervals = {"accuracy": [0.931, 0.9702], "balanced_accuracy": [0.91, 0.96], "auroc.macro": [0.975, 0.995]}
     rows = []
     for i, c in enumerate(classes):
-        vals = {"precision": 0.9 - 0.02 * i, "recall": 0.88 + 0.03 * i, "f1": 0.89, "auc": 0.98 - 0.01 * i}
+        vals = {"precision": 0.9 - 0.02 * i, "sensitivity": 0.88 + 0.03 * i, "f1": 0.89, "auroc": 0.98 - 0.01 * i}
         for m, v in vals.items():
             metrics[f"{m}.{c}"] = v
             intervals[f"{m}.{c}"] = [v - 0.04, min(1.0, v + 0.03)]
@@ -73,15 +73,15 @@ def clean_study(classes: list[str] = CLASSES, ids: list[str] | None = None) -> S
         name="clean", seconds=12.34,
         config={"batch_size": 32},
         metrics=metrics, intervals=intervals,
-        directions={"accuracy": "higher", "balanced_accuracy": "higher", "macro_f1": "higher", "auc": "higher",
-                    "precision": "higher", "recall": "higher", "f1": "higher", "n_samples": "none"},
+        directions={"accuracy": "higher", "balanced_accuracy": "higher", "macro_f1": "higher", "auroc": "higher",
+                    "precision": "higher", "sensitivity": "higher", "f1": "higher", "n_samples": "none"},
         tables={"per_class": rows},
         data={
             "description": "Baseline performance on the unmodified images.",
-            "headline": ["accuracy", f"recall.{classes[0]}", "auc.macro"],
+            "headline": ["accuracy", f"sensitivity.{classes[0]}", "auroc.macro"],
             "metric_docs": {"accuracy": "Fraction of images classified correctly.",
-                            "recall": "Of the images of a class, the fraction predicted as that class.",
-                            "auc": "Area under the one-vs-rest ROC curve."},
+                            "sensitivity": "Of the images of a class, the fraction predicted as that class.",
+                            "auroc": "Area under the one-vs-rest ROC curve."},
             "confusion": confusion, "class_names": list(classes),
             "roc": {c: _roc(i) for i, c in enumerate(classes)},
             "examples": examples,
@@ -243,7 +243,7 @@ def test_clean_partial_shows_tables_figures_and_examples(html: str) -> None:
     text = _text(section)
     assert "Baseline performance on the unmodified images." in text
     assert "Per class" in text and "Viral Pneumonia" in text
-    assert "0.880 [0.840, 0.910]" in text  # recall.COVID-19 with its interval
+    assert "0.880 [0.840, 0.910]" in text  # sensitivity.COVID-19 with its interval
     assert section.count("<svg") == 2  # confusion matrix and ROC
     assert len(re.findall(r'<img src="data:image/png;base64,', section)) == 4
     assert "per-class support" in text
@@ -283,7 +283,7 @@ def test_glossary_lists_every_metric_root_with_its_direction(html: str) -> None:
             expected = {"higher": "↑ higher", "lower": "↓ lower", "none": "– n/a"}[study.direction(name)]
             assert table[root][2] == expected, (root, table[root])
     assert table["accuracy"][3] == "Fraction of images classified correctly."
-    assert table["recall"][1].startswith("recall.")
+    assert table["sensitivity"][1].startswith("sensitivity.")
 
 
 # ---------------------------------------------------------------- files and boundaries

@@ -62,7 +62,7 @@ def test_a_tuberculosis_model_gets_its_critical_numbers_by_configuration(toy_mod
     assert adv.direction("critical_miss_rate.linf.4") == "lower"
     cal = res.studies["calibration"]
     assert "sensitivity_at_risk.Tuberculosis.0.05" in cal.metrics and cal.data["positive_class"] == "Tuberculosis"
-    assert res.studies["clean"].data["headline"] == ["accuracy", "recall.Tuberculosis", "auc.macro"]
+    assert res.studies["clean"].data["headline"] == ["accuracy", "sensitivity.Tuberculosis", "auroc.macro"]
     assert not [c for _, c in res.checks() if c.name == "critical class"]
     html = (tmp_path / "tb" / "report.html").read_text()
     assert "Sensitivity is for Tuberculosis (the audit's critical class)" in html
@@ -79,7 +79,7 @@ def test_without_a_critical_class_the_audit_says_what_it_did_not_measure(toy_mod
     assert not [m for m in cal.metrics if m.startswith("sensitivity_at_risk")]
     said = {s: c.detail for s, c in res.checks() if c.name == "critical class"}
     assert set(said) == {"adversarial", "calibration"} and all(c.startswith("no critical class was set") for c in said.values())
-    assert res.studies["clean"].data["headline"] == ["accuracy", "auc.macro"]
+    assert res.studies["clean"].data["headline"] == ["accuracy", "auroc.macro"]
     html = (tmp_path / "none" / "report.html").read_text()
     assert "No critical class was set (--critical-class), so the sensitivity among kept cases was not measured" in html
 

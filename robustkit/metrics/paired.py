@@ -345,8 +345,8 @@ def binary_column(pr: PairedRecords, metric: str) -> tuple[np.ndarray, np.ndarra
 
     A study declares such columns as ``records[key]`` ``(n, M)`` with ``data[key + "_metrics"]``
     the ``M`` metric names (``correct`` / ``correct_metrics`` for accuracies). A per-class
-    ``recall.<class>`` (or ``recall.<class>.<condition>``) is the accuracy column (of that
-    condition) over the samples of that class. A multi-label finding's
+    ``sensitivity.<class>`` (or ``sensitivity.<class>.<condition>``) of a single-label audit is
+    the accuracy column (of that condition) over the samples of that class. A multi-label finding's
     ``sensitivity.<finding>`` (``specificity.<finding>``) is its "call equals target" column
     over the thresholded samples with (without) the finding.
     """
@@ -362,7 +362,7 @@ def binary_column(pr: PairedRecords, metric: str) -> tuple[np.ndarray, np.ndarra
         if arr is not None and arr.ndim == 2 and arr.shape[1] == len(names):
             return np.asarray(arr[:, list(names).index(metric)], dtype=bool), np.ones(pr.n, dtype=bool)
     root, _, rest = metric.partition(".")
-    if root != "recall":
+    if root != "sensitivity":
         return None
     for cls in sorted(set(map(str, pr.labels)), key=len, reverse=True):  # longest name first
         if rest == cls or rest.startswith(cls + "."):

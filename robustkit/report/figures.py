@@ -109,7 +109,7 @@ def confusion_matrix_svg(matrix: Sequence[Sequence[float]], class_names: Sequenc
         fig = new_figure(2 * side + 0.6, side)
         axes = fig.subplots(1, 2)
         _matrix_panel(axes[0], counts, class_names, "Counts", "{:.0f}")
-        _matrix_panel(axes[1], rates, class_names, "Row-normalised (recall)", "{:.2f}", vmax=1.0)
+        _matrix_panel(axes[1], rates, class_names, "Row-normalised (sensitivity)", "{:.2f}", vmax=1.0)
         return to_svg(fig)
 
 

@@ -123,7 +123,7 @@ def condition_view(study: StudyResult, audit: AuditResult) -> dict[str, Any]:
     ctx["param_severities"] = list(range(1, 6))
     ctx["examples"] = _example_rows(data.get("examples") or {}, names)
     ctx["conditions"] = _condition_rows(study, transforms, severities, list(data.get("class_names") or audit.class_names))
-    ctx["recall_classes"] = [str(c) for c in (data.get("class_names") or audit.class_names)]
+    ctx["sensitivity_classes"] = [str(c) for c in (data.get("class_names") or audit.class_names)]
     ctx["tables"] = [t for t in ctx["tables"] if t["title"] != "conditions"]
     return ctx
 
@@ -176,7 +176,7 @@ def _condition_rows(study: StudyResult, transforms: Sequence[Mapping[str, Any]],
                 "interval": fmt_interval(study.intervals.get(f"accuracy.{c}")),
                 "flip_rate": fmt(study.metrics.get(f"flip_rate.{c}")),
                 "confidence": fmt(study.metrics.get(f"mean_confidence.{c}")),
-                "recalls": [fmt(study.metrics.get(f"recall.{k}.{c}")) for k in classes],
+                "sensitivities": [fmt(study.metrics.get(f"sensitivity.{k}.{c}")) for k in classes],
             })
     return rows
 
@@ -199,7 +199,7 @@ def _finding_view(ctx: dict[str, Any], study: StudyResult, transforms: Sequence[
                threshold_source=str(data.get("threshold_source") or ""),
                parameters=_parameter_rows(transforms), param_severities=list(range(1, 6)),
                examples=_example_rows(data.get("examples") or {}, names),
-               corruption_errors=[], reference="", conditions=[], recall_classes=[])
+               corruption_errors=[], reference="", conditions=[], sensitivity_classes=[])
     ctx["per_finding"] = [{k: fmt(v) if k not in ("finding", "worst_condition") else str(v) for k, v in row.items()}
                           for row in study.tables.get("per_finding", [])]
     ctx["finding_conditions"] = _finding_rows(study, transforms, severities, findings)

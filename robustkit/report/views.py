@@ -202,8 +202,8 @@ def _find_view(name: str) -> View | None:
 
 # ---------------------------------------------------------------- clean
 
-_CLEAN_OVERALL = ("accuracy", "balanced_accuracy", "macro_f1", "auc.macro")
-_PER_CLASS = ("precision", "recall", "f1", "auc")
+_CLEAN_OVERALL = ("accuracy", "balanced_accuracy", "macro_f1", "auroc.macro")
+_PER_CLASS = ("precision", "sensitivity", "specificity", "f1", "auroc")
 
 
 @view("clean")
@@ -224,11 +224,11 @@ def clean_view(study: StudyResult, audit: AuditResult) -> dict[str, Any]:
         ctx["figures"].append({
             "title": "Confusion matrix",
             "svg": figures.confusion_matrix_svg(data["confusion"], names),
-            "caption": "Rows: true class; columns: predicted class. Right: each row divided by its total, so the diagonal is the recall.",
+            "caption": "Rows: true class; columns: predicted class. Right: each row divided by its total, so the diagonal is each class's sensitivity.",
         })
     if data.get("roc"):
         curves = {str(k): (v["fpr"], v["tpr"]) for k, v in data["roc"].items()}
-        aucs = {k: study.metrics[f"auc.{k}"] for k in curves if f"auc.{k}" in study.metrics}
+        aucs = {k: study.metrics[f"auroc.{k}"] for k in curves if f"auroc.{k}" in study.metrics}
         ctx["figures"].append({
             "title": "ROC curves (one class against the rest)",
             "svg": figures.roc_curves_svg(curves, aucs=aucs),

@@ -60,34 +60,34 @@ class CleanStudy(Study[CleanConfig]):
     name = "clean"
     description = (
         "How well the model classifies the unmodified images: accuracy, per-class precision, "
-        "recall and F1, the confusion matrix and one-vs-rest ROC AUC, each with a 95% bootstrap "
-        "interval. Every other study is read against these numbers."
+        "sensitivity, specificity and F1, the confusion matrix and one-vs-rest ROC AUC, each with a 95% "
+        "bootstrap interval (multi-label models: per finding). Every other study is read against these numbers."
     )
     Config = CleanConfig
     profiles = {"quick": {"n_bootstrap": 300}, "standard": {}, "full": {"n_bootstrap": 2000}}
     metric_docs = {
         "accuracy": ("share of images whose predicted class (argmax) equals the label", "higher"),
-        "balanced_accuracy": ("mean of the per-class recalls (insensitive to class balance)", "higher"),
+        "balanced_accuracy": ("mean of the per-class sensitivities (insensitive to class balance)", "higher"),
         "macro_f1": ("mean of the per-class F1 scores", "higher"),
         "precision": ("per class: share of images predicted as the class that truly are it", "higher"),
-        "recall": ("per class: share of images of the class predicted as it (sensitivity)", "higher"),
-        "f1": ("per class: harmonic mean of precision and recall", "higher"),
-        "auc": ("one-vs-rest ROC AUC per class and its macro mean, from the probabilities", "higher"),
+        "f1": ("per class: harmonic mean of precision and sensitivity (recall)", "higher"),
         "n_samples": ("number of images evaluated", "none"),
-        "auroc": ("multi-label: ROC AUC per finding (its probability against its presence), the macro "
-                  "mean over findings and the micro mean over every image-finding pair", "higher"),
+        "auroc": ("ROC AUC per output, one against the rest (its probability against its presence), and the "
+                  "macro mean over outputs; multi-label: also the micro mean over every image-finding pair",
+                  "higher"),
         "auprc": ("multi-label: area under the precision-recall curve (average precision) per finding, "
                   "macro and micro; read it against the finding's prevalence, its value for a random model",
                   "higher"),
-        "sensitivity": ("multi-label: per finding, the share of images with it called present at its "
-                        "threshold, and the macro mean", "higher"),
+        "sensitivity": ("per class: share of the class's images predicted as it (recall); multi-label: per "
+                        "finding, the share of images with it called present at its threshold, and the macro mean",
+                        "higher"),
         "specificity": ("per class: share of the images of the other classes not predicted as it "
                         "(one-vs-rest); multi-label: per finding, the share of images without it called absent "
                         "at its threshold, and the macro mean", "higher"),
         "n_thresholded": ("multi-label: images the thresholded metrics are read on (the half not used to "
                           "choose the thresholds, or every image when they were given)", "none"),
     }
-    headline = ("accuracy", "auc.macro")  # and the critical class's recall (:func:`_headline`)
+    headline = ("accuracy", "auroc.macro")  # and the critical class's sensitivity (:func:`_headline`)
     multilabel = True
 
     def map(self, model: ModelAdapter, batch: Dataset, ctx: AuditContext) -> dict[str, np.ndarray]:
@@ -120,7 +120,7 @@ class CleanStudy(Study[CleanConfig]):
             logits=logits, probs=probs, pred=pred.astype(np.int16), correct=(pred == y)[:, None]
         )
         result.data["correct_metrics"] = ["accuracy"]
-        result.data["headline"] = _headline(["accuracy", "recall", "auc.macro"], ctx)
+        result.data["headline"] = _headline(["accuracy", "sensitivity", "auroc.macro"], ctx, metrics)
         return result
 
 
@@ -157,7 +157,7 @@ class CleanStudy(Study[CleanConfig]):
             class_names=names, multilabel=True, thresholds=thresholds.tolist(),
             threshold_source=str(ctx.model_info.get("threshold_source", "")),
             roc={name: _roc(targets[:, k], probs[:, k]) for k, name in enumerate(names)},
-            headline=_headline(["auroc.macro", "auprc.macro", "sensitivity", "specificity.macro"], ctx),
+            headline=_headline(["auroc.macro", "auprc.macro", "sensitivity", "specificity.macro"], ctx, metrics),
             correct_metrics=[],
         )
         result.checks = _finding_checks(targets, names, self.config.min_support)
@@ -205,20 +205,20 @@ def _scores(y: np.ndarray, pred: np.ndarray, probs: np.ndarray, k: int) -> dict[
         "balanced_accuracy": float(np.nanmean(recall)) if np.any(np.isfinite(recall)) else float("nan"),
         "macro_f1": float(np.nanmean(f1)) if np.any(np.isfinite(f1)) else float("nan"),
         "precision": precision,
-        "recall": recall,
+        "sensitivity": recall,
         "specificity": M.specificity(cm),
         "f1": f1,
-        "auc": auc,
+        "auroc": auc,
     }
 
 
 def _flatten(s: dict[str, Any], names: list[str]) -> dict[str, float]:
     out = {k: float(s[k]) for k in ("accuracy", "balanced_accuracy", "macro_f1")}
-    for key in ("precision", "recall", "specificity", "f1", "auc"):
+    for key in ("precision", "sensitivity", "specificity", "f1", "auroc"):
         for name, v in zip(names, s[key]):
             out[f"{key}.{name}"] = float(v)
-    finite_auc = s["auc"][np.isfinite(s["auc"])]
-    out["auc.macro"] = float(finite_auc.mean()) if finite_auc.size else float("nan")
+    finite_auc = s["auroc"][np.isfinite(s["auroc"])]
+    out["auroc.macro"] = float(finite_auc.mean()) if finite_auc.size else float("nan")
     return out
 
 
@@ -230,10 +230,10 @@ def _point_metrics(y, pred, probs, names) -> tuple[dict[str, float], list[dict[s
         {
             "class": name,
             "precision": flat[f"precision.{name}"],
-            "recall": flat[f"recall.{name}"],
+            "sensitivity": flat[f"sensitivity.{name}"],
             "specificity": flat[f"specificity.{name}"],
             "f1": flat[f"f1.{name}"],
-            "auc": flat[f"auc.{name}"],
+            "auroc": flat[f"auroc.{name}"],
             "support": int(support[k]),
         }
         for k, name in enumerate(names)
@@ -290,14 +290,9 @@ def _examples(ctx: AuditContext, data, y, pred, probs, n: int) -> list[dict[str,
     ]
 
 
-def _headline(names: list[str], ctx: AuditContext) -> list[str]:
-    """The study's headline metrics: the sensitivity slot (``recall`` or ``sensitivity``) is
-    the critical class's when the audit names one, else the macro mean (multi-label) or left out."""
+def _headline(names: list[str], ctx: AuditContext, metrics: dict[str, float]) -> list[str]:
+    """The study's headline metrics that exist: the ``sensitivity`` slot is the critical class's
+    when the audit names one, else the macro mean (multi-label; single-label has none)."""
     critical = ctx.task.critical if ctx.task is not None else None
-    out = []
-    for h in names:
-        if h in ("recall", "sensitivity"):
-            h = f"{h}.{critical}" if critical else ("sensitivity.macro" if h == "sensitivity" else "")
-        if h:
-            out.append(h)
-    return out
+    slot = f"sensitivity.{critical}" if critical else "sensitivity.macro"
+    return [h for h in (slot if h == "sensitivity" else h for h in names) if h in metrics]

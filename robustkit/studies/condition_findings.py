@@ -19,7 +19,7 @@ conditions and the clean ones ``clean_probs`` ``(N, K)``, float32 (4·N·C·K by
 * ``mean_auroc``, ``worst_auroc``, ``mean_auroc_drop``, ``mean_flip_rate`` over every condition,
   and ``mean_auroc.<f>``, ``worst_auroc.<f>`` per finding.
 
-The metric names follow the single-label ones (``recall.<class>.t.s``: the qualifier first,
+The metric names follow the single-label ones (``sensitivity.<class>.t.s``: the qualifier first,
 the condition last). Every per-condition metric has a stratified bootstrap 95% interval (strata:
 ``Dataset.labels``, the first finding), from the same resamples for all of them.
 """

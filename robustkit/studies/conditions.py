@@ -14,7 +14,7 @@ so results are the same for the same seed whatever the batch size, the order of 
 or the shards they are split into.
 
 Metrics (``t`` a transform, ``s`` a severity): ``accuracy.t.s`` (bootstrap 95% interval),
-``flip_rate.t.s``, ``mean_confidence.t.s``, ``recall.<class>.t.s``; ``accuracy.t`` (mean over
+``flip_rate.t.s``, ``mean_confidence.t.s``, ``sensitivity.<class>.t.s``; ``accuracy.t`` (mean over
 severities), ``mean_accuracy``, ``mean_flip_rate``, ``relative_robustness``,
 ``worst_accuracy``; with a reference audit of the same study, ``corruption_error.t`` and
 ``mean_corruption_error`` (Hendrycks & Dietterich 2019, "Benchmarking Neural Network
@@ -118,7 +118,8 @@ class ConditionStudy(Study):
                       "share of image-finding calls (at the finding's threshold) that differ from the clean call, "
                       "per finding F (flip_rate.F.t.s) and over every finding (flip_rate.t.s)", "lower"),
         "mean_confidence": ("mean top-class probability under the condition", "none"),
-        "recall": ("per class and condition: share of the class's images predicted as it", "higher"),
+        "sensitivity": ("per class and condition: share of the class's images predicted as it "
+                        "(sensitivity.<class>.t.s)", "higher"),
         "mean_accuracy": ("accuracy averaged over every condition run", "higher"),
         "mean_flip_rate": ("flip rate averaged over every condition run", "lower"),
         "relative_robustness": ("mean accuracy under the conditions divided by clean accuracy", "higher"),
@@ -342,7 +343,7 @@ def _condition_metrics(y: np.ndarray, pred: np.ndarray, conf: np.ndarray, clean_
         mask = y == k
         rec = (pred[mask] == k).mean(axis=0) if mask.any() else np.full(len(names), nan)
         for m, c in enumerate(names):
-            out[f"recall.{cls}.{c}"] = float(rec[m])
+            out[f"sensitivity.{cls}.{c}"] = float(rec[m])
     return out
 
 
