@@ -207,8 +207,9 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
                    "are not measured and a check says so)")
     p.add_argument("--data", required=True, type=Path, help="folder-per-class dataset or CSV manifest")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--reference", type=Path, default=None,
-                   help="an earlier audit folder, for relative metrics (corruption error)")
+    p.add_argument("--ce-reference", type=Path, default=None, metavar="AUDIT_DIR",
+                   help="the audit of a reference model, whose errors normalise the corruption error (CE, mCE) of "
+                   "perturbation and noise (not the OOD study's in-distribution --reference-data)")
     _add_audit_options(p)
     _add_engine_options(p)
     p.set_defaults(func=_cmd_audit)
@@ -230,7 +231,7 @@ def _cmd_audit(a: argparse.Namespace) -> int:
 
     result = audit(a.model, a.data, studies=a.studies, profile=a.profile, seed=a.seed,
                    config=_config_with_settings(a), out=a.out, limit=a.limit, batch_size=a.batch_size, fresh=a.fresh, quiet=a.quiet,
-                   reference=a.reference, trust_model=a.trust_model, on_bad_input=a.on_bad_input,
+                   reference=a.ce_reference, trust_model=a.trust_model, on_bad_input=a.on_bad_input,
                    input_scale=a.input_scale, engine=a.engine, ray_address=a.ray_address, workers=a.workers,
                    cpus_per_worker=a.cpus_per_worker, gpus_per_worker=a.gpus_per_worker,
                    output=a.output, class_map=_class_map(a),

@@ -125,7 +125,8 @@ class ConditionStudy(Study):
         "relative_robustness": ("mean accuracy under the conditions divided by clean accuracy", "higher"),
         "worst_accuracy": ("lowest accuracy over the conditions (which one: in the report)", "higher"),
         "corruption_error": ("per transform: summed error over severities divided by the reference "
-                             "model's (Hendrycks & Dietterich CE; below 1 beats the reference)", "lower"),
+                             "model's (`--ce-reference AUDIT_DIR`; Hendrycks & Dietterich CE; below 1 beats the "
+                             "reference)", "lower"),
         "mean_corruption_error": ("mean of the per-transform corruption errors (mCE)", "lower"),
         "n_samples": ("number of images evaluated under each condition", "none"),
         "auroc": ("multi-label: ROC AUC of a finding F under a condition (auroc.F.t.s), its macro mean over "
