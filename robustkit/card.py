@@ -49,7 +49,7 @@ class CardNumber:
     """One number on the card and where it comes from.
 
     Attributes:
-        metric: the full dotted metric name in results.json (``clean.sensitivity.COVID-19``); for
+        metric: the full dotted metric name in results.json (``clean.sensitivity.<class>``); for
             a number derived on the card, the name it would have (``clean.specificity.NORMAL``).
         label: what the card calls it.
         value: the point estimate.

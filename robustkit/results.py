@@ -74,7 +74,7 @@ class StudyResult:
         status: ``ok`` or ``failed`` (a failed study keeps its error in ``error``).
         seconds: wall time of the study.
         config: the study's resolved config, as plain JSON values.
-        metrics: flat map of dotted metric names to numbers (``sensitivity.COVID-19``).
+        metrics: flat map of dotted metric names to numbers (``sensitivity.<class>``).
         intervals: bootstrap 95% intervals ``[low, high]`` for some metrics.
         directions: whether a higher value is better, keyed by the metric's first dotted
             part (``accuracy`` covers ``accuracy.jpeg.3``): ``higher``, ``lower``, ``none``.

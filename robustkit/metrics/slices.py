@@ -4,7 +4,7 @@ Pure numpy/scipy (scikit-learn for the site probe, imported when used). A slice 
 conjunction of ``column=value`` conditions over the per-sample metadata (``site=B``,
 ``site=B&view=AP``); numeric columns with many values are binned (age in decades:
 ``age=40-49``). Per slice: accuracy, sensitivity and specificity of the positive class
-(COVID-19) and the top-label ECE (:mod:`robustkit.metrics.calibration`'s binning), each with
+(the audit's critical class) and the top-label ECE (:mod:`robustkit.metrics.calibration`'s binning), each with
 a percentile bootstrap interval over the slice's samples; the accuracy gap to the complement
 is tested with Fisher's exact test (the two groups are disjoint), and the p-values of all
 slices are adjusted with Benjamini-Hochberg (1995). Directions: accuracy, sensitivity,

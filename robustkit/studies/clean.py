@@ -1,7 +1,7 @@
 """Study ``clean``: the baseline evaluation on unmodified images.
 
 The predicted class is the argmax of the model's output (the original notebook rounded the
-probabilities first, which sent every uncertain case to class 0, COVID-19). Every metric
+probabilities first, which sent every uncertain case to class 0). Every metric
 has a stratified bootstrap 95% interval.
 
 A multi-label model (several findings per image) is scored per finding instead: AUROC and
