@@ -208,8 +208,19 @@ def _schedule(steps: int) -> tuple[Any, Any]:
     return tf.constant(is_ck), tf.constant(gap)
 
 
-def _apgd_loop(attack: APGD, model: ModelAdapter) -> Any:
-    """The compiled APGD run: ``(x0, [label, target], eps, eta0, start) -> (adv, logits, success, trace)``."""
+def step_size_recorder(attack: APGD, model: ModelAdapter) -> Any:
+    """The compiled APGD run that also returns the step size of every iteration ``(N, steps)``.
+
+    The same loop as the attack's (a test seam: the attack itself never records); the fifth
+    output's column ``k`` is the ``eta`` that iteration ``k`` (0-based) stepped with, so a halving
+    at checkpoint ``w`` shows from column ``w`` on.
+    """
+    return tf.function(_apgd_loop(attack, model, record_steps=True), input_signature=_spec(model))
+
+
+def _apgd_loop(attack: APGD, model: ModelAdapter, *, record_steps: bool = False) -> Any:
+    """The compiled APGD run: ``(x0, [label, target], eps, eta0, start) -> (adv, logits, success, trace)``,
+    plus the step sizes ``(N, steps)`` with ``record_steps`` (decided when tracing: no cost when off)."""
     steps = attack.steps
     objective, hit = attack._objective(model)
     normalize, project = attack._normalize, attack._project
@@ -236,7 +247,10 @@ def _apgd_loop(attack: APGD, model: ModelAdapter) -> Any:
         count = tf.zeros_like(f)
         f_max_ck, halved = f_max, tf.zeros_like(found)
         trace = tf.TensorArray(tf.float32, size=steps + 1).write(0, f_max)
+        etas = tf.TensorArray(tf.float32, size=steps if record_steps else 0)
         for i in tf.range(steps):
+            if record_steps:
+                etas = etas.write(i, eta)
             a = tf.where(i == 0, 1.0, MOMENTUM)
             step = into_ball(x0, x + _bcast(eta) * normalize(g), eps)
             x_new = into_ball(x0, x + a * (step - x) + (1.0 - a) * (x - x_prev), eps)
@@ -259,6 +273,8 @@ def _apgd_loop(attack: APGD, model: ModelAdapter) -> Any:
             f_max_ck, halved = tf.where(ck, f_max, f_max_ck), tf.where(ck, halve, halved)
         adv = tf.where(_bcast(found), adv, x_max)  # unbroken samples return their best point
         adv_z = tf.where(found[:, None], adv_z, z_max)
+        if record_steps:
+            return adv, adv_z, found, tf.transpose(trace.stack()), tf.transpose(etas.stack())
         return adv, adv_z, found, tf.transpose(trace.stack())
 
     return run
