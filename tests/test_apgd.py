@@ -119,9 +119,9 @@ def test_apgd_follows_the_papers_algorithm_step_for_step(loss: str, eps: float) 
     steps = 40
     attack = P.LinfAPGD(steps=steps, loss=loss)
     fn = P.step_size_recorder(attack, model)  # the start is zero here so that both runs begin at x0
-    _, _, _, trace, steps_used = fn(tf.constant(x), tf.constant(np.stack([y, y], 1)),
-                                    tf.constant(np.full(6, eps, np.float32)),
-                                    tf.constant(np.full(6, 2 * eps, np.float32)), tf.zeros_like(tf.constant(x)))
+    _, _, _, trace, steps_used, _ = fn(tf.constant(x), tf.constant(np.stack([y, y], 1)),
+                                       tf.constant(np.full(6, eps, np.float32)),
+                                       tf.constant(np.full(6, 2 * eps, np.float32)), tf.zeros_like(tf.constant(x)))
     halvings, kept, clear = 0, 0, 0
     for i in range(6):
         ref, etas, ok = _reference_apgd(w1, b1, w2, b2, x[i].reshape(-1).astype(np.float64), int(y[i]), eps, steps,
