@@ -116,7 +116,6 @@ def test_apgd_compiled_step_halves_at_every_paper_checkpoint_when_the_loss_never
     assert not success.any() and np.ptp(trace) < 1e-6  # the premise: the loss never moved
 
 
-
 def _check_halvings(trace: np.ndarray, losses: np.ndarray, etas: np.ndarray) -> dict[str, int]:
     """Replay the paper's halving rule over the compiled loop's own per-step losses ``(N, steps)``
     and best-loss trace ``(N, steps + 1)``: at checkpoint ``w`` the step must halve iff (a) fewer
