@@ -148,6 +148,65 @@ MUTATIONS: tuple[Mutation, ...] = (
        'with ex.randomized(seed=seed, steps=cfg.randomization_steps, cascade=variant == "cascading") as steps:',
        'with __import__("contextlib").nullcontext(labels) as steps:', group="faults",
        tests=("tests/test_bite_studies.py::test_saliency_checks_pass_on_the_healthy_toy_model",)),
+    # issue #28: attacks (apgd, fab, square)
+    # (TensorFlow; the new tests of tests/test_bite_attacks_round2.py, about 15 s, and for APGD the
+    # step-for-step comparison with the NumPy reference; select them with --group faults -k "#28")
+    *(_m(f"#28 {name}", f"robustkit/model/{path}", old, new, group="faults",
+         tests=("tests/test_bite_attacks_round2.py",) + (
+             ("tests/test_apgd.py::test_apgd_follows_the_papers_algorithm_step_for_step",) if path == "apgd.py" else ()))
+      for name, path, old, new in (
+        ("apgd: step-size checkpoints one iteration late", "apgd.py", "ck = is_ck[i + 1]",
+         "ck = is_ck[i]"),
+        ("apgd: step-size checkpoints one iteration early", "apgd.py", "ck = is_ck[i + 1]",
+         "ck = is_ck[tf.minimum(i + 2, steps)]"),
+        ("apgd: first step eps, not 2 eps", "apgd.py", "return (2.0 * eps).astype(np.float32)",
+         "return (1.0 * eps).astype(np.float32)"),
+        ("apgd: condition (b) dropped", "apgd.py",
+         "tf.logical_or(count < RHO * gap[i + 1], stalled)", "count < RHO * gap[i + 1]"),
+        ("apgd: condition (a) counts since the start", "apgd.py",
+         "count = tf.where(ck, tf.zeros_like(count), count)", "count = count"),
+        ("apgd: no restart from the best point", "apgd.py",
+         "x, f, g = tf.where(_bcast(halve), x_max, x), tf.where(halve, f_max, f), tf.where(_bcast(halve), g_max, g)",
+         "x, f, g = x, f, g"),
+        ("apgd: momentum 0.5", "apgd.py", "MOMENTUM = 0.75", "MOMENTUM = 0.5"),
+        ("apgd: step descends", "apgd.py", "step = into_ball(x0, x + _bcast(eta) * normalize(g), eps)",
+         "step = into_ball(x0, x - _bcast(eta) * normalize(g), eps)"),
+        ("apgd: box clip dropped", "apgd.py",
+         "return tf.clip_by_value(x0 + project(v - x0, eps), 0.0, 1.0)", "return x0 + project(v - x0, eps)"),
+        ("apgd: ball projection dropped", "apgd.py",
+         "return tf.clip_by_value(x0 + project(v - x0, eps), 0.0, 1.0)", "return tf.clip_by_value(v, 0.0, 1.0)"),
+        ("fab: [0, 1] clip of the new point dropped", "fab.py",
+         "return np.clip(new, 0.0, 1.0).astype(np.float32)", "return new.astype(np.float32)"),
+        ("fab: random start leaves the box", "fab.py",
+         "return np.clip(x0 + step, 0.0, 1.0).astype(np.float32)", "return (x0 + step).astype(np.float32)"),
+        ("fab: backward step overshoots the iterate", "fab.py",
+         "x[back] = (x0[back] + self.beta * (x[back] - x0[back]))", "x[back] = (x0[back] + 1.2 * (x[back] - x0[back]))"),
+        ("fab: success not bounded by eps", "fab.py", "success = found.size <= eps",
+         "success = np.isfinite(found.size)"),
+        ("fab: unbroken sample returns its closest find", "fab.py",
+         "adv = np.where(success[:, None, None, None], found.adv, np.asarray(x, np.float32))", "adv = found.adv"),
+        ("square: window schedule read one query late", "square.py",
+         "p_selection(self.p_init, q - 1, self.queries)", "p_selection(self.p_init, q - 2, self.queries)"),
+        ("square: window schedule read one query early", "square.py",
+         "p_selection(self.p_init, q - 1, self.queries)", "p_selection(self.p_init, q, self.queries)"),
+        ("square: accepts worse proposals", "square.py", "better = m_new < margin[todo]",
+         "better = m_new > margin[todo]"),
+        ("square linf: proposal clip dropped", "square.py",
+         "patch = np.clip(x0[win] + signs, 0.0, 1.0)", "patch = x0[win] + signs"),
+        ("square linf: stripes start clip dropped", "square.py",
+         "return np.clip(x0 + (eps * rng.choice([-1.0, 1.0], size=(1, w, c))).astype(np.float32), 0.0, 1.0)",
+         "return x0 + (eps * rng.choice([-1.0, 1.0], size=(1, w, c))).astype(np.float32)"),
+        ("square linf: window at 2 eps", "square.py", "signs = rng.choice([-eps, eps], size=(1, 1, c))",
+         "signs = rng.choice([-2 * eps, 2 * eps], size=(1, 1, c))"),
+        ("square l2: proposal clip dropped", "square.py",
+         "delta[win1] = new\n        return np.clip(x0 + eps * delta / max(float(np.linalg.norm(delta)), 1e-12), 0.0, 1.0)",
+         "delta[win1] = new\n        return x0 + eps * delta / max(float(np.linalg.norm(delta)), 1e-12)"),
+        ("square l2: proposal scaled to 1.5 eps", "square.py",
+         "delta[win1] = new\n        return np.clip(x0 + eps * delta", "delta[win1] = new\n        return np.clip(x0 + 1.5 * eps * delta"),
+        ("square l2: proposal not rescaled to eps", "square.py",
+         "delta[win1] = new\n        return np.clip(x0 + eps * delta / max(float(np.linalg.norm(delta)), 1e-12), 0.0, 1.0)",
+         "delta[win1] = new\n        return np.clip(x0 + delta, 0.0, 1.0)"),
+    )),
 )
 
 _LEFT_OUT: set[str] = set()
@@ -156,6 +215,11 @@ _CAUGHT_BY: list[str] = []  # the failing test of the last run
 HARMLESS: dict[str, str] = {
     "paired: bootstrap se with ddof 0": "with 1000 resamples the standard error changes by sqrt(999/1000), a 0.05 % "
                                         "change of the z score: no p-value moves by more than its bootstrap noise.",
+    "#28 square l2: proposal not rescaled to eps": "equivalent: the proposal already has L2 norm eps before the "
+                                                   "rescale (the first window gets the two windows' mass plus the "
+                                                   "unused budget eps^2 - |delta|^2, and |delta| <= eps holds since "
+                                                   "clipping to the box only shortens it), so the rescale divides "
+                                                   "by 1 up to rounding.",
 }
 """Mutation name -> why its survival does not matter (an equivalent or negligible change)."""
 

@@ -208,8 +208,20 @@ def _schedule(steps: int) -> tuple[Any, Any]:
     return tf.constant(is_ck), tf.constant(gap)
 
 
-def _apgd_loop(attack: APGD, model: ModelAdapter) -> Any:
-    """The compiled APGD run: ``(x0, [label, target], eps, eta0, start) -> (adv, logits, success, trace)``."""
+def step_size_recorder(attack: APGD, model: ModelAdapter) -> Any:
+    """The compiled APGD run that also returns the step size and the loss of every iteration.
+
+    The same loop as the attack's (a test seam: the attack itself never records); two more
+    outputs ``(N, steps)``: column ``k`` of the fifth is the ``eta`` that iteration ``k`` (0-based)
+    stepped with, so a halving at checkpoint ``w`` shows from column ``w`` on; of the sixth, the
+    loss at the iterate ``x_{k+1}`` it reached (before any restart from the best point).
+    """
+    return tf.function(_apgd_loop(attack, model, record_steps=True), input_signature=_spec(model))
+
+
+def _apgd_loop(attack: APGD, model: ModelAdapter, *, record_steps: bool = False) -> Any:
+    """The compiled APGD run: ``(x0, [label, target], eps, eta0, start) -> (adv, logits, success, trace)``,
+    plus the step sizes and losses ``(N, steps)`` with ``record_steps`` (decided when tracing: no cost when off)."""
     steps = attack.steps
     objective, hit = attack._objective(model)
     normalize, project = attack._normalize, attack._project
@@ -236,7 +248,11 @@ def _apgd_loop(attack: APGD, model: ModelAdapter) -> Any:
         count = tf.zeros_like(f)
         f_max_ck, halved = f_max, tf.zeros_like(found)
         trace = tf.TensorArray(tf.float32, size=steps + 1).write(0, f_max)
+        etas = tf.TensorArray(tf.float32, size=steps if record_steps else 0)
+        losses = tf.TensorArray(tf.float32, size=steps if record_steps else 0)
         for i in tf.range(steps):
+            if record_steps:
+                etas = etas.write(i, eta)
             a = tf.where(i == 0, 1.0, MOMENTUM)
             step = into_ball(x0, x + _bcast(eta) * normalize(g), eps)
             x_new = into_ball(x0, x + a * (step - x) + (1.0 - a) * (x - x_prev), eps)
@@ -249,6 +265,8 @@ def _apgd_loop(attack: APGD, model: ModelAdapter) -> Any:
             z_max = tf.where(better[:, None], z, z_max)
             f_max = tf.maximum(f_max, f_new)
             x_prev, x, f, g = x, x_new, f_new, g_new
+            if record_steps:
+                losses = losses.write(i, f_new)
             trace = trace.write(i + 1, f_max)
             ck = is_ck[i + 1]
             stalled = tf.logical_and(tf.logical_not(halved), f_max <= f_max_ck)
@@ -259,6 +277,8 @@ def _apgd_loop(attack: APGD, model: ModelAdapter) -> Any:
             f_max_ck, halved = tf.where(ck, f_max, f_max_ck), tf.where(ck, halve, halved)
         adv = tf.where(_bcast(found), adv, x_max)  # unbroken samples return their best point
         adv_z = tf.where(found[:, None], adv_z, z_max)
+        if record_steps:
+            return adv, adv_z, found, tf.transpose(trace.stack()), tf.transpose(etas.stack()), tf.transpose(losses.stack())
         return adv, adv_z, found, tf.transpose(trace.stack())
 
     return run
