@@ -21,7 +21,7 @@ from robustkit.data.dataset import Sample
 from robustkit.data.ood_sets import ArrayDataset
 from robustkit.errors import ConfigError
 from robustkit.metrics import ood as O
-from robustkit.metrics.slices import slice_test
+from robustkit.metrics.slices import enumerate_slices, slice_test
 from robustkit.results import StudyResult
 from robustkit.studies.base import AuditContext
 from robustkit.studies.ood import OODStudy
@@ -41,6 +41,18 @@ def test_slice_test_p_value_is_fishers_two_sided(table: tuple[int, int, int, int
     for alt in ("less", "greater"):  # tables where either one-sided test differs from the two-sided one
         assert abs(two - fisher_exact([[a, b], [c, d]], alternative=alt).pvalue) > 1e-3
     assert p == pytest.approx(two, rel=1e-12)
+
+
+def test_enumerated_slices_are_those_with_enough_samples_on_both_sides() -> None:
+    rng = np.random.default_rng(5)
+    site = np.repeat(np.array(["A", "B", "C"]), [150, 25, 5])  # "C": too small a slice
+    view = rng.choice(np.array(["AP", "PA"]), len(site), p=[0.95, 0.05])  # "AP": too small a complement
+    labels = {"site": site, "view": view}
+    candidates = {f"{col}={v}": labels[col] == v for col in labels for v in np.unique(labels[col])}
+    candidates.update({f"site={a}&view={v}": (site == a) & (view == v) for a in np.unique(site) for v in np.unique(view)})
+    expected = {name for name, m in candidates.items() if m.sum() >= 20 and (~m).sum() >= 20}
+    assert any(m.sum() >= 20 and (~m).sum() < 20 for m in candidates.values())  # the complement rule matters here
+    assert {s.name for s in enumerate_slices(labels, depth=2, min_size=20)} == expected
 
 
 # ---------------------------------------------------------------- ViM: the paper's definition
