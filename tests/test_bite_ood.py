@@ -21,7 +21,8 @@ from robustkit.data.dataset import Sample
 from robustkit.data.ood_sets import ArrayDataset
 from robustkit.errors import ConfigError
 from robustkit.metrics import ood as O
-from robustkit.metrics.slices import enumerate_slices, slice_test
+from robustkit.metrics.classification import bootstrap_indices
+from robustkit.metrics.slices import cramers_v, enumerate_slices, slice_metrics, slice_test
 from robustkit.results import StudyResult
 from robustkit.studies.base import AuditContext
 from robustkit.studies.ood import OODStudy
@@ -53,6 +54,29 @@ def test_enumerated_slices_are_those_with_enough_samples_on_both_sides() -> None
     expected = {name for name, m in candidates.items() if m.sum() >= 20 and (~m).sum() >= 20}
     assert any(m.sum() >= 20 and (~m).sum() < 20 for m in candidates.values())  # the complement rule matters here
     assert {s.name for s in enumerate_slices(labels, depth=2, min_size=20)} == expected
+
+
+@pytest.mark.parametrize("shape", [(2, 4), (3, 5)])
+def test_cramers_v_of_a_rectangular_table_equals_scipy(shape: tuple[int, int]) -> None:
+    from scipy.stats.contingency import association
+
+    rng = np.random.default_rng(sum(shape))
+    a = rng.integers(0, shape[0], 400)
+    b = (a + rng.integers(0, 2, 400) * rng.integers(0, shape[1], 400)) % shape[1]  # dependent on a
+    table = np.zeros(shape, dtype=np.int64)
+    np.add.at(table, (a, b), 1)
+    assert cramers_v(a, b) == pytest.approx(association(table, method="cramer", correction=False), rel=1e-9)
+
+
+def test_slice_intervals_are_the_two_sided_percentiles_of_a_slow_bootstrap() -> None:
+    rng = np.random.default_rng(6)
+    y, pred = rng.integers(0, 3, 300), rng.integers(0, 3, 300)
+    pred[:150] = y[:150]  # right on half the images, a third of the rest
+    conf, mask = rng.uniform(0.4, 1.0, 300), rng.random(300) < 0.5
+    _, intervals = slice_metrics(y, pred, conf, mask, positive=0, n_boot=400, seed=3, level=0.9)
+    idx = np.flatnonzero(mask)
+    accuracy = [np.mean(y[idx][r] == pred[idx][r]) for r in bootstrap_indices(len(idx), 400, seed=3)]
+    assert intervals["accuracy"] == pytest.approx(np.quantile(accuracy, [0.05, 0.95]).tolist())
 
 
 # ---------------------------------------------------------------- ViM: the paper's definition
