@@ -1,0 +1,61 @@
+"""Issue #28, round two: multi-label and classification metrics where earlier tests had no
+case that tells a fault apart (ties in Youden's J, a finding without positives in a macro
+mean, a confusion matrix that is not symmetric), each against a direct computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from robustkit.metrics import classification as M
+from robustkit.metrics import multilabel as ML
+
+
+def test_youden_ties_go_to_the_highest_threshold_halfway_to_the_next_score() -> None:
+    # scores + - + - (descending): J = 1/2 at 0.9, 0 at 0.8, 1/2 at 0.7, 0 at 0.6: a tie
+    y = np.array([1, 0, 1, 0], dtype=bool)
+    s = np.array([0.9, 0.8, 0.7, 0.6])
+
+    def j(th: float) -> float:
+        c = s >= th
+        return (c & y).sum() / y.sum() - (c & ~y).sum() / (~y).sum()
+
+    values = {float(th): j(th) for th in s}
+    best = max(values.values())
+    tied = sorted((th for th, v in values.items() if v == pytest.approx(best)), reverse=True)
+    assert tied == [0.9, 0.7]  # J = 1/2 at both
+    below = max(float(v) for v in s if v < tied[0])
+    assert ML.youden_thresholds(y[:, None], s[:, None])[0] == pytest.approx((tied[0] + below) / 2)
+
+
+def test_macro_means_leave_out_a_finding_without_positives() -> None:
+    rng = np.random.default_rng(4)
+    targets = rng.random((120, 3)) < [0.3, 0.0, 0.5]  # the second finding is absent everywhere
+    probs = np.clip(0.5 * targets + 0.5 * rng.random((120, 3)), 0, 1)
+    flat = ML.finding_summary(targets, probs, np.full(3, 0.5)).flat(["a", "b", "c"])
+    assert np.isnan(flat["auroc.b"])
+    expected = np.mean([roc_auc_score(targets[:, k], probs[:, k]) for k in (0, 2)])
+    assert flat["auroc.macro"] == pytest.approx(expected)
+
+
+def test_specificity_of_an_asymmetric_confusion_matrix_equals_a_count() -> None:
+    rng = np.random.default_rng(8)
+    y = rng.integers(0, 3, 200)
+    pred = np.where(rng.random(200) < 0.6, y, (y + 1) % 3)  # errors go one way only: not symmetric
+    cm = M.confusion_matrix(y, pred, 3)
+    assert not np.array_equal(cm, cm.T)
+    for k in range(3):
+        others = y != k
+        assert M.specificity(cm)[k] == pytest.approx(np.mean(pred[others] != k))
+
+
+def test_precision_recall_f1_equal_scikit_learn() -> None:
+    from sklearn.metrics import precision_recall_fscore_support
+
+    rng = np.random.default_rng(9)
+    y = rng.integers(0, 3, 200)
+    pred = np.where(rng.random(200) < 0.6, y, rng.integers(0, 3, 200))
+    precision, recall, f1 = M.precision_recall_f1(M.confusion_matrix(y, pred, 3))
+    ref = precision_recall_fscore_support(y, pred, labels=[0, 1, 2], zero_division=0)
+    np.testing.assert_allclose(np.c_[precision, recall, f1], np.c_[ref[0], ref[1], ref[2]], rtol=1e-12)
