@@ -59,3 +59,11 @@ def test_precision_recall_f1_equal_scikit_learn() -> None:
     precision, recall, f1 = M.precision_recall_f1(M.confusion_matrix(y, pred, 3))
     ref = precision_recall_fscore_support(y, pred, labels=[0, 1, 2], zero_division=0)
     np.testing.assert_allclose(np.c_[precision, recall, f1], np.c_[ref[0], ref[1], ref[2]], rtol=1e-12)
+
+
+def test_stratified_resamples_keep_every_stratum_in_place() -> None:
+    strata = np.repeat([0, 1, 2], [5, 30, 65])
+    idx = M.bootstrap_indices(len(strata), 200, seed=1, strata=strata)
+    assert idx.shape == (200, 100)
+    np.testing.assert_array_equal(strata[idx], np.broadcast_to(strata, idx.shape))  # position i draws from i's stratum
+    assert len(np.unique(idx[:, :5])) == 5  # and every member of the smallest stratum is drawn somewhere
