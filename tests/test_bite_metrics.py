@@ -67,3 +67,21 @@ def test_stratified_resamples_keep_every_stratum_in_place() -> None:
     assert idx.shape == (200, 100)
     np.testing.assert_array_equal(strata[idx], np.broadcast_to(strata, idx.shape))  # position i draws from i's stratum
     assert len(np.unique(idx[:, :5])) == 5  # and every member of the smallest stratum is drawn somewhere
+
+
+def test_sigmoid_temperature_gradient_at_a_bound_equals_a_finite_difference() -> None:
+    from robustkit.metrics import outputs as OUT
+
+    rng = np.random.default_rng(10)
+    y = rng.integers(0, 3, 60)
+    z = np.where(np.eye(3, dtype=bool)[y], 0.03, -0.03) + 0.005 * rng.standard_normal((60, 3))  # separable
+    fit = OUT.fit_temperature(z, y, "sigmoid")
+    assert fit.at_bound and fit.temperature == pytest.approx(0.01, rel=1e-3)
+
+    def mean_nll(log_t: float) -> float:
+        return float(OUT.sample_nll(z, y, "sigmoid", float(np.exp(log_t))).mean())
+
+    s, h = float(np.log(fit.temperature)), 1e-5
+    numeric = (mean_nll(s + h) - mean_nll(s - h)) / (2 * h)
+    assert numeric > 1e-3  # the NLL rises with T here: the sign is visible
+    assert fit.grad_log_t == pytest.approx(numeric, rel=1e-4)
