@@ -129,7 +129,8 @@ def test_batch_size_does_not_change_records(toy_linear) -> None:
 
 def test_audit_renders_the_findings_section(toy_multilabel: Path, toy_multilabel_model: Path, tmp_path: Path) -> None:
     result = audit(toy_multilabel_model, toy_multilabel, studies=["clean", "adversarial"], profile="quick",
-                   out=tmp_path, config={"adversarial": {"max_samples": 16, "n_bootstrap": 50}})
+                   out=tmp_path, config={"adversarial": {"max_samples": 16, "n_bootstrap": 50,
+                                            "epsilons_linf": [2 / 255, 4 / 255, 32 / 255]}})
     s = result.studies["adversarial"]
     assert s.status == "ok", s.error
     for name in NAMES:
@@ -149,4 +150,33 @@ def test_audit_renders_the_findings_section(toy_multilabel: Path, toy_multilabel
     for name in NAMES:
         assert name in section
     with np.load(tmp_path / "records.npz") as rec:
-        assert rec["adversarial/flipped_linf"].shape == (16, 3, 3)
+        flipped, called = rec["adversarial/flipped_linf"], rec["adversarial/called"]
+        min_eps = rec["adversarial/flip_min_eps_linf"].astype(np.float64) * 255
+    assert flipped.shape == (16, 3, 3) and called.shape == (16, 3)
+    _assert_rates_match_a_direct_count(s, flipped, called, min_eps)
+
+
+def _assert_rates_match_a_direct_count(s, flipped: np.ndarray, called: np.ndarray, min_eps: np.ndarray) -> None:
+    """Flip rates, their Wilson intervals, the macro means and the median budgets of the study
+    against a count over the stored per-pair records (grid: 2, 4, 32 /255)."""
+    z = 1.959964
+    for j, eps in enumerate((2, 4, 32)):
+        for d, among in (("off", called), ("on", ~called)):
+            rates = []
+            for f, name in enumerate(NAMES):
+                n, k = int(among[:, f].sum()), int(flipped[among[:, f], f, j].sum())
+                key = f"flip_{d}_rate.linf.{eps}.{name}"
+                if n == 0:
+                    assert np.isnan(s.metrics[key]) and key not in s.intervals
+                    continue
+                rates.append(k / n)
+                assert s.metrics[key] == pytest.approx(k / n)
+                centre, half = (k + z * z / 2) / (n + z * z), z * np.sqrt(k * (n - k) / n + z * z / 4) / (n + z * z)
+                assert s.intervals[key] == pytest.approx([centre - half, centre + half], abs=1e-6)
+            assert s.metrics[f"flip_{d}_rate.linf.{eps}.macro"] == pytest.approx(np.mean(rates))
+    for d, among in (("off", called), ("on", ~called)):
+        for f, name in enumerate(NAMES):
+            values = np.sort(min_eps[among[:, f], f])
+            expected = values[(len(values) - 1) // 2] if len(values) else np.nan  # the lower median
+            assert s.metrics[f"min_budget_{d}.linf.median.{name}"] == pytest.approx(expected, nan_ok=True)
+    assert 0 < called.sum() < called.size and flipped.any()  # both directions measured, some calls flipped

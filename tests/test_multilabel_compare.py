@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy.stats import binomtest, norm
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from robustkit import cli
 from robustkit.compare import compare
@@ -175,6 +176,11 @@ def test_fixture_compare_is_delong_and_mcnemar_per_finding(fixture_audits) -> No
         assert _delta(cmp, f"clean.auprc.{f}").test == "paired-bootstrap"
     for m in ("auroc.macro", "auroc.micro", "auprc.micro", "sensitivity.macro"):
         assert _delta(cmp, f"clean.{m}").test == "paired-bootstrap"
+    pa, pb = ra["probs"].astype(np.float64), rb["probs"][order].astype(np.float64)
+    for m, stat in (("auroc.macro", lambda p: np.mean([roc_auc_score(targets[:, k], p[:, k]) for k in range(3)])),
+                    ("auroc.micro", lambda p: roc_auc_score(targets.ravel(), p.ravel())),
+                    ("auprc.micro", lambda p: average_precision_score(targets.ravel(), p.ravel()))):
+        assert _delta(cmp, f"clean.{m}").delta == pytest.approx(stat(pb) - stat(pa), abs=1e-6), m
     tested = [d for d in cmp.candidates[0].deltas if d.p_value is not None]
     for d, p in zip(tested, holm([d.p_value for d in tested])):
         assert d.p_adjusted == pytest.approx(p)
@@ -203,8 +209,11 @@ def test_fixture_compare_tests_each_finding_under_each_condition(fixture_audits)
             assert d.delta == pytest.approx(ref.delta, abs=1e-9)
         for m in (f"auroc.macro.{cond}", f"auroc_drop.macro.{cond}", f"auroc_drop.{a.class_names[0]}.{cond}"):
             d = _delta(cmp, f"perturbation.{m}")
-            assert d.test == "paired-bootstrap" and d.p_value is not None
+            assert d.test == "paired-bootstrap" and d.p_value is not None and 0.0 <= d.p_value <= 1.0
             assert d.baseline == pytest.approx(a.metric(f"perturbation.{m}"))
+        macro_a = np.mean([roc_auc_score(targets[:, k], ra["probs"][:, c, k]) for k in range(3)])
+        macro_b = np.mean([roc_auc_score(targets[:, k], rb["probs"][order, c, k]) for k in range(3)])
+        assert _delta(cmp, f"perturbation.auroc.macro.{cond}").delta == pytest.approx(macro_b - macro_a, abs=1e-6)
 
 
 # ---------------------------------------------------------------- compare on built audits
@@ -227,6 +236,84 @@ def test_given_thresholds_mcnemar_counts_every_image(ml_dirs) -> None:
         d = _delta(cmp, f"clean.specificity.{f}")
         assert d.discordant == (int(np.sum(~ca[absent, k] & cb[absent, k])), int(np.sum(ca[absent, k] & ~cb[absent, k])))
     assert _delta(cmp, "clean.auroc.macro").verdict == "regression"
+
+
+def _auroc_rows(t: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """AUROC ``(B,)`` of each row of ``(B, n)`` targets and tie-free scores: Mann-Whitney's
+    ``(rank sum of the positives - m (m + 1) / 2) / (m n)``."""
+    ranks = np.argsort(np.argsort(p, axis=1), axis=1) + 1.0
+    m = t.sum(axis=1)
+    return ((ranks * t).sum(axis=1) - m * (m + 1) / 2) / (m * (t.shape[1] - m))
+
+
+def _ap_rows(t: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Average precision ``(B,)`` of each row (tie-free scores): the mean over the positives of
+    the precision among the scores at least as high as theirs."""
+    order = np.argsort(-p, axis=1)
+    hit = np.take_along_axis(t, order, axis=1).astype(np.float64)
+    precision = np.cumsum(hit, axis=1) / np.arange(1, t.shape[1] + 1)
+    return (precision * hit).sum(axis=1) / hit.sum(axis=1)
+
+
+def _macro(t: np.ndarray, p: np.ndarray) -> np.ndarray:
+    return np.mean([_auroc_rows(t[:, :, k], p[:, :, k]) for k in range(t.shape[2])], axis=0)
+
+
+#: metric -> (its value from scikit-learn, the same statistic per resample ``(B, n, K)`` -> ``(B,)``)
+PAIRED_STATS = {
+    "clean.auroc.macro": (lambda t, p: np.mean([roc_auc_score(t[:, k], p[:, k]) for k in range(t.shape[1])]), _macro),
+    "clean.auroc.micro": (lambda t, p: roc_auc_score(t.ravel(), p.ravel()),
+                          lambda t, p: _auroc_rows(t.reshape(len(t), -1), p.reshape(len(p), -1))),
+    "clean.auprc.Nodule": (lambda t, p: average_precision_score(t[:, 1], p[:, 1]),
+                           lambda t, p: _ap_rows(t[:, :, 1], p[:, :, 1])),
+}
+
+
+def _independent_bootstrap(metric: str, a: np.ndarray, b: np.ndarray, t: np.ndarray, *, n_boot: int,
+                           seed: int) -> tuple[float, float]:
+    """``(delta, p)`` of the metric of ``b`` minus that of ``a``: images resampled with
+    replacement (an image keeps its findings and both models' outputs), the two-sided normal
+    p-value of the observed difference over the resamples' standard deviation."""
+    point, rows = PAIRED_STATS[metric]
+    assert len(np.unique(a)) == a.size and len(np.unique(b)) == b.size  # tie-free scores
+    i = np.random.default_rng(seed).integers(0, len(t), (n_boot, len(t)))
+    diffs = rows(t[i], b[i]) - rows(t[i], a[i])
+    delta = float(point(t, b) - point(t, a))
+    return delta, float(2 * norm.sf(abs(delta) / np.std(diffs, ddof=1)))
+
+
+@pytest.fixture(scope="module")
+def moderate(tmp_path_factory: pytest.TempPathFactory):
+    """A model and a moderately worse one on the same images, and their comparison."""
+    t = toy_targets()
+    a, b = scores(t, 0.6, 1), scores(t, 0.9, 3)
+    root = tmp_path_factory.mktemp("moderate")
+    cmp = compare([save_results(ml_audit(a, t, name="a"), root / "a"),
+                   save_results(ml_audit(b, t, name="b"), root / "b")], n_boot=3000)
+    return cmp, a, b, t
+
+
+@pytest.mark.parametrize("metric", sorted(PAIRED_STATS))
+def test_paired_bootstrap_rows_match_an_independent_bootstrap(metric: str, moderate) -> None:
+    """The row's delta equals scikit-learn's difference and its p-value an independent paired
+    bootstrap's (other resamples: equal within Monte Carlo noise)."""
+    cmp, a, b, t = moderate
+    d = _delta(cmp, metric)
+    delta, p = _independent_bootstrap(metric, a, b, t, n_boot=3000, seed=7)
+    assert d.test == "paired-bootstrap" and d.delta == pytest.approx(delta, abs=1e-9)
+    assert 1e-4 < p < 0.2, "choose models whose difference is neither certain nor absent"
+    # the z scores |delta| / se agree within the Monte Carlo noise of two 3000-resample se's (about 2 %)
+    assert norm.isf(d.p_value / 2) == pytest.approx(norm.isf(p / 2), rel=0.08)
+
+
+def test_paired_bootstrap_p_is_one_for_identical_audits_and_small_for_a_much_worse_one(ml_dirs) -> None:
+    same = compare([ml_dirs["base"], ml_dirs["same"]], n_boot=200, allow_config_mismatch=True)
+    worse = compare([ml_dirs["base"], ml_dirs["bad"]], n_boot=200)
+    for metric in PAIRED_STATS:
+        assert _delta(same, metric).test == "paired-bootstrap" and _delta(same, metric).p_value == 1.0
+        assert _delta(same, metric).verdict == "unchanged"
+        d = _delta(worse, metric)
+        assert d.test == "paired-bootstrap" and d.delta < 0 and d.p_value < 1e-3 and d.verdict == "regression"
 
 
 # ---------------------------------------------------------------- gate

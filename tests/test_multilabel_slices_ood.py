@@ -63,16 +63,38 @@ def test_slice_aurocs_on_noisy_scores_against_sklearn_and_the_gap_test() -> None
     assert same["p"] > 0.05
 
 
-def test_ood_runs_end_to_end_with_sigmoid_scores(ml_audit) -> None:
-    result, _ = ml_audit
+def test_ood_runs_end_to_end_with_sigmoid_scores(ml_audit, toy_multilabel: Path, toy_multilabel_model: Path) -> None:
+    """The ID side against the model's own logits (JointEnergy, MSP, the threshold at 95% ID
+    TPR, the finding-call rates by a direct count) and each set's AUROC against the area under
+    its stored ROC curve (trapezoids over every point)."""
+    from robustkit.data.dataset import load_dataset
+    from robustkit.model.adapter import load_model
+
+    result, out = ml_audit
     ood = result.studies["ood"]
     assert ood.status == "ok", ood.error
-    for sc in ("msp", "energy", "mahalanobis", "knn"):
-        for s in ("ct", "natural", "inverted", "far", "near"):
-            assert np.isfinite(ood.metrics[f"auroc.{sc}.{s}"])
     assert ood.data["multilabel"] and "JointEnergy" in ood.data["score_forms"]["energy"]
-    assert 0.0 <= ood.metrics["finding_call_rate.ct"] <= 1.0
     assert "confident_critical_rate.ct" not in ood.metrics
+    model, data = load_model(toy_multilabel_model), load_dataset(toy_multilabel)
+    rec = np.load(out / "records.npz")
+    assert rec["ids"].tolist() == [str(i) for i in data.ids]
+    h, w, c = model.input_shape
+    z = model.logits(data.load_images(rec["ood/index"], size=(h, w), channels=c)).astype(np.float64)
+    p = 1.0 / (1.0 + np.exp(-z))
+    np.testing.assert_allclose(rec["ood/score_energy"], np.log1p(np.exp(z)).sum(axis=1), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(rec["ood/score_msp"], p.max(axis=1), rtol=1e-4, atol=1e-5)
+    test = ~rec["ood/reference"]
+    score = rec[f"ood/score_{ood.data['recommended']}"][test].astype(np.float64)
+    assert ood.data["threshold"] == pytest.approx(np.sort(score)[::-1][int(np.ceil(0.95 * len(score))) - 1], rel=1e-5)
+    called = (p[test] >= np.asarray(ood.data["finding_thresholds"])[None, :]).any(axis=1)
+    assert ood.metrics["finding_call_rate.id"] == pytest.approx(called.mean())
+    assert ood.metrics["finding_call_rate_filtered.id"] == pytest.approx(
+        np.mean(called & (score >= ood.data["threshold"] - 1e-6)))
+    assert ood.metrics["n_id"] == test.sum() and 0 < called.mean() < 1
+    for s in ("ct", "natural", "inverted"):
+        roc = ood.data["roc"][s]
+        area = np.sum(np.diff(roc["fpr"]) * (np.asarray(roc["tpr"][1:]) + np.asarray(roc["tpr"][:-1])) / 2)
+        assert ood.metrics[f"auroc.{ood.data['recommended']}.{s}"] == pytest.approx(area, abs=1e-4), s
 
 
 def test_multilabel_score_forms() -> None:

@@ -8,13 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.special import logsumexp, softmax
+from sklearn.metrics import roc_auc_score
 
 from robustkit.cli import main
+from robustkit.data.dataset import load_dataset
 from robustkit.data.ood_sets import build_sets
 from robustkit.data.phantom import render_effusion
 from robustkit.errors import ModelError
 from robustkit.gate import gate
-from robustkit.metrics import ood as O
 from robustkit.model.adapter import load_model
 from robustkit.results import load_results
 
@@ -61,36 +63,56 @@ def test_sets_are_deterministic_and_the_effusion_is_inside_a_lung() -> None:
 
 
 @pytest.mark.slow
-def test_audit_writes_ood_exports_report_and_gateable_metrics(capsys, toy_model, toy_data, tmp_path) -> None:
+def test_audit_writes_ood_exports_report_and_gateable_metrics(capsys, model, toy_model, toy_data, tmp_path) -> None:
     user = tmp_path / "mine"
     user.mkdir()
-    shutil.copy(next(toy_data.rglob("*.png")), user / "a.png")
+    mine = sorted(toy_data.rglob("*.png"))[0]  # an ID image passed as a one-image "OOD" set
+    shutil.copy(mine, user / "a.png")
     out = tmp_path / "audit"
     code = main(["audit", "--model", str(toy_model), "--data", str(toy_data), "--out", str(out), "--studies",
                  "ood", "--profile", "quick", "--quiet", "--ood", f"mine={user}", "--critical-class", "COVID-19",
                  *SMALL])
     capsys.readouterr()
     assert code == 0
-    res = load_results(out).studies["ood"]
+    audit = load_results(out)
+    res = audit.studies["ood"]
     rec = res.data["recommended"]
     export = json.loads((out / "ood.json").read_text())
     assert export["score"] == rec and export["statistics"] == "ood_statistics.npz"
     stats = np.load(out / "ood_statistics.npz")
     assert set(stats.files) == set(res.data["statistics_arrays"]) and "ood_statistics" not in res.data
-    # the threshold keeps 95% of the ID test scores (records of the audit samples outside the reference split)
-    id_scores = res.records[f"score_{rec}"][~res.records["reference"]]
-    assert export["threshold"] == pytest.approx(O.threshold_at_tpr(id_scores))
-    assert np.mean(id_scores >= export["threshold"]) >= 0.95
-    for key in ("auroc.energy.ct", "auroc.mahalanobis.far", "confident_critical_rate.mine", "auroc.knn.mine"):
+    # the threshold keeps ceil(95%) of the ID test scores (audit samples outside the reference split)
+    id_scores = res.records[f"score_{rec}"][~res.records["reference"]].astype(np.float64)
+    assert export["threshold"] == pytest.approx(np.sort(id_scores)[::-1][int(np.ceil(0.95 * len(id_scores))) - 1])
+    # the ID side and the user's set against the model's own logits
+    data = load_dataset(toy_data).with_class_order(model.class_names)
+    assert [str(i) for i in audit.ids] == [str(i) for i in data.ids]
+    h, w, c = model.input_shape
+    test = res.records["index"][~res.records["reference"]]
+    z_id = model.logits(data.load_images(test, size=(h, w), channels=c)).astype(np.float64)
+    at = [str(s.path) for s in data.samples].index(str(mine))
+    z_mine = model.logits(data.load_images(np.array([at]), size=(h, w), channels=c)).astype(np.float64)
+    covid = list(model.class_names).index("COVID-19")
+    p_id, p_mine = softmax(z_id, axis=1), softmax(z_mine, axis=1)
+    assert res.metrics["confident_critical_rate.id"] == pytest.approx(np.mean(p_id[:, covid] >= 0.5))
+    assert res.metrics["confident_critical_rate.mine"] == float(p_mine[0, covid] >= 0.5)
+    energy_id, energy_mine = logsumexp(z_id, axis=1), logsumexp(z_mine, axis=1)
+    np.testing.assert_allclose(res.records["score_energy"][~res.records["reference"]], energy_id, rtol=1e-4)
+    # "mine" is one of the ID images: rounding restores the exact tie that batch float noise breaks
+    energy_id, energy_mine = np.round(energy_id, 4), np.round(energy_mine, 4)
+    auroc_mine = roc_auc_score(np.r_[np.ones(len(z_id)), 0], np.r_[energy_id, energy_mine])
+    assert res.metrics["auroc.energy.mine"] == pytest.approx(auroc_mine, abs=1e-6)
+    assert res.metrics["fpr95.energy.mine"] == float(energy_mine[0] >= np.sort(energy_id)[::-1][
+        int(np.ceil(0.95 * len(energy_id))) - 1])
+    for key in ("auroc.mahalanobis.far", "auroc.knn.mine"):
         assert key in res.metrics
     assert res.direction("auroc.energy.ct") == "higher" and res.direction("fpr95.knn.far") == "lower"
     assert res.direction("confident_critical_rate.ct") == "lower" and res.direction("confident_critical_rate.id") == "none"
     html = (out / "report.html").read_text()
     assert "The recommended filter" in html and "mine" in html and "<svg" in html
-    far = res.metrics[f"auroc.{rec}.far"]
-    passing = {"rule": [{"metric": f"ood.auroc.{rec}.far", "min": far - 1e-9},
-                        {"metric": "ood.confident_critical_rate.ct", "max": 1.0}]}
-    failing = {"rule": [{"metric": f"ood.auroc.{rec}.far", "min": far + 1e-6}]}
+    passing = {"rule": [{"metric": "ood.auroc.energy.mine", "min": auroc_mine - 1e-6},
+                        {"metric": "ood.confident_critical_rate.id", "max": np.mean(p_id[:, covid] >= 0.5) + 1e-9}]}
+    failing = {"rule": [{"metric": "ood.auroc.energy.mine", "min": auroc_mine + 1e-3}]}
     assert gate(out, passing).exit_code == 0 and gate(out, failing).exit_code == 1
 
 

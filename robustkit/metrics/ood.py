@@ -12,7 +12,8 @@ Scores (``(N,)`` from logits ``(N, K)`` and features ``(N, D)``):
 * :func:`energy_score`: ``logsumexp`` of the logits, the negative free energy (Liu et al.,
   NeurIPS 2020);
 * :func:`mahalanobis_score`: minus the smallest Mahalanobis distance to a class mean under
-  a shared covariance (Lee et al., NeurIPS 2018), fitted by :func:`fit_gaussian`;
+  a shared covariance (Lee et al., NeurIPS 2018), fitted by :func:`fit_gaussian` (shrunk by
+  ``shrinkage = 0.01`` by default: the OOD study's ``mahalanobis_shrinkage``);
 * :func:`knn_score`: minus the cosine distance to the k-th nearest reference feature
   (Sun et al., ICML 2022);
 * :func:`vim_score`: energy minus the scaled norm of the feature's residual outside the

@@ -22,7 +22,7 @@ Example:
     >>> z = np.array([[0.0, 2.0, -2.0]])
     >>> probabilities(z, "sigmoid").round(3).tolist()
     [[0.5, 0.881, 0.119]]
-    >>> float(probabilities(z, "softmax").sum())
+    >>> round(float(probabilities(z, "softmax").sum()), 12)
     1.0
 """
 

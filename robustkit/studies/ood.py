@@ -62,6 +62,10 @@ class OODConfig(StudyConfig):
         features_layer: layer whose output is the feature vector; default: the input of the
             final Dense layer (ViM and ReAct need that one).
         knn_k: the neighbour whose distance is the KNN score.
+        mahalanobis_shrinkage: ``s`` in the Mahalanobis score's shared covariance
+            ``(1 - s) S + s tr(S)/D I`` (:func:`robustkit.metrics.ood.fit_gaussian`); 0 is Lee
+            et al.'s pseudo-inverse of ``S``, the default 0.01 keeps the inverse stable with
+            fewer reference images than feature dimensions.
         react_percentile: ReAct's clipping percentile of the reference activations.
         threshold: operating threshold on the critical class's probability (the audit's
             ``critical_class``, whose confident calls on OOD images are counted).
@@ -76,6 +80,7 @@ class OODConfig(StudyConfig):
     ood_dirs: tuple[str, ...] = ()
     features_layer: str | None = None
     knn_k: int = 10
+    mahalanobis_shrinkage: float = 0.01
     react_percentile: float = 90.0
     threshold: float = 0.5
     n_bootstrap: int = 300
@@ -89,6 +94,7 @@ class OODConfig(StudyConfig):
         check_range("reference_fraction", self.reference_fraction, low=0.0, high=0.95, low_open=True,
                     where=_WHERE)
         check_range("knn_k", self.knn_k, low=1, integer=True, where=_WHERE)
+        check_range("mahalanobis_shrinkage", self.mahalanobis_shrinkage, low=0.0, high=1.0, where=_WHERE)
         check_range("react_percentile", self.react_percentile, low=0.0, high=100.0, low_open=True, where=_WHERE)
         check_range("threshold", self.threshold, low=0.0, high=1.0, where=_WHERE)
         check_range("n_bootstrap", self.n_bootstrap, low=10, integer=True, where=_WHERE)

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from robustkit.data.dataset import Dataset
     from robustkit.studies.ood import OODStudy
 
-__all__ = ["reduce_ood"]
+__all__ = ["reduce_ood", "vim_runs_forward"]
 
 SCORES = ("msp", "max_logit", "energy", "mahalanobis", "knn", "vim", "react")
 STATISTICS_FILE = "ood_statistics.npz"
@@ -77,10 +77,11 @@ def _fit(ref: _Part, labels: np.ndarray, num_classes: int, head: tuple[Any, Any]
          targets: np.ndarray | None = None) -> _Fit:
     """Reference statistics; ``targets`` ``(N, K)`` given: multi-label (per-finding Gaussians)."""
     kernel, bias = head
+    shrinkage = cfg.mahalanobis_shrinkage
     if targets is not None:
-        means, precision = O.fit_gaussian(*finding_groups(ref.features, targets))
+        means, precision = O.fit_gaussian(*finding_groups(ref.features, targets), shrinkage=shrinkage)
     else:
-        means, precision = O.fit_gaussian(ref.features, labels, num_classes)
+        means, precision = O.fit_gaussian(ref.features, labels, num_classes, shrinkage=shrinkage)
     d = ref.features.shape[1]
     vim = O.fit_vim(ref.features, ref.logits, kernel, bias) if kernel is not None and d >= 2 else None
     clip = O.react_clip(ref.features, cfg.react_percentile) if kernel is not None else None
@@ -150,7 +151,7 @@ def reduce_ood(study: OODStudy, records: Records, data: Dataset, ctx: AuditConte
     pooled = _pools(set_scores, kinds)
     result = StudyResult(name=study.name)
     _detection(result, id_scores, {**set_scores, **pooled}, cfg.n_bootstrap, ctx)
-    recommended = _recommend(result, [s for s in set_scores if kinds[s] == "near"] or list(set_scores))
+    recommended = _recommend(result, [s for s in set_scores if kinds[s] == "near"] or list(set_scores), fit.vim)
     threshold = O.threshold_at_tpr(id_scores[recommended])
     pos = ctx.critical_index  # the critical class whose confident calls on OOD images are counted
     calls = _finding_calls(ctx, data) if multilabel else None
@@ -161,8 +162,8 @@ def reduce_ood(study: OODStudy, records: Records, data: Dataset, ctx: AuditConte
     result.data.update(
         sets=study.sets_info, reference=study.reference_note, weaker_reference=study._ref_pos is not None,
         scores=[s for s in SCORES if np.all(np.isfinite(id_scores[s]))], recommended=recommended,
-        threshold=threshold, positive_class=None if multilabel or pos is None else names[pos],
-        operating_threshold=cfg.threshold,
+        threshold=threshold, vim_alpha=None if fit.vim is None else fit.vim.alpha,
+        positive_class=None if multilabel or pos is None else names[pos], operating_threshold=cfg.threshold,
         histograms=_histograms(id_scores, set_scores), roc=_rocs(id_scores[recommended], set_scores, recommended),
         gallery=_gallery(study, sets, {s: v[recommended] for s, v in set_scores.items()}, threshold, pos, kind, ctx),
         **({"multilabel": True, "score_forms": MULTILABEL_SCORES, "call_rate": "finding_call_rate",
@@ -171,7 +172,7 @@ def reduce_ood(study: OODStudy, records: Records, data: Dataset, ctx: AuditConte
     )
     study.statistics = _statistics(fit, recommended)  # -> ood_statistics.npz, not results.json
     result.data["statistics_arrays"] = {k: list(np.shape(v)) for k, v in study.statistics.items()}
-    result.checks = _checks(study, result, recommended)
+    result.checks = _checks(study, result, recommended, fit.vim)
     if not multilabel and pos is None:
         result.checks.append(critical_missing_check("the confident critical rate per set"))
     all_scores = _score(_Part(records["logits"], records["features"]), fit, kind)
@@ -202,10 +203,17 @@ def _detection(result: StudyResult, id_scores: dict[str, np.ndarray], sets: dict
                 result.intervals[f"{m}.{sc}.{set_name}"] = ivs[m]
 
 
-def _recommend(result: StudyResult, sets: list[str]) -> str:
-    """The score with the best mean AUROC over ``sets`` (the near sets when there are any)."""
+def vim_runs_forward(vim: O.ViMFit | None) -> bool:
+    """Whether ViM's residual counts against in-distribution: ``alpha > 0``. A reference set
+    whose mean maximum logit is negative gives ``alpha < 0`` and a score that runs backwards."""
+    return vim is not None and vim.alpha > 0
+
+
+def _recommend(result: StudyResult, sets: list[str], vim: O.ViMFit | None = None) -> str:
+    """The score with the best mean AUROC over ``sets`` (the near sets when there are any);
+    ViM only when its fit ``vim`` runs forward (:func:`vim_runs_forward`)."""
     best, best_v = "energy", -np.inf
-    for sc in SCORES:
+    for sc in (s for s in SCORES if s != "vim" or vim_runs_forward(vim)):
         vals = [result.metrics.get(f"auroc.{sc}.{s}", np.nan) for s in sets]
         v = float(np.mean(vals)) if vals and np.all(np.isfinite(vals)) else -np.inf
         if v > best_v:
@@ -315,8 +323,17 @@ def _statistics(fit: _Fit, recommended: str) -> dict[str, Any]:
     return {"logits_only": 1}
 
 
-def _checks(study: OODStudy, result: StudyResult, recommended: str) -> list[Check]:
-    checks = []
+def _vim_check(vim: O.ViMFit | None) -> list[Check]:
+    """A warning when ViM's ``alpha`` is not positive (see :func:`vim_runs_forward`)."""
+    if vim is None or vim_runs_forward(vim):
+        return []
+    return [Check("ViM direction", "warn", f"ViM's alpha = {vim.alpha:.4g} is not positive (the reference images' "
+                  "mean maximum logit is not positive), so its score runs backwards: a larger residual reads as more "
+                  "in-distribution. ViM is left out of the recommended score.")]
+
+
+def _checks(study: OODStudy, result: StudyResult, recommended: str, vim: O.ViMFit | None = None) -> list[Check]:
+    checks = _vim_check(vim)
     empty = [str(i["name"]) for i in study.sets_info if i["n"] == 0 and i["kind"] != "reference"]
     if empty:
         checks.append(Check("OOD sets built", "warn", f"no images for {', '.join(empty)} (files not installed)."))
