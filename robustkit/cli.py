@@ -261,11 +261,11 @@ def _finish(result, out: Path) -> int:  # type: ignore[no-untyped-def]
         if check.status != "pass":
             print(f"[{check.status}] {name}: {check.name}: {check.detail}", file=sys.stderr)
     clean = result.studies["clean"].metrics
-    if "auroc.macro" in clean:  # a multi-label audit: no accuracy over an arg-max
+    if "accuracy" in clean:  # one label per image
+        print(f"clean accuracy {clean['accuracy']:.4f} on {len(result.ids)} images", file=sys.stderr)
+    elif "auroc.macro" in clean:  # a multi-label audit: no accuracy over an arg-max
         print(f"clean macro AUROC {clean['auroc.macro']:.4f} over {len(result.class_names)} findings on "
               f"{len(result.ids)} images", file=sys.stderr)
-    elif "accuracy" in clean:
-        print(f"clean accuracy {clean['accuracy']:.4f} on {len(result.ids)} images", file=sys.stderr)
     print(out / "report.html")
     if failed:
         print(f"robustkit: studies failed: {', '.join(failed)}", file=sys.stderr)
