@@ -71,7 +71,7 @@ def resolve_block(block: CardBlock, study: StudyResult, task: Task) -> tuple[lis
         found, hidden = _resolve(item, study.metrics, scope)
         numbers += [n for n in found if n.metric not in {m.metric for m in numbers}]
         if hidden:
-            notes.append(f"{hidden} more of '{_plain(item.label)}' in the full report.")
+            notes.append(f"{hidden} more '{_plain(item, scope)}' in the full report.")
     notes += _check_note(block, study)
     return numbers, notes
 
@@ -202,8 +202,11 @@ def _pick(item: CardItem, found: list[BlockNumber], metrics: Mapping[str, float]
     return found[: item.limit], max(0, len(found) - item.limit)
 
 
-def _plain(label: str) -> str:
-    return _FIELD.sub("...", label)
+def _plain(item: CardItem, scope: _Scope) -> str:
+    """The item's label with its fields filled where they have one value (``{*}`` left out)."""
+    expanded = _expand(item, scope)
+    label = expanded[0].label if len(expanded) == 1 else item.label
+    return re.sub(r"\s+", " ", _FIELD.sub("", label)).strip()
 
 
 def _check_note(block: CardBlock, study: StudyResult) -> list[str]:
@@ -216,5 +219,6 @@ def _check_note(block: CardBlock, study: StudyResult) -> list[str]:
     if not checks:
         return [block.no_checks] if block.no_checks else []
     bad = [f"{c.name} ({c.status})" for c in checks if c.status != "pass"]
-    return [f"{block.checks}: {len(checks) - len(bad)} of {len(checks)} pass"
+    label = f"Checks of {study.name}" if block.checks == "Checks" else block.checks
+    return [f"{label}: {len(checks) - len(bad)} of {len(checks)} pass"
             + (f"; not passed: {', '.join(bad)}." if bad else ".")]
