@@ -153,7 +153,8 @@ def _model(r: AuditResult) -> dict[str, Any]:
     return {"name": str(name), "fingerprint": str(m.get("fingerprint", "")),
             "architecture": str(m.get("arch") or m.get("architecture") or "not recorded"),
             "classes": list(r.class_names), "input_shape": list(m.get("input_shape") or []),
-            "parameters": m.get("parameters"), "output_kind": m.get("output_kind")}
+            "parameters": m.get("parameters"), "output_kind": m.get("output_kind"),
+            "critical_class": r.task.get("critical_class")}
 
 
 def is_phantom(dataset: dict[str, Any]) -> bool:

@@ -219,7 +219,17 @@ def _model_rows(audit: AuditResult) -> list[dict[str, str]]:
         ("Parameters", _first(m, "n_params", "parameters", "param_count")),
         ("Output kind", f"{m['output_kind']} ({m.get('output_kind_reason', 'no reason recorded')})"
          if m.get("output_kind") else None),
+        ("Critical class", _critical_text(audit.task) if audit.task else None),
     ])
+
+
+def _critical_text(task: Mapping[str, Any]) -> str:
+    """The task's critical class, or that none was set and what that leaves unmeasured."""
+    critical = task.get("critical_class")
+    if critical:
+        return f"{critical} (configured: the output whose misses cost most)"
+    return ("not set (--critical-class): the critical miss rate, the confident critical rate and the "
+            "sensitivity among kept cases and per slice were not measured")
 
 
 def _skipped_text(entry: Any) -> str:
