@@ -39,6 +39,20 @@ def _examples(path: Path) -> int:
 MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py")) if ">>>" in p.read_text(encoding="utf-8")}
 
 
+@pytest.fixture()
+def isolated_registries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Examples register things (a report view, a paired statistic): each runs on copies of the
+    registries, so that no later test meets what an example registered."""
+    from robustkit import plugins, studies
+    from robustkit.metrics import paired
+    from robustkit.report import views
+
+    for module, attr in ((views, "VIEWS"), (paired, "PAIRED_STATISTICS"), (paired, "PAIRED_TESTS"),
+                         (plugins, "_PLUGINS"), (studies, "_REGISTRY")):
+        monkeypatch.setattr(module, attr, dict(getattr(module, attr)))
+
+
+@pytest.mark.usefixtures("isolated_registries")
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_docstring_examples_run(name: str) -> None:
     module = importlib.import_module(name)
