@@ -11,6 +11,7 @@ Marked slow (a local Ray instance and TensorFlow in an actor); skipped without R
 
 from __future__ import annotations
 
+import pickle
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,11 +104,11 @@ def _assert_same_as_in_process(results: dict[str, Any], local: dict[str, Any]) -
 
 
 def _twice(stream: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """A retried batch: the first batch comes back again after the second."""
+    """A retried batch: the first batch comes back again (a separate copy) after the second."""
     first = next(stream)
     yield first
     yield next(stream)
-    yield first
+    yield pickle.loads(pickle.dumps(first))
     yield from stream
 
 
