@@ -2,7 +2,14 @@
 
 A subprocess audits the toy model with ``clean`` and a second study, ``slow_tail``. In one
 variant ``slow_tail`` sleeps until it is killed (``ROBUSTKIT_TEST_SLOW=1``): the test waits
-until ``results.json`` holds ``clean`` and sends SIGINT. In the other the subprocess hangs
+until ``results.json`` holds ``clean`` and ``slow_tail`` says it started, sends SIGINT, and
+measures how long the audit took to raise KeyboardInterrupt (the audit's promptness; the
+interpreter's teardown with TensorFlow loaded after that takes 1 s on a quiet machine and
+several under load, so it is only guarded against hanging). The child restores Python's
+SIGINT handler first: a test run started as a background job (``pytest ... &`` in a script)
+passes SIGINT on as *ignored*, and Python then installs no KeyboardInterrupt handler at all:
+the audit never stops (reproduced with ``bash -c 'pytest ... & wait'``; the likely cause of
+the one 60 s failure on a busy machine, where runs go to the background). In the other the subprocess hangs
 inside the atomic write of the ``results.json`` that adds ``slow_tail`` (temporary file
 written, not yet renamed) and gets SIGKILL there. Either way the folder must hold the
 previous complete, schema-valid results; then the audit is re-run in this process
@@ -44,6 +51,8 @@ SCHEMA = json.loads((Path(robustkit.__file__).parent / "schema" / "results.schem
 STUDIES = ["clean", "slow_tail"]
 CONFIG = {"clean": {"n_bootstrap": 50}}
 WAIT_S = 240.0
+STEP_S = 0.05  # how often the sleeping study wakes up (its "batch")
+PROMPT_S = 2.0  # SIGINT -> KeyboardInterrupt in the audit: many steps, even on a loaded machine
 
 # The extra study, shared by the subprocess (exec'd there) and this process.
 STUDY_SRC = '''
@@ -61,6 +70,8 @@ class SlowTailStudy(Study):
     metric_docs = {"mean_margin": ("mean top-1 minus top-2 logit", "none")}
 
     def run(self, model, data, ctx):
+        if os.environ.get("ROBUSTKIT_TEST_SLOW") == "1":
+            open(os.environ["ROBUSTKIT_TEST_STARTED"], "w").close()
         while os.environ.get("ROBUSTKIT_TEST_SLOW") == "1":
             time.sleep(0.05)
         z = np.sort(ctx.clean_logits(model, data), axis=1)
@@ -74,7 +85,8 @@ class SlowTailStudy(Study):
 # Run in the subprocess: argv = model, data, out, mode ("study" sleeps in slow_tail; "write"
 # hangs in the rename of the last results.json).
 RUNNER = '''
-import os, sys, time
+import os, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 model, data, out, mode = sys.argv[1:5]
 exec(compile(os.environ["ROBUSTKIT_TEST_STUDY"], "slow_tail_study", "exec"))
@@ -93,8 +105,12 @@ if mode == "write":
 
     os.replace = hanging_replace
 from robustkit.runner import audit
-audit(model, data, studies=["clean", "slow_tail"], out=out, seed=0, profile="quick",
-      config={"clean": {"n_bootstrap": 50}}, report=True)
+try:
+    audit(model, data, studies=["clean", "slow_tail"], out=out, seed=0, profile="quick",
+          config={"clean": {"n_bootstrap": 50}}, report=True)
+except KeyboardInterrupt:
+    print("INTERRUPTED", time.monotonic(), flush=True)  # CLOCK_MONOTONIC: comparable with the parent's
+    raise
 print("FINISHED", flush=True)
 '''
 
@@ -113,7 +129,7 @@ def slow_tail_study():
 
 def _start(model: Path, data: Path, out: Path, mode: str) -> subprocess.Popen[str]:
     env = dict(os.environ, ROBUSTKIT_TEST_STUDY=STUDY_SRC, TF_CPP_MIN_LOG_LEVEL="2",
-               ROBUSTKIT_TEST_SLOW="1" if mode == "study" else "0")
+               ROBUSTKIT_TEST_SLOW="1" if mode == "study" else "0", ROBUSTKIT_TEST_STARTED=str(_started(out)))
     log = open(out.parent / "child.log", "w")  # a file, not a pipe: a full pipe would block the child
     with log:
         return subprocess.Popen(
@@ -122,8 +138,12 @@ def _start(model: Path, data: Path, out: Path, mode: str) -> subprocess.Popen[st
         )
 
 
+def _started(out: Path) -> Path:
+    return out.parent / "slow_tail.started"
+
+
 def _log(proc: subprocess.Popen[str]) -> str:
-    return Path(proc.args[4]).parent.joinpath("child.log").read_text(errors="replace")[-3000:]
+    return Path(proc.args[5]).parent.joinpath("child.log").read_text(errors="replace")[-3000:]  # args[5]: out
 
 
 def _wait_for(proc: subprocess.Popen[str], ready: Any) -> None:
@@ -147,15 +167,23 @@ def _finished_studies(out: Path) -> list[str]:
     return list(json.loads(path.read_text(encoding="utf-8"))["studies"])
 
 
-def _kill(proc: subprocess.Popen[str], sig: signal.Signals) -> None:
+def _kill(proc: subprocess.Popen[str], sig: signal.Signals) -> float | None:
+    """Send ``sig``, wait for the exit; return the seconds from SIGINT to KeyboardInterrupt in
+    the audit (None for other signals)."""
+    sent = time.monotonic()
     proc.send_signal(sig)
     try:
-        proc.wait(timeout=60)
+        proc.wait(timeout=WAIT_S)  # a hang guard only: the teardown's time depends on the load
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-        pytest.fail(f"the audit did not stop on {sig.name}")
+        pytest.fail(f"the audit did not exit within {WAIT_S:.0f} s of {sig.name}:\n{_log(proc)}")
     assert proc.returncode != 0
+    if sig != signal.SIGINT:
+        return None
+    marks = [line.split() for line in _log(proc).splitlines() if line.startswith("INTERRUPTED ")]
+    assert marks, f"the audit never raised KeyboardInterrupt:\n{_log(proc)}"
+    return float(marks[-1][1]) - sent
 
 
 def _check_complete_previous(out: Path, expected: list[str]) -> AuditResult:
@@ -198,11 +226,13 @@ def test_killed_audit_keeps_complete_results_and_resumes_to_the_same_numbers(
     out = tmp_path / "audit"
     proc = _start(toy_model, toy_data, out, mode)
     if mode == "study":
-        _wait_for(proc, lambda: _finished_studies(out) == ["clean"])
-        time.sleep(0.3)  # well inside the sleeping study
+        _wait_for(proc, lambda: _finished_studies(out) == ["clean"] and _started(out).exists())
     else:
         _wait_for(proc, lambda: Path(str(out) + ".hanging").exists())
-    _kill(proc, sig)
+    latency = _kill(proc, sig)
+    if latency is not None:
+        assert 0 <= latency < PROMPT_S, f"KeyboardInterrupt {latency:.2f} s after SIGINT (steps of {STEP_S} s)"
+        assert 'File "slow_tail_study"' in _log(proc)  # interrupted inside the sleeping study
 
     previous = _check_complete_previous(out, ["clean"])
     leftovers = sorted(p.name for p in out.iterdir() if p.name not in ("results.json", "records.npz"))
@@ -279,6 +309,23 @@ def test_atomic_write_leaves_the_previous_file_intact_when_the_write_fails(
         monkeypatch.setattr(os, failing, boom)
     with pytest.raises(OSError, match="No space left"):
         atomic_write_bytes(target, b'{"new": true, "padding": "' + b"x" * 10_000 + b'"}\n')
+    monkeypatch.undo()
+    assert target.read_text() == '{"old": true}\n'
+    assert _tmp_files(tmp_path) == []
+
+
+def test_an_interrupt_during_a_write_leaves_the_previous_file_and_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "results.json"
+    atomic_write_text(target, '{"old": true}\n')
+
+    def interrupted(fd: int) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_text(target, '{"new": true}\n')
     monkeypatch.undo()
     assert target.read_text() == '{"old": true}\n'
     assert _tmp_files(tmp_path) == []

@@ -13,8 +13,10 @@ in-process engine's.
 
 Faults: Ray Data restarts a dead actor and re-runs its unfinished batches (its actor pools
 default to unlimited ``max_restarts`` and ``max_task_retries``); a batch that comes back twice
-is kept once (by its positions), and a missing position is an error, never a silent gap. A
-study whose ``map`` raises fails alone (status ``failed``), as in the in-process engine.
+is kept once (by its positions), batches may arrive in any order, and a sample that no batch
+brought back is an error naming it, never a silent gap. A study whose ``map`` raises fails
+alone (status ``failed``), as in the in-process engine. Tests rehearse these faults through
+``run_studies_ray``'s ``deliver`` hook (a batch delivered twice, dropped, out of order).
 """
 
 from __future__ import annotations
@@ -25,14 +27,14 @@ import os
 import pickle
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from robustkit.errors import ConfigError, check_range, param_error
+from robustkit.errors import ConfigError, RobustkitError, check_range, param_error
 from robustkit.results import StudyResult, atomic_write_bytes
 from robustkit.studies.base import AuditContext, Study, merge_records
 
@@ -40,10 +42,16 @@ if TYPE_CHECKING:
     from robustkit.data.dataset import Dataset
     from robustkit.model.adapter import ModelAdapter
 
-__all__ = ["RayOptions", "require_ray", "run_studies_ray"]
+__all__ = ["Delivery", "RayOptions", "require_ray", "run_studies_ray"]
 
 INSTALL = 'pip install "robustkit[ray]"'
 SHARDS = "shards"
+
+Payload = dict[str, Any]
+#: A fault-injection hook for tests: takes the stream of finished batches (payloads with
+#: ``pos``, ``studies``, ``seconds``) as Ray delivers them to the driver and returns the stream
+#: the driver reads (a batch twice, one left out, another order). ``None``: as delivered.
+Delivery = Callable[[Iterator[Payload]], Iterator[Payload]]
 
 
 @dataclass(frozen=True)
@@ -164,6 +172,7 @@ def run_studies_ray(
     model_spec: dict[str, Any],
     out: Path | None = None,
     on_result: Callable[[StudyResult], None] | None = None,
+    deliver: Delivery | None = None,
 ) -> dict[str, StudyResult]:
     """Run ``studies`` on ``data`` through Ray and return their reduced, stamped results.
 
@@ -178,6 +187,12 @@ def run_studies_ray(
             actor uses (the checkpoint path must be readable on every node).
         out: the audit folder; finished batches are kept in ``out/shards`` for resume.
         on_result: called with each study's result as soon as it is reduced.
+        deliver: tests only: rearranges the batches as the driver receives them
+            (:data:`Delivery`); off by default.
+
+    Raises:
+        RobustkitError: a sample that no batch brought back (named by its id); the finished
+            batches stay in ``out/shards`` and a re-run maps the rest.
     """
     options.validate()
     ray = require_ray()
@@ -195,10 +210,12 @@ def run_studies_ray(
     started = _connect(ray, options)
     try:
         if len(todo):
-            done += _map_on_ray(ray, todo, studies, data, selections, ctx, options, model_spec, model, shard_dir)
+            done += _map_on_ray(ray, todo, studies, data, selections, ctx, options, model_spec, model, shard_dir,
+                                deliver)
     finally:
         if started:
             ray.shutdown()
+    _check_every_sample(done, data)
     results = {}
     for study in studies:
         results[study.name] = _reduce(study, done, data, selections[study.name], ctx, model)
@@ -233,7 +250,8 @@ def _quiet(ray: Any) -> None:
 
 def _map_on_ray(ray: Any, todo: np.ndarray, studies: list[Study], data: Dataset,
                 selections: dict[str, np.ndarray], ctx: AuditContext, options: RayOptions,
-                model_spec: dict[str, Any], model: ModelAdapter, shard_dir: Path | None) -> list[dict[str, Any]]:
+                model_spec: dict[str, Any], model: ModelAdapter, shard_dir: Path | None,
+                deliver: Delivery | None = None) -> list[Payload]:
     bs = int(options.batch_size or model.batch_size)
     ds = ray.data.from_items([{"pos": int(p)} for p in todo], override_num_blocks=max(1, -(-len(todo) // bs)))
     mapped = ds.map_batches(
@@ -248,11 +266,11 @@ def _map_on_ray(ray: Any, todo: np.ndarray, studies: list[Study], data: Dataset,
         num_cpus=options.cpus_per_worker,
         num_gpus=options.gpus_per_worker or None,
     )  # Ray Data's actor pools restart dead actors and retry their tasks by default
-    got: list[dict[str, Any]] = []
+    got: list[Payload] = []
     seen: set[tuple[int, ...]] = set()
+    stream = (pickle.loads(b["payload"][0]) for b in mapped.iter_batches(batch_size=1, batch_format="numpy"))
     with ctx.bar(len(todo), "ray") as bar:
-        for batch in mapped.iter_batches(batch_size=1, batch_format="numpy"):
-            payload = pickle.loads(batch["payload"][0])
+        for payload in deliver(stream) if deliver is not None else stream:
             sig = tuple(int(p) for p in payload["pos"])
             if sig in seen:  # a retried batch that also finished the first time
                 continue
@@ -262,6 +280,17 @@ def _map_on_ray(ray: Any, todo: np.ndarray, studies: list[Study], data: Dataset,
             got.append(payload)
             bar.update(len(sig))
     return got
+
+
+def _check_every_sample(payloads: list[Payload], data: Dataset) -> None:
+    """Raise a one-line error naming the samples (ids) that no finished batch covers."""
+    covered = np.concatenate([np.asarray(p["pos"], dtype=np.int64) for p in payloads] or [np.zeros(0, np.int64)])
+    missing = np.setdiff1d(np.arange(len(data)), covered)
+    if len(missing):
+        named = ", ".join(repr(str(data.ids[i])) for i in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise RobustkitError(f"ray engine: expected records of every sample, got none for {len(missing)} of "
+                             f"{len(data)}: {named}{more}; re-run into the same folder to map them.")
 
 
 def _reduce(study: Study, payloads: list[dict[str, Any]], data: Dataset, selected: np.ndarray,

@@ -1,0 +1,162 @@
+"""The Ray engine's promises under delivery faults, rehearsed through ``run_studies_ray(deliver=...)``.
+
+Ray Data re-runs the batches of a dead actor, so a batch can reach the driver twice; a bug or
+a lost block can leave one out; batches arrive in whatever order the actors finish. Whatever
+happens, every sample is counted exactly once and the records equal the in-process engine's,
+or the audit stops with a one-line error naming the missing sample. Each fault is planted in
+the stream of finished batches the driver reads (the hook is off in normal runs).
+
+Marked slow (a local Ray instance and TensorFlow in an actor); skipped without Ray.
+"""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from robustkit.data.dataset import load_dataset
+from robustkit.errors import RobustkitError
+from robustkit.model.adapter import load_model
+from robustkit.studies import AuditContext, get_study
+
+ray = pytest.importorskip("ray", reason='the Ray engine needs pip install "robustkit[ray]"')
+
+from robustkit.engines.ray_engine import SHARDS, RayOptions, run_studies_ray  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+BATCH = 6  # 36 toy images: 6 batches
+STUDIES = {"clean": {"n_bootstrap": 20},
+           "noise": {"n_bootstrap": 20, "severities": [2], "transforms": ["gaussian"], "max_samples": 14}}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _studies() -> list[Any]:
+    return [get_study(name).configure("quick", cfg) for name, cfg in STUDIES.items()]
+
+
+class _Counting:
+    """A progress factory that adds up what every bar was told."""
+
+    def __init__(self) -> None:
+        self.counted: dict[str, int] = {}
+
+    def __call__(self, *, total: int, desc: str) -> _Counting:
+        self.desc = desc
+        self.counted.setdefault(desc, 0)
+        return self
+
+    def __enter__(self) -> _Counting:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: int = 1) -> None:
+        self.counted[self.desc] += n
+
+
+@pytest.fixture(scope="module")
+def setup(toy_model: Path, toy_data: Path) -> dict[str, Any]:
+    model = load_model(toy_model, batch_size=BATCH)
+    data = load_dataset(toy_data)
+    local = {s.name: s.execute(model, data, AuditContext(seed=1)) for s in _studies()}
+    return {"model": model, "data": data, "local": local,
+            "spec": {"path": str(toy_model), "batch_size": BATCH}}
+
+
+def _run(setup: dict[str, Any], *, out: Path | None, deliver: Any = None) -> tuple[dict[str, Any], _Counting]:
+    progress = _Counting()
+    ctx = AuditContext(seed=1, quiet=False, progress=progress)
+    results = run_studies_ray(_studies(), setup["model"], setup["data"], ctx,
+                              options=RayOptions(workers=1, batch_size=BATCH), model_spec=setup["spec"],
+                              out=out, deliver=deliver)
+    return results, progress
+
+
+def _assert_same_as_in_process(results: dict[str, Any], local: dict[str, Any]) -> None:
+    assert list(results) == list(local)
+    for name, res in results.items():
+        assert res.status == "ok", res.error
+        ref = local[name]
+        assert set(res.records) == set(ref.records), name
+        for key, arr in ref.records.items():
+            got = res.records[key]
+            assert got.shape == arr.shape, f"{name}.{key}"
+            if arr.dtype.kind in "biuUSO":
+                np.testing.assert_array_equal(got, arr, err_msg=f"{name}.{key}")
+            else:
+                np.testing.assert_allclose(got, arr, rtol=1e-5, atol=1e-6, err_msg=f"{name}.{key}")
+        assert res.metrics == pytest.approx(ref.metrics, rel=1e-5, abs=1e-6, nan_ok=True), name
+        assert res.intervals.keys() == ref.intervals.keys(), name
+
+
+def _twice(stream: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """A retried batch: the first batch comes back again (a separate copy) after the second."""
+    first = next(stream)
+    yield first
+    yield next(stream)
+    yield pickle.loads(pickle.dumps(first))
+    yield from stream
+
+
+def _reversed(stream: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    yield from reversed(list(stream))
+
+
+def _dropping_third(stream: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for k, payload in enumerate(stream):
+        if k != 2:
+            yield payload
+
+
+@pytest.mark.parametrize("deliver", [_twice, _reversed], ids=["a-batch-twice", "out-of-order"])
+def test_each_sample_once_and_the_in_process_records_whatever_the_delivery(
+        deliver: Any, setup: dict[str, Any], tmp_path: Path) -> None:
+    results, progress = _run(setup, out=tmp_path, deliver=deliver)
+    _assert_same_as_in_process(results, setup["local"])
+    n = len(setup["data"])
+    assert progress.counted == {"ray": n}  # the bar counts each sample once, duplicates included
+    shards = sorted((tmp_path / SHARDS).rglob("*.npz"))
+    assert len(shards) == n // BATCH  # one shard per distinct batch
+    on_disk = np.concatenate([np.load(f)["pos"] for f in shards])
+    assert sorted(on_disk.tolist()) == list(range(n))
+
+
+def test_a_batch_on_disk_twice_is_counted_once(setup: dict[str, Any], tmp_path: Path) -> None:
+    _run(setup, out=tmp_path)
+    shards = sorted((tmp_path / SHARDS).rglob("*.npz"))
+    shutil.copy(shards[1], shards[1].with_name("00000000-copy-" + shards[1].name))  # e.g. a synced copy
+    results, progress = _run(setup, out=tmp_path)  # every sample on disk: nothing left to map
+    assert progress.counted == {}
+    _assert_same_as_in_process(results, setup["local"])
+
+
+def test_a_missing_batch_is_an_error_naming_its_samples(setup: dict[str, Any], tmp_path: Path) -> None:
+    data = setup["data"]
+    with pytest.raises(RobustkitError) as caught:
+        _run(setup, out=tmp_path, deliver=_dropping_third)
+    message = str(caught.value)
+    assert "\n" not in message
+    kept = np.concatenate([np.load(f)["pos"] for f in (tmp_path / SHARDS).rglob("*.npz")])
+    missing = sorted(set(range(len(data))) - set(kept.tolist()))
+    assert len(missing) == BATCH  # exactly the dropped batch
+    assert f"got none for {BATCH} of {len(data)}" in message
+    for pos in missing[:5]:
+        assert repr(str(data.ids[pos])) in message, message
+    assert all(repr(str(data.ids[p])) not in message for p in kept), message
+    resumed, progress = _run(setup, out=tmp_path)  # a re-run maps only the missing batch
+    assert progress.counted == {"ray": BATCH}
+    _assert_same_as_in_process(resumed, setup["local"])
