@@ -27,6 +27,7 @@ from robustkit.metrics import saliency as SM
 from robustkit.metrics.outputs import probabilities
 from robustkit.results import Check, StudyResult
 from robustkit.studies.base import AuditContext, Records
+from robustkit.studies.clean import finding_thresholds
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -138,7 +139,7 @@ def finding_gallery(records: Records, data: Dataset, methods: list[str], n_galle
     thumbs = records["finding_thumbs"]
     shape = (int(thumbs.shape[3]), int(thumbs.shape[4]))
     h, w, _ = ctx.input_shape or (*shape, 1)
-    thresholds = np.array([float((ctx.model_info.get("thresholds") or {}).get(n, 0.5)) for n in names])
+    thresholds = finding_thresholds(ctx, data)[0]
     called = probabilities(records["logits"], "multilabel") >= thresholds[None, :]
     out = []
     for k, name in enumerate(names):
