@@ -37,7 +37,7 @@ from robustkit.report.render import study_anchor
 from robustkit.results import AuditResult, load_results
 from robustkit.task import Task
 
-__all__ = ["KNOWN_STUDIES", "Card", "CardNumber", "audit_task", "build_card", "is_multilabel", "numbers_by_prefix"]
+__all__ = ["KNOWN_STUDIES", "Card", "CardNumber", "audit_task", "build_card"]
 
 #: the studies a full audit runs; one that is absent is a limitation of the card
 KNOWN_STUDIES = ("clean", "perturbation", "noise", "adversarial", "calibration", "saliency", "slices", "ood")
@@ -206,20 +206,6 @@ def _number(r: AuditResult, metric: str, label: str) -> CardNumber | None:
 
 def _present(items: Iterable[CardNumber | None]) -> list[CardNumber]:
     return [n for n in items if n is not None]
-
-
-def numbers_by_prefix(r: AuditResult, prefix: str, *, label: str = "{rest}", limit: int = 12) -> list[CardNumber]:
-    """Every stored metric whose full name starts with ``prefix``, in stored order.
-
-    ``label`` formats ``{rest}``, the name after the prefix.
-    """
-    found = [m for m in r.metrics() if m.startswith(prefix)][:limit]
-    return _present(_number(r, m, label.format(rest=m[len(prefix):])) for m in found)
-
-
-def is_multilabel(r: AuditResult) -> bool:
-    """Whether the audit scored a multi-label model (per finding)."""
-    return not audit_task(r).exclusive
 
 
 def audit_task(r: AuditResult) -> Task:
