@@ -32,7 +32,7 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from robustkit.data.dataset import load_dataset  # noqa: E402
+from robustkit.data.loader import load_dataset  # noqa: E402
 from robustkit.data.regions import MASK_CONDITIONS  # noqa: E402
 from robustkit.model.adapter import ModelAdapter, load_model  # noqa: E402
 from robustkit.studies import AuditContext, get_study  # noqa: E402

@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
 
-    from robustkit.data.dataset import load_dataset
+    from robustkit.data.loader import load_dataset
     from robustkit.data.phantom import generate_phantom
     from robustkit.model.adapter import ModelAdapter
     from robustkit.studies import AuditContext, get_study

@@ -35,7 +35,7 @@ _LAZY = {
     "load_results": ("robustkit.results", "load_results"),
     "render_report": ("robustkit.report", "render_report"),
     "Dataset": ("robustkit.data.dataset", "Dataset"),
-    "load_dataset": ("robustkit.data.dataset", "load_dataset"),
+    "load_dataset": ("robustkit.data.loader", "load_dataset"),
     "generate_phantom": ("robustkit.data.phantom", "generate_phantom"),
     "ModelAdapter": ("robustkit.model.adapter", "ModelAdapter"),
     "load_model": ("robustkit.model.adapter", "load_model"),

@@ -23,7 +23,8 @@ import numpy as np
 
 from robustkit import __version__
 from robustkit.config import AuditConfig, load_config
-from robustkit.data.dataset import Dataset, load_dataset
+from robustkit.data.dataset import Dataset
+from robustkit.data.loader import load_dataset
 from robustkit.errors import ConfigError, DataError, ModelError, RobustkitError
 from robustkit.model.adapter import ModelAdapter, load_model, without_single_label_advice
 from robustkit.results import (

@@ -129,7 +129,7 @@ def train_toy_multilabel(manifest: Path, out: Path, *, epochs: int = 40, seed: i
     """A small CNN with a sigmoid head fitted by binary cross-entropy on the toy findings,
     saved with a sidecar saying ``"output": "multilabel"``."""
     from robustkit._tf import keras
-    from robustkit.data.dataset import load_dataset
+    from robustkit.data.loader import load_dataset
 
     data = load_dataset(manifest)
     x = data.load_images(range(len(data)), size=(SIZE, SIZE), channels=1)
@@ -177,7 +177,7 @@ def toy_multilabel_model(tmp_path_factory: pytest.TempPathFactory, toy_multilabe
 @pytest.fixture(scope="session")
 def toy_arrays(toy_model: Path, toy_data: Path):
     """The toy model as an adapter, the toy images ``(N, H, W, 1)`` and labels ``(N,)``."""
-    from robustkit.data.dataset import load_dataset
+    from robustkit.data.loader import load_dataset
     from robustkit.model.adapter import load_model
 
     adapter = load_model(toy_model)

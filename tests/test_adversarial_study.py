@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from robustkit.data.dataset import load_dataset
+from robustkit.data.loader import load_dataset
 from robustkit.errors import ConfigError
 from robustkit.model.adapter import ModelAdapter, load_model
 from robustkit.runner import audit

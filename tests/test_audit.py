@@ -202,7 +202,7 @@ def test_audit_config_file(tmp_path: Path) -> None:
 @pytest.mark.inception
 def test_audit_of_the_real_inception_v3_architecture(toy_data: Path, tmp_path: Path) -> None:
     """The demo's architecture (InceptionV3 + the original head) at a small input, end to end."""
-    from robustkit.data.dataset import load_dataset
+    from robustkit.data.loader import load_dataset
     from robustkit.model.training import build_model
 
     model = build_model("inception_v3", input_size=75, num_classes=3, seed=0)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from robustkit.data.dataset import load_dataset
+from robustkit.data.loader import load_dataset
 from robustkit.model.adapter import ModelAdapter, load_model
 from robustkit.studies import AuditContext, get_study
 from robustkit.studies.adversarial import AdversarialStudy

@@ -219,7 +219,7 @@ def test_wilson_interval_known_value() -> None:
 
 
 def _adapter_and_data(toy_model: Path, toy_data: Path):
-    from robustkit.data.dataset import load_dataset
+    from robustkit.data.loader import load_dataset
     from robustkit.model.adapter import load_model
 
     model = load_model(toy_model)

@@ -131,7 +131,7 @@ def test_input_scale_option(capsys, toy_data: Path, tmp_path: Path) -> None:
     import numpy as np
 
     from robustkit._tf import keras
-    from robustkit.data.dataset import load_dataset
+    from robustkit.data.loader import load_dataset
 
     keras.utils.set_random_seed(0)
     inp = keras.Input((SIZE, SIZE, 1))

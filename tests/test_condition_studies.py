@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import robustkit
-from robustkit.data.dataset import load_dataset
+from robustkit.data.loader import load_dataset
 from robustkit.errors import ConfigError
 from robustkit.model.adapter import ModelAdapter, load_model
 from robustkit.results import AuditResult, StudyResult

@@ -27,7 +27,8 @@ from scipy.stats import binomtest
 import robustkit
 from robustkit.card import build_card
 from robustkit.compare import paired_deltas
-from robustkit.data.dataset import Dataset, load_dataset
+from robustkit.data.dataset import Dataset
+from robustkit.data.loader import load_dataset
 from robustkit.errors import ConfigError, check_range
 from robustkit.model.adapter import load_model
 from robustkit.plugins import _PLUGINS, CardBlock, CardItem, StudyPlugin, register_plugin

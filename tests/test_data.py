@@ -21,7 +21,8 @@ from pydicom.uid import (
 )
 
 from robustkit.data import dataset as data_module
-from robustkit.data.dataset import Dataset, Sample, load_dataset, read_image
+from robustkit.data.dataset import Dataset, Sample, read_image
+from robustkit.data.loader import load_dataset
 from robustkit.errors import ConfigError, DataError
 
 CLASSES = ["COVID-19", "NORMAL", "Viral Pneumonia"]
@@ -615,13 +616,10 @@ def test_dicom_in_a_dataset(tmp_path: Path) -> None:
 
 
 def test_public_types() -> None:
-    assert set(data_module.__all__) >= {
-        "Dataset",
-        "Sample",
-        "load_dataset",
-        "read_image",
-        "IMAGE_SUFFIXES",
-    }
+    from robustkit.data import loader
+
+    assert set(data_module.__all__) >= {"Dataset", "Sample", "read_image", "IMAGE_SUFFIXES"}
+    assert loader.__all__ == ["load_dataset"]
     s = Sample("a/x", Path("a/x.png"), 0, None)
     with pytest.raises(AttributeError):
         s.label = 1  # type: ignore[misc]

@@ -33,7 +33,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from robustkit.data.dataset import IMAGE_SUFFIXES, load_dataset, read_image
+from robustkit.data.dataset import IMAGE_SUFFIXES, read_image
+from robustkit.data.loader import load_dataset
 from robustkit.errors import DataError
 
 MAX_PIXELS = 250_000  # small, so that a mutated header cannot make a test decode a huge image

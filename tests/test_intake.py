@@ -11,7 +11,7 @@ from PIL import Image
 
 from robustkit.config import load_config
 from robustkit.data.classes import apply_class_map, parse_class_map, suggest_class_map
-from robustkit.data.dataset import load_dataset
+from robustkit.data.loader import load_dataset
 from robustkit.data.regions import blank_lungs, blank_outside
 from robustkit.errors import ConfigError, DataError
 from robustkit.metrics.saliency import area_share, mask_share

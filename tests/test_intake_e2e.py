@@ -14,7 +14,7 @@ from PIL import Image
 
 import robustkit
 from robustkit.cli import main
-from robustkit.data.dataset import load_dataset
+from robustkit.data.loader import load_dataset
 from robustkit.data.phantom import render_case
 from robustkit.results import load_results
 

@@ -178,7 +178,8 @@ def test_stratified_split_one_home(seed: int) -> None:
 def test_dataset_split_is_the_same_split(tmp_path) -> None:
     from conftest import write_toy_dataset
 
-    from robustkit.data.dataset import load_dataset, stratified_split
+    from robustkit.data.dataset import stratified_split
+    from robustkit.data.loader import load_dataset
 
     ds = load_dataset(write_toy_dataset(tmp_path / "d", per_class=5))
     a, b = ds.split(0.4, seed=3)

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from robustkit.data.dataset import load_dataset
+from robustkit.data.loader import load_dataset
 from robustkit.errors import ConfigError, DataError
 from robustkit.metrics import multilabel as ML
 from robustkit.runner import audit

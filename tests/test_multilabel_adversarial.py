@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from robustkit.data.dataset import load_dataset
+from robustkit.data.loader import load_dataset
 from robustkit.model.adapter import ModelAdapter
 from robustkit.model.finding_attack import LinfFlipPGD, flip_attack, flip_sweep
 from robustkit.report.render import render_report

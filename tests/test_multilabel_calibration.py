@@ -16,7 +16,7 @@ from sklearn.metrics import brier_score_loss, roc_auc_score
 import robustkit
 from robustkit.card import build_card
 from robustkit.card_export import card_html, write_card
-from robustkit.data.dataset import load_dataset
+from robustkit.data.loader import load_dataset
 from robustkit.metrics import multilabel as ML
 from robustkit.metrics import outputs as OUT
 from robustkit.report.views import fmt

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from robustkit.data.dataset import load_dataset
+from robustkit.data.loader import load_dataset
 from robustkit.data.transforms import get_transform
 from robustkit.model.adapter import load_model
 from robustkit.runner import audit

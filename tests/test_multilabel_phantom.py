@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from robustkit.cli import main
-from robustkit.data.dataset import load_dataset
+from robustkit.data.loader import load_dataset
 from robustkit.data.phantom import generate_phantom
 from robustkit.data.phantom_multilabel import (
     FINDINGS,

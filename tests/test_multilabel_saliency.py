@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from robustkit.data.dataset import load_dataset
+from robustkit.data.loader import load_dataset
 from robustkit.metrics import saliency as SM
 from robustkit.results import load_results
 

@@ -67,7 +67,7 @@ def test_ood_runs_end_to_end_with_sigmoid_scores(ml_audit, toy_multilabel: Path,
     """The ID side against the model's own logits (JointEnergy, MSP, the threshold at 95% ID
     TPR, the finding-call rates by a direct count) and each set's AUROC against the area under
     its stored ROC curve (trapezoids over every point)."""
-    from robustkit.data.dataset import load_dataset
+    from robustkit.data.loader import load_dataset
     from robustkit.model.adapter import load_model
 
     result, out = ml_audit

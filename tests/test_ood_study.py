@@ -12,7 +12,7 @@ from scipy.special import logsumexp, softmax
 from sklearn.metrics import roc_auc_score
 
 from robustkit.cli import main
-from robustkit.data.dataset import load_dataset
+from robustkit.data.loader import load_dataset
 from robustkit.data.ood_sets import build_sets
 from robustkit.data.phantom import render_effusion
 from robustkit.errors import ModelError

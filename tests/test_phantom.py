@@ -95,7 +95,7 @@ def test_files_match_render_case(dataset) -> None:
 
 
 def test_phantom_loads_both_mask_kinds(dataset) -> None:
-    from robustkit.data.dataset import load_dataset
+    from robustkit.data.loader import load_dataset
 
     ds = load_dataset(dataset)
     assert ds.has_masks and ds.has_lung_masks

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from robustkit.data.dataset import load_dataset
+from robustkit.data.loader import load_dataset
 from robustkit.errors import RobustkitError
 from robustkit.model.adapter import load_model
 from robustkit.studies import AuditContext, get_study

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from robustkit.cli import main
-from robustkit.data.dataset import load_dataset
+from robustkit.data.loader import load_dataset
 from robustkit.errors import ModelError
 from robustkit.model.adapter import load_model
 from robustkit.runner import audit

@@ -280,7 +280,7 @@ _FAST = {"smoothgrad_n": 6, "ig_steps": 16, "max_samples": 18, "stability_sample
 
 @pytest.fixture(scope="module")
 def study_runs(toy_model: Path, toy_data: Path):
-    from robustkit.data.dataset import load_dataset
+    from robustkit.data.loader import load_dataset
     from robustkit.model.adapter import load_model
     from robustkit.studies import AuditContext, get_study
 

@@ -13,7 +13,8 @@ from scipy.stats import binomtest
 from scipy.stats.contingency import association
 
 from robustkit.compare import compare, slice_deltas
-from robustkit.data.dataset import Dataset, Sample, load_dataset
+from robustkit.data.dataset import Dataset, Sample
+from robustkit.data.loader import load_dataset
 from robustkit.data.phantom import CaseMeta, generate_phantom, render_case
 from robustkit.errors import ConfigError, DataError, ModelError
 from robustkit.metrics import slices as S

@@ -136,7 +136,7 @@ def test_training_writes_checkpoint_history_plot_and_meta(tiny_run: TrainResult)
 def test_best_checkpoint_is_the_epoch_of_lowest_validation_loss(tiny_run: TrainResult, tiny_data: Path) -> None:
     import keras
 
-    from robustkit.data.dataset import load_dataset
+    from robustkit.data.loader import load_dataset
 
     history = json.loads(tiny_run.history_json.read_text())
     val_losses = [row["val_loss"] for row in history["epochs"]]

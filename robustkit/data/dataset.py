@@ -1,15 +1,8 @@
-"""Datasets of labelled images: loading, sampling, caching and fingerprints.
+"""Datasets of labelled images: sampling, splitting, caching and fingerprints.
 
-Two layouts are read by :func:`load_dataset`:
-
-* a folder per class (the COVID-19 Radiography Database layout)::
-
-      root/COVID-19/COVID-19_0001.png       root/masks/COVID-19/COVID-19_0001.png
-      root/NORMAL/...                       (or root/<class>/masks/<stem>.png, or
-      root/Viral Pneumonia/...               root/<class>/images/ + root/<class>/masks/)
-
-* a CSV manifest with the columns ``path,label`` and an optional ``mask`` column, the paths
-  relative to the folder of the CSV file.
+A :class:`Dataset` is built by the loader (:func:`robustkit.data.loader.load_dataset`, which
+reads the layouts of :mod:`robustkit.data.layouts`); this module holds what a dataset is and
+does once loaded.
 
 Images are returned in pixel space: float32 ``(N, H, W, C)`` in [0, 1]. PNG, JPEG, BMP and
 TIFF (8- and 16-bit, grayscale, RGB, RGBA, palette, CMYK) are read with pillow; DICOM with
@@ -17,9 +10,10 @@ pydicom (rescale slope/intercept, VOI window, MONOCHROME1 inverted to MONOCHROME
 failure raises :class:`~robustkit.errors.DataError` naming the file and the problem.
 
 Decoding one file lives in :mod:`robustkit.data.imageio` (``read_image`` and ``IMAGE_SUFFIXES``
-are re-exported here), finding the files of a layout in :mod:`robustkit.data.layouts`.
+are re-exported here).
 
 Example:
+    >>> from robustkit.data import load_dataset
     >>> data = load_dataset("data/phantom")                       # doctest: +SKIP
     >>> x = data.load_images(range(8), size=(256, 256), channels=3)  # doctest: +SKIP
     >>> x.shape, x.dtype                                          # doctest: +SKIP
@@ -38,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from robustkit.data.classes import apply_class_map, suggest_class_map
+from robustkit.data.classes import suggest_class_map
 from robustkit.data.imageio import (
     IMAGE_SUFFIXES,
     _bad,
@@ -48,7 +42,6 @@ from robustkit.data.imageio import (
     _probe,
     read_image,
 )
-from robustkit.data.layouts import MASK_KINDS, _check_nonempty, _filter_bad, scan_layout
 from robustkit.errors import check_choice, check_range, param_error
 
 __all__ = [
@@ -56,7 +49,6 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "Dataset",
     "Sample",
-    "load_dataset",
     "read_image",
     "stratified_split",
 ]
@@ -104,8 +96,8 @@ def _sha256(path: Path) -> str:
 class _Store:
     """Per-file state shared by a dataset and every dataset derived from it."""
 
-    def __init__(self, budget: int) -> None:
-        self.budget = budget
+    def __init__(self, budget: int | None = None) -> None:
+        self.budget = CACHE_BYTES if budget is None else budget  # read at call time: tests lower it
         self.used = 0
         self.images: dict[tuple[Path, tuple[int, int], int], np.ndarray] = {}
         self.hashes: dict[Path, str] = {}
@@ -606,127 +598,3 @@ def _resolve_classes(found: Sequence[str], given: Sequence[str] | None, where: P
             + (f"; did you mean {hint}?" if hint else "."),
         )
     return given
-
-
-def load_dataset(
-    path: str | Path,
-    *,
-    class_names: list[str] | None = None,
-    on_bad_input: str = "fail",
-    max_pixels: int = 100_000_000,
-    validate: bool = True,
-    class_map: dict[str, str] | None = None,
-    exclude_classes: Sequence[str] = (),
-    merge_classes: bool = False,
-    masks: str | None = None,
-    multilabel: bool | None = None,
-) -> Dataset:
-    """Find, check and index a labelled image dataset (images are decoded lazily).
-
-    Args:
-        path: A folder with one subfolder per class (plus optional ``masks`` and
-            ``lung_masks``), or a CSV manifest with the columns ``path,label[,mask,mask_kind]``
-            and any metadata columns.
-        class_names: The classes the data must have (after ``class_map``), in this order
-            (e.g. the model's). Default: sorted folder names or sorted unique labels.
-        on_bad_input: ``"fail"`` raises on the first unreadable file; ``"skip"`` drops it
-            and records it in ``Dataset.skipped``.
-        max_pixels: Largest width * height accepted for one image.
-        validate: Open every image's header (and check PNG CRCs, mask sizes) up front.
-        class_map: ``{data class: model class}`` renames, applied before the class check.
-        exclude_classes: Data classes set aside as ``Dataset.out_of_scope``.
-        merge_classes: Allow ``class_map`` to send two data classes to one class.
-        masks: What the ``masks`` files are: ``"lesion"`` (default), ``"lung"`` or ``"none"``.
-        multilabel: Read the manifest's labels as sets of findings (``Effusion|Opacity``, "No
-            Finding" the empty set). Default: a manifest with a ``|`` or "No Finding" label or
-            a ``mask.<finding>`` column is multi-label. For multi-label data the class map and
-            exclusions apply to findings: an excluded finding is removed from every label set
-            (counted in ``notes``), not set aside as out-of-scope images.
-
-    Returns:
-        The dataset, samples ordered by (class, id) for a folder, by row for a manifest.
-
-    Raises:
-        DataError: missing root, no class folders, an empty class, duplicate ids, a
-            class-name mismatch (suggesting a class map), a bad metadata column, masks of
-            another aspect ratio, or (with ``"fail"``) an unreadable image or mask.
-        ConfigError: a class map or exclusion naming a class the data does not have.
-    """
-    check_choice("on_bad_input", on_bad_input, ("fail", "skip"), where="load_dataset")
-    check_range("max_pixels", max_pixels, low=1, integer=True, where="load_dataset")
-    if masks is not None:
-        check_choice("masks", masks, MASK_KINDS, where="load_dataset")
-    root = Path(path)
-    fmt, found, entries, notes = scan_layout(root, masks=masks, multilabel=multilabel)
-    plan = apply_class_map(found, class_map, exclude=list(exclude_classes), merge=merge_classes)
-    if entries and entries[0].findings is not None:
-        return _load_multilabel(root, entries, notes, plan, class_names, on_bad_input, max_pixels, validate)
-    order = _resolve_classes(plan.kept, class_names, root)
-    store = _Store(CACHE_BYTES)
-    entries, skipped = _filter_bad(
-        entries,
-        max_pixels=max_pixels,
-        deep=validate,
-        skip=on_bad_input == "skip",
-        sizes=store.sizes,
-    )
-    inside = [e for e in entries if e.label in plan.rename]
-    outside = [e for e in entries if e.label not in plan.rename]
-    _check_nonempty(root, order, [replace(e, label=plan.rename[e.label]) for e in inside])
-    base = root if fmt == "folder" else root.parent
-    oos = (
-        Dataset(base, plan.excluded, _samples(outside, plan.excluded, None, fmt), format=fmt,
-                skipped=skipped, max_pixels=max_pixels, notes=notes, _store=store)
-        if plan.excluded else None
-    )
-    renames = {k: v for k, v in plan.rename.items() if k != v}
-    return Dataset(
-        base, order, _samples(inside, order, plan.rename, fmt), format=fmt, skipped=skipped,
-        max_pixels=max_pixels, notes=notes, out_of_scope=oos, class_map=renames, _store=store,
-    )
-
-
-def _load_multilabel(root: Path, entries: list[Any], notes: list[str], plan: Any, class_names: list[str] | None,
-                     on_bad_input: str, max_pixels: int, validate: bool) -> Dataset:
-    """A multi-label manifest: the class map renames findings, an exclusion drops a finding."""
-    order = _resolve_classes(plan.kept, class_names, root, absent_ok=True)
-    store = _Store(CACHE_BYTES)
-    entries, skipped = _filter_bad(entries, max_pixels=max_pixels, deep=validate,
-                                   skip=on_bad_input == "skip", sizes=store.sizes)
-    if not entries:
-        raise _bad(root, "expected at least one usable image, got none.")
-    index = {name: i for i, name in enumerate(order)}
-    notes = list(notes)
-    for name in plan.excluded:
-        n = sum(name in (e.findings or ()) for e in entries)
-        notes.append(f"finding {name!r} excluded: removed from the labels of {n} image(s)")
-    absent = [c for c in order if not any(plan.rename.get(f) == c for e in entries for f in e.findings or ())]
-    if absent:
-        notes.append(f"no image has the finding(s) {', '.join(absent)}: their AUROC is undefined")
-    samples = []
-    for e in entries:
-        findings = [index[plan.rename[f]] for f in e.findings or () if f in plan.rename]
-        masks: dict[str, Path] = {}
-        for name, path in e.finding_masks:
-            if name in plan.rename:
-                masks.setdefault(plan.rename[name], path)  # merged findings: the first mask
-        sample = Sample(e.id, e.path, 0, e.mask_path, e.lung_mask_path, e.metadata,
-                        finding_masks=tuple(sorted(masks.items())))
-        samples.append(_with_findings(sample, findings, len(order)))
-    renames = {k: v for k, v in plan.rename.items() if k != v}
-    return Dataset(root.parent, order, samples, format="manifest", skipped=skipped, max_pixels=max_pixels,
-                   notes=notes, class_map=renames, multilabel=True, _store=store)
-
-
-def _samples(
-    entries: Sequence[Any], order: Sequence[str], rename: dict[str, str] | None, fmt: str
-) -> list[Sample]:
-    index = {name: i for i, name in enumerate(order)}
-    samples = [
-        Sample(e.id, e.path, index[rename[e.label] if rename else e.label], e.mask_path,
-               e.lung_mask_path, e.metadata)
-        for e in entries
-    ]
-    if fmt == "folder":
-        samples.sort(key=lambda s: (s.label, s.id))
-    return samples

@@ -12,7 +12,7 @@ Two layouts are read:
   relative to the folder of the CSV file.
 
 :func:`scan_layout` finds the entries (image, label, optional mask) without decoding them;
-:func:`robustkit.data.dataset.load_dataset` builds the :class:`~robustkit.data.dataset.Dataset` from them.
+:func:`robustkit.data.loader.load_dataset` builds the :class:`~robustkit.data.dataset.Dataset` from them.
 """
 
 from __future__ import annotations

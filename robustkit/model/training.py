@@ -435,7 +435,8 @@ def _load_split(data: Any, val_fraction: float, seed: int, input_size: int, clas
                 multilabel: bool = False) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The dataset, and the images and targets of its seeded stratified split (Dataset.split's):
     ``val_fraction`` of every class validates, the rest trains."""
-    from robustkit.data.dataset import load_dataset, stratified_split
+    from robustkit.data.dataset import stratified_split
+    from robustkit.data.loader import load_dataset
 
     ds = data if hasattr(data, "load_images") else load_dataset(data, **classes)
     y = _targets(ds, multilabel)

@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from robustkit.data.dataset import Dataset, Sample, load_dataset, stratified_split
+from robustkit.data.dataset import Dataset, Sample, stratified_split
 from robustkit.data.imageio import IMAGE_SUFFIXES
+from robustkit.data.loader import load_dataset
 from robustkit.data.ood_sets import FAR_SETS, OOD_SETS, ArrayDataset, build_sets
 from robustkit.errors import DataError, check_choice, check_range, param_error
 from robustkit.metrics import ood as O
