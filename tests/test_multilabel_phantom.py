@@ -12,12 +12,12 @@ from PIL import Image
 
 from robustkit.cli import main
 from robustkit.data.loader import load_dataset
-from robustkit.data.phantom import generate_phantom
-from robustkit.data.phantom_multilabel import (
+from robustkit.data.phantom import (
     FINDINGS,
     NO_FINDING,
     PREVALENCE,
     case_findings,
+    generate_phantom,
     render_findings,
 )
 from robustkit.errors import ConfigError
@@ -165,7 +165,7 @@ def test_train_multilabel_writes_a_sigmoid_checkpoint_that_learns_every_finding(
 
 
 def test_train_refuses_multilabel_data_without_the_flag(tmp_path: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
-    import robustkit.data.dataset as dataset
+    import robustkit.data.loader as dataset
 
     root = generate_phantom(tmp_path / "d", per_class=2, size=32, seed=0, multilabel=True)
     loaded = load_dataset(root / "manifest.csv")

@@ -1,6 +1,6 @@
-"""The multi-label chest X-ray phantom: co-occurring findings, a mask per finding.
+"""Rendering of the multi-label chest X-ray phantom: co-occurring findings, a mask per finding.
 
-The same procedural patient as :mod:`robustkit.data.phantom`, with each of three findings
+The same procedural patient as :mod:`robustkit.data.phantom.render`, with each of three findings
 present or absent independently of the others (Bernoulli with :data:`PREVALENCE`), as in
 ChestX-ray14 where one film can show several findings:
 
@@ -27,24 +27,17 @@ Example:
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import combinations
-from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from robustkit.data.phantom_render import (
-    PHANTOM_VERSION,
+from robustkit.data.phantom.render import (
     SEVERITY_RANGE,
     CaseMeta,
     _adjust_patient,
     _blur,
     _burn_site_label,
-    _case_meta,
     _check_size,
     _clear_density,
     _collimate,
@@ -53,7 +46,6 @@ from robustkit.data.phantom_render import (
     _fluid,
     _sample_patient,
     _viral,
-    site_name,
     site_signature,
 )
 from robustkit.errors import param_error
@@ -64,7 +56,6 @@ __all__ = [
     "PREVALENCE",
     "MultiLabelCase",
     "case_findings",
-    "generate_multilabel_phantom",
     "render_findings",
 ]
 
@@ -74,8 +65,7 @@ NO_FINDING = "No Finding"
 #: Probability that a case has each finding, drawn independently per finding.
 PREVALENCE: dict[str, float] = {"Effusion": 0.3, "Infiltration": 0.4, "Opacity": 0.5}
 #: Tag in the random-stream keys, apart from the single-label phantom's class indices.
-_STREAM = 101
-_META_COLUMNS = ("site", "view", "sex", "age")
+STREAM = 101
 
 
 @dataclass(frozen=True)
@@ -157,96 +147,5 @@ def render_findings(findings: Sequence[str], *, size: int, rng: np.random.Genera
 
 def case_findings(seed: int, index: int) -> tuple[str, ...]:
     """The findings of case ``index`` of a multi-label phantom of ``seed`` (own stream)."""
-    draws = np.random.default_rng([seed, _STREAM, index, 1]).uniform(size=len(FINDINGS))
+    draws = np.random.default_rng([seed, STREAM, index, 1]).uniform(size=len(FINDINGS))
     return tuple(f for f, d in zip(FINDINGS, draws, strict=True) if d < PREVALENCE[f])
-
-
-def _save(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array if array.dtype == np.uint8 else array.astype(np.uint8) * 255).save(path)
-
-
-def _write_case(out: Path, stem: str, case: MultiLabelCase) -> dict[str, str]:
-    """Write a case's image, finding masks and lung mask; its manifest columns."""
-    _save(out / "images" / f"{stem}.png", case.image)
-    _save(out / "lung_masks" / f"{stem}.png", case.lungs)
-    row = {"path": f"images/{stem}.png", "label": case.label}
-    for f in FINDINGS:
-        row[f"mask.{f}"] = f"masks/{f}/{stem}.png" if f in case.masks else ""
-        if f in case.masks:
-            _save(out / "masks" / f / f"{stem}.png", case.masks[f])
-    return row
-
-
-def _co_occurrence(sets: list[tuple[str, ...]]) -> dict[str, object]:
-    """Counts: per finding, per pair, per number of findings, and per label."""
-    labels: dict[str, int] = {}
-    for s in sets:
-        key = "|".join(s) or NO_FINDING
-        labels[key] = labels.get(key, 0) + 1
-    return {
-        "n_images": len(sets),
-        "per_finding": {f: sum(f in s for s in sets) for f in FINDINGS},
-        "pairs": {f"{a}|{b}": sum(a in s and b in s for s in sets) for a, b in combinations(FINDINGS, 2)},
-        "per_number_of_findings": {str(k): sum(len(s) == k for s in sets) for k in range(len(FINDINGS) + 1)},
-        "labels": dict(sorted(labels.items())),
-    }
-
-
-def _metadata(*, seed: int, size: int, per_class: int, sites: int, sets: list[tuple[str, ...]]) -> dict[str, object]:
-    info: dict[str, object] = {
-        "generator": "robustkit.data.phantom_multilabel", "version": PHANTOM_VERSION, "multilabel": True,
-        "seed": seed, "size": size, "per_class": per_class, "n_images": len(sets),
-        "findings": list(FINDINGS), "no_finding": NO_FINDING, "prevalence": PREVALENCE,
-        "prevalence_rule": "each finding present independently with its prevalence (own stream per case)",
-        "expected_no_finding": float(np.prod([1 - PREVALENCE[f] for f in FINDINGS])),
-        "severity_range": list(SEVERITY_RANGE), "co_occurrence": _co_occurrence(sets),
-        "rng": f"image: numpy.random.default_rng([seed, {_STREAM}, index]); "
-               f"findings: numpy.random.default_rng([seed, {_STREAM}, index, 1])",
-    }
-    if sites:
-        info.update(sites=sites, site_signatures={site_name(s): site_signature(s, sites) for s in range(sites)})
-    return info
-
-
-def _write_manifest(out: Path, rows: list[dict[str, str]], meta_rows: list[dict[str, object]]) -> None:
-    columns = ["path", "label", *(f"mask.{f}" for f in FINDINGS), *(_META_COLUMNS if meta_rows else ())]
-    with open(out / "manifest.csv", "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=columns)
-        w.writeheader()
-        for i, row in enumerate(rows):
-            w.writerow({**row, **(meta_rows[i] if meta_rows else {})})
-
-
-def generate_multilabel_phantom(out_dir: Path, *, per_class: int, size: int, seed: int, sites: int = 0,
-                                progress: bool = False) -> Path:
-    """Write a multi-label phantom: ``4 * per_class`` images (as many as the three findings
-    plus No Finding would get), findings drawn per case with :data:`PREVALENCE`.
-
-    Files: ``images/phantom_<i:04d>.png``, ``masks/<finding>/phantom_<i:04d>.png`` (only for
-    the cases with that finding, 0/255), ``lung_masks/phantom_<i:04d>.png``, ``manifest.csv``
-    (``path,label,mask.Effusion,mask.Infiltration,mask.Opacity[,site,view,sex,age]``, label
-    ``Effusion|Opacity`` or ``No Finding``) and ``phantom.json`` (prevalences and the counts
-    of co-occurrence). Case ``i`` depends only on ``seed`` and ``i``: a smaller ``per_class``
-    is a prefix of a larger one. Arguments are checked by
-    :func:`robustkit.data.phantom.generate_phantom`, which calls this with ``multilabel=True``.
-    """
-    jobs: Sequence[int] = range(4 * per_class)
-    if progress:
-        from tqdm import tqdm
-
-        jobs = tqdm(jobs, desc="phantom", unit="img")
-    rows, meta_rows, sets = [], [], []
-    for i in jobs:
-        present = case_findings(seed, i)
-        meta = _case_meta(seed, _STREAM, i, sites, False) if sites else None
-        case = render_findings(present, size=size, rng=np.random.default_rng([seed, _STREAM, i]), meta=meta)
-        rows.append(_write_case(out_dir, f"phantom_{i:04d}", case))
-        meta_rows += [meta.row()] if meta is not None else []
-        sets.append(present)
-    for f in FINDINGS:
-        (out_dir / "masks" / f).mkdir(parents=True, exist_ok=True)
-    _write_manifest(out_dir, rows, meta_rows)
-    info = _metadata(seed=seed, size=size, per_class=per_class, sites=sites, sets=sets)
-    (out_dir / "phantom.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return out_dir

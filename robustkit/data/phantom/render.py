@@ -1,8 +1,8 @@
 """Rendering of the chest X-ray phantom (robustkit's embedded default data): one case at a time.
 
-:mod:`robustkit.data.phantom` writes datasets of these cases (folder per class, masks,
-metadata); :mod:`robustkit.data.phantom_multilabel` writes the multi-label variant from the
-same anatomy and findings.
+:mod:`robustkit.data.phantom.write` writes datasets of these cases (folder per class, masks,
+metadata); :mod:`robustkit.data.phantom.findings` draws the multi-label cases from the same
+anatomy and findings.
 
 No real chest X-ray set can be downloaded where robustkit is built and tested, so the demo
 and the tests use this phantom: a posteroanterior (PA) chest radiograph drawn from smooth
