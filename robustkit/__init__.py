@@ -2,7 +2,8 @@
 
 The public API (TensorFlow is imported only when a function that needs it is called):
 
-* :func:`audit` runs studies on a checkpoint and a dataset and returns an :class:`AuditResult`;
+* :func:`audit` runs studies on a checkpoint and a dataset and returns an :class:`AuditResult`
+  (its options grouped as :class:`ModelSpec`, :class:`DataIntake` and :class:`EngineSpec`);
 * :func:`load_results` reads an audit folder; :func:`render_report` writes its HTML report;
 * :func:`load_model` / :func:`load_dataset` give the :class:`ModelAdapter` / :class:`Dataset`;
 * :func:`generate_phantom` writes the procedural chest X-ray phantom; :func:`train_model` trains.
@@ -16,8 +17,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AuditResult",
+    "DataIntake",
     "Dataset",
+    "EngineSpec",
     "ModelAdapter",
+    "ModelSpec",
     "StudyResult",
     "__version__",
     "audit",
@@ -40,6 +44,9 @@ _LAZY = {
     "ModelAdapter": ("robustkit.model.adapter", "ModelAdapter"),
     "load_model": ("robustkit.model.adapter", "load_model"),
     "audit": ("robustkit.runner", "audit"),
+    "ModelSpec": ("robustkit.config", "ModelSpec"),
+    "DataIntake": ("robustkit.config", "DataIntake"),
+    "EngineSpec": ("robustkit.config", "EngineSpec"),
     "train_model": ("robustkit.model.training", "train"),
 }
 

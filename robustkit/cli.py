@@ -227,16 +227,18 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_audit(a: argparse.Namespace) -> int:
+    from robustkit.config import DataIntake, EngineSpec, ModelSpec
     from robustkit.runner import audit
 
     result = audit(a.model, a.data, studies=a.studies, profile=a.profile, seed=a.seed,
-                   config=_config_with_settings(a), out=a.out, limit=a.limit, batch_size=a.batch_size, fresh=a.fresh, quiet=a.quiet,
-                   reference=a.ce_reference, trust_model=a.trust_model, on_bad_input=a.on_bad_input,
-                   input_scale=a.input_scale, engine=a.engine, ray_address=a.ray_address, workers=a.workers,
-                   cpus_per_worker=a.cpus_per_worker, gpus_per_worker=a.gpus_per_worker,
-                   output=a.output, class_map=_class_map(a),
-                   exclude_classes=a.exclude_classes, masks=a.masks, merge_classes=a.merge_classes,
-                   threshold=a.threshold, critical_class=a.critical_class)
+                   config=_config_with_settings(a), out=a.out, limit=a.limit, batch_size=a.batch_size, fresh=a.fresh,
+                   quiet=a.quiet, reference=a.ce_reference, critical_class=a.critical_class,
+                   model_spec=ModelSpec(trust_model=a.trust_model, input_scale=a.input_scale, output=a.output,
+                                        threshold=a.threshold),
+                   intake=DataIntake(class_map=_class_map(a), exclude_classes=a.exclude_classes,
+                                     merge_classes=a.merge_classes, masks=a.masks, on_bad_input=a.on_bad_input),
+                   engine=EngineSpec(name=a.engine, ray_address=a.ray_address, workers=a.workers,
+                                     cpus_per_worker=a.cpus_per_worker, gpus_per_worker=a.gpus_per_worker))
     return _finish(result, a.out)
 
 

@@ -31,6 +31,7 @@ No TensorFlow here.
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["AuditConfig", "load_config", "parse_setting", "read_toml"]
+__all__ = ["AuditConfig", "DataIntake", "EngineSpec", "ModelSpec", "group_options", "load_config", "parse_setting", "read_toml"]
 
 _TOP_KEYS = {"seed", "profile", "limit", "batch_size", "studies", "masks", "exclude_classes",
              "merge_classes", "threshold", "critical_class"}
@@ -106,6 +107,108 @@ class AuditConfig:
         cfg = AuditConfig(**{**self.__dict__, **values})
         cfg.validate()
         return cfg
+
+
+# ---------------------------------------------------------------- audit()'s option groups
+# ``audit()`` groups its options as the config file does: how the checkpoint is read, how the
+# data is taken in, and where the maps run. Each group is a frozen dataclass; its fields are
+# also accepted by ``audit()`` one by one (``audit(..., masks="lung")``), the shortcut form.
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How the checkpoint is read.
+
+    Attributes:
+        trust_model: allow checkpoints with serialized code (Keras safe mode off).
+        input_scale: the range the checkpoint expects (``unit``, ``255``, ``symmetric``);
+            default: its ``.meta.json``, else ``unit``.
+        output: the output kind (``softmax``, ``sigmoid``, ``multilabel``, ``logits``);
+            default: its ``.meta.json``, else detected from the final layer.
+        threshold: multi-label: one decision threshold in (0, 1) for every finding; default:
+            chosen per finding on a calibration half.
+    """
+
+    trust_model: bool = False
+    input_scale: str | None = None
+    output: str | None = None
+    threshold: float | None = None
+
+
+@dataclass(frozen=True)
+class DataIntake:
+    """How the data is taken in (the config's ``[classes]``, ``exclude_classes``, ``masks``).
+
+    Attributes:
+        class_map: ``{data class: model class}`` renames, added to the config's ``[classes]``.
+        exclude_classes: data classes set aside as the out-of-scope set.
+        merge_classes: allow ``class_map`` to send two data classes to one model class.
+        masks: what the data's ``masks`` files are: ``lesion``, ``lung`` or ``none``.
+        on_bad_input: ``fail`` or ``skip`` unreadable images.
+    """
+
+    class_map: Mapping[str, str] | None = None
+    exclude_classes: tuple[str, ...] | list[str] | None = None
+    merge_classes: bool | None = None
+    masks: str | None = None
+    on_bad_input: str = "fail"
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Where the studies' maps run (the config's ``[engine]``); the numbers are the same.
+
+    Attributes:
+        name: ``inprocess`` (default) or ``ray`` (``pip install "robustkit[ray]"``).
+        ray_address: the Ray cluster to join (default: ``RAY_ADDRESS``, else a local one).
+        workers: Ray actors, each with a copy of the model.
+        cpus_per_worker: CPUs per Ray actor.
+        gpus_per_worker: GPUs per Ray actor (a fraction shares a GPU).
+    """
+
+    name: str | None = None
+    ray_address: str | None = None
+    workers: int | None = None
+    cpus_per_worker: float | None = None
+    gpus_per_worker: float | None = None
+
+    def table(self) -> dict[str, Any]:
+        """The ``[engine]`` table form (``address`` for ``ray_address``)."""
+        return {"name": self.name, "address": self.ray_address, "workers": self.workers,
+                "cpus_per_worker": self.cpus_per_worker, "gpus_per_worker": self.gpus_per_worker}
+
+
+#: each shortcut keyword of ``audit()`` and the group it belongs to
+OPTION_GROUPS: dict[str, type] = {
+    **{f: ModelSpec for f in ModelSpec.__dataclass_fields__},
+    **{f: DataIntake for f in DataIntake.__dataclass_fields__},
+    **{f: EngineSpec for f in EngineSpec.__dataclass_fields__ if f != "name"},
+}
+
+
+def group_options(shortcuts: Mapping[str, Any], *, model: ModelSpec | None, intake: DataIntake | None,
+                  engine: EngineSpec | str | None) -> tuple[ModelSpec, DataIntake, EngineSpec]:
+    """The three groups, with the one-by-one keywords ``shortcuts`` filled in.
+
+    Raises:
+        TypeError: on a keyword that is no group's field (as Python does for a bad keyword),
+            or a shortcut given beside its group with another value.
+    """
+    from dataclasses import replace
+
+    groups: dict[type, Any] = {
+        ModelSpec: model or ModelSpec(), DataIntake: intake or DataIntake(),
+        EngineSpec: EngineSpec(name=engine) if engine is None or isinstance(engine, str) else engine,
+    }
+    for key, value in shortcuts.items():
+        if key not in OPTION_GROUPS:
+            raise TypeError(f"audit() got an unexpected keyword argument {key!r}")
+        kind = OPTION_GROUPS[key]
+        current = getattr(groups[kind], key)
+        if current != getattr(kind(), key) and current != value:
+            raise TypeError(f"audit() got {key}={value!r} and {kind.__name__}({key}={current!r}); give one.")
+        groups[kind] = replace(groups[kind], **{key: value})
+    return groups[ModelSpec], groups[DataIntake], groups[EngineSpec]
 
 
 _ENGINE_KEYS = ("name", "address", "workers", "cpus_per_worker", "gpus_per_worker")

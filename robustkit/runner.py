@@ -22,7 +22,14 @@ from typing import Any
 import numpy as np
 
 from robustkit import __version__
-from robustkit.config import AuditConfig, load_config
+from robustkit.config import (
+    AuditConfig,
+    DataIntake,
+    EngineSpec,
+    ModelSpec,
+    group_options,
+    load_config,
+)
 from robustkit.data.dataset import Dataset
 from robustkit.data.loader import load_dataset
 from robustkit.errors import ConfigError, DataError, ModelError, RobustkitError
@@ -180,86 +187,69 @@ def audit(
     model: str | Path | ModelAdapter,
     data: str | Path | Dataset,
     *,
+    out: str | Path | None = None,
     studies: list[str] | tuple[str, ...] | None = None,
     profile: str | None = None,
     seed: int | None = None,
-    config: str | Path | Mapping[str, Any] | AuditConfig | None = None,
-    out: str | Path | None = None,
     limit: int | None = None,
+    config: str | Path | Mapping[str, Any] | AuditConfig | None = None,
+    critical_class: str | None = None,
+    model_spec: ModelSpec | None = None,
+    intake: DataIntake | None = None,
+    engine: EngineSpec | str | None = None,
+    reference: str | Path | AuditResult | None = None,
     batch_size: int | None = None,
     fresh: bool = False,
     quiet: bool = True,
     report: bool = True,
-    reference: str | Path | AuditResult | None = None,
-    trust_model: bool = False,
-    on_bad_input: str = "fail",
-    input_scale: str | None = None,
-    engine: str | None = None,
-    ray_address: str | None = None,
-    workers: int | None = None,
-    cpus_per_worker: float | None = None,
-    gpus_per_worker: float | None = None,
-    output: str | None = None,
-    class_map: Mapping[str, str] | None = None,
-    exclude_classes: list[str] | tuple[str, ...] | None = None,
-    masks: str | None = None,
-    merge_classes: bool | None = None,
-    threshold: float | None = None,
-    critical_class: str | None = None,
+    **shortcuts: Any,
 ) -> AuditResult:
     """Audit a classifier and return (and, with ``out``, write) the :class:`AuditResult`.
+
+    The options come in the groups of the audit config: how the checkpoint is read
+    (:class:`~robustkit.config.ModelSpec`), how the data is taken in
+    (:class:`~robustkit.config.DataIntake`) and where the maps run
+    (:class:`~robustkit.config.EngineSpec`). Each group's fields are also accepted one by one
+    as keywords (the shortcuts: ``audit(m, d, masks="lung", workers=4, engine="ray")``).
 
     Args:
         model: a checkpoint path or a :class:`ModelAdapter`.
         data: a dataset folder / CSV manifest or a :class:`Dataset`.
+        out: folder for ``results.json``, ``records.npz`` and ``report.html``.
         studies: study names to run (``clean`` always runs); default every available one.
         profile: ``quick``, ``standard`` (default) or ``full``.
         seed: the seed of every random choice.
+        limit: audit a seeded, stratified subsample of this many images.
         config: an audit config (TOML path, dict or :class:`AuditConfig`); arguments given
             here take precedence over it.
-        out: folder for ``results.json``, ``records.npz`` and ``report.html``.
-        limit: audit a seeded, stratified subsample of this many images.
+        critical_class: the output whose misses cost most (:mod:`robustkit.task`); default:
+            the config's ``critical_class``, else none (the numbers that need one say so).
+        model_spec: trust, input scale, output kind and multi-label threshold.
+        intake: class map, excluded classes, class merging, mask kind, bad-input policy.
+        engine: ``"inprocess"``, ``"ray"`` or an :class:`~robustkit.config.EngineSpec`.
+        reference: an earlier audit (folder or result) for relative metrics such as the
+            corruption error (the CLI's ``--ce-reference``).
         batch_size: images per model call (default: chosen from the input size).
         fresh: ignore finished studies in ``out`` and start over.
         quiet: no progress bars.
         report: render ``report.html`` into ``out`` at the end.
-        reference: an earlier audit (folder or result) for relative metrics such as the
-            corruption error.
-        trust_model: allow checkpoints with serialized code (Keras safe mode off).
-        on_bad_input: ``fail`` or ``skip`` unreadable images.
-        input_scale: the range the checkpoint expects (``unit`` [0, 1], ``255``, ``symmetric``
-            [-1, 1]); default: its ``.meta.json``, else ``unit``.
-        engine: ``inprocess`` (default) or ``ray`` (``pip install "robustkit[ray]"``): where
-            the studies' maps run; the numbers are the same.
-        ray_address: the Ray cluster to join (default: ``RAY_ADDRESS``, else a local instance).
-        workers: Ray actors, each with a copy of the model.
-        cpus_per_worker: CPUs per Ray actor (TensorFlow's thread pools follow it).
-        gpus_per_worker: GPUs per Ray actor (a fraction shares a GPU).
-        output: the model's output kind (``softmax``, ``sigmoid``, ``multilabel``, ``logits``);
-            default: its ``.meta.json``, else detected from the final layer; a sigmoid head on a
-            multi-label manifest is audited as ``multilabel``.
-        class_map: ``{data class: model class}`` renames applied before the class check
-            (added to the config's ``[classes]``).
-        exclude_classes: data classes set aside as the out-of-scope set (counted in
-            ``results.json``'s dataset block).
-        masks: what the data's ``masks`` files are: ``lesion``, ``lung`` or ``none``.
-        merge_classes: allow ``class_map`` to send two data classes to one model class.
-        threshold: multi-label audits: one decision threshold in (0, 1) for every finding;
-            default: chosen per finding by Youden's J on a calibration half of the images.
-        critical_class: the output whose misses cost most (:mod:`robustkit.task`); default:
-            the config's ``critical_class``, else none (the numbers that need one say so).
+        **shortcuts: any field of the three groups by name (``trust_model``, ``input_scale``,
+            ``output``, ``threshold``; ``class_map``, ``exclude_classes``, ``merge_classes``,
+            ``masks``, ``on_bad_input``; ``ray_address``, ``workers``, ``cpus_per_worker``,
+            ``gpus_per_worker``).
 
     Example:
         >>> result = audit("demo.keras", "data/phantom", profile="quick", out="reports/a")  # doctest: +SKIP
         >>> result.metric("clean.accuracy")                                                 # doctest: +SKIP
     """
+    spec, take, run_on = group_options(shortcuts, model=model_spec, intake=intake, engine=engine)
     cfg = config if isinstance(config, AuditConfig) else load_config(config)  # type: ignore[arg-type]
     cfg = cfg.merged(seed=seed, profile=profile, limit=limit, batch_size=batch_size, studies=studies,
-                     engine={"name": engine, "address": ray_address, "workers": workers,
-                             "cpus_per_worker": cpus_per_worker, "gpus_per_worker": gpus_per_worker},
-                     class_map=dict(class_map) if class_map else None, exclude_classes=exclude_classes,
-                     masks=masks, merge_classes=merge_classes, threshold=threshold,
-                     critical_class=critical_class)
+                     engine=run_on.table(), class_map=dict(take.class_map) if take.class_map else None,
+                     exclude_classes=take.exclude_classes, masks=take.masks, merge_classes=take.merge_classes,
+                     threshold=spec.threshold, critical_class=critical_class)
+    trust_model, output, on_bad_input = spec.trust_model, spec.output, take.on_bad_input
+    input_scale = spec.input_scale
     ray_options = _ray_options(cfg)
     plan = plan_studies(cfg)
     adapter = model if isinstance(model, ModelAdapter) else load_model(

@@ -68,3 +68,21 @@ def test_api_audit_round_trip(toy_model: Path, toy_data: Path, tmp_path: Path) -
     assert json.loads((tmp_path / "results.json").read_text())["config"]["profile"] == "quick"
     exported = json.loads((tmp_path / "temperature.json").read_text())  # for a deployment to read
     assert exported["temperature"] == pytest.approx(result.metric("calibration.temperature"))
+
+
+def test_audit_option_groups_and_their_shortcuts_meet() -> None:
+    """audit()'s shortcuts land in the group that owns them; a clash or an unknown keyword is refused."""
+    from robustkit.config import DataIntake, EngineSpec, ModelSpec, group_options
+
+    spec, intake, engine = group_options({"masks": "lung", "workers": 3, "output": "sigmoid"},
+                                         model=ModelSpec(trust_model=True), intake=None, engine="ray")
+    assert spec == ModelSpec(trust_model=True, output="sigmoid")
+    assert intake == DataIntake(masks="lung")
+    assert engine.table() == {"name": "ray", "address": None, "workers": 3, "cpus_per_worker": None,
+                              "gpus_per_worker": None}
+    with pytest.raises(TypeError, match="'mask'"):
+        group_options({"mask": "lung"}, model=None, intake=None, engine=None)
+    with pytest.raises(TypeError, match="give one"):
+        group_options({"masks": "lung"}, model=None, intake=DataIntake(masks="lesion"), engine=None)
+    # the same value twice is not a clash
+    assert group_options({"masks": "lung"}, model=None, intake=DataIntake(masks="lung"), engine=None)[1].masks == "lung"
