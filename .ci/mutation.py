@@ -56,6 +56,7 @@ class Mutation:
 _TESTS_OF = {"robustkit/gate.py": GATE_TESTS, "robustkit/compare.py": COMPARE_TESTS,
              "robustkit/metrics/paired.py": COMPARE_TESTS,
              "robustkit/metrics/paired_statistics.py": COMPARE_TESTS, "robustkit/metrics/calibration.py": CALIBRATION_TESTS,
+             "robustkit/metrics/selective.py": CALIBRATION_TESTS,
              "robustkit/data/transforms.py": TRANSFORM_TESTS}
 
 
@@ -67,6 +68,7 @@ def _m(name: str, path: str, old: str, new: str, **kw: object) -> Mutation:
 G, C, P, K, T = ("robustkit/gate.py", "robustkit/compare.py", "robustkit/metrics/paired.py",
                  "robustkit/metrics/calibration.py", "robustkit/data/transforms.py")
 CL = "robustkit/metrics/classification.py"
+SEL = "robustkit/metrics/selective.py"
 PS = "robustkit/metrics/paired_statistics.py"
 
 MUTATIONS: tuple[Mutation, ...] = (
@@ -114,13 +116,13 @@ MUTATIONS: tuple[Mutation, ...] = (
     _m("calibration: ECE bins left-closed", K, 'side="left") - 1', 'side="right") - 1'),
     _m("calibration: ECE ignores keep weights in n", K, "/ n, np.nan)", "/ rows.shape[1], np.nan)"),
     _m("calibration: Wilson at 90 %", K, "z: float = 1.959964", "z: float = 1.644854"),
-    _m("calibration: referral rounds down", K, "np.floor(fraction * len(conf) + 0.5)", "np.floor(fraction * len(conf))"),
-    _m("calibration: referral keeps the least confident", K, 'kept = np.argsort(-conf, kind="mergesort")',
+    _m("calibration: referral rounds down", SEL, "np.floor(fraction * len(conf) + 0.5)", "np.floor(fraction * len(conf))"),
+    _m("calibration: referral keeps the least confident", SEL, 'kept = np.argsort(-conf, kind="mergesort")',
        'kept = np.argsort(conf, kind="mergesort")'),
     _m("calibration: Brier as L1", K, "np.sum((p - onehot) ** 2, axis=1)", "np.sum(np.abs(p - onehot), axis=1)"),
-    _m("calibration: AURC averages coverage", K, "np.mean(risk_coverage(conf, correct)[1])",
+    _m("calibration: AURC averages coverage", SEL, "np.mean(risk_coverage(conf, correct)[1])",
        "np.mean(risk_coverage(conf, correct)[0])"),
-    _m("calibration: coverage at risk strict", K, "<= target + 1e-12", "< target - 1e-12"),
+    _m("calibration: coverage at risk strict", SEL, "<= target + 1e-12", "< target - 1e-12"),
     # transforms: severity tables as cited
     _m("transforms: gaussian severity 3 sigma 0.12 -> 0.15", T, "(0.04, 0.08, 0.12, 0.18, 0.26)",
        "(0.04, 0.08, 0.15, 0.18, 0.26)"),
@@ -293,13 +295,13 @@ MUTATIONS: tuple[Mutation, ...] = (
     _m("outputs: sigmoid ignores the temperature", "robustkit/metrics/outputs.py",
        "expit(np.asarray(logits, dtype=np.float64) / float(temperature))", "expit(np.asarray(logits, dtype=np.float64))",
        tests=("tests/test_bite_metrics.py", "tests/test_output_kinds.py")),
-    _m("outputs: binary NLL gradient sign", "robustkit/metrics/outputs.py", "grad = float(-np.mean(",
+    _m("temperature: binary NLL gradient sign", "robustkit/metrics/temperature.py", "grad = float(-np.mean(",
        "grad = float(np.mean(", tests=("tests/test_bite_metrics.py", "tests/test_output_kinds.py")),
     _m("outputs: binary NLL without the softplus", "robustkit/metrics/outputs.py",
        "return np.sum(np.logaddexp(0.0, u) - t * u, axis=1)", "return np.sum(np.maximum(0.0, u) - t * u, axis=1)",
        tests=("tests/test_bite_metrics.py", "tests/test_output_kinds.py")),
     _m("calibration study: temperature fitted on the evaluation half", "robustkit/studies/calibration.py",
-       "fit = OUT.fit_temperature(logits[cal], y[cal], kind)", "fit = OUT.fit_temperature(logits[ev], y[ev], kind)",
+       "fit = fit_temperature(logits[cal], targets[cal], kind)", "fit = fit_temperature(logits[ev], targets[ev], kind)",
        group="faults", tests=("tests/test_calibration.py", "tests/test_calibration_split.py")),
     # issue #28: ray engine
     _m("ray engine: a batch delivered twice is kept twice (the stream's de-duplication removed)",

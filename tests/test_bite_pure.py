@@ -15,8 +15,9 @@ from scipy.stats import binomtest, norm
 from robustkit.compare import compare
 from robustkit.data.transforms import REFERENCE_SIDE, TRANSFORMS, get_transform
 from robustkit.gate import gate
-from robustkit.metrics.calibration import referral, wilson_interval
+from robustkit.metrics.calibration import wilson_interval
 from robustkit.metrics.paired import paired_bootstrap, resample_indices
+from robustkit.metrics.selective import referral
 from robustkit.results import AuditResult
 from tests.test_compare import make_audit
 

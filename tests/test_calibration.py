@@ -14,6 +14,8 @@ import pytest
 import robustkit.data
 from robustkit.errors import ConfigError
 from robustkit.metrics import calibration as CM
+from robustkit.metrics import selective as SEL
+from robustkit.metrics.temperature import fit_temperature
 from robustkit.results import AuditResult
 from robustkit.studies import AuditContext, get_study
 from robustkit.studies.calibration import CalibrationStudy
@@ -148,7 +150,7 @@ def test_temperature_scaling_recovers_a_known_temperature(true_t: float) -> None
     z = rng.normal(scale=2.0, size=(20000, 3))
     p = CM.softmax(z)
     y = (rng.uniform(size=(20000, 1)) > np.cumsum(p, axis=1)).sum(axis=1)  # labels ~ softmax(z): calibrated
-    fit = CM.fit_temperature(z * true_t, y)  # logits made over- (T > 1) or under-confident (T < 1)
+    fit = fit_temperature(z * true_t, y)  # logits made over- (T > 1) or under-confident (T < 1)
     assert fit.temperature == pytest.approx(true_t, rel=0.04)
     assert abs(fit.grad_log_t) < 1e-6 and not fit.at_bound
     assert fit.nll_after < fit.nll_before
@@ -160,7 +162,7 @@ def test_temperature_scaling_recovers_a_known_temperature(true_t: float) -> None
 
 def test_temperature_on_separable_data_shrinks_towards_zero() -> None:
     z = np.array([[3.0, 0.0], [0.0, 3.0]])  # every sample right: the NLL falls as T shrinks
-    fit = CM.fit_temperature(z, np.array([0, 1]))
+    fit = fit_temperature(z, np.array([0, 1]))
     assert fit.temperature < 0.05 and fit.nll_after < 1e-12 < fit.nll_before
 
 
@@ -173,10 +175,10 @@ def test_aurc_and_e_aurc_match_a_direct_computation() -> None:
     correct = rng.uniform(size=200) < conf
     order = np.argsort(-conf)
     risks = [np.mean(~correct[order[: k + 1]]) for k in range(200)]
-    assert CM.aurc(conf, correct) == pytest.approx(np.mean(risks), abs=1e-12)
+    assert SEL.aurc(conf, correct) == pytest.approx(np.mean(risks), abs=1e-12)
     ideal = np.r_[np.zeros(correct.sum()), np.ones((~correct).sum())]  # errors ranked last
     optimal = np.mean([ideal[: k + 1].mean() for k in range(200)])
-    assert CM.e_aurc(conf, correct) == pytest.approx(np.mean(risks) - optimal, abs=1e-12)
+    assert SEL.e_aurc(conf, correct) == pytest.approx(np.mean(risks) - optimal, abs=1e-12)
     r = 1 - correct.mean()
     assert optimal == pytest.approx(r + (1 - r) * np.log(1 - r), abs=0.01)  # Geifman's closed form
 
@@ -193,18 +195,18 @@ def test_coverage_at_risk_and_sensitivity_match_a_loop(target: float) -> None:
         kept = conf >= t
         if np.mean(~correct[kept]) <= target and kept.mean() > best:
             best, best_t = kept.mean(), t
-    cov, thr = CM.coverage_at_risk(conf, correct, target)
+    cov, thr = SEL.coverage_at_risk(conf, correct, target)
     assert cov == pytest.approx(best) and thr == best_t
     kept_pos = (conf >= best_t) & (y == 0)
     expected = np.mean(pred[kept_pos] == 0) if kept_pos.any() else np.nan
-    np.testing.assert_equal(CM.selective_sensitivity(conf, y, pred, 0, thr), expected)
+    np.testing.assert_equal(SEL.selective_sensitivity(conf, y, pred, 0, thr), expected)
 
 
 def test_referral_keeps_the_most_confident() -> None:
     conf = np.array([0.9, 0.5, 0.8, 0.6, 0.99])
     y = np.array([0, 0, 1, 0, 0])
     pred = np.array([0, 1, 1, 1, 0])
-    out = CM.referral(conf, y, pred, 0, 0.4)  # refer 2: the 0.5 and the 0.6
+    out = SEL.referral(conf, y, pred, 0, 0.4)  # refer 2: the 0.5 and the 0.6
     assert out["n_referred"] == 2 and out["n_kept"] == 3
     assert out["error"] == 0.0 and out["sensitivity"] == 1.0 and out["threshold"] == 0.8
 
@@ -286,7 +288,7 @@ def test_study_split_is_disjoint_stratified_and_metrics_use_only_evaluation(resu
     assert result.data["correct_metrics"] == ["accuracy_all"]
     t = result.metrics["temperature"]
     logits = np.log(np.maximum(result.records["probs"][~ev].astype(np.float64), 1e-30))
-    assert CM.fit_temperature(logits, y[~ev]).temperature == pytest.approx(t, rel=0.05)
+    assert fit_temperature(logits, y[~ev]).temperature == pytest.approx(t, rel=0.05)
 
 
 def test_study_same_seed_same_numbers(result, toy) -> None:
@@ -367,3 +369,65 @@ def test_report_section_renders_figures(result) -> None:
     for text in ("Reliability diagrams", "Risk-coverage curve", "Calibration under shift", "Estimators",
                  "Exported temperature", "debiased_l2_ce"):
         assert text in section
+
+
+# ---------------------------------------------------------------- one path: single-label is one-hot multi-label
+
+
+def _reduce_on(z: np.ndarray, y: np.ndarray, *, kind: str, multilabel: bool):
+    """The calibration reduce on fixed logits ``z`` ``(N, 3)``, no model: the labels ``y`` as a
+    single-label set, or as one-hot findings of a multi-label set."""
+    from robustkit.data.dataset import Dataset, Sample
+
+    names = ("COVID-19", "NORMAL", "Viral Pneumonia")
+    samples = [Sample(f"s/{i:03d}", Path(f"s/{i:03d}"), int(k), findings=(int(k),) if multilabel else None)
+               for i, k in enumerate(y)]
+    ctx = AuditContext(seed=5, model_info={"output_kind": kind}, task=Task(names=names, exclusive=not multilabel))
+    study = CalibrationStudy.configure("quick", {"n_bootstrap": 20, "shift_severities": (1,)})
+    records = {"logits": z.astype(np.float32), "shift_logits": np.zeros((len(y), 0 if multilabel else 2, 3), np.float32)}
+    return study.reduce(records, Dataset(Path("toy"), list(names), samples), ctx)
+
+
+def _one_hot_case(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, 120)
+    return rng.normal(0.0, 1.0, (120, 3)) + 2.0 * np.eye(3)[y], y
+
+
+def test_single_label_per_output_ece_and_brier_are_the_one_hot_multilabel_ones() -> None:
+    """Known answers: ECE per output is the binary reliability form of p_k against y == k (a slow
+    loop, and the multi-label function on one-hot targets); its macro mean is Nixon's classwise
+    ECE, and K times the macro Brier is the multi-class Brier."""
+    from robustkit.metrics import multilabel as ML
+    from robustkit.metrics.outputs import probabilities
+
+    z, y = _one_hot_case()
+    res = _reduce_on(z, y, kind="softmax", multilabel=False)
+    m, ev = res.metrics, res.records["split"] == 1
+    p = probabilities(z[ev].astype(np.float32).astype(np.float64), "softmax")
+    onehot = np.eye(3, dtype=bool)[y[ev]]
+    per_output = ML.per_finding_ece(onehot, p, n_bins=15)
+    for k, name in enumerate(("COVID-19", "NORMAL", "Viral Pneumonia")):
+        slow, _ = _slow_equal_width(p[:, k].tolist(), onehot[:, k].astype(float).tolist(), 15)
+        assert m[f"ece.{name}"] == pytest.approx(slow, abs=1e-12)
+        assert m[f"ece.{name}"] == pytest.approx(per_output[k], abs=1e-12)
+        assert m[f"prevalence.{name}"] == pytest.approx(np.mean(y[ev] == k))
+    assert m["ece.macro"] == pytest.approx(m["classwise_ece"], abs=1e-12)
+    assert m["ece_ts.macro"] == pytest.approx(m["classwise_ece_ts"], abs=1e-12)
+    assert 3 * m["brier.macro"] == pytest.approx(m["brier"], abs=1e-12)
+    assert {"ece.macro", "brier.macro", "ece.COVID-19"} <= set(res.intervals)
+
+
+def test_an_exclusive_sigmoid_task_and_its_one_hot_multilabel_twin_share_the_per_output_block() -> None:
+    z, y = _one_hot_case(1)
+    one = _reduce_on(z, y, kind="sigmoid", multilabel=False)
+    many = _reduce_on(z, y, kind="multilabel", multilabel=True)
+    np.testing.assert_array_equal(one.records["split"], many.records["split"])
+    shared = set(many.metrics)
+    assert shared < set(one.metrics) and "ece" in one.metrics and "ece" not in many.metrics
+    for name in shared:
+        assert one.metrics[name] == many.metrics[name], name
+        assert one.intervals.get(name) == many.intervals.get(name), name
+    names = {c.name for c in many.checks}
+    assert "top-label and shift calibration" in names and "over-confidence under shift" not in names
+    assert "over-confidence under shift" in {c.name for c in one.checks}

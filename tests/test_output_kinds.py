@@ -18,6 +18,7 @@ from scipy.special import expit
 from robustkit.errors import ConfigError, ModelError
 from robustkit.metrics import calibration as CM
 from robustkit.metrics import outputs as OUT
+from robustkit.metrics.temperature import fit_temperature
 from robustkit.model import attacks as A
 from robustkit.model.adapter import ModelAdapter, load_model
 from robustkit.results import load_results
@@ -114,7 +115,7 @@ def test_sigmoid_calibration_numbers_match_an_independent_computation(sigmoid_au
     z = clean["logits"][_positions(clean, cal)].astype(np.float64)
     y = result.labels[cal["index"]]
     fit_rows, ev = cal["split"] == 0, cal["split"] == 1
-    t = OUT.fit_temperature(z[fit_rows], y[fit_rows], "sigmoid").temperature
+    t = fit_temperature(z[fit_rows], y[fit_rows], "sigmoid").temperature
     assert result.metric("calibration.temperature") == pytest.approx(t, rel=1e-9)
     p = expit(z[ev])  # one-vs-rest binary NLL of the model's own sigmoid outputs, summed over outputs
     nll = sum(log_loss((y[ev] == k).astype(int), p[:, k], labels=[0, 1]) for k in range(3))
@@ -242,14 +243,14 @@ def _calibrated_sigmoid_logits(n: int, seed: int) -> tuple[np.ndarray, np.ndarra
 @pytest.mark.parametrize("true_t", [2.0, 0.6])
 def test_sigmoid_temperature_is_recovered_on_synthetic_logits(true_t: float) -> None:
     z, y = _calibrated_sigmoid_logits(40000, seed=7)
-    fit = OUT.fit_temperature(z * true_t, y, "sigmoid")
+    fit = fit_temperature(z * true_t, y, "sigmoid")
     assert fit.temperature == pytest.approx(true_t, rel=0.04)
     assert abs(fit.grad_log_t) < 1e-6 and not fit.at_bound and fit.nll_after < fit.nll_before
     eps = 1e-4  # grad_log_t is the derivative of the mean one-vs-rest binary NLL in log T
     up = OUT.sample_nll(z * true_t, y, "sigmoid", fit.temperature * np.exp(eps)).mean()
     down = OUT.sample_nll(z * true_t, y, "sigmoid", fit.temperature * np.exp(-eps)).mean()
     assert (up - down) / (2 * eps) == pytest.approx(fit.grad_log_t, abs=1e-6)
-    softmax_t = OUT.fit_temperature(z * true_t, y, "softmax").temperature  # a different objective
+    softmax_t = fit_temperature(z * true_t, y, "softmax").temperature  # a different objective
     assert abs(softmax_t - fit.temperature) > 1e-3
 
 

@@ -1,4 +1,4 @@
-"""Calibration and selective-prediction metrics as pure numpy functions.
+"""Calibration estimators as pure numpy functions: the ECE family, Brier, NLL, reliability bins.
 
 Every estimator states its binning, because calibration numbers are meaningless without
 it (anchors disagree on 10, 15, 20 or 30 bins, equal-width or equal-mass):
@@ -11,8 +11,9 @@ it (anchors disagree on 10, 15, 20 or 30 bins, equal-width or equal-mass):
   ``n_bins`` groups whose sizes differ by at most one (``np.array_split``), so tied
   confidences may straddle a cut (Nixon et al. 2019's adaptive binning).
 
-Directions: every ``*_error``-type metric here (ECE, MCE, Brier, NLL, AURC) is
-lower-is-better; coverage and sensitivity are higher-is-better. No TensorFlow here.
+Directions: every ``*_error``-type metric here (ECE, MCE, Brier, NLL) is lower-is-better.
+Temperature scaling lives in :mod:`robustkit.metrics.temperature`, selective prediction
+(risk-coverage, referral) in :mod:`robustkit.metrics.selective`. No TensorFlow here.
 
 Example:
     >>> import numpy as np
@@ -23,45 +24,31 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 
 __all__ = [
-    "TemperatureFit",
-    "aurc",
     "brier",
     "classwise_ece",
     "classwise_ece_adaptive",
-    "coverage_at_risk",
     "debiased_l2_ce",
-    "e_aurc",
     "ece",
     "ece_compute",
     "ece_equal_mass",
     "ece_update",
     "equal_mass_bins",
     "equal_width_bins",
-    "fit_log_temperature",
-    "fit_temperature",
     "log_softmax",
     "mce",
     "nll",
-    "optimal_aurc",
-    "referral",
     "reliability_bins",
-    "risk_coverage",
     "sample_nll",
-    "selective_sensitivity",
     "softmax",
     "wilson_interval",
 ]
 
 BINNINGS = ("equal_width", "equal_mass")
-_LOG_T_BOUNDS = (float(np.log(1e-2)), float(np.log(1e2)))
 
 
 # ---------------------------------------------------------------- inputs and bins
@@ -295,81 +282,6 @@ def sample_nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0)
     return -log_softmax(logits, temperature)[np.arange(len(y)), y]
 
 
-# ---------------------------------------------------------------- temperature scaling
-
-
-@dataclass(frozen=True)
-class TemperatureFit:
-    """A fitted temperature.
-
-    Attributes:
-        temperature: T > 0; calibrated probabilities are ``softmax(logits / T)``.
-        nll_before: mean NLL at T = 1 on the fitting data.
-        nll_after: mean NLL at the fitted T on the fitting data.
-        grad_log_t: ``d NLL / d log T`` at the fitted T (about 0 at an interior optimum).
-        at_bound: the optimum hit the search bounds (T in [0.01, 100]).
-        n: samples it was fitted on.
-    """
-
-    temperature: float
-    nll_before: float
-    nll_after: float
-    grad_log_t: float
-    at_bound: bool
-    n: int
-
-
-def _nll_and_grad(logits: np.ndarray, y: np.ndarray, log_t: float) -> tuple[float, float]:
-    """Mean NLL of ``softmax(z / T)`` and its derivative in ``log T``:
-    ``d/dlogT = mean(z_y - E_p[z]) / T``."""
-    t = float(np.exp(log_t))
-    lp = log_softmax(logits, t)
-    rows = np.arange(len(y))
-    loss = float(-np.mean(lp[rows, y]))
-    expected = np.sum(np.exp(lp) * logits, axis=1)
-    grad = float(np.mean(logits[rows, y] - expected) / t)
-    return loss, grad
-
-
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> TemperatureFit:
-    """Fit temperature scaling by minimising the NLL over ``log T`` (so T stays positive).
-
-    Guo et al. 2017, "On calibration of modern neural networks", Section 4.2. A bounded
-    Brent search (``scipy.optimize.minimize_scalar``) over ``log T`` in
-    ``[log 0.01, log 100]``; the NLL is convex in ``1/T``, so the minimum is unique.
-
-    Args:
-        logits: ``(N, K)`` pre-softmax outputs (of the calibration split).
-        labels: ``(N,)`` class indices.
-
-    Returns:
-        A :class:`TemperatureFit` with the gradient at the optimum for a convergence check.
-    """
-    z = np.asarray(logits, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.int64).reshape(-1)
-    return fit_log_temperature(lambda s: _nll_and_grad(z, y, s), len(y))
-
-
-def fit_log_temperature(objective: Callable[[float], tuple[float, float]], n: int) -> TemperatureFit:
-    """Minimise a mean NLL over ``s = log T`` in ``[log 0.01, log 100]`` (bounded Brent).
-
-    The one search every temperature fit uses (softmax here, sigmoid heads in
-    :mod:`robustkit.metrics.outputs`).
-
-    Args:
-        objective: ``s -> (mean NLL at T = exp(s), its derivative in s)``.
-        n: the number of samples the NLL is over (>= 1).
-    """
-    if n == 0:
-        raise ValueError("fit_temperature: expected at least one sample, got none.")
-    res = minimize_scalar(lambda s: objective(s)[0], bounds=_LOG_T_BOUNDS, method="bounded",
-                          options={"xatol": 1e-9})
-    log_t = float(res.x)
-    loss, grad = objective(log_t)
-    at_bound = min(abs(log_t - b) for b in _LOG_T_BOUNDS) < 1e-4
-    return TemperatureFit(float(np.exp(log_t)), objective(0.0)[0], loss, grad, at_bound, n)
-
-
 # ---------------------------------------------------------------- reliability diagrams
 
 
@@ -420,116 +332,3 @@ def reliability_bins(conf: np.ndarray, hit: np.ndarray, *, n_bins: int = 15,
 
     return {"lower": plain(lower), "upper": plain(upper), "count": [int(c) for c in count],
             "confidence": plain(mc), "accuracy": plain(mh), "low": plain(lo), "high": plain(hi)}
-
-
-# ---------------------------------------------------------------- selective prediction
-
-
-def risk_coverage(conf: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Risk-coverage curve (Geifman & El-Yaniv 2017): keep the k most confident samples.
-
-    Samples are sorted by decreasing confidence (stable: ties keep their order); for
-    ``k = 1..N`` the coverage is ``k / N`` and the risk the error rate of the k kept.
-
-    Returns:
-        ``(coverage, risk)``, each ``(N,)``.
-    """
-    conf = np.asarray(conf, dtype=np.float64)
-    wrong = 1.0 - np.asarray(correct, dtype=np.float64)
-    order = np.argsort(-conf, kind="mergesort")
-    k = np.arange(1, len(conf) + 1, dtype=np.float64)
-    return k / max(len(conf), 1), np.cumsum(wrong[order]) / k
-
-
-def aurc(conf: np.ndarray, correct: np.ndarray) -> float:
-    """Area under the risk-coverage curve: the mean of the risks at k = 1..N (lower is better).
-
-    Geifman, Uziel & El-Yaniv 2019, "Bias-reduced uncertainty estimation for deep neural
-    classifiers" (ICLR).
-    """
-    if len(np.asarray(conf)) == 0:
-        return float("nan")
-    return float(np.mean(risk_coverage(conf, correct)[1]))
-
-
-def optimal_aurc(correct: np.ndarray) -> float:
-    """AURC of an oracle confidence that ranks every correct sample above every error.
-
-    The exact finite-sample value (the mean over k of ``max(0, k - n_correct) / k``), which
-    tends to Geifman et al.'s ``r + (1 - r) log(1 - r)`` for an error rate r.
-    """
-    c = np.asarray(correct, dtype=np.float64)
-    if len(c) == 0:
-        return float("nan")
-    return aurc(c, c)
-
-
-def e_aurc(conf: np.ndarray, correct: np.ndarray) -> float:
-    """Excess AURC: ``AURC - optimal AURC`` (lower is better, 0 for a perfect ranking).
-
-    Geifman, Uziel & El-Yaniv 2019; it removes the part of AURC due to the error rate alone.
-    """
-    return aurc(conf, correct) - optimal_aurc(correct)
-
-
-def coverage_at_risk(conf: np.ndarray, correct: np.ndarray, target: float) -> tuple[float, float]:
-    """The largest coverage whose risk is at most ``target`` (higher is better).
-
-    Only thresholds a deployment can apply are considered: keep every sample whose
-    confidence is at least ``t``, for ``t`` a confidence value seen (so tied samples are
-    kept or referred together). Geifman & El-Yaniv 2017, "Selective classification for
-    deep neural networks".
-
-    Returns:
-        ``(coverage, threshold)``; ``(0.0, inf)`` when no threshold meets the target.
-    """
-    conf = np.asarray(conf, dtype=np.float64)
-    if len(conf) == 0:
-        return float("nan"), float("nan")
-    order = np.argsort(-conf, kind="mergesort")
-    s = conf[order]
-    wrong = np.cumsum(1.0 - np.asarray(correct, dtype=np.float64)[order])
-    ends = np.r_[np.flatnonzero(np.diff(s) != 0), len(s) - 1]  # last position of each tie group
-    k = ends + 1.0
-    ok = wrong[ends] / k <= target + 1e-12
-    if not np.any(ok):
-        return 0.0, float("inf")
-    best = ends[ok][-1]
-    return float((best + 1) / len(conf)), float(s[best])
-
-
-def selective_sensitivity(conf: np.ndarray, labels: np.ndarray, pred: np.ndarray,
-                          positive: int, threshold: float) -> float:
-    """Sensitivity (recall) of class ``positive`` among the kept cases ``conf >= threshold``.
-
-    Higher is better; NaN when no case of the class is kept.
-    """
-    keep = np.asarray(conf, dtype=np.float64) >= threshold
-    pos = keep & (np.asarray(labels) == positive)
-    if not np.any(pos):
-        return float("nan")
-    return float(np.mean(np.asarray(pred)[pos] == positive))
-
-
-def referral(conf: np.ndarray, labels: np.ndarray, pred: np.ndarray, positive: int | None,
-             fraction: float) -> dict[str, float]:
-    """Refer the least confident ``fraction`` of cases; error and sensitivity of the rest.
-
-    The ``round(fraction * N)`` least confident cases (stable order on ties) are referred.
-
-    Returns:
-        ``n_referred``, ``n_kept``, ``error`` (among kept), ``sensitivity`` (of ``positive``
-        among kept; NaN when ``positive`` is None) and ``threshold`` (the lowest kept confidence).
-    """
-    conf = np.asarray(conf, dtype=np.float64)
-    labels, pred = np.asarray(labels), np.asarray(pred)
-    n_ref = int(np.floor(fraction * len(conf) + 0.5))
-    kept = np.argsort(-conf, kind="mergesort")[: len(conf) - n_ref]
-    pos = kept[labels[kept] == positive] if positive is not None else kept[:0]
-    return {
-        "n_referred": float(n_ref),
-        "n_kept": float(len(kept)),
-        "error": float(np.mean(pred[kept] != labels[kept])) if len(kept) else float("nan"),
-        "sensitivity": float(np.mean(pred[pos] == positive)) if len(pos) else float("nan"),
-        "threshold": float(conf[kept].min()) if len(kept) else float("nan"),
-    }

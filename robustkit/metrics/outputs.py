@@ -11,10 +11,9 @@ A classifier's head is one of four kinds, and every metric reads probabilities m
 * ``multilabel``: sigmoid outputs with several findings per image; the same link as
   ``sigmoid``.
 
-Temperature scaling (Guo et al. 2017) keeps one scalar T for every kind: for the softmax
-kinds it minimises the multiclass NLL, for the sigmoid kinds the one-vs-rest binary NLL
-``mean_i sum_k BCE(t_ik, sigmoid(z_ik / T))``, where the targets ``t`` are the one-hot of
-class indices ``(N,)`` or, for multi-label data, the findings ``(N, K)`` themselves. No
+Labels come as class indices ``(N,)`` or as targets ``(N, K)`` (one-hot for single-label
+data, the findings of multi-label data): :func:`sample_nll` reads both. Temperature scaling
+(one scalar T for every kind) is fitted in :mod:`robustkit.metrics.temperature`. No
 TensorFlow here.
 
 Example:
@@ -37,16 +36,16 @@ from robustkit.metrics import calibration as CM
 __all__ = [
     "OUTPUT_KINDS",
     "SIGMOID_KINDS",
-    "fit_temperature",
+    "class_indices",
     "is_sigmoid",
     "link_formula",
+    "one_vs_rest_targets",
     "probabilities",
     "sample_nll",
 ]
 
 OUTPUT_KINDS = ("softmax", "sigmoid", "multilabel", "logits")
 SIGMOID_KINDS = ("sigmoid", "multilabel")
-_LOG_T_BOUNDS = (float(np.log(1e-2)), float(np.log(1e2)))
 
 
 def is_sigmoid(kind: str) -> bool:
@@ -80,9 +79,9 @@ def probabilities(logits: np.ndarray, kind: str, temperature: float = 1.0) -> np
     return CM.softmax(logits, temperature)
 
 
-def _targets(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """One-vs-rest targets ``(N, K)`` float64: multi-label findings ``(N, K)`` as given, else the
-    one-hot of class indices ``(N,)``."""
+def one_vs_rest_targets(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """One-vs-rest targets ``(N, K)`` float64: targets ``(N, K)`` (one-hot or multi-label
+    findings) as given, else the one-hot of class indices ``(N,)``."""
     y = np.asarray(labels)
     if y.ndim == 2 and y.shape == shape:
         return y.astype(np.float64)
@@ -90,6 +89,13 @@ def _targets(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     onehot = np.zeros(shape, dtype=np.float64)
     onehot[np.arange(len(y)), y] = 1.0
     return onehot
+
+
+def class_indices(labels: np.ndarray) -> np.ndarray:
+    """Class indices ``(N,)`` int64 of an exclusive task: ``labels`` ``(N,)`` as given, or the
+    arg-max of one-hot targets ``(N, K)``."""
+    y = np.asarray(labels)
+    return (y.argmax(axis=1) if y.ndim == 2 else y).astype(np.int64).reshape(-1)
 
 
 def _binary_nll(z: np.ndarray, t: np.ndarray, temperature: float) -> np.ndarray:
@@ -101,40 +107,12 @@ def _binary_nll(z: np.ndarray, t: np.ndarray, temperature: float) -> np.ndarray:
 def sample_nll(logits: np.ndarray, labels: np.ndarray, kind: str, temperature: float = 1.0) -> np.ndarray:
     """Per-sample NLL ``(N,)`` of the labels under the kind's probabilities (exact, no clipping).
 
-    Softmax kinds: ``-log softmax(z / T)[y]``. Sigmoid kinds: the one-vs-rest binary NLL
-    summed over the K outputs, ``sum_k -log(p_k if t_k else 1 - p_k)``, with ``t`` the one-hot
-    of class indices ``labels`` ``(N,)`` or the findings ``labels`` ``(N, K)`` (multi-label).
+    Softmax kinds: ``-log softmax(z / T)[y]`` (``y`` the class indices, or the arg-max of
+    one-hot targets ``(N, K)``). Sigmoid kinds: the one-vs-rest binary NLL summed over the K
+    outputs, ``sum_k -log(p_k if t_k else 1 - p_k)``, with ``t`` the one-hot of class indices
+    ``labels`` ``(N,)`` or the targets ``labels`` ``(N, K)`` (multi-label findings).
     """
     if not is_sigmoid(kind):
-        return CM.sample_nll(logits, labels, temperature)
+        return CM.sample_nll(logits, class_indices(labels), temperature)
     z = np.asarray(logits, dtype=np.float64)
-    return _binary_nll(z, _targets(labels, z.shape), float(temperature))
-
-
-def _binary_nll_and_grad(z: np.ndarray, t: np.ndarray, log_t: float) -> tuple[float, float]:
-    """Mean one-vs-rest binary NLL at ``T = exp(log_t)`` and its derivative in ``log T``:
-    ``d/dlogT = -mean_i sum_k (sigmoid(z/T) - t_k) z / T``."""
-    temp = float(np.exp(log_t))
-    loss = float(np.mean(_binary_nll(z, t, temp)))
-    grad = float(-np.mean(np.sum((expit(z / temp) - t) * z, axis=1)) / temp)
-    return loss, grad
-
-
-def fit_temperature(logits: np.ndarray, labels: np.ndarray, kind: str) -> CM.TemperatureFit:
-    """Fit one temperature T for the kind (Guo et al. 2017, Section 4.2).
-
-    Softmax kinds: :func:`robustkit.metrics.calibration.fit_temperature` (multiclass NLL).
-    Sigmoid kinds: a bounded Brent search over ``log T`` in ``[log 0.01, log 100]`` of the
-    mean one-vs-rest binary NLL (:func:`sample_nll`); it too is convex in ``1/T``.
-
-    Args:
-        logits: ``(N, K)`` logits of the calibration split.
-        labels: ``(N,)`` class indices, or for sigmoid kinds the findings ``(N, K)`` (bool or
-            0/1) of a multi-label split: T then minimises the binary NLL summed over findings.
-        kind: one of :data:`OUTPUT_KINDS`.
-    """
-    if not is_sigmoid(kind):
-        return CM.fit_temperature(logits, labels)
-    z = np.asarray(logits, dtype=np.float64)
-    t = _targets(labels, z.shape)
-    return CM.fit_log_temperature(lambda s: _binary_nll_and_grad(z, t, s), len(t))
+    return _binary_nll(z, one_vs_rest_targets(labels, z.shape), float(temperature))

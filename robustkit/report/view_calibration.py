@@ -29,7 +29,19 @@ from robustkit.results import AuditResult, StudyResult
 
 __all__ = ["calibration_view", "classwise_svg", "reliability_svg", "risk_coverage_svg", "shift_svg"]
 
-_SCORES = ("ece", "ece_equal_mass", "mce", "classwise_ece", "classwise_ece_adaptive", "debiased_l2_ce", "brier", "nll")
+_SCORES = ("ece", "ece_equal_mass", "mce", "classwise_ece", "classwise_ece_adaptive", "debiased_l2_ce", "brier",
+           "ece.macro", "brier.macro", "nll")
+_OUTPUT_SCORES = ("ece", "brier")
+#: title and caption of the per-output reliability figure, for an exclusive task and otherwise
+_OUTPUT_FIGURE = {
+    True: ("Classwise reliability", "For each class, how often the case truly is that class against the "
+                                    "probability given to it (equal-width bins), before (solid) and after (dashed) "
+                                    "temperature scaling; on the diagonal is calibrated."),
+    False: ("Reliability per finding (equal-width bins, evaluation split)",
+            "For each finding, the share of images that have it (observed frequency) against the probability the "
+            "model gave it, before (solid) and after (dashed) temperature scaling; on the diagonal is calibrated, "
+            "below it over-confident that the finding is present."),
+}
 _BLUE, _ORANGE, _RED, _GREY = figures.PALETTE[0], figures.PALETTE[1], figures.PALETTE[3], "#888888"
 
 
@@ -149,11 +161,13 @@ def risk_coverage_svg(curve: Mapping[str, Sequence[float]], points: Sequence[Map
 
 
 def _pair_rows(study: StudyResult) -> list[dict[str, Any]]:
+    """Before/after rows: the top-label and classwise scores (exclusive tasks), the per-output
+    macro means and the NLL (every task)."""
     rows = []
     for name in _SCORES:
         if name not in study.metrics:
             continue
-        after = f"{name}_ts"
+        after = name.replace(".", "_ts.", 1) if "." in name else f"{name}_ts"
         rows.append({
             "name": name,
             "before": fmt(study.metrics.get(name)), "before_ci": fmt_interval(study.intervals.get(name)),
@@ -161,6 +175,15 @@ def _pair_rows(study: StudyResult) -> list[dict[str, Any]]:
             "arrow": arrow(study.direction(name)), "direction": study.direction(name),
         })
     return rows
+
+
+def _per_output_rows(study: StudyResult, names: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per output: prevalence, ECE and Brier before and after scaling, with intervals."""
+    m, iv = study.metrics, study.intervals
+    return [{"output": n, "prevalence": fmt(m.get(f"prevalence.{n}")),
+             "cells": [{"value": fmt(m.get(f"{k}.{n}")), "interval": fmt_interval(iv.get(f"{k}.{n}"))}
+                       for root in _OUTPUT_SCORES for k in (root, f"{root}_ts")]}
+            for n in names]
 
 
 def _estimator_rows(estimators: Mapping[str, Mapping[str, Any]]) -> list[dict[str, str]]:
@@ -172,8 +195,8 @@ def _estimator_rows(estimators: Mapping[str, Mapping[str, Any]]) -> list[dict[st
     ]
 
 
-def _figures(data: Mapping[str, Any]) -> dict[str, dict[str, str] | None]:
-    out: dict[str, dict[str, str] | None] = {"reliability": None, "classwise": None, "shift": None, "risk": None}
+def _figures(data: Mapping[str, Any], exclusive: bool) -> dict[str, dict[str, str] | None]:
+    out: dict[str, dict[str, str] | None] = {"reliability": None, "outputs": None, "shift": None, "risk": None}
     rel = data.get("reliability") or {}
     if rel.get("before") and rel.get("after"):
         out["reliability"] = {"title": f"Reliability diagrams ({rel.get('n_bins')} equal-width bins, evaluation split)",
@@ -182,10 +205,10 @@ def _figures(data: Mapping[str, Any]) -> dict[str, dict[str, str] | None]:
                                          "interval; red: the gap up (over-confident) or down (under-confident) to the "
                                          "bin's mean confidence. The dotted diagonal is perfect calibration. Below: how "
                                          "many cases fall in each bin."}
-    if data.get("classwise_reliability"):
-        out["classwise"] = {"title": "Classwise reliability", "svg": classwise_svg(data["classwise_reliability"]),
-                            "caption": "For each class, how often the case truly is that class against the "
-                                       "probability given to it (equal-width bins); on the diagonal is calibrated."}
+    per_output = data.get("output_reliability") or data.get("classwise_reliability") or data.get("finding_reliability")
+    if per_output:  # audits before robustkit 2.x's one calibration path stored it under the kind's name
+        out["outputs"] = {"title": _OUTPUT_FIGURE[exclusive][0], "svg": classwise_svg(per_output),
+                          "caption": _OUTPUT_FIGURE[exclusive][1]}
     curves = (data.get("shift") or {}).get("transforms") or {}
     if curves:
         out["shift"] = {"title": "Calibration under shift", "svg": shift_svg(curves),
@@ -206,70 +229,36 @@ def _is_shift_metric(name: str) -> bool:
     return name.count(".") >= 2 and root in ("ece", "ece_ts", "brier", "brier_ts", "accuracy")
 
 
-_FINDING_SCORES = ("ece", "brier")
-
-
-def _findings_view(study: StudyResult, ctx: dict[str, Any]) -> dict[str, Any]:
-    """The calibration section of a multi-label audit: per-finding ECE and Brier before and
-    after scaling, their macro means, and a reliability diagram per finding."""
-    data, m, iv = study.data, study.metrics, study.intervals
-    names = [str(n) for n in data.get("class_names", [])]
-    ctx["multilabel"] = True
-    ctx["calibration_form"] = str(data.get("calibration_form", ""))
-    ctx["temperature_form"] = str(data.get("temperature_form", ""))
-    ctx["usage"] = str((data.get("temperature_export") or {}).get("usage", ""))
-    ctx["not_measured"] = sentence(str(data.get("not_measured", "")))
-    ctx["pairs"] = [{"name": name, "before": fmt(m.get(name)), "before_ci": fmt_interval(iv.get(name)),
-                     "after": fmt(m.get(after)), "after_ci": fmt_interval(iv.get(after)),
-                     "arrow": arrow(study.direction(name)), "direction": study.direction(name)}
-                    for name, after in (("ece.macro", "ece_ts.macro"), ("brier.macro", "brier_ts.macro"), ("nll", "nll_ts"))
-                    if name in m]
-    ctx["per_finding"] = [
-        {"finding": n, "prevalence": fmt(m.get(f"prevalence.{n}")),
-         "cells": [{"value": fmt(m.get(f"{k}.{n}")), "interval": fmt_interval(iv.get(f"{k}.{n}"))}
-                   for root in _FINDING_SCORES for k in (root, f"{root}_ts")]}
-        for n in names
-    ]
-    ctx["tables"] = [t for t in ctx["tables"] if t["title"] != "per_finding"]
-    ctx["estimators"] = _estimator_rows(data.get("estimators") or {})
-    export = data.get("temperature_export")
-    ctx["export"] = json.dumps(export, indent=2, sort_keys=True) if export else ""
-    rel = data.get("finding_reliability") or {}
-    ctx["figs"] = {"findings": None}
-    if rel:
-        ctx["figs"]["findings"] = {
-            "title": "Reliability per finding (equal-width bins, evaluation split)", "svg": classwise_svg(rel),
-            "caption": "For each finding, the share of images that have it (observed frequency) against the "
-                       "probability the model gave it, before (solid) and after (dashed) temperature scaling; "
-                       "on the diagonal is calibrated, below it over-confident that the finding is present."}
-    ctx["figures"] = [f for f in ctx["figs"].values() if f]
-    return ctx
-
-
 @view("calibration")
 def calibration_view(study: StudyResult, audit: AuditResult) -> dict[str, Any]:
-    """Context of ``partials/calibration.html.j2``."""
+    """Context of ``partials/calibration.html.j2``: one path for every task; the top-label,
+    shift and selective parts are empty where the study did not measure them."""
     ctx = generic_view(study, audit)
     data = study.data
+    exclusive = not data.get("multilabel")
     split = data.get("split") or {}
+    ctx["exclusive"] = exclusive
+    ctx["output_word"] = "Class" if exclusive else "Finding"
     ctx["split"] = {"n_calibration": fmt(split.get("n_calibration"), "n_calibration"),
                     "n_evaluation": fmt(split.get("n_evaluation"), "n_evaluation")}
     ctx["temperature"] = fmt(study.metrics.get("temperature"))
-    ctx["multilabel"] = False
-    if data.get("multilabel"):
-        return _findings_view(study, ctx)
+    ctx["usage"] = str((data.get("temperature_export") or {}).get("usage", ""))
+    ctx["calibration_form"] = str(data.get("calibration_form", ""))
+    ctx["temperature_form"] = str(data.get("temperature_form", ""))
+    ctx["not_measured"] = sentence(str(data.get("not_measured", "")))
     ctx["positive_class"] = str(data.get("positive_class") or "")  # the audit's critical class, if any
     ctx["pairs"] = _pair_rows(study)
+    ctx["per_output"] = _per_output_rows(study, [str(n) for n in data.get("class_names", [])])
     ctx["selective"] = metric_rows(study, [m for m in study.metrics
                                            if m.split(".")[0] in ("aurc", "e_aurc", "coverage_at_risk", "sensitivity_at_risk")])
     ctx["metrics"] = [r for r in ctx["metrics"] if not _is_shift_metric(r["name"])]
     ctx["referral"] = table_view("referral", study.tables.get("referral", [])) if study.tables.get("referral") else None
     ctx["shift_table"] = table_view("shift", study.tables.get("shift", [])) if study.tables.get("shift") else None
     ctx["shift_skipped"] = str((data.get("shift") or {}).get("skipped") or "")
-    ctx["tables"] = [t for t in ctx["tables"] if t["title"] not in ("referral", "shift")]
+    ctx["tables"] = [t for t in ctx["tables"] if t["title"] not in ("referral", "shift", "per_output")]
     ctx["estimators"] = _estimator_rows(data.get("estimators") or {})
     export = data.get("temperature_export")
     ctx["export"] = json.dumps(export, indent=2, sort_keys=True) if export else ""
-    ctx["figs"] = _figures(data)
+    ctx["figs"] = _figures(data, exclusive)
     ctx["figures"] = [f for f in ctx["figs"].values() if f]
     return ctx

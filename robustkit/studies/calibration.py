@@ -6,12 +6,20 @@ temperature is fitted by minimising the NLL (Guo et al. 2017), and a disjoint *e
 split, on which every reported metric is computed, before (no suffix) and after (``_ts``)
 scaling. Logits come from the audit's shared clean pass (no extra model pass); a
 softmax-ended model is scaled on the logits before its softmax, a sigmoid-ended one on the
-logits before its sigmoid (one scalar T fitted by the one-vs-rest binary NLL; top-label
-metrics then read the arg-max and its sigmoid value, classwise ones each output one-vs-rest;
-:mod:`robustkit.metrics.outputs`). Calibration under shift (Ovadia et al. 2019) applies
-:mod:`robustkit.data.transforms` to the evaluation images at several severities. Selective
-prediction uses the scaled max probability as confidence. The math lives in
-:mod:`robustkit.metrics.calibration`.
+logits before its sigmoid (one scalar T fitted by the one-vs-rest binary NLL;
+:mod:`robustkit.metrics.temperature`).
+
+One path for every task (single-label is multi-label with one-hot targets): the targets
+``(N, K)`` (``Dataset.targets``) give, for every kind, the per-output block: ECE per output
+in the binary reliability form (equal-width bins of ``p[:, k]`` against ``t[:, k]``) and
+Brier per output, their macro means (``ece.<output>``, ``ece.macro``, ``brier.*``), the
+prevalence and the NLL, before and after scaling. What exists only for an exclusive task (one
+label per image: ``ctx.task.exclusive``) is a block of the same reduce: the top-label and
+classwise estimators (ECE, MCE, the multi-class Brier ...), selective prediction with the
+scaled max probability as confidence (:mod:`robustkit.metrics.selective`) and calibration
+under shift (Ovadia et al. 2019: :mod:`robustkit.data.transforms` on the evaluation images at
+several severities). For a multi-label task ``map`` runs no shift pass and a check says what
+was not measured. The estimators live in :mod:`robustkit.metrics.calibration`.
 
 Protocol: ``prepare`` (on the driver, before any ``map``) makes the calibration/evaluation
 split, each class ordered by a draw keyed by (seed, sample id), so that it depends on the
@@ -19,12 +27,8 @@ seed and the samples only. ``map`` computes, per sample, the clean logits and, f
 evaluation samples, the logits under every shift condition (a random transform draws from
 ``ctx.rng("calibration", "shift", transform, severity, sample id)``); calibration samples
 get NaN there, with no model pass. ``reduce`` fits the temperature on the calibration
-split and computes every metric, interval, table and check.
-
-A multi-label model is calibrated per finding (:mod:`robustkit.studies.calibration_findings`):
-ECE in the binary reliability form and Brier per finding, their macro means, one temperature
-fitted by the binary NLL summed over findings; the split is stratified by the first finding
-(``Dataset.labels``) and ``map`` runs no shift pass.
+split and computes every metric, interval, table and check. The split is stratified by
+``Dataset.labels`` (a multi-label sample's first finding).
 """
 
 from __future__ import annotations
@@ -38,11 +42,13 @@ from robustkit.data.dataset import stratified_split
 from robustkit.errors import DataError, ModelError, check_range, param_error
 from robustkit.metrics import calibration as CM
 from robustkit.metrics import classification as M
+from robustkit.metrics import multilabel as ML
 from robustkit.metrics import outputs as OUT
+from robustkit.metrics import selective as SEL
+from robustkit.metrics.temperature import TemperatureFit, fit_temperature
 from robustkit.results import Check, StudyResult
 from robustkit.studies import register
 from robustkit.studies.base import AuditContext, Records, Study, StudyConfig
-from robustkit.studies.calibration_findings import optimiser_check, reduce_findings
 from robustkit.task import critical_missing_check
 
 if TYPE_CHECKING:
@@ -56,6 +62,25 @@ _GUO = "Guo et al. 2017, On calibration of modern neural networks"
 _NIXON = "Nixon et al. 2019, Measuring calibration in deep learning"
 _KUMAR = "Kumar, Liang & Ma 2019, Verified uncertainty calibration"
 _GEIFMAN = "Geifman, Uziel & El-Yaniv 2019, Bias-reduced uncertainty estimation for deep neural classifiers"
+_FORM = ("per output, binary reliability form: equal-width bins of the output's probability against its "
+         "presence; macro = mean over outputs")
+_NOT_MEASURED = ("not measured for multi-label models: top-label ECE, selective prediction and calibration "
+                 "under shift assume one class per image")
+_HEADLINE_PER_OUTPUT = ("ece.macro", "ece_ts.macro", "brier.macro", "temperature")
+#: what the shared metric roots mean in a multi-label result (results.json ``data.metric_docs``)
+_PER_OUTPUT_DOCS = {
+    "ece": "multi-label: per finding (ece.<finding>) and macro (ece.macro), equal-width binned L1 of the "
+           "finding's probability against its presence",
+    "ece_ts": "multi-label: ece.<finding> and ece.macro after temperature scaling",
+    "brier": "multi-label: per finding, mean (p - presence)^2 in [0, 1], and the macro mean",
+    "brier_ts": "multi-label: brier.<finding> and brier.macro after temperature scaling",
+    "nll": "multi-label: mean over images of the binary NLL summed over findings",
+    "nll_ts": "multi-label: nll after temperature scaling",
+    "prevalence": "multi-label: share of evaluation images with the finding",
+    "temperature": "fitted temperature T: probabilities are sigmoid(logits / T), one scalar for every finding",
+    "n_calibration": "samples the temperature was fitted on",
+    "n_evaluation": "samples every metric is computed on",
+}
 _BASE_SCORES = ("ece", "ece_equal_mass", "mce", "classwise_ece", "classwise_ece_adaptive",
                 "debiased_l2_ce", "brier", "nll")
 
@@ -152,13 +177,13 @@ class CalibrationStudy(Study):
         "n_calibration": ("samples the temperature was fitted on", "none"),
         "n_evaluation": ("samples every metric is computed on", "none"),
     } | {f"{k}_ts": (f"{k} after temperature scaling", "lower") for k in _BASE_SCORES} | {
-        "ece.macro": ("multi-label: ECE per finding (ece.{finding}; equal-width bins of the finding's "
-                      "probability against its presence, the binary reliability form) and its mean over "
-                      "findings; ece_ts.{finding}, ece_ts.macro after temperature scaling", "lower"),
-        "brier.macro": ("multi-label: Brier score per finding (brier.{finding}, mean (p - presence)^2 in [0, 1]) "
-                        "and its mean over findings; brier_ts.* after temperature scaling", "lower"),
-        "prevalence": ("multi-label: per finding, the share of evaluation images with it (a constant "
-                       "prediction of it has Brier prevalence * (1 - prevalence))", "none"),
+        "ece.macro": ("ECE per output (ece.{output}; equal-width bins of the output's probability against "
+                      "its presence, the binary reliability form, for every task kind) and its mean over "
+                      "outputs; ece_ts.{output}, ece_ts.macro after temperature scaling", "lower"),
+        "brier.macro": ("Brier score per output (brier.{output}, mean (p - presence)^2 in [0, 1]) and its mean "
+                        "over outputs; brier_ts.* after temperature scaling", "lower"),
+        "prevalence": ("per output, the share of evaluation images with it (a constant prediction of it has "
+                       "Brier prevalence * (1 - prevalence))", "none"),
     }
     headline = ("ece", "ece_ts", "temperature", "aurc", "coverage_at_risk.0.05")
     multilabel = True
@@ -170,14 +195,15 @@ class CalibrationStudy(Study):
         self._evaluation = frozenset(str(i) for i in np.asarray(data.ids)[ev])
 
     def map(self, model: ModelAdapter, batch: Dataset, ctx: AuditContext) -> Records:
-        """Clean logits ``(B, K)`` (the audit's shared clean pass) and logits under every shift
-        condition ``(B, n_conditions, K)`` for the evaluation samples (NaN for calibration ones,
-        which are not shifted), each image's draws keyed by its sample id."""
+        """Clean logits ``(B, K)`` (the audit's shared clean pass) and, for an exclusive task,
+        logits under every shift condition ``(B, n_conditions, K)`` for the evaluation samples
+        (NaN for calibration ones, which are not shifted), each image's draws keyed by its
+        sample id."""
         logits = ctx.clean_logits(model, batch)
         if not np.all(np.isfinite(logits)):
             raise ModelError(f"{model.name}: expected finite logits on the clean data, got NaN or inf.")
         fns, _ = _shift_transforms(self.config.shift_transforms)
-        conds = [] if model.output_kind == "multilabel" else _conditions(fns, self.config.shift_severities)
+        conds = _conditions(fns, self.config.shift_severities) if _exclusive(ctx, model.output_kind) else []
         evaluation = getattr(self, "_evaluation", None)
         rows = np.array([evaluation is None or str(i) in evaluation for i in batch.ids], dtype=bool)
         shift = np.full((len(batch), len(conds), model.num_classes), np.nan, dtype=np.float32)
@@ -190,40 +216,54 @@ class CalibrationStudy(Study):
         names = list(data.class_names)
         logits = np.asarray(records["logits"], dtype=np.float64)
         y = np.asarray(data.labels, dtype=np.int64)
+        targets = np.asarray(data.targets, dtype=bool)
         cal, ev = _split(y, cfg.calibration_fraction, _split_keys(data.ids, ctx))
         if len(cal) == 0 or len(ev) == 0:
             raise DataError(f"{data.root}: expected at least 2 images for a calibration and an evaluation split, got {len(y)}.")
         kind = str(ctx.model_info.get("output_kind", "softmax"))
-        if kind == "multilabel":
-            return reduce_findings(records, data, ctx, cfg, (cal, ev))
-        fit = OUT.fit_temperature(logits[cal], y[cal], kind)
-        positive = ctx.critical_index  # sensitivity among kept cases is the critical class's
-        ev_set = _EvalSet(logits[ev], y[ev], fit.temperature, kind)
+        exclusive = _exclusive(ctx, kind)
+        fit = fit_temperature(logits[cal], targets[cal], kind)
+        positive = ctx.critical_index if exclusive else None  # sensitivity among kept cases is the critical class's
+        e = _EvalSet(logits[ev], targets[ev], y[ev], fit.temperature, kind)
         result = StudyResult(name=self.name)
-        result.metrics = _scores(ev_set, np.arange(len(ev)), cfg, names, positive)
+        result.metrics = _scores(e, np.arange(len(ev)), cfg, names, positive, exclusive)
+        result.metrics.update({f"prevalence.{n}": float(v) for n, v in zip(names, targets[ev].mean(axis=0))})
         result.metrics.update(temperature=fit.temperature, n_calibration=float(len(cal)), n_evaluation=float(len(ev)))
-        result.metrics["accuracy_all"] = float(np.mean(logits.argmax(axis=1) == y))
-        result.intervals = _intervals(ev_set, cfg, names, positive, ctx)
-        _describe(result, ctx.model_info, cfg, fit, ev_set, names, positive, (cal, ev), y)
-        shift_checks = _shift(result, np.asarray(records["shift_logits"], dtype=np.float64)[ev], ev_set, cfg)
-        n_cal_errors = int(np.sum(logits[cal].argmax(axis=1) != y[cal]))
-        result.data["temperature_export"]["identifiable"] = n_cal_errors > 0  # else T is only a bound
-        result.checks = _checks(result, fit, cfg, n_cal_errors) + shift_checks
-        if positive is None:
-            result.checks.append(critical_missing_check("the sensitivity among kept cases"))
-        _records(result, logits, y, fit.temperature, cal, kind)
+        if exclusive:
+            result.metrics["accuracy_all"] = float(np.mean(logits.argmax(axis=1) == y))
+        result.intervals = _intervals(e, cfg, names, positive, exclusive, ctx)
+        _describe(result, ctx.model_info, cfg, fit, e, names, (cal, ev), targets, positive, exclusive)
+        n_wrong = _n_wrong(logits[cal], targets[cal], exclusive)
+        result.data["temperature_export"]["identifiable"] = n_wrong > 0  # else T is only a bound
+        result.checks = [_optimiser_check(fit, n_wrong),
+                         _interval_check(result, cfg) if exclusive else _output_precision_check(result, cfg),
+                         _scaling_check(result, exclusive)]
+        if exclusive:
+            _selective(result, e, cfg, names, positive)
+            result.checks += _shift(result, np.asarray(records["shift_logits"], dtype=np.float64)[ev], e, cfg)
+            if positive is None:
+                result.checks.append(critical_missing_check("the sensitivity among kept cases"))
+        else:
+            result.checks.append(Check("top-label and shift calibration", "warn", _NOT_MEASURED + "."))
+        _records(result, logits, targets, fit.temperature, cal, kind, exclusive)
         return result
 
 
-class _EvalSet:
-    """The evaluation split's logits, labels, probabilities before/after scaling, per-sample NLL."""
+def _exclusive(ctx: AuditContext, kind: str) -> bool:
+    """Whether the task has one label per image (the audit's task; outside an audit, the output kind)."""
+    return ctx.task.exclusive if ctx.task is not None else kind != "multilabel"
 
-    def __init__(self, logits: np.ndarray, y: np.ndarray, temperature: float, kind: str) -> None:
-        self.logits, self.y, self.t, self.kind = logits, y, temperature, kind
+
+class _EvalSet:
+    """The evaluation split's logits, targets ``(n, K)``, labels ``(n,)`` (the stratification
+    key; the class of an exclusive task), probabilities before/after scaling, per-sample NLL."""
+
+    def __init__(self, logits: np.ndarray, targets: np.ndarray, y: np.ndarray, temperature: float, kind: str) -> None:
+        self.logits, self.t, self.y, self.temperature, self.kind = logits, targets, y, temperature, kind
         self.p = OUT.probabilities(logits, kind)
         self.p_ts = OUT.probabilities(logits, kind, temperature)
-        self.nll = OUT.sample_nll(logits, y, kind)
-        self.nll_ts = OUT.sample_nll(logits, y, kind, temperature)
+        self.nll = OUT.sample_nll(logits, targets, kind)
+        self.nll_ts = OUT.sample_nll(logits, targets, kind, temperature)
 
 
 def _split_keys(ids: np.ndarray, ctx: AuditContext) -> np.ndarray:
@@ -237,12 +277,47 @@ def _split(y: np.ndarray, fraction: float, keys: np.ndarray) -> tuple[np.ndarray
     return stratified_split(y, fraction, keys=keys)
 
 
-def _scores(e: _EvalSet, idx: np.ndarray, cfg: CalibrationConfig, names: list[str],
-            positive: int | None) -> dict[str, float]:
-    """Every evaluation-split metric on the samples ``idx`` of the split."""
+def _n_wrong(logits: np.ndarray, targets: np.ndarray, exclusive: bool) -> int:
+    """Calibration-split errors that make T identifiable: wrong arg-max calls of an exclusive
+    task, wrong signs of a multi-label task's logits (each output's binary NLL)."""
+    if exclusive:
+        return int(np.sum(logits.argmax(axis=1) != OUT.class_indices(targets)))
+    return int(np.sum((logits > 0) != targets))
+
+
+# ---------------------------------------------------------------- scores
+
+
+def _scores(e: _EvalSet, idx: np.ndarray, cfg: CalibrationConfig, names: list[str], positive: int | None,
+            exclusive: bool) -> dict[str, float]:
+    """Every evaluation-split metric on the samples ``idx`` of the split: the per-output block,
+    and for an exclusive task the top-label and selective block."""
+    out = _output_scores(e, idx, names, cfg.n_bins)
+    if exclusive:
+        out.update(_top_label_scores(e, idx, cfg, names, positive))
+    return out
+
+
+def _output_scores(e: _EvalSet, idx: np.ndarray, names: list[str], n_bins: int) -> dict[str, float]:
+    """ECE (binary reliability form) and Brier per output and their macro means, and the NLL,
+    before (no suffix) and after (``_ts``) scaling: the same for every task kind."""
+    t, out = e.t[idx], {}
+    for suffix, p, loss in (("", e.p[idx], e.nll[idx]), ("_ts", e.p_ts[idx], e.nll_ts[idx])):
+        for root, values in (("ece", ML.per_finding_ece(t, p, n_bins=n_bins)), ("brier", ML.per_finding_brier(t, p))):
+            out.update({f"{root}{suffix}.{n}": float(v) for n, v in zip(names, values)})
+            finite = values[np.isfinite(values)]
+            out[f"{root}{suffix}.macro"] = float(finite.mean()) if finite.size else float("nan")
+        out[f"nll{suffix}"] = float(np.mean(loss)) if len(loss) else float("nan")
+    return out
+
+
+def _top_label_scores(e: _EvalSet, idx: np.ndarray, cfg: CalibrationConfig, names: list[str],
+                      positive: int | None) -> dict[str, float]:
+    """The exclusive block: top-label and classwise estimators, multi-class Brier, accuracy and
+    selective prediction of the scaled max probability."""
     y, b = e.y[idx], cfg.n_bins
     out: dict[str, float] = {}
-    for suffix, p, loss in (("", e.p[idx], e.nll[idx]), ("_ts", e.p_ts[idx], e.nll_ts[idx])):
+    for suffix, p in (("", e.p[idx]), ("_ts", e.p_ts[idx])):
         out["ece" + suffix] = CM.ece(p, y, n_bins=b)
         out["ece_equal_mass" + suffix] = CM.ece_equal_mass(p, y, n_bins=b)
         out["mce" + suffix] = CM.mce(p, y, n_bins=b)
@@ -250,29 +325,28 @@ def _scores(e: _EvalSet, idx: np.ndarray, cfg: CalibrationConfig, names: list[st
         out["classwise_ece_adaptive" + suffix] = CM.classwise_ece_adaptive(p, y, n_bins=b)
         out["debiased_l2_ce" + suffix] = CM.debiased_l2_ce(p, y, n_bins=b)
         out["brier" + suffix] = CM.brier(p, y)
-        out["nll" + suffix] = float(np.mean(loss))
     pred = e.p_ts[idx].argmax(axis=1)
     conf, correct = e.p_ts[idx].max(axis=1), pred == y
     out["accuracy"] = float(np.mean(correct))
-    out["aurc"] = CM.aurc(conf, correct)
-    out["e_aurc"] = CM.e_aurc(conf, correct)
+    out["aurc"] = SEL.aurc(conf, correct)
+    out["e_aurc"] = SEL.e_aurc(conf, correct)
     for r in cfg.target_risks:
-        cov, thr = CM.coverage_at_risk(conf, correct, r)
+        cov, thr = SEL.coverage_at_risk(conf, correct, r)
         out[f"coverage_at_risk.{_r(r)}"] = cov
         if positive is not None:
-            out[f"sensitivity_at_risk.{names[positive]}.{_r(r)}"] = CM.selective_sensitivity(conf, y, pred, positive, thr)
+            out[f"sensitivity_at_risk.{names[positive]}.{_r(r)}"] = SEL.selective_sensitivity(conf, y, pred, positive, thr)
     return out
 
 
-def _intervals(e: _EvalSet, cfg: CalibrationConfig, names: list[str], positive: int | None,
+def _intervals(e: _EvalSet, cfg: CalibrationConfig, names: list[str], positive: int | None, exclusive: bool,
                ctx: AuditContext) -> dict[str, list[float]]:
     """Stratified bootstrap 95% intervals over the evaluation split (T held fixed)."""
     if len(e.y) < 2:
         return {}
-    keys = list(_scores(e, np.arange(len(e.y)), cfg, names, positive))
+    keys = list(_scores(e, np.arange(len(e.y)), cfg, names, positive, exclusive))
 
     def stat(idx: np.ndarray) -> np.ndarray:
-        s = _scores(e, idx, cfg, names, positive)
+        s = _scores(e, idx, cfg, names, positive, exclusive)
         return np.array([s[k] for k in keys])
 
     lo, hi = M.bootstrap_interval(stat, len(e.y), n_boot=cfg.n_bootstrap,
@@ -280,8 +354,24 @@ def _intervals(e: _EvalSet, cfg: CalibrationConfig, names: list[str], positive: 
     return {k: [float(a), float(c)] for k, a, c in zip(keys, lo, hi) if np.isfinite(a) and np.isfinite(c)}
 
 
-def _estimators(cfg: CalibrationConfig, metrics: dict[str, float]) -> dict[str, dict[str, Any]]:
+# ---------------------------------------------------------------- what the report draws
+
+
+def _estimators(cfg: CalibrationConfig, metrics: dict[str, float], names: list[str],
+                exclusive: bool) -> dict[str, dict[str, Any]]:
+    """How each metric is estimated: the per-output block for every task, the top-label and
+    selective estimators of an exclusive task (its ``nll`` is the multiclass one)."""
     b = cfg.n_bins
+    out: dict[str, dict[str, Any]] = {
+        "ece.<output>": {"estimator": "per output: binned L1 |presence frequency - mean probability|; macro: mean "
+                                      "over outputs", "n_bins": b, "binning": "equal_width", "reference": _NIXON},
+        "brier.<output>": {"estimator": "per output: mean over images of (p - presence)^2; macro: mean over outputs",
+                           "n_bins": None, "binning": "none", "reference": "Brier 1950"},
+    }
+    if not exclusive:
+        out["nll"] = {"estimator": "mean over images of the binary NLL summed over findings", "n_bins": None,
+                      "binning": "none", "reference": _GUO}
+        return out
     base = {
         "ece": ("top-label binned L1 |accuracy - confidence|", b, "equal_width", _GUO),
         "ece_equal_mass": ("top-label binned L1 |accuracy - confidence|", b, "equal_mass", _NIXON),
@@ -295,55 +385,69 @@ def _estimators(cfg: CalibrationConfig, metrics: dict[str, float]) -> dict[str, 
         "aurc": ("mean risk over coverages k/N, confidence = scaled max probability", None, "none", _GEIFMAN),
         "e_aurc": ("AURC - AURC of the oracle ranking (exact finite-sample)", None, "none", _GEIFMAN),
     }
-    out: dict[str, dict[str, Any]] = {}
+    per_output = {f"{root}.{n}" for root in ("ece", "ece_ts", "brier", "brier_ts") for n in [*names, "macro"]}
     for name in metrics:
         root = name.split(".")[0]
         key = root[:-3] if root.endswith("_ts") else root
-        if key in base:
+        if key in base and name not in per_output:
             est, n, binning, ref = base[key]
             out[name] = {"estimator": est, "n_bins": n, "binning": binning, "reference": ref}
     return out
 
 
-def _describe(result: StudyResult, info: dict[str, Any], cfg: CalibrationConfig, fit: CM.TemperatureFit,
-              e: _EvalSet, names: list[str], positive: int | None, splits: tuple[np.ndarray, np.ndarray],
-              y: np.ndarray) -> None:
+def _fitted_by(kind: str, exclusive: bool) -> str:
+    if not OUT.is_sigmoid(kind):
+        return "multiclass NLL"
+    return "one-vs-rest binary NLL" if exclusive else "binary NLL summed over findings"
+
+
+def _describe(result: StudyResult, info: dict[str, Any], cfg: CalibrationConfig, fit: TemperatureFit,
+              e: _EvalSet, names: list[str], splits: tuple[np.ndarray, np.ndarray], targets: np.ndarray,
+              positive: int | None, exclusive: bool) -> None:
     """Fill ``data`` and ``tables`` with what the report draws (``info``: the model's description)."""
     cal, ev = splits
     kind = str(info.get("output_kind", "softmax"))
-    cal_counts = np.bincount(y[cal], minlength=len(names))
-    ev_counts = np.bincount(y[ev], minlength=len(names))
+    m, b = result.metrics, cfg.n_bins
     result.data.update(
         class_names=names,
+        multilabel=not exclusive,
         output_kind=kind,
         probability_form=OUT.link_formula(kind)
         + ("; top-label metrics use the arg-max and its sigmoid value, classwise ones each output one-vs-rest"
-           if OUT.is_sigmoid(kind) else ""),
-        positive_class=None if positive is None else names[positive],
+           if exclusive and OUT.is_sigmoid(kind) else ""),
+        calibration_form=_FORM,
+        temperature_form=f"one scalar T on the logits, fitted by the {_fitted_by(kind, exclusive)}",
         split={"n_calibration": int(len(cal)), "n_evaluation": int(len(ev)),
                "calibration_fraction": cfg.calibration_fraction,
-               "per_class": {n: [int(a), int(b)] for n, a, b in zip(names, cal_counts, ev_counts)}},
+               "per_output": {n: [int(a), int(c)] for n, a, c in zip(names, targets[cal].sum(0), targets[ev].sum(0))}},
         temperature_fit={"temperature": fit.temperature, "nll_before": fit.nll_before, "nll_after": fit.nll_after,
                          "grad_log_t": fit.grad_log_t, "at_bound": fit.at_bound, "n": fit.n},
         temperature_export={"temperature": fit.temperature, "applies_to": "logits",
                             "logits_source": info.get("logits_source", ""),
                             "output_kind": kind, "usage": OUT.link_formula(kind),
-                            "fitted_by": ("one-vs-rest binary NLL" if OUT.is_sigmoid(kind) else "multiclass NLL"),
+                            "fitted_by": _fitted_by(kind, exclusive),
                             "model_name": info.get("name", ""), "model_fingerprint": info.get("fingerprint", ""),
                             "fitted_on": int(len(cal))},
-        estimators=_estimators(cfg, result.metrics),
+        estimators=_estimators(cfg, m, names, exclusive),
+        output_reliability={n: {"before": CM.reliability_bins(e.p[:, k], e.t[:, k], n_bins=b),
+                                "after": CM.reliability_bins(e.p_ts[:, k], e.t[:, k], n_bins=b)}
+                            for k, n in enumerate(names)},
     )
-    result.data["reliability"] = {
-        "n_bins": cfg.n_bins, "binning": "equal_width",
-        "before": CM.reliability_bins(e.p.max(1), e.p.argmax(1) == e.y, n_bins=cfg.n_bins),
-        "after": CM.reliability_bins(e.p_ts.max(1), e.p_ts.argmax(1) == e.y, n_bins=cfg.n_bins),
-    }
-    result.data["classwise_reliability"] = {
-        n: {"before": CM.reliability_bins(e.p[:, k], e.y == k, n_bins=cfg.n_bins),
-            "after": CM.reliability_bins(e.p_ts[:, k], e.y == k, n_bins=cfg.n_bins)}
+    result.tables["per_output"] = [
+        {"output": n, "positives": int(e.t[:, k].sum()), "prevalence": m[f"prevalence.{n}"],
+         "ece": m[f"ece.{n}"], "ece_ts": m[f"ece_ts.{n}"], "brier": m[f"brier.{n}"], "brier_ts": m[f"brier_ts.{n}"]}
         for k, n in enumerate(names)
+    ]
+    if not exclusive:
+        result.data.update(not_measured=_NOT_MEASURED, metric_docs=dict(_PER_OUTPUT_DOCS),
+                           headline=[h for h in _HEADLINE_PER_OUTPUT if h in m])
+        return
+    result.data["positive_class"] = None if positive is None else names[positive]
+    result.data["reliability"] = {
+        "n_bins": b, "binning": "equal_width",
+        "before": CM.reliability_bins(e.p.max(1), e.p.argmax(1) == e.y, n_bins=b),
+        "after": CM.reliability_bins(e.p_ts.max(1), e.p_ts.argmax(1) == e.y, n_bins=b),
     }
-    _selective(result, e, cfg, names, positive)
 
 
 def _selective(result: StudyResult, e: _EvalSet, cfg: CalibrationConfig, names: list[str],
@@ -352,23 +456,23 @@ def _selective(result: StudyResult, e: _EvalSet, cfg: CalibrationConfig, names: 
     sensitivity among kept cases where the audit names one)."""
     conf, pred = e.p_ts.max(axis=1), e.p_ts.argmax(axis=1)
     correct = pred == e.y
-    cov, risk = CM.risk_coverage(conf, correct)
-    _, best = CM.risk_coverage(correct.astype(float), correct)
+    cov, risk = SEL.risk_coverage(conf, correct)
+    _, best = SEL.risk_coverage(correct.astype(float), correct)
     keep = np.unique(np.r_[np.linspace(0, len(cov) - 1, min(len(cov), 200)).astype(int), len(cov) - 1])
     result.data["risk_coverage"] = {"coverage": np.round(cov[keep], 5).tolist(),
                                     "risk": np.round(risk[keep], 5).tolist(),
                                     "optimal_risk": np.round(best[keep], 5).tolist()}
     points = []
     for r in cfg.target_risks:
-        c, thr = CM.coverage_at_risk(conf, correct, r)
+        c, thr = SEL.coverage_at_risk(conf, correct, r)
         point = {"target_risk": r, "coverage": c, "threshold": thr if np.isfinite(thr) else None}
         if positive is not None:
-            point["sensitivity"] = CM.selective_sensitivity(conf, e.y, pred, positive, thr)
+            point["sensitivity"] = SEL.selective_sensitivity(conf, e.y, pred, positive, thr)
         points.append(point)
     result.data["operating_points"] = points
     rows = []
     for f in cfg.referral_fractions:
-        ref = CM.referral(conf, e.y, pred, positive, f)
+        ref = SEL.referral(conf, e.y, pred, positive, f)
         row = {"referred": f"{100 * f:g}%", "n_referred": int(ref["n_referred"]), "n_kept": int(ref["n_kept"]),
                "error_of_rest": ref["error"]}
         if positive is not None:
@@ -426,11 +530,11 @@ def _shift(result: StudyResult, shift: np.ndarray, e: _EvalSet, cfg: Calibration
     column = {cond: j for j, cond in enumerate(_conditions(fns, cfg.shift_severities))}
     curves: dict[str, dict[str, list[float]]] = {}
     rows = []
-    clean = _shift_point(e.logits, e.y, e.t, cfg.n_bins, e.kind)
+    clean = _shift_point(e.logits, e.y, e.temperature, cfg.n_bins, e.kind)
     for t in fns:
         curve = {k: [v] for k, v in clean.items()} | {"severity": [0]}
         for s in cfg.shift_severities:
-            point = _shift_point(shift[:, column[(t, s)]], e.y, e.t, cfg.n_bins, e.kind)
+            point = _shift_point(shift[:, column[(t, s)]], e.y, e.temperature, cfg.n_bins, e.kind)
             for k in ("ece", "ece_ts", "brier", "brier_ts", "accuracy"):
                 result.metrics[f"{k}.{t}.{s}"] = point[k]
             for k, v in point.items():
@@ -475,11 +579,23 @@ def _overconfidence_check(rows: list[dict[str, Any]], gap: float, missing: list[
 # ---------------------------------------------------------------- checks and records
 
 
-def _checks(result: StudyResult, fit: CM.TemperatureFit, cfg: CalibrationConfig, n_cal_errors: int) -> list[Check]:
-    return [optimiser_check(fit, n_cal_errors), _interval_check(result, cfg), _scaling_check(result)]
+def _optimiser_check(fit: TemperatureFit, n_wrong: int) -> Check:
+    """Whether the temperature fit reached an interior minimum (``n_wrong``: the calibration
+    split's errors, without which the NLL keeps falling as T shrinks)."""
+    t, g = fit.temperature, fit.grad_log_t
+    if n_wrong == 0:
+        return Check("temperature fit", "warn",
+                     f"T = {t:.4g}, but every one of the {fit.n} calibration images is classified correctly: "
+                     "the NLL keeps falling as T shrinks, so T is not identifiable; use a larger or harder split.")
+    if abs(g) < 1e-4 and not fit.at_bound and 0.05 <= t <= 20:
+        return Check("temperature fit", "pass", f"T = {t:.4g}; |dNLL/dlogT| = {abs(g):.1e} at the optimum.")
+    return Check("temperature fit", "fail",
+                 f"T = {t:.4g} (sane range 0.05-20), |dNLL/dlogT| = {abs(g):.1e}, at a search bound: {fit.at_bound}; "
+                 "the optimiser did not reach an interior minimum.")
 
 
 def _interval_check(result: StudyResult, cfg: CalibrationConfig) -> Check:
+    """ECE precision of an exclusive task: the top-label ECE's interval and bin counts."""
     iv = result.intervals.get("ece")
     width = iv[1] - iv[0] if iv else float("nan")
     counts = [c for c in result.data["reliability"]["before"]["count"] if c > 0]
@@ -491,28 +607,46 @@ def _interval_check(result: StudyResult, cfg: CalibrationConfig) -> Check:
     return Check("ECE precision", "pass", detail)
 
 
-def _scaling_check(result: StudyResult) -> Check:
+def _output_precision_check(result: StudyResult, cfg: CalibrationConfig) -> Check:
+    """ECE precision of a multi-label task: the widest per-output ECE interval and bin counts."""
+    widths = {n: iv[1] - iv[0] for n, iv in result.intervals.items() if n.startswith("ece.") and n != "ece.macro"}
+    counts = [c for rel in result.data["output_reliability"].values() for c in rel["before"]["count"] if c > 0]
+    per_bin = float(np.mean(counts)) if counts else 0.0
+    widest = max(widths.values(), default=float("nan"))
+    detail = f"widest per-finding ECE 95% interval {widest:.3f}; {per_bin:.1f} images per populated bin."
+    if not np.isfinite(widest) or widest > cfg.max_interval_width or per_bin < cfg.min_per_bin:
+        return Check("ECE precision", "warn", detail + " Too few images to conclude much about calibration per "
+                     "finding; read the reliability diagrams' intervals.")
+    return Check("ECE precision", "pass", detail)
+
+
+def _scaling_check(result: StudyResult, exclusive: bool) -> Check:
+    """Whether scaling lowered the NLL and the ECE (top-label for an exclusive task, macro per
+    output otherwise) on the held-out split."""
     m = result.metrics
-    worse = [k for k in ("nll", "ece") if m[k + "_ts"] > m[k] + 1e-9]
+    label, before, after = ("ECE", "ece", "ece_ts") if exclusive else ("macro ECE", "ece.macro", "ece_ts.macro")
+    worse = [name for name, b, a in (("NLL", "nll", "nll_ts"), (label, before, after)) if m[a] > m[b] + 1e-9]
     detail = (f"evaluation split: NLL {m['nll']:.4f} -> {m['nll_ts']:.4f}, "
-              f"ECE {m['ece']:.4f} -> {m['ece_ts']:.4f} (T = {m['temperature']:.3g}).")
+              f"{label} {m[before]:.4f} -> {m[after]:.4f} (T = {m['temperature']:.3g}).")
     if worse:
         return Check("temperature scaling helps", "warn",
-                     f"scaling made {' and '.join(worse).upper()} worse on the held-out split; {detail}")
+                     f"scaling made {' and '.join(worse)} worse on the held-out split; {detail}")
     return Check("temperature scaling helps", "pass", detail)
 
 
-def _records(result: StudyResult, logits: np.ndarray, y: np.ndarray, t: float, cal: np.ndarray, kind: str) -> None:
+def _records(result: StudyResult, logits: np.ndarray, targets: np.ndarray, t: float, cal: np.ndarray, kind: str,
+             exclusive: bool) -> None:
+    """Per-sample probabilities and split for every task; confidence and correctness of the
+    arg-max for an exclusive one (compare's paired ECE and accuracy read them)."""
     p, p_ts = OUT.probabilities(logits, kind), OUT.probabilities(logits, kind, t)
-    split = np.ones(len(y), dtype=np.int8)
+    split = np.ones(len(logits), dtype=np.int8)
     split[cal] = 0
-    result.records.update(
-        confidence=p.max(axis=1).astype(np.float32),
-        confidence_ts=p_ts.max(axis=1).astype(np.float32),
-        pred=p.argmax(axis=1).astype(np.int16),
-        correct=(p.argmax(axis=1) == y)[:, None],
-        split=split,
-        probs=p.astype(np.float32),
-        probs_ts=p_ts.astype(np.float32),
-    )
-    result.data["correct_metrics"] = ["accuracy_all"]
+    result.records.update(split=split, probs=p.astype(np.float32), probs_ts=p_ts.astype(np.float32))
+    result.data["correct_metrics"] = ["accuracy_all"] if exclusive else []
+    if exclusive:
+        result.records.update(
+            confidence=p.max(axis=1).astype(np.float32),
+            confidence_ts=p_ts.max(axis=1).astype(np.float32),
+            pred=p.argmax(axis=1).astype(np.int16),
+            correct=(p.argmax(axis=1) == OUT.class_indices(targets))[:, None],
+        )
