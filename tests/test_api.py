@@ -78,6 +78,7 @@ def test_audit_option_groups_and_their_shortcuts_meet() -> None:
                                          model=ModelSpec(trust_model=True), intake=None, engine="ray")
     assert spec == ModelSpec(trust_model=True, output="sigmoid")
     assert intake == DataIntake(masks="lung")
+    assert engine == EngineSpec(name="ray", workers=3)
     assert engine.table() == {"name": "ray", "address": None, "workers": 3, "cpus_per_worker": None,
                               "gpus_per_worker": None}
     with pytest.raises(TypeError, match="'mask'"):
