@@ -14,8 +14,8 @@ if TYPE_CHECKING:
     from robustkit.studies.base import AuditContext
     from robustkit.studies.saliency.config import SaliencyConfig
 
-__all__ = ["ACT_SIDE", "LOC_FNS", "STABILITY", "THUMB", "area_resize", "is_exclusive", "perturbation_names", "thumb_shape",
-           "thumbnails", "variants"]
+__all__ = ["ACT_SIDE", "LOC_FNS", "STABILITY", "THUMB", "area_resize", "is_exclusive", "perturbation_names",
+           "thumb_shape", "thumbnails", "variants"]
 
 #: per-image stability records (one column per method)
 STABILITY = ("stability_spearman", "stability_ssim", "stability_topk", "max_sensitivity")

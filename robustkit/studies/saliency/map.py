@@ -87,7 +87,6 @@ def map_batch(cfg: SaliencyConfig, sub_studies: dict[str, frozenset[str]], model
     return rec | passes.records()
 
 
-
 def _explain(cfg: SaliencyConfig, ex: Explainer, method: str, x: np.ndarray, target: np.ndarray, ctx: AuditContext,
              key: str, ids: list[str]) -> np.ndarray:
     """Min-max scaled maps ``(B, H, W)``; SmoothGrad's noise seeded per sample id."""
@@ -96,6 +95,7 @@ def _explain(cfg: SaliencyConfig, ex: Explainer, method: str, x: np.ndarray, tar
     out = ex.explain(method, x, target, smoothgrad_n=cfg.smoothgrad_n, smoothgrad_noise=cfg.smoothgrad_noise,
                      ig_steps=cfg.ig_steps, seed=seeds)
     return SM.minmax(out).astype(np.float32)
+
 
 def _clean_maps(cfg: SaliencyConfig, ex: Explainer, x: np.ndarray, target: np.ndarray, ctx: AuditContext,
                 ids: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
@@ -109,8 +109,9 @@ def _clean_maps(cfg: SaliencyConfig, ex: Explainer, x: np.ndarray, target: np.nd
             maps[method] = _explain(cfg, ex, method, x, target, ctx, "clean", ids)
     return maps, attr
 
-def _stability_scores(cfg: SaliencyConfig, ex: Explainer, x: np.ndarray, target: np.ndarray, maps: dict[str, np.ndarray],
-                      rows: np.ndarray, ctx: AuditContext, ids: list[str]) -> Records:
+
+def _stability_scores(cfg: SaliencyConfig, ex: Explainer, x: np.ndarray, target: np.ndarray,
+                      maps: dict[str, np.ndarray], rows: np.ndarray, ctx: AuditContext, ids: list[str]) -> Records:
     """Per image of the stability set: similarity with its perturbed copies' maps ``(B, M)``."""
     n, m = len(x), len(maps)
     out = {k: np.full((n, m), np.nan, np.float32) for k in STABILITY}
@@ -135,8 +136,9 @@ def _stability_scores(cfg: SaliencyConfig, ex: Explainer, x: np.ndarray, target:
                         out[key][r, j] = np.max(got) if key == "max_sensitivity" else np.mean(got)
     return {**out, "stability_changed": changed, "stability_role": rows}
 
-def _randomization_scores(cfg: SaliencyConfig, ex: Explainer, x: np.ndarray, target: np.ndarray, maps: dict[str, np.ndarray],
-                          rows: np.ndarray, ctx: AuditContext, ids: list[str]) -> Records:
+
+def _randomization_scores(cfg: SaliencyConfig, ex: Explainer, x: np.ndarray, target: np.ndarray,
+                          maps: dict[str, np.ndarray], rows: np.ndarray, ctx: AuditContext, ids: list[str]) -> Records:
     """Per image of the randomisation set: similarity ``(B, G, M)`` with the original map
     after each step of the randomisation (cascading; also independent when configured)."""
     labels = ex.randomization_groups(cfg.randomization_steps)
@@ -156,6 +158,7 @@ def _randomization_scores(cfg: SaliencyConfig, ex: Explainer, x: np.ndarray, tar
                         sims["ssim"][pick, k, j] = SM.ssim(base[pick], mr)
         out |= {f"rand_{variant}_{k}": v for k, v in sims.items()}
     return out
+
 
 def _activation_maps(cfg: SaliencyConfig, ex: Explainer, x: np.ndarray, rows: np.ndarray) -> Records:
     """For the panel's images: the strongest channels of a few layers, small maps ``(B, L, C, S, S)``."""
@@ -177,7 +180,6 @@ def _activation_maps(cfg: SaliencyConfig, ex: Explainer, x: np.ndarray, rows: np
 
 
 # ------------------------------------------------------------------ plan and map helpers
-
 
 
 def _spread(labels: np.ndarray, n: int | None) -> np.ndarray:
@@ -325,7 +327,7 @@ def _localization_scores(cfg: SaliencyConfig, ex: Explainer, x: np.ndarray, maps
             masks = batch.load_masks(rows, size=size)
             rand = np.stack([ctx.rng("saliency", "random_map", sid).random(size) for sid in row_ids])
         else:
-            with stage(targets[:, k]):
+            with stage(targets[:, k]):  # SmoothGrad's seed key is the earlier releases' (same noise, same maps)
                 own = {meth: _explain(cfg, ex, meth, x[rows], np.full(len(rows), k, np.int32), ctx,
                                       f"finding/{name}", row_ids) for meth in maps}
             out["output_thumbs"][rows, k] = thumbnails(own)

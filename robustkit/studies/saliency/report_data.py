@@ -35,7 +35,8 @@ def report_data(records: Records, data: Dataset, methods: list[str], cfg: Salien
         "parameters": {
             "gradcam_layer": layer,
             "vanilla_gradient": "max over channels of |d logit / d x|, min-max scaled per image",
-            "smoothgrad": f"{cfg.smoothgrad_n} noisy copies, noise sigma {cfg.smoothgrad_noise} x the image's value range",
+            "smoothgrad": (f"{cfg.smoothgrad_n} noisy copies, noise sigma {cfg.smoothgrad_noise} x the image's "
+                           "value range"),
             "integrated_gradients": (f"{cfg.ig_steps} steps (midpoint rule), baseline black (0) in pixel space; "
                                      "for InceptionV3, whose own input scale is [-1, 1], its zero is mid-grey"),
             "gradcam": f"layer {layer}, relu of the gradient-weighted channel sum, bilinear upsampling",
