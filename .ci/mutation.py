@@ -146,7 +146,7 @@ MUTATIONS: tuple[Mutation, ...] = (
        "                randomize_weights(layers, _group_rng(seed, label))\n", "", group="faults",
        tests=("tests/test_saliency.py::test_randomization_makes_maps_dissimilar_and_weights_come_back",
               "tests/test_bite_studies.py::test_saliency_checks_pass_on_the_healthy_toy_model")),
-    _m("saliency study: model randomisation skipped", "robustkit/studies/saliency.py",
+    _m("saliency study: model randomisation skipped", "robustkit/studies/saliency/map.py",
        'with ex.randomized(seed=seed, steps=cfg.randomization_steps, cascade=variant == "cascading") as steps:',
        'with __import__("contextlib").nullcontext(labels) as steps:', group="faults",
        tests=("tests/test_bite_studies.py::test_saliency_checks_pass_on_the_healthy_toy_model",)),

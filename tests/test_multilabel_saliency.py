@@ -38,13 +38,13 @@ def test_per_finding_metrics_and_table(ml_run) -> None:
             assert meth == "gradcam" or np.isfinite(sal.metrics[f"localization.{key}.{meth}"])
             for f in FINDINGS:
                 assert f"localization.{key}.{meth}.{f}" in sal.metrics
-    rows = sal.tables["localization per finding"]
-    assert {(r["finding"], r["method"]) for r in rows} >= {(f, "gradcam") for f in FINDINGS}
+    rows = sal.tables["localization per output"]
+    assert {(r["output"], r["method"]) for r in rows} >= {(f, "gradcam") for f in FINDINGS}
     assert "top-scoring finding" in sal.data["parameters"]["explained_class"]
     # an image with two findings is shown with the maps of both
     items = [it for g in sal.data["gallery"] for it in g["items"]]
     two = [it for it in items if " | " in it["label"]]
-    assert two and all(len({m["finding"] for m in it["maps"]}) == it["label"].count("|") + 1 for it in two)
+    assert two and all(len({m["output"] for m in it["maps"]}) == it["label"].count("|") + 1 for it in two)
 
 
 def test_localisation_matches_a_direct_computation(ml_run, toy_multilabel: Path, toy_multilabel_model: Path) -> None:
@@ -56,7 +56,7 @@ def test_localisation_matches_a_direct_computation(ml_run, toy_multilabel: Path,
     result, out = ml_run
     rec = np.load(out / "records.npz")
     index = rec["saliency/index"]
-    mass = rec["saliency/finding_mass"]  # (n, K, M + 1)
+    mass = rec["saliency/localization_mass"]  # (n, K, M + 1)
     data = load_dataset(toy_multilabel)
     pos = {sid: i for i, sid in enumerate(data.ids)}
     rows = np.array([pos[str(result.ids[i])] for i in index])
@@ -79,4 +79,4 @@ def test_localisation_matches_a_direct_computation(ml_run, toy_multilabel: Path,
     area = [m.mean() for m in (data.load_masks(rows[both[:1]], size=(32, 32), finding=f)[0] for f in ("Nodule", "Opacity"))]
     # per unit of mask area: Nodule's map concentrates on Nodule's mask
     assert inside_nodule.mean() / area[0] > inside_opacity.mean() / area[1]
-    assert load_results(out).studies["saliency"].records["finding_thumbs"].shape[:3] == (len(index), 3, 2)
+    assert load_results(out).studies["saliency"].records["output_thumbs"].shape[:3] == (len(index), 3, 2)

@@ -322,9 +322,43 @@ def test_study_is_deterministic_and_counts_normal_as_excluded(study_runs) -> Non
     labels = np.asarray(data.labels)[first.records["index"]]
     normal = labels == list(data.class_names).index("NORMAL")
     assert first.metrics["n_localization_excluded"] == normal.sum() > 0
-    pg = first.records["pointing_game"]
-    assert pg.shape == (len(labels), 5)
-    assert np.all(np.isnan(pg[normal])) and not np.any(np.isnan(pg[~normal]))
+    pg = first.records["localization_pointing_game"]  # (image, output, method): the class's cell only
+    assert pg.shape == (len(labels), 3, 5)
+    own = pg[np.arange(len(labels)), labels]
+    assert np.all(np.isnan(own[normal])) and not np.any(np.isnan(own[~normal]))
+    off = np.ones(pg.shape[:2], bool)
+    off[np.arange(len(labels)), labels] = False
+    assert np.all(np.isnan(pg[off]))
+
+
+def test_single_label_localisation_is_the_predicted_class_map_against_the_image_mask(study_runs,
+                                                                                     toy_model: Path) -> None:
+    """One path for every task: a single-label image has one output present, its class; its
+    cell holds the predicted class's map scored against the image's lesion mask (a direct
+    computation with the explainer), and the per-class and pooled metrics are plain means."""
+    from robustkit.model.adapter import load_model
+    from robustkit.model.explainers import Explainer
+
+    result, _, data = study_runs
+    rows = result.records["index"]
+    model = load_model(toy_model)
+    x = data.load_images(rows, size=(32, 32), channels=1)
+    pred = model.probs(x).argmax(axis=1).astype(np.int32)
+    maps = SM.minmax(Explainer(model).vanilla_gradient(x, pred)[0])
+    mass = SM.relevance_mass(maps, data.load_masks(rows, size=(32, 32)))
+    labels = np.asarray(data.labels)[rows]
+    stored = result.records["localization_mass"][np.arange(len(rows)), labels, 0]  # vanilla gradient
+    np.testing.assert_allclose(stored, mass, rtol=1e-4, atol=1e-5)
+    assert result.metrics["localization.mass.vanilla_gradient"] == pytest.approx(np.nanmean(mass), rel=1e-4)
+    for k, cls in enumerate(data.class_names):
+        sel = (labels == k) & np.isfinite(mass)
+        key = f"localization.mass.vanilla_gradient.{cls}"
+        if sel.any():
+            assert result.metrics[key] == pytest.approx(float(np.mean(mass[sel], dtype=np.float64)), rel=1e-4)
+        else:
+            assert key not in result.metrics
+    outputs = {r["output"] for r in result.tables["localization per output"]}
+    assert outputs == {"COVID-19", "Viral Pneumonia"}  # NORMAL's masks are empty
 
 
 @pytest.mark.parametrize("override", [

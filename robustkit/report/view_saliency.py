@@ -20,7 +20,6 @@ from robustkit.results import AuditResult, StudyResult
 __all__ = ["saliency_view"]
 
 _BASE64 = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
-_LOC_COLUMNS = ("pointing_game", "mass", "rank_accuracy")
 
 
 def _src(png: Any) -> str | None:
@@ -95,9 +94,9 @@ def _gallery_item(item: Mapping[str, Any], records: Mapping[str, Any]) -> dict[s
     gray = _gray(image) if image is not None else None
     maps: list[dict[str, str | None]] = []
     for m in item.get("maps", []):
-        at = m.get("at") or (item.get("row"), m.get("column"))  # multi-label: [row, finding, method]
+        at = m.get("at") or (item.get("row"), m.get("column"))  # results before 2.x stored only the column
         v = _record_map(records, str(m.get("key", "map_thumbs")), at)
-        own = _array(m.get("mask")) if "mask" in m else grid  # multi-label: the mask of the map's finding
+        own = _array(m.get("mask")) if "mask" in m else grid  # the mask of the map's output
         outline = own > 0.5 if own is not None else None
         if v is not None and gray is not None and v.shape == gray.shape[:2]:
             maps.append({"method": str(m.get("method", "")),
@@ -170,13 +169,21 @@ def _deletion_figure(deletion: Mapping[str, Any]) -> dict[str, Any] | None:
                    "found the pixels the decision rests on; 'random' removes pixels in random order."}
 
 
+_EXPLAINED_ONE = "Each method explains the logit of the predicted class."
+_EXPLAINED_SEVERAL = (
+    "Multi-label model: every finding present on an image is explained on its own (its output's logit before "
+    "the sigmoid) and localised against that finding's mask; an image with several findings shows each "
+    "finding's maps, outlined with that finding's mask. Stability, randomisation and deletion explain each "
+    "image's top-scoring finding.")
+
+
 @view("saliency")
 def saliency_view(study: StudyResult, audit: AuditResult) -> dict[str, Any]:
     """Galleries, activation panel, randomisation and deletion curves, stability and localisation."""
     ctx = generic_view(study, audit)
     data = study.data
     ctx["gallery"] = _gallery(data.get("gallery"), study.records)
-    ctx["multilabel"] = bool(data.get("multilabel"))
+    ctx["explained"] = _EXPLAINED_SEVERAL if data.get("multilabel") else _EXPLAINED_ONE
     ctx["activations"] = _activations(data.get("activations"), study.records)
     ctx["parameters"] = [{"name": str(k).replace("_", " "), "value": str(v)}
                          for k, v in (data.get("parameters") or {}).items()]
@@ -191,18 +198,4 @@ def saliency_view(study: StudyResult, audit: AuditResult) -> dict[str, Any]:
     loc = data.get("localization") or {}
     ctx["excluded"] = [{"class": str(k), "n": int(v)} for k, v in (loc.get("excluded_by_class") or {}).items() if v]
     ctx["tables"] = [table_view(name, rows) for name, rows in study.tables.items() if rows]
-    per_class = [] if loc.get("per_finding") else _per_class_localization(study, data)
-    if per_class:
-        ctx["tables"].append(table_view("localization per class", per_class))
     return ctx
-
-
-def _per_class_localization(study: StudyResult, data: Mapping[str, Any]) -> list[dict[str, Any]]:
-    methods = [str(m) for m in data.get("record_columns", [])]
-    rows = []
-    for cls in data.get("class_names", []):
-        for meth in methods:
-            cells = {k: study.metrics.get(f"localization.{k}.{meth}.{cls}") for k in _LOC_COLUMNS}
-            if any(v is not None for v in cells.values()):
-                rows.append({"class": str(cls), "method": meth, **cells})
-    return rows
