@@ -298,6 +298,8 @@ def save_results(result: AuditResult, out_dir: str | Path) -> Path:
     np.savez_compressed(buf, **result.record_arrays())  # type: ignore[arg-type]
     atomic_write_bytes(out / RECORDS_FILE, buf.getvalue())
     obj = result.to_json()
+    if str(obj["schema_version"]).split(".")[0] == SCHEMA_VERSION.split(".")[0]:
+        obj["schema_version"] = SCHEMA_VERSION  # this writer's form (a re-saved 2.0 audit gains references)
     figures: dict[str, np.ndarray] = {}
     for study in obj["studies"].values():
         study["data"] = split(study["data"], figures)

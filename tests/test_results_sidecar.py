@@ -102,6 +102,16 @@ def test_results_json_holds_references_not_figures(tmp_path: Path) -> None:
     assert obj["schema_version"] == "2.1"
 
 
+def test_a_resaved_2_0_audit_says_2_1_and_an_older_major_is_kept(tmp_path: Path) -> None:
+    old = _audit()
+    old.schema_version = "2.0"
+    save_results(old, tmp_path / "a")
+    assert json.loads((tmp_path / "a" / "results.json").read_text())["schema_version"] == "2.1"
+    old.schema_version = "1.3"
+    save_results(old, tmp_path / "b")
+    assert json.loads((tmp_path / "b" / "results.json").read_text())["schema_version"] == "1.3"
+
+
 def test_saved_results_are_schema_valid_and_a_malformed_reference_is_not(tmp_path: Path) -> None:
     save_results(_audit(), tmp_path)
     obj = json.loads((tmp_path / "results.json").read_text())
