@@ -5,12 +5,17 @@ An :class:`AuditResult` is written as two files in the audit folder:
 * ``results.json``: schema version, versions, fingerprints, config, environment, and one
   :class:`StudyResult` summary per study (status, seconds, flat ``metrics``, bootstrap
   ``intervals``, metric ``directions``, report ``tables`` and ``data``, ``checks``);
+* ``figures.npz``: the images and large number grids of the studies' ``data`` (the report's
+  example images and maps), each replaced in ``results.json`` by a small reference
+  (:mod:`robustkit.sidecar`); :func:`load_results` puts them back, and an audit whose
+  sidecar is missing still loads (its views skip those figures and say so);
 * ``records.npz``: per-sample arrays. Top-level keys ``ids`` and ``labels`` cover the
   audited samples (multi-label audits add ``targets``, bool (N, K)); a study's arrays are stored as ``<study>/<name>``, and each study that
   records anything stores ``<study>/index``, the positions of its samples in ``ids``.
 
-Both files are written atomically (temporary file, then rename), so a killed audit leaves
-the previous complete files. This module never imports TensorFlow.
+Every file is written atomically (temporary file, then rename), records and figures before
+``results.json``, so a killed audit leaves the previous complete files. ``results.json`` is
+indented down to one metric per line; deeper values (a table, a curve) sit on one line. This module never imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import json
 import math
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +33,7 @@ from typing import Any, Literal
 import numpy as np
 
 from robustkit.errors import RobustkitError
+from robustkit.sidecar import SIDECAR_FILE, dump_sidecar, join, split
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -40,7 +47,7 @@ __all__ = [
     "save_results",
 ]
 
-SCHEMA_VERSION = "2.0"
+SCHEMA_VERSION = "2.1"  # 2.1: figures in the figures.npz sidecar, referenced from data
 #: what changed at the last major version, said when an older audit is refused
 SCHEMA_CHANGES = ("2.0: one name per quantity (clean's auc -> auroc, recall -> sensitivity, also per "
                   "condition), the task block and the critical class (covid_to_normal_rate -> "
@@ -83,6 +90,8 @@ class StudyResult:
         checks: the study's pass/warn/fail verdicts.
         records: per-sample arrays, first axis over ``records['index']`` (not in JSON).
         error: the error message of a failed study.
+        missing_figures: on load, how many figures of ``data`` the sidecar did not hold
+            (their references stay in ``data``; not in JSON).
     """
 
     name: str
@@ -97,6 +106,7 @@ class StudyResult:
     checks: list[Check] = field(default_factory=list)
     records: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     error: str | None = None
+    missing_figures: int = field(default=0, repr=False)
 
     def direction(self, metric: str) -> Direction:
         """Whether a higher value of ``metric`` is better (``higher``/``lower``/``none``)."""
@@ -274,10 +284,11 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def save_results(result: AuditResult, out_dir: str | Path) -> Path:
-    """Write ``results.json`` and ``records.npz`` atomically; return the folder.
+    """Write ``results.json``, ``figures.npz`` and ``records.npz`` atomically; return the folder.
 
-    The records are written first: a reader that finds a ``results.json`` always finds
-    records at least as new as it.
+    The records and figures are written first: a reader that finds a ``results.json``
+    always finds records and figures at least as new as it. An audit without figures
+    leaves no ``figures.npz``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -286,9 +297,37 @@ def save_results(result: AuditResult, out_dir: str | Path) -> Path:
     buf = io.BytesIO()
     np.savez_compressed(buf, **result.record_arrays())  # type: ignore[arg-type]
     atomic_write_bytes(out / RECORDS_FILE, buf.getvalue())
-    text = json.dumps(result.to_json(), indent=2, sort_keys=False, allow_nan=False)
-    atomic_write_text(out / RESULTS_FILE, text + "\n")
+    obj = result.to_json()
+    if str(obj["schema_version"]).split(".")[0] == SCHEMA_VERSION.split(".")[0]:
+        obj["schema_version"] = SCHEMA_VERSION  # this writer's form (a re-saved 2.0 audit gains references)
+    figures: dict[str, np.ndarray] = {}
+    for study in obj["studies"].values():
+        study["data"] = split(study["data"], figures)
+    if figures:
+        atomic_write_bytes(out / SIDECAR_FILE, dump_sidecar(figures))
+    else:
+        (out / SIDECAR_FILE).unlink(missing_ok=True)
+    atomic_write_text(out / RESULTS_FILE, _dumps(obj) + "\n")
     return out
+
+
+def _dumps(value: Any, depth: int = 4, pad: str = "") -> str:
+    """JSON indented for the first ``depth`` levels (one metric per line), compact below.
+
+    >>> print(_dumps({"a": {"b": [1, 2]}, "c": [{"d": 1}]}, depth=1))
+    {
+      "a": {"b": [1, 2]},
+      "c": [{"d": 1}]
+    }
+    """
+    nested = isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value))
+    if depth <= 0 or not value or not nested:
+        return json.dumps(value, allow_nan=False)
+    inner = pad + "  "
+    if isinstance(value, dict):
+        items = [f"{inner}{json.dumps(str(k))}: {_dumps(v, depth - 1, inner)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+    return "[\n" + ",\n".join(inner + _dumps(v, depth - 1, inner) for v in value) + f"\n{pad}]"
 
 
 def require_current(version: str, where: str) -> None:
@@ -302,6 +341,17 @@ def require_current(version: str, where: str) -> None:
     if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
         raise RobustkitError(f"{where}: expected an audit of schema version {SCHEMA_VERSION.split('.')[0]}.x, got "
                              f"{version!r}; re-audit the checkpoint with this robustkit ({SCHEMA_CHANGES}).")
+
+
+def _read_figures(path: Path) -> dict[str, np.ndarray]:
+    """The sidecar's figures; none when it is absent or unreadable (views then skip them)."""
+    if not path.is_file():
+        return {}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return {}
 
 
 def load_results(path: str | Path) -> AuditResult:
@@ -323,11 +373,14 @@ def load_results(path: str | Path) -> AuditResult:
             arrays = {k: z[k] for k in z.files}
     ids = arrays.get("ids", np.asarray([], dtype=str))
     labels = arrays.get("labels", np.asarray([], dtype=np.int64))
+    figures = _read_figures(folder / SIDECAR_FILE)
     studies = {}
     for name, sj in obj.get("studies", {}).items():
         prefix = f"{name}/"
         recs = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
-        studies[name] = StudyResult.from_json(sj, recs)
+        missing: list[str] = []
+        studies[name] = StudyResult.from_json({**sj, "data": join(sj.get("data", {}), figures, missing)}, recs)
+        studies[name].missing_figures = len(missing)
     return AuditResult(
         model=obj.get("model", {}),
         dataset=obj.get("dataset", {}),

@@ -277,7 +277,8 @@ def audit(
     pending = []
     for study in plan:
         done = prev.studies.get(study.name) if prev else None
-        if done is not None and done.status == "ok" and done.config == study.config_dict():
+        if (done is not None and done.status == "ok" and done.config == study.config_dict()
+                and not done.missing_figures):  # a study whose figures are lost runs again
             result.studies[study.name] = done
             _say(quiet, f"{study.name}: reused from {out_dir}")
         else:

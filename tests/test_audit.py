@@ -151,6 +151,28 @@ def test_interrupted_audit_resumes_from_the_last_finished_study(
     assert clean_runs == [1] and counting_study.runs == 4
 
 
+def test_resume_keeps_the_figures_sidecar_and_reruns_a_study_whose_figures_are_lost(
+    toy_model: Path, toy_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = audit(toy_model, toy_data, studies=["clean"], out=tmp_path, report=False, limit=12)
+    sidecar = tmp_path / "figures.npz"
+    figures = sidecar.read_bytes()
+    assert "iVBORw0KGgo" not in (tmp_path / "results.json").read_text()  # the examples live in the sidecar
+    clean_runs = []
+    original = CleanStudy.run
+    monkeypatch.setattr(CleanStudy, "run", lambda self, *a: clean_runs.append(1) or original(self, *a))
+    reused = audit(toy_model, toy_data, studies=["clean"], out=tmp_path, report=False, limit=12)
+    assert clean_runs == [] and sidecar.read_bytes() == figures
+    assert reused.studies["clean"].data == load_results(tmp_path).studies["clean"].data
+    assert json.dumps(reused.studies["clean"].data["examples"]) == json.dumps(
+        json.loads(json.dumps(first.studies["clean"].to_json()["data"]))["examples"])
+    sidecar.unlink()
+    assert load_results(tmp_path).studies["clean"].missing_figures > 0
+    rerun = audit(toy_model, toy_data, studies=["clean"], out=tmp_path, report=False, limit=12)
+    assert clean_runs == [1] and sidecar.read_bytes() == figures
+    assert rerun.metrics() == first.metrics() and load_results(tmp_path).studies["clean"].missing_figures == 0
+
+
 def test_study_records_cover_their_samples(counting_study, toy_model: Path, toy_data: Path) -> None:
     res = audit(toy_model, toy_data, studies=["clean", counting_study.name],
                 config={counting_study.name: {"max_samples": 6}})

@@ -161,6 +161,7 @@ def _section(env: jinja2.Environment, study: StudyResult, audit: AuditResult) ->
         "seconds": f"{study.seconds:.1f}",
         "error": study.error or "",
         "view_error": view_error or "",
+        "missing_figures": study.missing_figures,
         "template": "partials/_generic.html.j2" if generic else _partial_for(env, study.name),
         "view": ctx,
     }
