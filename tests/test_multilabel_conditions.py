@@ -13,10 +13,10 @@ from sklearn.metrics import roc_auc_score
 
 from robustkit.data.dataset import load_dataset
 from robustkit.data.transforms import get_transform
+from robustkit.metrics.multilabel import auroc_columns
 from robustkit.model.adapter import load_model
 from robustkit.runner import audit
 from robustkit.studies import AuditContext
-from robustkit.studies.condition_findings import auroc_columns
 from robustkit.studies.conditions import _one_channel
 from tests.conftest import FINDINGS, SIZE
 
