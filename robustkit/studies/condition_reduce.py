@@ -131,12 +131,12 @@ def _flat_keys(conditions: list[str], outputs: list[str], groups: tuple[tuple[st
     return keys
 
 
-def _flat_values(scores: dict[str, np.ndarray], groups: tuple[tuple[str, bool], ...]) -> np.ndarray:
-    """The per-condition scores in :func:`_flat_keys`'s order."""
+def _flat_values(scores: dict[str, np.ndarray]) -> np.ndarray:
+    """The per-condition scores in :func:`_flat_keys`'s order (every group)."""
     parts = {("auroc", True): "auroc", ("auroc", False): "auroc.macro", ("auroc_drop", True): "auroc_drop",
              ("auroc_drop", False): "auroc_drop.macro", ("flip_rate", True): "flip_rate",
              ("flip_rate", False): "flip_rate.all"}
-    return np.concatenate([np.ravel(scores[parts[g]]) for g in groups])
+    return np.concatenate([np.ravel(scores[parts[g]]) for g in _GROUPS])
 
 
 def _output_summary(metrics: dict[str, float], plan: Plan, outputs: list[str], clean_macro: float
@@ -172,7 +172,7 @@ def reduce_conditions(study: ConditionStudy, records: dict[str, np.ndarray], dat
     groups = _EXCLUSIVE_GROUPS if task.exclusive else _GROUPS
     keys = _flat_keys(names, outputs, _GROUPS)
     result = StudyResult(name=study.name)
-    result.metrics = dict(zip(keys, map(float, _flat_values(scores, _GROUPS)), strict=True))
+    result.metrics = dict(zip(keys, map(float, _flat_values(scores)), strict=True))
     clean_macro = float(scores["clean.macro"])
     result.metrics.update(_output_summary(result.metrics, plan, outputs, clean_macro))
     result.metrics["n_samples"] = float(len(probs))
@@ -203,7 +203,7 @@ def _multilabel_block(study: ConditionStudy, result: StudyResult, scores: dict[s
     if study.config.n_bootstrap and len(probs) >= 2:
         targets = np.asarray(data.targets, dtype=bool)
         lo, hi = M.bootstrap_interval(
-            lambda idx: _flat_values(output_scores(probs, clean, targets, flipped, thresholded, idx), _GROUPS),
+            lambda idx: _flat_values(output_scores(probs, clean, targets, flipped, thresholded, idx)),
             len(probs), n_boot=study.config.n_bootstrap, seed=ctx.seed_for(study.name, "bootstrap"),
             strata=data.labels)
         result.intervals = {k: [float(a), float(b)] for k, a, b in zip(keys, lo, hi, strict=True)}
