@@ -77,6 +77,29 @@ def test_flip_rate_is_the_share_changed_from_the_clean_prediction(pert: StudyRes
         assert pert.metrics[name] == pytest.approx(pert.records["flipped"][:, col].mean())
 
 
+def test_per_class_auroc_is_sklearn_one_vs_rest_on_the_probabilities_under_each_condition(
+        pert: StudyResult, model, data) -> None:
+    """Single-label is multi-label with one-hot targets: under each condition each class's AUROC is
+    scikit-learn's one-vs-rest AUROC of the recorded probabilities (themselves the model's own outputs
+    on the clean images), the macro its mean; the exclusive flip rate stays the arg-max one."""
+    from sklearn.metrics import roc_auc_score
+
+    probs, clean, y = pert.records["probs"], pert.records["clean_probs"], data.labels
+    x = data.load_images(np.arange(len(data)), size=(SIZE, SIZE), channels=1)
+    np.testing.assert_allclose(clean, model.model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    for col, c in enumerate(pert.data["conditions"]):
+        want = [roc_auc_score(y == k, probs[:, col, k]) for k in range(len(CLASSES))]
+        for k, cls in enumerate(CLASSES):
+            assert pert.metrics[f"auroc.{cls}.{c}"] == pytest.approx(want[k], abs=1e-12)
+        assert pert.metrics[f"auroc.macro.{c}"] == pytest.approx(np.mean(want), abs=1e-12)
+        assert pert.metrics[f"flip_rate.{c}"] == pytest.approx(np.mean(probs[:, col].argmax(1) != clean.argmax(1)))
+        assert f"auroc_drop.macro.{c}" not in pert.metrics and f"flip_rate.{CLASSES[0]}.{c}" not in pert.metrics
+    macro = [pert.metrics[f"auroc.macro.{c}"] for c in pert.data["conditions"]]
+    assert pert.metrics["mean_auroc"] == pytest.approx(np.mean(macro)) and pert.metrics["worst_auroc"] == min(macro)
+    clean_macro = np.mean([roc_auc_score(y == k, clean[:, k]) for k in range(len(CLASSES))])
+    assert pert.metrics["mean_auroc_drop"] == pytest.approx(clean_macro - np.mean(macro))
+
+
 def test_study_level_metrics(pert: StudyResult, model, data) -> None:
     acc = [pert.metrics[f"accuracy.{c}"] for c in pert.data["conditions"]]
     clean_acc = float(np.mean(_clean_pred(model, data) == data.labels))

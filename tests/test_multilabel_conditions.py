@@ -13,10 +13,10 @@ from sklearn.metrics import roc_auc_score
 
 from robustkit.data.loader import load_dataset
 from robustkit.data.transforms import get_transform
+from robustkit.metrics.multilabel import auroc_columns
 from robustkit.model.adapter import load_model
 from robustkit.runner import audit
 from robustkit.studies import AuditContext
-from robustkit.studies.condition_findings import auroc_columns
 from robustkit.studies.conditions import _one_channel
 from tests.conftest import FINDINGS, SIZE
 
@@ -134,7 +134,7 @@ def test_auroc_columns_equals_sklearn_with_ties_and_undefined_findings() -> None
 
 
 class _Findings:
-    """The data side ``_lung_findings`` reads: findings, targets, ids."""
+    """The data side ``_lung_conditions`` reads: findings, targets, ids."""
 
     class_names = list(FINDINGS)
 
@@ -148,16 +148,18 @@ class _Findings:
 
 def test_lung_conditions_per_finding_warn_for_a_model_that_reads_outside_the_lungs() -> None:
     from robustkit.results import StudyResult
-    from robustkit.studies.perturbation import _lung_findings
+    from robustkit.studies.perturbation import _lung_conditions
+    from robustkit.task import Task
 
     rng = np.random.default_rng(1)
     targets = rng.random((30, 3)) < 0.5
     clean = np.where(targets, 0.9, 0.1).astype(np.float32)
     lung = np.stack([clean, np.full_like(clean, 0.5)], axis=1)  # lungs blanked: unchanged; outside: flat
     lung[0] = np.nan  # an image without a lung mask
-    ctx = AuditContext(model_info={"thresholds": dict.fromkeys(FINDINGS, 0.5), "threshold_source": "given"})
+    ctx = AuditContext(model_info={"thresholds": dict.fromkeys(FINDINGS, 0.5), "threshold_source": "given"},
+                       task=Task(names=tuple(FINDINGS), exclusive=False))
     result = StudyResult(name="perturbation")
-    _lung_findings(lung, clean, _Findings(targets), ctx, result)
+    _lung_conditions(lung, clean, _Findings(targets), ctx, result)
     m = result.metrics
     assert m["lung_n_samples"] == 29 and m["lung_auroc.macro.lungs_blanked"] == 1.0
     assert m["lung_auroc.macro.outside_blanked"] == 0.5 and m["lung_auroc.Nodule.outside_blanked"] == 0.5
@@ -165,5 +167,5 @@ def test_lung_conditions_per_finding_warn_for_a_model_that_reads_outside_the_lun
     assert m["lung_flip_rate.outside_blanked"] == pytest.approx(np.mean(~targets[1:]))  # absent calls turn present
     assert [c.status for c in result.checks] == ["warn"]  # holds up without its lungs, falls without the rest
     reads_lungs = StudyResult(name="perturbation")
-    _lung_findings(lung[:, ::-1].copy(), clean, _Findings(targets), ctx, reads_lungs)
+    _lung_conditions(lung[:, ::-1].copy(), clean, _Findings(targets), ctx, reads_lungs)
     assert [c.status for c in reads_lungs.checks] == ["pass"] and "macro AUROC" in reads_lungs.checks[0].detail

@@ -10,8 +10,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from robustkit.metrics.ood import joint_energy
+from robustkit.metrics.slices import slice_aurocs
 from robustkit.studies.ood_reduce import finding_groups
-from robustkit.studies.slices_findings import slice_aurocs
 
 FINDINGS = ("Consolidation", "Nodule", "Opacity")
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 from scipy.stats.contingency import association
+from sklearn.metrics import roc_auc_score
 
 from robustkit.compare import compare, slice_deltas
 from robustkit.data.dataset import Dataset, Sample
@@ -168,6 +169,29 @@ def test_planted_bad_slice_is_flagged_and_table_matches_a_groupby() -> None:
     gaps = [r["gap"] for r in res.data["slices"]]
     assert gaps == sorted(gaps)
     assert {c.name: c.status for c in res.checks}["slices"] == "warn"
+
+
+def test_single_label_slices_score_every_class_auroc_as_sklearn_on_one_hot_targets() -> None:
+    """Single-label is multi-label with one-hot targets: each slice's per-class AUROC is scikit-learn's
+    one-vs-rest AUROC on the slice's images, the macro its mean; overall likewise."""
+    data = _dataset(n=300, seed=3)
+    logits = _logits(data, {"C": 0.3}, seed=3)
+    res = _reduce(data, logits)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    y, meta = data.labels, data.metadata
+    for k, cls in enumerate(CLASSES):
+        assert res.metrics[f"auroc.{cls}"] == pytest.approx(roc_auc_score(y == k, probs[:, k]), abs=1e-6)
+    for row in res.data["slices"]:
+        mask = np.ones(len(data), bool)
+        for col, val in row["conditions"]:
+            mask &= S.discretize(meta[col], bin_width=10) == val
+        want = [roc_auc_score(y[mask] == k, probs[mask, k]) for k in range(3)]
+        for k, cls in enumerate(CLASSES):
+            assert res.metrics[f"auroc.{row['slice']}.{cls}"] == pytest.approx(want[k], abs=1e-6)
+        assert res.metrics[f"auroc.{row['slice']}.macro"] == pytest.approx(np.mean(want), abs=1e-6)
+        assert f"auroc.{row['slice']}.macro" not in res.intervals  # intervals only where the test reads AUROC
+    assert "worst.auroc" not in res.metrics and res.data["worst"]["accuracy"] == res.metrics["worst.accuracy"]
 
 
 def test_no_flag_without_a_planted_slice() -> None:

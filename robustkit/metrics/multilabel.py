@@ -35,10 +35,12 @@ from robustkit.metrics.classification import _binary_auc
 
 __all__ = [
     "DeLongResult",
+    "auroc_columns",
     "average_precision",
     "binary_auroc",
     "delong_paired",
     "finding_summary",
+    "macro_mean",
     "micro_auroc",
     "per_finding_ap",
     "per_finding_auroc",
@@ -256,3 +258,42 @@ def delong_paired(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -> De
     else:
         p = float(2 * stats.norm.sf(abs(delta) / se))
     return DeLongResult(auc_a, auc_b, float(delta), se, p)
+
+
+def auroc_columns(targets: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """ROC AUC of every column at once: output ``k``'s scores ``scores[..., k]`` against ``targets[:, k]``.
+
+    The Mann-Whitney form with ties counting one half, as :func:`binary_auroc` (and
+    scikit-learn's ``roc_auc_score``), one ranking for every condition.
+
+    Args:
+        targets: bool ``(N, K)``.
+        scores: ``(N, ..., K)``, e.g. ``(N, C, K)`` probabilities under ``C`` conditions.
+
+    Returns:
+        ``scores.shape[1:]``; NaN for an output every image has or none has.
+    """
+    t = np.asarray(targets, dtype=bool)
+    s = np.asarray(scores, dtype=np.float64)
+    ranks = stats.rankdata(s, axis=0) if len(s) else np.zeros_like(s)
+    pos = t.reshape((len(t),) + (1,) * (s.ndim - 2) + (t.shape[1],))
+    n_pos = t.sum(axis=0).astype(np.float64)
+    n_neg = len(t) - n_pos
+    rank_sum = np.where(pos, ranks, 0.0).sum(axis=0)
+    defined = (n_pos > 0) & (n_neg > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        auc = (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+    return np.where(defined, auc, np.nan)
+
+
+def macro_mean(values: np.ndarray) -> np.ndarray:
+    """The macro mean over the last axis (outputs) of the finite values; NaN where none is.
+
+    Example:
+        >>> macro_mean(np.array([[0.5, np.nan, 1.0], [np.nan, np.nan, np.nan]])).tolist()
+        [0.75, nan]
+    """
+    finite = np.isfinite(values)
+    count = finite.sum(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(count > 0, np.where(finite, values, 0.0).sum(axis=-1) / count, np.nan)

@@ -14,6 +14,13 @@ The probe (:func:`site_probe`) asks whether a column (the site) can be read from
 penultimate features: a cross-validated logistic regression, its out-of-fold AUROC and a
 bootstrap interval, against chance 0.5 (DeGrave et al. 2021 on the source shortcut).
 
+Per output, for every task (single-label with one-hot targets): :func:`slice_aurocs` scores a
+slice by each output's ROC AUC on its images and their macro mean (outputs without both
+positive and negative images in the slice left out), each with a percentile bootstrap 95%
+interval (resampled within a stratification key), and tests the slice's macro AUROC against
+the rest's: the gap's two-sided p-value comes from the same resamples, the slice and the rest
+resampled independently (``p = 2 min(P*(gap <= 0), P*(gap >= 0))``, with the +1 correction).
+
 Example:
     >>> [round(q, 3) for q in bh_qvalues([0.01, 0.04, 0.03, 0.5])]
     [0.04, 0.053, 0.053, 0.5]
@@ -33,6 +40,7 @@ import numpy as np
 from robustkit.errors import ConfigError
 from robustkit.metrics.calibration import ece_compute, ece_update
 from robustkit.metrics.classification import bootstrap_indices, roc_auc_ovr
+from robustkit.metrics.multilabel import macro_mean, per_finding_auroc
 from robustkit.metrics.paired import bh_qvalues  # the multiple-testing home (with Holm)
 
 __all__ = [
@@ -43,8 +51,10 @@ __all__ = [
     "dependence_within",
     "discretize",
     "enumerate_slices",
+    "finding_sets",
     "parse_slice",
     "site_probe",
+    "slice_aurocs",
     "slice_mask",
     "slice_metrics",
     "slice_test",
@@ -301,3 +311,61 @@ def site_probe(features: np.ndarray, target: np.ndarray, *, folds: int = 5, seed
     values = values[np.isfinite(values)]
     low, high = (np.quantile(values, [0.025, 0.975]) if len(values) else (math.nan, math.nan))
     return {**base, "auroc": _auroc(t, probs), "low": float(low), "high": float(high)}
+
+
+def finding_sets(targets: np.ndarray) -> np.ndarray:
+    """int (N,): one code per distinct set of findings (rows of ``targets`` ``(N, K)``)."""
+    return np.unique(np.asarray(targets, bool), axis=0, return_inverse=True)[1].reshape(-1)
+
+
+def _resampled(t: np.ndarray, p: np.ndarray, strata: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """Per-output AUROC of each bootstrap resample ``(n_boot, K)``."""
+    idx = bootstrap_indices(len(t), n_boot, seed=seed, strata=strata)
+    return np.stack([per_finding_auroc(t[i], p[i]) for i in idx]) if len(t) else np.full((n_boot, t.shape[1]), np.nan)
+
+
+def _interval(values: np.ndarray) -> list[float]:
+    """Percentile 95% interval of resampled values ``(n_boot,)``; NaN when more than half are undefined."""
+    ok = np.isfinite(values)
+    if ok.mean() <= 0.5:
+        return [math.nan, math.nan]
+    lo, hi = np.percentile(values[ok], [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
+def slice_aurocs(targets: np.ndarray, probs: np.ndarray, mask: np.ndarray, strata: np.ndarray, *,
+                 n_boot: int, seed: int) -> dict[str, Any]:
+    """One slice against the rest: per-output AUROC ``(K,)`` and macro AUROC of the slice with
+    bootstrap intervals, the rest's macro AUROC, the gap and its bootstrap p-value.
+
+    Args:
+        targets: bool ``(N, K)`` (one-hot for a single-label task).
+        probs: ``(N, K)`` probabilities.
+        mask: bool ``(N,)``: the slice.
+        strata: ``(N,)`` resampling strata.
+        n_boot: bootstrap resamples (0: the point values only, no intervals or test).
+        seed: seed of the slice's resamples (the rest's: ``seed + 1``).
+    """
+    t, p = np.asarray(targets, bool), np.asarray(probs, np.float64)
+    inside, rest = np.flatnonzero(mask), np.flatnonzero(~np.asarray(mask, bool))
+    auroc = per_finding_auroc(t[inside], p[inside])
+    out: dict[str, Any] = {"auroc": auroc, "macro": float(macro_mean(auroc)),
+                           "auroc_intervals": [[math.nan, math.nan]] * t.shape[1],
+                           "macro_interval": [math.nan, math.nan], "rest_macro": math.nan, "gap": math.nan,
+                           "p": math.nan}
+    if not n_boot:
+        return out
+    boot_in = _resampled(t[inside], p[inside], strata[inside], n_boot, seed)
+    macro_in_b = macro_mean(boot_in)
+    out.update(auroc_intervals=[_interval(boot_in[:, k]) for k in range(t.shape[1])],
+               macro_interval=_interval(macro_in_b))
+    if not len(rest):
+        return out
+    rest_macro = float(macro_mean(per_finding_auroc(t[rest], p[rest])))
+    gaps = macro_in_b - macro_mean(_resampled(t[rest], p[rest], strata[rest], n_boot, seed + 1))
+    gaps = gaps[np.isfinite(gaps)]
+    if len(gaps):
+        tail = min(int((gaps <= 0).sum()), int((gaps >= 0).sum()))
+        out["p"] = float(min(1.0, 2 * (tail + 1) / (len(gaps) + 1)))
+    out.update(rest_macro=rest_macro, gap=out["macro"] - rest_macro)
+    return out

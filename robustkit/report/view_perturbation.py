@@ -1,9 +1,12 @@
 """Views of the ``perturbation`` and ``noise`` studies: heat map, curves, examples, parameters.
 
-Both studies store the same things (see :mod:`robustkit.studies.conditions`), so one view
-serves both; a multi-label audit gets its per-finding form (macro AUROC heat map, AUROC against
-severity per finding, AUROC and flip-rate tables per finding and condition). Everything is drawn from the stored metrics and ``data`` (the transform
-descriptions, the example thumbnails); nothing here runs a model or imports TensorFlow.
+Both studies store the same things (see :mod:`robustkit.studies.condition_reduce`), so one view
+serves both, one path for every task kind: the per-output AUROC under every condition (every
+task), the exclusive block (accuracy heat map and curves, corruption errors, the accuracy table)
+where the study stored it, and the multi-label figures and tables (macro AUROC heat map, AUROC
+against severity per finding, drops and flip rates per finding) where it stored those. Everything
+is drawn from the stored metrics and ``data`` (the transform descriptions, the example
+thumbnails); nothing here runs a model or imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ from robustkit.results import AuditResult, StudyResult
 __all__ = ["accuracy_heatmap_svg", "condition_view", "severity_curves_svg"]
 
 _BASE64 = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
-_SUMMARY = ("n_samples", "mean_accuracy", "relative_robustness", "worst_accuracy", "mean_flip_rate", "mean_corruption_error")
-_ML_SUMMARY = ("n_samples", "n_thresholded", "mean_auroc", "mean_auroc_drop", "worst_auroc", "mean_flip_rate")
+_SUMMARY = ("n_samples", "n_thresholded", "mean_accuracy", "relative_robustness", "worst_accuracy", "mean_auroc",
+            "mean_auroc_drop", "worst_auroc", "mean_flip_rate", "mean_corruption_error")
 _LINESTYLES = ("-", "--", ":", "-.")
 
 
@@ -92,40 +95,52 @@ def severity_curves_svg(series: Mapping[str, tuple[Sequence[float], Sequence[flo
 @view("perturbation")
 @view("noise")
 def condition_view(study: StudyResult, audit: AuditResult) -> dict[str, Any]:
-    """Heat map, curves, example grid, severity parameters and per-condition table."""
+    """Summary, figures, per-output AUROC under every condition, the exclusive block where stored,
+    example grid, severity parameters."""
     ctx = generic_view(study, audit)
-    data = study.data
+    data, metrics = study.data, study.metrics
     transforms = [t for t in data.get("transforms", []) if isinstance(t, Mapping)]
     severities = [int(s) for s in data.get("severities", [])]
-    ctx["multilabel"] = bool(data.get("multilabel"))
-    if ctx["multilabel"]:
-        return _finding_view(ctx, study, transforms, severities)
-    clean = _float(data.get("clean_accuracy"))
     names = [str(t.get("name")) for t in transforms]
-    ctx["summary"] = metric_rows(study, _SUMMARY)
-    ctx["n_samples"] = fmt(study.metrics.get("n_samples"), "n_samples")
-    ctx["clean_accuracy"] = fmt(clean)
-    ctx["worst_condition"] = str(data.get("worst_condition") or "")
-    ctx["reference"] = str(data.get("reference") or "")
-    ctx["corruption_errors"] = metric_rows(study, [f"corruption_error.{n}" for n in names])
-    grid = [[study.metrics.get(f"accuracy.{n}.{s}", float("nan")) for s in severities] for n in names]
+    outputs = [str(c) for c in (data.get("class_names") or audit.class_names)]
+    stored = data.get("clean_auroc")
+    clean_auroc: Mapping[str, Any] = stored if isinstance(stored, Mapping) else {}
+    exclusive = "clean_accuracy" in data
+    ctx.update(multilabel=bool(data.get("multilabel")), findings=outputs, summary=metric_rows(study, _SUMMARY),
+               n_samples=fmt(metrics.get("n_samples"), "n_samples"),
+               n_thresholded=fmt(metrics.get("n_thresholded"), "n_thresholded"),
+               clean_auroc=fmt(_float(clean_auroc.get("macro"))), worst_condition=str(data.get("worst_condition") or ""),
+               threshold_source=str(data.get("threshold_source") or ""), reference=str(data.get("reference") or ""),
+               parameters=_parameter_rows(transforms), param_severities=list(range(1, 6)),
+               examples=_example_rows(data.get("examples") or {}, names),
+               corruption_errors=metric_rows(study, [f"corruption_error.{n}" for n in names]),
+               finding_conditions=_finding_rows(study, transforms, severities, outputs),
+               per_finding=[{k: fmt(v) if k not in ("finding", "worst_condition") else str(v) for k, v in row.items()}
+                            for row in study.tables.get("per_finding", [])],
+               conditions=_condition_rows(study, transforms, severities, outputs) if exclusive else [],
+               sensitivity_classes=outputs if exclusive else [],
+               clean_accuracy=fmt(_float(data.get("clean_accuracy"))))
+    ctx["finding_flips"] = any(f"auroc_drop.macro.{r['condition']}" in metrics for r in ctx["finding_conditions"])
+    ctx["tables"] = [t for t in ctx["tables"] if t["title"] not in ("conditions", "per_finding")]
     if names and severities:
-        ctx["figures"] = [
-            {"title": "Accuracy by transform and severity", "svg": accuracy_heatmap_svg(grid, names, severities, clean=clean),
-             "caption": "Each cell is the accuracy on the transformed images; the first column is the clean accuracy. "
-                        "Darker cells are worse. Read along a row: accuracy should fall as severity grows."},
-            {"title": "Accuracy against severity",
-             "svg": severity_curves_svg({n: (severities, row) for n, row in zip(names, grid)}, clean=clean),
-             "caption": "One line per transform; the dashed line is the clean accuracy. A line far below it marks "
-                        "a shift the model does not tolerate; a line that rises with severity needs a look."},
-        ]
-    ctx["parameters"] = _parameter_rows(transforms)
-    ctx["param_severities"] = list(range(1, 6))
-    ctx["examples"] = _example_rows(data.get("examples") or {}, names)
-    ctx["conditions"] = _condition_rows(study, transforms, severities, list(data.get("class_names") or audit.class_names))
-    ctx["sensitivity_classes"] = [str(c) for c in (data.get("class_names") or audit.class_names)]
-    ctx["tables"] = [t for t in ctx["tables"] if t["title"] != "conditions"]
+        ctx["figures"] = (_accuracy_figures(metrics, names, severities, _float(data.get("clean_accuracy")))
+                          if exclusive else _finding_figures(metrics, names, severities, outputs, clean_auroc))
     return ctx
+
+
+def _accuracy_figures(metrics: Mapping[str, float], names: Sequence[str], severities: Sequence[int],
+                      clean: float | None) -> list[dict[str, str]]:
+    """The exclusive block's figures: accuracy heat map and accuracy against severity."""
+    grid = [[metrics.get(f"accuracy.{n}.{s}", float("nan")) for s in severities] for n in names]
+    return [
+        {"title": "Accuracy by transform and severity", "svg": accuracy_heatmap_svg(grid, names, severities, clean=clean),
+         "caption": "Each cell is the accuracy on the transformed images; the first column is the clean accuracy. "
+                    "Darker cells are worse. Read along a row: accuracy should fall as severity grows."},
+        {"title": "Accuracy against severity",
+         "svg": severity_curves_svg({n: (severities, row) for n, row in zip(names, grid)}, clean=clean),
+         "caption": "One line per transform; the dashed line is the clean accuracy. A line far below it marks "
+                    "a shift the model does not tolerate; a line that rises with severity needs a look."},
+    ]
 
 
 def _float(v: Any) -> float | None:
@@ -181,32 +196,7 @@ def _condition_rows(study: StudyResult, transforms: Sequence[Mapping[str, Any]],
     return rows
 
 
-# ------------------------------------------------------------------------------ multi-label
-
-
-def _finding_view(ctx: dict[str, Any], study: StudyResult, transforms: Sequence[Mapping[str, Any]],
-                  severities: Sequence[int]) -> dict[str, Any]:
-    """The multi-label form: per-finding AUROC and flip rate under every condition."""
-    data, metrics = study.data, study.metrics
-    findings = [str(f) for f in data.get("class_names") or []]
-    names = [str(t.get("name")) for t in transforms]
-    stored = data.get("clean_auroc")
-    clean: Mapping[str, Any] = stored if isinstance(stored, Mapping) else {}
-    ctx.update(multilabel=True, findings=findings, summary=metric_rows(study, _ML_SUMMARY),
-               n_samples=fmt(metrics.get("n_samples"), "n_samples"),
-               n_thresholded=fmt(metrics.get("n_thresholded"), "n_thresholded"),
-               clean_auroc=fmt(_float(clean.get("macro"))), worst_condition=str(data.get("worst_condition") or ""),
-               threshold_source=str(data.get("threshold_source") or ""),
-               parameters=_parameter_rows(transforms), param_severities=list(range(1, 6)),
-               examples=_example_rows(data.get("examples") or {}, names),
-               corruption_errors=[], reference="", conditions=[], sensitivity_classes=[])
-    ctx["per_finding"] = [{k: fmt(v) if k not in ("finding", "worst_condition") else str(v) for k, v in row.items()}
-                          for row in study.tables.get("per_finding", [])]
-    ctx["finding_conditions"] = _finding_rows(study, transforms, severities, findings)
-    ctx["tables"] = [t for t in ctx["tables"] if t["title"] not in ("conditions", "per_finding")]
-    if names and severities:
-        ctx["figures"] = _finding_figures(metrics, names, severities, findings, clean)
-    return ctx
+# ------------------------------------------------------------------------------ per output
 
 
 def _finding_figures(metrics: Mapping[str, float], names: Sequence[str], severities: Sequence[int],

@@ -1,5 +1,9 @@
 """Report view of the ``slices`` study: forest plot, slice table sorted by gap, site probe.
 
+One path for every task kind: the slice table shows every output's AUROC and their macro mean,
+and the exclusive block (accuracy, sensitivity, specificity, ECE) where the study stored it; the
+forest plot draws the measure of the slice-vs-rest test (accuracy, or the macro AUROC).
+
 Reads stored numbers only (``result.data``: ``slices``, ``worst``, ``probe``); never runs a
 model and never imports TensorFlow.
 """
@@ -76,26 +80,18 @@ def _forest(rows: Sequence[Mapping[str, Any]], overall: float, *, multilabel: bo
     }
 
 
-def _slice_row(r: Mapping[str, Any]) -> dict[str, str]:
+def _slice_row(r: Mapping[str, Any], outputs: Sequence[str]) -> dict[str, Any]:
+    """A slice row: the per-output and macro AUROC (with intervals where stored), the exclusive block
+    (accuracy, the critical class's sensitivity and specificity, ECE) where stored, gap, q, flag."""
     iv = dict(r.get("intervals", {}))
     return {
         "slice": str(r.get("slice", "")), "n": fmt(r.get("n"), "n"),
-        "accuracy": f"{fmt(r.get('accuracy'))} {fmt_interval(iv.get('accuracy'))}",
-        "sensitivity": f"{fmt(r.get('sensitivity'))} {fmt_interval(iv.get('sensitivity'))}",
-        "specificity": f"{fmt(r.get('specificity'))} {fmt_interval(iv.get('specificity'))}",
-        "ece": f"{fmt(r.get('ece'))} {fmt_interval(iv.get('ece'))}",
-        "gap": fmt(r.get("gap")), "q": fmt(r.get("q")), "flagged": "yes" if r.get("flagged") else "",
+        **{k: f"{fmt(r.get(k))} {fmt_interval(iv.get(k))}" for k in ("accuracy", "sensitivity", "specificity", "ece")},
+        "macro": f"{fmt(r.get('auroc'))} {fmt_interval(iv.get('auroc.macro'))}",
+        "findings": [f"{fmt(r.get(f'auroc.{f}'))} {fmt_interval(iv.get(f'auroc.{f}'))}" for f in outputs],
+        "rest": fmt(r.get("rest")), "gap": fmt(r.get("gap")), "q": fmt(r.get("q")),
+        "flagged": "yes" if r.get("flagged") else "",
     }
-
-
-def _finding_row(r: Mapping[str, Any], findings: Sequence[str]) -> dict[str, Any]:
-    """A multi-label slice row: macro and per-finding AUROC with intervals, gap, q, flag."""
-    iv = dict(r.get("intervals", {}))
-    return {"slice": str(r.get("slice", "")), "n": fmt(r.get("n"), "n"),
-            "macro": f"{fmt(r.get('auroc'))} {fmt_interval(iv.get('auroc.macro'))}",
-            "findings": [f"{fmt(r.get(f'auroc.{f}'))} {fmt_interval(iv.get(f'auroc.{f}'))}" for f in findings],
-            "rest": fmt(r.get("rest")), "gap": fmt(r.get("gap")), "q": fmt(r.get("q")),
-            "flagged": "yes" if r.get("flagged") else ""}
 
 
 def _probe_rows(probe: Mapping[str, Any]) -> list[dict[str, str]]:
@@ -122,8 +118,8 @@ def slices_view(study: StudyResult, audit: AuditResult) -> dict[str, Any]:
     ctx["figures"] = [_forest(rows, overall, multilabel=multilabel)] if rows else []
     ctx["multilabel"] = multilabel
     ctx["positive_class"] = str(study.data.get("positive_class") or "")  # the audit's critical class
-    ctx["findings"] = [str(f) for f in study.data.get("findings", [])]
-    ctx["slice_rows"] = [_finding_row(r, ctx["findings"]) if multilabel else _slice_row(r) for r in rows]
+    ctx["findings"] = [str(f) for f in study.data.get("findings") or audit.class_names]
+    ctx["slice_rows"] = [_slice_row(r, ctx["findings"]) for r in rows]
     ctx["probe_rows"] = _probe_rows(dict(study.data.get("probe", {})))
     worst = dict(study.data.get("worst", {}))
     ctx["worst"] = {k: fmt(worst.get(k), k if k == "n" else None) for k in ("n", "accuracy", "auroc", "gap", "q")}
@@ -131,7 +127,6 @@ def slices_view(study: StudyResult, audit: AuditResult) -> dict[str, Any]:
     ctx["overall"] = fmt(overall)
     ctx["alpha"], ctx["effect_size"] = fmt(study.data.get("alpha")), fmt(study.data.get("effect_size"))
     ctx["columns"] = ", ".join(map(str, study.data.get("columns", [])))
-    per_slice = ("accuracy.", "auroc.") if multilabel else ("accuracy.",)
-    ctx["metrics"] = [m for m in ctx["metrics"] if not str(m.get("name", "")).startswith(per_slice)
+    ctx["metrics"] = [m for m in ctx["metrics"] if not str(m.get("name", "")).startswith(("accuracy.", "auroc."))
                       or str(m.get("name", "")) == "auroc.macro"]
     return ctx

@@ -1,7 +1,7 @@
 """The conditions of a perturbation or noise study: each (transform, severity) once, in column order.
 
-Both task kinds read it (:mod:`robustkit.studies.conditions` and its per-finding reduce in
-:mod:`robustkit.studies.condition_findings`), so it lives apart from both. No TensorFlow.
+The map (:mod:`robustkit.studies.conditions`) and the pure reduce
+(:mod:`robustkit.studies.condition_reduce`) both read it, so it lives apart from both. No TensorFlow.
 """
 
 from __future__ import annotations

@@ -13,18 +13,11 @@ transform draws each image's noise from ``ctx.rng(study, transform, severity, sa
 so results are the same for the same seed whatever the batch size, the order of the samples
 or the shards they are split into.
 
-Metrics (``t`` a transform, ``s`` a severity): ``accuracy.t.s`` (bootstrap 95% interval),
-``flip_rate.t.s``, ``mean_confidence.t.s``, ``sensitivity.<class>.t.s``; ``accuracy.t`` (mean over
-severities), ``mean_accuracy``, ``mean_flip_rate``, ``relative_robustness``,
-``worst_accuracy``; with a reference audit of the same study, ``corruption_error.t`` and
-``mean_corruption_error`` (Hendrycks & Dietterich 2019, "Benchmarking Neural Network
-Robustness to Common Corruptions and Perturbations", ICLR: CE_t = sum_s E_{t,s} / sum_s
-E^ref_{t,s}).
-
-A multi-label model (``output_kind == "multilabel"``) is scored per finding instead: its map
-records the probabilities ``(N, n_conditions, K)`` and its reduce is
-:func:`robustkit.studies.condition_findings.reduce_findings` (``auroc.<finding>.t.s``, the drop
-from clean, the flip rate of thresholded findings; documented there).
+One map and one reduce for every task kind: the map records the probabilities under every
+condition, and the pure reduce (:mod:`robustkit.studies.condition_reduce`, where the metrics
+are documented) computes the per-output block (AUROC, its drop, flip rates of each output's
+call) for every task and, inside the same reduce, the block that exists only for exclusive
+tasks (accuracy, per-class sensitivity, the arg-max flip rate, corruption errors).
 """
 
 from __future__ import annotations
@@ -40,17 +33,15 @@ import numpy as np
 from robustkit.data.images import png_base64
 from robustkit.data.transforms import SEVERITIES, Transform, family_transforms, get_transform
 from robustkit.errors import check_choice, check_range, param_error
-from robustkit.metrics import classification as M
 from robustkit.metrics.outputs import probabilities
 from robustkit.results import Check, StudyResult
 from robustkit.studies.base import AuditContext, Study, StudyConfig
-from robustkit.studies.condition_findings import reduce_findings
-from robustkit.studies.condition_plan import (
-    Plan,
-    condition_name,
-    describe_transform,
-    param_text,
-    plan_conditions,
+from robustkit.studies.condition_plan import Plan, condition_name, plan_conditions
+from robustkit.studies.condition_reduce import (
+    corruption_errors,
+    probe_check,
+    reduce_conditions,
+    rise_check,
 )
 
 if TYPE_CHECKING:
@@ -114,9 +105,10 @@ class ConditionStudy(Study):
     metric_docs = {
         "accuracy": ("share of images classified correctly under a transform at a severity "
                      "(accuracy.t.s), or its mean over severities (accuracy.t)", "higher"),
-        "flip_rate": ("share of images whose predicted class differs from their clean prediction; multi-label: "
-                      "share of image-finding calls (at the finding's threshold) that differ from the clean call, "
-                      "per finding F (flip_rate.F.t.s) and over every finding (flip_rate.t.s)", "lower"),
+        "flip_rate": ("share of images whose predicted class differs from their clean prediction (flip_rate.t.s, "
+                      "exclusive tasks); multi-label: share of image-finding calls (at the finding's threshold) that "
+                      "differ from the clean call, per finding F (flip_rate.F.t.s) and over every finding "
+                      "(flip_rate.t.s)", "lower"),
         "mean_confidence": ("mean top-class probability under the condition", "none"),
         "sensitivity": ("per class and condition: share of the class's images predicted as it "
                         "(sensitivity.<class>.t.s)", "higher"),
@@ -129,15 +121,16 @@ class ConditionStudy(Study):
                              "reference)", "lower"),
         "mean_corruption_error": ("mean of the per-transform corruption errors (mCE)", "lower"),
         "n_samples": ("number of images evaluated under each condition", "none"),
-        "auroc": ("multi-label: ROC AUC of a finding F under a condition (auroc.F.t.s), its macro mean over "
-                  "findings (auroc.macro.t.s), and their means over severities (auroc.F.t)", "higher"),
+        "auroc": ("ROC AUC of an output F (a class or a finding) under a condition (auroc.F.t.s) and its macro "
+                  "mean over outputs (auroc.macro.t.s), every task; multi-label: also their means over severities "
+                  "(auroc.F.t, auroc.macro.t)", "higher"),
         "auroc_drop": ("multi-label: clean AUROC minus AUROC under the condition on the same images, per finding "
                        "and macro (auroc_drop.F.t.s, auroc_drop.macro.t.s)", "lower"),
-        "mean_auroc": ("multi-label: macro AUROC averaged over every condition run (mean_auroc), or a finding's "
-                       "AUROC so averaged (mean_auroc.F)", "higher"),
-        "mean_auroc_drop": ("multi-label: clean macro AUROC minus mean_auroc", "lower"),
-        "worst_auroc": ("multi-label: lowest macro AUROC over the conditions (worst_auroc), or a finding's lowest "
-                        "AUROC (worst_auroc.F)", "higher"),
+        "mean_auroc": ("macro AUROC averaged over every condition run (mean_auroc, every task), or a finding's "
+                       "AUROC so averaged (mean_auroc.F, multi-label)", "higher"),
+        "mean_auroc_drop": ("clean macro AUROC minus mean_auroc", "lower"),
+        "worst_auroc": ("lowest macro AUROC over the conditions (worst_auroc, every task), or a finding's lowest "
+                        "AUROC (worst_auroc.F, multi-label)", "higher"),
         "n_thresholded": ("multi-label: images the flip rates are read on (the half not used to choose the "
                           "thresholds, or every image when they were given)", "none"),
     }
@@ -147,66 +140,19 @@ class ConditionStudy(Study):
     multilabel = True
 
     def map(self, model: ModelAdapter, batch: Dataset, ctx: AuditContext) -> dict[str, np.ndarray]:
-        """Predicted class and confidence ``(B, n_conditions)`` under every condition, and the
-        clean prediction ``(B,)``; for a multi-label model, the probabilities ``(B, n_conditions,
-        K)`` and the clean ones ``(B, K)`` (float32)."""
+        """The probabilities ``(B, n_conditions, K)`` under every condition and the clean ones
+        ``(B, K)`` (float32), for every task kind."""
         plan = plan_conditions(self.config.transforms, self.config.severities)
-        if model.output_kind == "multilabel":
-            clean = probabilities(ctx.clean_logits(model, batch), model.output_kind).astype(np.float32)
-            return {"probs": self._sweep_probs(model, batch, ctx, plan), "clean_probs": clean}
-        clean_pred = ctx.clean_logits(model, batch).argmax(axis=1).astype(np.int16)
-        pred, conf = self._sweep(model, batch, ctx, plan)
-        return {"pred": pred, "confidence": conf, "clean_pred": clean_pred}
+        clean = probabilities(ctx.clean_logits(model, batch), model.output_kind).astype(np.float32)
+        return {"probs": self._sweep_probs(model, batch, ctx, plan), "clean_probs": clean}
 
     def reduce(self, records: dict[str, np.ndarray], data: Dataset, ctx: AuditContext) -> StudyResult:
-        plan = plan_conditions(self.config.transforms, self.config.severities)
-        if ctx.model_info.get("output_kind") == "multilabel":
-            return reduce_findings(self, records, data, ctx, plan)
-        y = np.asarray(data.labels, dtype=np.int64)
-        pred, conf = records["pred"], records["confidence"]
-        clean_pred = records["clean_pred"].astype(np.int64)
-        correct = pred == y[:, None]
-        names, class_names = plan.names, list(data.class_names)
-        result = StudyResult(name=self.name)
-        result.metrics = _condition_metrics(y, pred, conf, clean_pred, names, class_names)
-        clean_acc = float(np.mean(clean_pred == y)) if len(y) else float("nan")
-        result.metrics.update(_summary_metrics(result.metrics, plan, clean_pred == y))
-        result.metrics.update(corruption_errors(result.metrics, ctx.reference, self.name, plan))
-        result.intervals = self._intervals(correct, y, names, ctx)
-        worst = names[int(np.nanargmin([result.metrics[f"accuracy.{c}"] for c in names]))] if len(y) else None
-        result.checks = self._checks(result.metrics, plan, clean_acc)
-        result.tables["conditions"] = _condition_table(result.metrics, plan)
-        flipped = pred != clean_pred[:, None]
-        result.records.update(pred=pred, confidence=conf, correct=correct, flipped=flipped)
-        result.data.update(
-            conditions=names,
-            correct_metrics=[f"accuracy.{c}" for c in names],
-            flipped_metrics=[f"flip_rate.{c}" for c in names],  # paired (McNemar) tests in compare
-            class_names=class_names,
-            clean_accuracy=clean_acc,
-            worst_condition=worst,
-            severities=sorted(self.config.severities),
-            transforms=[describe_transform(get_transform(t)) for t in self.config.transforms],
-            examples=self._examples(data, ctx),
-            reference=_reference_name(ctx, self.name),
-        )
-        return result
+        """The per-output block for every task and the exclusive block for an exclusive one
+        (:func:`robustkit.studies.condition_reduce.reduce_conditions`)."""
+        return reduce_conditions(self, records, data, ctx, plan_conditions(self.config.transforms,
+                                                                           self.config.severities))
 
     # -- the sweep -------------------------------------------------------------------------
-    def _sweep(self, model: ModelAdapter, batch: Dataset, ctx: AuditContext, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
-        """Predicted class and confidence ``(B, n_conditions)`` under every condition: each
-        distinct job is transformed in a background thread while the model runs the previous one."""
-        n, m = len(batch), len(plan.conditions)
-        pred = np.zeros((n, m), dtype=np.int16)
-        conf = np.zeros((n, m), dtype=np.float32)
-
-        def fill(cols: list[int], p: np.ndarray) -> None:
-            pred[:, cols] = p.argmax(axis=1).astype(np.int16)[:, None]
-            conf[:, cols] = p.max(axis=1)[:, None]
-
-        self._run_jobs(model, batch, ctx, plan, fill)
-        return pred, conf
-
     def _sweep_probs(self, model: ModelAdapter, batch: Dataset, ctx: AuditContext, plan: Plan) -> np.ndarray:
         """The model's probabilities ``(B, n_conditions, K)`` (float32) under every condition."""
         probs = np.zeros((len(batch), len(plan.conditions), len(model.class_names)), dtype=np.float32)
@@ -257,23 +203,14 @@ class ConditionStudy(Study):
         return out
 
     # -- statistics ------------------------------------------------------------------------
-    def _intervals(self, correct: np.ndarray, y: np.ndarray, names: list[str], ctx: AuditContext) -> dict[str, list[float]]:
-        if self.config.n_bootstrap == 0 or len(y) < 2:
-            return {}
-        lo, hi = M.bootstrap_interval(
-            lambda idx: correct[idx].mean(axis=0), len(y), n_boot=self.config.n_bootstrap,
-            seed=ctx.seed_for(self.name, "bootstrap"), strata=y,
-        )
-        return {f"accuracy.{c}": [float(a), float(b)] for c, a, b in zip(names, lo, hi)}
-
     def _checks(self, metrics: dict[str, float], plan: Plan, clean_acc: float, *, key: str = "accuracy",
                 what: str = "accuracy", calls: str = "predictions") -> list[Check]:
         """The rise check on ``key.t.s`` (named ``what``) and the probes' flip-rate checks."""
-        checks = [_rise_check(metrics, plan, clean_acc, self.config.rise_warn, key=key, what=what)]
+        checks = [rise_check(metrics, plan, clean_acc, self.config.rise_warn, key=key, what=what)]
         flip_warn = getattr(self.config, "flip_warn", None)
         for probe in self.probes:
             if flip_warn is not None and probe in self.config.transforms:
-                checks.append(_probe_check(metrics, probe, sorted(self.config.severities), flip_warn, calls=calls))
+                checks.append(probe_check(metrics, probe, sorted(self.config.severities), flip_warn, calls=calls))
         return checks
 
 
@@ -326,118 +263,3 @@ def _prefetch(items: Iterator[Any], depth: int) -> Iterator[Any]:
             except queue.Empty:
                 pass
         thread.join()
-
-
-def _condition_metrics(y: np.ndarray, pred: np.ndarray, conf: np.ndarray, clean_pred: np.ndarray,
-                       names: list[str], class_names: list[str]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    nan = float("nan")
-    empty = len(y) == 0
-    acc = (pred == y[:, None]).mean(axis=0) if not empty else np.full(len(names), nan)
-    flip = (pred != clean_pred[:, None]).mean(axis=0) if not empty else np.full(len(names), nan)
-    mconf = conf.mean(axis=0) if not empty else np.full(len(names), nan)
-    for m, c in enumerate(names):
-        out[f"accuracy.{c}"] = float(acc[m])
-        out[f"flip_rate.{c}"] = float(flip[m])
-        out[f"mean_confidence.{c}"] = float(mconf[m])
-    for k, cls in enumerate(class_names):
-        mask = y == k
-        rec = (pred[mask] == k).mean(axis=0) if mask.any() else np.full(len(names), nan)
-        for m, c in enumerate(names):
-            out[f"sensitivity.{cls}.{c}"] = float(rec[m])
-    return out
-
-
-def _summary_metrics(metrics: dict[str, float], plan: Plan, clean_correct: np.ndarray) -> dict[str, float]:
-    names = plan.names
-    acc = np.array([metrics[f"accuracy.{c}"] for c in names])
-    flips = np.array([metrics[f"flip_rate.{c}"] for c in names])
-    clean = float(clean_correct.mean()) if len(clean_correct) else float("nan")
-    out: dict[str, float] = {}
-    for t in dict.fromkeys(t.name for t, _ in plan.conditions):
-        out[f"accuracy.{t}"] = float(np.mean([metrics[f"accuracy.{c}"] for c in names if c.rsplit(".", 1)[0] == t]))
-    mean_acc = float(acc.mean())
-    out["mean_accuracy"] = mean_acc
-    out["mean_flip_rate"] = float(flips.mean())
-    out["relative_robustness"] = mean_acc / clean if clean > 0 else float("nan")
-    out["worst_accuracy"] = float(np.nanmin(acc)) if np.any(np.isfinite(acc)) else float("nan")
-    out["n_samples"] = float(len(clean_correct))
-    return out
-
-
-def corruption_errors(metrics: dict[str, float], reference: Any, study: str, plan: Plan) -> dict[str, float]:
-    """``corruption_error.t`` and ``mean_corruption_error`` against a reference audit.
-
-    CE_t = sum over severities of (1 - accuracy.t.s) / the same sum for the reference
-    (Hendrycks & Dietterich 2019). A transform counts only when the reference has every
-    severity run here and a non-zero summed error.
-    """
-    ref = getattr(reference, "studies", {}).get(study) if reference is not None else None
-    if ref is None or ref.status != "ok":
-        return {}
-    out: dict[str, float] = {}
-    for t in dict.fromkeys(t.name for t, _ in plan.conditions):
-        sev = [s for tt, s in plan.conditions if tt.name == t]
-        keys = [f"accuracy.{condition_name(t, s)}" for s in sev]
-        if not all(k in ref.metrics and np.isfinite(ref.metrics[k]) for k in keys):
-            continue
-        ref_err = sum(1.0 - ref.metrics[k] for k in keys)
-        if ref_err > 0:
-            out[f"corruption_error.{t}"] = sum(1.0 - metrics[k] for k in keys) / ref_err
-    if out:
-        out["mean_corruption_error"] = float(np.mean(list(out.values())))
-    return out
-
-
-def _rise_check(metrics: dict[str, float], plan: Plan, clean_acc: float, margin: float, *,
-                key: str = "accuracy", what: str = "accuracy") -> Check:
-    """Warn where ``what`` (metric ``key.t.s``) rises markedly with severity or beats its clean
-    value (for graded transforms)."""
-    problems = []
-    for t in dict.fromkeys(t for t, _ in plan.conditions):
-        sev = sorted(s for tt, s in plan.conditions if tt is t)
-        if not t.graded or len(sev) < 2:
-            continue
-        acc = [metrics[f"{key}.{condition_name(t.name, s)}"] for s in sev]
-        if acc[-1] - acc[0] > margin:
-            problems.append(f"{t.name} ({acc[0]:.3f} at severity {sev[0]}, {acc[-1]:.3f} at {sev[-1]})")
-        elif np.isfinite(clean_acc) and max(acc) - clean_acc > margin:
-            problems.append(f"{t.name} ({max(acc):.3f}, above clean {clean_acc:.3f})")
-    if problems:
-        return Check(f"{what} falls with severity", "warn",
-                     f"{what} rises by more than " + f"{margin:g} with severity for " + "; ".join(problems)
-                     + ": a broken transform, or a model that uses what the transform adds (a shortcut).")
-    return Check(f"{what} falls with severity", "pass",
-                 f"no transform gains more than {margin:g} {what} with severity or over clean.")
-
-
-def _probe_check(metrics: dict[str, float], probe: str, severities: list[int], limit: float, *,
-                 calls: str = "predictions") -> Check:
-    flips = {s: metrics[f"flip_rate.{condition_name(probe, s)}"] for s in severities}
-    s_max = max(flips, key=lambda s: flips[s])
-    worst = flips[s_max]
-    name = f"{probe} alone flips {calls}"
-    if np.isfinite(worst) and worst > limit:
-        return Check(name, "warn", f"the {probe} transform alone changes {worst:.1%} of {calls} (severity "
-                     f"{s_max}; limit {limit:.0%}): the model reads burned-in text, a shortcut.")
-    return Check(name, "pass", f"the {probe} transform changes at most {worst:.1%} of {calls} (limit {limit:.0%}).")
-
-
-def _condition_table(metrics: dict[str, float], plan: Plan) -> list[dict[str, Any]]:
-    return [
-        {
-            "condition": condition_name(t.name, s),
-            "parameter": param_text(t.param(s)),
-            "accuracy": metrics[f"accuracy.{condition_name(t.name, s)}"],
-            "flip_rate": metrics[f"flip_rate.{condition_name(t.name, s)}"],
-            "mean_confidence": metrics[f"mean_confidence.{condition_name(t.name, s)}"],
-        }
-        for t, s in plan.conditions
-    ]
-
-
-def _reference_name(ctx: AuditContext, study: str) -> str | None:
-    ref = ctx.reference
-    if ref is None or study not in ref.studies:
-        return None
-    return str(ref.model.get("name") or ref.model.get("fingerprint", "")[:12])

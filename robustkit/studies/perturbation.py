@@ -21,6 +21,7 @@ from robustkit.errors import check_range
 from robustkit.metrics.outputs import probabilities
 from robustkit.results import Check, StudyResult
 from robustkit.studies import register
+from robustkit.studies.condition_reduce import decision, flips, output_scores
 from robustkit.studies.conditions import ConditionConfig, ConditionStudy
 
 if TYPE_CHECKING:
@@ -78,30 +79,22 @@ class PerturbationStudy(ConditionStudy):
                           "that reads the lungs falls with the lungs blanked)", "none"),
         "lung_flip_rate": ("share of predictions changed by blanking the lungs or the outside", "none"),
         "lung_n_samples": ("images with a lung mask under the lung-mask conditions", "none"),
-        "lung_auroc": ("multi-label: AUROC per finding and macro with the lungs blanked or the outside blanked "
+        "lung_auroc": ("AUROC per output and macro with the lungs blanked or the outside blanked "
                        "(lung_auroc.F.lungs_blanked, lung_auroc.macro.*); a model that reads the lungs falls with the lungs "
                        "blanked", "none"),
     }}
 
     def map(self, model: ModelAdapter, batch: Dataset, ctx: AuditContext) -> dict[str, np.ndarray]:
-        """The conditions' records, plus ``lung_pred`` ``(B, 2)``: the prediction with the lungs
-        blanked and with the outside blanked (-1 for an image without a lung mask)."""
+        """The conditions' records, plus ``lung_probs`` ``(B, 2, K)``: the probabilities with the
+        lungs blanked and with the outside blanked (NaN for an image without a lung mask)."""
         records = super().map(model, batch, ctx)
-        if model.output_kind == "multilabel":
-            records["lung_probs"] = _lung_probabilities(model, batch)
-        else:
-            records["lung_pred"] = _lung_predictions(model, batch)
+        records["lung_probs"] = _lung_probabilities(model, batch)
         return records
 
     def reduce(self, records: dict[str, np.ndarray], data: Dataset, ctx: AuditContext) -> StudyResult:
-        if "lung_probs" in records:
-            lung_probs = records.pop("lung_probs")
-            result = super().reduce(records, data, ctx)
-            _lung_findings(lung_probs, records["clean_probs"], data, ctx, result)
-            return result
-        lung_pred = records.pop("lung_pred")
+        lung_probs = records.pop("lung_probs")
         result = super().reduce(records, data, ctx)
-        _lung_conditions(lung_pred, records["clean_pred"], data, result)
+        _lung_conditions(lung_probs, records["clean_probs"], data, ctx, result)
         return result
 
 
@@ -123,18 +116,9 @@ def _under_lung_conditions(model: ModelAdapter, batch: Dataset) -> tuple[np.ndar
     return rows, [probabilities(model.logits(fn(x, lungs)), model.output_kind) for fn in MASK_CONDITIONS.values()]
 
 
-def _lung_predictions(model: ModelAdapter, batch: Dataset) -> np.ndarray:
-    """Predicted class ``(B, n_conditions)`` under each lung-mask condition (-1: no lung mask)."""
-    out = np.full((len(batch), len(MASK_CONDITIONS)), -1, np.int16)
-    rows, probs = _under_lung_conditions(model, batch)
-    for j, p in enumerate(probs):
-        out[rows, j] = p.argmax(axis=1)
-    return out
-
-
 def _lung_probabilities(model: ModelAdapter, batch: Dataset) -> np.ndarray:
-    """Multi-label: the probabilities ``(B, n_conditions, K)`` under each lung-mask condition
-    (NaN for an image without a lung mask)."""
+    """The probabilities ``(B, n_conditions, K)`` under each lung-mask condition (NaN for an
+    image without a lung mask)."""
     out = np.full((len(batch), len(MASK_CONDITIONS), len(model.class_names)), np.nan, np.float32)
     rows, probs = _under_lung_conditions(model, batch)
     for j, p in enumerate(probs):
@@ -142,22 +126,18 @@ def _lung_probabilities(model: ModelAdapter, batch: Dataset) -> np.ndarray:
     return out
 
 
-def _lung_findings(lung_probs: np.ndarray, clean_probs: np.ndarray, data: Dataset, ctx: AuditContext,
-                   result: StudyResult) -> None:
-    """Multi-label: per-finding and macro AUROC and the flip rate of thresholded findings with the
-    lungs blanked and with the outside blanked, and the check of :func:`_lung_check` on macro AUROC
-    (chance 0.5)."""
-    from robustkit.studies.clean import finding_thresholds
-    from robustkit.studies.condition_findings import finding_scores
-
+def _lung_conditions(lung_probs: np.ndarray, clean_probs: np.ndarray, data: Dataset, ctx: AuditContext,
+                     result: StudyResult) -> None:
+    """Per output and macro AUROC and the flip rate of the calls with the lungs blanked and with the
+    outside blanked, for every task; an exclusive task adds the accuracy. The check of
+    :func:`_lung_check` reads the accuracy (chance 1 / K), or the macro AUROC (chance 0.5)."""
     rows = np.flatnonzero(np.all(np.isfinite(lung_probs), axis=(1, 2))) if len(lung_probs) else np.zeros(0, np.int64)
     if len(rows) == 0:
         return
-    thresholds, thresholded = finding_thresholds(ctx, data)
+    task, thresholded = decision(ctx, data)
     probs, clean = lung_probs[rows], clean_probs[rows]
-    flipped = (probs >= thresholds) != (clean >= thresholds)[:, None, :]
-    sc = finding_scores(probs, clean, np.asarray(data.targets, bool)[rows], flipped, thresholded[rows],
-                        np.arange(len(rows)))
+    sc = output_scores(probs, clean, np.asarray(data.targets, bool)[rows], flips(task, probs, clean),
+                       thresholded[rows], np.arange(len(rows)), exclusive=task.exclusive)
     result.metrics["lung_n_samples"] = float(len(rows))
     for j, name in enumerate(MASK_CONDITIONS):
         result.metrics[f"lung_auroc.macro.{name}"] = float(sc["auroc.macro"][j])
@@ -166,26 +146,18 @@ def _lung_findings(lung_probs: np.ndarray, clean_probs: np.ndarray, data: Datase
         result.metrics[f"lung_flip_rate.{name}"] = float(sc["flip_rate.all"][j])
     result.records["lung_probs"] = lung_probs
     result.data["lung_conditions"] = {"conditions": list(MASK_CONDITIONS), "n_images": int(len(rows))}
-    result.checks.append(_lung_check(result.metrics, float(sc["clean.macro"]), 2, key="lung_auroc.macro",
-                                     what="macro AUROC"))
-
-
-def _lung_conditions(lung_pred: np.ndarray, clean_pred: np.ndarray, data: Dataset, result: StudyResult) -> None:
-    """Accuracy and flip rate with the lungs blanked and with the outside blanked, and a check
-    that flags a model that holds up without its lungs but falls without the rest."""
-    rows = np.flatnonzero(lung_pred[:, 0] >= 0) if len(lung_pred) else np.zeros(0, np.int64)
-    if len(rows) == 0:
+    if not task.exclusive:
+        result.checks.append(_lung_check(result.metrics, float(sc["clean.macro"]), 2, key="lung_auroc.macro",
+                                         what="macro AUROC"))
         return
-    y = data.labels[rows]
-    clean = np.asarray(clean_pred)[rows]
-    result.metrics["lung_n_samples"] = float(len(rows))
+    y, pred = data.labels[rows], probs.argmax(axis=2)
     for j, name in enumerate(MASK_CONDITIONS):
-        pred = lung_pred[rows, j]
-        result.metrics[f"lung_accuracy.{name}"] = float(np.mean(pred == y))
-        result.metrics[f"lung_flip_rate.{name}"] = float(np.mean(pred != clean))
+        result.metrics[f"lung_accuracy.{name}"] = float(np.mean(pred[:, j] == y))
+    lung_pred = np.full(lung_probs.shape[:2], -1, np.int16)
+    lung_pred[rows] = pred
     result.records["lung_pred"] = lung_pred
-    result.data["lung_conditions"] = {"conditions": list(MASK_CONDITIONS), "n_images": int(len(rows))}
-    result.checks.append(_lung_check(result.metrics, float(np.mean(clean == y)), len(data.class_names)))
+    result.checks.append(_lung_check(result.metrics, float(np.mean(clean.argmax(axis=1) == y)),
+                                     len(data.class_names)))
 
 
 def _lung_check(metrics: dict[str, float], clean_acc: float, n_classes: int, *, key: str = "lung_accuracy",

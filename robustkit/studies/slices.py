@@ -16,9 +16,13 @@ class-site confound in the data, warns that the model may be reading the source.
 within-class probe centres the features within each class first, so that site
 information carried only by the class does not count.
 
-Multi-label models (``multilabel = True``): each slice is scored by the per-finding AUROC and
-their macro mean, and the slice-vs-rest test reads the macro AUROC (see
-:mod:`robustkit.studies.slices_findings`).
+One reduce for every task kind (single-label is the multi-label case with one-hot targets):
+each slice is scored by every output's AUROC and their macro mean (``auroc.<slice>.<output>``,
+``auroc.<slice>.macro``; :func:`robustkit.metrics.slices.slice_aurocs`). The slice-vs-rest
+test reads the accuracy for an exclusive task (the block above) and the macro AUROC for a
+multi-label one, whose slices' AUROCs carry bootstrap intervals and whose probe reads "within
+class" as within each set of findings, the dependence being that of the called findings (at the
+audit's thresholds) on the column within those sets.
 
 Math: :mod:`robustkit.metrics.slices`.
 """
@@ -32,13 +36,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from robustkit.errors import DataError, check_range, param_error
+from robustkit.metrics import multilabel as ML
 from robustkit.metrics import slices as S
 from robustkit.metrics.outputs import probabilities
 from robustkit.results import Check, StudyResult
 from robustkit.studies import register
-from robustkit.studies import slices_findings as F
 from robustkit.studies.base import AuditContext, Records, Study, StudyConfig
-from robustkit.task import critical_missing_check
+from robustkit.studies.clean import finding_thresholds
+from robustkit.task import Task, critical_missing_check
 
 if TYPE_CHECKING:
     from robustkit.data.dataset import Dataset
@@ -122,8 +127,8 @@ class SlicesStudy(Study[SlicesConfig]):
                         "features; 0.5 is chance", "lower"),
         "probe.auroc_within_class": ("the probe's AUROC on features centred within each class", "lower"),
         "confound": ("Cramér's V between class and the column in the data (0: none, 1: total)", "none"),
-        "auroc": ("multi-label: ROC AUC per finding and their macro mean, overall (auroc.<finding>, auroc.macro) "
-                  "and per slice (auroc.<slice>.<finding>, auroc.<slice>.macro)", "higher"),
+        "auroc": ("ROC AUC per output (class or finding) and their macro mean, overall (auroc.<output>, "
+                  "auroc.macro) and per slice (auroc.<slice>.<output>, auroc.<slice>.macro), every task", "higher"),
         "worst.auroc": ("multi-label: macro AUROC of the worst slice (its gap and q: worst.gap, worst.q)",
                         "higher"),
         "dependence": ("mean within-class Cramér's V between the prediction and the column (site): "
@@ -149,53 +154,68 @@ class SlicesStudy(Study[SlicesConfig]):
 
     # -- pure reduce ------------------------------------------------------------------
     def reduce(self, records: Records, data: Dataset, ctx: AuditContext) -> StudyResult:
-        if ctx.model_info.get("output_kind") == "multilabel":
-            return self._reduce_findings(records, data, ctx)
+        """Per output for every task: the overall and per-slice AUROC and their macro mean; the
+        slice-vs-rest test on the accuracy (exclusive tasks) or on the macro AUROC (multi-label)."""
         cfg = self.config
-        y = np.asarray(data.labels)
+        task = ctx.task or Task(names=tuple(data.class_names),
+                                exclusive=ctx.model_info.get("output_kind") != "multilabel")
+        names, targets = list(data.class_names), np.asarray(data.targets, dtype=bool)
         probs = probabilities(records["logits"], ctx.model_info.get("output_kind", "softmax"))
-        pred, conf = probs.argmax(axis=1), probs.max(axis=1)
-        correct = pred == y
-        result = StudyResult(name=self.name, metrics={"accuracy": float(correct.mean())})
-        result.records.update(pred=pred.astype(np.int16), probs=probs.astype(np.float32), correct=correct[:, None])
-        result.data.update(correct_metrics=["accuracy"], alpha=cfg.alpha, effect_size=cfg.effect_size,
-                           bin_width=cfg.bin_width)
+        auroc = ML.per_finding_auroc(targets, probs)
+        result = StudyResult(name=self.name, metrics={f"auroc.{n}": float(v) for n, v in zip(names, auroc)})
+        result.metrics["auroc.macro"] = float(ML.macro_mean(auroc))
+        result.data.update(alpha=cfg.alpha, effect_size=cfg.effect_size, bin_width=cfg.bin_width)
+        if task.exclusive:
+            y, pred, conf = np.asarray(data.labels), probs.argmax(axis=1), probs.max(axis=1)
+            _exclusive_overall(result, probs, pred, pred == y)
+            calls, sets = pred, y
+        else:
+            calls, sets = _multilabel_overall(result, probs, targets, data, ctx)
         labels = _labels(data, cfg)
         if not labels:
             result.checks = [Check("metadata", "warn", "the data has no metadata columns: no slices.")]
             result.data.update(slices=[], slice_defs={}, probe={}, columns=[])
             return result
-        positive = ctx.critical_index  # per-slice sensitivity and specificity are the critical class's
         slices = _all_slices(labels, cfg)
-        rows = _slice_rows(slices, y, pred, conf, correct, positive, cfg, ctx)
-        _store(result, rows, {s.name: s.mask for s in slices})
-        probe = _probes(records, data, cfg, ctx, pred, y)
+        strata = np.asarray(data.labels)
+        if task.exclusive:
+            positive = ctx.critical_index  # per-slice sensitivity and specificity are the critical class's
+            rows = _slice_rows(slices, y, pred, conf, pred == y, positive, cfg, ctx)
+            by_name = {s.name: s for s in slices}
+            for row in rows:  # the per-output AUROC of each slice, without intervals (results.json stays small)
+                row.update(_auroc_fields(by_name[row["slice"]], targets, probs, names, strata, ctx, n_boot=0)[0])
+        else:
+            positive = None
+            rows = _finding_rows(slices, targets, probs, names, strata, cfg, ctx)
+        _store(result, rows, {s.name: s.mask for s in slices}, names, "accuracy" if task.exclusive else "auroc")
+        probe = _probes(records, data, cfg, ctx, calls, sets)
         _store_probe(result, probe)
         result.data.update(columns=sorted(labels), probe=probe,
-                           positive_class=None if positive is None else list(data.class_names)[positive])
-        result.checks = _checks(rows, probe, cfg)
-        if positive is None:
+                           positive_class=None if positive is None else names[positive])
+        result.checks = _checks(rows, probe, cfg, measure="accuracy" if task.exclusive else "macro AUROC")
+        if task.exclusive and positive is None:
             result.checks.append(critical_missing_check("each slice's sensitivity and specificity"))
         return result
 
-    def _reduce_findings(self, records: Records, data: Dataset, ctx: AuditContext) -> StudyResult:
-        """Multi-label: per slice the per-finding and macro AUROC, the gap test on the macro AUROC."""
-        cfg, names = self.config, list(data.class_names)
-        result, called, true_sets = F.overall(records, data, ctx)
-        result.data.update(alpha=cfg.alpha, effect_size=cfg.effect_size, bin_width=cfg.bin_width)
-        labels = _labels(data, cfg)
-        if not labels:
-            result.checks = [Check("metadata", "warn", "the data has no metadata columns: no slices.")]
-            result.data.update(slices=[], slice_defs={}, probe={}, columns=[])
-            return result
-        rows = F.slice_finding_rows(_all_slices(labels, cfg), data.targets, result.records["probs"], names,
-                                    np.asarray(data.labels), cfg, ctx)
-        F.store_findings(result, rows, names)
-        probe = _probes(records, data, cfg, ctx, called, true_sets)
-        _store_probe(result, probe)
-        result.data.update(columns=sorted(labels), probe=probe, positive_class=None)
-        result.checks = _checks(rows, probe, cfg, measure="macro AUROC")
-        return result
+
+def _exclusive_overall(result: StudyResult, probs: np.ndarray, pred: np.ndarray, correct: np.ndarray) -> None:
+    """An exclusive task's overall accuracy and records (the arg-max ``pred``, ``correct``)."""
+    result.metrics["accuracy"] = float(correct.mean())
+    result.records.update(pred=pred.astype(np.int16), probs=probs.astype(np.float32), correct=correct[:, None])
+    result.data.update(correct_metrics=["accuracy"])
+
+
+def _multilabel_overall(result: StudyResult, probs: np.ndarray, targets: np.ndarray, data: Dataset,
+                        ctx: AuditContext) -> tuple[np.ndarray, np.ndarray]:
+    """A multi-label task's records (``probs``, the ``called`` findings at the audit's thresholds);
+    returns the codes ``(N,)`` of the called sets of findings and of the true sets (for the probe)."""
+    thresholds, _ = finding_thresholds(ctx, data)
+    called = probs >= thresholds[None, :]
+    result.records.update(probs=probs.astype(np.float32), called=called)
+    result.data.update(multilabel=True, findings=list(data.class_names), correct_metrics=[],
+                       thresholds=thresholds.tolist(), metric="auroc")
+    both = S.finding_sets(np.r_[targets, called])
+    return both[len(targets):], both[: len(targets)]
 
 
 def _store_probe(result: StudyResult, probe: dict[str, dict[str, Any]]) -> None:
@@ -271,33 +291,73 @@ def _slice_rows(slices: list[S.Slice], y: np.ndarray, pred: np.ndarray, conf: np
         gap, p = S.slice_test(correct, s.mask) if 0 < s.mask.sum() < len(y) else (math.nan, math.nan)
         rows.append({"slice": s.name, "conditions": [list(c) for c in s.conditions], "n": int(s.mask.sum()),
                      **values, "intervals": intervals, "gap": gap, "p": p})
+    return _ranked(rows, cfg)
+
+
+def _auroc_fields(s: S.Slice, targets: np.ndarray, probs: np.ndarray, names: list[str], strata: np.ndarray,
+                  ctx: AuditContext, *, n_boot: int) -> tuple[dict[str, Any], dict[str, list[float]], dict[str, Any]]:
+    """A slice's per-output and macro AUROC (row fields ``auroc.<output>`` and ``auroc``: the macro
+    mean), their intervals (with ``n_boot`` resamples) and the gap test of :func:`S.slice_aurocs`."""
+    r = S.slice_aurocs(targets, probs, s.mask, strata, n_boot=n_boot, seed=ctx.seed_for("slices", s.name))
+    fields = {"auroc": r["macro"], **{f"auroc.{n}": float(v) for n, v in zip(names, r["auroc"])}}
+    intervals = {f"auroc.{n}": iv for n, iv in zip(names, r["auroc_intervals"])}
+    intervals["auroc.macro"] = r["macro_interval"]
+    return fields, intervals, r
+
+
+def _finding_rows(slices: list[S.Slice], targets: np.ndarray, probs: np.ndarray, names: list[str],
+                  strata: np.ndarray, cfg: SlicesConfig, ctx: AuditContext) -> list[dict[str, Any]]:
+    """Multi-label: one row per slice (n, per-finding and macro AUROC with intervals, the gap of the
+    macro AUROC to the rest's and its p-value), ranked by :func:`_ranked`."""
+    rows: list[dict[str, Any]] = []
+    for s in slices:
+        fields, intervals, r = _auroc_fields(s, targets, probs, names, strata, ctx, n_boot=cfg.n_bootstrap)
+        rows.append({"slice": s.name, "conditions": [list(c) for c in s.conditions], "n": int(s.mask.sum()),
+                     **fields, "rest": r["rest_macro"], "intervals": intervals, "gap": r["gap"], "p": r["p"]})
+    return _ranked(rows, cfg)
+
+
+def _ranked(rows: list[dict[str, Any]], cfg: SlicesConfig) -> list[dict[str, Any]]:
+    """The rows with their BH q-values and flags, sorted by gap, worst first."""
     for row, q in zip(rows, S.bh_qvalues([float(r["p"]) for r in rows])):
         row["q"] = q
         row["flagged"] = bool(float(row["gap"]) <= -cfg.effect_size and q < cfg.alpha)
     return sorted(rows, key=lambda r: (r["gap"] if math.isfinite(r["gap"]) else math.inf, r["slice"]))
 
 
-def _store(result: StudyResult, rows: list[dict[str, Any]], masks: dict[str, np.ndarray]) -> None:
-    """Flat metrics, intervals, per-slice accuracy records, the table and the worst slice.
+def _store(result: StudyResult, rows: list[dict[str, Any]], masks: dict[str, np.ndarray], names: list[str],
+           measure: str) -> None:
+    """Flat metrics, intervals, the table and the worst slice by ``measure`` (``accuracy`` or the macro
+    ``auroc``, the measure of the slice-vs-rest test).
 
-    ``records["accuracy.<slice>"]`` ``(N,)`` is 1/0 in the slice and NaN outside, so that
-    compare's paired bootstrap (and gate's ``max_drop``) recompute each slice's accuracy.
+    Every task: ``auroc.<slice>.<output>`` and ``auroc.<slice>.macro`` (with intervals where the rows
+    carry them). Exclusive: ``accuracy.<slice>`` with its interval, and ``records["accuracy.<slice>"]``
+    ``(N,)``, 1/0 in the slice and NaN outside, so that compare's paired bootstrap (and gate's
+    ``max_drop``) recompute each slice's accuracy.
     """
-    correct = result.records["correct"][:, 0].astype(np.float32)
     for r in rows:
-        result.metrics[f"accuracy.{r['slice']}"] = r["accuracy"]
-        result.records[f"accuracy.{r['slice']}"] = np.where(masks[r["slice"]], correct, np.float32(np.nan))
-        if "accuracy" in r["intervals"]:
-            result.intervals[f"accuracy.{r['slice']}"] = r["intervals"]["accuracy"]
+        for key in [*names, "macro"]:
+            name = f"auroc.{r['slice']}.{key}"
+            result.metrics[name] = r["auroc"] if key == "macro" else r[f"auroc.{key}"]
+            if f"auroc.{key}" in r["intervals"]:
+                result.intervals[name] = r["intervals"][f"auroc.{key}"]
+    if measure == "accuracy":
+        correct = result.records["correct"][:, 0].astype(np.float32)
+        for r in rows:
+            result.metrics[f"accuracy.{r['slice']}"] = r["accuracy"]
+            result.records[f"accuracy.{r['slice']}"] = np.where(masks[r["slice"]], correct, np.float32(np.nan))
+            if "accuracy" in r["intervals"]:
+                result.intervals[f"accuracy.{r['slice']}"] = r["intervals"]["accuracy"]
     result.metrics["n_slices"] = float(len(rows))
     result.metrics["n_flagged"] = float(sum(r["flagged"] for r in rows))
     result.tables["slices"] = [{k: v for k, v in r.items() if k not in ("conditions", "intervals")} for r in rows]
     result.data["slices"] = rows
     result.data["slice_defs"] = {r["slice"]: r["conditions"] for r in rows}
-    if rows:
-        worst = min(rows, key=lambda r: (r["accuracy"], -r["n"], r["slice"]))
-        result.metrics.update({"worst.accuracy": worst["accuracy"], "worst.gap": worst["gap"], "worst.q": worst["q"]})
-        result.data["worst"] = {k: worst[k] for k in ("slice", "n", "accuracy", "gap", "q", "flagged")}
+    ranked = [r for r in rows if math.isfinite(r[measure])]
+    if ranked:
+        worst = min(ranked, key=lambda r: (r[measure], -r["n"], r["slice"]))
+        result.metrics.update({f"worst.{measure}": worst[measure], "worst.gap": worst["gap"], "worst.q": worst["q"]})
+        result.data["worst"] = {k: worst[k] for k in ("slice", "n", measure, "gap", "q", "flagged")}
 
 
 def _probes(records: Records, data: Dataset, cfg: SlicesConfig, ctx: AuditContext,
