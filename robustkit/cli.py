@@ -280,8 +280,8 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         "report",
         parents=[_COMMON],
         help="re-render the HTML report of an audit folder",
-        description="Re-render DIR/report.html from DIR/results.json and DIR/records.npz alone "
-        "(no model is loaded and TensorFlow is not imported).",
+        description="Re-render DIR/report.html from DIR/results.json, DIR/records.npz and DIR/figures.npz alone "
+        "(no model is loaded and TensorFlow is not imported; without figures.npz the figures are noted as missing).",
     )
     p.add_argument("dir", type=Path, help="audit folder")
     p.add_argument("--out", type=Path, default=None, help="HTML file to write (default DIR/report.html)")
@@ -304,7 +304,7 @@ def _add_card(sub: argparse._SubParsersAction) -> None:
         "acceptance rules judged on the 95%% interval's bound, per-class sensitivity and specificity, "
         "robustness, changes against a baseline, limitations), and beside it card.json, "
         "card.model_card.json (Model Card Toolkit) and card.model-index.yaml (Hugging Face). "
-        "Reads results.json and records.npz alone (no TensorFlow).",
+        "Reads results.json and records.npz alone (no TensorFlow; figures.npz is not needed).",
     )
     p.add_argument("dir", type=Path, metavar="AUDIT_DIR", help="audit folder")
     p.add_argument("--policy", type=Path, default=None, help="gate policy (TOML) for the acceptance table")
