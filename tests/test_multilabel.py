@@ -127,11 +127,11 @@ def test_per_finding_metrics_equal_scikit_learn() -> None:
     targets = rng.random((200, 4)) < [0.1, 0.3, 0.5, 0.7]
     probs = np.round(np.clip(0.4 * targets + 0.6 * rng.random((200, 4)), 0, 1), 2)  # ties included
     for k in range(4):
-        assert ML.binary_auroc(targets[:, k], probs[:, k]) == pytest.approx(roc_auc_score(targets[:, k], probs[:, k]))
-        assert ML.average_precision(targets[:, k], probs[:, k]) == pytest.approx(
-            average_precision_score(targets[:, k], probs[:, k]))
-    assert ML.micro_auroc(targets, probs) == pytest.approx(roc_auc_score(targets, probs, average="micro"))
+        assert ML.per_finding_auroc(targets, probs)[k] == pytest.approx(roc_auc_score(targets[:, k], probs[:, k]))
     flat = ML.finding_summary(targets, probs, np.full(4, 0.5)).flat(list("abcd"))
+    for k, f in enumerate("abcd"):
+        assert flat[f"auprc.{f}"] == pytest.approx(average_precision_score(targets[:, k], probs[:, k]))
+    assert flat["auroc.micro"] == pytest.approx(roc_auc_score(targets, probs, average="micro"))
     assert flat["auroc.macro"] == pytest.approx(roc_auc_score(targets, probs, average="macro"))
     assert flat["auprc.macro"] == pytest.approx(average_precision_score(targets, probs, average="macro"))
     assert flat["auprc.micro"] == pytest.approx(average_precision_score(targets, probs, average="micro"))

@@ -11,8 +11,9 @@ threshold per finding: given by the user, or chosen by Youden's J on a calibrati
 the images (:func:`threshold_split`, decided by each sample's id so that a subset or a
 shard of the images puts every image on the same side) and reported on the other half.
 
-Pure numpy; ``binary_auroc`` equals scikit-learn's ``roc_auc_score`` and
-``average_precision`` its ``average_precision_score`` (tested).
+Pure numpy; the AUROC and AUPRC come from the one ranking kernel
+(:mod:`robustkit.metrics.ranking`), sensitivity and specificity from the decision kernel
+(:mod:`robustkit.metrics.decisions`).
 
 Example:
     >>> t = np.array([[1, 0], [0, 1], [1, 1], [0, 0]], dtype=bool)
@@ -31,16 +32,14 @@ import numpy as np
 from scipy import stats
 
 from robustkit.metrics import calibration as CM
-from robustkit.metrics.classification import _binary_auc
+from robustkit.metrics.average import nan_mean
+from robustkit.metrics.decisions import decision_counts, decision_scores
+from robustkit.metrics.ranking import auprc, auroc, binary_auroc, ranking_counts
 
 __all__ = [
     "DeLongResult",
-    "average_precision",
-    "binary_auroc",
     "delong_paired",
     "finding_summary",
-    "micro_auroc",
-    "per_finding_ap",
     "per_finding_auroc",
     "per_finding_brier",
     "per_finding_ece",
@@ -50,38 +49,10 @@ __all__ = [
 ]
 
 
-def binary_auroc(y: np.ndarray, score: np.ndarray) -> float:
-    """ROC AUC of one binary problem (Mann-Whitney, ties count one half); NaN without both classes."""
-    return _binary_auc(np.asarray(y, dtype=bool), np.asarray(score, dtype=np.float64))
-
-
-def average_precision(y: np.ndarray, score: np.ndarray) -> float:
-    """Area under the precision-recall curve as a step sum, ``sum_n (R_n - R_{n-1}) P_n``
-    over the distinct scores (scikit-learn's ``average_precision_score``); NaN without positives."""
-    y = np.asarray(y, dtype=bool).reshape(-1)
-    s = np.asarray(score, dtype=np.float64).reshape(-1)
-    n_pos = int(y.sum())
-    if n_pos == 0:
-        return float("nan")
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # the last row of each distinct score
-    tps = np.cumsum(y)[last].astype(np.float64)
-    precision = tps / (last + 1)
-    recall = tps / n_pos
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-
-
 def per_finding_auroc(targets: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """ROC AUC per finding ``(K,)``; NaN for a finding every image has or no image has."""
-    t, p = np.asarray(targets, dtype=bool), np.asarray(probs)
-    return np.array([binary_auroc(t[:, k], p[:, k]) for k in range(t.shape[1])])
-
-
-def per_finding_ap(targets: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """Average precision (AUPRC) per finding ``(K,)``; NaN for a finding no image has."""
-    t, p = np.asarray(targets, dtype=bool), np.asarray(probs)
-    return np.array([average_precision(t[:, k], p[:, k]) for k in range(t.shape[1])])
+    """ROC AUC per finding ``(K,)``; NaN for a finding every image has or no image has
+    (:func:`robustkit.metrics.ranking.auroc` with ``average=None``)."""
+    return np.asarray(auroc(targets, probs))
 
 
 def per_finding_ece(targets: np.ndarray, probs: np.ndarray, *, n_bins: int = 15) -> np.ndarray:
@@ -112,23 +83,14 @@ def per_finding_brier(targets: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return np.mean((p - t) ** 2, axis=0)
 
 
-def micro_auroc(targets: np.ndarray, probs: np.ndarray) -> float:
-    """ROC AUC of every image-finding pair pooled."""
-    return binary_auroc(np.asarray(targets).ravel(), np.asarray(probs).ravel())
-
-
 def sensitivity_specificity(
     targets: np.ndarray, probs: np.ndarray, thresholds: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per finding ``(K,)``: the share of images with the finding called positive
     (``prob >= threshold``) and the share without it called negative; NaN where undefined."""
-    t = np.asarray(targets, dtype=bool)
     called = np.asarray(probs) >= np.asarray(thresholds, dtype=np.float64)[None, :]
-    pos, neg = t.sum(axis=0), (~t).sum(axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        sens = np.where(pos > 0, (called & t).sum(axis=0) / pos, np.nan)
-        spec = np.where(neg > 0, (~called & ~t).sum(axis=0) / neg, np.nan)
-    return sens.astype(np.float64), spec.astype(np.float64)
+    r = decision_scores(decision_counts(targets, called))
+    return np.asarray(r["sensitivity"]), np.asarray(r["specificity"])
 
 
 def youden_thresholds(targets: np.ndarray, probs: np.ndarray, *, default: float = 0.5) -> np.ndarray:
@@ -147,10 +109,9 @@ def youden_thresholds(targets: np.ndarray, probs: np.ndarray, *, default: float 
         n_pos, n_neg = int(y.sum()), int((~y).sum())
         if n_pos == 0 or n_neg == 0:
             continue
-        order = np.argsort(-s, kind="mergesort")
-        s_sorted, y_sorted = s[order], y[order]
-        last = np.r_[np.nonzero(np.diff(s_sorted))[0], len(s_sorted) - 1]
-        tps = np.cumsum(y_sorted)[last]
+        c = ranking_counts(s[None, :], y[None, :])
+        last = np.flatnonzero(c.is_end[0])
+        s_sorted, tps = c.scores[0], c.tps[0][last]
         fps = (last + 1) - tps
         j = tps / n_pos - fps / n_neg
         best = int(np.argmax(j))  # the first: the highest threshold with the best J
@@ -186,8 +147,7 @@ class FindingSummary:
             values = getattr(self, key)
             for name, v in zip(names, values, strict=True):
                 out[f"{key}.{name}"] = float(v)
-            finite = values[np.isfinite(values)]
-            out[f"{key}.macro"] = float(finite.mean()) if finite.size else float("nan")
+            out[f"{key}.macro"] = nan_mean(values)
         out["auroc.micro"], out["auprc.micro"] = self.micro_auroc, self.micro_auprc
         return out
 
@@ -196,12 +156,12 @@ def finding_summary(targets: np.ndarray, probs: np.ndarray, thresholds: np.ndarr
     """AUROC, AUPRC (threshold-free) and sensitivity, specificity at ``thresholds``, per finding."""
     sens, spec = sensitivity_specificity(targets, probs, thresholds)
     return FindingSummary(
-        auroc=per_finding_auroc(targets, probs),
-        auprc=per_finding_ap(targets, probs),
+        auroc=np.asarray(auroc(targets, probs)),
+        auprc=np.asarray(auprc(targets, probs)),
         sensitivity=sens,
         specificity=spec,
-        micro_auroc=micro_auroc(targets, probs),
-        micro_auprc=average_precision(np.asarray(targets).ravel(), np.asarray(probs).ravel()),
+        micro_auroc=float(auroc(targets, probs, average="micro")),
+        micro_auprc=float(auprc(targets, probs, average="micro")),
     )
 
 
@@ -245,7 +205,7 @@ def delong_paired(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -> De
         return DeLongResult(binary_auroc(y, a), binary_auroc(y, b), nan, nan, nan)
     va10, va01 = _placements(a[y], a[~y])
     vb10, vb01 = _placements(b[y], b[~y])
-    auc_a, auc_b = float(va10.mean()), float(vb10.mean())
+    auc_a, auc_b = binary_auroc(y, a), binary_auroc(y, b)
     s10 = np.cov(np.vstack([va10, vb10]))
     s01 = np.cov(np.vstack([va01, vb01]))
     var = (s10[0, 0] + s10[1, 1] - 2 * s10[0, 1]) / m + (s01[0, 0] + s01[1, 1] - 2 * s01[0, 1]) / n

@@ -41,7 +41,7 @@ from collections.abc import Callable
 import numpy as np
 
 from robustkit.metrics.calibration import ece_compute, ece_update
-from robustkit.metrics.multilabel import average_precision, binary_auroc, delong_paired
+from robustkit.metrics.multilabel import delong_paired
 from robustkit.metrics.paired import (
     PAIRED_STATISTICS,
     PAIRED_TESTS,
@@ -55,6 +55,7 @@ from robustkit.metrics.paired import (
     mcnemar_exact,
     nanmean_of,
 )
+from robustkit.metrics.ranking import average_precision, binary_auroc
 
 __all__ = ["BUILTIN_STATISTICS", "BUILTIN_TESTS", "find_statistic", "find_test"]
 

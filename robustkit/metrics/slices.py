@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from robustkit.errors import ConfigError
+from robustkit.metrics.average import nan_mean
 from robustkit.metrics.calibration import ece_compute, ece_update
 from robustkit.metrics.classification import bootstrap_indices, roc_auc_ovr
 from robustkit.metrics.paired import bh_qvalues  # the multiple-testing home (with Holm)
@@ -256,7 +257,7 @@ def _oof_probs(x: np.ndarray, t: np.ndarray, folds: int, seed: int) -> np.ndarra
 def _auroc(t: np.ndarray, probs: np.ndarray) -> float:
     """Binary AUROC of class 1, or the macro one-vs-rest AUROC of several classes."""
     auc = roc_auc_ovr(t, probs)
-    return float(auc[1]) if probs.shape[1] == 2 else float(np.nanmean(auc))
+    return float(auc[1]) if probs.shape[1] == 2 else nan_mean(auc)
 
 
 def site_probe(features: np.ndarray, target: np.ndarray, *, folds: int = 5, seed: int = 0,

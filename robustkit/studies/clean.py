@@ -22,7 +22,9 @@ from robustkit.data.images import png_base64
 from robustkit.errors import ModelError, check_range
 from robustkit.metrics import classification as M
 from robustkit.metrics import multilabel as ML
+from robustkit.metrics.average import nan_mean
 from robustkit.metrics.outputs import probabilities
+from robustkit.metrics.ranking import roc_curve
 from robustkit.results import Check, StudyResult
 from robustkit.studies import register
 from robustkit.studies.base import AuditContext, Study, StudyConfig
@@ -189,7 +191,7 @@ def _finding_checks(targets: np.ndarray, names: list[str], min_support: int) -> 
 
 
 def _roc(y: np.ndarray, score: np.ndarray) -> dict[str, list[float]]:
-    fpr, tpr = M.roc_curve(y, score)
+    fpr, tpr = roc_curve(y, score)
     if len(fpr) > 200:  # keep the JSON small; the curve is monotone so subsampling is safe
         keep = np.unique(np.r_[np.linspace(0, len(fpr) - 1, 200).astype(int), len(fpr) - 1])
         fpr, tpr = fpr[keep], tpr[keep]
@@ -202,8 +204,8 @@ def _scores(y: np.ndarray, pred: np.ndarray, probs: np.ndarray, k: int) -> dict[
     auc = M.roc_auc_ovr(y, probs)
     return {
         "accuracy": M.accuracy(y, pred),
-        "balanced_accuracy": float(np.nanmean(recall)) if np.any(np.isfinite(recall)) else float("nan"),
-        "macro_f1": float(np.nanmean(f1)) if np.any(np.isfinite(f1)) else float("nan"),
+        "balanced_accuracy": nan_mean(recall),
+        "macro_f1": nan_mean(f1),
         "precision": precision,
         "sensitivity": recall,
         "specificity": M.specificity(cm),
@@ -217,8 +219,7 @@ def _flatten(s: dict[str, Any], names: list[str]) -> dict[str, float]:
     for key in ("precision", "sensitivity", "specificity", "f1", "auroc"):
         for name, v in zip(names, s[key]):
             out[f"{key}.{name}"] = float(v)
-    finite_auc = s["auroc"][np.isfinite(s["auroc"])]
-    out["auroc.macro"] = float(finite_auc.mean()) if finite_auc.size else float("nan")
+    out["auroc.macro"] = nan_mean(s["auroc"])
     return out
 
 
