@@ -25,8 +25,9 @@ Example:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -44,6 +45,7 @@ __all__ = [
     "per_finding_brier",
     "per_finding_ece",
     "sensitivity_specificity",
+    "stored_thresholds",
     "threshold_split",
     "youden_thresholds",
 ]
@@ -127,6 +129,29 @@ def threshold_split(ids: Sequence[str] | np.ndarray) -> np.ndarray:
     puts each image on the same side; about half the images land on each side.
     """
     return np.array([hashlib.sha256(f"threshold/{sid}".encode()).digest()[0] < 128 for sid in ids], dtype=bool)
+
+
+def stored_thresholds(model: Mapping[str, Any], names: Sequence[str],
+                      ids: Sequence[str] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The audit's decision thresholds ``(K,)`` in output order, and which samples ``(N,)``
+    thresholded metrics are read on; the one reader of the stored thresholds.
+
+    Args:
+        model: the audit's model block (``{"thresholds": {output: t}, "threshold_source": ...}``).
+        names: the outputs, in order.
+        ids: the sample ids the metrics are read on.
+
+    Returns:
+        The thresholds (0.5 for an output without one) and a mask: every sample when the
+        thresholds were given or incomplete; the half :func:`threshold_split` did not use to
+        choose them when they were chosen on the data.
+    """
+    given = model.get("thresholds") or {}
+    thresholds = np.array([float(given.get(n, 0.5)) for n in names], dtype=np.float64)
+    everyone = np.ones(len(ids), dtype=bool)
+    if len(given) != len(names) or not str(model.get("threshold_source", "")).startswith("chosen"):
+        return thresholds, everyone
+    return thresholds, ~threshold_split(np.asarray(ids).astype(str))
 
 
 @dataclass(frozen=True)

@@ -170,14 +170,8 @@ class CleanStudy(Study[CleanConfig]):
 def finding_thresholds(ctx: AuditContext, data: Dataset) -> tuple[np.ndarray, np.ndarray]:
     """A multi-label audit's decision thresholds ``(K,)`` in class order, and which samples
     ``(N,)`` thresholded metrics are read on (all when the thresholds were given; the half
-    not used to choose them otherwise)."""
-    given = ctx.model_info.get("thresholds") or {}
-    k = len(data.class_names)
-    thresholds = np.array([float(given.get(n, 0.5)) for n in data.class_names], dtype=np.float64)
-    if len(given) != k:
-        return thresholds, np.ones(len(data), dtype=bool)
-    chosen = str(ctx.model_info.get("threshold_source", "")).startswith("chosen")
-    return thresholds, (~ML.threshold_split(data.ids) if chosen else np.ones(len(data), dtype=bool))
+    not used to choose them otherwise): :func:`robustkit.metrics.multilabel.stored_thresholds`."""
+    return ML.stored_thresholds(ctx.model_info, data.class_names, data.ids)
 
 
 def _finding_checks(targets: np.ndarray, names: list[str], min_support: int) -> list[Check]:
