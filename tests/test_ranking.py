@@ -145,3 +145,17 @@ def test_nan_mean_equals_a_slow_loop() -> None:
     assert nan_mean(v) == pytest.approx(sum(flat) / len(flat), abs=1e-15)
     assert np.isnan(nan_mean(np.array([np.nan, np.inf])))
     assert weighted_nan_mean(np.array([1.0, np.nan, 3.0]), np.array([1, 5, 3])) == pytest.approx((1 + 9) / 4)
+
+
+def test_scores_under_several_conditions_are_scored_against_the_same_targets() -> None:
+    rng = np.random.default_rng(7)
+    targets = rng.random((90, 3)) < [0.2, 0.5, 0.0]  # the third finding is absent: NaN
+    scores = _tied(rng, (90, 4, 3)) + 0.4 * targets[:, None, :]
+    got = R.auroc(targets, scores)
+    assert got.shape == (4, 3)
+    for c in range(4):
+        for k in range(2):
+            assert got[c, k] == pytest.approx(roc_auc_score(targets[:, k], scores[:, c, k]), abs=1e-12)
+    assert np.isnan(got[:, 2]).all()
+    with pytest.raises(ConfigError, match="'scores' parameter"):
+        R.auroc(targets, scores, average="macro")

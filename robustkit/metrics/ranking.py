@@ -168,13 +168,17 @@ def _per_output(kind: str, targets: np.ndarray, scores: np.ndarray, average: str
     if average not in AVERAGES:
         raise param_error("average", "one of None, 'macro', 'micro', 'weighted'", average, where=kind)
     t, s = np.asarray(targets, dtype=bool), np.asarray(scores, dtype=np.float64)
+    if average is not None and s.ndim != 2:
+        raise param_error("scores", f"shape (N, K) with average={average!r}", s.shape, where=kind)
     if average == "micro":
         c = ranking_counts(s.reshape(1, -1), t.reshape(1, -1))
-    else:
-        c = ranking_counts(s.T, t.T)
+    else:  # one row per output (and per leading condition of an (N, ..., K) array)
+        rows = np.moveaxis(s, 0, -1)
+        c = ranking_counts(rows.reshape(-1, len(s)), np.broadcast_to(t.T, rows.shape).reshape(-1, len(s)))
     values = _auroc(c) if kind == "auroc" else _average_precision(c)
     if average == "micro":
         return float(values[0])
+    values = values.reshape(s.shape[1:])
     if average == "macro":
         return nan_mean(values)
     if average == "weighted":
@@ -187,9 +191,11 @@ def auroc(targets: np.ndarray, scores: np.ndarray, *, average: str | None = None
 
     Args:
         targets: ``(N, K)`` presence of each output (:func:`one_hot` of single-label classes).
-        scores: ``(N, K)`` the model's probabilities (or any score, higher = more present).
-        average: None: ``(K,)`` (NaN for an output every or no image has); ``"macro"``,
-            ``"weighted"``, ``"micro"``: one number.
+        scores: ``(N, K)`` the model's probabilities (or any score, higher = more present);
+            with ``average=None`` also ``(N, ..., K)``, e.g. ``(N, C, K)`` under ``C``
+            conditions, each scored against the same targets.
+        average: None: ``scores.shape[1:]`` (NaN for an output every or no image has);
+            ``"macro"``, ``"weighted"``, ``"micro"``: one number.
     """
     return _per_output("auroc", targets, scores, average)
 
