@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 
@@ -69,7 +70,15 @@ def _rates(c: DecisionCounts) -> dict[str, np.ndarray]:
                 "accuracy": (c.tp + c.tn) / (c.tp + c.fp + c.tn + c.fn)}
 
 
-def decision_scores(counts: DecisionCounts, *, average: str | None = None) -> dict[str, np.ndarray | float]:
+@overload
+def decision_scores(counts: DecisionCounts, *, average: None = None) -> dict[str, np.ndarray]: ...
+
+
+@overload
+def decision_scores(counts: DecisionCounts, *, average: str) -> dict[str, float]: ...
+
+
+def decision_scores(counts: DecisionCounts, *, average: str | None = None) -> dict[str, np.ndarray] | dict[str, float]:
     """Sensitivity (recall), specificity, precision, F1 and accuracy from counts.
 
     Args:

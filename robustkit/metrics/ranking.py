@@ -31,6 +31,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 
@@ -186,6 +187,14 @@ def _per_output(kind: str, targets: np.ndarray, scores: np.ndarray, average: str
     return values
 
 
+@overload
+def auroc(targets: np.ndarray, scores: np.ndarray, *, average: None = None) -> np.ndarray: ...
+
+
+@overload
+def auroc(targets: np.ndarray, scores: np.ndarray, *, average: str) -> float: ...
+
+
 def auroc(targets: np.ndarray, scores: np.ndarray, *, average: str | None = None) -> float | np.ndarray:
     """ROC AUC per output of targets ``(N, K)`` bool and scores ``(N, K)``.
 
@@ -198,6 +207,14 @@ def auroc(targets: np.ndarray, scores: np.ndarray, *, average: str | None = None
             ``"macro"``, ``"weighted"``, ``"micro"``: one number.
     """
     return _per_output("auroc", targets, scores, average)
+
+
+@overload
+def auprc(targets: np.ndarray, scores: np.ndarray, *, average: None = None) -> np.ndarray: ...
+
+
+@overload
+def auprc(targets: np.ndarray, scores: np.ndarray, *, average: str) -> float: ...
 
 
 def auprc(targets: np.ndarray, scores: np.ndarray, *, average: str | None = None) -> float | np.ndarray:

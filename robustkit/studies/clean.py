@@ -23,6 +23,7 @@ from robustkit.errors import ModelError, check_range
 from robustkit.metrics import classification as M
 from robustkit.metrics import multilabel as ML
 from robustkit.metrics.average import nan_mean
+from robustkit.metrics.decisions import counts_from_confusion, decision_scores
 from robustkit.metrics.outputs import probabilities
 from robustkit.metrics.ranking import roc_curve
 from robustkit.results import Check, StudyResult
@@ -193,18 +194,13 @@ def _roc(y: np.ndarray, score: np.ndarray) -> dict[str, list[float]]:
 
 
 def _scores(y: np.ndarray, pred: np.ndarray, probs: np.ndarray, k: int) -> dict[str, Any]:
-    cm = M.confusion_matrix(y, pred, k)
-    precision, recall, f1 = M.precision_recall_f1(cm)
-    auc = M.roc_auc_ovr(y, probs)
+    rates = decision_scores(counts_from_confusion(M.confusion_matrix(y, pred, k)))
     return {
         "accuracy": M.accuracy(y, pred),
-        "balanced_accuracy": nan_mean(recall),
-        "macro_f1": nan_mean(f1),
-        "precision": precision,
-        "sensitivity": recall,
-        "specificity": M.specificity(cm),
-        "f1": f1,
-        "auroc": auc,
+        "balanced_accuracy": nan_mean(rates["sensitivity"]),
+        "macro_f1": nan_mean(rates["f1"]),
+        **{key: rates[key] for key in ("precision", "sensitivity", "specificity", "f1")},
+        "auroc": M.roc_auc_ovr(y, probs),
     }
 
 
