@@ -38,7 +38,7 @@ import numpy as np
 from robustkit.errors import check_range, param_error
 from robustkit.metrics.outputs import probabilities
 from robustkit.metrics.ranking import ranking_rows
-from robustkit.metrics.resampling import bootstrap_indices
+from robustkit.metrics.resampling import bootstrap_indices, percentile_interval
 
 __all__ = [
     "DETECTION_METRICS",
@@ -269,13 +269,8 @@ def ood_intervals(id_scores: np.ndarray, ood_scores: np.ndarray, *, n_boot: int,
     y, s = _labelled(id_scores, ood_scores)
     idx = bootstrap_indices(len(s), n_boot, seed=seed, strata=y)
     parts = [_all_metrics(s[idx[i:i + chunk]], y[idx[i:i + chunk]]) for i in range(0, n_boot, chunk)]
-    alpha = (1.0 - level) / 2.0
     out = {}
     for k in DETECTION_METRICS:
-        values = np.concatenate([p[k] for p in parts])
-        if np.mean(np.isfinite(values)) < 0.5:
-            out[k] = [float("nan"), float("nan")]
-            continue
-        lo, hi = np.nanquantile(values, [alpha, 1 - alpha])
+        lo, hi = percentile_interval(np.concatenate([p[k] for p in parts]), level=level)
         out[k] = [float(lo), float(hi)]
     return out

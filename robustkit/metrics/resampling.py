@@ -3,7 +3,8 @@ intervals, and the paired bootstrap of a difference.
 
 * :func:`bootstrap_indices`: indices ``(B, n)`` with replacement, within strata if given
   (every class keeps its count);
-* :func:`bootstrap_interval`: the percentile interval of any statistic of the indices;
+* :func:`bootstrap_interval`: the percentile interval of any statistic of the indices
+  (:func:`percentile_interval` of values resampled elsewhere);
 * :func:`resample_indices` and :func:`paired_bootstrap`: the same resamples for two models'
   paired samples, the interval and a p-value of ``second - first`` (Efron and Tibshirani
   1993, ch. 16).
@@ -27,7 +28,8 @@ import numpy as np
 
 from robustkit.errors import check_range
 
-__all__ = ["BootstrapResult", "bootstrap_indices", "bootstrap_interval", "paired_bootstrap", "resample_indices"]
+__all__ = ["BootstrapResult", "bootstrap_indices", "bootstrap_interval", "paired_bootstrap", "percentile_interval",
+           "resample_indices"]
 
 
 def bootstrap_indices(n: int, n_boot: int, *, seed: int, strata: np.ndarray | None = None) -> np.ndarray:
@@ -68,7 +70,15 @@ def bootstrap_interval(
         undefined in more than half of the resamples.
     """
     idx = bootstrap_indices(n, n_boot, seed=seed, strata=strata)
-    values = np.asarray([np.asarray(stat(row), dtype=np.float64) for row in idx])
+    return percentile_interval(np.asarray([np.asarray(stat(row), dtype=np.float64) for row in idx]), level=level)
+
+
+def percentile_interval(values: np.ndarray, *, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """The percentile interval of resampled values ``(B, ...)`` over the first axis.
+
+    Undefined values (NaN, inf) are left out; where more than half of the resamples are
+    undefined, the interval is NaN. Returns ``(low, high)``, each ``values.shape[1:]``.
+    """
     alpha = (1.0 - level) / 2.0
     finite = np.where(np.isfinite(values), values, np.nan)
     valid = np.mean(np.isfinite(values), axis=0) >= 0.5
