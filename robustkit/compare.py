@@ -449,12 +449,10 @@ def _sample_labels(audit: AuditResult, samples: np.ndarray) -> np.ndarray:
 
 def _thresholded(audit: AuditResult, samples: np.ndarray) -> np.ndarray:
     """bool ``(n,)``: the samples a multi-label audit read its thresholded metrics on: the
-    half not used to choose the thresholds, or all when they were given (as the clean study)."""
-    from robustkit.metrics.multilabel import threshold_split
+    half not used to choose the thresholds, or all when they were given (the clean study's reader)."""
+    from robustkit.metrics.multilabel import stored_thresholds
 
-    if not str(audit.model.get("threshold_source", "")).startswith("chosen"):
-        return np.ones(len(samples), dtype=bool)
-    return ~threshold_split(np.asarray(audit.ids).astype(str)[samples])
+    return stored_thresholds(audit.model, audit.class_names, np.asarray(audit.ids)[samples])[1]
 
 
 # ---------------------------------------------------------------- per-slice tests

@@ -127,11 +127,11 @@ def test_per_finding_metrics_equal_scikit_learn() -> None:
     targets = rng.random((200, 4)) < [0.1, 0.3, 0.5, 0.7]
     probs = np.round(np.clip(0.4 * targets + 0.6 * rng.random((200, 4)), 0, 1), 2)  # ties included
     for k in range(4):
-        assert ML.binary_auroc(targets[:, k], probs[:, k]) == pytest.approx(roc_auc_score(targets[:, k], probs[:, k]))
-        assert ML.average_precision(targets[:, k], probs[:, k]) == pytest.approx(
-            average_precision_score(targets[:, k], probs[:, k]))
-    assert ML.micro_auroc(targets, probs) == pytest.approx(roc_auc_score(targets, probs, average="micro"))
+        assert ML.per_finding_auroc(targets, probs)[k] == pytest.approx(roc_auc_score(targets[:, k], probs[:, k]))
     flat = ML.finding_summary(targets, probs, np.full(4, 0.5)).flat(list("abcd"))
+    for k, f in enumerate("abcd"):
+        assert flat[f"auprc.{f}"] == pytest.approx(average_precision_score(targets[:, k], probs[:, k]))
+    assert flat["auroc.micro"] == pytest.approx(roc_auc_score(targets, probs, average="micro"))
     assert flat["auroc.macro"] == pytest.approx(roc_auc_score(targets, probs, average="macro"))
     assert flat["auprc.macro"] == pytest.approx(average_precision_score(targets, probs, average="macro"))
     assert flat["auprc.micro"] == pytest.approx(average_precision_score(targets, probs, average="micro"))
@@ -190,6 +190,22 @@ def test_threshold_split_is_decided_by_the_id_alone() -> None:
     assert 0.4 < side.mean() < 0.6
     np.testing.assert_array_equal(ML.threshold_split(ids[::-1]), side[::-1])
     np.testing.assert_array_equal(ML.threshold_split(ids[100:150]), side[100:150])
+
+
+def test_stored_thresholds_is_the_one_reader_of_the_audits_thresholds() -> None:
+    import hashlib
+
+    ids = np.array([f"img/{i:04d}" for i in range(60)])
+    calibration_half = np.array([hashlib.sha256(f"threshold/{s}".encode()).digest()[0] < 128 for s in ids])
+    chosen = {"thresholds": {"a": 0.3, "b": 0.7}, "threshold_source": "chosen by Youden's J on the calibration half"}
+    t, read_on = ML.stored_thresholds(chosen, ["b", "a"], ids)
+    assert t.tolist() == [0.7, 0.3]  # in the order of the names asked for
+    np.testing.assert_array_equal(read_on, ~calibration_half)
+    given = {**chosen, "threshold_source": "given (--threshold 0.5)"}
+    assert ML.stored_thresholds(given, ["a", "b"], ids)[1].all()
+    t, read_on = ML.stored_thresholds({"thresholds": {"a": 0.3}, "threshold_source": "chosen"}, ["a", "b"], ids)
+    assert t.tolist() == [0.3, 0.5] and read_on.all()  # incomplete: 0.5 where missing, every image
+    assert ML.stored_thresholds({}, ["a"], ids)[0].tolist() == [0.5]
 
 
 # ---------------------------------------------------------------- the audit

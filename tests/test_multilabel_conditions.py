@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 from robustkit.data.loader import load_dataset
 from robustkit.data.transforms import get_transform
-from robustkit.metrics.multilabel import auroc_columns
+from robustkit.metrics.ranking import auroc as auroc_columns
 from robustkit.model.adapter import load_model
 from robustkit.runner import audit
 from robustkit.studies import AuditContext

@@ -11,8 +11,9 @@ threshold per finding: given by the user, or chosen by Youden's J on a calibrati
 the images (:func:`threshold_split`, decided by each sample's id so that a subset or a
 shard of the images puts every image on the same side) and reported on the other half.
 
-Pure numpy; ``binary_auroc`` equals scikit-learn's ``roc_auc_score`` and
-``average_precision`` its ``average_precision_score`` (tested).
+Pure numpy; the AUROC and AUPRC come from the one ranking kernel
+(:mod:`robustkit.metrics.ranking`), sensitivity and specificity from the decision kernel
+(:mod:`robustkit.metrics.decisions`).
 
 Example:
     >>> t = np.array([[1, 0], [0, 1], [1, 1], [0, 0]], dtype=bool)
@@ -24,66 +25,36 @@ Example:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats
 
 from robustkit.metrics import calibration as CM
-from robustkit.metrics.classification import _binary_auc
+from robustkit.metrics.average import nan_mean
+from robustkit.metrics.decisions import decision_counts, decision_scores
+from robustkit.metrics.ranking import auprc, auroc, binary_auroc, ranking_counts
 
 __all__ = [
     "DeLongResult",
-    "auroc_columns",
-    "average_precision",
-    "binary_auroc",
     "delong_paired",
     "finding_summary",
-    "macro_mean",
-    "micro_auroc",
-    "per_finding_ap",
     "per_finding_auroc",
     "per_finding_brier",
     "per_finding_ece",
     "sensitivity_specificity",
+    "stored_thresholds",
     "threshold_split",
     "youden_thresholds",
 ]
 
 
-def binary_auroc(y: np.ndarray, score: np.ndarray) -> float:
-    """ROC AUC of one binary problem (Mann-Whitney, ties count one half); NaN without both classes."""
-    return _binary_auc(np.asarray(y, dtype=bool), np.asarray(score, dtype=np.float64))
-
-
-def average_precision(y: np.ndarray, score: np.ndarray) -> float:
-    """Area under the precision-recall curve as a step sum, ``sum_n (R_n - R_{n-1}) P_n``
-    over the distinct scores (scikit-learn's ``average_precision_score``); NaN without positives."""
-    y = np.asarray(y, dtype=bool).reshape(-1)
-    s = np.asarray(score, dtype=np.float64).reshape(-1)
-    n_pos = int(y.sum())
-    if n_pos == 0:
-        return float("nan")
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # the last row of each distinct score
-    tps = np.cumsum(y)[last].astype(np.float64)
-    precision = tps / (last + 1)
-    recall = tps / n_pos
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-
-
 def per_finding_auroc(targets: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """ROC AUC per finding ``(K,)``; NaN for a finding every image has or no image has."""
-    t, p = np.asarray(targets, dtype=bool), np.asarray(probs)
-    return np.array([binary_auroc(t[:, k], p[:, k]) for k in range(t.shape[1])])
-
-
-def per_finding_ap(targets: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """Average precision (AUPRC) per finding ``(K,)``; NaN for a finding no image has."""
-    t, p = np.asarray(targets, dtype=bool), np.asarray(probs)
-    return np.array([average_precision(t[:, k], p[:, k]) for k in range(t.shape[1])])
+    """ROC AUC per finding ``(K,)``; NaN for a finding every image has or no image has
+    (:func:`robustkit.metrics.ranking.auroc` with ``average=None``)."""
+    return np.asarray(auroc(targets, probs))
 
 
 def per_finding_ece(targets: np.ndarray, probs: np.ndarray, *, n_bins: int = 15) -> np.ndarray:
@@ -114,23 +85,14 @@ def per_finding_brier(targets: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return np.mean((p - t) ** 2, axis=0)
 
 
-def micro_auroc(targets: np.ndarray, probs: np.ndarray) -> float:
-    """ROC AUC of every image-finding pair pooled."""
-    return binary_auroc(np.asarray(targets).ravel(), np.asarray(probs).ravel())
-
-
 def sensitivity_specificity(
     targets: np.ndarray, probs: np.ndarray, thresholds: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per finding ``(K,)``: the share of images with the finding called positive
     (``prob >= threshold``) and the share without it called negative; NaN where undefined."""
-    t = np.asarray(targets, dtype=bool)
     called = np.asarray(probs) >= np.asarray(thresholds, dtype=np.float64)[None, :]
-    pos, neg = t.sum(axis=0), (~t).sum(axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        sens = np.where(pos > 0, (called & t).sum(axis=0) / pos, np.nan)
-        spec = np.where(neg > 0, (~called & ~t).sum(axis=0) / neg, np.nan)
-    return sens.astype(np.float64), spec.astype(np.float64)
+    r = decision_scores(decision_counts(targets, called))
+    return np.asarray(r["sensitivity"]), np.asarray(r["specificity"])
 
 
 def youden_thresholds(targets: np.ndarray, probs: np.ndarray, *, default: float = 0.5) -> np.ndarray:
@@ -149,10 +111,9 @@ def youden_thresholds(targets: np.ndarray, probs: np.ndarray, *, default: float 
         n_pos, n_neg = int(y.sum()), int((~y).sum())
         if n_pos == 0 or n_neg == 0:
             continue
-        order = np.argsort(-s, kind="mergesort")
-        s_sorted, y_sorted = s[order], y[order]
-        last = np.r_[np.nonzero(np.diff(s_sorted))[0], len(s_sorted) - 1]
-        tps = np.cumsum(y_sorted)[last]
+        c = ranking_counts(s[None, :], y[None, :])
+        last = np.flatnonzero(c.is_end[0])
+        s_sorted, tps = c.scores[0], c.tps[0][last]
         fps = (last + 1) - tps
         j = tps / n_pos - fps / n_neg
         best = int(np.argmax(j))  # the first: the highest threshold with the best J
@@ -168,6 +129,29 @@ def threshold_split(ids: Sequence[str] | np.ndarray) -> np.ndarray:
     puts each image on the same side; about half the images land on each side.
     """
     return np.array([hashlib.sha256(f"threshold/{sid}".encode()).digest()[0] < 128 for sid in ids], dtype=bool)
+
+
+def stored_thresholds(model: Mapping[str, Any], names: Sequence[str],
+                      ids: Sequence[str] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The audit's decision thresholds ``(K,)`` in output order, and which samples ``(N,)``
+    thresholded metrics are read on; the one reader of the stored thresholds.
+
+    Args:
+        model: the audit's model block (``{"thresholds": {output: t}, "threshold_source": ...}``).
+        names: the outputs, in order.
+        ids: the sample ids the metrics are read on.
+
+    Returns:
+        The thresholds (0.5 for an output without one) and a mask: every sample when the
+        thresholds were given or incomplete; the half :func:`threshold_split` did not use to
+        choose them when they were chosen on the data.
+    """
+    given = model.get("thresholds") or {}
+    thresholds = np.array([float(given.get(n, 0.5)) for n in names], dtype=np.float64)
+    everyone = np.ones(len(ids), dtype=bool)
+    if len(given) != len(names) or not str(model.get("threshold_source", "")).startswith("chosen"):
+        return thresholds, everyone
+    return thresholds, ~threshold_split(np.asarray(ids).astype(str))
 
 
 @dataclass(frozen=True)
@@ -188,8 +172,7 @@ class FindingSummary:
             values = getattr(self, key)
             for name, v in zip(names, values, strict=True):
                 out[f"{key}.{name}"] = float(v)
-            finite = values[np.isfinite(values)]
-            out[f"{key}.macro"] = float(finite.mean()) if finite.size else float("nan")
+            out[f"{key}.macro"] = nan_mean(values)
         out["auroc.micro"], out["auprc.micro"] = self.micro_auroc, self.micro_auprc
         return out
 
@@ -198,12 +181,12 @@ def finding_summary(targets: np.ndarray, probs: np.ndarray, thresholds: np.ndarr
     """AUROC, AUPRC (threshold-free) and sensitivity, specificity at ``thresholds``, per finding."""
     sens, spec = sensitivity_specificity(targets, probs, thresholds)
     return FindingSummary(
-        auroc=per_finding_auroc(targets, probs),
-        auprc=per_finding_ap(targets, probs),
+        auroc=np.asarray(auroc(targets, probs)),
+        auprc=np.asarray(auprc(targets, probs)),
         sensitivity=sens,
         specificity=spec,
-        micro_auroc=micro_auroc(targets, probs),
-        micro_auprc=average_precision(np.asarray(targets).ravel(), np.asarray(probs).ravel()),
+        micro_auroc=float(auroc(targets, probs, average="micro")),
+        micro_auprc=float(auprc(targets, probs, average="micro")),
     )
 
 
@@ -247,7 +230,7 @@ def delong_paired(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -> De
         return DeLongResult(binary_auroc(y, a), binary_auroc(y, b), nan, nan, nan)
     va10, va01 = _placements(a[y], a[~y])
     vb10, vb01 = _placements(b[y], b[~y])
-    auc_a, auc_b = float(va10.mean()), float(vb10.mean())
+    auc_a, auc_b = binary_auroc(y, a), binary_auroc(y, b)
     s10 = np.cov(np.vstack([va10, vb10]))
     s01 = np.cov(np.vstack([va01, vb01]))
     var = (s10[0, 0] + s10[1, 1] - 2 * s10[0, 1]) / m + (s01[0, 0] + s01[1, 1] - 2 * s01[0, 1]) / n
@@ -258,42 +241,3 @@ def delong_paired(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -> De
     else:
         p = float(2 * stats.norm.sf(abs(delta) / se))
     return DeLongResult(auc_a, auc_b, float(delta), se, p)
-
-
-def auroc_columns(targets: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """ROC AUC of every column at once: output ``k``'s scores ``scores[..., k]`` against ``targets[:, k]``.
-
-    The Mann-Whitney form with ties counting one half, as :func:`binary_auroc` (and
-    scikit-learn's ``roc_auc_score``), one ranking for every condition.
-
-    Args:
-        targets: bool ``(N, K)``.
-        scores: ``(N, ..., K)``, e.g. ``(N, C, K)`` probabilities under ``C`` conditions.
-
-    Returns:
-        ``scores.shape[1:]``; NaN for an output every image has or none has.
-    """
-    t = np.asarray(targets, dtype=bool)
-    s = np.asarray(scores, dtype=np.float64)
-    ranks = stats.rankdata(s, axis=0) if len(s) else np.zeros_like(s)
-    pos = t.reshape((len(t),) + (1,) * (s.ndim - 2) + (t.shape[1],))
-    n_pos = t.sum(axis=0).astype(np.float64)
-    n_neg = len(t) - n_pos
-    rank_sum = np.where(pos, ranks, 0.0).sum(axis=0)
-    defined = (n_pos > 0) & (n_neg > 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        auc = (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
-    return np.where(defined, auc, np.nan)
-
-
-def macro_mean(values: np.ndarray) -> np.ndarray:
-    """The macro mean over the last axis (outputs) of the finite values; NaN where none is.
-
-    Example:
-        >>> macro_mean(np.array([[0.5, np.nan, 1.0], [np.nan, np.nan, np.nan]])).tolist()
-        [0.75, nan]
-    """
-    finite = np.isfinite(values)
-    count = finite.sum(axis=-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(count > 0, np.where(finite, values, 0.0).sum(axis=-1) / count, np.nan)

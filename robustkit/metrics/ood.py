@@ -36,8 +36,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from robustkit.errors import check_range, param_error
-from robustkit.metrics import classification as M
 from robustkit.metrics.outputs import probabilities
+from robustkit.metrics.ranking import ranking_rows
+from robustkit.metrics.resampling import bootstrap_indices, percentile_interval
 
 __all__ = [
     "DETECTION_METRICS",
@@ -235,34 +236,11 @@ def threshold_at_tpr(id_scores: np.ndarray, tpr_level: float = 0.95) -> float:
 
 def _batch_metrics(scores: np.ndarray, positive: np.ndarray) -> dict[str, np.ndarray]:
     """AUROC, average precision and FPR at 95% TPR of each row ``(B,)`` of ``scores`` ``(B, n)``
-    with 0/1 ``positive`` ``(B, n)``: one sort per row, thresholds at every distinct score
-    (ties count one half in the AUROC, as in the Mann-Whitney statistic)."""
-    from scipy.stats import rankdata
-
-    s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(positive, dtype=bool)
-    n = s.shape[1]
-    p = y.sum(axis=1).astype(np.float64)
-    neg = n - p
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ranks = rankdata(s, axis=1)
-        auroc = ((ranks * y).sum(axis=1) - p * (p + 1) / 2) / (p * neg)
-        order = np.argsort(-s, axis=1, kind="stable")
-        ss, yy = np.take_along_axis(s, order, 1), np.take_along_axis(y, order, 1)
-        tps = np.cumsum(yy, axis=1, dtype=np.float64)
-        is_end = np.ones_like(yy)
-        is_end[:, :-1] = ss[:, :-1] != ss[:, 1:]
-        pos = np.arange(n)
-        last = np.maximum.accumulate(np.where(is_end, pos, -1), axis=1)
-        prev = np.concatenate([np.full((len(s), 1), -1), last[:, :-1]], axis=1)
-        tps_prev = np.where(prev >= 0, np.take_along_axis(tps, np.maximum(prev, 0), 1), 0.0)
-        ap = (is_end * (tps - tps_prev) * tps / (pos + 1)).sum(axis=1) / p
-        reach = is_end & (tps / p[:, None] >= 0.95 - 1e-12)
-        first = reach.argmax(axis=1)
-        fpr = (first + 1 - tps[np.arange(len(s)), first]) / neg
-    bad = (p == 0) | (neg == 0)
-    nan = np.where(bad, np.nan, 0.0)
-    return {"auroc": auroc + nan, "ap": ap + nan, "fpr95": fpr + nan}
+    (:func:`robustkit.metrics.ranking.ranking_rows`); NaN for a row without both ID and OOD."""
+    out = ranking_rows(scores, positive)
+    p = np.asarray(positive, dtype=bool).sum(axis=1)
+    bad = np.where((p == 0) | (p == np.shape(positive)[1]), np.nan, 0.0)
+    return {k: v + bad for k, v in out.items()}
 
 
 def _all_metrics(scores: np.ndarray, is_id: np.ndarray) -> dict[str, np.ndarray]:
@@ -286,18 +264,13 @@ def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, floa
 def ood_intervals(id_scores: np.ndarray, ood_scores: np.ndarray, *, n_boot: int, seed: int,
                   level: float = 0.95, chunk: int = 256) -> dict[str, list[float]]:
     """Percentile bootstrap intervals of :func:`ood_metrics`, resampling ID and OOD separately
-    (:func:`~robustkit.metrics.classification.bootstrap_indices` with the two as strata); NaN
+    (:func:`~robustkit.metrics.resampling.bootstrap_indices` with the two as strata); NaN
     where a metric is undefined in more than half of the resamples."""
     y, s = _labelled(id_scores, ood_scores)
-    idx = M.bootstrap_indices(len(s), n_boot, seed=seed, strata=y)
+    idx = bootstrap_indices(len(s), n_boot, seed=seed, strata=y)
     parts = [_all_metrics(s[idx[i:i + chunk]], y[idx[i:i + chunk]]) for i in range(0, n_boot, chunk)]
-    alpha = (1.0 - level) / 2.0
     out = {}
     for k in DETECTION_METRICS:
-        values = np.concatenate([p[k] for p in parts])
-        if np.mean(np.isfinite(values)) < 0.5:
-            out[k] = [float("nan"), float("nan")]
-            continue
-        lo, hi = np.nanquantile(values, [alpha, 1 - alpha])
+        lo, hi = percentile_interval(np.concatenate([p[k] for p in parts]), level=level)
         out[k] = [float(lo), float(hi)]
     return out

@@ -23,7 +23,6 @@ Pure numpy and scipy; no TensorFlow.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from robustkit.errors import check_range, param_error
+from robustkit.errors import param_error
+from robustkit.metrics.average import nan_mean
+from robustkit.metrics.resampling import BootstrapResult, paired_bootstrap, resample_indices
 
 __all__ = [
     "bh_qvalues",
@@ -71,26 +72,6 @@ class McNemarResult:
     p_value: float
 
 
-@dataclass(frozen=True)
-class BootstrapResult:
-    """A paired bootstrap of ``statistic(second) - statistic(first)``.
-
-    Attributes:
-        delta: the difference on the samples themselves.
-        low, high: percentile interval of the difference over the resamples.
-        p_value: two-sided p-value from the bootstrap standard error
-            (``2 Phi(-|delta| / se)``); 1 when ``delta`` is 0, 0 when ``se`` is 0 and
-            ``delta`` is not.
-        n_valid: resamples where the statistic was defined on both sides.
-    """
-
-    delta: float
-    low: float
-    high: float
-    p_value: float
-    n_valid: int
-
-
 def mcnemar_exact(first: np.ndarray, second: np.ndarray) -> McNemarResult:
     """Exact two-sided McNemar test of two paired 0/1 columns.
 
@@ -114,67 +95,6 @@ def mcnemar_exact(first: np.ndarray, second: np.ndarray) -> McNemarResult:
 
     p = float(min(1.0, 2.0 * binom.cdf(min(b, c), n, 0.5)))
     return McNemarResult(b, c, p)
-
-
-def resample_indices(n: int, n_boot: int, *, seed: int) -> np.ndarray:
-    """Bootstrap indices ``(n_boot, n)`` drawn with replacement, seeded."""
-    check_range("n_boot", n_boot, low=1, integer=True, where="resample_indices")
-    dtype = np.int32 if n < 2**31 else np.int64
-    return np.random.default_rng(seed).integers(0, max(n, 1), size=(n_boot, n), dtype=dtype)
-
-
-def paired_bootstrap(
-    first: Callable[[np.ndarray], np.ndarray],
-    second: Callable[[np.ndarray], np.ndarray],
-    n: int,
-    *,
-    n_boot: int = 1000,
-    seed: int = 0,
-    level: float = 0.95,
-    indices: np.ndarray | None = None,
-    chunk: int = 250,
-) -> BootstrapResult:
-    """Paired bootstrap of ``second - first``, each a statistic of resampled row indices.
-
-    Args:
-        first, second: map an index array ``(B, n)`` to ``(B,)`` values of the statistic
-            (NaN where undefined); the same row index means the same sample on both sides.
-        n: number of paired samples.
-        n_boot: resamples (ignored when ``indices`` is given).
-        seed: seed of the resampling.
-        level: coverage of the interval.
-        indices: precomputed ``(B, n)`` indices, to share resamples between statistics.
-        chunk: resamples evaluated at once (bounds memory to ``chunk * n`` values).
-
-    Returns:
-        A :class:`BootstrapResult`; NaN interval and p-value when fewer than half of the
-        resamples gave a defined difference.
-    """
-    check_range("level", level, low=0.0, high=1.0, low_open=True, where="paired_bootstrap")
-    ident = np.arange(n)[None, :]
-    delta = float(np.asarray(second(ident))[0] - np.asarray(first(ident))[0])
-    idx = indices if indices is not None else resample_indices(n, n_boot, seed=seed)
-    diffs = np.concatenate([
-        np.asarray(second(idx[i:i + chunk]), dtype=np.float64) - np.asarray(first(idx[i:i + chunk]), dtype=np.float64)
-        for i in range(0, len(idx), chunk)
-    ]) if len(idx) else np.empty(0)
-    ok = diffs[np.isfinite(diffs)]
-    if not math.isfinite(delta) or len(ok) < max(1, len(diffs) / 2):
-        return BootstrapResult(delta, math.nan, math.nan, math.nan, len(ok))
-    alpha = (1.0 - level) / 2.0
-    low, high = np.quantile(ok, [alpha, 1.0 - alpha])
-    return BootstrapResult(delta, float(low), float(high), _normal_p(delta, ok), len(ok))
-
-
-def _normal_p(delta: float, diffs: np.ndarray) -> float:
-    if delta == 0.0:
-        return 1.0
-    se = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0
-    if se == 0.0:
-        return 0.0
-    from scipy.stats import norm
-
-    return float(min(1.0, 2.0 * norm.sf(abs(delta) / se)))
 
 
 def _ranked(p_values: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -401,8 +321,6 @@ def nanmean_of(stats: list[Statistic]) -> Statistic:
     """The mean of the defined values of several statistics on each resample (a macro mean)."""
 
     def stat(idx: np.ndarray) -> np.ndarray:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return np.nanmean(np.stack([s(idx) for s in stats]), axis=0)
+        return nan_mean(np.stack([s(idx) for s in stats]), axis=0)
 
     return stat

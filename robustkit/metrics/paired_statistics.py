@@ -36,12 +36,11 @@ from __future__ import annotations
 import fnmatch
 import math
 import warnings
-from collections.abc import Callable
 
 import numpy as np
 
 from robustkit.metrics.calibration import ece_compute, ece_update
-from robustkit.metrics.multilabel import average_precision, binary_auroc, delong_paired
+from robustkit.metrics.multilabel import delong_paired
 from robustkit.metrics.paired import (
     PAIRED_STATISTICS,
     PAIRED_TESTS,
@@ -55,6 +54,7 @@ from robustkit.metrics.paired import (
     mcnemar_exact,
     nanmean_of,
 )
+from robustkit.metrics.ranking import ranking_rows
 
 __all__ = ["BUILTIN_STATISTICS", "BUILTIN_TESTS", "find_statistic", "find_test"]
 
@@ -130,8 +130,8 @@ def _subset(pr: PairedRecords) -> np.ndarray:
     return np.asarray(col) == value
 
 
-Score = Callable[[np.ndarray, np.ndarray], float]
-_SCORES: dict[str, Score] = {"auroc": binary_auroc, "auprc": average_precision}
+#: metric root -> the key of :func:`robustkit.metrics.ranking.ranking_rows`
+_SCORES: dict[str, str] = {"auroc": "auroc", "auprc": "ap"}
 
 
 def _columns(pr: PairedRecords) -> tuple[np.ndarray, np.ndarray] | None:
@@ -163,18 +163,18 @@ def _condition(pr: PairedRecords, which: str) -> tuple[str, np.ndarray, np.ndarr
 def _per_finding(pr: PairedRecords, head: str, targets: np.ndarray, probs: np.ndarray) -> Statistic | None:
     """AUROC of one finding (or the macro mean over findings) of ``probs`` on each resample."""
     if head == "macro":
-        return nanmean_of([_per_row(binary_auroc, targets[:, k], probs[:, k]) for k in range(targets.shape[1])])
+        return nanmean_of([_per_row("auroc", targets[:, k], probs[:, k]) for k in range(targets.shape[1])])
     k = pr.finding_index(head)
-    return None if k is None else _per_row(binary_auroc, targets[:, k], probs[:, k])
+    return None if k is None else _per_row("auroc", targets[:, k], probs[:, k])
 
 
-def _per_row(score: Score, y: np.ndarray, s: np.ndarray) -> Statistic:
-    """The score of ``y`` against ``s`` (``(n,)`` or, pooled, ``(n, K)``) on each resample."""
+def _per_row(score: str, y: np.ndarray, s: np.ndarray) -> Statistic:
+    """The ranking score ``score`` of ``y`` against ``s`` (``(n,)`` or, pooled, ``(n, K)``) on
+    each resample: one row of the ranking kernel per resample."""
 
     def stat(idx: np.ndarray) -> np.ndarray:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return np.array([score(y[row].ravel(), s[row].ravel()) for row in idx], dtype=np.float64)
+        rows = np.atleast_2d(idx)
+        return ranking_rows(s[rows].reshape(len(rows), -1), y[rows].reshape(len(rows), -1))[score]
 
     return stat
 

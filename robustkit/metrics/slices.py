@@ -38,9 +38,10 @@ from typing import Any
 import numpy as np
 
 from robustkit.errors import ConfigError
+from robustkit.metrics.average import nan_mean
 from robustkit.metrics.calibration import ece_compute, ece_update
 from robustkit.metrics.classification import bootstrap_indices, roc_auc_ovr
-from robustkit.metrics.multilabel import macro_mean, per_finding_auroc
+from robustkit.metrics.multilabel import per_finding_auroc
 from robustkit.metrics.paired import bh_qvalues  # the multiple-testing home (with Holm)
 
 __all__ = [
@@ -266,7 +267,7 @@ def _oof_probs(x: np.ndarray, t: np.ndarray, folds: int, seed: int) -> np.ndarra
 def _auroc(t: np.ndarray, probs: np.ndarray) -> float:
     """Binary AUROC of class 1, or the macro one-vs-rest AUROC of several classes."""
     auc = roc_auc_ovr(t, probs)
-    return float(auc[1]) if probs.shape[1] == 2 else float(np.nanmean(auc))
+    return float(auc[1]) if probs.shape[1] == 2 else nan_mean(auc)
 
 
 def site_probe(features: np.ndarray, target: np.ndarray, *, folds: int = 5, seed: int = 0,
@@ -349,20 +350,20 @@ def slice_aurocs(targets: np.ndarray, probs: np.ndarray, mask: np.ndarray, strat
     t, p = np.asarray(targets, bool), np.asarray(probs, np.float64)
     inside, rest = np.flatnonzero(mask), np.flatnonzero(~np.asarray(mask, bool))
     auroc = per_finding_auroc(t[inside], p[inside])
-    out: dict[str, Any] = {"auroc": auroc, "macro": float(macro_mean(auroc)),
+    out: dict[str, Any] = {"auroc": auroc, "macro": nan_mean(auroc),
                            "auroc_intervals": [[math.nan, math.nan]] * t.shape[1],
                            "macro_interval": [math.nan, math.nan], "rest_macro": math.nan, "gap": math.nan,
                            "p": math.nan}
     if not n_boot:
         return out
     boot_in = _resampled(t[inside], p[inside], strata[inside], n_boot, seed)
-    macro_in_b = macro_mean(boot_in)
+    macro_in_b = nan_mean(boot_in, axis=-1)
     out.update(auroc_intervals=[_interval(boot_in[:, k]) for k in range(t.shape[1])],
                macro_interval=_interval(macro_in_b))
     if not len(rest):
         return out
-    rest_macro = float(macro_mean(per_finding_auroc(t[rest], p[rest])))
-    gaps = macro_in_b - macro_mean(_resampled(t[rest], p[rest], strata[rest], n_boot, seed + 1))
+    rest_macro = nan_mean(per_finding_auroc(t[rest], p[rest]))
+    gaps = macro_in_b - nan_mean(_resampled(t[rest], p[rest], strata[rest], n_boot, seed + 1), axis=-1)
     gaps = gaps[np.isfinite(gaps)]
     if len(gaps):
         tail = min(int((gaps <= 0).sum()), int((gaps >= 0).sum()))

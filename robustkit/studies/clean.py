@@ -22,7 +22,10 @@ from robustkit.data.images import png_base64
 from robustkit.errors import ModelError, check_range
 from robustkit.metrics import classification as M
 from robustkit.metrics import multilabel as ML
+from robustkit.metrics.average import nan_mean
+from robustkit.metrics.decisions import counts_from_confusion, decision_scores
 from robustkit.metrics.outputs import probabilities
+from robustkit.metrics.ranking import roc_curve
 from robustkit.results import Check, StudyResult
 from robustkit.studies import register
 from robustkit.studies.base import AuditContext, Study, StudyConfig
@@ -168,14 +171,8 @@ class CleanStudy(Study[CleanConfig]):
 def finding_thresholds(ctx: AuditContext, data: Dataset) -> tuple[np.ndarray, np.ndarray]:
     """A multi-label audit's decision thresholds ``(K,)`` in class order, and which samples
     ``(N,)`` thresholded metrics are read on (all when the thresholds were given; the half
-    not used to choose them otherwise)."""
-    given = ctx.model_info.get("thresholds") or {}
-    k = len(data.class_names)
-    thresholds = np.array([float(given.get(n, 0.5)) for n in data.class_names], dtype=np.float64)
-    if len(given) != k:
-        return thresholds, np.ones(len(data), dtype=bool)
-    chosen = str(ctx.model_info.get("threshold_source", "")).startswith("chosen")
-    return thresholds, (~ML.threshold_split(data.ids) if chosen else np.ones(len(data), dtype=bool))
+    not used to choose them otherwise): :func:`robustkit.metrics.multilabel.stored_thresholds`."""
+    return ML.stored_thresholds(ctx.model_info, data.class_names, data.ids)
 
 
 def _finding_checks(targets: np.ndarray, names: list[str], min_support: int) -> list[Check]:
@@ -189,7 +186,7 @@ def _finding_checks(targets: np.ndarray, names: list[str], min_support: int) -> 
 
 
 def _roc(y: np.ndarray, score: np.ndarray) -> dict[str, list[float]]:
-    fpr, tpr = M.roc_curve(y, score)
+    fpr, tpr = roc_curve(y, score)
     if len(fpr) > 200:  # keep the JSON small; the curve is monotone so subsampling is safe
         keep = np.unique(np.r_[np.linspace(0, len(fpr) - 1, 200).astype(int), len(fpr) - 1])
         fpr, tpr = fpr[keep], tpr[keep]
@@ -197,18 +194,13 @@ def _roc(y: np.ndarray, score: np.ndarray) -> dict[str, list[float]]:
 
 
 def _scores(y: np.ndarray, pred: np.ndarray, probs: np.ndarray, k: int) -> dict[str, Any]:
-    cm = M.confusion_matrix(y, pred, k)
-    precision, recall, f1 = M.precision_recall_f1(cm)
-    auc = M.roc_auc_ovr(y, probs)
+    rates = decision_scores(counts_from_confusion(M.confusion_matrix(y, pred, k)))
     return {
         "accuracy": M.accuracy(y, pred),
-        "balanced_accuracy": float(np.nanmean(recall)) if np.any(np.isfinite(recall)) else float("nan"),
-        "macro_f1": float(np.nanmean(f1)) if np.any(np.isfinite(f1)) else float("nan"),
-        "precision": precision,
-        "sensitivity": recall,
-        "specificity": M.specificity(cm),
-        "f1": f1,
-        "auroc": auc,
+        "balanced_accuracy": nan_mean(rates["sensitivity"]),
+        "macro_f1": nan_mean(rates["f1"]),
+        **{key: rates[key] for key in ("precision", "sensitivity", "specificity", "f1")},
+        "auroc": M.roc_auc_ovr(y, probs),
     }
 
 
@@ -217,8 +209,7 @@ def _flatten(s: dict[str, Any], names: list[str]) -> dict[str, float]:
     for key in ("precision", "sensitivity", "specificity", "f1", "auroc"):
         for name, v in zip(names, s[key]):
             out[f"{key}.{name}"] = float(v)
-    finite_auc = s["auroc"][np.isfinite(s["auroc"])]
-    out["auroc.macro"] = float(finite_auc.mean()) if finite_auc.size else float("nan")
+    out["auroc.macro"] = nan_mean(s["auroc"])
     return out
 
 

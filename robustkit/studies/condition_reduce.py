@@ -44,7 +44,8 @@ import numpy as np
 
 from robustkit.data.transforms import get_transform
 from robustkit.metrics import classification as M
-from robustkit.metrics import multilabel as ML
+from robustkit.metrics import ranking as R
+from robustkit.metrics.average import nan_mean
 from robustkit.results import Check, StudyResult
 from robustkit.studies.clean import finding_thresholds
 from robustkit.studies.condition_plan import Plan, condition_name, describe_transform, param_text
@@ -104,8 +105,8 @@ def output_scores(probs: np.ndarray, clean: np.ndarray, targets: np.ndarray, fli
         ``clean.macro`` ``()``.
     """
     t = targets[idx]
-    auroc = ML.auroc_columns(t, probs[idx])
-    clean_auroc = ML.auroc_columns(t, clean[idx])
+    auroc = R.auroc(t, probs[idx])
+    clean_auroc = R.auroc(t, clean[idx])
     keep = idx[thresholded[idx]]
     c, k = probs.shape[1:]
     rates = flipped[keep].mean(axis=0) if len(keep) else np.full((c, k), np.nan)
@@ -113,7 +114,7 @@ def output_scores(probs: np.ndarray, clean: np.ndarray, targets: np.ndarray, fli
         every = np.full(c, np.nan)
     else:
         every = flipped[keep].any(axis=2).mean(axis=0) if exclusive else rates.mean(axis=1)
-    macro, clean_macro = ML.macro_mean(auroc), ML.macro_mean(clean_auroc)
+    macro, clean_macro = nan_mean(auroc, axis=-1), nan_mean(clean_auroc, axis=-1)
     return {
         "auroc": auroc, "auroc.macro": macro,
         "auroc_drop": clean_auroc[None, :] - auroc, "auroc_drop.macro": clean_macro - macro,

@@ -14,8 +14,8 @@ import numpy as np
 
 from robustkit.data.images import png_base64
 from robustkit.metrics import ood as O
-from robustkit.metrics.classification import roc_curve
 from robustkit.metrics.outputs import probabilities
+from robustkit.metrics.ranking import roc_curve
 from robustkit.results import Check, StudyResult
 from robustkit.studies.base import AuditContext, Records, split_extra
 from robustkit.task import critical_missing_check

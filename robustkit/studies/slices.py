@@ -38,6 +38,7 @@ import numpy as np
 from robustkit.errors import DataError, check_range, param_error
 from robustkit.metrics import multilabel as ML
 from robustkit.metrics import slices as S
+from robustkit.metrics.average import nan_mean
 from robustkit.metrics.outputs import probabilities
 from robustkit.results import Check, StudyResult
 from robustkit.studies import register
@@ -163,7 +164,7 @@ class SlicesStudy(Study[SlicesConfig]):
         probs = probabilities(records["logits"], ctx.model_info.get("output_kind", "softmax"))
         auroc = ML.per_finding_auroc(targets, probs)
         result = StudyResult(name=self.name, metrics={f"auroc.{n}": float(v) for n, v in zip(names, auroc)})
-        result.metrics["auroc.macro"] = float(ML.macro_mean(auroc))
+        result.metrics["auroc.macro"] = nan_mean(auroc)
         result.data.update(alpha=cfg.alpha, effect_size=cfg.effect_size, bin_width=cfg.bin_width)
         if task.exclusive:
             y, pred, conf = np.asarray(data.labels), probs.argmax(axis=1), probs.max(axis=1)

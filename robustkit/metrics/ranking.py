@@ -1,0 +1,222 @@
+"""The one ranking kernel: ROC curve, AUROC, average precision and FPR at a TPR.
+
+Every threshold-free score of the package comes from :func:`ranking_counts`: each row of
+scores is sorted once (descending, stable), and the cumulative true and false positives are
+read at the *last* row of every distinct score, so tied scores always move together (a tie
+between a positive and a negative counts one half in the AUROC, as in the Mann-Whitney
+statistic, and adds one step to the precision-recall curve). From those counts:
+
+* :func:`roc_curve`: false and true positive rates at every distinct threshold;
+* :func:`binary_auroc` / :func:`auroc`: the trapezoid area under that curve (equal to the
+  Mann-Whitney U / (P N); scikit-learn's ``roc_auc_score``);
+* :func:`average_precision` / :func:`auprc`: ``sum_n (R_n - R_{n-1}) P_n`` over the distinct
+  scores (scikit-learn's ``average_precision_score``);
+* :func:`ranking_rows`: the three at once for many rows ``(B, n)`` (bootstrap resamples, OOD
+  sets, the columns of a multi-label head), FPR at 95% TPR included.
+
+Per-output scores take ``average=`` as scikit-learn does: None (one value per output),
+``"macro"`` (:func:`robustkit.metrics.average.nan_mean` of the defined values),
+``"weighted"`` (by positives) or ``"micro"`` (every image-output pair pooled). Single-label
+data is the multi-label case with one-hot targets (:func:`one_hot`).
+
+Example:
+    >>> y = np.array([1, 0, 1, 0])
+    >>> binary_auroc(y, np.array([0.9, 0.5, 0.5, 0.1]))
+    0.875
+    >>> t = np.array([[1, 0], [0, 1], [1, 1], [0, 0]], dtype=bool)
+    >>> auroc(t, np.array([[0.9, 0.2], [0.3, 0.8], [0.7, 0.6], [0.1, 0.4]]), average="macro")
+    1.0
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import overload
+
+import numpy as np
+
+from robustkit.errors import param_error
+from robustkit.metrics.average import AVERAGES, nan_mean, weighted_nan_mean
+
+__all__ = [
+    "RankingCounts",
+    "auprc",
+    "auroc",
+    "average_precision",
+    "binary_auroc",
+    "one_hot",
+    "ranking_counts",
+    "ranking_rows",
+    "roc_curve",
+]
+
+
+@dataclass(frozen=True)
+class RankingCounts:
+    """Cumulative counts of rows of scores sorted high to low (see :func:`ranking_counts`).
+
+    Attributes:
+        scores: ``(B, n)`` the sorted scores.
+        tps: ``(B, n)`` positives at or above each sorted position.
+        is_end: ``(B, n)`` whether the position is the last of its distinct score (a threshold).
+        prev_end: ``(B, n)`` the previous threshold's position (-1 before the first).
+        positives, negatives: ``(B,)`` counts per row.
+    """
+
+    scores: np.ndarray
+    tps: np.ndarray
+    is_end: np.ndarray
+    prev_end: np.ndarray
+    positives: np.ndarray
+    negatives: np.ndarray
+
+    @property
+    def fps(self) -> np.ndarray:
+        """``(B, n)`` negatives at or above each sorted position."""
+        return np.arange(1, self.tps.shape[1] + 1)[None, :] - self.tps
+
+    def at_prev_end(self, values: np.ndarray) -> np.ndarray:
+        """``values`` ``(B, n)`` read at each position's previous threshold (0 before the first)."""
+        prev = self.prev_end
+        return np.where(prev >= 0, np.take_along_axis(values, np.maximum(prev, 0), 1), 0.0)
+
+
+def ranking_counts(scores: np.ndarray, positive: np.ndarray) -> RankingCounts:
+    """Sort each row of ``scores`` ``(B, n)`` high to low and count the 0/1 ``positive``
+    ``(B, n)``; ties end at the last row of their score. The one place ties are handled."""
+    s = np.atleast_2d(np.asarray(scores, dtype=np.float64))
+    y = np.atleast_2d(np.asarray(positive, dtype=bool))
+    n = s.shape[1]
+    order = np.argsort(-s, axis=1, kind="stable")
+    ss, yy = np.take_along_axis(s, order, 1), np.take_along_axis(y, order, 1)
+    tps = np.cumsum(yy, axis=1, dtype=np.float64)
+    is_end = np.ones_like(yy)
+    is_end[:, :-1] = ss[:, :-1] != ss[:, 1:]
+    last = np.maximum.accumulate(np.where(is_end, np.arange(n)[None, :], -1), axis=1)
+    prev = np.concatenate([np.full((len(s), 1), -1), last[:, :-1]], axis=1)
+    p = y.sum(axis=1).astype(np.float64)
+    return RankingCounts(ss, tps, is_end, prev, p, n - p)
+
+
+def _auroc(c: RankingCounts) -> np.ndarray:
+    """Trapezoid area under the ROC curve per row ``(B,)``; NaN without both classes."""
+    fps = c.fps
+    steps = c.is_end * (fps - c.at_prev_end(fps)) * (c.tps + c.at_prev_end(c.tps)) / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = steps.sum(axis=1) / (c.positives * c.negatives)
+    return np.where((c.positives > 0) & (c.negatives > 0), out, np.nan)
+
+
+def _average_precision(c: RankingCounts) -> np.ndarray:
+    """Step-wise area under the precision-recall curve per row ``(B,)``; NaN without positives."""
+    precision = c.tps / np.arange(1, c.tps.shape[1] + 1)[None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = (c.is_end * (c.tps - c.at_prev_end(c.tps)) * precision).sum(axis=1) / c.positives
+    return np.where(c.positives > 0, out, np.nan)
+
+
+def _fpr_at_tpr(c: RankingCounts, level: float) -> np.ndarray:
+    """False positive rate at the highest threshold whose TPR reaches ``level`` ``(B,)``."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        reach = c.is_end & (c.tps / c.positives[:, None] >= level - 1e-12)
+        first = reach.argmax(axis=1)
+        out = (first + 1 - c.tps[np.arange(len(first)), first]) / c.negatives
+    return np.where((c.positives > 0) & (c.negatives > 0), out, np.nan)
+
+
+def ranking_rows(scores: np.ndarray, positive: np.ndarray, *, tpr_level: float = 0.95) -> dict[str, np.ndarray]:
+    """AUROC, average precision and FPR at ``tpr_level`` TPR of each row ``(B,)`` of
+    ``scores`` ``(B, n)`` with 0/1 ``positive`` ``(B, n)``: one sort per row.
+
+    Returns:
+        ``{"auroc", "ap", "fpr95"}``, each ``(B,)``; NaN where a row lacks the class(es) the
+        number needs (AP needs positives, the others both classes).
+    """
+    c = ranking_counts(scores, positive)
+    return {"auroc": _auroc(c), "ap": _average_precision(c), "fpr95": _fpr_at_tpr(c, tpr_level)}
+
+
+def roc_curve(y_bin: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False and true positive rates ``(T + 1,)`` of a binary problem at every distinct score,
+    from (0, 0); NaN rates for a class that is absent."""
+    c = ranking_counts(np.asarray(score).reshape(1, -1), np.asarray(y_bin).reshape(1, -1))
+    ends = c.is_end[0]
+    tps, fps = c.tps[0][ends], c.fps[0][ends]
+    pos, neg = c.positives[0], c.negatives[0]
+    tpr = np.r_[0.0, tps / pos] if pos > 0 else np.full(len(tps) + 1, np.nan)
+    fpr = np.r_[0.0, fps / neg] if neg > 0 else np.full(len(fps) + 1, np.nan)
+    return fpr, tpr
+
+
+def binary_auroc(y: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC of one binary problem (ties count one half); NaN without both classes."""
+    return float(_auroc(ranking_counts(np.asarray(score).reshape(1, -1), np.asarray(y).reshape(1, -1)))[0])
+
+
+def average_precision(y: np.ndarray, score: np.ndarray) -> float:
+    """Area under the precision-recall curve as a step sum, ``sum_n (R_n - R_{n-1}) P_n`` over
+    the distinct scores (scikit-learn's ``average_precision_score``); NaN without positives."""
+    c = ranking_counts(np.asarray(score).reshape(1, -1), np.asarray(y).reshape(1, -1))
+    return float(_average_precision(c)[0])
+
+
+def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Targets ``(N, K)`` bool of class indices ``(N,)``: single-label as multi-label."""
+    return np.asarray(labels, dtype=np.int64).reshape(-1, 1) == np.arange(num_classes)[None, :]
+
+
+def _per_output(kind: str, targets: np.ndarray, scores: np.ndarray, average: str | None) -> float | np.ndarray:
+    if average not in AVERAGES:
+        raise param_error("average", "one of None, 'macro', 'micro', 'weighted'", average, where=kind)
+    t, s = np.asarray(targets, dtype=bool), np.asarray(scores, dtype=np.float64)
+    if average is not None and s.ndim != 2:
+        raise param_error("scores", f"shape (N, K) with average={average!r}", s.shape, where=kind)
+    if average == "micro":
+        c = ranking_counts(s.reshape(1, -1), t.reshape(1, -1))
+    else:  # one row per output (and per leading condition of an (N, ..., K) array)
+        rows = np.moveaxis(s, 0, -1)
+        c = ranking_counts(rows.reshape(-1, len(s)), np.broadcast_to(t.T, rows.shape).reshape(-1, len(s)))
+    values = _auroc(c) if kind == "auroc" else _average_precision(c)
+    if average == "micro":
+        return float(values[0])
+    values = values.reshape(s.shape[1:])
+    if average == "macro":
+        return nan_mean(values)
+    if average == "weighted":
+        return weighted_nan_mean(values, t.sum(axis=0))
+    return values
+
+
+@overload
+def auroc(targets: np.ndarray, scores: np.ndarray, *, average: None = None) -> np.ndarray: ...
+
+
+@overload
+def auroc(targets: np.ndarray, scores: np.ndarray, *, average: str) -> float: ...
+
+
+def auroc(targets: np.ndarray, scores: np.ndarray, *, average: str | None = None) -> float | np.ndarray:
+    """ROC AUC per output of targets ``(N, K)`` bool and scores ``(N, K)``.
+
+    Args:
+        targets: ``(N, K)`` presence of each output (:func:`one_hot` of single-label classes).
+        scores: ``(N, K)`` the model's probabilities (or any score, higher = more present);
+            with ``average=None`` also ``(N, ..., K)``, e.g. ``(N, C, K)`` under ``C``
+            conditions, each scored against the same targets.
+        average: None: ``scores.shape[1:]`` (NaN for an output every or no image has);
+            ``"macro"``, ``"weighted"``, ``"micro"``: one number.
+    """
+    return _per_output("auroc", targets, scores, average)
+
+
+@overload
+def auprc(targets: np.ndarray, scores: np.ndarray, *, average: None = None) -> np.ndarray: ...
+
+
+@overload
+def auprc(targets: np.ndarray, scores: np.ndarray, *, average: str) -> float: ...
+
+
+def auprc(targets: np.ndarray, scores: np.ndarray, *, average: str | None = None) -> float | np.ndarray:
+    """Average precision per output (NaN for an output no image has); ``average`` as :func:`auroc`."""
+    return _per_output("ap", targets, scores, average)
