@@ -202,24 +202,30 @@ def _find_view(name: str) -> View | None:
 
 # ---------------------------------------------------------------- clean
 
-_CLEAN_OVERALL = ("accuracy", "balanced_accuracy", "macro_f1", "auroc.macro")
-_PER_CLASS = ("precision", "sensitivity", "specificity", "f1", "auroc")
+_OVERALL = {True: ("accuracy", "balanced_accuracy", "macro_f1", "auroc.macro", "auprc.macro"),
+            False: ("auroc.macro", "auroc.micro", "auprc.macro", "auprc.micro", "sensitivity.macro",
+                    "specificity.macro")}
+_PER_OUTPUT = ("auroc", "auprc", "sensitivity", "specificity", "precision", "f1")
 
 
 @view("clean")
 def clean_view(study: StudyResult, audit: AuditResult) -> dict[str, Any]:
-    """Baseline evaluation: overall and per-class metrics, confusion, ROC, examples."""
+    """Baseline evaluation, one path for every task: overall metrics, a row per output (class or
+    finding), the ROC curve of each output with its operating point; the confusion matrix and
+    examples where the task is exclusive."""
     ctx = generic_view(study, audit)
-    data = study.data
+    data, m = study.data, study.metrics
     names = [str(n) for n in data.get("class_names") or audit.class_names]
-    ctx["n_samples"] = fmt(study.metrics.get("n_samples", len(audit.ids)), "n_samples")
-    ctx["multilabel"], ctx["per_finding"] = False, []
-    if data.get("multilabel"):
-        return _clean_findings(study, ctx, names)
-    ctx["overall"] = metric_rows(study, _CLEAN_OVERALL)
-    ctx["per_class_columns"] = [c for c in _PER_CLASS if any(c in r for r in study.tables.get("per_class", []))]
-    ctx["per_class"] = [_per_class_row(study, row, ctx["per_class_columns"]) for row in study.tables.get("per_class", [])]
-    ctx["tables"] = [t for t in ctx["tables"] if t["title"] != "per_class"]
+    exclusive = not data.get("multilabel")
+    ctx.update(multilabel=not exclusive, n_samples=fmt(m.get("n_samples", len(audit.ids)), "n_samples"),
+               overall=metric_rows(study, _OVERALL[exclusive]), n_thresholded=fmt(m.get("n_thresholded"), "n_thresholded"),
+               decision_rule=_decision_rule(data, exclusive))
+    rows = {str(r.get("output", r.get("class", r.get("finding")))): r
+            for key in ("per_output", "per_class", "per_finding") for r in study.tables.get(key, [])}
+    ctx["per_output_columns"] = [c for c in _PER_OUTPUT if any(f"{c}.{n}" in m for n in names)]
+    ctx["per_output"] = [_output_row(study, n, rows.get(n, {}), ctx["per_output_columns"]) for n in names]
+    ctx["show_thresholds"] = not exclusive
+    ctx["tables"] = [t for t in ctx["tables"] if t["title"] not in ("per_output", "per_class", "per_finding")]
     if data.get("confusion"):
         ctx["figures"].append({
             "title": "Confusion matrix",
@@ -227,50 +233,32 @@ def clean_view(study: StudyResult, audit: AuditResult) -> dict[str, Any]:
             "caption": "Rows: true class; columns: predicted class. Right: each row divided by its total, so the diagonal is each class's sensitivity.",
         })
     if data.get("roc"):
-        curves = {str(k): (v["fpr"], v["tpr"]) for k, v in data["roc"].items()}
-        aucs = {k: study.metrics[f"auroc.{k}"] for k in curves if f"auroc.{k}" in study.metrics}
-        ctx["figures"].append({
-            "title": "ROC curves (one class against the rest)",
-            "svg": figures.roc_curves_svg(curves, aucs=aucs),
-            "caption": "A curve nearer the top-left corner separates the class better; the dotted diagonal is chance.",
-        })
+        ctx["figures"].append(_roc_figure(data["roc"], m, exclusive))
     ctx["examples"] = [e for e in (_example(x) for x in data.get("examples", [])) if e is not None]
     return ctx
 
 
-_FINDING_OVERALL = ("auroc.macro", "auroc.micro", "auprc.macro", "auprc.micro", "sensitivity.macro",
-                    "specificity.macro")
-_PER_FINDING = ("auroc", "auprc", "sensitivity", "specificity")
+def _decision_rule(data: Mapping[str, Any], exclusive: bool) -> str:
+    if exclusive:
+        return "Each image is called the class with the highest probability (arg-max)."
+    source = sentence(str(data.get("threshold_source", "") or "not recorded"))
+    return f"A finding is called present when its probability is at least its threshold. {source}."
 
 
-def _clean_findings(study: StudyResult, ctx: dict[str, Any], names: list[str]) -> dict[str, Any]:
-    """The clean section of a multi-label audit: per-finding AUROC, AUPRC, thresholds,
-    sensitivity and specificity with intervals, and a ROC curve per finding."""
-    data, m = study.data, study.metrics
-    rows = {str(r.get("finding")): r for r in study.tables.get("per_finding", [])}
-    ctx["multilabel"] = True
-    ctx["overall"] = metric_rows(study, _FINDING_OVERALL)
-    ctx["threshold_source"] = sentence(str(data.get("threshold_source", "") or "not recorded"))
-    ctx["n_thresholded"] = fmt(m.get("n_thresholded"), "n_thresholded")
-    ctx["per_finding_columns"] = ["AUROC", "AUPRC", "Sensitivity", "Specificity"]
-    ctx["per_finding"] = [_finding_row(study, n, rows.get(n, {})) for n in names]
-    ctx["per_class"], ctx["per_class_columns"] = [], []
-    ctx["tables"] = [t for t in ctx["tables"] if t["title"] != "per_finding"]
-    if data.get("roc"):
-        curves = {str(k): (v["fpr"], v["tpr"]) for k, v in data["roc"].items()}
-        points = {n: (1.0 - m[f"specificity.{n}"], m[f"sensitivity.{n}"]) for n in curves
-                  if math.isfinite(m.get(f"specificity.{n}", math.nan)) and math.isfinite(m.get(f"sensitivity.{n}", math.nan))}
-        ctx["figures"].append({
-            "title": "ROC curve per finding",
-            "svg": figures.roc_curves_svg(curves, aucs={k: m[f"auroc.{k}"] for k in curves if f"auroc.{k}" in m},
-                                          points=points),
-            "caption": "Each finding's probability against its presence, over every image; a curve nearer the "
-                       "top-left corner separates images with the finding better, the dotted diagonal is chance. "
-                       "Dots: the operating point at the finding's threshold (1 - specificity, sensitivity), "
-                       "read on the images the thresholds were not chosen on.",
-        })
-    ctx["examples"] = []
-    return ctx
+def _roc_figure(roc: Mapping[str, Any], m: Mapping[str, float], exclusive: bool) -> dict[str, Any]:
+    curves = {str(k): (v["fpr"], v["tpr"]) for k, v in roc.items()}
+    points = {n: (1.0 - m[f"specificity.{n}"], m[f"sensitivity.{n}"]) for n in curves
+              if math.isfinite(m.get(f"specificity.{n}", math.nan)) and math.isfinite(m.get(f"sensitivity.{n}", math.nan))}
+    what = "class" if exclusive else "finding"
+    return {
+        "title": f"ROC curve per {what} (one against the rest)",
+        "svg": figures.roc_curves_svg(curves, aucs={k: m[f"auroc.{k}"] for k in curves if f"auroc.{k}" in m},
+                                      points=points),
+        "caption": f"Each {what}'s probability against its presence, over every image; a curve nearer the top-left "
+                   "corner separates the images that have it better, the dotted diagonal is chance. Dots: the "
+                   "operating point of the calls (1 - specificity, sensitivity)"
+                   + ("." if exclusive else ", read on the images the thresholds were not chosen on."),
+    }
 
 
 def sentence(text: str) -> str:
@@ -278,20 +266,12 @@ def sentence(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def _finding_row(study: StudyResult, name: str, row: Mapping[str, Any]) -> dict[str, Any]:
-    cells = [{"value": fmt(study.metrics.get(f"{c}.{name}")), "interval": fmt_interval(study.intervals.get(f"{c}.{name}"))}
-             for c in _PER_FINDING]
-    return {"finding": name, "cells": cells, "prevalence": fmt(row.get("prevalence")),
-            "positives": fmt(row.get("positives"), "support"), "threshold": fmt(row.get("threshold"))}
-
-
-def _per_class_row(study: StudyResult, row: Mapping[str, Any], columns: Sequence[str]) -> dict[str, Any]:
-    cls = str(row.get("class", ""))
-    cells = []
-    for col in columns:
-        value = study.metrics.get(f"{col}.{cls}", row.get(col))
-        cells.append({"value": fmt(value, col), "interval": fmt_interval(study.intervals.get(f"{col}.{cls}"), col)})
-    return {"class": cls, "cells": cells, "support": fmt(row.get("support"), "support")}
+def _output_row(study: StudyResult, name: str, row: Mapping[str, Any], columns: Sequence[str]) -> dict[str, Any]:
+    cells = [{"value": fmt(study.metrics.get(f"{c}.{name}", row.get(c)), c),
+              "interval": fmt_interval(study.intervals.get(f"{c}.{name}"), c)} for c in columns]
+    positives = row.get("positives", row.get("support"))
+    return {"output": name, "cells": cells, "positives": fmt(positives, "support"),
+            "prevalence": fmt(row.get("prevalence")), "threshold": fmt(row.get("threshold"))}
 
 
 def _example(ex: Mapping[str, Any]) -> dict[str, Any] | None:

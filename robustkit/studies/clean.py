@@ -1,14 +1,16 @@
-"""Study ``clean``: the baseline evaluation on unmodified images.
+"""Study ``clean``: the baseline evaluation on unmodified images, one reduce for every task.
 
-The predicted class is the argmax of the model's output (the original notebook rounded the
-probabilities first, which sent every uncertain case to class 0). Every metric
-has a stratified bootstrap 95% interval.
-
-A multi-label model (several findings per image) is scored per finding instead: AUROC and
-AUPRC from its probabilities, sensitivity and specificity at each finding's decision
-threshold (``ModelAdapter.thresholds``: given, or chosen on the calibration half of the
-images, in which case they are read on the other half), macro and micro means, each with
-an interval (:mod:`robustkit.metrics.multilabel`).
+Every task gets the **per-output block** (single-label is the multi-label case with one-hot
+targets, :class:`robustkit.task.Task`): per output, ROC AUC and average precision (AUPRC)
+from its probability against its presence, their macro and micro means, and sensitivity,
+specificity, precision and F1 of the calls ``Task.decide`` makes (the arg-max one-hot, or each
+output at its threshold: ``ModelAdapter.thresholds``, given or chosen on a calibration half of
+the images, in which case the calls are read on the other half). An **exclusive** task (one
+label per image) adds its block: accuracy, balanced accuracy (the macro sensitivity), macro
+F1, the confusion matrix and a gallery of examples. The predicted class is the arg-max of the
+model's output (the original notebook rounded the probabilities first, which sent every
+uncertain case to class 0). Every metric has a stratified bootstrap 95% interval, from the
+same resamples.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from robustkit.data.images import png_base64
 from robustkit.errors import ModelError, check_range
 from robustkit.metrics import classification as M
 from robustkit.metrics import multilabel as ML
+from robustkit.metrics import ranking as R
 from robustkit.metrics.average import nan_mean
-from robustkit.metrics.decisions import counts_from_confusion, decision_scores
+from robustkit.metrics.decisions import decision_counts, decision_scores
 from robustkit.metrics.outputs import probabilities
 from robustkit.metrics.ranking import roc_curve
 from robustkit.results import Check, StudyResult
@@ -62,9 +65,10 @@ class CleanConfig(StudyConfig):
 class CleanStudy(Study[CleanConfig]):
     name = "clean"
     description = (
-        "How well the model classifies the unmodified images: accuracy, per-class precision, "
-        "sensitivity, specificity and F1, the confusion matrix and one-vs-rest ROC AUC, each with a 95% "
-        "bootstrap interval (multi-label models: per finding). Every other study is read against these numbers."
+        "How well the model classifies the unmodified images: per output (class or finding) ROC AUC, average "
+        "precision, and the sensitivity, specificity, precision and F1 of its calls; for single-label models also "
+        "accuracy and the confusion matrix; each with a 95% bootstrap interval. Every other study is read against "
+        "these numbers."
     )
     Config = CleanConfig
     profiles = {"quick": {"n_bootstrap": 300}, "standard": {}, "full": {"n_bootstrap": 2000}}
@@ -72,23 +76,21 @@ class CleanStudy(Study[CleanConfig]):
         "accuracy": ("share of images whose predicted class (argmax) equals the label", "higher"),
         "balanced_accuracy": ("mean of the per-class sensitivities (insensitive to class balance)", "higher"),
         "macro_f1": ("mean of the per-class F1 scores", "higher"),
-        "precision": ("per class: share of images predicted as the class that truly are it", "higher"),
-        "f1": ("per class: harmonic mean of precision and sensitivity (recall)", "higher"),
+        "precision": ("per output: share of the images called it (predicted as the class, or the finding called "
+                      "present) that truly have it", "higher"),
+        "f1": ("per output: harmonic mean of precision and sensitivity (recall)", "higher"),
         "n_samples": ("number of images evaluated", "none"),
-        "auroc": ("ROC AUC per output, one against the rest (its probability against its presence), and the "
-                  "macro mean over outputs; multi-label: also the micro mean over every image-finding pair",
-                  "higher"),
-        "auprc": ("multi-label: area under the precision-recall curve (average precision) per finding, "
-                  "macro and micro; read it against the finding's prevalence, its value for a random model",
-                  "higher"),
-        "sensitivity": ("per class: share of the class's images predicted as it (recall); multi-label: per "
-                        "finding, the share of images with it called present at its threshold, and the macro mean",
-                        "higher"),
-        "specificity": ("per class: share of the images of the other classes not predicted as it "
-                        "(one-vs-rest); multi-label: per finding, the share of images without it called absent "
-                        "at its threshold, and the macro mean", "higher"),
-        "n_thresholded": ("multi-label: images the thresholded metrics are read on (the half not used to "
-                          "choose the thresholds, or every image when they were given)", "none"),
+        "auroc": ("ROC AUC per output, one against the rest (its probability against its presence), the "
+                  "macro mean over outputs and the micro mean over every image-output pair", "higher"),
+        "auprc": ("area under the precision-recall curve (average precision) per output, macro and micro; read "
+                  "it against the output's prevalence, its value for a random model", "higher"),
+        "sensitivity": ("per output: share of the images with it that are called it (recall): predicted as the "
+                        "class (arg-max), or the finding called present at its threshold; and the macro mean "
+                        "(for single-label data, the balanced accuracy)", "higher"),
+        "specificity": ("per output: share of the images without it that are not called it (one-vs-rest), and "
+                        "the macro mean", "higher"),
+        "n_thresholded": ("images the calls' metrics (sensitivity, specificity, precision, F1) are read on: every "
+                          "image, or for chosen thresholds the half not used to choose them", "none"),
     }
     headline = ("accuracy", "auroc.macro")  # and the critical class's sensitivity (:func:`_headline`)
     multilabel = True
@@ -103,69 +105,93 @@ class CleanStudy(Study[CleanConfig]):
         return {"logits": logits, "probs": probs}
 
     def reduce(self, records: dict[str, np.ndarray], data: Dataset, ctx: AuditContext) -> StudyResult:
-        if ctx.model_info.get("output_kind") == "multilabel":
-            return self._reduce_findings(records, data, ctx)
-        logits, probs = records["logits"], records["probs"]
+        """The per-output block for every task, the exclusive block where one label per image."""
+        probs, names = records["probs"], list(data.class_names)
+        exclusive = ctx.task.exclusive if ctx.task is not None else not data.multilabel
+        targets = np.asarray(data.targets, dtype=bool)
+        thresholds, thresholded = (None, np.ones(len(probs), dtype=bool)) if exclusive else finding_thresholds(ctx, data)
         y, pred = np.asarray(data.labels), probs.argmax(axis=1)
-        names = list(data.class_names)
-        metrics, table = _point_metrics(y, pred, probs, names)
-        intervals = _intervals(y, pred, probs, names, self.config, ctx)
-        result = StudyResult(name=self.name, metrics=metrics, intervals=intervals)
-        result.tables["per_class"] = table
-        result.data.update(
-            class_names=names,
-            confusion=M.confusion_matrix(y, pred, len(names)).tolist(),
-            roc=_roc_curves(y, probs, names),
-            examples=_examples(ctx, data, y, pred, probs, self.config.n_examples),
-        )
-        result.checks = _checks(y, names, self.config.min_support)
-        result.records.update(
-            logits=logits, probs=probs, pred=pred.astype(np.int16), correct=(pred == y)[:, None]
-        )
-        result.data["correct_metrics"] = ["accuracy"]
-        result.data["headline"] = _headline(["accuracy", "sensitivity", "auroc.macro"], ctx, metrics)
-        return result
-
-
-    def _reduce_findings(self, records: dict[str, np.ndarray], data: Dataset, ctx: AuditContext) -> StudyResult:
-        """Per-finding AUROC, AUPRC, sensitivity and specificity, macro and micro, with intervals."""
-        probs, targets, names = records["probs"], data.targets, list(data.class_names)
-        thresholds, thresholded = finding_thresholds(ctx, data)
-        called = probs >= thresholds[None, :]
+        called = targets_of(pred, len(names)) if thresholds is None else probs >= thresholds[None, :]
 
         def flat(idx: np.ndarray) -> dict[str, float]:
+            out = _ranking(targets[idx], probs[idx], names)
             keep = idx[thresholded[idx]]
-            scores = ML.finding_summary(targets[idx], probs[idx], thresholds).flat(names)
-            sens_spec = ML.finding_summary(targets[keep], probs[keep], thresholds).flat(names)
-            scores.update({k: v for k, v in sens_spec.items() if k.startswith(("sensitivity.", "specificity."))})
-            return scores
+            out.update(_decisions(targets[keep], called[keep], names))
+            if exclusive:
+                out.update(_exclusive(y[idx], pred[idx], out, names))
+            return out
 
-        everyone = np.arange(len(probs))
-        metrics = flat(everyone)
-        keys = list(metrics)
-        lo, hi = M.bootstrap_interval(lambda idx: np.array([flat(idx)[k] for k in keys]), len(probs),
-                                      n_boot=self.config.n_bootstrap, seed=ctx.seed_for("clean", "bootstrap"),
-                                      strata=data.labels)
-        intervals = {k: [float(a), float(b)] for k, a, b in zip(keys, lo, hi)}
+        metrics = flat(np.arange(len(probs)))
+        intervals = self._intervals(flat, list(metrics), len(probs), data, ctx)
         metrics.update(n_samples=float(len(probs)), n_thresholded=float(thresholded.sum()))
         result = StudyResult(name=self.name, metrics=metrics, intervals=intervals)
-        result.tables["per_finding"] = [
-            {"finding": name, "positives": int(targets[:, k].sum()), "prevalence": float(targets[:, k].mean()),
-             "auroc": metrics[f"auroc.{name}"], "auprc": metrics[f"auprc.{name}"],
-             "threshold": float(thresholds[k]), "sensitivity": metrics[f"sensitivity.{name}"],
-             "specificity": metrics[f"specificity.{name}"]}
-            for k, name in enumerate(names)
-        ]
-        result.data.update(
-            class_names=names, multilabel=True, thresholds=thresholds.tolist(),
-            threshold_source=str(ctx.model_info.get("threshold_source", "")),
-            roc={name: _roc(targets[:, k], probs[:, k]) for k, name in enumerate(names)},
-            headline=_headline(["auroc.macro", "auprc.macro", "sensitivity", "specificity.macro"], ctx, metrics),
-            correct_metrics=[],
-        )
-        result.checks = _finding_checks(targets, names, self.config.min_support)
-        result.records.update(logits=records["logits"], probs=probs, called=called, correct=called == targets)
+        result.tables["per_output"] = _per_output_table(targets, names, metrics, thresholds)
+        result.data.update(class_names=names, multilabel=not exclusive,
+                           roc={name: _roc(targets[:, k], probs[:, k]) for k, name in enumerate(names)})
+        result.checks = [_support_check(targets, names, self.config.min_support, exclusive)]
+        result.records.update(logits=records["logits"], probs=probs, called=called)
+        if exclusive:
+            result.data.update(confusion=M.confusion_matrix(y, pred, len(names)).tolist(), correct_metrics=["accuracy"],
+                               examples=_examples(ctx, data, y, pred, probs, self.config.n_examples),
+                               headline=_headline(["accuracy", "sensitivity", "auroc.macro"], ctx, metrics))
+            result.records.update(pred=pred.astype(np.int16), correct=(pred == y)[:, None])
+        else:
+            result.data.update(thresholds=thresholds.tolist() if thresholds is not None else None,
+                               threshold_source=str(ctx.model_info.get("threshold_source", "")), correct_metrics=[],
+                               headline=_headline(["auroc.macro", "auprc.macro", "sensitivity", "specificity.macro"],
+                                                  ctx, metrics))
+            result.records.update(correct=called == targets)
         return result
+
+    def _intervals(self, flat: Any, keys: list[str], n: int, data: Dataset, ctx: AuditContext) -> dict[str, list[float]]:
+        """Stratified bootstrap 95% intervals of every metric of ``flat``, from one set of resamples."""
+        if n < 2:
+            return {}
+        lo, hi = M.bootstrap_interval(lambda idx: np.array([flat(idx)[k] for k in keys]), n,
+                                      n_boot=self.config.n_bootstrap, seed=ctx.seed_for("clean", "bootstrap"),
+                                      strata=data.labels)
+        return {k: [float(a), float(b)] for k, a, b in zip(keys, lo, hi)}
+
+
+def targets_of(labels: np.ndarray, k: int) -> np.ndarray:
+    """``(N, K)`` bool one-hot of class indices (the arg-max calls of an exclusive task)."""
+    return np.eye(k, dtype=bool)[np.asarray(labels, dtype=np.int64)]
+
+
+def _ranking(targets: np.ndarray, probs: np.ndarray, names: list[str]) -> dict[str, float]:
+    """Per output and macro/micro: AUROC and AUPRC (threshold-free)."""
+    out: dict[str, float] = {}
+    for key, fn in (("auroc", R.auroc), ("auprc", R.auprc)):
+        values = np.asarray(fn(targets, probs))
+        out.update({f"{key}.{name}": float(v) for name, v in zip(names, values)})
+        out[f"{key}.macro"], out[f"{key}.micro"] = nan_mean(values), float(fn(targets, probs, average="micro"))
+    return out
+
+
+def _decisions(targets: np.ndarray, called: np.ndarray, names: list[str]) -> dict[str, float]:
+    """Per output: sensitivity, specificity, precision, F1 of the calls; macro sensitivity and specificity."""
+    rates = decision_scores(decision_counts(targets, called))
+    out: dict[str, float] = {}
+    for key in ("sensitivity", "specificity", "precision", "f1"):
+        out.update({f"{key}.{name}": float(v) for name, v in zip(names, rates[key])})
+    out["sensitivity.macro"], out["specificity.macro"] = nan_mean(rates["sensitivity"]), nan_mean(rates["specificity"])
+    return out
+
+
+def _exclusive(y: np.ndarray, pred: np.ndarray, per_output: dict[str, float], names: list[str]) -> dict[str, float]:
+    """The exclusive block: accuracy, balanced accuracy (the macro sensitivity) and macro F1."""
+    return {"accuracy": M.accuracy(y, pred), "balanced_accuracy": per_output["sensitivity.macro"],
+            "macro_f1": nan_mean(np.array([per_output[f"f1.{n}"] for n in names]))}
+
+
+def _per_output_table(targets: np.ndarray, names: list[str], metrics: dict[str, float],
+                      thresholds: np.ndarray | None) -> list[dict[str, Any]]:
+    return [
+        {"output": name, "positives": int(targets[:, k].sum()), "prevalence": float(targets[:, k].mean()),
+         **{key: metrics[f"{key}.{name}"] for key in ("auroc", "auprc", "sensitivity", "specificity", "precision", "f1")},
+         "threshold": None if thresholds is None else float(thresholds[k])}
+        for k, name in enumerate(names)
+    ]
 
 
 def finding_thresholds(ctx: AuditContext, data: Dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -175,14 +201,18 @@ def finding_thresholds(ctx: AuditContext, data: Dataset) -> tuple[np.ndarray, np
     return ML.stored_thresholds(ctx.model_info, data.class_names, data.ids)
 
 
-def _finding_checks(targets: np.ndarray, names: list[str], min_support: int) -> list[Check]:
+def _support_check(targets: np.ndarray, names: list[str], min_support: int, exclusive: bool) -> Check:
+    """Per output: enough images with it (and, for findings, without it) for a narrow interval."""
     pos, neg = targets.sum(axis=0), (~targets).sum(axis=0)
-    small = [f"{n} ({p} with, {q} without)" for n, p, q in zip(names, pos, neg) if min(p, q) < min_support]
-    if small:
-        return [Check("per-finding support", "warn", f"fewer than {min_support} images with or without "
-                      f"{', '.join(small)}: per-finding intervals are wide.")]
-    return [Check("per-finding support", "pass",
-                  f"every finding has at least {min_support} images with it and without it.")]
+    if exclusive:
+        small = [f"{n} ({p})" for n, p in zip(names, pos) if p < min_support]
+        what, passed = "per-class support", f"every class has at least {min_support} images."
+        text = f"fewer than {min_support} images for {', '.join(small)}: per-class intervals are wide."
+    else:
+        small = [f"{n} ({p} with, {q} without)" for n, p, q in zip(names, pos, neg) if min(p, q) < min_support]
+        what, passed = "per-finding support", f"every finding has at least {min_support} images with it and without it."
+        text = f"fewer than {min_support} images with or without {', '.join(small)}: per-finding intervals are wide."
+    return Check(what, "warn", text) if small else Check(what, "pass", passed)
 
 
 def _roc(y: np.ndarray, score: np.ndarray) -> dict[str, list[float]]:
@@ -191,73 +221,6 @@ def _roc(y: np.ndarray, score: np.ndarray) -> dict[str, list[float]]:
         keep = np.unique(np.r_[np.linspace(0, len(fpr) - 1, 200).astype(int), len(fpr) - 1])
         fpr, tpr = fpr[keep], tpr[keep]
     return {"fpr": np.round(fpr, 5).tolist(), "tpr": np.round(tpr, 5).tolist()}
-
-
-def _scores(y: np.ndarray, pred: np.ndarray, probs: np.ndarray, k: int) -> dict[str, Any]:
-    rates = decision_scores(counts_from_confusion(M.confusion_matrix(y, pred, k)))
-    return {
-        "accuracy": M.accuracy(y, pred),
-        "balanced_accuracy": nan_mean(rates["sensitivity"]),
-        "macro_f1": nan_mean(rates["f1"]),
-        **{key: rates[key] for key in ("precision", "sensitivity", "specificity", "f1")},
-        "auroc": M.roc_auc_ovr(y, probs),
-    }
-
-
-def _flatten(s: dict[str, Any], names: list[str]) -> dict[str, float]:
-    out = {k: float(s[k]) for k in ("accuracy", "balanced_accuracy", "macro_f1")}
-    for key in ("precision", "sensitivity", "specificity", "f1", "auroc"):
-        for name, v in zip(names, s[key]):
-            out[f"{key}.{name}"] = float(v)
-    out["auroc.macro"] = nan_mean(s["auroc"])
-    return out
-
-
-def _point_metrics(y, pred, probs, names) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    flat = _flatten(_scores(y, pred, probs, len(names)), names)
-    flat["n_samples"] = float(len(y))
-    support = np.bincount(y, minlength=len(names))
-    table = [
-        {
-            "class": name,
-            "precision": flat[f"precision.{name}"],
-            "sensitivity": flat[f"sensitivity.{name}"],
-            "specificity": flat[f"specificity.{name}"],
-            "f1": flat[f"f1.{name}"],
-            "auroc": flat[f"auroc.{name}"],
-            "support": int(support[k]),
-        }
-        for k, name in enumerate(names)
-    ]
-    return flat, table
-
-
-def _intervals(y, pred, probs, names, config: CleanConfig, ctx: AuditContext) -> dict[str, list[float]]:
-    if len(y) < 2:
-        return {}
-    keys = list(_flatten(_scores(y, pred, probs, len(names)), names))
-
-    def stat(idx: np.ndarray) -> np.ndarray:
-        flat = _flatten(_scores(y[idx], pred[idx], probs[idx], len(names)), names)
-        return np.array([flat[k] for k in keys])
-
-    lo, hi = M.bootstrap_interval(
-        stat, len(y), n_boot=config.n_bootstrap, seed=ctx.seed_for("clean", "bootstrap"), strata=y
-    )
-    return {k: [float(a), float(b)] for k, a, b in zip(keys, lo, hi)}
-
-
-def _roc_curves(y: np.ndarray, probs: np.ndarray, names: list[str]) -> dict[str, dict[str, list[float]]]:
-    return {name: _roc(y == k, probs[:, k]) for k, name in enumerate(names)}
-
-
-def _checks(y: np.ndarray, names: list[str], min_support: int) -> list[Check]:
-    support = np.bincount(y, minlength=len(names))
-    small = [f"{n} ({c})" for n, c in zip(names, support) if c < min_support]
-    if small:
-        return [Check("per-class support", "warn",
-                      f"fewer than {min_support} images for {', '.join(small)}: per-class intervals are wide.")]
-    return [Check("per-class support", "pass", f"every class has at least {min_support} images.")]
 
 
 def _examples(ctx: AuditContext, data, y, pred, probs, n: int) -> list[dict[str, Any]]:
