@@ -42,6 +42,13 @@ import numpy as np
 from robustkit._tf import tf
 from robustkit.errors import check_choice, check_range, param_error
 from robustkit.metrics.outputs import is_sigmoid, probabilities
+from robustkit.metrics.sweep import (
+    DECISION_ATTACKS,
+    FOOLBOX_ATTACKS,
+    LOSSES,
+    SweepResult,
+    loss_description,
+)
 from robustkit.model.adapter import ModelAdapter
 
 __all__ = [
@@ -64,8 +71,6 @@ __all__ = [
     "run_foolbox",
     "sample_seeds",
 ]
-
-LOSSES = ("ce", "margin")
 
 # (adapter) -> {(loop, kind, steps, loss, targeted): compiled function}; dies with the adapter
 _COMPILED: weakref.WeakKeyDictionary[ModelAdapter, dict[tuple[Any, ...], Any]] = weakref.WeakKeyDictionary()
@@ -119,16 +124,6 @@ def _attack_loss(z: Any, labels: Any, loss: str, targeted: bool, sigmoid: bool =
     own = tf.reduce_sum(z * onehot, axis=1)
     other = tf.reduce_max(z - onehot * 1e9, axis=1)
     return own - other if targeted else other - own
-
-
-def loss_description(loss: str, kind: str) -> str:
-    """The attack loss ``loss`` on a head of output kind ``kind``, as a sentence for results."""
-    check_choice("loss", loss, LOSSES)
-    if loss == "margin":
-        return "Carlini-Wagner margin on the logits (max over other classes minus the label's)"
-    if is_sigmoid(kind):
-        return "binary cross-entropy of the one-hot label on the sigmoid outputs, summed over outputs"
-    return "softmax cross-entropy of the label"
 
 
 def _is_adversarial(z: Any, labels: Any, targeted: bool) -> Any:
@@ -469,45 +464,6 @@ class SweepAttack(Protocol):
                  target: np.ndarray | None = None, seed: int | np.ndarray = 0) -> AttackResult: ...
 
 
-@dataclass
-class SweepResult:
-    """An epsilon sweep over increasing radii (each run on the previous run's survivors).
-
-    Attributes:
-        epsilons: the radii ``(E,)`` in increasing order, pixel units.
-        correct: ``(N, E)`` bool: still correctly classified within each radius
-            (non-increasing along the row by construction).
-        min_eps: ``(N,)`` smallest radius of the grid that broke the sample: 0 for a sample
-            misclassified on its clean image, inf if none did.
-        adv_pred: ``(N, E)`` predicted class of the adversarial (or clean) image per radius.
-        adv_conf: ``(N, E)`` confidence of that prediction (its probability per the model's
-            output kind: softmax, or the sigmoid value for sigmoid heads).
-        loss_traces: one ``(steps + 1,)`` mean loss trace per radius over the images the attack
-            failed to break there (NaN if it broke every image or nothing was run): a loss that
-            is still rising on those is a sign the optimisation stopped too early.
-        kept: position -> adversarial image at ``min_eps``, for the positions asked to keep.
-        gradient_evals: per-sample gradient evaluations spent.
-        traces: ``(N, E, steps + 1)`` each sample's loss trace per radius where the attack
-            ran on it and failed to break it (NaN elsewhere); ``loss_traces`` is its mean.
-        evals: ``(N,)`` gradient evaluations spent on each sample.
-        broken_by: ``(N,)`` int8: for an ensemble, the code of the attack that broke the sample
-            at ``min_eps`` (see :attr:`AttackResult.broken_by`); 1 for a single attack; 0 where
-            clean-wrong or not broken.
-    """
-
-    epsilons: np.ndarray
-    correct: np.ndarray
-    min_eps: np.ndarray
-    adv_pred: np.ndarray
-    adv_conf: np.ndarray
-    loss_traces: np.ndarray
-    kept: dict[int, np.ndarray]
-    gradient_evals: int
-    traces: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.float32))
-    evals: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    broken_by: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
-
-
 def epsilon_sweep(
     attack: SweepAttack,
     model: ModelAdapter,
@@ -623,9 +579,7 @@ def loss_gradient(model: ModelAdapter, x: np.ndarray, labels: np.ndarray, *, los
 # ------------------------------------------------------------------------------- foolbox
 
 #: foolbox attacks the study can run for breadth (all minimise an L2 perturbation).
-FOOLBOX_ATTACKS = ("deepfool", "carlini_wagner", "hop_skip_jump", "boundary")
 #: the decision-based (black-box) ones among them.
-DECISION_ATTACKS = ("hop_skip_jump", "boundary")
 
 
 @dataclass

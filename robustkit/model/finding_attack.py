@@ -38,6 +38,7 @@ import numpy as np
 from robustkit._tf import tf
 from robustkit.errors import param_error
 from robustkit.metrics.outputs import probabilities
+from robustkit.metrics.sweep import FLIP_LOSS
 from robustkit.model.adapter import ModelAdapter
 from robustkit.model.apgd import L2APGD, LinfAPGD
 from robustkit.model.attacks import _SEED_MOD, FGSM, L2PGD, LinfPGD, SweepAttack
@@ -55,10 +56,6 @@ __all__ = [
     "flip_sweep",
     "model_thresholds",
 ]
-
-#: the loss, as a sentence for results
-FLIP_LOSS = ("signed logit margin of the attacked finding, s * (z_f - logit(t_f)) with s = -1 to turn a "
-             "present finding off and +1 to turn an absent one on (0 at the threshold)")
 
 
 def model_thresholds(model: ModelAdapter) -> np.ndarray:

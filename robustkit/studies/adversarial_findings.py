@@ -37,14 +37,14 @@ from robustkit.metrics.calibration import wilson_interval
 from robustkit.metrics.outputs import probabilities
 from robustkit.model import finding_attack as FA
 from robustkit.results import Check, StudyResult
-from robustkit.studies.adversarial_checks import _FLAT_SHARE, _NEAR_ZERO, eps_name
+from robustkit.studies.adversarial.checks import _FLAT_SHARE, _NEAR_ZERO, eps_name
 from robustkit.studies.base import AuditContext
 from robustkit.studies.clean import finding_thresholds
 
 if TYPE_CHECKING:
     from robustkit.data.dataset import Dataset
     from robustkit.model.adapter import ModelAdapter
-    from robustkit.studies.adversarial import AdversarialConfig
+    from robustkit.studies.adversarial.config import AdversarialConfig
 
 __all__ = ["DIRECTIONS", "finding_records", "finding_result"]
 

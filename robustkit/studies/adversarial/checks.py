@@ -19,8 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from robustkit.model import attacks as A
-from robustkit.model.ensemble import ENSEMBLE_ATTACKS
+from robustkit.metrics.sweep import DECISION_ATTACKS, ENSEMBLE_ATTACKS, SweepResult
 from robustkit.results import Check
 
 __all__ = ["SENSITIVITY", "CheckInputs", "eps_name", "run_checks"]
@@ -72,8 +71,8 @@ class CheckInputs:
     """
 
     y: np.ndarray
-    sweeps: dict[str, A.SweepResult]
-    fgsm: A.SweepResult | None
+    sweeps: dict[str, SweepResult]
+    fgsm: SweepResult | None
     foolbox: dict[str, Any]
     large_epsilon: float
     large_correct: np.ndarray
@@ -157,7 +156,7 @@ def _beaten(c: CheckInputs, r: Any) -> list[str]:
 
 
 def _check_black_box(c: CheckInputs) -> Check | None:
-    names = [n for n in c.foolbox if n in A.DECISION_ATTACKS]
+    names = [n for n in c.foolbox if n in DECISION_ATTACKS]
     if not names:
         return None
     found = [f"{n}: {', '.join(b)}" for n in names if (b := _beaten(c, c.foolbox[n]))]
@@ -170,7 +169,7 @@ def _check_black_box(c: CheckInputs) -> Check | None:
 
 
 def _check_minimum_norm(c: CheckInputs) -> Check | None:
-    names = [n for n in c.foolbox if n != "positions" and n not in A.DECISION_ATTACKS]
+    names = [n for n in c.foolbox if n != "positions" and n not in DECISION_ATTACKS]
     if not names:
         return None
     found = [f"{n}: {', '.join(b)}" for n in names if (b := _beaten(c, c.foolbox[n]))]
