@@ -11,9 +11,11 @@ import numpy as np
 
 from robustkit.errors import check_choice, check_range, param_error
 from robustkit.metrics.sweep import FOOLBOX_ATTACKS, LOSSES
-from robustkit.studies.base import StudyConfig
+from robustkit.studies.base import AuditContext, StudyConfig
 
-__all__ = ["ATTACKS", "NORMS", "AdversarialConfig", "attack_steps", "check_norm", "grid", "large_epsilon", "targets"]
+__all__ = [
+    "ATTACKS", "NORMS", "AdversarialConfig", "attack_steps", "check_norm", "exclusive", "grid", "large_epsilon", "targets",
+]
 
 NORMS = ("linf", "l2")
 ATTACKS = ("pgd", "ensemble")
@@ -175,3 +177,9 @@ def targets(cfg: AdversarialConfig, logits: np.ndarray, y: np.ndarray, names: li
         raise param_error("target_class", "one of " + ", ".join(map(repr, names)), cfg.target_class, where=_WHERE)
     k = names.index(cfg.target_class)
     return np.where(y == k, least, k)
+
+
+def exclusive(ctx: AuditContext) -> bool:
+    """One label per image (the misclassification block runs), else per-output calls (the flip block):
+    the audit's task says which; a caller without a task falls back on the model's output kind."""
+    return ctx.task.exclusive if ctx.task is not None else ctx.model_info.get("output_kind") != "multilabel"

@@ -12,14 +12,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from robustkit.data.images import png_base64
+from robustkit.metrics.outputs import probabilities
 from robustkit.metrics.sweep import SweepResult
 from robustkit.model import attacks as A
+from robustkit.model import finding_attack as FA
 from robustkit.model.ensemble import Ensemble
 from robustkit.studies.adversarial.checks import SENSITIVITY
 from robustkit.studies.adversarial.config import (
     AdversarialConfig,
     attack_steps,
     check_norm,
+    exclusive,
     grid,
     large_epsilon,
     targets,
@@ -30,7 +33,7 @@ if TYPE_CHECKING:
     from robustkit.data.dataset import Dataset
     from robustkit.model.adapter import ModelAdapter
 
-__all__ = ["label_records", "sweep_attack"]
+__all__ = ["records", "sweep_attack"]
 
 
 def sweep_attack(cfg: AdversarialConfig, norm: str, **changes: Any) -> A.SweepAttack:
@@ -47,7 +50,17 @@ def sweep_attack(cfg: AdversarialConfig, norm: str, **changes: Any) -> A.SweepAt
     return (A.LinfPGD if norm == "linf" else A.L2PGD)(**options)
 
 
-def label_records(cfg: AdversarialConfig, model: ModelAdapter, batch: Dataset, ctx: AuditContext, *,
+def records(cfg: AdversarialConfig, model: ModelAdapter, batch: Dataset, ctx: AuditContext, *,
+            in_check: np.ndarray, in_foolbox: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-sample attack outcomes of ``batch``: for one label per image (``exclusive``) the
+    misclassification sweeps with their checks and foolbox (:func:`_label_records`), else per
+    output the sweeps that flip its call (:func:`_flip_records`)."""
+    if not exclusive(ctx):
+        return _flip_records(cfg, model, batch, ctx)
+    return _label_records(cfg, model, batch, ctx, in_check=in_check, in_foolbox=in_foolbox)
+
+
+def _label_records(cfg: AdversarialConfig, model: ModelAdapter, batch: Dataset, ctx: AuditContext, *,
                   in_check: np.ndarray, in_foolbox: np.ndarray) -> dict[str, np.ndarray]:
     """Per-sample attack outcomes of ``batch`` for one label per image.
 
@@ -78,6 +91,50 @@ def label_records(cfg: AdversarialConfig, model: ModelAdapter, batch: Dataset, c
                                               cfg.epsilons_linf, clean_logits=logits, target=target).correct
     rec.update(_check_records(cfg, model, x, y, logits, target, sweeps[check_norm(cfg.norms)], ctx, ids, in_check))
     rec.update(_foolbox_records(cfg, model, x, y, clean_ok & in_foolbox, ctx, ids))
+    return rec
+
+
+def _flip_attack(cfg: AdversarialConfig, norm: str) -> Any:
+    if cfg.attack == "ensemble":
+        return FA.flip_attack(norm, "apgd", steps=cfg.apgd_steps, restarts=cfg.apgd_restarts)
+    return FA.flip_attack(norm, "pgd", steps=cfg.steps, step_size_factor=cfg.step_size_factor,
+                          restarts=cfg.restarts, random_start=cfg.random_start)
+
+
+def _pair_seeds(ctx: AuditContext, ids: list[str], names: list[str], *keys: str) -> np.ndarray:
+    """``(B, K)`` seeds keyed by ``(seed, study, findings, *keys, finding, sample id)``."""
+    return np.array([[ctx.seed_for("adversarial", "findings", *keys, f, i) for f in names] for i in ids],
+                    dtype=np.int64)
+
+
+def _flip_records(cfg: AdversarialConfig, model: ModelAdapter, batch: Dataset, ctx: AuditContext) -> dict[str, np.ndarray]:
+    """Per image and finding of ``batch`` the flip sweeps (``B``: the batch, ``K``: findings, ``E``: radii).
+
+    Records: ``clean_logits`` ``(B, K)``; ``called`` ``(B, K)`` bool; per norm ``flipped_<norm>``
+    ``(B, K, E)``, ``flip_min_eps_<norm>``, ``flip_prob_<norm>``, ``flip_evals_<norm>`` ``(B, K)``,
+    ``flip_traces_<norm>`` ``(B, K, E, steps + 1)``; ``flip_fgsm`` ``(B, K, E)`` (Linf, when
+    ``fgsm``); ``flip_large`` ``(B, K)``: flipped within the large radius of the check.
+    """
+    h, w, c = model.input_shape
+    x = batch.load_images(np.arange(len(batch)), size=(h, w), channels=c)
+    ids, names = [str(i) for i in batch.ids], list(model.class_names)
+    logits = ctx.clean_logits(model, batch)
+    called = probabilities(logits, "multilabel") >= FA.model_thresholds(model)[None, :]
+    rec: dict[str, np.ndarray] = {"clean_logits": logits, "called": called}
+    for norm in cfg.norms:
+        s = FA.flip_sweep(_flip_attack(cfg, norm), model, x, called, grid(cfg, norm), seeds=_pair_seeds(ctx, ids, names, norm))
+        rec.update({f"flipped_{norm}": s.flipped, f"flip_min_eps_{norm}": s.min_eps.astype(np.float32),
+                    f"flip_prob_{norm}": s.adv_prob, f"flip_evals_{norm}": s.evals, f"flip_traces_{norm}": s.traces})
+    if cfg.fgsm and "linf" in cfg.norms:
+        rec["flip_fgsm"] = FA.flip_sweep(FA.LinfFlipFGSM(), model, x, called, cfg.epsilons_linf,
+                                         seeds=_pair_seeds(ctx, ids, names, "fgsm")).flipped
+    norm = check_norm(cfg.norms)
+    large = rec[f"flipped_{norm}"][:, :, -1].copy()
+    if not large.all():
+        s = FA.flip_sweep(_flip_attack(cfg, norm), model, x, called, [large_epsilon(cfg, norm, (h, w, c))],
+                          seeds=_pair_seeds(ctx, ids, names, "large"))
+        large |= s.flipped[:, :, 0]
+    rec["flip_large"] = large
     return rec
 
 

@@ -10,9 +10,8 @@ import numpy as np
 
 from robustkit.results import StudyResult
 from robustkit.studies import register
-from robustkit.studies.adversarial.config import AdversarialConfig
-from robustkit.studies.adversarial.model_work import label_records
-from robustkit.studies.adversarial.reduce import label_result
+from robustkit.studies.adversarial import model_work, reduce
+from robustkit.studies.adversarial.config import AdversarialConfig, exclusive
 from robustkit.studies.base import AuditContext, Study
 
 if TYPE_CHECKING:
@@ -84,7 +83,7 @@ class AdversarialStudy(Study):
         exactly ``check_samples`` / ``foolbox_samples`` of the study's samples (foolbox then
         runs on the clean-correct ones among them)."""
         cfg = self.config
-        if ctx.model_info.get("output_kind") == "multilabel":  # the per-finding attacks use neither subset
+        if not exclusive(ctx):  # the per-output flip attacks use neither subset
             self._chosen: dict[str, frozenset[str]] = {"checks": frozenset(), "foolbox": frozenset()}
             return
         self._chosen = {
@@ -100,23 +99,15 @@ class AdversarialStudy(Study):
         return np.array([str(i) in chosen[key] for i in ids], dtype=bool)
 
     def map(self, model: ModelAdapter, batch: Dataset, ctx: AuditContext) -> dict[str, np.ndarray]:
-        """Per-sample attack outcomes of ``batch`` (:mod:`~robustkit.studies.adversarial.model_work`)."""
+        """Per-sample attack outcomes of ``batch`` (:func:`~robustkit.studies.adversarial.model_work.records`)."""
         cfg = self.config
         assert isinstance(cfg, AdversarialConfig)
-        if model.output_kind == "multilabel":  # per finding: the budget that flips its call
-            from robustkit.studies.adversarial_findings import finding_records
-
-            return finding_records(cfg, model, batch, ctx)
         ids = [str(i) for i in batch.ids]
-        return label_records(cfg, model, batch, ctx, in_check=self._member("checks", ids),
-                             in_foolbox=self._member("foolbox", ids))
+        return model_work.records(cfg, model, batch, ctx, in_check=self._member("checks", ids),
+                                  in_foolbox=self._member("foolbox", ids))
 
     def reduce(self, records: dict[str, np.ndarray], data: Dataset, ctx: AuditContext) -> StudyResult:
-        """Metrics, intervals, curves, checks and gallery from the records of every sample."""
+        """Metrics, intervals, curves, checks and report data (:func:`~robustkit.studies.adversarial.reduce.reduce`)."""
         cfg = self.config
         assert isinstance(cfg, AdversarialConfig)
-        if ctx.model_info.get("output_kind") == "multilabel":
-            from robustkit.studies.adversarial_findings import finding_result
-
-            return finding_result(cfg, records, data, ctx, self.name)
-        return label_result(cfg, records, data, ctx, self.name)
+        return reduce.reduce(cfg, records, data, ctx, self.name)
