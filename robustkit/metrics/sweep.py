@@ -1,6 +1,6 @@
 """The outcome of an attack's epsilon sweep, and the names of attacks and losses: pure numpy.
 
-The one result type the attacks write (:func:`robustkit.model.attacks.epsilon_sweep`, on
+The one result type the attacks write (:func:`robustkit.model.attack_sweep.epsilon_sweep`, on
 the model side) and the ``adversarial`` study's reduce reads back from its records, so that
 the reduce imports nothing from the model side (DESIGN: a study's reduce is pure numpy).
 The names here (losses, foolbox attacks, the ensemble's attacks in order and which of them

@@ -33,7 +33,7 @@ from robustkit.errors import check_choice, check_range, param_error
 from robustkit.metrics.sweep import ENSEMBLE_ATTACKS, ENSEMBLE_LABELS, ensemble_plan
 from robustkit.model.adapter import ModelAdapter
 from robustkit.model.apgd import L2APGD, LinfAPGD
-from robustkit.model.attacks import (
+from robustkit.model.attack_loop import (
     _SEED_MOD,
     AttackResult,
     _check_images,

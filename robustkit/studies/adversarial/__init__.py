@@ -3,7 +3,7 @@
 The attack (``attack``) is the AutoAttack-style ensemble (:mod:`robustkit.model.ensemble`:
 APGD-CE, then APGD-DLR, then the minimum-norm FAB-T, then the gradient-free Square, each on the
 survivors of the earlier ones; Croce and Hein 2020) in the ``standard`` and ``full`` profiles, and one compiled PGD in
-``quick``. It runs an epsilon sweep (Linf and L2; :mod:`robustkit.model.attacks`) in increasing
+``quick``. It runs an epsilon sweep (Linf and L2; :mod:`robustkit.model.attack_sweep`) in increasing
 order, attacking at each radius only the samples that survived the smaller ones, so robust
 accuracy is non-increasing by construction and each sample gets its minimal perturbation on
 the grid. FGSM runs beside it as a sanity baseline; in the ``full`` profile foolbox's
