@@ -204,6 +204,7 @@ def _flip_content(ctx: dict[str, Any], study: StudyResult) -> None:
     ctx["tables"] = [table_view("Minimal flipping budgets (median per finding)", rows)] if rows else []
     attack = dict(data.get("attack", {}))
     ctx["findings"] = [str(n) for n in data.get("class_names", [])]
+    ctx["gallery"] = []  # misclassified examples exist for one label per image only
     ctx["attack"] = (f"Attack: {attack.get('name', '')}, {attack.get('steps')} steps x {attack.get('restarts')} "
                      f"run(s) per image, finding and budget, maximising the {data.get('attack_loss', '')}.")
     ctx["thresholds"] = ", ".join(f"{n} {fmt(t)}" for n, t in zip(ctx["findings"], data.get("thresholds", [])))
