@@ -60,3 +60,45 @@ def test_the_check_sees_a_lazy_circle(tmp_path: Path) -> None:
                  "def f():\n    from robustkit import results\n")
     assert _runtime_imports(a, "robustkit.a", {"robustkit.results", "robustkit.task", "robustkit"}) == {
         "robustkit.results"}
+
+
+#: a study's pure side: its reduce modules and what they import (DESIGN: "A study's reduce imports
+#: nothing from the model side"); pyproject.toml's import-linter contract names the same modules
+PURE_STUDY_MODULES = ("robustkit.studies.adversarial.reduce", "robustkit.studies.adversarial.exclusive",
+                      "robustkit.studies.adversarial.checks", "robustkit.studies.adversarial.config",
+                      "robustkit.studies.ood_reduce")
+
+
+def _reached(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module ``start`` imports at run time, directly or through others (parent packages
+    not counted: importing ``a.b`` runs ``a/__init__`` only the first time, as it does anyway)."""
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph.get(todo.pop(), set()) - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+def test_a_study_reduce_reaches_nothing_of_the_model_side() -> None:
+    modules = _module_names()
+    graph = {name: _runtime_imports(path, name, set(modules)) for name, path in modules.items()}
+    for name in PURE_STUDY_MODULES:
+        assert name in graph, name
+        model_side = sorted(m for m in _reached(graph, name) if m.startswith(("robustkit.model", "robustkit._tf")))
+        assert not model_side, f"{name} imports the model side: {model_side}"
+    reduces = {n for n in modules if n.startswith("robustkit.studies.") and n.rpartition(".")[2].endswith("reduce")}
+    assert reduces <= set(PURE_STUDY_MODULES), f"a reduce module not held pure here: {reduces - set(PURE_STUDY_MODULES)}"
+
+
+def test_the_pure_study_modules_are_the_import_contract() -> None:
+    """The import-linter contract (run by ``.ci/run``) lists the same modules as the test above."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    config = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    contracts = [c for c in config["tool"]["importlinter"]["contracts"] if c["name"].startswith("A study's reduce")]
+    assert len(contracts) == 1 and sorted(contracts[0]["source_modules"]) == sorted(PURE_STUDY_MODULES)
+    assert "robustkit.model" in contracts[0]["forbidden_modules"]

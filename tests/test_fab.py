@@ -204,3 +204,20 @@ def test_ensemble_with_fab_and_square_is_the_per_sample_worst_case(toy, norm: st
         (out.adv - x).reshape(len(x), -1), axis=1)
     assert np.all(size[out.success] <= eps * (1 + 1e-5))
     np.testing.assert_array_equal(model.logits(out.adv).argmax(axis=1) != y, out.success)
+
+
+@pytest.mark.parametrize(("k", "fab_steps", "square", "expected"), [
+    (2, 10, 100, ["apgd_ce", "fab_t", "square"]),  # APGD-DLR needs three classes
+    (3, 10, 0, ["apgd_ce", "apgd_dlr", "fab_t"]),
+    (4, 0, 100, ["apgd_ce", "apgd_dlr", "square"]),
+    (10, 100, 5000, ["apgd_ce", "apgd_dlr", "fab_t", "square"]),  # AutoAttack's standard order
+])
+def test_the_ensemble_plan_the_reduce_reads_is_what_runs(k: int, fab_steps: int, square: int,
+                                                         expected: list[str]) -> None:
+    """The pure plan (read by the study's reduce, which never builds an attack) names the attacks
+    the ensemble builds, in AutoAttack's order."""
+    from robustkit.metrics.sweep import ensemble_plan
+
+    assert ensemble_plan(k, fab_steps=fab_steps, square_queries=square) == expected
+    ran = [name for name, _ in Ensemble(norm="linf", fab_steps=fab_steps, square_queries=square).attacks(k)]
+    assert ran == expected

@@ -24,7 +24,7 @@ study's convergence check reads whether it flattened. Success is always misclass
 also for the targeted DLR loss (AutoAttack's APGD-T: the target only steers the search).
 
 Losses (all maximised): ``ce`` the cross-entropy of the label (binary cross-entropy summed
-over outputs for sigmoid heads, as :mod:`robustkit.model.attacks`); ``dlr`` the
+over outputs for sigmoid heads, as :mod:`robustkit.model.attack_loop`); ``dlr`` the
 difference-of-logits ratio ``-(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3 + 1e-12)`` (``pi``: the
 logits sorted in decreasing order; needs >= 3 classes); with ``targeted=True``
 ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)`` (needs >= 4 classes), run once per
@@ -46,7 +46,7 @@ from robustkit._tf import tf
 from robustkit.errors import check_choice, check_range, param_error
 from robustkit.metrics.outputs import is_sigmoid
 from robustkit.model.adapter import ModelAdapter
-from robustkit.model.attacks import (
+from robustkit.model.attack_loop import (
     L2PGD,
     AttackResult,
     GradientAttack,
@@ -153,7 +153,7 @@ class APGD(GradientAttack):
         """Attack ``x`` ``(N, H, W, C)`` with labels ``(N,)`` within ``epsilons`` (scalar or ``(N,)``).
 
         ``target`` is ignored (a targeted APGD picks its targets from the clean logits);
-        ``seed``: one per sample ``(N,)`` or a scalar (:func:`~robustkit.model.attacks.sample_seeds`).
+        ``seed``: one per sample ``(N,)`` or a scalar (:func:`~robustkit.model.attack_loop.sample_seeds`).
         """
         x = _check_images(model, x)
         n, y = len(x), np.asarray(labels, dtype=np.int32).reshape(-1)

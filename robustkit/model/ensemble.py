@@ -30,9 +30,10 @@ from typing import Any
 import numpy as np
 
 from robustkit.errors import check_choice, check_range, param_error
+from robustkit.metrics.sweep import ENSEMBLE_ATTACKS, ENSEMBLE_LABELS, ensemble_plan
 from robustkit.model.adapter import ModelAdapter
 from robustkit.model.apgd import L2APGD, LinfAPGD
-from robustkit.model.attacks import (
+from robustkit.model.attack_loop import (
     _SEED_MOD,
     AttackResult,
     _check_images,
@@ -43,10 +44,6 @@ from robustkit.model.fab import L2FAB, LinfFAB
 from robustkit.model.square import L2Square, LinfSquare, SquareAttack
 
 __all__ = ["ENSEMBLE_ATTACKS", "ENSEMBLE_LABELS", "Ensemble"]
-
-#: the ensemble's attacks in the order they run (``broken_by`` codes 1, 2, 3, 4)
-ENSEMBLE_ATTACKS = ("apgd_ce", "apgd_dlr", "fab_t", "square")
-ENSEMBLE_LABELS = {"apgd_ce": "APGD-CE", "apgd_dlr": "APGD-DLR", "fab_t": "FAB-T", "square": "Square"}
 
 
 class Ensemble:
@@ -79,16 +76,16 @@ class Ensemble:
     def attacks(self, num_classes: int) -> list[tuple[str, Any]]:
         """The ``(name, attack)`` pairs run for a model with ``num_classes`` classes, in order."""
         targeted = num_classes >= 4  # APGD-T: one run per target class, as AutoAttack's standard version
-        out: list[tuple[str, Any]] = [("apgd_ce", self._apgd(steps=self.steps, restarts=self.restarts))]
-        if num_classes >= 3:
-            out.append(("apgd_dlr", self._apgd(steps=self.steps, restarts=1 if targeted else self.restarts, loss="dlr",
-                                               targeted=targeted, n_target_classes=self.n_target_classes)))
-        if self.fab_steps and num_classes >= 2:  # FAB-T: one run per target class, from the image (AutoAttack)
-            fab = LinfFAB if self.norm == "linf" else L2FAB
-            out.append(("fab_t", fab(steps=self.fab_steps, n_target_classes=self.n_target_classes)))
-        if self.square_queries:
-            out.append(("square", (LinfSquare if self.norm == "linf" else L2Square)(queries=self.square_queries)))
-        return out
+        build = {  # FAB-T runs once per target class, from the image (AutoAttack)
+            "apgd_ce": lambda: self._apgd(steps=self.steps, restarts=self.restarts),
+            "apgd_dlr": lambda: self._apgd(steps=self.steps, restarts=1 if targeted else self.restarts, loss="dlr",
+                                           targeted=targeted, n_target_classes=self.n_target_classes),
+            "fab_t": lambda: (LinfFAB if self.norm == "linf" else L2FAB)(steps=self.fab_steps,
+                                                                         n_target_classes=self.n_target_classes),
+            "square": lambda: (LinfSquare if self.norm == "linf" else L2Square)(queries=self.square_queries),
+        }
+        plan = ensemble_plan(num_classes, fab_steps=self.fab_steps, square_queries=self.square_queries)
+        return [(name, build[name]()) for name in plan]
 
     def __call__(self, model: ModelAdapter, x: np.ndarray, labels: np.ndarray, *, epsilons: float | np.ndarray,
                  target: np.ndarray | None = None, seed: int | np.ndarray = 0) -> AttackResult:

@@ -45,13 +45,13 @@ from robustkit._tf import tf
 from robustkit.errors import check_range, param_error
 from robustkit.model.adapter import ModelAdapter
 from robustkit.model.apgd import likely_classes
-from robustkit.model.attacks import (
+from robustkit.model.attack_loop import (
     _COMPILED,
     AttackResult,
-    MinimalPerturbation,
     _check_images,
     sample_seeds,
 )
+from robustkit.model.foolbox_bridge import MinimalPerturbation
 
 __all__ = ["FAB", "L2FAB", "LinfFAB", "hyperplane_projection"]
 

@@ -17,9 +17,11 @@ compares loss values, sees a loss that is linear in the logit (Carlini and Wagne
 the same for margins over cross-entropy).
 
 The loop, the per-sample epsilons and seeds, the restarts and the chunking are those of
-:class:`~robustkit.model.attacks.GradientAttack` and :class:`~robustkit.model.apgd.APGD`:
+:class:`~robustkit.model.attack_loop.GradientAttack` and :class:`~robustkit.model.apgd.APGD`:
 the classes here only supply the objective (:meth:`GradientAttack._objective`). Each
 sample's label is the code ``2 * f + on`` (``on``: 1 to turn the finding on, 0 to turn it off).
+The sweep over radii is the one of every attack (:func:`~robustkit.model.attack_sweep.epsilon_sweep`),
+with the criterion :class:`~robustkit.model.attack_sweep.CallFlip`.
 
 Example:
     >>> attack = LinfFlipPGD(steps=10)                                           # doctest: +SKIP
@@ -37,10 +39,11 @@ import numpy as np
 
 from robustkit._tf import tf
 from robustkit.errors import param_error
-from robustkit.metrics.outputs import probabilities
+from robustkit.metrics.sweep import FLIP_LOSS, SweepResult
 from robustkit.model.adapter import ModelAdapter
 from robustkit.model.apgd import L2APGD, LinfAPGD
-from robustkit.model.attacks import _SEED_MOD, FGSM, L2PGD, LinfPGD, SweepAttack
+from robustkit.model.attack_loop import FGSM, L2PGD, LinfPGD
+from robustkit.model.attack_sweep import CallFlip, SweepAttack, epsilon_sweep
 
 __all__ = [
     "FLIP_LOSS",
@@ -55,10 +58,6 @@ __all__ = [
     "flip_sweep",
     "model_thresholds",
 ]
-
-#: the loss, as a sentence for results
-FLIP_LOSS = ("signed logit margin of the attacked finding, s * (z_f - logit(t_f)) with s = -1 to turn a "
-             "present finding off and +1 to turn an absent one on (0 at the threshold)")
 
 
 def model_thresholds(model: ModelAdapter) -> np.ndarray:
@@ -106,7 +105,7 @@ class _FlipObjective:
 
 
 class LinfFlipPGD(_FlipObjective, LinfPGD):
-    """PGD in the Linf ball on the flip margin (options as :class:`~robustkit.model.attacks.LinfPGD`, no loss)."""
+    """PGD in the Linf ball on the flip margin (options as :class:`~robustkit.model.attack_loop.LinfPGD`, no loss)."""
 
     def __init__(self, *, steps: int = 20, step_size_factor: float = 2.5, random_start: bool = True,
                  restarts: int = 1) -> None:
@@ -161,7 +160,9 @@ def flip_attack(norm: str, kind: str, **options: Any) -> SweepAttack:
 
 @dataclass
 class FlipSweep:
-    """Per image and finding, the flip attack at increasing radii (each on the pairs not yet flipped).
+    """Per image and finding, the flip attack at increasing radii (each on the pairs not yet flipped):
+    the per-finding :class:`~robustkit.metrics.sweep.SweepResult` of :func:`epsilon_sweep` with a
+    :class:`CallFlip` criterion, stacked over the findings.
 
     Attributes:
         epsilons: radii ``(E,)`` in increasing order, pixel units.
@@ -181,13 +182,22 @@ class FlipSweep:
     traces: np.ndarray
     evals: np.ndarray
 
+    @classmethod
+    def stack(cls, sweeps: Sequence[SweepResult]) -> FlipSweep:
+        """The per-finding sweeps (one per finding, in order) side by side."""
+        return cls(epsilons=sweeps[0].epsilons, flipped=np.stack([~s.correct for s in sweeps], axis=1),
+                   min_eps=np.stack([s.min_eps for s in sweeps], axis=1),
+                   adv_prob=np.stack([s.adv_conf[:, -1] for s in sweeps], axis=1).astype(np.float32),
+                   traces=np.stack([s.traces for s in sweeps], axis=1), evals=np.stack([s.evals for s in sweeps], axis=1))
+
 
 def flip_sweep(attack: SweepAttack, model: ModelAdapter, x: np.ndarray, called: np.ndarray,
                epsilons: Sequence[float], *, seeds: np.ndarray) -> FlipSweep:
     """Attack every finding's call of every image at increasing radii, survivors only.
 
-    A flip inside a small ball is inside every larger one, so a pair flipped at ``eps_k``
-    counts as flipped at every larger radius and is not attacked again.
+    One :func:`~robustkit.model.attack_sweep.epsilon_sweep` per finding with the criterion
+    :class:`CallFlip`: a flip inside a small ball is inside every larger one, so a pair flipped
+    at ``eps_k`` counts as flipped at every larger radius and is not attacked again.
 
     Args:
         attack: a flip attack (:func:`flip_attack`, :class:`LinfFlipFGSM`).
@@ -198,31 +208,13 @@ def flip_sweep(attack: SweepAttack, model: ModelAdapter, x: np.ndarray, called: 
         seeds: ``(N, K)`` int: one seed per pair (keyed by sample id and finding, so a pair's
             result does not depend on its batch).
     """
-    eps = np.sort(np.asarray(epsilons, dtype=np.float64))
     called = np.asarray(called, dtype=bool)
     n, k = called.shape
     seeds = np.asarray(seeds, dtype=np.int64)
     if seeds.shape != (n, k):
         raise param_error("seeds", f"one seed per image and finding ({n}, {k})", seeds.shape)
     t = model_thresholds(model)
-    out = FlipSweep(epsilons=eps, flipped=np.zeros((n, k, len(eps)), bool), min_eps=np.full((n, k), np.inf),
-                    adv_prob=np.full((n, k), np.nan, np.float32),
-                    traces=np.full((n, k, len(eps), attack.steps + 1), np.nan, np.float32),
-                    evals=np.zeros((n, k), np.int64))
-    for f in range(k):
-        codes = flip_codes(f, called[:, f])
-        alive = np.ones(n, bool)
-        for j, radius in enumerate(eps):
-            todo = np.flatnonzero(alive)
-            if todo.size:
-                res = attack(model, x[todo], codes[todo], epsilons=float(radius),
-                             seed=(seeds[todo, f] * 1009 + j) % _SEED_MOD)
-                p = probabilities(res.logits, "multilabel")[:, f]
-                hit = (p >= t[f]) != called[todo, f]  # the call rule, as everywhere else
-                out.evals[todo, f] += res.evals
-                out.traces[todo[~hit], f, j] = res.loss_trace[~hit]
-                out.min_eps[todo[hit], f] = radius
-                out.adv_prob[todo[hit], f] = p[hit]
-                alive[todo[hit]] = False
-            out.flipped[:, f, j] = ~alive
-    return out
+    return FlipSweep.stack([
+        epsilon_sweep(attack, model, x, flip_codes(f, called[:, f]), epsilons,
+                      criterion=CallFlip(f, called[:, f], float(t[f])), seed=seeds[:, f])
+        for f in range(k)])

@@ -39,7 +39,7 @@ import numpy as np
 
 from robustkit.errors import check_range, param_error
 from robustkit.model.adapter import ModelAdapter
-from robustkit.model.attacks import AttackResult, _check_images, sample_seeds
+from robustkit.model.attack_loop import AttackResult, _check_images, sample_seeds
 
 __all__ = ["L2Square", "LinfSquare", "SquareAttack", "p_selection", "square_pattern"]
 

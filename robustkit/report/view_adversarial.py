@@ -1,7 +1,10 @@
-"""Report view of the ``adversarial`` study: curves, minimal-perturbation histogram, gallery.
+"""Report view of the ``adversarial`` study, for every task kind.
 
-Reads stored numbers only (``result.data``: ``curves``, ``histograms``, ``gallery``,
-``clean_accuracy``); never runs a model and never imports TensorFlow.
+One label per image: robust-accuracy curves, minimal-perturbation histograms, the gallery
+(``result.data``: ``curves``, ``histograms``, ``gallery``, ``clean_accuracy``). Several
+labels: per output, the flip-rate curves (off and on) and the minimal-budget table
+(``result.data["findings_curves"]``, the ``minimal_budgets`` table, the metrics and their
+intervals). Reads stored numbers only; never runs a model and never imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -16,12 +19,19 @@ import numpy as np
 
 from robustkit.report import figures
 from robustkit.report.figures import PALETTE, STYLE, new_figure, safe_label, to_svg
-from robustkit.report.views import fmt, generic_view, view
+from robustkit.report.views import fmt, generic_view, table_view, view
 from robustkit.results import AuditResult, StudyResult
 
 __all__ = ["adversarial_view", "grouped_bars_svg"]
 
 _BASE64 = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
+
+_DIRECTION_TEXT = {
+    "off": ("Turning present findings off", "images with the finding called present",
+            "a present finding (a nodule, an opacity) disappears from the report: a missed finding"),
+    "on": ("Turning absent findings on", "images with the finding called absent",
+           "an absent finding appears: a false alarm"),
+}
 
 
 def grouped_bars_svg(categories: Sequence[str], groups: Mapping[str, Sequence[float]], *, xlabel: str,
@@ -88,6 +98,35 @@ def _running_text(lines: list[str], last: list[str]) -> str:
             f"The ensemble ran {last[0]} alone. ")
 
 
+def _flip_figure(study: StudyResult, norm: str, curve: Mapping[str, Any], direction: str) -> dict[str, Any]:
+    """One line per finding and the macro mean (with its bootstrap band) over the budgets."""
+    eps = [_num(e) for e in curve.get("epsilons", [])]
+    x = [0.0, *eps]
+    series = {str(name): (x, [0.0, *(_num(v) for v in d.get(direction, []))])
+              for name, d in dict(curve.get("findings", {})).items()}
+    macro = [_num(v) for v in dict(curve.get("macro", {})).get(direction, [])]
+    series["macro mean"] = (x, [0.0, *macro])
+    keys = [f"flip_{direction}_rate.{norm}.{k}.macro" for k in _eps_names(study, norm, direction)]
+    lo = [0.0, *(_num(study.intervals.get(k, [None, None])[0]) for k in keys)]
+    hi = [0.0, *(_num(study.intervals.get(k, [None, None])[1]) for k in keys)]
+    title, among, meaning = _DIRECTION_TEXT[direction]
+    unit = "epsilon (/255, Linf)" if norm == "linf" else "epsilon (L2 norm)"
+    return {
+        "title": f"{title} ({'Linf' if norm == 'linf' else 'L2'})",
+        "svg": figures.line_chart_svg(series, xlabel=unit, ylabel="flip rate", ylim=(0.0, 1.02),
+                                      bands={"macro mean": (lo, hi)} if len(lo) == len(x) else None),
+        "caption": f"Per finding, the share of {among} whose call the attack flipped within each budget "
+                   f"(0 at no budget): {meaning}. The macro mean averages the findings; its band is a "
+                   "bootstrap 95% interval over images (per-finding Wilson intervals are in the metrics table).",
+    }
+
+
+def _eps_names(study: StudyResult, norm: str, direction: str) -> list[str]:
+    """The radius names of ``norm``'s macro flip rates, in stored (increasing) order."""
+    prefix = f"flip_{direction}_rate.{norm}."
+    return [k[len(prefix):-len(".macro")] for k in study.metrics if k.startswith(prefix) and k.endswith(".macro")]
+
+
 def _histogram_figure(norm: str, hist: Mapping[str, Any]) -> dict[str, Any]:
     bins = list(hist.get("bins", []))
     cats = ["clean error" if b == 0 else "not broken" if b is None else f"{_num(b):g}" for b in bins]
@@ -134,21 +173,38 @@ def _attack_text(attack: Mapping[str, Any]) -> str:
 
 @view("adversarial")
 def adversarial_view(study: StudyResult, audit: AuditResult) -> dict[str, Any]:
-    """Robust-accuracy curves, minimal-perturbation histograms, gallery, foolbox table, checks."""
-    if study.data.get("multilabel"):  # per finding: the budgets that flip its call
-        from robustkit.report.view_adversarial_findings import findings_view
-
-        return findings_view(study, audit)
+    """Curves (robust accuracy, or per-output flip rates), histograms or the minimal-budget table,
+    the gallery, the foolbox table, checks and metrics."""
     ctx = generic_view(study, audit)
     data = study.data
+    ctx["n_samples"] = fmt(study.metrics.get("n_samples"), "n_samples")
+    if data.get("multilabel"):  # per output: the budgets that flip its call
+        _flip_content(ctx, study)
+        return ctx
     clean = _num(data.get("clean_accuracy"))
     for norm, curve in dict(data.get("curves", {})).items():
         ctx["figures"].append(_curve_figure(str(norm), curve, clean))
     for norm, hist in dict(data.get("histograms", {})).items():
         ctx["figures"].append(_histogram_figure(str(norm), hist))
     ctx["gallery"] = [g for g in (_gallery_item(e) for e in data.get("gallery", [])) if g is not None]
-    ctx["n_samples"] = fmt(study.metrics.get("n_samples"), "n_samples")
     ctx["clean_accuracy"] = fmt(clean)
     ctx["gradient_evals"] = {str(k): fmt(v, "n") for k, v in dict(data.get("gradient_evals", {})).items()}
     ctx["attack"] = _attack_text(dict(data.get("attack", {})))
     return ctx
+
+
+def _flip_content(ctx: dict[str, Any], study: StudyResult) -> None:
+    """Flip-rate curves (off and on) per norm, the minimal-budget table, the attack and the thresholds."""
+    data = study.data
+    for norm, curve in dict(data.get("findings_curves", {})).items():
+        for direction in _DIRECTION_TEXT:
+            ctx["figures"].append(_flip_figure(study, str(norm), curve, direction))
+    rows = [{k: float("inf") if v in ("inf", float("inf")) else v for k, v in dict(r).items()}
+            for r in study.tables.get("minimal_budgets", [])]
+    ctx["tables"] = [table_view("Minimal flipping budgets (median per finding)", rows)] if rows else []
+    attack = dict(data.get("attack", {}))
+    ctx["findings"] = [str(n) for n in data.get("class_names", [])]
+    ctx["gallery"] = []  # misclassified examples exist for one label per image only
+    ctx["attack"] = (f"Attack: {attack.get('name', '')}, {attack.get('steps')} steps x {attack.get('restarts')} "
+                     f"run(s) per image, finding and budget, maximising the {data.get('attack_loss', '')}.")
+    ctx["thresholds"] = ", ".join(f"{n} {fmt(t)}" for n, t in zip(ctx["findings"], data.get("thresholds", [])))

@@ -19,11 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from robustkit.model import attacks as A
-from robustkit.model.ensemble import ENSEMBLE_ATTACKS
+from robustkit.metrics.sweep import DECISION_ATTACKS, ENSEMBLE_ATTACKS, SweepResult
 from robustkit.results import Check
 
-__all__ = ["SENSITIVITY", "CheckInputs", "eps_name", "run_checks"]
+__all__ = ["SENSITIVITY", "CheckInputs", "eps_name", "run_checks", "run_flip_checks"]
 
 #: the stronger attacks of the check "steps and restarts", in the order of their records
 SENSITIVITY = ("2x steps", "+1 restart")
@@ -72,8 +71,8 @@ class CheckInputs:
     """
 
     y: np.ndarray
-    sweeps: dict[str, A.SweepResult]
-    fgsm: A.SweepResult | None
+    sweeps: dict[str, SweepResult]
+    fgsm: SweepResult | None
     foolbox: dict[str, Any]
     large_epsilon: float
     large_correct: np.ndarray
@@ -157,7 +156,7 @@ def _beaten(c: CheckInputs, r: Any) -> list[str]:
 
 
 def _check_black_box(c: CheckInputs) -> Check | None:
-    names = [n for n in c.foolbox if n in A.DECISION_ATTACKS]
+    names = [n for n in c.foolbox if n in DECISION_ATTACKS]
     if not names:
         return None
     found = [f"{n}: {', '.join(b)}" for n in names if (b := _beaten(c, c.foolbox[n]))]
@@ -170,7 +169,7 @@ def _check_black_box(c: CheckInputs) -> Check | None:
 
 
 def _check_minimum_norm(c: CheckInputs) -> Check | None:
-    names = [n for n in c.foolbox if n != "positions" and n not in A.DECISION_ATTACKS]
+    names = [n for n in c.foolbox if n != "positions" and n not in DECISION_ATTACKS]
     if not names:
         return None
     found = [f"{n}: {', '.join(b)}" for n in names if (b := _beaten(c, c.foolbox[n]))]
@@ -303,3 +302,67 @@ def _check_square(c: CheckInputs) -> Check | None:
                      "they need more steps; trust the ensemble's number, not APGD's alone.")
     return Check("Square breaks nothing the gradient attacks could not", "pass",
                  "Square (gradient-free) broke no image that the gradient attacks left correct.")
+
+
+# ------------------------------------------------------------------------------ per output: flipped calls
+
+
+def _mean_trace(traces: np.ndarray, j: int) -> np.ndarray | None:
+    """The mean margin trace at radius ``j`` over the pairs the attack failed to flip there."""
+    t = traces[:, :, j].reshape(-1, traces.shape[-1])
+    ran = np.all(np.isfinite(t), axis=1)
+    return t[ran].mean(axis=0) if ran.any() else None
+
+
+def run_flip_checks(rec: dict[str, np.ndarray], *, norm: str, grid: tuple[float, ...], epsilons_linf: tuple[float, ...],
+                    large_epsilon_linf: float, tolerance: float) -> tuple[list[Check], dict[str, Any]]:
+    """Multi-label (per output, the attack flips calls): was the attack strong enough? It flips nearly every call at a large radius; FGSM never
+    flips more than it; its margin rises and flattens on the calls it failed to flip."""
+    checks = [_large_check(rec["flip_large"], norm, large_epsilon_linf)]
+    if "flip_fgsm" in rec:
+        checks.append(_fgsm_check(rec["flipped_linf"], rec["flip_fgsm"], epsilons_linf, tolerance))
+    checks.append(_trace_check(rec[f"flip_traces_{norm}"], norm, grid))
+    left = float(np.mean(~rec["flip_large"])) if rec["flip_large"].size else 0.0
+    return checks, {"large_epsilon": {"norm": norm, "unflipped_share": left}}
+
+
+def _large_check(large: np.ndarray, norm: str, large_linf: float) -> Check:
+    left = float(np.mean(~large)) if large.size else 0.0
+    radius = f"Linf {eps_name('linf', large_linf)}/255" if norm == "linf" else "the L2 radius of that Linf ball"
+    if left > _NEAR_ZERO:
+        return Check("flips nearly every call at a large epsilon", "fail",
+                     f"{left:.3f} of the image-finding calls are still unflipped at {radius} (at most {_NEAR_ZERO:g} "
+                     "expected): an attack that works moves a logit that far; masked gradients or a broken attack.")
+    return Check("flips nearly every call at a large epsilon", "pass",
+                 f"{left:.3f} of the image-finding calls are still unflipped at {radius} (at most {_NEAR_ZERO:g}).")
+
+
+def _fgsm_check(pgd: np.ndarray, fgsm: np.ndarray, grid: tuple[float, ...], tolerance: float) -> Check:
+    a, b = pgd.mean(axis=(0, 1)), fgsm.mean(axis=(0, 1))
+    worse = [f"{eps_name('linf', e)}/255 (FGSM {q:.3f} > {p:.3f})" for e, p, q in zip(sorted(grid), a, b)
+             if q > p + tolerance]
+    if worse:
+        return Check("FGSM vs PGD", "warn", f"one-step FGSM flips more calls than the iterated attack at "
+                     f"{', '.join(worse)}: gradient masking or a badly tuned step.")
+    return Check("FGSM vs PGD", "pass", f"the iterated attack flips at least as many calls as FGSM "
+                 f"(-{tolerance:g}) at every Linf budget.")
+
+
+def _trace_check(traces: np.ndarray, norm: str, grid: tuple[float, ...]) -> Check:
+    runs = [j for j in range(len(grid)) if _mean_trace(traces, j) is not None]
+    if not runs:
+        return Check("margin rises and flattens", "pass", "every call the attack ran on flipped: nothing to judge.")
+    j = min(runs, key=lambda r: abs(r - len(grid) // 2))
+    trace = _mean_trace(traces, j)
+    assert trace is not None
+    steps, rise = len(trace) - 1, float(trace[-1] - trace[0])
+    tail = float(abs(trace[-1] - trace[int(np.floor(0.8 * steps))]))
+    where = f"{norm} {eps_name(norm, grid[j])}{'/255' if norm == 'linf' else ''}"
+    if steps < 5:
+        return Check("margin rises and flattens", "warn", f"only {steps} steps: too few to judge convergence.")
+    if rise <= 0 or tail > max(_FLAT_SHARE * rise, 1e-3 * (1 + abs(float(trace[-1])))):
+        return Check("margin rises and flattens", "warn",
+                     f"on the calls it failed to flip at {where}, the mean margin rose by {rise:.4g} and still changes "
+                     f"by {tail:.4g} over the last 20% of steps: optimisation incomplete; raise steps.")
+    return Check("margin rises and flattens", "pass",
+                 f"the mean margin at {where} rises by {rise:.4g} and the last 20% of steps change it by {tail:.3g}.")
