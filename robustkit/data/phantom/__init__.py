@@ -2,7 +2,7 @@
 
 * :mod:`~robustkit.data.phantom.render`: one single-label case (anatomy, the three classes'
   findings, sites, shortcut markers);
-* :mod:`~robustkit.data.phantom.findings`: one multi-label case (co-occurring findings, a
+* :mod:`~robustkit.data.phantom.multilabel`: one multi-label case (co-occurring findings, a
   mask per finding) from the same anatomy;
 * :mod:`~robustkit.data.phantom.write`: :func:`generate_phantom`, the dataset writer
   (folder per class, or a multi-label manifest with ``multilabel=True``).
@@ -16,7 +16,7 @@ Example:
 
 from __future__ import annotations
 
-from robustkit.data.phantom.findings import (
+from robustkit.data.phantom.multilabel import (
     FINDINGS,
     NO_FINDING,
     PREVALENCE,

@@ -1,7 +1,7 @@
 """Rendering of the chest X-ray phantom (robustkit's embedded default data): one case at a time.
 
 :mod:`robustkit.data.phantom.write` writes datasets of these cases (folder per class, masks,
-metadata); :mod:`robustkit.data.phantom.findings` draws the multi-label cases from the same
+metadata); :mod:`robustkit.data.phantom.multilabel` draws the multi-label cases from the same
 anatomy and findings.
 
 No real chest X-ray set can be downloaded where robustkit is built and tested, so the demo

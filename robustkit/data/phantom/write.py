@@ -4,7 +4,7 @@
 the COVID-19 Radiography Database layout (images, lesion and lung-field masks, per-case
 metadata with ``sites``), or, the writer option ``multilabel=True``, a multi-label manifest
 of co-occurring findings with a mask per finding. How one case is drawn is
-:mod:`robustkit.data.phantom.render` (single-label) and :mod:`robustkit.data.phantom.findings`
+:mod:`robustkit.data.phantom.render` (single-label) and :mod:`robustkit.data.phantom.multilabel`
 (multi-label).
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from robustkit.data.phantom.findings import (
+from robustkit.data.phantom.multilabel import (
     FINDINGS,
     NO_FINDING,
     PREVALENCE,
