@@ -6,27 +6,8 @@ pluggable criterion: misclassification or a flipped call) and
 :mod:`robustkit.model.foolbox_bridge` (foolbox's minimum-norm attacks); this module gathers
 their public names.
 
-One small base, :class:`GradientAttack`, holds the whole projected-gradient loop once, as a
-``tf.function`` over a batch (a ``tf.while_loop`` over the steps, so the graph does not grow
-with them); the Linf and L2 variants supply only ``_normalize`` (the step direction) and
-``_project`` (back into the epsilon ball), the design of foolbox's ``gradient_descent_base``.
-Epsilon and step size are per-sample tensors, so one trace serves every epsilon of a sweep:
-the graph is compiled once per (model, norm, steps, loss, targeted), and the batch
-dimension is left open.
-
-The loop (Madry et al. 2018, "Towards Deep Learning Models Resistant to Adversarial
-Attacks"): start at ``x0`` or at a uniform random point of the ball (drawn for each sample
-from its own seed, so that a sample's attack does not depend on its batch), then ``steps`` times
-``x <- clip01(x0 + project(x + step * normalize(grad loss) - x0))``. Every iterate is
-checked with the logits of the forward pass that also gives its gradient (no extra cost),
-and the first adversarial iterate of a sample is what is returned; a last forward pass
-checks the final iterate. Losses are always *maximised*: ``ce`` is the cross-entropy of the
-label (untargeted) or minus that of the target (targeted) -- for a sigmoid head (output kind
-``sigmoid``/``multilabel``) the binary cross-entropy of the one-hot label summed over the
-outputs, the loss such heads are trained with; ``margin`` is the Carlini-Wagner
-margin on the logits, ``max_{j != y} z_j - z_y`` (untargeted) or ``z_t - max_{j != t} z_j``
-(targeted) (Carlini and Wagner 2017, "Towards Evaluating the Robustness of Neural Networks"),
-which fits softmax and sigmoid heads alike (the sigmoid is monotonic).
+The compiled loop (one base, Linf and L2 variants, Madry et al.'s PGD with the ``ce`` and
+``margin`` losses) is described in :mod:`robustkit.model.attack_loop`.
 
 Example:
     >>> attack = LinfPGD(steps=20, restarts=1)                          # doctest: +SKIP
