@@ -102,6 +102,14 @@ class AuditContext:
     task: Task | None = None
 
     @property
+    def exclusive(self) -> bool:
+        """One label per image (:attr:`Task.exclusive`); a context built without a task (a test,
+        a study run by hand) reads the model's output kind instead. The one home of this reading."""
+        if self.task is not None:
+            return self.task.exclusive
+        return self.model_info.get("output_kind") != "multilabel"
+
+    @property
     def critical_index(self) -> int | None:
         """The critical output's index (:attr:`Task.critical_index`), or None when not set."""
         return None if self.task is None else self.task.critical_index

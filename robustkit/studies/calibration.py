@@ -251,7 +251,7 @@ class CalibrationStudy(Study):
 
 def _exclusive(ctx: AuditContext, kind: str) -> bool:
     """Whether the task has one label per image (the audit's task; outside an audit, the output kind)."""
-    return ctx.task.exclusive if ctx.task is not None else kind != "multilabel"
+    return ctx.exclusive if ctx.task is not None or "output_kind" in ctx.model_info else kind != "multilabel"
 
 
 class _EvalSet:

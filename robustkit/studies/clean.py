@@ -107,7 +107,7 @@ class CleanStudy(Study[CleanConfig]):
     def reduce(self, records: dict[str, np.ndarray], data: Dataset, ctx: AuditContext) -> StudyResult:
         """The per-output block for every task, the exclusive block where one label per image."""
         probs, names = records["probs"], list(data.class_names)
-        exclusive = ctx.task.exclusive if ctx.task is not None else not data.multilabel
+        exclusive = ctx.exclusive
         targets = np.asarray(data.targets, dtype=bool)
         thresholds, thresholded = (None, np.ones(len(probs), dtype=bool)) if exclusive else finding_thresholds(ctx, data)
         y, pred = np.asarray(data.labels), probs.argmax(axis=1)

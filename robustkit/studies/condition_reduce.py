@@ -70,8 +70,7 @@ _EXCLUSIVE_SUMMARY = ("mean_auroc", "mean_auroc_drop", "worst_auroc")
 def decision(ctx: AuditContext, data: Dataset) -> tuple[Task, np.ndarray]:
     """The audit's task with the thresholds :func:`finding_thresholds` reads, and the samples
     ``(N,)`` thresholded calls are read on (all for an exclusive task)."""
-    task = ctx.task or Task(names=tuple(data.class_names),
-                            exclusive=ctx.model_info.get("output_kind") != "multilabel")
+    task = ctx.task or Task(names=tuple(data.class_names), exclusive=ctx.exclusive)
     if task.exclusive:
         return task, np.ones(len(data), dtype=bool)
     thresholds, thresholded = finding_thresholds(ctx, data)

@@ -159,7 +159,7 @@ class SlicesStudy(Study[SlicesConfig]):
         slice-vs-rest test on the accuracy (exclusive tasks) or on the macro AUROC (multi-label)."""
         cfg = self.config
         task = ctx.task or Task(names=tuple(data.class_names),
-                                exclusive=ctx.model_info.get("output_kind") != "multilabel")
+                                exclusive=ctx.exclusive)
         names, targets = list(data.class_names), np.asarray(data.targets, dtype=bool)
         probs = probabilities(records["logits"], ctx.model_info.get("output_kind", "softmax"))
         auroc = ML.per_finding_auroc(targets, probs)

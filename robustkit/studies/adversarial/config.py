@@ -182,4 +182,4 @@ def targets(cfg: AdversarialConfig, logits: np.ndarray, y: np.ndarray, names: li
 def exclusive(ctx: AuditContext) -> bool:
     """One label per image (the misclassification block runs), else per-output calls (the flip block):
     the audit's task says which; a caller without a task falls back on the model's output kind."""
-    return ctx.task.exclusive if ctx.task is not None else ctx.model_info.get("output_kind") != "multilabel"
+    return ctx.exclusive

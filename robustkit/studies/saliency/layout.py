@@ -69,4 +69,4 @@ def perturbation_names(cfg: SaliencyConfig) -> list[str]:
 
 def is_exclusive(ctx: AuditContext) -> bool:
     """One label per image (the audit's task; a context without one: the model's output kind)."""
-    return ctx.task.exclusive if ctx.task is not None else ctx.model_info.get("output_kind") != "multilabel"
+    return ctx.exclusive
