@@ -82,6 +82,8 @@ class BootstrapResult:
             (``2 Phi(-|delta| / se)``); 1 when ``delta`` is 0, 0 when ``se`` is 0 and
             ``delta`` is not.
         n_valid: resamples where the statistic was defined on both sides.
+        diffs: ``(n_valid,)`` the resampled differences themselves (a one-sided bound or a
+            non-inferiority p-value reads them).
     """
 
     delta: float
@@ -89,6 +91,7 @@ class BootstrapResult:
     high: float
     p_value: float
     n_valid: int
+    diffs: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False, compare=False)
 
 
 def mcnemar_exact(first: np.ndarray, second: np.ndarray) -> McNemarResult:
@@ -160,10 +163,10 @@ def paired_bootstrap(
     ]) if len(idx) else np.empty(0)
     ok = diffs[np.isfinite(diffs)]
     if not math.isfinite(delta) or len(ok) < max(1, len(diffs) / 2):
-        return BootstrapResult(delta, math.nan, math.nan, math.nan, len(ok))
+        return BootstrapResult(delta, math.nan, math.nan, math.nan, len(ok), ok)
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(ok, [alpha, 1.0 - alpha])
-    return BootstrapResult(delta, float(low), float(high), _normal_p(delta, ok), len(ok))
+    return BootstrapResult(delta, float(low), float(high), _normal_p(delta, ok), len(ok), ok)
 
 
 def _normal_p(delta: float, diffs: np.ndarray) -> float:
