@@ -64,7 +64,7 @@ class Outcome:
         metric: the matched full metric name.
         value, interval: the audit's point estimate and stored 95% interval (or None).
         judged: what was compared with the threshold (``lower bound``, ``upper bound``,
-            ``point``, ``significant drop``, ``drop upper bound``); ``judged_value`` the number.
+            ``point``, ``drop (paired test)``, ``drop upper bound``); ``judged_value`` the number.
         status: ``PASS``, ``FAIL`` or ``SKIPPED``; ``reason`` one line saying why.
         baseline, difference, difference_interval: the baseline's value, ``candidate -
             baseline`` and its interval (regression forms with a baseline).
@@ -335,7 +335,7 @@ def _absolute(rule: Rule, form: str, threshold: float, name: str, audit: AuditRe
 
 
 def _skipped(rule: Rule, form: str, threshold: float, name: str, audit: AuditResult, required: bool) -> Outcome:
-    judged = "significant drop" if form == "max_drop" else "drop upper bound"
+    judged = "drop (paired test)" if form == "max_drop" else "drop upper bound"
     reason = ("needs a baseline audit (--baseline DIR) and --require-baseline was given" if required
               else "not judged: needs a baseline audit (--baseline DIR), none was given")
     return Outcome(rule.index, rule.title, form, threshold, name, float(audit.metrics()[name]), _interval(audit, name),
@@ -358,7 +358,7 @@ def _max_drop(rule: Rule, margin: float, d: MetricDelta, audit: AuditResult, alp
         status, reason = "PASS", (f"{said}: dropped by more than {margin:g} but not significantly at {alpha:g} "
                                   "(max_drop is the lenient form)")
     return Outcome(rule.index, rule.title, "max_drop", margin, d.metric, d.candidate, _interval(audit, d.metric),
-                   "significant drop", drop, status, reason, baseline=d.baseline, difference=d.delta,
+                   "drop (paired test)", drop, status, reason, baseline=d.baseline, difference=d.delta,
                    difference_interval=d.interval, method=d.test, p_adjusted=p)
 
 
