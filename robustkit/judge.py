@@ -36,7 +36,7 @@ import difflib
 import fnmatch
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +154,6 @@ class Judgement:
     source: str = "policy"
     baseline: str | None = None
     judge: str = "bound"
-    notes: list[str] = field(default_factory=list)
 
     def outcomes(self) -> list[Outcome]:
         return [o for r in self.rules for o in r.outcomes]

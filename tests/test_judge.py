@@ -253,6 +253,12 @@ def test_rules_needing_a_baseline_are_skipped_in_text_junit_and_card(tmp_path, m
     assert list(statuses.values()) == ["PASS", "SKIPPED", "SKIPPED"]
     suite = ET.parse(junit).getroot().find("testsuite")
     assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("3", "0", "2")
+    case = suite.findall("testcase")[1]  # the outcome's fields travel as JUnit properties
+    props = {q.get("name"): q.get("value") for q in case.iter("property")}
+    assert props["outcome.0.form"] == "noninferior" and props["outcome.0.status"] == "SKIPPED"
+    assert props["outcome.0.metric"] == "clean.accuracy" and props["outcome.0.threshold"] == "0.05"
+    assert props["outcome.0.reason"].startswith("not judged") and props["outcome.0.judged"] == "drop upper bound"
+    assert float(props["outcome.0.value"]) == card_audit().metric("clean.accuracy")
     card = build_card(folder, policy=policy)
     assert [o.status for o in card.acceptance] == ["PASS", "SKIPPED", "SKIPPED", "SKIPPED", "SKIPPED"]
     assert card.verdict == "PASS" and any("not judged" in t for t in card.limitations)
