@@ -2,8 +2,8 @@
 
 :func:`build_card` reads an :class:`~robustkit.results.AuditResult` (``results.json`` and
 ``records.npz``; no TensorFlow, no model) and returns a :class:`Card`: the model and its
-intended use, the data, the acceptance table of a gate policy judged on the 95% intervals'
-bounds, per-class sensitivity and specificity, calibration before and after scaling, the
+intended use, the data, the acceptance table of a policy as :func:`robustkit.judge.judge`
+decides it (the same outcomes as ``robustkit gate``), per-class sensitivity and specificity, calibration before and after scaling, the
 worst acquisition shift, adversarial robustness with the attack's honesty checks,
 out-of-distribution detection and the worst slice (when those studies ran), saliency
 sanity, the significant changes against a baseline, the checks that did not pass, and the
@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from robustkit.card_acceptance import AcceptanceRow, acceptance_rows
 from robustkit.card_blocks import resolve_block
 from robustkit.compare import MetricDelta, check_comparable, paired_deltas
 from robustkit.errors import ConfigError
-from robustkit.gate import Policy, load_policy
+from robustkit.judge import Outcome, judge
 from robustkit.plugins import BUILTIN_PLUGINS, plugin
+from robustkit.policy import Policy, load_policy
 from robustkit.report.render import study_anchor
 from robustkit.results import AuditResult, load_results
 from robustkit.task import Task
@@ -80,7 +80,7 @@ class Card:
     model: dict[str, Any]
     data: dict[str, Any]
     intended_use: dict[str, Any]
-    acceptance: list[AcceptanceRow]
+    acceptance: list[Outcome]
     sections: dict[str, list[CardNumber]]
     notes: dict[str, list[str]]
     changes: list[MetricDelta]
@@ -96,11 +96,10 @@ class Card:
 
     @property
     def verdict(self) -> str:
-        """``PASS`` when every evaluated rule passes, ``FAIL`` if one fails, ``NO POLICY``."""
-        judged = [r for r in self.acceptance if r.status != "NOT EVALUATED"]
-        if not judged:
+        """``FAIL`` if an outcome fails, else ``PASS`` (skipped ones are not judged), ``NO POLICY``."""
+        if not self.acceptance:
             return "NO POLICY"
-        return "PASS" if all(r.status == "PASS" for r in judged) else "FAIL"
+        return "FAIL" if any(o.status == "FAIL" for o in self.acceptance) else "PASS"
 
 
 # ---------------------------------------------------------------- entry point
@@ -119,8 +118,8 @@ def build_card(
 
     Args:
         audit: an :class:`AuditResult` or an audit folder.
-        policy: a gate policy (TOML file or :class:`~robustkit.gate.Policy`) for the
-            acceptance table; none gives an empty table and a limitation.
+        policy: a policy (TOML file or :class:`~robustkit.policy.Policy`) for the acceptance
+            table, judged by :func:`robustkit.judge.judge`; none gives an empty table and a limitation.
         baseline: the audit of the released checkpoint; its significant changes are listed.
         intended_use: a Markdown/text file with the intended use and out-of-scope inputs.
         alpha: significance level of the baseline comparison (a policy's own alpha wins).
@@ -135,7 +134,7 @@ def build_card(
     if base is not None:
         check_comparable(base, result, "baseline", "audit")
     sections, notes, titles = _sections(result)
-    rows = acceptance_rows(result, pol, base, seed=seed) if pol is not None else []
+    rows = judge(result, pol, baseline=base, seed=seed).outcomes() if pol is not None else []
     changes = _changes(result, base, sections, pol.alpha if pol else alpha, seed)
     use = _intended_use(intended_use)
     card = Card(model=_model(result), data=_data(result), intended_use=use, acceptance=rows,
@@ -294,8 +293,8 @@ def _limitations(r: AuditResult, card: Card, pol: Policy | None, base: AuditResu
         out.append(f"No 95% interval for {len(no_iv)} number(s) ({', '.join(no_iv[:4])}{', ...' if len(no_iv) > 4 else ''}).")
     if pol is None:
         out.append("No acceptance policy was given (--policy): nothing on this card is judged against a threshold.")
-    elif any(row.status == "NOT EVALUATED" for row in card.acceptance):
-        out.append("Some acceptance rules were not evaluated (see the table).")
+    elif any(o.status == "SKIPPED" for o in card.acceptance):
+        out.append("Some acceptance rules were not judged: they need a baseline audit (--baseline), none was given.")
     if base is None:
         out.append("No baseline audit was given (--baseline): changes since the last release are not shown.")
     return out

@@ -30,7 +30,7 @@ from robustkit.results import atomic_write_text
 __all__ = ["CARD_FILE", "CARD_SCHEMA_VERSION", "card_html", "card_json", "mct_json", "model_index_yaml", "write_card"]
 
 CARD_FILE = "card.html"
-CARD_SCHEMA_VERSION = "1.0"
+CARD_SCHEMA_VERSION = "2.0"  # 2.0: acceptance rows are robustkit.judge outcomes
 
 
 def write_card(audit_dir: str | Path, *, out: str | Path | None = None, policy: str | Path | None = None,
@@ -177,12 +177,20 @@ def card_html(card: Card) -> str:
         title=f"Audit card \u2014 {card.model['name']}")
 
 
-def _acceptance_row(r: Any) -> dict[str, str]:
-    return {"rule": str(r.rule), "title": r.title, "metric": r.metric, "value": views.fmt(r.value, r.metric),
-            "interval": views.fmt_interval(r.interval, r.metric), "threshold": f"{r.bound} {r.threshold:g}",
-            "judged": f"{r.judged_on} {views.fmt(r.judged_value)}" if math.isfinite(r.judged_value) else r.judged_on,
-            "status": r.status, "css": {"PASS": "pass", "FAIL": "fail"}.get(r.status, "warn"), "detail": r.detail,
-            "link": f"report.html#{study_anchor(r.metric.split('.')[0])}"}
+def _acceptance_row(o: Any) -> dict[str, str]:
+    """One judge outcome as the acceptance table shows it (the same fields as gate's line)."""
+    regression = o.baseline is not None
+    diff = ""
+    if regression and o.difference is not None:
+        diff = f"baseline {views.fmt(o.baseline, o.metric)}, difference {o.difference:+.4g}"
+        if o.difference_interval is not None:
+            diff += f" [{o.difference_interval[0]:+.4g}, {o.difference_interval[1]:+.4g}]"
+        diff += f" ({o.method})"
+    judged = o.judged if o.judged == "point" or not math.isfinite(o.judged_value) else f"{o.judged} {o.judged_value:.4g}"
+    return {"rule": str(o.rule), "title": o.title, "metric": o.metric, "value": views.fmt(o.value, o.metric),
+            "interval": views.fmt_interval(o.interval, o.metric), "threshold": f"{o.form} {o.threshold:g}",
+            "judged": judged, "status": o.status, "css": {"PASS": "pass", "FAIL": "fail"}.get(o.status, "warn"),
+            "reason": o.reason, "difference": diff, "link": f"report.html#{study_anchor(o.metric.split('.')[0])}"}
 
 
 def _change_row(d: Any) -> dict[str, str]:

@@ -422,27 +422,37 @@ def _cmd_compare(a: argparse.Namespace) -> int:
 
 _GATE_HELP = """\
 Check an audit against a policy file (TOML) of rules on dotted metric names and exit
-0 when every rule holds, 1 when a rule fails, 2 for a usage or input error.
+0 when no rule fails, 1 when a rule fails, 2 for a usage or input error. The card
+(robustkit card --policy) judges the same policy with the same code.
 
+  judge = "bound"                      # default: min/max judged on the 95% interval's
+                                       # bound; "point": on the point estimate
   [[rule]]
   metric = "clean.accuracy"            # full dotted name; fnmatch wildcards (* ? [..])
-  min = 0.90                           # and/or max = ...
+  min = 0.90                           # lower bound >= 0.90 (and/or max: upper bound <=)
   [[rule]]
   metric = "perturbation.accuracy.*.5" # every matching metric must hold
-  min = 0.60
+  min = 0.30
+  judge = "point"                      # per-rule override
   [[rule]]
   metric = "clean.sensitivity.COVID-19"
-  max_drop = 0.01                      # needs --baseline: fails on a significant drop
-                                       # (paired test, Holm over the rule's metrics)
-                                       # larger than this
+  noninferior = 0.02                   # needs --baseline: pass only when the one-sided
+                                       # 95% upper bound of the drop is below 0.02
+                                       # (Tango score interval / paired bootstrap, Holm)
+  [[rule]]
+  metric = "clean.accuracy"
+  max_drop = 0.01                      # lenient: fails only on a significant drop > 0.01
 
   [[rule]]
   metric = "clean.auroc.Pleural Effusion" # multi-label: a finding's name as it is,
   min = 0.80                              # spaces included
 
-Optional per rule: name, description; optional top-level: alpha (default 0.05).
-A rule naming a metric the audit lacks, or a wildcard matching nothing, is an error
-(exit 2), never a pass. --junit writes one <testcase> per rule."""
+Optional per rule: name, description, judge; optional top-level: alpha (default 0.05),
+judge. Without --baseline, max_drop and noninferior rules are SKIPPED (exit 0 unless
+another rule fails; --require-baseline makes them fail). A rule naming a metric the
+audit lacks, a wildcard matching nothing, or a metric without an interval under
+judge = "bound" is an error (exit 2), never a pass. --junit writes one <testcase> per
+rule (<failure> / <skipped>)."""
 
 
 def _add_gate(sub: argparse._SubParsersAction, parents: Sequence[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:
@@ -451,7 +461,10 @@ def _add_gate(sub: argparse._SubParsersAction, parents: Sequence[argparse.Argume
                        description=_GATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dir", type=Path, metavar="DIR", help="audit folder of the checkpoint to gate")
     p.add_argument("--policy", required=True, type=Path, help="policy file (TOML), e.g. data/policy.toml")
-    p.add_argument("--baseline", type=Path, default=None, help="baseline audit folder (needed by max_drop rules)")
+    p.add_argument("--baseline", type=Path, default=None,
+                   help="audit folder of the released checkpoint (for max_drop and noninferior rules)")
+    p.add_argument("--require-baseline", action="store_true",
+                   help="fail (exit 1) the rules that need a baseline when none is given, instead of skipping them")
     p.add_argument("--junit", type=Path, default=None, help="write JUnit XML here (one test case per rule)")
     p.add_argument("--format", choices=["text", "github"], default="text", dest="output_format",
                    help="text (default) or github: also print ::error/::notice workflow annotations")
@@ -469,7 +482,8 @@ def _cmd_gate(a: argparse.Namespace) -> int:
 
     check_choice("format", a.output_format, ("text", "github"))
     try:
-        report = gate(a.dir, a.policy, baseline=a.baseline, allow_config_mismatch=a.allow_config_mismatch, seed=a.seed)
+        report = gate(a.dir, a.policy, baseline=a.baseline, require_baseline=a.require_baseline,
+                      allow_config_mismatch=a.allow_config_mismatch, seed=a.seed)
     except Exception as exc:
         if a.output_format == "github":
             print(github_error("robustkit gate: input error", str(exc)))

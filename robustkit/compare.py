@@ -60,6 +60,7 @@ __all__ = [
     "check_comparable",
     "compare",
     "paired_deltas",
+    "paired_records",
     "save_comparison",
     "slice_deltas",
 ]
@@ -334,7 +335,7 @@ def paired_deltas(
     for name in metrics:
         study = name.partition(".")[0]
         if study not in pairs:
-            pairs[study] = _pair(base, cand, study)
+            pairs[study] = paired_records(base, cand, study)
         raw.append(_test(name, base, cand, pairs[study], boots, alpha=alpha, n_boot=n_boot, seed=seed))
     p_raw = [r["p_value"] if r["p_value"] is not None else math.nan for r in raw]
     p_adj = holm(p_raw) if correction == "holm" else p_raw
@@ -392,7 +393,7 @@ def _verdict(delta: float, direction: str, significant: bool | None) -> str:
     return "improvement" if better else "regression"
 
 
-def _pair(base: AuditResult, cand: AuditResult, study: str) -> tuple[PairedRecords, PairedRecords] | None:
+def paired_records(base: AuditResult, cand: AuditResult, study: str) -> tuple[PairedRecords, PairedRecords] | None:
     """Both audits' records of ``study`` restricted to shared sample ids, in the baseline's order."""
     if study not in base.studies or study not in cand.studies:
         return None

@@ -161,18 +161,18 @@ def correct() -> np.ndarray:
 def test_gate_fails_a_nan_metric_for_min_and_max(correct) -> None:
     audit = _with_metric(make_audit(correct), "calibration", "ece", math.nan)
     for rule in ({"metric": "calibration.ece", "max": 0.5}, {"metric": "calibration.ece", "min": 0.0}):
-        report = gate(audit, {"rule": [rule]})
-        assert report.exit_code == 1 and "not a finite number" in report.rules[0].message
+        report = gate(audit, {"judge": "point", "rule": [rule]})
+        assert report.exit_code == 1 and "not a finite number" in report.rules[0].reason
 
 
 def test_gate_max_is_inclusive_and_fails_above(correct) -> None:
     audit = make_audit(correct)
     ece = audit.metrics()["calibration.ece"]
-    assert gate(audit, {"rule": [{"metric": "calibration.ece", "max": ece}]}).exit_code == 0
-    below = gate(audit, {"rule": [{"metric": "calibration.ece", "max": ece * 0.999}]})
-    assert below.exit_code == 1 and "above max" in below.rules[0].message
+    assert gate(audit, {"judge": "point", "rule": [{"metric": "calibration.ece", "max": ece}]}).exit_code == 0
+    below = gate(audit, {"judge": "point", "rule": [{"metric": "calibration.ece", "max": ece * 0.999}]})
+    assert below.exit_code == 1 and "above max" in below.rules[0].reason
     acc = audit.metrics()["clean.accuracy"]
-    assert gate(audit, {"rule": [{"metric": "clean.accuracy", "min": acc}]}).exit_code == 0
+    assert gate(audit, {"judge": "point", "rule": [{"metric": "clean.accuracy", "min": acc}]}).exit_code == 0
 
 
 def test_gate_lower_is_better_drop_is_a_rise(correct) -> None:
@@ -182,7 +182,7 @@ def test_gate_lower_is_better_drop_is_a_rise(correct) -> None:
     assert worse.metrics()["calibration.ece"] > base.metrics()["calibration.ece"] + 0.1
     rule = {"rule": [{"metric": "calibration.ece", "max_drop": 0.02}]}
     report = gate(worse, rule, baseline=base)
-    assert report.exit_code == 1 and "dropped significantly" in report.rules[0].message
+    assert report.exit_code == 1 and "dropped significantly" in report.rules[0].reason
     # the same change read as an improvement passes: the baseline is now the worse audit
     assert gate(better_ece, rule, baseline=worse).exit_code == 0
 
@@ -196,7 +196,7 @@ def test_gate_custom_alpha_decides_a_borderline_drop(correct) -> None:
     rule = [{"metric": "clean.accuracy", "max_drop": 0.01}]
     assert gate(cand, {"rule": rule}, baseline=base).exit_code == 1  # alpha 0.05 > p
     strict = gate(cand, {"rule": rule, "alpha": p / 2}, baseline=base)
-    assert strict.exit_code == 0 and f"p_adj={p:.3g}" in strict.rules[0].metrics[0].message
+    assert strict.exit_code == 0 and f"p_adj={p:.3g}" in strict.rules[0].outcomes[0].reason
 
 
 def test_gate_untestable_drop_fails_when_larger_than_allowed(correct) -> None:
@@ -207,9 +207,9 @@ def test_gate_untestable_drop_fails_when_larger_than_allowed(correct) -> None:
     cand = _with_metric(cand, "clean", "mean_margin", 0.3)  # no records recompute it
     cand.studies["clean"].directions["mean_margin"] = "higher"
     report = gate(cand, {"rule": [{"metric": "clean.mean_margin", "max_drop": 0.1}]}, baseline=base)
-    assert report.exit_code == 1 and "no paired test applies" in report.rules[0].message
+    assert report.exit_code == 1 and "no paired test applies" in report.rules[0].reason
     small = gate(cand, {"rule": [{"metric": "clean.mean_margin", "max_drop": 0.25}]}, baseline=base)
-    assert small.exit_code == 0 and "not testable" in small.rules[0].metrics[0].message
+    assert small.exit_code == 0 and "not testable" in small.rules[0].outcomes[0].reason
 
 
 # ---------------------------------------------------------------- referral, intervals
@@ -275,10 +275,10 @@ def test_gate_adjusts_over_the_metrics_a_rule_matches(correct) -> None:
     base, cand = make_audit(correct), make_audit(cand_correct)
     rule = {"metric": "clean.sensitivity.*", "max_drop": 0.01}
     report = gate(cand, {"rule": [rule]}, baseline=base)
-    covid = next(m for m in report.rules[0].metrics if m.metric == "clean.sensitivity.COVID-19")
-    assert "p_adj=0.0938" in covid.message and report.exit_code == 0
+    covid = next(m for m in report.rules[0].outcomes if m.metric == "clean.sensitivity.COVID-19")
+    assert "p_adj=0.0938" in covid.reason and report.exit_code == 0
     alone = gate(cand, {"rule": [{**rule, "metric": "clean.sensitivity.COVID-19"}]}, baseline=base)
-    assert alone.exit_code == 1 and "p_adj=0.0312" in alone.rules[0].metrics[0].message
+    assert alone.exit_code == 1 and "p_adj=0.0312" in alone.rules[0].outcomes[0].reason
 
 
 def test_resampling_follows_its_seed() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from html import unescape
 from pathlib import Path
@@ -12,9 +13,9 @@ import numpy as np
 import pytest
 
 from robustkit.card import build_card
-from robustkit.card_acceptance import judge_bound
 from robustkit.card_export import card_html, card_json, mct_json, model_index_yaml, write_card
 from robustkit.cli import main
+from robustkit.judge import judge_threshold
 from robustkit.metrics import classification as M
 from robustkit.results import AuditResult, Check, StudyResult, load_results, save_results
 
@@ -154,15 +155,17 @@ def test_smallest_budget_and_honesty_checks(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- acceptance
 
 
-@pytest.mark.parametrize(("value", "interval", "bound", "threshold", "expected"), [
-    (0.93, (0.88, 0.97), "min", 0.90, ("lower bound", 0.88, True, False)),
-    (0.93, (0.91, 0.97), "min", 0.90, ("lower bound", 0.91, True, True)),
-    (0.04, (0.02, 0.06), "max", 0.05, ("upper bound", 0.06, True, False)),
-    (0.04, None, "max", 0.05, ("point estimate (no interval)", 0.04, True, True)),
-    (0.80, (0.75, 0.95), "min", 0.90, ("lower bound", 0.75, False, False)),
+@pytest.mark.parametrize(("value", "interval", "form", "threshold", "expected"), [
+    (0.93, (0.88, 0.97), "min", 0.90, ("lower bound", 0.88, "FAIL")),
+    (0.93, (0.91, 0.97), "min", 0.90, ("lower bound", 0.91, "PASS")),
+    (0.04, (0.02, 0.06), "max", 0.05, ("upper bound", 0.06, "FAIL")),
+    (0.04, None, "max", 0.05, ("upper bound", math.nan, "FAIL")),  # no finite interval: never a silent point judgement
+    (0.80, (0.75, 0.95), "min", 0.90, ("lower bound", 0.75, "FAIL")),
 ])
-def test_judge_bound(value, interval, bound, threshold, expected) -> None:
-    assert judge_bound(value, interval, bound=bound, threshold=threshold) == expected
+def test_judge_threshold(value, interval, form, threshold, expected) -> None:
+    judged, judged_value, status, _ = judge_threshold(form, threshold, value, interval)
+    assert (judged, status) == (expected[0], expected[2])
+    assert judged_value == expected[1] or (math.isnan(judged_value) and math.isnan(expected[1]))
 
 
 def test_point_passes_but_bound_fails_is_FAIL_with_both_numbers(tmp_path: Path) -> None:
@@ -175,8 +178,8 @@ def test_point_passes_but_bound_fails_is_FAIL_with_both_numbers(tmp_path: Path) 
     card = build_card(audit, policy=pol)
     rows = {r.metric: r for r in card.acceptance}
     row = rows["clean.accuracy"]
-    assert row.status == "FAIL" and row.point_passed is True and row.judged_value == lo
-    assert rows["calibration.ece_ts"].status == "PASS" and rows["calibration.ece_ts"].judged_on == "upper bound"
+    assert row.status == "FAIL" and "the point" in row.reason and "clears" in row.reason and row.judged_value == lo
+    assert rows["calibration.ece_ts"].status == "PASS" and rows["calibration.ece_ts"].judged == "upper bound"
     assert sum(r.metric.startswith("clean.sensitivity.") for r in card.acceptance) == 3
     assert card.verdict == "FAIL"
     text = unescape(re.sub(r"<[^>]+>", " ", card_html(card)))
@@ -187,7 +190,7 @@ def test_point_passes_but_bound_fails_is_FAIL_with_both_numbers(tmp_path: Path) 
 def test_max_drop_needs_a_baseline_and_uses_the_paired_test(tmp_path: Path) -> None:
     pol = _policy(tmp_path, '[[rule]]\nmetric = "clean.accuracy"\nmax_drop = 0.01\n')
     alone = build_card(make_audit(), policy=pol)
-    assert [r.status for r in alone.acceptance] == ["NOT EVALUATED"]
+    assert [r.status for r in alone.acceptance] == ["SKIPPED"]
     base = make_audit()
     worse = build_card(make_audit(flip=25), policy=pol, baseline=base)
     assert [r.status for r in worse.acceptance] == ["FAIL"]

@@ -348,7 +348,7 @@ def test_compare_and_gate_do_not_import_tensorflow(base_correct, tmp_path) -> No
         "from robustkit.report.compare_render import render_comparison\n"
         f"c = compare([{str(a)!r}, {str(b)!r}], n_boot=50)\n"
         f"save_comparison(c, {str(tmp_path)!r}); render_comparison(c, {str(tmp_path)!r})\n"
-        f"r = gate({str(b)!r}, {{'rule': [{{'metric': 'clean.accuracy', 'min': 0.5, 'max_drop': 0.1}}]}}, baseline={str(a)!r})\n"
+        f"r = gate({str(b)!r}, {{'judge': 'point', 'rule': [{{'metric': 'clean.accuracy', 'min': 0.5, 'max_drop': 0.1}}]}}, baseline={str(a)!r})\n"
         "assert r.exit_code == 0\n"
         "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
         "print('ok')\n"

@@ -66,10 +66,10 @@ def test_docstring_examples_run(name: str) -> None:
 
 
 def test_the_examples_of_issue_28_are_collected() -> None:
-    from robustkit.card_acceptance import judge_bound
+    from robustkit.judge import judge_threshold
     from robustkit.metrics.paired import bh_qvalues
     from robustkit.model.square import p_selection
 
-    for fn in (bh_qvalues, judge_bound, p_selection):
+    for fn in (bh_qvalues, judge_threshold, p_selection):
         assert doctest.DocTestParser().get_examples(fn.__doc__ or ""), fn.__name__
         assert fn.__module__ in MODULES

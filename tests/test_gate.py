@@ -10,7 +10,8 @@ import pytest
 
 from robustkit import cli
 from robustkit.errors import ConfigError
-from robustkit.gate import gate, load_policy, parse_policy
+from robustkit.gate import gate
+from robustkit.policy import load_policy, parse_policy
 from robustkit.results import load_results, save_results
 from tests.test_compare import _parser_with_commands, flipped, make_audit
 
@@ -44,6 +45,7 @@ def run(argv: list[str], monkeypatch) -> int:
 
 
 PASSING = """
+judge = "point"  # these audits store no intervals
 [[rule]]
 metric = "clean.accuracy"
 min = 0.5
@@ -62,7 +64,7 @@ def test_gate_passes_exit_0_with_junit(audits, tmp_path, monkeypatch, capsys) ->
     code = run(["gate", str(audits["base"]), "--policy", str(write_policy(tmp_path, PASSING)), "--junit", str(junit)], monkeypatch)
     assert code == 0
     out = capsys.readouterr().out
-    assert "3 of 3 rules passed" in out and "PASS  rule 2: mild shifts" in out
+    assert "3 of 3 rules passed" in out and "PASS    rule 2: mild shifts" in out
     root = ET.parse(junit).getroot()
     cases = root.findall(".//testcase")
     assert len(cases) == 3 and not root.findall(".//failure")
@@ -76,7 +78,7 @@ def test_gate_fails_exit_1_junit_counts_rules_and_github_errors(audits, tmp_path
     assert code == 1
     out = capsys.readouterr().out
     errors = [line for line in out.splitlines() if line.startswith("::error ")]
-    assert len(errors) == 1 and errors[0].startswith("::error title=robustkit gate%3A too strict::clean.accuracy = ")
+    assert len(errors) == 1 and errors[0].startswith("::error title=robustkit gate%3A FAIL rule 4%3A too strict::FAIL clean.accuracy = ")
     assert "is below min 0.99" in errors[0]
     assert sum(line.startswith("::notice ") for line in out.splitlines()) == 3
     root = ET.parse(junit).getroot()
@@ -86,12 +88,12 @@ def test_gate_fails_exit_1_junit_counts_rules_and_github_errors(audits, tmp_path
 
 
 def test_wildcard_rule_fails_when_one_match_fails(audits) -> None:
-    report = gate(audits["base"], {"rule": [{"metric": "perturbation.accuracy.*", "min": 0.7}]})
+    report = gate(audits["base"], {"judge": "point", "rule": [{"metric": "perturbation.accuracy.*", "min": 0.7}]})
     (rule,) = report.rules
-    assert len(rule.metrics) == 6
+    assert len(rule.outcomes) == 6
     values = {k: v for k, v in load_results(audits["base"]).metrics().items() if k.startswith("perturbation.accuracy.")}
     assert len(values) == 6  # the expected failures come from the audit itself, not from the gate's report
-    assert {m.metric for m in rule.metrics if not m.passed} == {k for k, v in values.items() if v < 0.7} != set()
+    assert {m.metric for m in rule.outcomes if not m.passed} == {k for k, v in values.items() if v < 0.7} != set()
     assert not rule.passed and report.exit_code == 1
 
 
@@ -104,7 +106,9 @@ def test_wildcard_rule_fails_when_one_match_fails(audits) -> None:
         ({"metric": "clean.accuracy", "min": "high"}, "'min' parameter of rule 1"),
         ({"metric": "clean.accuracy", "min": 0.1, "maxx": 2}, "unknown key 'maxx'"),
         ({"metric": "clean.accuracy", "max_drop": -0.1}, "'max_drop' parameter"),
-        ({"metric": "clean.accuracy", "max_drop": 0.01}, "needs a baseline"),
+        ({"metric": "clean.accuracy", "min": 0.1}, "judge = 'bound' needs a 95% interval"),
+        ({"metric": "clean.accuracy", "min": 0.1, "judge": "median"}, "'judge' parameter of rule 1"),
+        ({"metric": "clean.accuracy", "noninferior": -0.1}, "'noninferior' parameter"),
         ({"metric": 3, "min": 0.1}, "'metric' parameter"),
     ],
 )
@@ -133,7 +137,7 @@ def test_max_drop_significant_vs_insignificant(audits) -> None:
     assert ok.exit_code == 0  # a one-sample drop (0.3 %) is neither large nor significant
     bad = gate(audits["bad"], policy, baseline=audits["base"])
     assert bad.exit_code == 1 and not bad.rules[0].passed
-    assert "dropped significantly" in bad.rules[0].message
+    assert "dropped significantly" in bad.rules[0].reason
     loose = gate(audits["bad"], {"rule": [{"metric": "clean.accuracy", "max_drop": 0.5}]}, baseline=audits["base"])
     assert loose.exit_code == 0  # significant, but within the margin
 
@@ -143,7 +147,7 @@ def test_max_drop_large_but_not_significant_passes(base_correct, tmp_path) -> No
     base = make_audit(small)
     cand = make_audit(flipped(small, 2, to=False))  # 10 points down on 20 samples: p = 0.5
     report = gate(cand, {"rule": [{"metric": "clean.accuracy", "max_drop": 0.05}]}, baseline=base)
-    assert report.exit_code == 0 and "p_adj=0.5" in report.rules[0].metrics[0].message
+    assert report.exit_code == 0 and "p_adj=0.5" in report.rules[0].outcomes[0].reason
 
 
 def test_starter_policy_parses() -> None:

@@ -321,21 +321,21 @@ def test_paired_bootstrap_p_is_one_for_identical_audits_and_small_for_a_much_wor
 
 def test_gate_rule_on_a_finding_with_a_space(ml_dirs) -> None:
     auc = load_results(ml_dirs["bad"]).metric("clean.auroc.Pleural Effusion")
-    rule = {"metric": "clean.auroc.Pleural Effusion"}
+    rule = {"metric": "clean.auroc.Pleural Effusion", "judge": "point"}
     assert gate(ml_dirs["bad"], {"rule": [{**rule, "min": auc - 0.01}]}).exit_code == 0
     report = gate(ml_dirs["bad"], {"rule": [{**rule, "min": auc + 0.01}]})
-    assert report.exit_code == 1 and "clean.auroc.Pleural Effusion" in report.rules[0].message
+    assert report.exit_code == 1 and "clean.auroc.Pleural Effusion" in report.rules[0].reason
 
 
 def test_gate_matches_a_name_with_glob_characters_exactly(ml_dirs) -> None:
-    report = gate(ml_dirs["base"], {"rule": [{"metric": "clean.sensitivity.Opacity [left]", "min": 0.0}]})
-    assert [m.metric for m in report.rules[0].metrics] == ["clean.sensitivity.Opacity [left]"]
+    report = gate(ml_dirs["base"], {"rule": [{"metric": "clean.sensitivity.Opacity [left]", "min": 0.0, "judge": "point"}]})
+    assert [m.metric for m in report.rules[0].outcomes] == ["clean.sensitivity.Opacity [left]"]
 
 
 def test_gate_max_drop_against_a_baseline_uses_delong(ml_dirs) -> None:
     rule = {"metric": "clean.auroc.*", "max_drop": 0.02}
     bad = gate(ml_dirs["bad"], {"rule": [rule]}, baseline=ml_dirs["base"], n_boot=100)
-    assert bad.exit_code == 1 and "delong" in bad.rules[0].message
+    assert bad.exit_code == 1 and "delong" in bad.rules[0].reason
     same = gate(ml_dirs["same"], {"rule": [rule]}, baseline=ml_dirs["base"], n_boot=100, allow_config_mismatch=True)
     assert same.exit_code == 0
 

@@ -227,7 +227,7 @@ def test_a_multilabel_phantom_is_audited_end_to_end(ml_run, tmp_path: Path,
     assert "present finding turned off (macro over findings), LINF" in card  # the card's adversarial block
     auroc = result.metric("clean.auroc.Effusion")
     policy = tmp_path / "gate.toml"
-    policy.write_text(f'[[rule]]\nmetric = "clean.auroc.Effusion"\nmin = {auroc - 0.01:.4f}\n')
+    policy.write_text(f'judge = "point"\n[[rule]]\nmetric = "clean.auroc.Effusion"\nmin = {auroc - 0.01:.4f}\n')
     assert main(["gate", str(out), "--policy", str(policy)]) == 0
-    policy.write_text(f'[[rule]]\nmetric = "clean.auroc.Effusion"\nmin = {min(auroc + 0.01, 1.0):.4f}\n')
+    policy.write_text(f'judge = "point"\n[[rule]]\nmetric = "clean.auroc.Effusion"\nmin = {min(auroc + 0.01, 1.0):.4f}\n')
     assert main(["gate", str(out), "--policy", str(policy)]) == 1

@@ -110,9 +110,9 @@ def test_audit_writes_ood_exports_report_and_gateable_metrics(capsys, model, toy
     assert res.direction("confident_critical_rate.ct") == "lower" and res.direction("confident_critical_rate.id") == "none"
     html = (out / "report.html").read_text()
     assert "The recommended filter" in html and "mine" in html and "<svg" in html
-    passing = {"rule": [{"metric": "ood.auroc.energy.mine", "min": auroc_mine - 1e-6},
+    passing = {"judge": "point", "rule": [{"metric": "ood.auroc.energy.mine", "min": auroc_mine - 1e-6},
                         {"metric": "ood.confident_critical_rate.id", "max": np.mean(p_id[:, covid] >= 0.5) + 1e-9}]}
-    failing = {"rule": [{"metric": "ood.auroc.energy.mine", "min": auroc_mine + 1e-3}]}
+    failing = {"judge": "point", "rule": [{"metric": "ood.auroc.energy.mine", "min": auroc_mine + 1e-3}]}
     assert gate(out, passing).exit_code == 0 and gate(out, failing).exit_code == 1
 
 

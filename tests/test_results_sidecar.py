@@ -187,5 +187,5 @@ def test_compare_and_gate_do_not_need_the_sidecar(tmp_path: Path) -> None:
     with_figures = compare([tmp_path / "base", tmp_path / "cand"], n_boot=50).to_json()
     (tmp_path / "base" / SIDECAR_FILE).unlink()
     assert compare([tmp_path / "base", tmp_path / "cand"], n_boot=50).to_json() == with_figures
-    report = gate(tmp_path / "base", {"rule": [{"metric": "clean.accuracy", "min": 0.5}]})
+    report = gate(tmp_path / "base", {"judge": "point", "rule": [{"metric": "clean.accuracy", "min": 0.5}]})
     assert report.passed

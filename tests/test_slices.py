@@ -293,10 +293,10 @@ def test_gate_rules_name_slices_and_the_report_draws_them() -> None:
     data = _dataset()
     base = _audit(data, _logits(data, {}, seed=1))
     cand = _audit(data, _logits(data, {"C": 0.5}, seed=1))
-    policy = {"rule": [{"metric": "slices.worst.accuracy", "min": 0.8},
+    policy = {"judge": "point", "rule": [{"metric": "slices.worst.accuracy", "min": 0.8},
                        {"metric": "slices.accuracy.site=B", "min": 0.8},
                        {"metric": "slices.accuracy.site=C", "max_drop": 0.05}]}
-    assert gate(base, {"rule": policy["rule"][:2]}).passed
+    assert gate(base, {"judge": "point", "rule": policy["rule"][:2]}).passed
     report = gate(cand, policy, baseline=base, n_boot=200)
     held = [o.passed for o in report.rules]
     assert held == [False, True, False]  # site C's accuracy fell below 0.8 and dropped significantly

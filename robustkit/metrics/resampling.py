@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -100,6 +100,8 @@ class BootstrapResult:
             (``2 Phi(-|delta| / se)``); 1 when ``delta`` is 0, 0 when ``se`` is 0 and
             ``delta`` is not.
         n_valid: resamples where the statistic was defined on both sides.
+        diffs: ``(n_valid,)`` the resampled differences themselves (a one-sided bound or a
+            non-inferiority p-value reads them).
     """
 
     delta: float
@@ -107,6 +109,7 @@ class BootstrapResult:
     high: float
     p_value: float
     n_valid: int
+    diffs: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False, compare=False)
 
 
 def resample_indices(n: int, n_boot: int, *, seed: int) -> np.ndarray:
@@ -153,10 +156,10 @@ def paired_bootstrap(
     ]) if len(idx) else np.empty(0)
     ok = diffs[np.isfinite(diffs)]
     if not math.isfinite(delta) or len(ok) < max(1, len(diffs) / 2):
-        return BootstrapResult(delta, math.nan, math.nan, math.nan, len(ok))
+        return BootstrapResult(delta, math.nan, math.nan, math.nan, len(ok), ok)
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(ok, [alpha, 1.0 - alpha])
-    return BootstrapResult(delta, float(low), float(high), _normal_p(delta, ok), len(ok))
+    return BootstrapResult(delta, float(low), float(high), _normal_p(delta, ok), len(ok), ok)
 
 
 def _normal_p(delta: float, diffs: np.ndarray) -> float:
