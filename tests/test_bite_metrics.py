@@ -10,6 +10,7 @@ from sklearn.metrics import roc_auc_score
 
 from robustkit.metrics import classification as M
 from robustkit.metrics import multilabel as ML
+from robustkit.metrics.decisions import counts_from_confusion, decision_scores
 
 
 def test_youden_ties_go_to_the_highest_threshold_halfway_to_the_next_score() -> None:
@@ -47,7 +48,7 @@ def test_specificity_of_an_asymmetric_confusion_matrix_equals_a_count() -> None:
     assert not np.array_equal(cm, cm.T)
     for k in range(3):
         others = y != k
-        assert M.specificity(cm)[k] == pytest.approx(np.mean(pred[others] != k))
+        assert decision_scores(counts_from_confusion(cm))["specificity"][k] == pytest.approx(np.mean(pred[others] != k))
 
 
 def test_precision_recall_f1_equal_scikit_learn() -> None:
@@ -56,7 +57,8 @@ def test_precision_recall_f1_equal_scikit_learn() -> None:
     rng = np.random.default_rng(9)
     y = rng.integers(0, 3, 200)
     pred = np.where(rng.random(200) < 0.6, y, rng.integers(0, 3, 200))
-    precision, recall, f1 = M.precision_recall_f1(M.confusion_matrix(y, pred, 3))
+    rates = decision_scores(counts_from_confusion(M.confusion_matrix(y, pred, 3)))
+    precision, recall, f1 = rates["precision"], rates["sensitivity"], rates["f1"]
     ref = precision_recall_fscore_support(y, pred, labels=[0, 1, 2], zero_division=0)
     np.testing.assert_allclose(np.c_[precision, recall, f1], np.c_[ref[0], ref[1], ref[2]], rtol=1e-12)
 

@@ -17,6 +17,7 @@ from robustkit.card_export import card_html, card_json, mct_json, model_index_ya
 from robustkit.cli import main
 from robustkit.judge import judge_threshold
 from robustkit.metrics import classification as M
+from robustkit.metrics.decisions import counts_from_confusion, decision_scores
 from robustkit.results import AuditResult, Check, StudyResult, load_results, save_results
 
 CLASSES = ["NORMAL", "COVID-19", "Viral Pneumonia"]  # COVID-19 not first: as the critical class the card puts it first
@@ -28,10 +29,11 @@ MCT_SCHEMA = json.loads((REPO / "tests" / "data" / "mct" / "model_card.schema.v0
 
 def _clean(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> StudyResult:
     cm = M.confusion_matrix(y, pred, len(classes))
-    _, recall, _ = M.precision_recall_f1(cm)
+    rates = decision_scores(counts_from_confusion(cm))
+    recall = rates["sensitivity"]
     metrics = {"accuracy": M.accuracy(y, pred), "balanced_accuracy": float(recall.mean())}
     intervals = {"accuracy": [metrics["accuracy"] - 0.05, metrics["accuracy"] + 0.04]}
-    for c, r, sp in zip(classes, recall, M.specificity(cm)):
+    for c, r, sp in zip(classes, recall, rates["specificity"]):
         metrics[f"sensitivity.{c}"], metrics[f"specificity.{c}"] = float(r), float(sp)
         intervals[f"sensitivity.{c}"] = [float(r) - 0.1, min(1.0, float(r) + 0.05)]
         intervals[f"specificity.{c}"] = [float(sp) - 0.05, min(1.0, float(sp) + 0.03)]

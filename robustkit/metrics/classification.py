@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from robustkit.metrics.decisions import counts_from_confusion, decision_scores
 from robustkit.metrics.ranking import auroc, one_hot
 from robustkit.metrics.resampling import bootstrap_indices, bootstrap_interval
 
@@ -21,9 +20,7 @@ __all__ = [
     "bootstrap_interval",
     "bootstrap_indices",
     "confusion_matrix",
-    "precision_recall_f1",
     "roc_auc_ovr",
-    "specificity",
 ]
 
 
@@ -39,24 +36,6 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
     """Counts ``(K, K)``: rows are true classes, columns predicted classes."""
     idx = np.asarray(y_true, dtype=np.int64) * num_classes + np.asarray(y_pred, dtype=np.int64)
     return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-
-
-def precision_recall_f1(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-class precision, recall and F1 from a confusion matrix; NaN where undefined."""
-    r = decision_scores(counts_from_confusion(cm))
-    return np.asarray(r["precision"]), np.asarray(r["sensitivity"]), np.asarray(r["f1"])
-
-
-def specificity(cm: np.ndarray) -> np.ndarray:
-    """Per-class one-vs-rest specificity ``TN / (TN + FP)`` from a confusion matrix ``(K, K)``.
-
-    For class ``k``: of the images whose label is not ``k``, the share not predicted as ``k``.
-    NaN where no image has another label.
-
-    >>> specificity(np.array([[8, 2], [1, 9]])).round(3).tolist()
-    [0.9, 0.8]
-    """
-    return np.asarray(decision_scores(counts_from_confusion(cm))["specificity"])
 
 
 def roc_auc_ovr(y_true: np.ndarray, probs: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ Pure numpy; the AUROC and AUPRC come from the one ranking kernel
 Example:
     >>> t = np.array([[1, 0], [0, 1], [1, 1], [0, 0]], dtype=bool)
     >>> p = np.array([[0.9, 0.2], [0.3, 0.8], [0.7, 0.6], [0.1, 0.4]])
-    >>> per_finding_auroc(t, p).tolist()
+    >>> finding_summary(t, p, np.array([0.5, 0.5])).sensitivity.tolist()
     [1.0, 1.0]
 """
 
@@ -41,7 +41,6 @@ __all__ = [
     "DeLongResult",
     "delong_paired",
     "finding_summary",
-    "per_finding_auroc",
     "per_finding_brier",
     "per_finding_ece",
     "sensitivity_specificity",
@@ -49,12 +48,6 @@ __all__ = [
     "threshold_split",
     "youden_thresholds",
 ]
-
-
-def per_finding_auroc(targets: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """ROC AUC per finding ``(K,)``; NaN for a finding every image has or no image has
-    (:func:`robustkit.metrics.ranking.auroc` with ``average=None``)."""
-    return np.asarray(auroc(targets, probs))
 
 
 def per_finding_ece(targets: np.ndarray, probs: np.ndarray, *, n_bins: int = 15) -> np.ndarray:

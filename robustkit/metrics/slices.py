@@ -41,8 +41,8 @@ from robustkit.errors import ConfigError
 from robustkit.metrics.average import nan_mean
 from robustkit.metrics.calibration import ece_compute, ece_update
 from robustkit.metrics.classification import bootstrap_indices, roc_auc_ovr
-from robustkit.metrics.multilabel import per_finding_auroc
 from robustkit.metrics.paired import bh_qvalues  # the multiple-testing home (with Holm)
+from robustkit.metrics.ranking import auroc as per_output_auroc
 
 __all__ = [
     "SLICE_METRICS",
@@ -322,7 +322,7 @@ def finding_sets(targets: np.ndarray) -> np.ndarray:
 def _resampled(t: np.ndarray, p: np.ndarray, strata: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     """Per-output AUROC of each bootstrap resample ``(n_boot, K)``."""
     idx = bootstrap_indices(len(t), n_boot, seed=seed, strata=strata)
-    return np.stack([per_finding_auroc(t[i], p[i]) for i in idx]) if len(t) else np.full((n_boot, t.shape[1]), np.nan)
+    return np.stack([per_output_auroc(t[i], p[i]) for i in idx]) if len(t) else np.full((n_boot, t.shape[1]), np.nan)
 
 
 def _interval(values: np.ndarray) -> list[float]:
@@ -349,7 +349,7 @@ def slice_aurocs(targets: np.ndarray, probs: np.ndarray, mask: np.ndarray, strat
     """
     t, p = np.asarray(targets, bool), np.asarray(probs, np.float64)
     inside, rest = np.flatnonzero(mask), np.flatnonzero(~np.asarray(mask, bool))
-    auroc = per_finding_auroc(t[inside], p[inside])
+    auroc = per_output_auroc(t[inside], p[inside])
     out: dict[str, Any] = {"auroc": auroc, "macro": nan_mean(auroc),
                            "auroc_intervals": [[math.nan, math.nan]] * t.shape[1],
                            "macro_interval": [math.nan, math.nan], "rest_macro": math.nan, "gap": math.nan,
@@ -362,7 +362,7 @@ def slice_aurocs(targets: np.ndarray, probs: np.ndarray, mask: np.ndarray, strat
                macro_interval=_interval(macro_in_b))
     if not len(rest):
         return out
-    rest_macro = nan_mean(per_finding_auroc(t[rest], p[rest]))
+    rest_macro = nan_mean(per_output_auroc(t[rest], p[rest]))
     gaps = macro_in_b - nan_mean(_resampled(t[rest], p[rest], strata[rest], n_boot, seed + 1), axis=-1)
     gaps = gaps[np.isfinite(gaps)]
     if len(gaps):

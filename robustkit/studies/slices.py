@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from robustkit.errors import DataError, check_range, param_error
-from robustkit.metrics import multilabel as ML
+from robustkit.metrics import ranking as R
 from robustkit.metrics import slices as S
 from robustkit.metrics.average import nan_mean
 from robustkit.metrics.outputs import probabilities
@@ -162,7 +162,7 @@ class SlicesStudy(Study[SlicesConfig]):
                                 exclusive=ctx.exclusive)
         names, targets = list(data.class_names), np.asarray(data.targets, dtype=bool)
         probs = probabilities(records["logits"], ctx.model_info.get("output_kind", "softmax"))
-        auroc = ML.per_finding_auroc(targets, probs)
+        auroc = R.auroc(targets, probs)
         result = StudyResult(name=self.name, metrics={f"auroc.{n}": float(v) for n, v in zip(names, auroc)})
         result.metrics["auroc.macro"] = nan_mean(auroc)
         result.data.update(alpha=cfg.alpha, effect_size=cfg.effect_size, bin_width=cfg.bin_width)
