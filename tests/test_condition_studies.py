@@ -251,5 +251,9 @@ def test_audit_writes_records_and_renders_the_report(toy_model: Path, toy_data: 
         assert study.status == "ok"
         assert len(study.data["examples"]) == 1 + 5 * len(study.config["transforms"])
     assert "Accuracy by transform and severity" in html and "Parameters behind each severity" in html
-    assert html.count("data:image/png;base64,") >= 2 * (5 * 5 + 1)
+    for name in ("perturbation", "noise"):  # every thumbnail is on the page; the clean one once per study
+        examples = result.studies[name].data["examples"]
+        assert all(str(p) in html for p in examples.values())
+        section = html.split(f'id="study-{name}"')[1].split("<section")[0]
+        assert section.count('alt="the clean image"') == 1 and str(examples["clean"]) in section
     assert "MedMNIST-C" in html and "Shown in the generic layout" not in html

@@ -364,3 +364,18 @@ def test_image_data_uri_is_a_png() -> None:
     uri = figures.image_data_uri(np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8, 1))
     assert uri.startswith("data:image/png;base64,")
     assert base64.b64decode(uri.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_condition_examples_carry_each_picture_once() -> None:
+    """The clean thumbnail sits beside the first row only; a run of identical severities is one spanning cell."""
+    from robustkit.report.view_perturbation import _example_rows
+
+    a, b, c = ("iVBORw0KGgo" + x for x in ("AAAA", "BBBB", "CCCC"))
+    examples = {"clean": a, **{f"flip.{s}": b for s in range(1, 6)},
+                **{f"blur.{s}": (b if s < 3 else c) for s in range(1, 6)}}
+    rows = _example_rows(examples, ["flip", "blur"])
+    assert [r["clean"] is not None for r in rows] == [True, False]
+    assert [(c["severity"], c["span"]) for c in rows[0]["cells"]] == [(1, 5)]
+    assert [(c["severity"], c["span"]) for c in rows[1]["cells"]] == [(1, 2), (3, 3)]
+    html = "".join(str(r) for r in rows)
+    assert html.count(b) == 2 and html.count(a) == 1

@@ -153,12 +153,21 @@ def _uri(png: Any) -> str | None:
 
 
 def _example_rows(examples: Mapping[str, Any], names: Sequence[str]) -> list[dict[str, Any]]:
+    """A row per transform: its severities' thumbnails, a run of identical ones (a transform
+    that severity does not change, such as a flip) as one cell spanning the run, so the page
+    carries each picture once; the clean image is shown once, beside the first row."""
     clean = _uri(examples.get("clean"))
     rows = []
     for n in names:
-        cells = [{"severity": s, "src": _uri(examples.get(f"{n}.{s}"))} for s in range(1, 6)]
+        cells: list[dict[str, Any]] = []
+        for s in range(1, 6):
+            src = _uri(examples.get(f"{n}.{s}"))
+            if cells and src is not None and cells[-1]["src"] == src:
+                cells[-1]["span"] += 1
+            else:
+                cells.append({"severity": s, "src": src, "span": 1})
         if any(c["src"] for c in cells):
-            rows.append({"name": n, "clean": clean, "cells": cells})
+            rows.append({"name": n, "clean": clean if not rows else None, "cells": cells})
     return rows
 
 
