@@ -502,7 +502,7 @@ def _cmd_compare(a: argparse.Namespace) -> int:
 
     if len(a.dirs) < 2:
         raise param_error("DIR", "at least two audit folders (baseline first)", [str(d) for d in a.dirs])
-    dirs = [_baseline(a, d) for d in a.dirs]
+    dirs = [Path(_baseline(a, d) or d) for d in a.dirs]
     cmp = compare(dirs, alpha=a.alpha, allow_config_mismatch=a.allow_config_mismatch,
                   correction=a.correction, n_boot=a.n_boot, seed=a.seed)
     save_comparison(cmp, a.out)

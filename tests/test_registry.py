@@ -326,6 +326,7 @@ def test_gate_logs_to_the_candidates_run_and_history_marks_versions(
         assert fmt_interval(audit.interval("clean.accuracy")) in rows
     assert rows.count("first version") == 1 and ">regression<" in rows and rows.count("not tested") == 1
     assert "slices.accuracy.site=C&amp;view=AP" in html
+    assert "<td>v1</td><td>champion</td>" in rows
 
 
 # ---------------------------------------------------------------- failures
@@ -355,13 +356,3 @@ def test_server_stopped_mid_log_keeps_the_audit_and_says_what_is_missing(
     assert "not logged: artifacts records.npz, report.html, card.html, card.json, temperature.json" in msg
     assert "the audit on disk is complete" in msg and uri in msg
     assert {p.name: sha(p) for p in folder.iterdir()} == before  # untouched, no mlflow.json
-
-
-def test_without_mlflow_the_option_names_the_extra(tmp_path: Path, base_correct: np.ndarray,
-                                                  monkeypatch: pytest.MonkeyPatch,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    folder = write_audit(tmp_path / "a1", base_correct, name="v1")
-    monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow -> ImportError
-    code, _, err = run_cli(["log", str(folder)], capsys)
-    assert code == 2 and err.strip().count("\n") == 0
-    assert 'pip install "robustkit[mlflow]"' in err

@@ -33,13 +33,14 @@ def _mlflow() -> Any:
     try:
         import mlflow
     except ImportError as exc:
-        raise RegistryError(f"--mlflow: expected the mlflow package, got none installed; {INSTALL_HINT}") from exc
+        raise RegistryError(f"--mlflow / mlflow: URIs: expected the mlflow package, got none installed; {INSTALL_HINT}") from exc
     return mlflow
 
 
 def mlflow_client(tracking_uri: str | None = None) -> Any:
     """An ``MlflowClient`` for ``tracking_uri`` (None: MLflow's own default)."""
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # robustkit says where the run went
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a few small files; bars clutter CI logs
     mlflow = _mlflow()
     from mlflow.tracking import MlflowClient
 

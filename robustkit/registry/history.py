@@ -68,18 +68,21 @@ def _choose(patterns: Sequence[str] | None, versions: Sequence[VersionAudit]) ->
 def version_audits(client: Any, name: str) -> list[VersionAudit]:
     """The versions of ``name`` with a linked audit, oldest first, each compared with the one before."""
     found = sorted(client.search_model_versions(f"name = '{name}'"), key=lambda mv: int(mv.version))
+    aliases: dict[str, list[str]] = {}
+    for alias, version in (client.get_registered_model(name).aliases or {}).items():  # search leaves them out
+        aliases.setdefault(str(version), []).append(alias)
     out: list[VersionAudit] = []
     prev_run: str | None = None
     for mv in found:
         run_id = (mv.tags or {}).get(AUDIT_RUN_TAG)
         if not run_id:
             continue
-        out.append(_version(client, mv, str(run_id), prev_run))
+        out.append(_version(client, mv, str(run_id), prev_run, tuple(sorted(aliases.get(str(mv.version), [])))))
         prev_run = str(run_id)
     return out
 
 
-def _version(client: Any, mv: Any, run_id: str, prev_run: str | None) -> VersionAudit:
+def _version(client: Any, mv: Any, run_id: str, prev_run: str | None, aliases: tuple[str, ...]) -> VersionAudit:
     run = client.get_run(run_id)
     table = json.loads(_text(client, run_id, f"{AUDIT_ARTIFACTS}/{NAMES_FILE}"))
     values: dict[str, float] = {}
@@ -97,7 +100,7 @@ def _version(client: Any, mv: Any, run_id: str, prev_run: str | None) -> Version
     directions = {e["metric"]: e["direction"] for e in table.values()}
     intervals = {n: (e["ci_low"], e["ci_high"]) for n, e in ends.items() if len(e) == 2}
     changes, note = _changes(client, run, prev_run)
-    return VersionAudit(version=str(mv.version), aliases=tuple(getattr(mv, "aliases", ()) or ()), run_id=run_id,
+    return VersionAudit(version=str(mv.version), aliases=aliases, run_id=run_id,
                         model=run.data.tags.get("robustkit.model", ""), values=values, intervals=intervals,
                         directions=directions, changes=changes, change_note=note)
 
