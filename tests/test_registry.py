@@ -356,3 +356,20 @@ def test_server_stopped_mid_log_keeps_the_audit_and_says_what_is_missing(
     assert "not logged: artifacts records.npz, report.html, card.html, card.json, temperature.json" in msg
     assert "the audit on disk is complete" in msg and uri in msg
     assert {p.name: sha(p) for p in folder.iterdir()} == before  # untouched, no mlflow.json
+
+
+def test_audit_with_mlflow_logs_the_finished_audit(server: str, toy_model: Path, toy_data: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "audit"
+    code, _, err = run_cli(["audit", "--model", str(toy_model), "--data", str(toy_data), "--out", str(out),
+                            "--studies", "clean", "--profile", "quick", "--quiet", "--mlflow", server], capsys)
+    assert code == 0, err
+    run_id = json.loads((out / "mlflow.json").read_text())["run_id"]
+    client = MlflowClient(server)
+    run = client.get_run(run_id)
+    assert run.data.metrics["clean.accuracy"] == load_results(out).metric("clean.accuracy")
+    assert run.data.params["studies"] == "clean" and run.data.params["profile"] == "quick"
+    assert run.data.tags["robustkit.checks"] in ("pass", "warn", "fail")
+    got = Path(client.download_artifacts(run_id, "audit/results.json", str(tmp_path / "dl")))
+    assert sha(got) == sha(out / "results.json")
+    assert f"logged {out} to run {run_id}" in err
