@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from robustkit.errors import RobustkitError
+from robustkit.results import atomic_write_text
 
 __all__ = ["INSTALL_HINT", "MARKER_FILE", "RegistryError", "mlflow_client", "read_marker", "server_errors",
            "write_marker"]
@@ -67,7 +68,7 @@ def write_marker(folder: Path, *, tracking_uri: str, run_id: str, experiment_id:
     obj = {"tracking_uri": tracking_uri, "run_id": run_id, "experiment_id": experiment_id,
            "registered_model": model, "version": version}
     path = Path(folder) / MARKER_FILE
-    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
     return path
 
 
