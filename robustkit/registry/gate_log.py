@@ -11,6 +11,7 @@ the pipeline's decision.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -28,15 +29,24 @@ COMPARE_ARTIFACT = "compare/compare.json"
 
 
 def gate_json(report: GateReport, audit: AuditResult) -> dict[str, Any]:
-    """The gate's outcome as JSON: rules, bounds, each matched metric's value, interval and verdict."""
-    def metric(m: Any) -> dict[str, Any]:
-        return {"metric": m.metric, "value": _finite(m.value), "interval": audit.interval(m.metric),
-                "passed": m.passed, "message": m.message}
-    rules = [{"index": r.rule.index, "title": r.rule.title, "metric": r.rule.metric, "min": r.rule.min,
-              "max": r.rule.max, "max_drop": r.rule.max_drop, "passed": r.passed, "message": r.message,
-              "metrics": [metric(m) for m in r.metrics]} for r in report.rules]
-    return {"verdict": "PASS" if report.passed else "FAIL", "policy": report.source,
-            "baseline": report.baseline, "rules": rules}
+    """The gate's outcome as JSON: each rule with its bounds, and each matched metric's value,
+    interval and verdict (the judge's own ``Outcome.to_json`` where outcomes carry one)."""
+    rules = []
+    for r in report.rules:
+        outcomes = getattr(r, "outcomes", None)  # the acceptance judge's RuleOutcome (#24)
+        if outcomes is not None:
+            metrics, message = [o.to_json() for o in outcomes], str(getattr(r, "reason", ""))
+        else:
+            metrics, message = [_metric(m, audit) for m in r.metrics], r.message
+        rules.append({**dataclasses.asdict(r.rule), "title": r.rule.title, "passed": r.passed, "message": message,
+                      "metrics": metrics})
+    return {"verdict": "PASS" if report.passed else "FAIL", "policy": getattr(report, "source", ""),
+            "baseline": getattr(report, "baseline", None), "rules": rules}
+
+
+def _metric(m: Any, audit: AuditResult) -> dict[str, Any]:
+    return {"metric": m.metric, "value": _finite(m.value), "interval": audit.interval(m.metric),
+            "passed": m.passed, "message": m.message}
 
 
 def _finite(v: float) -> float | None:
