@@ -212,7 +212,47 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
                    "perturbation and noise (not the OOD study's in-distribution --reference-data)")
     _add_audit_options(p)
     _add_engine_options(p)
+    _add_registry_options(p, what="log the finished audit as one MLflow run (as robustkit log)")
     p.set_defaults(func=_cmd_audit)
+
+
+def _add_mlflow_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--mlflow", nargs="?", const="", default=None, metavar="TRACKING_URI",
+                   help=f"{what}; the server is TRACKING_URI, else MLFLOW_TRACKING_URI, else MLflow's default "
+                   "(pip install \"robustkit[mlflow]\")")
+
+
+def _add_registry_options(p: argparse.ArgumentParser, *, what: str) -> None:
+    g = p.add_argument_group("model registry", "MLflow tracking and registry (pip install \"robustkit[mlflow]\")")
+    _add_mlflow_option(g, what)  # type: ignore[arg-type]
+    g.add_argument("--experiment", default="robustkit", help="MLflow experiment of the run (default robustkit)")
+    g.add_argument("--registered-model", default=None, metavar="NAME",
+                   help="link the run to this registered model's --version (a robustkit.audit_run tag on the version)")
+    g.add_argument("--version", dest="model_version", default=None, metavar="V",
+                   help="the registered model version the audit belongs to (with --registered-model)")
+
+
+def _tracking_uri(a: argparse.Namespace) -> str | None:
+    return getattr(a, "mlflow", None) or None
+
+
+def _log_run(a: argparse.Namespace, folder: Path) -> None:
+    from robustkit.registry import log_audit
+
+    run = log_audit(folder, tracking_uri=_tracking_uri(a), experiment=a.experiment,
+                    registered_model=a.registered_model, version=a.model_version)
+    link = f", linked to {run.model_version[0]} version {run.model_version[1]}" if run.model_version else ""
+    print(f"logged {folder} to run {run.run_id} ({run.metrics} metrics, {len(run.artifacts)} artifacts) on "
+          f"{run.tracking_uri}{link}", file=sys.stderr)
+
+
+def _baseline(a: argparse.Namespace, value: str | None) -> Path | None:
+    """A --baseline folder, or the audit an ``mlflow:`` URI names, fetched into the cache."""
+    from robustkit.registry.baseline import is_registry_uri, resolve_baseline
+
+    if value is None or not is_registry_uri(value):
+        return None if value is None else Path(value)
+    return resolve_baseline(value, tracking_uri=_tracking_uri(a))
 
 
 def _add_engine_options(p: argparse.ArgumentParser) -> None:
@@ -239,7 +279,57 @@ def _cmd_audit(a: argparse.Namespace) -> int:
                                      merge_classes=a.merge_classes, masks=a.masks, on_bad_input=a.on_bad_input),
                    engine=EngineSpec(name=a.engine, ray_address=a.ray_address, workers=a.workers,
                                      cpus_per_worker=a.cpus_per_worker, gpus_per_worker=a.gpus_per_worker))
-    return _finish(result, a.out)
+    code = _finish(result, a.out)
+    if a.mlflow is not None:
+        _log_run(a, a.out)
+    return code
+
+
+def _add_log(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "log",
+        parents=[_COMMON],
+        help="log an audit folder to MLflow (one run; params, metrics, artifacts, registry link)",
+        description="Log AUDIT_DIR as one new MLflow run: params (profile, seed, studies, fingerprints, versions, "
+        "engine), every flat metric of results.json (names MLflow refuses are mapped as the README says; "
+        "intervals as <name>.ci_low/.ci_high), tags (model, output kind, worst check) and the audit's files as "
+        "artifacts under audit/. With --registered-model NAME --version V the run and that model version "
+        "name each other. Writes AUDIT_DIR/mlflow.json naming the run.",
+    )
+    p.add_argument("dir", type=Path, metavar="AUDIT_DIR", help="audit folder")
+    _add_registry_options(p, what="the tracking server")
+    p.set_defaults(func=_cmd_log)
+
+
+def _cmd_log(a: argparse.Namespace) -> int:
+    _log_run(a, a.dir)
+    return 0
+
+
+def _add_history(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "history",
+        parents=[_COMMON],
+        help="chosen metrics over a registered model's audited versions (history.html)",
+        description="Draw each chosen metric with its 95%% interval over the versions of a registered model that "
+        "have an audit (logged with robustkit log --registered-model), and mark the versions whose paired "
+        "comparison with the previous version (logged by gate --mlflow --baseline) found a significant change; "
+        "versions without one say 'not tested'. Writes OUT/history.html (no script).",
+    )
+    p.add_argument("model", metavar="mlflow:models:/NAME", help="the registered model")
+    p.add_argument("--metrics", nargs="+", default=None, metavar="PATTERN",
+                   help="metric names or fnmatch patterns (default: clean.accuracy, clean.auroc.macro, "
+                   "clean.sensitivity.*, calibration.ece, those present)")
+    p.add_argument("--out", required=True, type=Path, help="output folder for history.html")
+    _add_mlflow_option(p, "the tracking server")
+    p.set_defaults(func=_cmd_history)
+
+
+def _cmd_history(a: argparse.Namespace) -> int:
+    from robustkit.registry import history
+
+    print(history(a.model, out=a.out, metrics=a.metrics, tracking_uri=_tracking_uri(a)))
+    return 0
 
 
 def _config_with_settings(a: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -308,7 +398,8 @@ def _add_card(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("dir", type=Path, metavar="AUDIT_DIR", help="audit folder")
     p.add_argument("--policy", type=Path, default=None, help="gate policy (TOML) for the acceptance table")
-    p.add_argument("--baseline", type=Path, default=None, help="audit folder of the released checkpoint")
+    p.add_argument("--baseline", default=None, metavar="DIR|mlflow:URI",
+                   help="audit folder of the released checkpoint, or mlflow:models:/NAME@ALIAS or mlflow:runs:/RUN_ID")
     p.add_argument("--out", type=Path, default=None, help="HTML file to write (default AUDIT_DIR/card.html)")
     p.add_argument("--intended-use", type=Path, default=None, metavar="FILE.md",
                    help="text or Markdown file: intended use and out-of-scope inputs")
@@ -318,7 +409,7 @@ def _add_card(sub: argparse._SubParsersAction) -> None:
 def _cmd_card(a: argparse.Namespace) -> int:
     from robustkit.card_export import write_card
 
-    paths = write_card(a.dir, out=a.out, policy=a.policy, baseline=a.baseline, intended_use=a.intended_use)
+    paths = write_card(a.dir, out=a.out, policy=a.policy, baseline=_baseline(a, a.baseline), intended_use=a.intended_use)
     print(paths["html"])
     return 0
 
@@ -389,7 +480,9 @@ def _add_compare(sub: argparse._SubParsersAction, parents: Sequence[argparse.Arg
     """Add the ``compare`` subcommand to ``sub`` (its handler is ``args.func``)."""
     p = sub.add_parser("compare", parents=list(parents), help="compare audits with paired tests (compare.json, compare.html)",
                        description=_COMPARE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="audit folders; the first is the baseline (at least two)")
+    p.add_argument("dirs", nargs="+", metavar="DIR",
+                   help="audit folders (or mlflow:models:/NAME@ALIAS, mlflow:runs:/RUN_ID); the first is the baseline "
+                   "(at least two)")
     p.add_argument("--out", required=True, type=Path, help="output folder for compare.json and compare.html")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
     p.add_argument("--correction", choices=["holm", "none"], default="holm",
@@ -409,7 +502,8 @@ def _cmd_compare(a: argparse.Namespace) -> int:
 
     if len(a.dirs) < 2:
         raise param_error("DIR", "at least two audit folders (baseline first)", [str(d) for d in a.dirs])
-    cmp = compare(a.dirs, alpha=a.alpha, allow_config_mismatch=a.allow_config_mismatch,
+    dirs = [Path(_baseline(a, d) or d) for d in a.dirs]
+    cmp = compare(dirs, alpha=a.alpha, allow_config_mismatch=a.allow_config_mismatch,
                   correction=a.correction, n_boot=a.n_boot, seed=a.seed)
     save_comparison(cmp, a.out)
     html = render_comparison(cmp, a.out)
@@ -461,8 +555,9 @@ def _add_gate(sub: argparse._SubParsersAction, parents: Sequence[argparse.Argume
                        description=_GATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dir", type=Path, metavar="DIR", help="audit folder of the checkpoint to gate")
     p.add_argument("--policy", required=True, type=Path, help="policy file (TOML), e.g. data/policy.toml")
-    p.add_argument("--baseline", type=Path, default=None,
-                   help="audit folder of the released checkpoint (for max_drop and noninferior rules)")
+    p.add_argument("--baseline", default=None, metavar="DIR|mlflow:URI",
+                   help="baseline audit folder, or mlflow:models:/NAME@ALIAS or mlflow:runs:/RUN_ID (for max_drop "
+                   "and noninferior rules)")
     p.add_argument("--require-baseline", action="store_true",
                    help="fail (exit 1) the rules that need a baseline when none is given, instead of skipping them")
     p.add_argument("--junit", type=Path, default=None, help="write JUnit XML here (one test case per rule)")
@@ -471,6 +566,8 @@ def _add_gate(sub: argparse._SubParsersAction, parents: Sequence[argparse.Argume
     p.add_argument("--allow-config-mismatch", action="store_true",
                    help="accept a baseline audited with other seeds or study configs")
     p.add_argument("--seed", type=int, default=0, help="seed of the paired bootstrap (default 0)")
+    _add_mlflow_option(p, "log the outcome (and the comparison with --baseline) to DIR's run, set its robustkit.gate "
+                       "tag; never moves an alias")
     p.set_defaults(func=_cmd_gate)
     return p
 
@@ -482,7 +579,8 @@ def _cmd_gate(a: argparse.Namespace) -> int:
 
     check_choice("format", a.output_format, ("text", "github"))
     try:
-        report = gate(a.dir, a.policy, baseline=a.baseline, require_baseline=a.require_baseline,
+        baseline = _baseline(a, a.baseline)
+        report = gate(a.dir, a.policy, baseline=baseline, require_baseline=a.require_baseline,
                       allow_config_mismatch=a.allow_config_mismatch, seed=a.seed)
     except Exception as exc:
         if a.output_format == "github":
@@ -493,6 +591,12 @@ def _cmd_gate(a: argparse.Namespace) -> int:
     print(report.text())
     if a.output_format == "github":
         print(report.github())
+    if a.mlflow is not None:
+        from robustkit.registry import log_gate
+
+        run_id = log_gate(report, a.dir, baseline=baseline, tracking_uri=_tracking_uri(a),
+                          allow_config_mismatch=a.allow_config_mismatch, seed=a.seed)
+        print(f"logged the gate's outcome to run {run_id}", file=sys.stderr)
     return report.exit_code
 
 
@@ -500,7 +604,7 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], object]] = [
     _add_demo, _add_phantom, _add_train, _add_audit, _add_report, _add_card,
     lambda sub: _add_compare(sub, parents=[_COMMON]),
     lambda sub: _add_gate(sub, parents=[_COMMON]),
-    _add_studies,
+    _add_log, _add_history, _add_studies,
 ]
 
 

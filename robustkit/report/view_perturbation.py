@@ -157,7 +157,7 @@ def _example_rows(examples: Mapping[str, Any], names: Sequence[str]) -> list[dic
     that severity does not change, such as a flip) as one cell spanning the run, so the page
     carries each picture once; the clean image is shown once, beside the first row."""
     clean = _uri(examples.get("clean"))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for n in names:
         cells: list[dict[str, Any]] = []
         for s in range(1, 6):
