@@ -479,6 +479,7 @@ class ModelAdapter:
             "parameters": int(self.model.count_params()),
             "arch": self.meta.get("arch", self.model.name),
             "batch_size": self.batch_size,
+            **({"training_noise_sigma": float(self.meta["noise_sigma"])} if "noise_sigma" in self.meta else {}),
             **({"thresholds": dict(zip(self.class_names, map(float, self.thresholds), strict=True)),
                 "threshold_source": self.threshold_source} if self.thresholds is not None else {}),
         }
