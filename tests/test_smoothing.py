@@ -200,3 +200,40 @@ def test_report_draws_the_curve_and_compare_pairs_certified_correct(toy_model: P
     render_report(base, tmp_path / "r.html")
     html = (tmp_path / "r.html").read_text()
     assert "Certified accuracy against L2 radius" in html and "Radius ceiling" in html and "<svg" in html
+
+
+# ---------------------------------------------------------------- training for it
+
+
+def test_noise_augmentation_adds_gaussian_noise_of_the_given_sigma() -> None:
+    from robustkit.model.training import _train_dataset
+
+    x = np.full((64, 16, 16, 1), 0.5, np.float32)
+    (xb, _), = _train_dataset(x, np.zeros(64, np.int64), batch_size=64, seed=0, augment=False, noise_sigma=0.2)
+    diff = xb.numpy() - x
+    assert abs(diff.mean()) < 0.01 and diff.std() == pytest.approx(0.2, abs=0.01)
+    (clean, _), = _train_dataset(x, np.zeros(64, np.int64), batch_size=64, seed=0, augment=False)
+    np.testing.assert_array_equal(clean.numpy(), x)
+
+
+def test_train_with_noise_records_it_and_the_audit_states_it(toy_data: Path, tmp_path: Path, capsys) -> None:
+    import json
+
+    from robustkit.cli import main
+
+    code = main(["train", "--data", str(toy_data), "--out", str(tmp_path / "m.keras"), "--arch", "small_cnn",
+                 "--input-size", "32", "--epochs", "1", "--batch-size", "16", "--noise-sigma", "0.25", "-q"])
+    assert code == 0
+    meta = json.loads((tmp_path / "m.meta.json").read_text())
+    assert meta["noise_sigma"] == 0.25
+    model = load_model(tmp_path / "m.keras")
+    assert model.describe()["training_noise_sigma"] == 0.25
+    data = load_dataset(toy_data).with_class_order(list(model.class_names))
+    result = SmoothingStudy.configure("quick", {"max_samples": 3, "n0": 4, "n": 8}).execute(
+        model, data, AuditContext(task=Task(names=tuple(model.class_names)), seed=0))
+    assert result.data["training_noise_sigma"] == 0.25
+    assert "trained with Gaussian noise augmentation, sigma 0.25" in result.checks[0].detail
+    capsys.readouterr()
+    assert main(["train", "--data", str(toy_data), "--out", str(tmp_path / "n.keras"), "--arch", "small_cnn",
+                 "--noise-sigma", "-1", "-q"]) == 2
+    assert "noise_sigma" in capsys.readouterr().err
