@@ -120,8 +120,9 @@ class SmoothingStudy(Study[SmoothingConfig]):
                           "multi-label)", "higher"),
         "radius_ceiling": ("radius_ceiling.<s>: the largest radius n estimation draws can certify "
                            "(s * PhiInverse(alpha ** (1 / n)))", "none"),
-        "certified_rate": ("certified_rate.<s>.<r>.<present|absent>.<finding> (multi-label): share of images "
-                           "with (without) the finding whose call is right and certified at r or more", "higher"),
+        "certified_rate": ("certified_rate.<s>.<r>.present.<finding> (multi-label): share of images with the "
+                           "finding whose call is right and certified at r or more; .absent.<finding>: the same "
+                           "for images without it", "higher"),
         "n_samples": ("images certified", "none"),
     }
     headline = ("clean_accuracy.0.25", "certified_accuracy.0.25.0.5", "acr.0.25")
