@@ -17,7 +17,7 @@ model: absent, present). Abstention is the class ``-1`` with radius ``0``.
 Example:
     >>> cert = certify(np.array([[0, 10]]), np.array([[3, 97]]), sigma=0.5, alpha=0.001)
     >>> int(cert.label[0]), round(float(cert.radius[0]), 3)
-    (1, 0.639)
+    (1, 0.577)
 """
 
 from __future__ import annotations
