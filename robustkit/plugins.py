@@ -364,8 +364,6 @@ BUILTIN_PLUGINS: tuple[StudyPlugin, ...] = (
                                    "feature vector (default: the final Dense layer's input)")), card=_CARD_OOD),
     StudyPlugin("smoothing", "robustkit.studies.smoothing:SmoothingStudy",
                 "robustkit.report.view_smoothing:smoothing_view", "partials/smoothing.html.j2",
-                options=(CliOption("--smoothing-sigmas", "sigmas", "smoothing: comma-separated noise levels s "
-                                   "(standard deviations in [0, 1] pixel units)", is_list=True, text=False),),
                 card=_CARD_SMOOTHING),
 )
 
