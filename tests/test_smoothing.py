@@ -184,6 +184,7 @@ def _audit(result, model, data) -> AuditResult:
 def test_report_draws_the_curve_and_compare_pairs_certified_correct(toy_model: Path, toy_data: Path,
                                                                     tmp_path: Path) -> None:
     from robustkit.compare import paired_deltas
+    from robustkit.gate import gate
     from robustkit.report import render_report
 
     model = load_model(toy_model, batch_size=16)
@@ -197,6 +198,10 @@ def test_report_draws_the_curve_and_compare_pairs_certified_correct(toy_model: P
     assert a.mean() == runs[0].metrics["certified_accuracy.0.5.0"]
     assert delta.test == "mcnemar-exact" and delta.discordant == (int((a & ~b).sum()), int((~a & b).sum()))
     assert delta.delta == pytest.approx(b.mean() - a.mean())
+    report = gate(cand, {"rule": [{"metric": "smoothing.certified_accuracy.0.5.*", "min": 0.0},
+                                  {"metric": "smoothing.certified_accuracy.0.5.0", "max_drop": 1.0}]}, baseline=base)
+    assert report.exit_code == 0 and len(report.rules[0].metrics) == len(study.config.radii)
+    assert report.rules[1].metrics[0].value == pytest.approx(b.mean())
     render_report(base, tmp_path / "r.html")
     html = (tmp_path / "r.html").read_text()
     assert "Certified accuracy against L2 radius" in html and "Radius ceiling" in html and "<svg" in html
