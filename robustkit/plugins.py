@@ -321,6 +321,7 @@ _CARD_OOD = CardBlock(section="ood", title="Out-of-distribution inputs", items=(
 
 _CARD_SMOOTHING = CardBlock(
     section="certified", title="Certified robustness (randomized smoothing)", items=(
+        CardItem("base_accuracy", "base model accuracy on the same images"),
         CardItem("clean_accuracy.{data.card_sigma}", "smoothed accuracy, noise s = {data.card_sigma}"),
         CardItem("certified_accuracy.{data.card_sigma}.{*}", "certified accuracy at L2 radius {*}, s = {data.card_sigma}"),
         CardItem("acr.{data.card_sigma}", "average certified radius, s = {data.card_sigma}"),
