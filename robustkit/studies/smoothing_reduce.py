@@ -195,8 +195,9 @@ def _checks(res: StudyResult, cfg: SmoothingConfig, ctx: AuditContext) -> list[C
     detail = (f"base model {base:.3f}; smoothed (PREDICT) " + ", ".join(f"s={s}: {v:.3f}" for s, v in smoothed.items())
               + f"; {_trained_with(ctx)}.")
     checks = [Check("smoothed vs base accuracy", "warn" if gap > ACCURACY_GAP_WARN else "pass",
-                    detail + (f" At s={worst} the smoothed model is {gap:.3f} below the base model: the model does "
-                              "not keep its calls under that noise, so its certificates are small or absent."
+                    detail + (f" At s={worst} the smoothed model is {gap:.3f} below the base model: the model's calls "
+                              "change under that noise, so fewer images are certified there, and a certificate "
+                              "protects the smoothed model's call, which may differ from the base model's."
                               if gap > ACCURACY_GAP_WARN else ""))]
     s0 = key(min(cfg.sigmas))
     rate = res.metrics[f"abstention_rate.{s0}"]
