@@ -242,3 +242,29 @@ def test_train_with_noise_records_it_and_the_audit_states_it(toy_data: Path, tmp
     assert main(["train", "--data", str(toy_data), "--out", str(tmp_path / "n.keras"), "--arch", "small_cnn",
                  "--noise-sigma", "-1", "-q"]) == 2
     assert "noise_sigma" in capsys.readouterr().err
+
+
+def test_multilabel_report_reads_each_finding_as_a_binary_smoothed_classifier(toy_multilabel_model: Path,
+                                                                               toy_multilabel: Path,
+                                                                               tmp_path: Path) -> None:
+    from robustkit.report import render_report
+
+    model = load_model(toy_multilabel_model, batch_size=16)
+    model.thresholds, model.threshold_source = np.array([0.3, 0.5, 0.7]), "given (a test)"
+    data = load_dataset(toy_multilabel).with_class_order(list(model.class_names))
+    task = Task.from_results(model.describe(), model.class_names)
+    result = SmoothingStudy.configure("quick", {"max_samples": 6, "n0": 4, "n": 16}).execute(
+        model, data, AuditContext(seed=0, task=task))
+    rec, sub = result.records, data.subset(result.records["index"])
+    assert rec["label"].shape == (len(sub), 1, 3) and rec["counts"].max() <= 16
+    right = (rec["label"][:, 0] == sub.targets) & (rec["radius"][:, 0] >= 0.0)
+    assert result.metrics["certified_accuracy.0.25.0"] == pytest.approx(right.all(axis=1).mean())
+    name = model.class_names[0]
+    present = sub.targets[:, 0]
+    if present.any():
+        assert result.metrics[f"certified_rate.0.25.0.present.{name}"] == pytest.approx(right[present, 0].mean())
+    audit = AuditResult(model=model.describe(), dataset={"fingerprint": "x"}, config={}, environment={},
+                        ids=np.asarray(data.ids), labels=np.asarray(data.labels), class_names=list(model.class_names),
+                        studies={"smoothing": result}, task=task.describe(), targets=data.targets)
+    render_report(audit, tmp_path / "r.html")
+    assert "its own smoothed yes/no classifier" in (tmp_path / "r.html").read_text()
