@@ -114,6 +114,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--multilabel", action="store_true",
                    help="a sigmoid head fitted with binary cross-entropy to the findings of a multi-label "
                    "manifest (several findings per image); the sidecar records output multilabel")
+    p.add_argument("--noise-sigma", type=float, default=0.0, metavar="S",
+                   help="Gaussian noise augmentation with standard deviation S in [0, 1] pixel units (Cohen et "
+                   "al. 2019), for a model the smoothing study can certify; the sidecar records it (default 0)")
     _add_class_options(p, masks=False)
     p.set_defaults(func=_cmd_train)
 
@@ -125,7 +128,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
                 batch_size=a.batch_size, weights=a.weights, seed=a.seed,
                 learning_rate=a.learning_rate, augment=a.augment, quiet=a.quiet,
                 class_map=_class_map(a), exclude_classes=a.exclude_classes or (),
-                merge_classes=bool(a.merge_classes), multilabel=a.multilabel)
+                merge_classes=bool(a.merge_classes), multilabel=a.multilabel, noise_sigma=a.noise_sigma)
     print(res.checkpoint)
     return 0
 

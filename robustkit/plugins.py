@@ -319,6 +319,15 @@ _CARD_OOD = CardBlock(section="ood", title="Out-of-distribution inputs", items=(
     CardItem("finding_call_rate.{*}", "finding call rate {*}", _MANY, pick="largest", limit=3, exclude=("id",)),
 ))
 
+_CARD_SMOOTHING = CardBlock(
+    section="certified", title="Certified robustness (randomized smoothing)", items=(
+        CardItem("base_accuracy", "base model accuracy on the same images"),
+        CardItem("clean_accuracy.{data.card_sigma}", "smoothed accuracy, noise s = {data.card_sigma}"),
+        CardItem("certified_accuracy.{data.card_sigma}.{*}", "certified accuracy at L2 radius {*}, s = {data.card_sigma}"),
+        CardItem("acr.{data.card_sigma}", "average certified radius, s = {data.card_sigma}"),
+        CardItem("abstention_rate.{data.card_sigma}", "abstention rate, s = {data.card_sigma}"),
+    ))
+
 #: Built-in studies, in the order an audit runs them.
 BUILTIN_PLUGINS: tuple[StudyPlugin, ...] = (
     StudyPlugin("clean", "robustkit.studies.clean:CleanStudy",
@@ -354,6 +363,9 @@ BUILTIN_PLUGINS: tuple[StudyPlugin, ...] = (
                                    "NAME (repeatable)", repeat=True, metavar="NAME=DIR"),
                          CliOption("--features-layer", "features_layer", "ood: the layer whose output is the "
                                    "feature vector (default: the final Dense layer's input)")), card=_CARD_OOD),
+    StudyPlugin("smoothing", "robustkit.studies.smoothing:SmoothingStudy",
+                "robustkit.report.view_smoothing:smoothing_view", "partials/smoothing.html.j2",
+                card=_CARD_SMOOTHING),
 )
 
 _PLUGINS: dict[str, StudyPlugin] = {p.name: p for p in BUILTIN_PLUGINS}

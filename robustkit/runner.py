@@ -55,7 +55,8 @@ def plan_studies(config: AuditConfig) -> list[Study]:
     The override tables of studies that are not run are validated too, so that a bad value
     in a config file is reported whichever studies a run selects.
     """
-    names = list(config.studies) if config.studies else available()
+    names = list(config.studies) if config.studies else [
+        n for n in available() if config.profile in get_study(n).default_profiles]
     ordered = ["clean"] + [n for n in names if n != "clean"]
     for name, overrides in config.overrides.items():
         if name not in ordered:

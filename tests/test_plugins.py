@@ -75,7 +75,8 @@ def test_builtin_table_is_the_registry_order_and_resolves() -> None:
     from robustkit.studies import BUILTIN
 
     names = [p.name for p in P.BUILTIN_PLUGINS]
-    assert names == list(BUILTIN) == ["clean", "perturbation", "noise", "adversarial", "calibration", "saliency", "slices", "ood"]
+    assert names == list(BUILTIN) == ["clean", "perturbation", "noise", "adversarial", "calibration", "saliency", "slices", "ood",
+                                      "smoothing"]
     env = _environment()
     for record in P.BUILTIN_PLUGINS:
         assert callable(record.load_view()), record.name

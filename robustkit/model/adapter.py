@@ -244,6 +244,9 @@ class ModelAdapter:
         self.fingerprint = fingerprint
         self.input_scale = input_scale
         self.meta = dict(meta or {})
+        noise = self.meta.get("noise_sigma", 0.0)
+        if isinstance(noise, bool) or not isinstance(noise, (int, float)) or noise < 0:
+            raise ModelError(f"{name}: expected the sidecar's 'noise_sigma' to be a number >= 0, got {noise!r}.")
         self._check_input()
         self.num_classes = self._check_output()
         self.class_names = self._resolve_class_names(class_names)
@@ -479,6 +482,7 @@ class ModelAdapter:
             "parameters": int(self.model.count_params()),
             "arch": self.meta.get("arch", self.model.name),
             "batch_size": self.batch_size,
+            **({"training_noise_sigma": float(self.meta["noise_sigma"])} if "noise_sigma" in self.meta else {}),
             **({"thresholds": dict(zip(self.class_names, map(float, self.thresholds), strict=True)),
                 "threshold_source": self.threshold_source} if self.thresholds is not None else {}),
         }

@@ -245,12 +245,16 @@ def _augmenter(seed: int) -> keras.Sequential:
     )
 
 
-def _train_dataset(x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int, augment: bool) -> tf.data.Dataset:
+def _train_dataset(x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int, augment: bool,
+                   noise_sigma: float = 0.0) -> tf.data.Dataset:
     ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
     if augment:
         aug = _augmenter(seed)
         ds = ds.map(lambda a, b: (aug(a, training=True), b), num_parallel_calls=None)
+    if noise_sigma > 0:  # Cohen et al. 2019: train on x + N(0, s^2 I) in pixel space, unclipped
+        noise = keras.layers.GaussianNoise(noise_sigma, seed=seed + 3)
+        ds = ds.map(lambda a, b: (noise(a, training=True), b), num_parallel_calls=None)
     return ds.prefetch(2)
 
 
@@ -332,7 +336,8 @@ class _EpochLog(keras.callbacks.Callback):
 
 
 def _recipe(*, arch: str, input_size: int, epochs: int, batch_size: int, lr: float, from_scratch: bool,
-            weights: str, augment: bool, val_fraction: float, multilabel: bool = False) -> dict[str, Any]:
+            weights: str, augment: bool, val_fraction: float, multilabel: bool = False,
+            noise_sigma: float = 0.0) -> dict[str, Any]:
     return {
         "output": "multilabel" if multilabel else "softmax",
         "arch": arch, "input_size": input_size, "epochs": epochs, "batch_size": batch_size,
@@ -342,6 +347,7 @@ def _recipe(*, arch: str, input_size: int, epochs: int, batch_size: int, lr: flo
         "val_fraction": val_fraction,
         "augmentation": {"rotation_deg": 15, "shift": 0.15, "zoom": 0.1, "shear": None,
                          "horizontal_flip": False, "fill_mode": "nearest"} if augment else None,
+        "noise_sigma": noise_sigma,
         "bn_momentum": BN_MOMENTUM, "bn_recalibration": "exact average over the training set after training",
         "checkpoint": "best epoch by validation loss",
         "deviations": [
@@ -476,6 +482,7 @@ def train(
     exclude_classes: Sequence[str] = (),
     merge_classes: bool = False,
     multilabel: bool = False,
+    noise_sigma: float = 0.0,
 ) -> TrainResult:
     """Train ``arch`` on a folder dataset and save the best checkpoint by validation loss.
 
@@ -492,12 +499,17 @@ def train(
             (``data.targets`` of multi-label data; single-label data gives one-hot targets,
             said in one line); the sidecar records ``"output": "multilabel"``. Multi-label
             data without it is refused.
+        noise_sigma: Gaussian noise augmentation (Cohen et al. 2019): every training batch gets
+            ``N(0, noise_sigma^2)`` added per pixel in [0, 1] units (after the geometric
+            augmentation, unclipped; validation stays clean), so that randomized smoothing at a
+            similar noise level certifies; 0 (default) trains without it. The sidecar records it.
         Others: see :func:`build_model` and the module docstring.
 
     Returns:
         A :class:`TrainResult`.
     """
     _check_train_args(arch, epochs, batch_size, val_fraction, learning_rate, multilabel)
+    check_range("noise_sigma", noise_sigma, low=0)
     t_start = time.perf_counter()
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
@@ -514,13 +526,13 @@ def train(
     schedule = _learning_rate(lr, steps_per_epoch=steps, epochs=epochs, from_scratch=from_scratch)
     _compile(model, schedule, multilabel=multilabel, num_classes=len(class_names))
     log = _EpochLog(epochs, quiet)
-    train_ds = _train_dataset(xt, yt, batch_size=batch_size, seed=seed, augment=augment)
+    train_ds = _train_dataset(xt, yt, batch_size=batch_size, seed=seed, augment=augment, noise_sigma=noise_sigma)
     model.fit(train_ds, epochs=epochs, validation_data=(xv, yv), batch_size=batch_size,
               callbacks=[log], shuffle=False, verbose=0)
     return _finish(model, log, ds, xt, xv, yv, out=Path(out), seconds0=t_start, class_names=class_names,
                    recipe=_recipe(arch=arch, input_size=input_size, epochs=epochs, batch_size=batch_size,
                                   lr=lr, from_scratch=from_scratch, weights=weights, augment=augment,
-                                  val_fraction=val_fraction, multilabel=multilabel),
+                                  val_fraction=val_fraction, multilabel=multilabel, noise_sigma=noise_sigma),
                    arch=arch, input_size=input_size, seed=seed, quiet=quiet)
 
 
@@ -550,7 +562,8 @@ def _finish(model: keras.Model, log: _EpochLog, ds: Any, xt: np.ndarray, xv: np.
     })
     _plot_history(log.rows, plot_path)
     _write_json(meta_path, {"class_names": class_names, "input_size": input_size, "channels": 3, "arch": arch,
-                            "input_range": [0, 1], "output": output, "robustkit_version": _version()})
+                            "input_range": [0, 1], "output": output, "noise_sigma": float(recipe["noise_sigma"]),
+                            "robustkit_version": _version()})
     if not quiet:
         auroc = f" val_auroc {best_val_auroc:.4f}" if best_val_auroc is not None else ""
         print(f"best epoch {best_epoch}: val_loss {best_val_loss:.4f} val_acc {best_val_acc:.4f}{auroc} -> {ckpt}")

@@ -181,6 +181,9 @@ class Study(ABC, Generic[C]):
     #: whether the study scores multi-label models (per finding, from ``data.targets``); a
     #: multi-label audit leaves the others out and says so
     multilabel: ClassVar[bool] = False
+    #: the profiles whose default study set (no ``studies`` given) includes this study; a
+    #: study left out of a profile still runs there when named
+    default_profiles: ClassVar[tuple[str, ...]] = PROFILES
 
     def __init__(self, config: C | None = None) -> None:
         self.config: C = config if config is not None else self.Config()
