@@ -200,8 +200,8 @@ def test_report_draws_the_curve_and_compare_pairs_certified_correct(toy_model: P
     assert delta.delta == pytest.approx(b.mean() - a.mean())
     report = gate(cand, {"rule": [{"metric": "smoothing.certified_accuracy.0.5.*", "min": 0.0},
                                   {"metric": "smoothing.certified_accuracy.0.5.0", "max_drop": 1.0}]}, baseline=base)
-    assert report.exit_code == 0 and len(report.rules[0].metrics) == len(study.config.radii)
-    assert report.rules[1].metrics[0].value == pytest.approx(b.mean())
+    assert report.exit_code == 0 and len(report.rules[0].outcomes) == len(study.config.radii)
+    assert report.rules[1].outcomes[0].value == pytest.approx(b.mean())
     render_report(base, tmp_path / "r.html")
     html = (tmp_path / "r.html").read_text()
     assert "Certified accuracy against L2 radius" in html and "Radius ceiling" in html and "<svg" in html
