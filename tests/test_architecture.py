@@ -66,7 +66,7 @@ def test_the_check_sees_a_lazy_circle(tmp_path: Path) -> None:
 #: nothing from the model side"); pyproject.toml's import-linter contract names the same modules
 PURE_STUDY_MODULES = ("robustkit.studies.adversarial.reduce", "robustkit.studies.adversarial.exclusive",
                       "robustkit.studies.adversarial.checks", "robustkit.studies.adversarial.config",
-                      "robustkit.studies.ood_reduce", "robustkit.studies.condition_reduce",
+                      "robustkit.studies.ood_reduce", "robustkit.studies.condition_reduce", "robustkit.studies.smoothing_reduce",
                       "robustkit.studies.saliency.reduce", "robustkit.studies.saliency.report_data",
                       "robustkit.studies.saliency.layout")
 
