@@ -133,7 +133,7 @@ class CleanStudy(Study[CleanConfig]):
         if exclusive:
             result.data.update(confusion=M.confusion_matrix(y, pred, len(names)).tolist(), correct_metrics=["accuracy"],
                                examples=_examples(ctx, data, y, pred, probs, self.config.n_examples),
-                               headline=_headline(["accuracy", "sensitivity", "auroc.macro"], ctx, metrics))
+                               headline=_headline(["accuracy", "critical sensitivity", "auroc.macro"], ctx, metrics))
             result.records.update(pred=pred.astype(np.int16), correct=(pred == y)[:, None])
         else:
             result.data.update(thresholds=thresholds.tolist() if thresholds is not None else None,
@@ -246,7 +246,9 @@ def _examples(ctx: AuditContext, data, y, pred, probs, n: int) -> list[dict[str,
 
 def _headline(names: list[str], ctx: AuditContext, metrics: dict[str, float]) -> list[str]:
     """The study's headline metrics that exist: the ``sensitivity`` slot is the critical class's
-    when the audit names one, else the macro mean (multi-label; single-label has none)."""
+    when the audit names one, else the macro mean; ``critical sensitivity`` is the critical
+    class's or nothing (single-label: the macro sensitivity is the balanced accuracy already)."""
     critical = ctx.task.critical if ctx.task is not None else None
-    slot = f"sensitivity.{critical}" if critical else "sensitivity.macro"
-    return [h for h in (slot if h == "sensitivity" else h for h in names) if h in metrics]
+    slots = {"sensitivity": f"sensitivity.{critical}" if critical else "sensitivity.macro",
+             "critical sensitivity": f"sensitivity.{critical}" if critical else ""}
+    return [h for h in (slots.get(h, h) for h in names) if h in metrics]
