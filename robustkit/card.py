@@ -153,7 +153,23 @@ def _model(r: AuditResult) -> dict[str, Any]:
             "architecture": str(m.get("arch") or m.get("architecture") or "not recorded"),
             "classes": list(r.class_names), "input_shape": list(m.get("input_shape") or []),
             "parameters": m.get("parameters"), "output_kind": m.get("output_kind"),
-            "critical_class": r.task.get("critical_class")}
+            "critical_class": r.task.get("critical_class"), "setup": model_setup_lines(m)}
+
+
+def model_setup_lines(m: dict[str, Any]) -> list[str]:
+    """The model's declared or assumed setup in words: preprocessing, class order, the input
+    probe's finding (issue #25); an audit from before they were recorded says so."""
+    pre = m.get("preprocess")
+    if not pre:
+        return [f"preprocessing: {m.get('input_scale', 'unit')} (recorded before the declared setup existed)"]
+    lines = [f"preprocessing {pre['preset']}: {pre['formula']} ({pre['source']})",
+             f"class order: {m.get('class_order_source', 'not recorded')}"]
+    probe = m.get("input_probe") or {}
+    if probe.get("skipped"):
+        lines.append(f"input probe: skipped ({probe['skipped']})")
+    elif probe:
+        lines.append(f"input probe ({probe['n']} images, {probe['metric']}): {probe['message']}")
+    return lines
 
 
 def is_phantom(dataset: dict[str, Any]) -> bool:
@@ -280,6 +296,8 @@ def _limitations(r: AuditResult, card: Card, pol: Policy | None, base: AuditResu
                    "show that the pipeline works, not how the model performs on real patients.")
     if not card.intended_use["provided"]:
         out.append("No intended-use statement was given; the scope of these results is undefined.")
+    for said in r.model.get("assumptions") or []:
+        out.append(f"Assumed, not declared: {said}; every number depends on it.")
     for s in KNOWN_STUDIES:
         if s not in r.studies:
             out.append(f"Study '{s}' was not run: {_NOT_RUN.get(s, 'its results are missing')}.")

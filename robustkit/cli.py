@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from robustkit import __version__
 from robustkit.errors import RobustkitError
@@ -193,9 +194,7 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
         "with unchanged model, data and config are reused.",
     )
     p.add_argument("--model", required=True, type=Path, help="checkpoint (.keras, .h5, .hdf5, SavedModel)")
-    p.add_argument("--input-scale", choices=["unit", "255", "symmetric"], default=None,
-                   help="the input range the checkpoint expects: unit [0, 1], 255 [0, 255] or symmetric "
-                   "[-1, 1] (default: its .meta.json, else unit); robustkit scales inside the graph")
+    _add_model_setup(p)
     p.add_argument("--output", choices=["softmax", "sigmoid", "multilabel", "logits"], default=None,
                    help="the model's output kind (default: its .meta.json, else detected from the final layer: "
                    "softmax, sigmoid (one class per image, scored one-vs-rest) or logits; a sigmoid head on a "
@@ -269,15 +268,46 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per Ray actor (default 0)")
 
 
+def _add_model_setup(p: argparse.ArgumentParser) -> None:
+    """How a checkpoint from elsewhere is read: its preprocessing, class order and input size."""
+    g = p.add_argument_group("model setup (default: the checkpoint's .meta.json; what is assumed is stated)")
+    g.add_argument("--preprocess", choices=["unit", "255", "tf", "torch", "caffe"], default=None,
+                   help="what the model's input expects, applied inside the graph (studies stay in [0, 1] pixels): "
+                   "unit [0, 1]; 255 [0, 255]; tf [-1, 1]; torch (x - ImageNet mean) / std; caffe BGR, x*255 - "
+                   "ImageNet BGR mean (keras.applications' preprocess_input modes; default: unit, stated as assumed)")
+    g.add_argument("--input-scale", choices=["unit", "255", "symmetric"], default=None,
+                   help="older name of --preprocess unit, 255 and tf (symmetric)")
+    g.add_argument("--input-mean", default=None, metavar="R,G,B",
+                   help="per-channel mean subtracted (in the units of --preprocess unit or 255), for a "
+                   "normalisation no preset matches")
+    g.add_argument("--input-std", default=None, metavar="R,G,B", help="per-channel divisor, with --input-mean")
+    g.add_argument("--channel-order", choices=["rgb", "bgr", "gray"], default=None,
+                   help="the model's channel order (default: the preset's, else rgb; gray for a one-channel model)")
+    g.add_argument("--model-classes", default=None, type=_studies_arg, metavar="A,B,C",
+                   help="the names of the model's outputs, in order (default: its .meta.json, else the data's "
+                   "class names, stated as assumed)")
+    g.add_argument("--input-size", default=None, type=_size_arg, metavar="H,W",
+                   help="audit a model built without a fixed input size at H x W")
+    g.add_argument("--no-input-probe", dest="input_probe", action="store_false", default=None,
+                   help="skip the input probe (64 images scored under the declared setup and every preset before "
+                   "any study; a clearly better setup stops the audit and names its flags)")
+
+
+def _size_arg(text: str) -> tuple[int, int]:
+    parts = text.replace("x", ",").split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected H,W (two positive integers), got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
 def _cmd_audit(a: argparse.Namespace) -> int:
-    from robustkit.config import DataIntake, EngineSpec, ModelSpec
+    from robustkit.config import DataIntake, EngineSpec
     from robustkit.runner import audit
 
     result = audit(a.model, a.data, studies=a.studies, profile=a.profile, seed=a.seed,
                    config=_config_with_settings(a), out=a.out, limit=a.limit, batch_size=a.batch_size, fresh=a.fresh,
                    quiet=a.quiet, reference=a.ce_reference, critical_class=a.critical_class,
-                   model_spec=ModelSpec(trust_model=a.trust_model, input_scale=a.input_scale, output=a.output,
-                                        threshold=a.threshold),
+                   model_spec=_model_spec(a, threshold=a.threshold),
                    intake=DataIntake(class_map=_class_map(a), exclude_classes=a.exclude_classes,
                                      merge_classes=a.merge_classes, masks=a.masks, on_bad_input=a.on_bad_input),
                    engine=EngineSpec(name=a.engine, ray_address=a.ray_address, workers=a.workers,
@@ -286,6 +316,16 @@ def _cmd_audit(a: argparse.Namespace) -> int:
     if a.mlflow is not None:
         _log_run(a, a.out)
     return code
+
+
+def _model_spec(a: argparse.Namespace, *, threshold: float | None = None) -> Any:
+    """The ModelSpec of the model-setup options."""
+    from robustkit.config import ModelSpec
+
+    return ModelSpec(trust_model=a.trust_model, input_scale=a.input_scale, output=getattr(a, "output", None),
+                     threshold=threshold, preprocess=a.preprocess, input_mean=a.input_mean, input_std=a.input_std,
+                     channel_order=a.channel_order, model_classes=a.model_classes, input_size=a.input_size,
+                     input_probe=a.input_probe)
 
 
 def _add_log(sub: argparse._SubParsersAction) -> None:
@@ -603,11 +643,48 @@ def _cmd_gate(a: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "inspect",
+        parents=[_COMMON],
+        help="what robustkit reads from a checkpoint: input, output kind, preprocessing layers, Grad-CAM layer",
+        description="Show a checkpoint as robustkit will read it: input shape and channels, output kind with its "
+        "reason, the final layer, preprocessing layers inside the model, layers that need --trust-model, the "
+        "Grad-CAM layer saliency picks, the sidecar and the declared setup; with --data, the input probe's "
+        "table (the declared setup and every preprocessing preset scored on 64 probe images, with the class "
+        "order the probe supports best).",
+    )
+    p.add_argument("model", type=Path, help="checkpoint (.keras, .h5, .hdf5, SavedModel)")
+    p.add_argument("--data", type=Path, default=None, help="a dataset folder or manifest: adds the input probe")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--seed", type=int, default=0, help="the probe's seed (default 0)")
+    p.add_argument("--trust-model", action="store_true", help="allow checkpoints with serialized code")
+    p.add_argument("--output", choices=["softmax", "sigmoid", "multilabel", "logits"], default=None,
+                   help="the model's output kind (default: detected)")
+    _add_model_setup(p)
+    p.set_defaults(func=_cmd_inspect)
+
+
+def _cmd_inspect(a: argparse.Namespace) -> int:
+    from robustkit.errors import ConfigError
+    from robustkit.inspection import format_inspection, inspect_model
+
+    if not a.model.exists():
+        raise ConfigError(f"{a.model}: expected a model checkpoint, got no such file.")
+    options = {"preprocess": a.preprocess, "input_scale": a.input_scale, "input_mean": a.input_mean,
+               "input_std": a.input_std, "channel_order": a.channel_order, "class_names": a.model_classes,
+               "input_size": a.input_size, "output": a.output}
+    report = inspect_model(a.model, data=a.data, trust=a.trust_model, seed=a.seed,
+                           model_options={k: v for k, v in options.items() if v is not None})
+    print(json.dumps(report, indent=2, default=str) if a.json else format_inspection(report))
+    return 0 if report.get("loaded") else 2
+
+
 _COMMANDS: list[Callable[[argparse._SubParsersAction], object]] = [
     _add_demo, _add_phantom, _add_train, _add_audit, _add_report, _add_card,
     lambda sub: _add_compare(sub, parents=[_COMMON]),
     lambda sub: _add_gate(sub, parents=[_COMMON]),
-    _add_log, _add_history, _add_studies,
+    _add_log, _add_history, _add_studies, _add_inspect,
 ]
 
 

@@ -17,6 +17,12 @@ critical_class = "COVID-19"   # the output whose misses cost most (default: none
 COVID = "COVID-19"
 Normal = "NORMAL"
 
+[model]                       # how the checkpoint is read (default: its .meta.json)
+preprocess = "torch"          # unit | 255 | tf | torch | caffe (keras.applications' modes)
+model_classes = ["NORMAL", "COVID-19", "Viral Pneumonia"]  # the outputs, in order
+# also: input_mean, input_std (lists), channel_order (rgb | bgr | gray), input_size ([H, W]),
+# input_probe (true | false), output
+
 [noise]                       # overrides of one study's config
 max_samples = 100
 
@@ -49,6 +55,9 @@ __all__ = ["AuditConfig", "DataIntake", "EngineSpec", "ModelSpec", "group_option
 _TOP_KEYS = {"seed", "profile", "limit", "batch_size", "studies", "masks", "exclude_classes",
              "merge_classes", "threshold", "critical_class"}
 _CLASSES = "classes"
+#: the ``[model]`` table: how the checkpoint is read (the same keys as its ``.meta.json``)
+_MODEL_KEYS = ("preprocess", "input_mean", "input_std", "channel_order", "model_classes", "input_size",
+               "input_probe", "output")
 _MASK_KINDS = ("lesion", "lung", "none")
 
 
@@ -69,6 +78,7 @@ class AuditConfig:
     masks: str | None = None
     threshold: float | None = None
     critical_class: str | None = None
+    model: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         check_range("seed", self.seed, low=0, integer=True)
@@ -79,6 +89,7 @@ class AuditConfig:
         if self.batch_size is not None:
             check_range("batch_size", self.batch_size, low=1, integer=True)
         _check_engine(self.engine)
+        _check_model(self.model)
         if self.masks is not None and self.masks not in _MASK_KINDS:
             raise param_error("masks", "one of " + ", ".join(map(repr, _MASK_KINDS)), self.masks)
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.class_map.items()):
@@ -127,12 +138,37 @@ class ModelSpec:
             default: its ``.meta.json``, else detected from the final layer.
         threshold: multi-label: one decision threshold in (0, 1) for every finding; default:
             chosen per finding on a calibration half.
+        preprocess: what the model's input expects (``unit``, ``255``, ``tf``, ``torch``,
+            ``caffe``: keras.applications' ``preprocess_input`` modes); default: its
+            ``.meta.json``, else ``unit``, stated as assumed.
+        input_mean, input_std: a normalisation no preset matches, per channel (``"R,G,B"``)
+            in the units of ``unit`` or ``255``.
+        channel_order: ``rgb``, ``bgr`` or ``gray`` (default: the preset's, else the model's).
+        model_classes: the names of the model's outputs in order; default: its
+            ``.meta.json``, else the data's class names, stated as assumed.
+        input_size: ``(H, W)`` for a model built without a fixed input size.
+        input_probe: check the declared setup on a stratified probe of the data before any
+            study and stop when another is clearly better (default: on).
     """
 
     trust_model: bool = False
     input_scale: str | None = None
     output: str | None = None
     threshold: float | None = None
+    preprocess: str | None = None
+    input_mean: str | tuple[float, ...] | None = None
+    input_std: str | tuple[float, ...] | None = None
+    channel_order: str | None = None
+    model_classes: tuple[str, ...] | list[str] | None = None
+    input_size: tuple[int, int] | None = None
+    input_probe: bool | None = None
+
+    def filled(self, table: Mapping[str, Any]) -> ModelSpec:
+        """A copy whose unset fields take the audit config's ``[model]`` values."""
+        from dataclasses import replace
+
+        unset = {k: v for k, v in table.items() if getattr(self, k) is None}
+        return replace(self, **unset)
 
 
 @dataclass(frozen=True)
@@ -225,6 +261,19 @@ def _check_engine(engine: dict[str, Any]) -> None:
         raise param_error("engine", "one of " + ", ".join(map(repr, ENGINES)), engine["name"])
 
 
+def _check_model(model: dict[str, Any]) -> None:
+    """The ``[model]`` table: known keys and value types (values: checked where they are used)."""
+    for key, value in model.items():
+        if key not in _MODEL_KEYS:
+            raise ConfigError(f"Unknown key {key!r} in [model]; expected one of {', '.join(_MODEL_KEYS)}.")
+        if key == "input_probe" and not isinstance(value, bool):
+            raise param_error("model.input_probe", "true or false", value)
+        if key in ("model_classes", "input_size") and not isinstance(value, (list, tuple)):
+            raise param_error(f"model.{key}", "a list", value)
+        if key in ("preprocess", "channel_order", "output") and not isinstance(value, str):
+            raise param_error(f"model.{key}", "a string", value)
+
+
 def read_toml(path: str | Path, *, what: str) -> dict[str, Any]:
     """Parse a TOML file; ConfigError naming the file when it is missing or not TOML."""
     p = Path(path)
@@ -251,7 +300,10 @@ def load_config(source: str | Path | dict[str, Any] | None) -> AuditConfig:
     known = set(available())
     class_map = raw.pop(_CLASSES, {}) if isinstance(raw.get(_CLASSES), dict) else {}
     top = {k: v for k, v in raw.items() if not isinstance(v, dict)}
-    tables = {k: v for k, v in raw.items() if isinstance(v, dict) and k != "engine"}
+    tables = {k: v for k, v in raw.items() if isinstance(v, dict) and k not in ("engine", "model")}
+    model = raw.get("model", {})
+    if not isinstance(model, dict):
+        raise ConfigError(f"{where}expected [model] to be a table, got {model!r}.")
     engine = raw.get("engine", {})
     if not isinstance(engine, dict):
         raise ConfigError(f"{where}expected [engine] to be a table, got {engine!r}.")
@@ -274,6 +326,7 @@ def load_config(source: str | Path | dict[str, Any] | None) -> AuditConfig:
             studies=tuple(studies) if studies is not None else None,
             overrides={k: dict(v) for k, v in tables.items()},
             engine=dict(engine),
+            model=dict(model),
             class_map=dict(class_map),
             exclude_classes=_names(top.get("exclude_classes", [])),
             merge_classes=top.get("merge_classes", False),

@@ -46,7 +46,7 @@ from robustkit.results import (
 from robustkit.studies import AuditContext, Study, available, get_study
 from robustkit.task import Task, resolve_critical
 
-__all__ = ["audit", "plan_studies"]
+__all__ = ["align_classes", "audit", "input_probe_table", "plan_studies"]
 
 
 def plan_studies(config: AuditConfig) -> list[Study]:
@@ -78,17 +78,56 @@ def _environment() -> dict[str, Any]:
     }
 
 
-def _align(model: ModelAdapter, data: Dataset) -> Dataset:
-    """Put the dataset's labels in the model's class order (or name the model's classes)."""
-    if all(n == f"class_{k}" for k, n in enumerate(model.class_names)):
+def _load(path: str | Path, spec: ModelSpec, cfg: AuditConfig) -> ModelAdapter:
+    """The checkpoint as an adapter, read as the model options and the config's [model] say."""
+    return load_model(
+        path, trust=spec.trust_model, batch_size=cfg.batch_size, input_scale=spec.input_scale, output=spec.output,
+        preprocess=spec.preprocess, input_mean=spec.input_mean, input_std=spec.input_std, channel_order=spec.channel_order,
+        class_names=list(spec.model_classes) if spec.model_classes is not None else None,
+        input_size=tuple(spec.input_size) if spec.input_size is not None else None)  # type: ignore[arg-type]
+
+
+def align_classes(model: ModelAdapter, data: Dataset) -> Dataset:
+    """Put the dataset's labels in the model's class order; a model whose outputs are not
+    named (no sidecar, no --model-classes) takes the data's class names, stated as assumed."""
+    if model.class_order_source.startswith("unknown"):
         if len(data.class_names) != model.num_classes:
             raise ModelError(
                 f"{model.name}: expected an output per class of the dataset ({len(data.class_names)}: "
                 f"{', '.join(data.class_names)}), got {model.num_classes} outputs."
             )
         model.class_names = list(data.class_names)
+        model.class_order_source = (f"assumed from the data's class names ({', '.join(data.class_names)}); "
+                                    "declare it with --model-classes")
         return data
     return data.with_class_order(list(model.class_names))
+
+
+def input_probe_table(model: ModelAdapter, data: Dataset, *, seed: int, size: int | None = None) -> dict[str, Any]:
+    """The input probe's table (:func:`robustkit.model.probe.run_probe`) on a seeded stratified
+    subsample of ``data`` (64 images by default), which is in the model's class order."""
+    from robustkit.model.probe import PROBE_SIZE, run_probe
+
+    probe = data.subsample(min(size or PROBE_SIZE, len(data)), seed=seed)
+    h, w, c = model.input_shape
+    x = probe.load_images(range(len(probe)), size=(h, w), channels=c)
+    y = probe.targets if model.output_kind == "multilabel" else probe.labels
+    return run_probe(model, x, y)
+
+
+def _input_probe(model: ModelAdapter, data: Dataset, enabled: bool, seed: int, quiet: bool) -> None:
+    """The input probe (:mod:`robustkit.model.probe`) before any study: its table on the
+    model's description; a declared setup the probe clearly refutes stops the audit here."""
+    if not enabled:
+        model.input_probe = {"skipped": "--no-input-probe (input_probe = false)"}
+        return
+    table = input_probe_table(model, data, seed=seed)
+    model.input_probe = table
+    if table["verdict"] == "stop":
+        raise ConfigError(f"{model.name}: {table['message']} ({table['n']} probe images; check the model's "
+                          "documentation, or pass --no-input-probe to audit the declared setup anyway).")
+    if table["verdict"] == "warn":
+        _say(quiet, f"input probe: {table['message']}")
 
 
 def _load_data(data: str | Path, cfg: AuditConfig, on_bad_input: str) -> Dataset:
@@ -249,23 +288,22 @@ def audit(
                      engine=run_on.table(), class_map=dict(take.class_map) if take.class_map else None,
                      exclude_classes=take.exclude_classes, masks=take.masks, merge_classes=take.merge_classes,
                      threshold=spec.threshold, critical_class=critical_class)
+    spec = spec.filled(cfg.model)
     trust_model, output, on_bad_input = spec.trust_model, spec.output, take.on_bad_input
-    input_scale = spec.input_scale
     ray_options = _ray_options(cfg)
     plan = plan_studies(cfg)
-    adapter = model if isinstance(model, ModelAdapter) else load_model(
-        model, trust=trust_model, batch_size=cfg.batch_size, input_scale=input_scale, output=output
-    )
+    adapter = model if isinstance(model, ModelAdapter) else _load(model, spec, cfg)
     _check_output_kind(adapter, output)
     if cfg.batch_size:
         adapter.batch_size = cfg.batch_size
     dataset = data if isinstance(data, Dataset) else _load_data(data, cfg, on_bad_input)
     _match_output_kind(adapter, dataset, output)
-    dataset = _align(adapter, dataset)
+    dataset = align_classes(adapter, dataset)
     if cfg.limit is not None:
         dataset = dataset.subsample(cfg.limit, seed=cfg.seed)
     if len(dataset) == 0:
         raise DataError(f"{dataset.root}: expected at least one image to audit, got none.")
+    _input_probe(adapter, dataset, spec.input_probe is not False, cfg.seed, quiet)
     out_dir = Path(out) if out is not None else None
     ref = load_results(reference) if isinstance(reference, (str, Path)) else reference
     ctx = AuditContext(seed=cfg.seed, quiet=quiet, progress=_progress_factory(), reference=ref)
@@ -334,10 +372,7 @@ def _run_on_ray(pending: list[Study], adapter: ModelAdapter, dataset: Dataset, c
                           "got an in-memory ModelAdapter.")
     if out is not None and fresh:
         shutil.rmtree(out / SHARDS, ignore_errors=True)
-    spec = {"path": str(adapter.path), "class_names": list(adapter.class_names), "input_scale": adapter.input_scale,
-            "trust": trust, "batch_size": adapter.batch_size, "output": adapter.output_kind,
-            "thresholds": None if adapter.thresholds is None else adapter.thresholds.tolist(),
-            "threshold_source": adapter.threshold_source}
+    spec = adapter.load_spec(trust=trust)
     _say(quiet, f"ray: {', '.join(s.name for s in pending)} on {options.workers} worker(s)")
     run_studies_ray(pending, adapter, dataset, ctx, options=options, model_spec=spec, out=out, on_result=finished)
     if out is not None:

@@ -85,7 +85,7 @@ def test_gradient_matches_finite_differences(toy_model: Path) -> None:
 
 
 def test_wrong_number_of_class_names_is_refused(toy_model: Path) -> None:
-    with pytest.raises(ModelError, match="expected 3 class names"):
+    with pytest.raises(ModelError, match="expected 3 distinct class names"):
         load_model(toy_model, class_names=["a", "b"])
 
 

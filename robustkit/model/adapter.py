@@ -26,6 +26,7 @@ import numpy as np
 from robustkit._tf import keras, tf
 from robustkit.errors import ModelError, check_choice
 from robustkit.metrics.outputs import OUTPUT_KINDS, is_sigmoid, probabilities
+from robustkit.model.preprocess import Preprocess, resolve_preprocess
 
 __all__ = [
     "INPUT_SCALES",
@@ -36,10 +37,11 @@ __all__ = [
     "load_model",
     "logits_head",
     "softmax",
+    "with_input_size",
     "without_single_label_advice",
 ]
 
-INPUT_SCALES = ("unit", "255", "symmetric")
+INPUT_SCALES = ("unit", "255", "symmetric")  # --input-scale: aliases of --preprocess unit, 255, tf
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 
 
@@ -204,8 +206,12 @@ class ModelAdapter:
         class_names: the K class names in output order.
         name: a display name (the checkpoint's file name).
         fingerprint: sha256 of the checkpoint file.
-        input_scale: what the model expects: ``unit`` [0, 1], ``255`` [0, 255] or
-            ``symmetric`` [-1, 1]; robustkit always passes [0, 1] and scales inside the graph.
+        preprocess: what the model's input expects (:class:`~robustkit.model.preprocess.Preprocess`:
+            a keras.applications preset, a mean/std, a channel order); robustkit always passes
+            pixels in [0, 1] and applies it inside the graph. Default: ``input_scale``, else the
+            sidecar's keys, else ``unit`` (stated as assumed).
+        input_scale: the older name of the plain presets: ``unit`` [0, 1], ``255`` [0, 255] or
+            ``symmetric`` [-1, 1] (``tf``).
         batch_size: images per compiled call; chosen from the input size when omitted.
         path: where the checkpoint came from.
         meta: the checkpoint's sidecar metadata (``<stem>.meta.json``), if any.
@@ -226,7 +232,8 @@ class ModelAdapter:
         class_names: list[str] | None = None,
         name: str = "model",
         fingerprint: str = "",
-        input_scale: str = "unit",
+        preprocess: Preprocess | None = None,
+        input_scale: str | None = None,
         batch_size: int | None = None,
         path: Path | None = None,
         meta: dict[str, Any] | None = None,
@@ -235,21 +242,23 @@ class ModelAdapter:
         thresholds: list[float] | np.ndarray | None = None,
         threshold_source: str = "",
     ) -> None:
-        check_choice("input_scale", input_scale, INPUT_SCALES)
+        if input_scale is not None:
+            check_choice("input_scale", input_scale, INPUT_SCALES)
         if output is not None:
             check_choice("output", output, OUTPUT_KINDS)
         self.model = model
         self.name = name
         self.path = path
         self.fingerprint = fingerprint
-        self.input_scale = input_scale
         self.meta = dict(meta or {})
         noise = self.meta.get("noise_sigma", 0.0)
         if isinstance(noise, bool) or not isinstance(noise, (int, float)) or noise < 0:
             raise ModelError(f"{name}: expected the sidecar's 'noise_sigma' to be a number >= 0, got {noise!r}.")
         self._check_input()
+        self.preprocess = preprocess or resolve_preprocess(
+            preset=input_scale, channels=self.input_shape[2], source="--input-scale/input_scale", meta=self.meta)
         self.num_classes = self._check_output()
-        self.class_names = self._resolve_class_names(class_names)
+        self.class_names, self.class_order_source = self._resolve_class_names(class_names)
         self.batch_size = batch_size or self._default_batch_size()
         self.output_kind, self.output_kind_reason = self._resolve_output_kind(output)
         self.thresholds = None if thresholds is None else np.asarray(thresholds, dtype=np.float64)
@@ -260,6 +269,9 @@ class ModelAdapter:
         self._grad_tf = tf.function(
             self._gradient_graph, input_signature=[spec, tf.TensorSpec((None,), tf.int32)], autograph=False
         )
+        self._inputs_tf: Any = None  # logits_of_inputs' compiled pass, built on first use
+        self.input_probe: dict[str, Any] | None = None  # the runner's probe table (robustkit.model.probe)
+        self.input_size_given: tuple[int, int] | None = None  # --input-size, when load_model fixed it
         self.calls = 0
         self.features_layer = features_layer
         self._features: dict[str | None, tuple[Any, Any]] = {}  # layer -> (FeatureTap, compiled call)
@@ -274,10 +286,11 @@ class ModelAdapter:
                 f"{self.name}: expected a model with one image input of shape (N, H, W, C), got inputs {shape}."
             )
         h, w, c = shape[1:]
-        if h is None or w is None or c not in (1, 3):
-            raise ModelError(
-                f"{self.name}: expected a fixed input size with 1 or 3 channels, got input shape {shape}."
-            )
+        if h is None or w is None:
+            raise ModelError(f"{self.name}: expected a fixed input size, got input shape {shape} (undefined height "
+                             "or width); pass --input-size H,W (input_size=(H, W)) to audit it at that size.")
+        if c not in (1, 3):
+            raise ModelError(f"{self.name}: expected an input with 1 or 3 channels, got input shape {shape}.")
         self.input_shape: tuple[int, int, int] = (int(h), int(w), int(c))
 
     def _check_output(self) -> int:
@@ -290,17 +303,34 @@ class ModelAdapter:
             )
         return int(shape[1])
 
-    def _resolve_class_names(self, class_names: list[str] | None) -> list[str]:
+    def _resolve_class_names(self, class_names: list[str] | None) -> tuple[list[str], str]:
+        """The output names and where their order came from (``--model-classes``, the sidecar,
+        or not known yet: the runner then takes the data's class names and says so)."""
+        source = "--model-classes/model_classes" if class_names is not None else "the checkpoint's .meta.json"
         names = class_names if class_names is not None else self.meta.get("class_names")
         if names is None:
-            return [f"class_{k}" for k in range(self.num_classes)]
+            return [f"class_{k}" for k in range(self.num_classes)], "unknown (no sidecar, no --model-classes)"
         names = [str(n) for n in names]
-        if len(names) != self.num_classes:
+        if len(names) != self.num_classes or len(set(names)) != len(names):
             raise ModelError(
-                f"{self.name}: expected {self.num_classes} class names for its {self.num_classes} outputs, "
-                f"got {len(names)}: {names}."
+                f"{self.name}: expected {self.num_classes} distinct class names for its {self.num_classes} outputs "
+                f"(from {source}), got {len(names)}: {names}."
             )
-        return names
+        return names, source
+
+    @property
+    def input_scale(self) -> str:
+        """The preprocessing preset's name (``custom`` for a declared mean/std)."""
+        return self.preprocess.preset
+
+    def assumptions(self) -> list[str]:
+        """What robustkit assumed about this model rather than read from a declaration."""
+        out = []
+        if self.preprocess.assumed:
+            out.append("preprocessing assumed: the model takes pixels in [0, 1] (no sidecar, no --preprocess)")
+        if self.class_order_source.startswith("assumed"):
+            out.append(f"class order {self.class_order_source}")
+        return out
 
     def _default_batch_size(self) -> int:
         h, w, c = self.input_shape
@@ -323,13 +353,13 @@ class ModelAdapter:
         return self.model.outputs[0], lambda t: t
 
     def scale_input(self, x: Any) -> Any:
-        """Pixel space [0, 1] -> the range the model's input expects (traceable)."""
-        return x * self._scale_mul + self._scale_add
+        """Pixel space [0, 1] -> what the model's input expects (:attr:`preprocess`; traceable)."""
+        return self.preprocess.apply(x)
 
     def _probe(self) -> np.ndarray:
         """The model's outputs ``(2, K)`` on two fixed images (a ramp), for detection."""
         x = np.linspace(0, 1, 2 * int(np.prod(self.input_shape)), dtype=np.float32).reshape(2, *self.input_shape)
-        return np.asarray(self.model(x * self._scale_mul + self._scale_add, training=False))
+        return np.asarray(self.model(self.scale_input(x), training=False))
 
     def _resolve_output_kind(self, output: str | None) -> tuple[str, str]:
         """The output kind and the reason: the argument, else the sidecar, else detection."""
@@ -365,14 +395,6 @@ class ModelAdapter:
             return "log of the output probabilities (softmax layer not found)", log_probs
         return "model output (taken as logits)", lambda x: self.model(x, training=False)
 
-    @property
-    def _scale_mul(self) -> float:
-        return {"unit": 1.0, "255": 255.0, "symmetric": 2.0}[self.input_scale]
-
-    @property
-    def _scale_add(self) -> float:
-        return -1.0 if self.input_scale == "symmetric" else 0.0
-
     # -- graphs ---------------------------------------------------------------------------
     @tf.autograph.experimental.do_not_convert  # plain graph code; autograph trips on the lambdas
     def logits_graph(self, x: Any) -> Any:
@@ -406,6 +428,20 @@ class ModelAdapter:
         out = np.empty((len(x), self.num_classes), dtype=np.float32)
         for sl in self._chunks(len(x)):
             out[sl] = self._logits_tf(tf.constant(x[sl])).numpy()
+            self.calls += 1
+        return out
+
+    def logits_of_inputs(self, z: np.ndarray) -> np.ndarray:
+        """Logits ``(N, K)`` of inputs already in the model's own input space (no preprocessing):
+        the input probe's one compiled pass for every candidate preprocessing."""
+        z = np.asarray(z, dtype=np.float32)
+        if self._inputs_tf is None:
+            spec = tf.TensorSpec((None, *self.input_shape), tf.float32)
+            self._inputs_tf = tf.function(lambda t: tf.cast(self._raw_logits(t), tf.float32),
+                                          input_signature=[spec], autograph=False)
+        out = np.empty((len(z), self.num_classes), dtype=np.float32)
+        for sl in self._chunks(len(z)):
+            out[sl] = self._inputs_tf(tf.constant(z[sl])).numpy()
             self.calls += 1
         return out
 
@@ -467,6 +503,17 @@ class ModelAdapter:
         vector output of ``layer``): :meth:`logits_and_features` without the logits."""
         return self.logits_and_features(x, layer=layer)[1]
 
+    def load_spec(self, *, trust: bool) -> dict[str, Any]:
+        """The keywords of :func:`load_model` that rebuild this adapter from its checkpoint
+        elsewhere (a Ray worker): the same classes, preprocessing, size, output and thresholds."""
+        if self.path is None:
+            raise ModelError(f"{self.name}: expected an adapter loaded from a checkpoint path, got an in-memory model.")
+        return {"path": str(self.path), "class_names": list(self.class_names),
+                "preprocess": self.preprocess.describe(), "input_size": self.input_size_given, "trust": trust,
+                "batch_size": self.batch_size, "output": self.output_kind,
+                "thresholds": None if self.thresholds is None else self.thresholds.tolist(),
+                "threshold_source": self.threshold_source}
+
     def describe(self) -> dict[str, Any]:
         """JSON-able provenance for results.json."""
         return {
@@ -475,7 +522,12 @@ class ModelAdapter:
             "fingerprint": self.fingerprint,
             "class_names": list(self.class_names),
             "input_shape": list(self.input_shape),
+            **({"input_size_given": list(self.input_size_given)} if self.input_size_given else {}),
             "input_scale": self.input_scale,
+            "preprocess": self.preprocess.describe(),
+            "class_order_source": self.class_order_source,
+            "assumptions": self.assumptions(),
+            **({"input_probe": self.input_probe} if self.input_probe is not None else {}),
             "logits_source": self.logits_source,
             "output_kind": self.output_kind,
             "output_kind_reason": self.output_kind_reason,
@@ -505,6 +557,11 @@ def load_model(
     *,
     class_names: list[str] | None = None,
     input_scale: str | None = None,
+    preprocess: Preprocess | dict[str, Any] | str | None = None,
+    input_mean: Any = None,
+    input_std: Any = None,
+    channel_order: str | None = None,
+    input_size: tuple[int, int] | None = None,
     trust: bool = False,
     batch_size: int | None = None,
     output: str | None = None,
@@ -514,25 +571,32 @@ def load_model(
 ) -> ModelAdapter:
     """Load a checkpoint (``.keras``, legacy ``.h5``/``.hdf5``, SavedModel folder) as an adapter.
 
-    Class names and input scaling come from the arguments, else from the sidecar
-    ``<stem>.meta.json`` that ``robustkit train`` writes, else defaults (``class_0``...,
-    ``unit``). The output kind likewise: ``output``, else the sidecar's ``output``, else
-    detected from the final layer. Keras safe mode stays on unless ``trust`` is set.
-    ``features_layer`` names the layer :meth:`ModelAdapter.logits_and_features` reads (default:
-    the input of the final Dense layer).
+    Class names and preprocessing come from the arguments, else from the sidecar
+    ``<stem>.meta.json`` that ``robustkit train`` writes, else defaults (``class_0``..., the
+    data's names put on them by the runner; ``unit``), each default stated as assumed. The
+    output kind likewise: ``output``, else the sidecar's ``output``, else detected from the
+    final layer. Keras safe mode stays on unless ``trust`` is set. ``preprocess`` is a preset
+    name (with ``input_mean``, ``input_std``, ``channel_order``: see
+    :func:`~robustkit.model.preprocess.resolve_preprocess`), a
+    :class:`~robustkit.model.preprocess.Preprocess` or its ``describe()`` dict; ``input_size`` fixes the height and width of a model built for any size.
+    ``features_layer`` names the layer :meth:`ModelAdapter.logits_and_features` reads
+    (default: the input of the final Dense layer).
     """
     p = Path(path)
     if not p.exists():
         raise ModelError(f"{p}: expected a model checkpoint, got no such file.")
     meta = _read_meta(p)  # a SavedModel folder reads <folder>.meta.json too
     model = _load_keras(p, trust=trust)
-    scale = input_scale or meta.get("input_scale", "unit")
-    return ModelAdapter(
+    if input_size is not None:
+        model = with_input_size(model, input_size, name=p.name)
+    preprocess = _declared_preprocess(model, preprocess, input_scale, input_mean, input_std, channel_order)
+    adapter = ModelAdapter(
         model,
         class_names=class_names,
         name=p.name,
         fingerprint=file_fingerprint(p),
-        input_scale=scale,
+        preprocess=preprocess,
+        input_scale=input_scale,
         batch_size=batch_size,
         path=p,
         meta=meta,
@@ -541,3 +605,55 @@ def load_model(
         thresholds=thresholds,
         threshold_source=threshold_source,
     )
+    adapter.input_size_given = None if input_size is None else (int(input_size[0]), int(input_size[1]))
+    return adapter
+
+
+def _declared_preprocess(model: keras.Model, preprocess: Preprocess | dict[str, Any] | str | None,
+                         input_scale: str | None, mean: Any, std: Any, channels: str | None) -> Preprocess | None:
+    """load_model's preprocessing arguments as one :class:`Preprocess` (None: the adapter reads
+    the sidecar or assumes ``unit``)."""
+    if isinstance(preprocess, Preprocess):
+        return preprocess
+    if isinstance(preprocess, dict):
+        d = preprocess
+        return Preprocess(preset=str(d["preset"]), scale=float(d["scale"]), mean=tuple(d["mean"]), std=tuple(d["std"]),
+                          channels=str(d["channels"]), source=str(d["source"]))
+    if preprocess is not None and input_scale is not None and preprocess != input_scale:
+        raise ModelError(f"--input-scale {input_scale} and --preprocess {preprocess}: expected one of them, got both.")
+    preset = preprocess or input_scale
+    if preset is None and mean is None and std is None and channels is None:
+        return None
+    shape = tuple(model.inputs[0].shape) if getattr(model, "inputs", None) else ()
+    c = int(shape[-1]) if len(shape) == 4 and shape[-1] in (1, 3) else 3
+    return resolve_preprocess(preset=preset, mean=mean, std=std, order=channels, channels=c,
+                              source="--preprocess/--input-mean/--input-std/--channel-order")
+
+
+def with_input_size(model: keras.Model, size: tuple[int, int], *, name: str = "model") -> keras.Model:
+    """The same model (same layers, same weights) with its input fixed to ``size`` = (H, W).
+
+    For a model built for any size (``Input(shape=(None, None, C))`` and a global pooling):
+    its config is rebuilt with the input layer's shape set, so the layers stay flat (Grad-CAM
+    and feature taps find them) rather than nested in a wrapper model.
+    """
+    h, w = (int(v) for v in size)
+    shape = tuple(model.inputs[0].shape) if getattr(model, "inputs", None) else ()
+    if len(shape) != 4:
+        raise ModelError(f"{name}: expected one image input of rank 4 to fix its size, got {shape}.")
+    if shape[1] is not None and shape[2] is not None:
+        if (shape[1], shape[2]) != (h, w):
+            raise ModelError(f"--input-size {h},{w}: expected it only for a model without a fixed input size, "
+                             f"got a model fixed at {shape[1]}x{shape[2]}.")
+        return model
+    config = model.get_config()
+    for layer in config.get("layers", []):
+        if layer.get("class_name") == "InputLayer":
+            layer["config"]["batch_shape"] = [None, h, w, shape[3]]
+    try:
+        fixed = model.__class__.from_config(config)
+        fixed.set_weights(model.get_weights())
+    except Exception as exc:  # noqa: BLE001 - a model Keras cannot rebuild: one line
+        raise ModelError(f"{name}: expected a functional or Sequential model to fix its input at {h}x{w}, got an "
+                         f"error rebuilding it: {str(exc).splitlines()[0][:200]}") from exc
+    return fixed

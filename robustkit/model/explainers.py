@@ -88,16 +88,20 @@ def _rank4(layer: Any) -> bool:
 
 
 def find_gradcam_layer(model: keras.Model) -> str:
-    """Name (``a/b`` when nested) of the last layer with a 4-D output: the Grad-CAM layer.
+    """Name (``a/b`` when nested) of the Grad-CAM layer: the last layer with a 4-D output whose
+    map is more than one pixel in height or width.
 
     For robustkit's InceptionV3 this is ``mixed10`` (a Concatenate), the last feature map
-    before global pooling.
+    before global pooling. Heads that pool and then apply 1 x 1 convolutions (MobileNetV3's
+    ``Logits``) end in 4-D outputs of 1 x 1, on which Grad-CAM is one uniform value; they are
+    passed over for the last map with a spatial extent.
     """
-    candidates = [p for p, layer in flat_layers(model)
+    candidates = [(p, layer) for p, layer in flat_layers(model)
                   if _rank4(layer) and not isinstance(layer, keras.layers.InputLayer)]
     if not candidates:
         raise ConfigError(f"{model.name}: expected a layer with a 4-D feature map for Grad-CAM, got none.")
-    return "/".join(candidates[-1])
+    spatial = [p for p, layer in candidates if any(d is None or d > 1 for d in tuple(layer.output.shape)[1:3])]
+    return "/".join(spatial[-1] if spatial else candidates[-1][0])
 
 
 def _resolve(model: keras.Model, name: str) -> Path_:

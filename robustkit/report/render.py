@@ -220,8 +220,29 @@ def _model_rows(audit: AuditResult) -> list[dict[str, str]]:
         ("Parameters", _first(m, "n_params", "parameters", "param_count")),
         ("Output kind", f"{m['output_kind']} ({m.get('output_kind_reason', 'no reason recorded')})"
          if m.get("output_kind") else None),
+        *_setup_rows(m),
         ("Critical class", _critical_text(audit.task) if audit.task else None),
     ])
+
+
+def _setup_rows(m: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """Preprocessing, class order, assumptions and the input probe's table (issue #25)."""
+    pre, probe = m.get("preprocess"), m.get("input_probe") or {}
+    rows: list[tuple[str, Any]] = [
+        ("Preprocessing", f"{pre['preset']}: the model receives {pre['formula']} ({pre['source']})" if pre else None),
+        ("Class order", m.get("class_order_source")),
+        ("Assumed", "; ".join(m.get("assumptions") or []) or None),
+    ]
+    if probe.get("skipped"):
+        rows.append(("Input probe", f"skipped ({probe['skipped']})"))
+    elif probe:
+        scores = "; ".join(f"{r['setup']} ({r['flags']}) {r['score']:.2f}"
+                           + (f", {r['score_in_order']:.2f} in the order {', '.join(r['order'])}" if r["order"] else "")
+                           for r in probe["rows"])
+        rows.append(("Input probe", f"{probe['verdict'].upper()}: {probe['message']}. {probe['metric'].capitalize()} on "
+                     f"{probe['n']} stratified audit images (chance {probe['chance']:.2f}) under each setup: {scores}. "
+                     f"Rule: {probe['rule']}."))
+    return rows
 
 
 def _critical_text(task: Mapping[str, Any]) -> str:

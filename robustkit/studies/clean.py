@@ -128,7 +128,8 @@ class CleanStudy(Study[CleanConfig]):
         result.tables["per_output"] = _per_output_table(targets, names, metrics, thresholds)
         result.data.update(class_names=names, multilabel=not exclusive,
                            roc={name: _roc(targets[:, k], probs[:, k]) for k, name in enumerate(names)})
-        result.checks = [_support_check(targets, names, self.config.min_support, exclusive)]
+        result.checks = [_support_check(targets, names, self.config.min_support, exclusive),
+                         _setup_check(ctx.model_info)]
         result.records.update(logits=records["logits"], probs=probs, called=called)
         if exclusive:
             result.data.update(confusion=M.confusion_matrix(y, pred, len(names)).tolist(), correct_metrics=["accuracy"],
@@ -213,6 +214,20 @@ def _support_check(targets: np.ndarray, names: list[str], min_support: int, excl
         what, passed = "per-finding support", f"every finding has at least {min_support} images with it and without it."
         text = f"fewer than {min_support} images with or without {', '.join(small)}: per-finding intervals are wide."
     return Check(what, "warn", text) if small else Check(what, "pass", passed)
+
+
+def _setup_check(model: dict[str, Any]) -> Check:
+    """The model's setup: what robustkit assumed (preprocessing, class order) and what the input
+    probe found (:mod:`robustkit.model.probe`); warn on an assumption or a better setup."""
+    said = list(model.get("assumptions") or [])
+    probe = model.get("input_probe") or {}
+    if probe.get("verdict") in ("warn", "stop"):
+        said.append(f"input probe: {probe['message']}")
+    if said:
+        return Check("model setup", "warn", "; ".join(said) + ".")
+    found = (f"; input probe: {probe['message']}" if probe.get("message") else
+             f"; input probe skipped ({probe['skipped']})" if probe.get("skipped") else "")
+    return Check("model setup", "pass", f"preprocessing and class order declared{found}.")
 
 
 def _roc(y: np.ndarray, score: np.ndarray) -> dict[str, list[float]]:
