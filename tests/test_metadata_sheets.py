@@ -17,7 +17,7 @@ import robustkit
 from robustkit.cli import main
 from robustkit.config import load_config
 from robustkit.data.loader import load_dataset
-from robustkit.data.metadata import url_source
+from robustkit.data.metadata import MISSING, url_source
 from robustkit.errors import ConfigError, DataError
 from tests.conftest import _pattern
 
@@ -120,6 +120,23 @@ def test_a_class_without_a_sheet(tmp_path: Path) -> None:
         load_dataset(root, strict_metadata=True)
 
 
+def test_a_numeric_column_with_missing_values_is_binned_as_without_them() -> None:
+    from robustkit.metrics.slices import discretize
+
+    rng = np.random.default_rng(0)
+    ages = rng.integers(1, 95, 40)
+    absent = rng.random(40) < 0.3
+    column = np.asarray([MISSING if a else int(v) for v, a in zip(ages, absent)])  # as Dataset.metadata holds it
+    got = discretize(column, bin_width=10, missing=MISSING)
+    assert got[absent].tolist() == [MISSING] * int(absent.sum())
+    assert got[~absent].tolist() == discretize(ages[~absent], bin_width=10).tolist()
+    assert got[~absent].tolist() == [f"{v // 10 * 10}-{v // 10 * 10 + 9}" for v in ages[~absent]]  # a slow loop
+    words = np.asarray(["PA", MISSING, "AP"])
+    assert discretize(words, bin_width=10, missing=MISSING).tolist() == ["PA", MISSING, "AP"]
+    few = np.asarray(["1", MISSING, "2"])  # ten values or fewer: each its own label, as without missing
+    assert discretize(few, bin_width=10, missing=MISSING).tolist() == ["1", MISSING, "2"]
+
+
 def test_config_key_strict_metadata(tmp_path: Path) -> None:
     toml = tmp_path / "audit.toml"
     toml.write_text("strict_metadata = true\n", encoding="utf-8")
@@ -143,6 +160,7 @@ def test_database_sheets_audit_and_the_source_is_a_slice(toy_model: Path, tmp_pa
     assert names["source=github.com/ieee8023"] == 2 and names["source=missing"] == 2
     assert names["source=kaggle.com/rsna-pneumonia-detection-challenge"] == 3
     assert "source=sirm.org" not in names  # one image: under min_size
+    assert slices.data["missing"] == "missing"  # compare bins the stored metadata with the same label
 
     # the 'missing' slice's accuracy against Keras on the same images
     from robustkit._tf import keras
