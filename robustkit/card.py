@@ -187,7 +187,8 @@ def _data(r: AuditResult) -> dict[str, Any]:
     return {"name": Path(str(d.get("root", "data"))).name or "data", "fingerprint": str(d.get("fingerprint", "")),
             "n_samples": int(d.get("n_samples", len(r.ids))), "class_counts": {str(k): int(v) for k, v in counts.items()},
             "sources": list(d.get("metadata_columns") or []), "n_slices": len(slices),
-            "excluded": int(d.get("n_excluded") or 0), "phantom": is_phantom(d)}
+            "excluded": int(d.get("n_excluded") or 0), "phantom": is_phantom(d),
+            "metadata_missing": {str(k): int(v) for k, v in (d.get("metadata_missing") or {}).items() if v}}
 
 
 def _intended_use(path: str | Path | None) -> dict[str, Any]:

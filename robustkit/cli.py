@@ -146,6 +146,9 @@ def _add_audit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fresh", action="store_true", help="ignore finished studies in --out and start over")
     p.add_argument("--on-bad-input", choices=["fail", "skip"], default="fail",
                    help="unreadable images: stop (default) or skip and list them")
+    p.add_argument("--strict-metadata", action="store_true", default=None,
+                   help="stop on an image without a row in its class's <class>.metadata.xlsx/.csv sheet "
+                   "(default: its metadata value is 'missing', counted in results.json, the report and the card)")
     p.add_argument("--trust-model", action="store_true",
                    help="allow checkpoints with serialized code (Lambda layers); off by default")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="STUDY.KEY=VALUE",
@@ -309,7 +312,8 @@ def _cmd_audit(a: argparse.Namespace) -> int:
                    quiet=a.quiet, reference=a.ce_reference, critical_class=a.critical_class,
                    model_spec=_model_spec(a, threshold=a.threshold),
                    intake=DataIntake(class_map=_class_map(a), exclude_classes=a.exclude_classes,
-                                     merge_classes=a.merge_classes, masks=a.masks, on_bad_input=a.on_bad_input),
+                                     merge_classes=a.merge_classes, masks=a.masks, on_bad_input=a.on_bad_input,
+                                     strict_metadata=a.strict_metadata),
                    engine=EngineSpec(name=a.engine, ray_address=a.ray_address, workers=a.workers,
                                      cpus_per_worker=a.cpus_per_worker, gpus_per_worker=a.gpus_per_worker))
     code = _finish(result, a.out)

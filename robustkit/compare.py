@@ -486,7 +486,8 @@ def slice_deltas(base: AuditResult, cand: AuditResult, *, study: str = "slices",
     ca, cb = ra["correct"].reshape(len(ra["index"]), -1)[rows_a, 0], rb["correct"].reshape(len(rb["index"]), -1)[rows_b, 0]
     width = float(base.studies[study].data.get("bin_width", 10.0))
     pos = ra["index"][rows_a]
-    labels = {c: discretize(np.asarray(v)[pos], bin_width=width) for c, v in base.metadata.items()}
+    missing = base.studies[study].data.get("missing")  # the label of an absent value, binned as the study did
+    labels = {c: discretize(np.asarray(v)[pos], bin_width=width, missing=missing) for c, v in base.metadata.items()}
     out = []
     for name, conditions in dict(base.studies[study].data.get("slice_defs", {})).items():
         if any(col not in labels for col, _ in conditions):

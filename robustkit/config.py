@@ -8,6 +8,8 @@ batch_size = 32
 studies = ["clean", "noise"]  # default: every available study
 masks = "lung"                # what the data's masks/ files are: lesion | lung | none
 exclude_classes = ["Lung_Opacity"]  # data classes set aside (out of scope)
+strict_metadata = false       # true: an image without a row in its class's metadata sheet
+                              # stops the audit (default: its value there is "missing")
 threshold = 0.5               # multi-label: one decision threshold for every finding
                               # (default: chosen per finding on a calibration half)
 critical_class = "COVID-19"   # the output whose misses cost most (default: none; the
@@ -53,7 +55,7 @@ else:  # pragma: no cover
 __all__ = ["AuditConfig", "DataIntake", "EngineSpec", "ModelSpec", "group_options", "load_config", "parse_setting", "read_toml"]
 
 _TOP_KEYS = {"seed", "profile", "limit", "batch_size", "studies", "masks", "exclude_classes",
-             "merge_classes", "threshold", "critical_class"}
+             "merge_classes", "threshold", "critical_class", "strict_metadata"}
 _CLASSES = "classes"
 #: the ``[model]`` table: how the checkpoint is read (the same keys as its ``.meta.json``)
 _MODEL_KEYS = ("preprocess", "input_mean", "input_std", "channel_order", "model_classes", "input_size",
@@ -78,6 +80,7 @@ class AuditConfig:
     masks: str | None = None
     threshold: float | None = None
     critical_class: str | None = None
+    strict_metadata: bool = False
     model: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -98,6 +101,8 @@ class AuditConfig:
             raise param_error("exclude_classes", "a list of class names", list(self.exclude_classes))
         if not isinstance(self.merge_classes, bool):
             raise param_error("merge_classes", "true or false", self.merge_classes)
+        if not isinstance(self.strict_metadata, bool):
+            raise param_error("strict_metadata", "true or false", self.strict_metadata)
         if self.critical_class is not None and (not isinstance(self.critical_class, str) or not self.critical_class):
             raise param_error("critical_class", "the name of one of the model's outputs", self.critical_class)
         if self.threshold is not None:
@@ -181,6 +186,8 @@ class DataIntake:
         merge_classes: allow ``class_map`` to send two data classes to one model class.
         masks: what the data's ``masks`` files are: ``lesion``, ``lung`` or ``none``.
         on_bad_input: ``fail`` or ``skip`` unreadable images.
+        strict_metadata: stop on an image without a row (or with an empty cell) in its class's
+            metadata sheet; default: its value there is ``missing``, counted.
     """
 
     class_map: Mapping[str, str] | None = None
@@ -188,6 +195,7 @@ class DataIntake:
     merge_classes: bool | None = None
     masks: str | None = None
     on_bad_input: str = "fail"
+    strict_metadata: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -333,6 +341,7 @@ def load_config(source: str | Path | dict[str, Any] | None) -> AuditConfig:
             masks=top.get("masks"),
             threshold=top.get("threshold"),
             critical_class=top.get("critical_class"),
+            strict_metadata=top.get("strict_metadata", False),
         )
         cfg.validate()
     except ConfigError as exc:

@@ -135,7 +135,7 @@ def _load_data(data: str | Path, cfg: AuditConfig, on_bad_input: str) -> Dataset
     manifest with ``A|B`` or "No Finding" labels is read as multi-label)."""
     return load_dataset(data, on_bad_input=on_bad_input, class_map=cfg.class_map,
                         exclude_classes=cfg.exclude_classes, merge_classes=cfg.merge_classes,
-                        masks=cfg.masks)
+                        masks=cfg.masks, strict_metadata=cfg.strict_metadata)
 
 
 def _match_output_kind(model: ModelAdapter, data: Dataset, output: str | None) -> None:
@@ -265,7 +265,8 @@ def audit(
         critical_class: the output whose misses cost most (:mod:`robustkit.task`); default:
             the config's ``critical_class``, else none (the numbers that need one say so).
         model_spec: trust, input scale, output kind and multi-label threshold.
-        intake: class map, excluded classes, class merging, mask kind, bad-input policy.
+        intake: class map, excluded classes, class merging, mask kind, bad-input policy,
+            strict metadata.
         engine: ``"inprocess"``, ``"ray"`` or an :class:`~robustkit.config.EngineSpec`.
         reference: an earlier audit (folder or result) for relative metrics such as the
             corruption error (the CLI's ``--ce-reference``).
@@ -275,7 +276,7 @@ def audit(
         report: render ``report.html`` into ``out`` at the end.
         **shortcuts: any field of the three groups by name (``trust_model``, ``input_scale``,
             ``output``, ``threshold``; ``class_map``, ``exclude_classes``, ``merge_classes``,
-            ``masks``, ``on_bad_input``; ``ray_address``, ``workers``, ``cpus_per_worker``,
+            ``masks``, ``on_bad_input``, ``strict_metadata``; ``ray_address``, ``workers``, ``cpus_per_worker``,
             ``gpus_per_worker``).
 
     Example:
@@ -287,7 +288,8 @@ def audit(
     cfg = cfg.merged(seed=seed, profile=profile, limit=limit, batch_size=batch_size, studies=studies,
                      engine=run_on.table(), class_map=dict(take.class_map) if take.class_map else None,
                      exclude_classes=take.exclude_classes, masks=take.masks, merge_classes=take.merge_classes,
-                     threshold=spec.threshold, critical_class=critical_class)
+                     threshold=spec.threshold, critical_class=critical_class,
+                     strict_metadata=take.strict_metadata)
     spec = spec.filled(cfg.model)
     trust_model, output, on_bad_input = spec.trust_model, spec.output, take.on_bad_input
     ray_options = _ray_options(cfg)

@@ -172,12 +172,13 @@ def test_manifest_metadata_columns(tmp_path: Path) -> None:
 def test_database_spreadsheets_joined_by_file_name(tmp_path: Path) -> None:
     root = _database(tmp_path / "db", per_class=2)
     ds = load_dataset(root, masks="lung", class_map=MAP, exclude_classes=["Lung_Opacity"])
-    assert ds.metadata_columns == ["FORMAT", "SIZE", "URL"]
+    assert ds.metadata_columns == ["FORMAT", "SIZE", "URL", "source"]
     assert ds.metadata["URL"].tolist() == [f"https://example.org/{i}" for i in (1, 2)] * 3
     assert ds.out_of_scope is not None and ds.out_of_scope.metadata["FORMAT"].tolist() == ["PNG", "PNG"]
     (root / "Normal.metadata.csv").write_text("FILE NAME,FORMAT,SIZE,URL\nNormal-1,PNG,1,u\n")
+    assert load_dataset(root, masks="lung").describe()["metadata_missing"]["URL"] == 1  # Normal-2: no row
     with pytest.raises(DataError, match=r"Normal\.metadata\.csv: expected a row with FILE NAME 'Normal-2'"):
-        load_dataset(root, masks="lung")
+        load_dataset(root, masks="lung", strict_metadata=True)
 
 
 # ------------------------------------------------------------------ lung metrics and conditions
@@ -244,21 +245,9 @@ def test_lung_check_flags_the_reverse(lungs: float, outside: float, status: str)
     assert f"{lungs:.3f} with the lungs blanked" in check.detail
 
 
-def test_xlsx_spreadsheets_without_openpyxl_are_noted_not_dropped(tmp_path: Path, monkeypatch) -> None:
-    from robustkit.data import metadata
+def test_xlsx_spreadsheets_read_on_a_plain_install(tmp_path: Path) -> None:
+    import openpyxl  # a core dependency: the database ships its metadata as .xlsx
 
-    root = _database(tmp_path / "db", per_class=1)
-    for csv in root.glob("*.metadata.csv"):
-        csv.rename(csv.with_suffix(".xlsx"))  # what the database ships
-    monkeypatch.setattr(metadata, "_has_openpyxl", lambda: False)
-    ds = load_dataset(root, masks="lung")
-    assert ds.metadata_columns == []
-    notes = ds.describe()["notes"]
-    assert "COVID.metadata.xlsx not read: install openpyxl (or save it as CSV)" in notes and len(notes) == 4
-
-
-def test_xlsx_spreadsheets_read_with_openpyxl(tmp_path: Path) -> None:
-    openpyxl = pytest.importorskip("openpyxl", reason="openpyxl is optional: .xlsx metadata is read only with it")
     root = _database(tmp_path / "db", per_class=1)
     for csv in root.glob("*.metadata.csv"):
         book = openpyxl.Workbook()
@@ -267,4 +256,6 @@ def test_xlsx_spreadsheets_read_with_openpyxl(tmp_path: Path) -> None:
         book.save(csv.with_suffix(".xlsx"))
         csv.unlink()
     ds = load_dataset(root, masks="lung")
-    assert ds.metadata_columns == ["FORMAT", "SIZE", "URL"] and ds.describe()["notes"] == []
+    assert ds.metadata_columns == ["FORMAT", "SIZE", "URL", "source"] and ds.describe()["notes"] == []
+    assert ds.metadata["URL"].tolist() == ["https://example.org/1"] * 4
+    assert ds.metadata["source"].tolist() == ["example.org"] * 4

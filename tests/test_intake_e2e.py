@@ -57,7 +57,8 @@ def test_database_layout_audited_in_one_command(toy_model: Path, tmp_path: Path,
     assert d["n_excluded"] == PER_CLASS and d["excluded_counts"] == {"Lung_Opacity": PER_CLASS}
     assert d["class_map"] == {"COVID": "COVID-19", "Normal": "NORMAL"}
     assert d["mask_resized"] == {"256x256 -> 299x299": 3 * PER_CLASS}
-    assert d["metadata_columns"] == ["FORMAT", "SIZE", "URL"]
+    assert d["metadata_columns"] == ["FORMAT", "SIZE", "URL", "source"]
+    assert d["metadata_missing"] == {"FORMAT": 0, "SIZE": 0, "URL": 0, "source": 0}
     obj = json.loads((out / "results.json").read_text())
     assert obj["dataset"]["n_excluded"] == PER_CLASS
     jsonschema.validate(obj, json.loads((Path(robustkit.__file__).parent / "schema" / "results.schema.json").read_text()))

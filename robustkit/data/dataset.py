@@ -42,6 +42,7 @@ from robustkit.data.imageio import (
     _probe,
     read_image,
 )
+from robustkit.data.metadata import missing_counts
 from robustkit.errors import check_choice, check_range, param_error
 
 __all__ = [
@@ -147,7 +148,7 @@ class Dataset:
             their own classes, kept for studies of inputs outside the model's classes; None
             when no class was excluded.
         class_map: The data-to-model class renames applied (``{data name: model name}``).
-        notes: What was seen but not used (a spreadsheet that could not be read ...).
+        notes: What was seen but not used or filled in (images without a row in their metadata sheet ...).
         multilabel: The samples carry sets of findings (``Sample.findings``, :attr:`targets`)
             and ``class_names`` are the findings.
     """
@@ -485,6 +486,7 @@ class Dataset:
                 self.out_of_scope.class_counts() if self.out_of_scope is not None else {}
             ),
             "metadata_columns": self.metadata_columns,
+            "metadata_missing": missing_counts(self.metadata),
             "mask_resized": self.mask_resizes(),
             "notes": list(self.notes),
             "phantom": (Path(self.root) / "phantom.json").is_file(),  # robustkit's synthetic phantom

@@ -25,7 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from robustkit.data.imageio import IMAGE_SUFFIXES, _bad, _check_file, _check_mask_shape, _probe
-from robustkit.data.metadata import META_KEY, read_table, sidecar_tables, typed_columns
+from robustkit.data.metadata import (
+    META_KEY,
+    MISSING,
+    SOURCE,
+    read_table,
+    sidecar_tables,
+    typed_columns,
+    url_source,
+)
 from robustkit.errors import DataError, check_choice
 
 __all__ = ["FINDING_SEP", "MASK_KINDS", "NO_FINDING", "scan_layout"]
@@ -128,49 +136,85 @@ def _scan_class(
     return entries
 
 
-def _scan_folder(root: Path) -> tuple[list[str], list[_Entry], list[str]]:
+def _scan_folder(root: Path, strict_metadata: bool = False) -> tuple[list[str], list[_Entry], list[str]]:
     folders = _class_folders(root)
     root_masks = _mask_index(root / _MASKS)
     lung_masks = _mask_index(root / _LUNG_MASKS)
     entries = [e for folder in folders for e in _scan_class(root, folder, root_masks, lung_masks)]
     names = [f.name for f in folders]
-    entries, notes = _join_sidecars(root, names, entries)
+    entries, notes = _join_sidecars(root, names, entries, strict=strict_metadata)
     return names, entries, notes
 
 
 def _join_sidecars(
-    root: Path, classes: Sequence[str], entries: list[_Entry]
+    root: Path, classes: Sequence[str], entries: list[_Entry], *, strict: bool = False
 ) -> tuple[list[_Entry], list[str]]:
-    """Attach the rows of ``<class>.metadata.csv|xlsx`` to the images (by ``FILE NAME``)."""
-    tables, notes = sidecar_tables(root, classes)
+    """Attach the rows of ``<class>.metadata.csv|xlsx`` to the images (by ``FILE NAME``).
+
+    An image without a row (or of a class without a sheet) gets :data:`MISSING` in every
+    column, and so does an empty cell; ``strict`` (``--strict-metadata``) refuses either,
+    naming the sheet and the first image. A ``URL`` column adds the ``source`` column.
+    """
+    tables = sidecar_tables(root, classes)
     if not tables:
-        return entries, notes
+        return entries, []
+    absent = [c for c in classes if c not in tables]
+    if absent and strict:
+        raise _bad(root, f"expected a metadata table for every class (--strict-metadata), got none for "
+                   f"{absent[0]!r} (have {sorted(tables)}).")
+    indexes = {name: _sheet_index(path) for name, path in tables.items()}
     rows: list[dict[str, str]] = []
-    cache: dict[Path, dict[str, dict[str, str]]] = {}
+    unmatched: list[_Entry] = []
     for entry in entries:
-        table = tables.get(entry.label)
-        if table is None:
-            raise _bad(root, f"expected a metadata table for every class, got none for {entry.label!r} "
-                       f"(have {sorted(tables)}).")
-        rows.append(_sidecar_row(table, entry.path, cache))
-    columns = sorted({k for r in rows for k in r} - {META_KEY})
-    typed = typed_columns(rows, columns, where=root, line_of=lambda i: entries[i].rel)
+        row = _sheet_row(indexes.get(entry.label, {}), entry.path)
+        if row is None and strict:
+            raise _bad(tables[entry.label], f"expected a row with {META_KEY} {entry.path.stem!r} for {entry.path} "
+                       "(--strict-metadata), got none.")
+        if row is None:
+            unmatched.append(entry)
+        rows.append(dict(row or {}))
+    columns = sorted({k for index in indexes.values() for r in index.values() for k in r} - {META_KEY})
+    columns = _add_source(rows, columns)
+    typed = typed_columns(rows, columns, where=root, missing_ok=not strict,
+                          line_of=lambda i: f"the row of {entries[i].rel} in {tables[entries[i].label].name}")
+    notes = [f"no {name}.metadata.csv or .xlsx: the images of class {name!r} have the metadata value "
+             f"{MISSING!r}" for name in absent]
+    notes += _unmatched_note(unmatched, tables, absent)
     return [replace(e, metadata=tuple(t.items())) for e, t in zip(entries, typed)], notes
 
 
-def _sidecar_row(
-    table: Path, image: Path, cache: dict[Path, dict[str, dict[str, str]]]
-) -> dict[str, str]:
-    if table not in cache:
-        rows = read_table(table)
-        if rows and META_KEY not in rows[0]:
-            raise _bad(table, f"expected a {META_KEY!r} column, got {sorted(rows[0])}.")
-        cache[table] = {r[META_KEY].lower(): r for r in rows if r.get(META_KEY)}
-    index = cache[table]
-    row = index.get(image.name.lower()) or index.get(image.stem.lower())
-    if row is None:
-        raise _bad(table, f"expected a row with {META_KEY} {image.stem!r} for {image}, got none.")
-    return row
+def _sheet_index(table: Path) -> dict[str, dict[str, str]]:
+    """The rows of a metadata sheet keyed by their ``FILE NAME`` (lower case)."""
+    rows = read_table(table)
+    if rows and META_KEY not in rows[0]:
+        raise _bad(table, f"expected a {META_KEY!r} column, got {sorted(rows[0])}.")
+    return {r[META_KEY].lower(): r for r in rows if r.get(META_KEY)}
+
+
+def _sheet_row(index: dict[str, dict[str, str]], image: Path) -> dict[str, str] | None:
+    """The row naming ``image`` (with or without its suffix), or None."""
+    return index.get(image.name.lower()) or index.get(image.stem.lower())
+
+
+def _add_source(rows: list[dict[str, str]], columns: list[str]) -> list[str]:
+    """Add the ``source`` column (:func:`url_source` of the ``URL`` column) to ``rows``."""
+    url = next((c for c in columns if c.upper() == "URL"), None)
+    if url is None or SOURCE in columns:
+        return columns
+    for row in rows:
+        value = row.get(url, "").strip()
+        row[SOURCE] = url_source(value) if value else ""
+    return [*columns, SOURCE]
+
+
+def _unmatched_note(unmatched: Sequence[_Entry], tables: dict[str, Path], absent: Sequence[str]) -> list[str]:
+    """One note on the images without a row in their class's sheet (the first one named)."""
+    rows = [e for e in unmatched if e.label not in absent]
+    if not rows:
+        return []
+    first = rows[0]
+    return [f"{len(rows)} image(s) without a row in their class's metadata sheet (first: {first.rel} in "
+            f"{tables[first.label].name}): the value {MISSING!r} in every column (--strict-metadata stops instead)"]
 
 
 def _manifest_path(base: Path, value: str) -> tuple[Path, str]:
@@ -372,7 +416,7 @@ def _declare(entries: list[_Entry], masks: str | None, where: Path) -> list[_Ent
 
 
 def scan_layout(
-    root: Path, *, masks: str | None = None, multilabel: bool | None = None
+    root: Path, *, masks: str | None = None, multilabel: bool | None = None, strict_metadata: bool = False
 ) -> tuple[str, list[str], list[_Entry], list[str]]:
     """Find the entries of a dataset folder or CSV manifest (images are not opened).
 
@@ -385,6 +429,8 @@ def scan_layout(
         multilabel: Read a manifest's labels as sets of findings (``A|B``, ``No Finding``).
             Default: when a label has a ``|`` or says ``No Finding``, or a ``mask.<finding>``
             column exists. A folder layout is single-label.
+        strict_metadata: Refuse an image without a row (or with an empty cell) in its class's
+            metadata sheet, instead of giving it the value ``missing`` there.
 
     Returns:
         The format (``"folder"`` or ``"manifest"``), the class names (findings) found (sorted), the
@@ -398,7 +444,7 @@ def scan_layout(
         if multilabel:
             raise _bad(root, "expected a CSV manifest for multi-label data (labels such as "
                        f"'Effusion{FINDING_SEP}Opacity'), got a folder per class.")
-        fmt, (found, entries, notes) = "folder", _scan_folder(root)
+        fmt, (found, entries, notes) = "folder", _scan_folder(root, strict_metadata)
     elif root.is_file() and root.suffix.lower() == ".csv":
         fmt, (found, entries, notes) = "manifest", _scan_manifest(root, multilabel)
     elif root.exists():

@@ -55,6 +55,7 @@ def load_dataset(
     merge_classes: bool = False,
     masks: str | None = None,
     multilabel: bool | None = None,
+    strict_metadata: bool = False,
 ) -> Dataset:
     """Find, check and index a labelled image dataset (images are decoded lazily).
 
@@ -77,6 +78,9 @@ def load_dataset(
             a ``mask.<finding>`` column is multi-label. For multi-label data the class map and
             exclusions apply to findings: an excluded finding is removed from every label set
             (counted in ``notes``), not set aside as out-of-scope images.
+        strict_metadata: Refuse an image without a row (or with an empty cell) in its class's
+            ``<class>.metadata.csv|xlsx`` sheet; by default it gets the value ``missing`` in
+            that column (counted in ``describe()["metadata_missing"]``).
 
     Returns:
         The dataset, samples ordered by (class, id) for a folder, by row for a manifest.
@@ -92,7 +96,8 @@ def load_dataset(
     if masks is not None:
         check_choice("masks", masks, MASK_KINDS, where="load_dataset")
     root = Path(path)
-    fmt, found, entries, notes = scan_layout(root, masks=masks, multilabel=multilabel)
+    fmt, found, entries, notes = scan_layout(root, masks=masks, multilabel=multilabel,
+                                             strict_metadata=strict_metadata)
     plan = apply_class_map(found, class_map, exclude=list(exclude_classes), merge=merge_classes)
     if entries and entries[0].findings is not None:
         return _load_multilabel(root, entries, notes, plan, class_names, on_bad_input, max_pixels, validate)

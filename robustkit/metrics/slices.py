@@ -85,15 +85,42 @@ def _label(lo: float, width: float, integer: bool) -> str:
     return f"{lo:g}-{lo + width - 1:g}" if integer else f"{lo:g}-{lo + width:g}"
 
 
-def discretize(values: np.ndarray, *, bin_width: float, max_levels: int = 10) -> np.ndarray:
+def discretize(values: np.ndarray, *, bin_width: float, max_levels: int = 10,
+               missing: str | None = None) -> np.ndarray:
     """Value labels ``(N,)`` str: a numeric column with more than ``max_levels`` distinct
-    values is binned into ``[k*w, (k+1)*w)`` labelled ``40-49`` (ints) or ``40-50``."""
+    values is binned into ``[k*w, (k+1)*w)`` labelled ``40-49`` (ints) or ``40-50``.
+
+    ``missing`` names the value of an absent entry (a metadata sheet's ``missing``): a column
+    whose other values are all numbers is then binned as a numeric column, and ``missing``
+    stays a label of its own.
+
+    >>> discretize(np.array(["61", "missing"] + [str(a) for a in range(20, 80, 5)]), bin_width=10,
+    ...            missing="missing")[:4].tolist()
+    ['60-69', 'missing', '20-29', '20-29']
+    """
     values = np.asarray(values)
+    if missing is not None and values.dtype.kind == "U" and (values == missing).any():
+        return _discretize_present(values, values == missing, bin_width, max_levels)
     if not np.issubdtype(values.dtype, np.number) or len(np.unique(values)) <= max_levels:
         return values.astype(str)
     integer = np.issubdtype(values.dtype, np.integer) and float(bin_width).is_integer()
     lo = np.floor(values.astype(np.float64) / bin_width) * bin_width
     return np.asarray([_label(v, bin_width, integer) for v in lo])
+
+
+def _discretize_present(values: np.ndarray, absent: np.ndarray, bin_width: float, max_levels: int) -> np.ndarray:
+    """:func:`discretize` of the entries not ``absent`` when they all read as numbers (ints
+    first); the absent ones keep their value. Otherwise the values as they are."""
+    for kind in (np.int64, np.float64):
+        try:
+            numbers = values[~absent].astype(kind)
+        except ValueError:
+            continue
+        out = values.astype(object)
+        if len(np.unique(numbers)) > max_levels:
+            out[~absent] = discretize(numbers, bin_width=bin_width, max_levels=max_levels)
+        return out.astype(str)
+    return values.astype(str)
 
 
 def parse_slice(text: str) -> tuple[tuple[str, str], ...]:

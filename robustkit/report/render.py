@@ -284,10 +284,24 @@ def _intake_rows(d: Mapping[str, Any]) -> list[tuple[str, Any]]:
         ("Excluded (out of scope)", (f"{d.get('n_excluded', 0)} images: " + ", ".join(
             f"{k} {v}" for k, v in d["excluded_counts"].items())) if d.get("n_excluded") else None),
         ("Metadata columns", d.get("metadata_columns") or None),
+        ("Missing metadata", _missing_text(d)),
         ("Masks resized", "; ".join(f"{n} masks {k} (nearest neighbour, same aspect ratio)"
                                     for k, n in resized.items()) or None),
         ("Notes", d.get("notes") or None),
     ]
+
+
+def _missing_text(d: Mapping[str, Any]) -> str | None:
+    """The ``missing`` values per metadata column and what they mean (None without metadata)."""
+    counts = d.get("metadata_missing")
+    if not d.get("metadata_columns") or counts is None:
+        return None
+    shown = {k: int(v) for k, v in counts.items() if v}
+    if not shown:
+        return "none: every image has a value in every metadata column"
+    per = ", ".join(f"{k} {v}" for k, v in shown.items())
+    return (f"{per} of {d.get('n_samples', '?')} images have the value 'missing' (no row in their class's "
+            "metadata sheet, or an empty cell); the slices study reports them as their own slice")
 
 
 def _audit_rows(audit: AuditResult) -> list[dict[str, str]]:

@@ -8,7 +8,9 @@ at least ``min_size`` samples remain on both sides), reports per slice accuracy,
 sensitivity and specificity and ECE with bootstrap intervals, tests each slice's accuracy
 against its complement (Fisher's exact test) and adjusts over the slices with
 Benjamini-Hochberg (1995). A slice is flagged only when it is worse than the rest by more
-than ``effect_size`` *and* its q-value is below ``alpha``.
+than ``effect_size`` *and* its q-value is below ``alpha``. The value ``missing`` (an image
+without a row in its class's metadata sheet, :mod:`robustkit.data.metadata`) is a value of
+its own (``source=missing`` is a slice); a numeric column's other values are binned as usual.
 
 The probe fits a cross-validated logistic regression on the model's penultimate features
 to predict the site (and any other ``probe_columns``); a high out-of-fold AUROC, with a
@@ -35,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from robustkit.data.metadata import MISSING
 from robustkit.errors import DataError, check_range, param_error
 from robustkit.metrics import ranking as R
 from robustkit.metrics import slices as S
@@ -165,7 +168,7 @@ class SlicesStudy(Study[SlicesConfig]):
         auroc = R.auroc(targets, probs)
         result = StudyResult(name=self.name, metrics={f"auroc.{n}": float(v) for n, v in zip(names, auroc)})
         result.metrics["auroc.macro"] = nan_mean(auroc)
-        result.data.update(alpha=cfg.alpha, effect_size=cfg.effect_size, bin_width=cfg.bin_width)
+        result.data.update(alpha=cfg.alpha, effect_size=cfg.effect_size, bin_width=cfg.bin_width, missing=MISSING)
         if task.exclusive:
             y, pred, conf = np.asarray(data.labels), probs.argmax(axis=1), probs.max(axis=1)
             _exclusive_overall(result, probs, pred, pred == y)
@@ -239,14 +242,14 @@ def _labels(data: Dataset, cfg: SlicesConfig) -> dict[str, np.ndarray]:
         if col not in meta:
             raise param_error("columns", f"metadata columns of the data (it has {have})", col, where=_WHERE)
     cols = list(cfg.columns) or have
-    labels = {c: S.discretize(meta[c], bin_width=cfg.bin_width) for c in cols}
+    labels = {c: S.discretize(meta[c], bin_width=cfg.bin_width, missing=MISSING) for c in cols}
     for text in cfg.slices:
         conditions = S.parse_slice(text)
         for col, _ in conditions:
             if col not in meta:
                 raise param_error("slices", f"conditions on metadata columns of the data (it has {have})", text,
                                   where=_WHERE)
-            labels.setdefault(col, S.discretize(meta[col], bin_width=cfg.bin_width))
+            labels.setdefault(col, S.discretize(meta[col], bin_width=cfg.bin_width, missing=MISSING))
         if len(data) and not S.slice_mask(labels, conditions).any():
             raise DataError(f"The 'slices' parameter of {_WHERE}: expected a slice that matches at least one "
                             f"sample, got {text!r}, which matches none.")
@@ -371,7 +374,7 @@ def _probes(records: Records, data: Dataset, cfg: SlicesConfig, ctx: AuditContex
     meta = data.metadata
     out = {}
     for col in cols:
-        target = S.discretize(meta[col], bin_width=cfg.bin_width)
+        target = S.discretize(meta[col], bin_width=cfg.bin_width, missing=MISSING)
         seed = ctx.seed_for("slices", "probe", col)
         res = S.site_probe(records["features"], target, folds=cfg.probe_folds, seed=seed, n_boot=cfg.n_bootstrap)
         res["within_class"] = S.site_probe(records["features"], target, folds=cfg.probe_folds, seed=seed,
