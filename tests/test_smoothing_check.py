@@ -87,7 +87,7 @@ def test_a_correct_study_has_no_contradiction_and_attacks_to_the_edge_of_the_bal
     assert result.data["check"]["gradient_passes"] == certified.sum() * 8 * 17
 
 
-def test_an_inflated_radius_is_contradicted_and_fails_loudly(linear_data: Path, monkeypatch) -> None:
+def test_an_inflated_radius_is_contradicted_and_fails_loudly(linear_data: Path, monkeypatch, tmp_path: Path) -> None:
     real = smoothing_metrics.certified_radius
     monkeypatch.setattr(smoothing_metrics, "certified_radius", lambda p, s: 5 * real(p, s))
     result, data = _run(linear_data)
@@ -98,6 +98,21 @@ def test_an_inflated_radius_is_contradicted_and_fails_loudly(linear_data: Path, 
     check = _check(result)
     assert check.status == "fail" and "contradicts certificates" in check.detail
     assert result.status == "ok"  # the numbers stand as measured; the failed check says they are wrong
+    html = _report(result, data, tmp_path)
+    assert "Do attacks contradict the certificates?" in html and "contradicts certificates" in html
+    assert "s = 0.25: 8" in html  # the images checked, as the view states them
+
+
+def _report(result, data, tmp_path: Path) -> str:  # type: ignore[no-untyped-def]
+    from robustkit.report import render_report
+    from robustkit.results import AuditResult
+
+    model = _linear()
+    audit = AuditResult(model=model.describe(), dataset={"fingerprint": "x"}, config={}, environment={},
+                        ids=np.asarray(data.ids), labels=np.asarray(data.labels), class_names=["a", "b"],
+                        studies={"smoothing": result}, task=Task(names=("a", "b")).describe())
+    render_report(audit, tmp_path / "r.html")
+    return (tmp_path / "r.html").read_text()
 
 
 def test_the_attack_lowers_the_smoothed_pA_toward_the_closed_form_optimum() -> None:
