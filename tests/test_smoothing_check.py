@@ -147,17 +147,21 @@ def test_quick_leaves_the_check_out_and_says_so(linear_data: Path) -> None:
     assert "check_samples = 0" in _check(result).detail
 
 
-def test_a_multilabel_study_checks_the_call_that_bounds_the_radius(toy_multilabel_model: Path,
-                                                                   toy_multilabel: Path) -> None:
+def _multilabel(model_path: Path, data_path: Path):  # type: ignore[no-untyped-def]
     from robustkit.model.adapter import load_model
 
-    model = load_model(toy_multilabel_model, batch_size=16)
+    model = load_model(model_path, batch_size=16)
     model.thresholds, model.threshold_source = np.array([0.3, 0.5, 0.7]), "given (a test)"
-    data = load_dataset(toy_multilabel).with_class_order(list(model.class_names))
+    data = load_dataset(data_path).with_class_order(list(model.class_names))
     task = Task.from_results(model.describe(), model.class_names)
-    result = SmoothingStudy.configure("quick", {"max_samples": 6, "sigmas": [0.12], "n0": 8, "n": 64, "alpha": 0.01,
-                                                "check_samples": 3, "check_steps": 3, "check_draws": 4}).execute(
+    return SmoothingStudy.configure("quick", {"max_samples": 6, "sigmas": [0.12], "n0": 8, "n": 64, "alpha": 0.01,
+                                             "check_samples": 3, "check_steps": 4, "check_draws": 4}).execute(
         model, data, AuditContext(seed=0, task=task))
+
+
+def test_a_multilabel_study_checks_the_call_that_bounds_the_radius(toy_multilabel_model: Path,
+                                                                   toy_multilabel: Path) -> None:
+    result = _multilabel(toy_multilabel_model, toy_multilabel)
     rec = result.records
     checked = rec["check_output"][:, 0] >= 0
     assert 0 < checked.sum() <= 3 and result.metrics["checked.0.12"] == checked.sum()
@@ -167,3 +171,12 @@ def test_a_multilabel_study_checks_the_call_that_bounds_the_radius(toy_multilabe
         assert k == radius.argmin() and rec["check_present"][i, 0] == bool(rec["label"][i, 0, k])
         assert rec["check_radius"][i, 0] == pytest.approx(radius[k])
     assert result.metrics["contradictions.0.12"] == 0
+
+
+def test_a_multilabel_radius_inflated_far_past_the_boundary_is_contradicted(toy_multilabel_model: Path,
+                                                                            toy_multilabel: Path, monkeypatch) -> None:
+    """Each call is a binary smoothed classifier attacked through its threshold (sigmoid(z - logit t))."""
+    real = smoothing_metrics.certified_radius
+    monkeypatch.setattr(smoothing_metrics, "certified_radius", lambda p, s: 50 * real(p, s))
+    result = _multilabel(toy_multilabel_model, toy_multilabel)
+    assert result.metrics["contradictions.0.12"] >= 1 and _check(result).status == "fail"

@@ -16,6 +16,13 @@ Draws: draw ``j`` of stream ``t`` (selection or estimation) of sample ``i`` at n
 row ``j mod 32`` of a stateless normal block keyed by ``(seed, study, s, sample id, t,
 j // 32)``, so the counts do not depend on batch sizes, shards or workers; the blocks run in
 compiled batches of noisy copies (no Python loop per draw).
+
+The consistency check: for ``check_samples`` images (chosen in ``prepare`` by a seeded hash of
+their ids), at each ``s`` where one is certified, L2 PGD on the smoothed model
+(:func:`~robustkit.model.smoothed.smoothed_l2_pgd`, SmoothAdv's loss) and on the base model
+search the ball just inside the radius of its weakest certified call; PREDICT, on its own keyed
+draws, at each point. A call there other than the certified one contradicts the certificate
+(the reduce counts them and fails a check). The base model broken inside the radius is not one.
 """
 
 from __future__ import annotations
