@@ -101,7 +101,8 @@ SMALL: dict[str, dict[str, Any]] = {
                  "smoothgrad_n": 4, "ig_steps": 8, "n_noise": 1, "stability_samples": 4, "independent": True},
     "slices": {"n_bootstrap": 20, "min_size": 6, "depth": 2, "probe_folds": 3},
     "ood": {"sets": ["ct", "synthetic", "effusion", "inverted"], "n_per_set": 4, "n_bootstrap": 20, "n_gallery": 2},
-    "smoothing": {"max_samples": 9, "sigmas": [0.12, 0.5], "n0": 8, "n": 40, "radii": [0.0, 0.1, 0.25]},
+    "smoothing": {"max_samples": 9, "sigmas": [0.12, 0.5], "n0": 8, "n": 40, "radii": [0.0, 0.1, 0.25],
+                  "check_samples": 3, "check_steps": 2, "check_draws": 4},
 }
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import beta, binomtest, norm
 
-__all__ = ["ABSTAIN", "Certificate", "certified_rate", "certify", "clopper_pearson_lower", "predict",
+__all__ = ["ABSTAIN", "Certificate", "certified_radius", "certified_rate", "certify", "clopper_pearson_lower", "predict",
            "radius_ceiling"]
 
 #: the class index of an abstention
@@ -76,9 +76,15 @@ def certify(counts0: np.ndarray, counts: np.ndarray, *, sigma: float, alpha: flo
     n_a = np.take_along_axis(counts, top[..., None], axis=-1)[..., 0]
     p_lower = clopper_pearson_lower(n_a, n, alpha)
     certified = p_lower >= 0.5
-    radius = np.where(certified, sigma * norm.ppf(np.clip(p_lower, 0.5, 1.0)), 0.0)
+    radius = np.where(certified, certified_radius(p_lower, sigma), 0.0)
     return Certificate(label=np.where(certified, top, ABSTAIN), radius=radius, p_lower=p_lower,
                        count=n_a.astype(np.int64))
+
+
+def certified_radius(p_lower: np.ndarray, sigma: float) -> np.ndarray:
+    """The L2 radius ``sigma * Phi^-1(pA_lower)`` that a lower bound ``pA_lower >= 1/2`` certifies
+    (Cohen et al. 2019, Theorem 1; 0 at 1/2)."""
+    return np.asarray(sigma * norm.ppf(np.clip(p_lower, 0.5, 1.0)))
 
 
 def predict(counts: np.ndarray, *, alpha: float) -> np.ndarray:

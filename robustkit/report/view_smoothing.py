@@ -35,6 +35,7 @@ def smoothing_view(study: StudyResult, audit: AuditResult) -> dict[str, Any]:
     ctx["n"], ctx["n0"], ctx["alpha"] = d.get("n"), d.get("n0"), d.get("alpha")
     ctx["multilabel"] = bool(d.get("multilabel"))
     ctx["model_passes"] = d.get("model_passes")
+    ctx["check"] = dict(d.get("check") or {})
     noise = d.get("training_noise_sigma")
     ctx["training"] = ("The checkpoint's sidecar does not say whether the model was trained with Gaussian noise."
                        if noise is None else

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from robustkit.studies.base import AuditContext, Records
     from robustkit.studies.smoothing import SmoothingConfig
 
-__all__ = ["binomial_interval", "key", "smoothing_reduce"]
+__all__ = ["binomial_interval", "call_counts", "contradictions", "key", "smoothing_reduce"]
 
 #: points of the stored certified-accuracy curve (from 0 to the largest ceiling)
 CURVE_POINTS = 41
@@ -50,6 +50,15 @@ def binomial_interval(k: int, n: int, *, level: float = 0.95) -> list[float]:
     lo = float(beta.ppf(a, k, n - k + 1)) if k > 0 else 0.0
     hi = float(beta.ppf(1 - a, k + 1, n - k)) if k < n else 1.0
     return [lo, hi]
+
+
+def call_counts(c0: np.ndarray, c: np.ndarray, *, exclusive: bool, n0: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The counts ``(N, K)`` of calls as CERTIFY's decisions ``(N, C, classes)``: one multi-class
+    decision per image (``C = 1``), or, several labels per image, one binary decision per output
+    over (absent, present)."""
+    if exclusive:
+        return c0[:, None, :], c[:, None, :]
+    return np.stack([n0 - c0, c0], axis=-1), np.stack([n - c, c], axis=-1)
 
 
 @dataclass(frozen=True)
@@ -74,12 +83,8 @@ class _Sigma:
 def _decide(c0: np.ndarray, c: np.ndarray, targets: np.ndarray, *, exclusive: bool, sigma: float,
             cfg: SmoothingConfig) -> _Sigma:
     """CERTIFY and PREDICT at one noise level from the counts of calls ``(N, K)``."""
-    if exclusive:
-        truth = targets.argmax(axis=1)[:, None]
-        c0, c = c0[:, None, :], c[:, None, :]
-    else:  # each output: a binary smoothed classifier over (absent, present)
-        truth = targets.astype(np.int64)
-        c0, c = np.stack([cfg.n0 - c0, c0], axis=-1), np.stack([cfg.n - c, c], axis=-1)
+    truth = targets.argmax(axis=1)[:, None] if exclusive else targets.astype(np.int64)
+    c0, c = call_counts(c0, c, exclusive=exclusive, n0=cfg.n0, n=cfg.n)
     cert = certify(c0, c, sigma=sigma, alpha=cfg.alpha)
     predicted = predict(c, alpha=cfg.alpha)
     return _Sigma(cert, cert.label == truth, predicted, predicted == truth)
@@ -103,11 +108,40 @@ def smoothing_reduce(records: Records, data: Dataset, ctx: AuditContext, cfg: Sm
         names += col_names
         if not exclusive:
             _finding_rates(res, level, sigma, radii, targets, [str(n) for n in data.class_names])
+    found = [contradictions(records, lv, j, exclusive=exclusive, n=cfg.n, alpha=cfg.alpha) for j, lv in enumerate(levels)]
+    for sigma, (checked, contradicted) in zip(cfg.sigmas, found):
+        res.metrics[f"checked.{key(sigma)}"] = float(checked.sum())
+        res.metrics[f"contradictions.{key(sigma)}"] = float(contradicted.sum())
     res.records.update(_records(records, levels, base_right, np.column_stack(columns), exclusive))
-    res.data.update(_data(levels, cfg, exclusive, ctx), correct_metrics=names)
+    if found:
+        res.records["contradicted"] = np.column_stack([c for _, c in found]).astype(np.uint8)
+    res.data.update(_data(levels, cfg, exclusive, ctx), correct_metrics=names, check=_check_data(records, found, cfg))
     res.tables["certified accuracy"] = _table(res, cfg)
-    res.checks = _checks(res, cfg, ctx)
+    res.checks = _checks(res, cfg, ctx) + [_contradiction_check(res, cfg)]
     return res
+
+
+def contradictions(records: Records, level: _Sigma, j: int, *, exclusive: bool, n: int,
+                   alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(checked, contradicted)`` ``(N,)`` bool at noise level ``j``: the images whose certificate
+    an attack tried, and those where PREDICT at an attack point closer than the certified radius
+    gave a call (not an abstention) other than the certified one."""
+    if "check_output" not in records:
+        return np.zeros(len(level.right), bool), np.zeros(len(level.right), bool)
+    output = np.asarray(records["check_output"])[:, j]
+    checked, rows = output >= 0, np.arange(len(output))
+    col = np.zeros_like(output) if exclusive else np.maximum(output, 0)
+    label, radius = level.cert.label[rows, col], level.cert.radius[rows, col]
+    contradicted = np.zeros(len(output), bool)
+    for p in range(2):  # the smoothed model's attack point, the base model's
+        counts = np.asarray(records["check_counts"])[:, j, p]
+        if not exclusive:
+            present = counts[rows, np.maximum(output, 0)]
+            counts = np.stack([n - present, present], axis=-1)
+        called = predict(counts, alpha=alpha)
+        inside = np.asarray(records["check_distance"])[:, j, p] < radius
+        contradicted |= checked & np.asarray(records["check_used"])[:, j, p] & inside & (called != ABSTAIN) & (called != label)
+    return checked, contradicted
 
 
 def _sigma_metrics(res: StudyResult, level: _Sigma, sigma: float, radii: np.ndarray,
@@ -151,7 +185,8 @@ def _records(records: Records, levels: list[_Sigma], base_right: np.ndarray, cor
             "radius": stack(lambda lv: lv.cert.radius).astype(np.float64),
             "p_lower": stack(lambda lv: lv.cert.p_lower).astype(np.float64),
             "predicted": stack(lambda lv: lv.predicted).astype(np.int64),
-            "base_correct": base_right.astype(np.uint8), "correct": correct}
+            "base_correct": base_right.astype(np.uint8), "correct": correct,
+            **{k: np.asarray(v) for k, v in records.items() if k.startswith("check_")}}
 
 
 def _data(levels: list[_Sigma], cfg: SmoothingConfig, exclusive: bool, ctx: AuditContext) -> dict[str, Any]:
@@ -165,6 +200,39 @@ def _data(levels: list[_Sigma], cfg: SmoothingConfig, exclusive: bool, ctx: Audi
             "n0": cfg.n0, "n": cfg.n, "alpha": cfg.alpha, "multilabel": not exclusive,
             "training_noise_sigma": ctx.model_info.get("training_noise_sigma"),
             "model_passes": int(len(levels[0].right) * len(cfg.sigmas) * (cfg.n0 + cfg.n)) if levels else 0}
+
+
+def _check_data(records: Records, found: list[tuple[np.ndarray, np.ndarray]], cfg: SmoothingConfig) -> dict[str, Any]:
+    """What the check did and cost: images checked per noise level, base points used, model passes."""
+    checked = [int(c.sum()) for c, _ in found]
+    used = np.asarray(records.get("check_used", np.zeros((0, len(cfg.sigmas), 2), bool)))
+    base_points = int(used[:, :, 1].sum()) if used.size else 0
+    return {"samples": cfg.check_samples, "steps": cfg.check_steps, "draws": cfg.check_draws,
+            "checked": dict(zip((key(s) for s in cfg.sigmas), checked)), "base_points": base_points,
+            "gradient_passes": sum(checked) * cfg.check_steps * (cfg.check_draws + 1),
+            "model_passes": sum(checked) * (cfg.n + 1) + base_points * cfg.n}
+
+
+def _contradiction_check(res: StudyResult, cfg: SmoothingConfig) -> Check:
+    """Fail when an attack contradicts a certificate; warn when nothing was checked."""
+    name = "certificates hold under attack"
+    checked = {key(s): int(res.metrics[f"checked.{key(s)}"]) for s in cfg.sigmas}
+    found = {s: int(res.metrics[f"contradictions.{s}"]) for s in checked}
+    how = (f"L2 PGD ({cfg.check_steps} steps) on the smoothed model ({cfg.check_draws} noise draws a step) and on "
+           f"the base model, within the certified radius, then PREDICT ({cfg.n} draws) at each point")
+    if cfg.check_samples == 0:
+        return Check(name, "warn", "Not run (check_samples = 0): no attack tested the certificates.")
+    if not sum(checked.values()):
+        return Check(name, "warn", f"None of the {cfg.check_samples} images chosen for the check was certified at "
+                                   "any noise level, so no certificate was tested.")
+    per = ", ".join(f"s={s}: {found[s]} of {checked[s]}" for s in checked)
+    if sum(found.values()):
+        return Check(name, "fail", f"An attack contradicts certificates ({per} checked images): the smoothed model "
+                                   f"calls otherwise closer than the certified radius. {how}. By chance this happens "
+                                   f"with probability at most about 3 alpha = {3 * cfg.alpha:g} per image; more "
+                                   "often means the certificates are wrong (a bug): do not trust the radii.")
+    return Check(name, "pass", f"No contradiction on {sum(checked.values())} certified images ({per} contradicted). "
+                               f"{how}.")
 
 
 def _table(res: StudyResult, cfg: SmoothingConfig) -> list[dict[str, Any]]:
