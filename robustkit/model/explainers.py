@@ -391,7 +391,8 @@ def activation_layers(model: keras.Model, n: int, gradcam_layer: str) -> list[st
     groups = _cut_layers(model, prefix=last[:-1])
     weighted = [i for i, (_, layer) in enumerate(groups) if layer.weights]
     groups = groups[weighted[0]:] if weighted else groups
-    names = [p for p, layer in groups if _rank4(layer) and not isinstance(layer, keras.layers.InputLayer)]
+    names = [p for p, layer in groups  # nested blocks (ConvNeXt's Sequential stem) are not tapped whole
+             if _rank4(layer) and not isinstance(layer, (keras.layers.InputLayer, keras.Model))]
     names = names[: names.index(last) + 1] if last in names else names
     if not names:
         return []
