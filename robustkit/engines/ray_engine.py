@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from robustkit.engines.ray_connect import CONNECT_TIMEOUT, check_address, join_cluster
 from robustkit.errors import ConfigError, RobustkitError, check_range, param_error
 from robustkit.results import StudyResult, atomic_write_bytes
 from robustkit.studies.base import AuditContext, Study, merge_records
@@ -66,6 +67,8 @@ class RayOptions:
         cpus_per_worker: CPUs reserved per actor (TensorFlow's thread pools are sized to it).
         gpus_per_worker: GPUs per actor (fractions share a GPU).
         batch_size: samples per map call (default: the model's batch size).
+        connect_timeout: seconds to reach a named cluster (a TCP connection to the address,
+            then ``ray.init``) before the audit stops with a one-line error.
     """
 
     address: str | None = None
@@ -73,6 +76,7 @@ class RayOptions:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     batch_size: int | None = None
+    connect_timeout: float = CONNECT_TIMEOUT
 
     def validate(self) -> None:
         check_range("workers", self.workers, low=1, integer=True)
@@ -80,6 +84,7 @@ class RayOptions:
         check_range("gpus_per_worker", self.gpus_per_worker, low=0.0)
         if self.batch_size is not None:
             check_range("batch_size", self.batch_size, low=1, integer=True)
+        check_range("connect_timeout", self.connect_timeout, low=0.0, low_open=True)
         if self.address is not None and not isinstance(self.address, str):
             raise param_error("ray_address", "a string such as 'ray://head:10001' or 'auto'", self.address)
 
@@ -225,13 +230,14 @@ def run_studies_ray(
 
 
 def _connect(ray: Any, options: RayOptions) -> bool:
-    """Join the named cluster (or ``RAY_ADDRESS``); else start a local one. True if started here."""
+    """Join the named cluster (or ``RAY_ADDRESS``) within ``options.connect_timeout``; else start
+    a local one. True if started here."""
     _quiet(ray)
     if ray.is_initialized():
         return False
-    address = options.address or os.environ.get("RAY_ADDRESS")
+    address = check_address(options.address, timeout=options.connect_timeout)
     if address:
-        ray.init(address=address, log_to_driver=False, ignore_reinit_error=True)
+        join_cluster(ray, address, timeout=options.connect_timeout)
         return True
     ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
              ignore_reinit_error=True)
