@@ -160,3 +160,51 @@ def test_a_missing_batch_is_an_error_naming_its_samples(setup: dict[str, Any], t
     resumed, progress = _run(setup, out=tmp_path)  # a re-run maps only the missing batch
     assert progress.counted == {"ray": BATCH}
     _assert_same_as_in_process(resumed, setup["local"])
+
+
+def _exiting_clean(flag: Path, shards: Path) -> Any:
+    """The clean study, except that the first worker to find two finished shards under ``shards``
+    (and no ``flag``) ends its actor on purpose: Ray neither restarts it nor retries its batch,
+    and the driver gets an ``ActorDiedError``, as when a node's agent is lost. Defined here, so
+    Ray ships the class to the workers by value."""
+    from robustkit.studies.clean import CleanStudy
+
+    class ExitingClean(CleanStudy):
+        def map(self, model: Any, batch: Any, ctx: AuditContext) -> dict[str, np.ndarray]:
+            if not flag.exists() and len(list(shards.rglob("*.npz"))) >= 2:
+                flag.touch()
+                ray.actor.exit_actor()
+            return super().map(model, batch, ctx)
+
+    return ExitingClean.configure("quick", STUDIES["clean"])
+
+
+def test_a_failure_ray_cannot_recover_is_one_line_and_a_re_run_resumes(setup: dict[str, Any],
+                                                                        tmp_path: Path) -> None:
+    from robustkit.errors import ClusterError
+
+    data, n = setup["data"], len(setup["data"])
+
+    def run() -> tuple[dict[str, Any], _Counting]:
+        progress = _Counting()
+        studies = [_exiting_clean(tmp_path / "exited", tmp_path / SHARDS), _studies()[1]]
+        results = run_studies_ray(studies, setup["model"], data, AuditContext(seed=1, quiet=False, progress=progress),
+                                  options=RayOptions(workers=1, batch_size=BATCH), model_spec=setup["spec"],
+                                  out=tmp_path)
+        return results, progress
+
+    with pytest.raises(ClusterError) as caught:
+        run()
+    message = str(caught.value)
+    assert caught.value.exit_code == 1 and "\n" not in message, message
+    assert "the Ray cluster failed mid-audit and Ray could not recover (ActorDiedError: " in message
+    shards = {f: f.stat().st_mtime_ns for f in (tmp_path / SHARDS).rglob("*.npz")}
+    kept = sorted(int(p) for f in shards for p in np.load(f)["pos"])
+    assert len(kept) >= 2 * BATCH and len(kept) == len(set(kept)) < n
+    folder = next(iter(shards)).parent
+    assert f"{len(kept)} of {n} samples are kept in {folder}: re-run the same command to resume" in message
+
+    resumed, progress = run()
+    assert progress.counted == {"ray": n - len(kept)}  # only the samples no shard holds are mapped again
+    assert all(f.stat().st_mtime_ns == t for f, t in shards.items())  # the kept shards are read, not rewritten
+    _assert_same_as_in_process(resumed, setup["local"])

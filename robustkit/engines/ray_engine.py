@@ -15,8 +15,12 @@ Faults: Ray Data restarts a dead actor and re-runs its unfinished batches (its a
 default to unlimited ``max_restarts`` and ``max_task_retries``); a batch that comes back twice
 is kept once (by its positions), batches may arrive in any order, and a sample that no batch
 brought back is an error naming it, never a silent gap. A study whose ``map`` raises fails
-alone (status ``failed``), as in the in-process engine. Tests rehearse these faults through
-``run_studies_ray``'s ``deliver`` hook (a batch delivered twice, dropped, out of order).
+alone (status ``failed``), as in the in-process engine. A failure Ray cannot recover (an actor
+that exits on purpose, a node's agent lost, an object beyond reconstruction: a ``RayError`` at the
+driver) stops the audit with one line (:class:`~robustkit.errors.ClusterError`, exit 1) that says
+what happened and how many samples the shards keep; a re-run maps only the rest. Tests rehearse
+these faults through ``run_studies_ray``'s ``deliver`` hook (a batch delivered twice, dropped, out
+of order) and with a worker that exits mid-audit.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from robustkit.engines.ray_connect import CONNECT_TIMEOUT, check_address, join_cluster
-from robustkit.errors import ConfigError, RobustkitError, check_range, param_error
+from robustkit.errors import ClusterError, ConfigError, RobustkitError, check_range, param_error
 from robustkit.results import StudyResult, atomic_write_bytes
 from robustkit.studies.base import AuditContext, Study, merge_records
 
@@ -245,13 +249,15 @@ def _connect(ray: Any, options: RayOptions) -> bool:
 
 
 def _quiet(ray: Any) -> None:
-    """No Ray Data progress bars or INFO lines on the driver: robustkit draws its own bar."""
+    """No Ray Data progress bars or INFO lines on the driver: robustkit draws its own bar. Ray
+    Data's ERROR lines (a traceback when its execution aborts) stay in its log file under the Ray
+    session's ``logs/``: the driver says what happened in one line (:func:`_cluster_failed`)."""
     import logging
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
-    for name in ("ray", "ray.data"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
 
 
 def _map_on_ray(ray: Any, todo: np.ndarray, studies: list[Study], data: Dataset,
@@ -276,16 +282,39 @@ def _map_on_ray(ray: Any, todo: np.ndarray, studies: list[Study], data: Dataset,
     seen: set[tuple[int, ...]] = set()
     stream = (pickle.loads(b["payload"][0]) for b in mapped.iter_batches(batch_size=1, batch_format="numpy"))
     with ctx.bar(len(todo), "ray") as bar:
-        for payload in deliver(stream) if deliver is not None else stream:
-            sig = tuple(int(p) for p in payload["pos"])
-            if sig in seen:  # a retried batch that also finished the first time
-                continue
-            seen.add(sig)
-            if shard_dir is not None:
-                _save_shard(shard_dir, payload)
-            got.append(payload)
-            bar.update(len(sig))
+        try:
+            for payload in deliver(stream) if deliver is not None else stream:
+                sig = tuple(int(p) for p in payload["pos"])
+                if sig in seen:  # a retried batch that also finished the first time
+                    continue
+                seen.add(sig)
+                if shard_dir is not None:
+                    _save_shard(shard_dir, payload)
+                got.append(payload)
+                bar.update(len(sig))
+        except ray.exceptions.RayError as exc:  # what Ray could not recover: a node, an agent, an object lost
+            done = len(data) - len(todo) + sum(len(sig) for sig in seen)
+            raise _cluster_failed(exc, done=done, total=len(data), shard_dir=shard_dir) from None
     return got
+
+
+def _cluster_failed(exc: BaseException, *, done: int, total: int, shard_dir: Path | None) -> RobustkitError:
+    """One line for a failure Ray could not recover: what happened, what is kept, how to resume.
+    A robustkit error inside it (an actor's bad input, e.g. a checkpoint a node cannot read)
+    is raised as itself."""
+    node: BaseException | None = exc
+    while node is not None:
+        inner = getattr(node, "cause", None)  # Ray's task errors carry the worker's exception
+        if isinstance(node, RobustkitError) and not isinstance(inner, BaseException):
+            return node
+        node = inner if isinstance(inner, BaseException) else node.__cause__
+    lines = [" ".join(ln.split()) for ln in str(exc).splitlines() if ln.strip()] or [""]
+    said = " ... ".join(dict.fromkeys([lines[0], lines[-1]]))  # Ray's headline and its reason
+    said = f"{type(exc).__name__}: {said[:400]}"
+    kept = (f"{done} of {total} samples are kept in {shard_dir}: re-run the same command to resume from "
+            "them (--fresh starts over)" if shard_dir is not None else
+            "nothing is kept (no output folder): re-run with --out to keep finished batches")
+    return ClusterError(f"ray engine: the Ray cluster failed mid-audit and Ray could not recover ({said}); {kept}.")
 
 
 def _check_every_sample(payloads: list[Payload], data: Dataset) -> None:
