@@ -1,7 +1,9 @@
 """The Ray engine: every study's ``map`` on a Ray Data actor pool, ``reduce`` on the driver.
 
-The sample positions of the audit become a Ray dataset; ``map_batches`` runs them through an
-actor pool (:class:`ray.data.ActorPoolStrategy`), each actor loading the checkpoint once into
+The sample positions of the audit, followed by those of each study's extra samples
+(:meth:`~robustkit.studies.base.Study.extra_data`: the OOD study's reference and OOD sets, built
+by its ``prepare`` on the driver and shipped with it), become a Ray dataset; ``map_batches`` runs
+them through an actor pool (:class:`ray.data.ActorPoolStrategy`), each actor loading the checkpoint once into
 a :class:`~robustkit.model.ModelAdapter` and running the maps of every study on its batches.
 Images are read by path inside the actors, so every worker must see the checkpoint and the
 data at the same paths (a shared filesystem or the same mount on every node). Each batch comes
@@ -41,7 +43,7 @@ import numpy as np
 from robustkit.engines.ray_connect import CONNECT_TIMEOUT, check_address, join_cluster
 from robustkit.errors import ClusterError, ConfigError, RobustkitError, check_range, param_error
 from robustkit.results import StudyResult, atomic_write_bytes
-from robustkit.studies.base import AuditContext, Study, merge_records
+from robustkit.studies.base import EXTRA, AuditContext, Study, merge_records
 
 if TYPE_CHECKING:
     from robustkit.data.dataset import Dataset
@@ -53,6 +55,9 @@ INSTALL = 'pip install "robustkit[ray]"'
 SHARDS = "shards"
 
 Payload = dict[str, Any]
+#: study name -> (first position, count) of its :meth:`Study.extra_data` samples, numbered after
+#: the audit's samples: the pool maps positions ``0 .. N - 1`` (the audit) and then these.
+Extras = dict[str, tuple[int, int]]
 #: A fault-injection hook for tests: takes the stream of finished batches (payloads with
 #: ``pos``, ``studies``, ``seconds``) as Ray delivers them to the driver and returns the stream
 #: the driver reads (a batch twice, one left out, another order). ``None``: as delivered.
@@ -107,10 +112,11 @@ def require_ray() -> Any:
 
 
 class _StudyMapper:
-    """One Ray actor: the checkpoint loaded once, every study's ``map`` on each batch."""
+    """One Ray actor: the checkpoint loaded once, every study's ``map`` on each batch (the audit's
+    samples and the studies' extra samples alike)."""
 
     def __init__(self, *, model_spec: dict[str, Any], studies: list[Study], data: Dataset,
-                 selections: dict[str, np.ndarray], seed: int, threads: int) -> None:
+                 selections: dict[str, np.ndarray], extras: Extras, seed: int, threads: int) -> None:
         _limit_threads(threads)
         from robustkit.model.adapter import load_model
 
@@ -118,27 +124,37 @@ class _StudyMapper:
         self.studies = studies
         self.data = data
         self.selections = {k: _lookup(v) for k, v in selections.items()}
+        self.extras = extras
         self.ctx = AuditContext(seed=seed, model_info=self.model.describe())
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         positions = np.asarray(batch["pos"], dtype=np.int64)
-        per_study: dict[str, Any] = {}
-        seconds: dict[str, float] = {}
+        payload: Payload = {"pos": positions, "studies": {}, "seconds": {}}
         for study in self.studies:
             local = self.selections[study.name](positions)  # positions in the study's own subset
-            keep = local >= 0
-            if not keep.any():
-                continue
-            sub = self.data.subset(positions[keep])
-            start = time.perf_counter()
-            try:
-                per_study[study.name] = (local[keep], study.map(self.model, sub, self.ctx))
-            except Exception as exc:  # noqa: BLE001 - reported on the driver, the other studies go on
-                per_study[study.name] = (None, _error(exc))
-            seconds[study.name] = time.perf_counter() - start
-        payload = {"pos": positions, "studies": per_study, "seconds": seconds}
+            self._map(payload, study.name, study, self.data, positions, local)
+            if study.name in self.extras:
+                first, count = self.extras[study.name]
+                local = np.where((positions >= first) & (positions < first + count), positions - first, -1)
+                extra = study.extra_data(self.ctx)
+                assert extra is not None  # prepared on the driver, shipped with the study
+                self._map(payload, EXTRA + study.name, study, extra, local, local)
         return {"payload": np.array([pickle.dumps(payload, protocol=5)], dtype=object),
                 "first": positions[:1], "n": np.array([len(positions)])}
+
+    def _map(self, payload: Payload, key: str, study: Study, source: Dataset, rows: np.ndarray,
+             local: np.ndarray) -> None:
+        """``study.map`` over ``source``'s ``rows`` where ``local >= 0``, kept under ``key``
+        with the ``local`` positions it merges at (its error, if it raised)."""
+        keep = local >= 0
+        if not keep.any():
+            return
+        start = time.perf_counter()
+        try:
+            payload["studies"][key] = (local[keep], study.map(self.model, source.subset(rows[keep]), self.ctx))
+        except Exception as exc:  # noqa: BLE001 - reported on the driver, the other studies go on
+            payload["studies"][key] = (None, _error(exc))
+        payload["seconds"][key] = time.perf_counter() - start
 
 
 def _error(exc: Exception) -> dict[str, str]:
@@ -209,28 +225,55 @@ def run_studies_ray(
     selections = {s.name: s.select(data, ctx) for s in studies}
     for study in studies:  # driver-side decisions (a split) travel with the study to the workers
         study.prepare(data.subset(selections[study.name]), ctx)
+    extras = _extra_ranges(studies, ctx, first=len(data))
+    total = len(data) + sum(count for _, count in extras.values())
     key = _run_key(studies, model, data, ctx.seed)
     shard_dir = out / SHARDS / key if out is not None else None
     done = _load_shards(shard_dir)
-    todo = np.setdiff1d(np.arange(len(data)), np.concatenate([p["pos"] for p in done]) if done else [])
+    todo = np.setdiff1d(np.arange(total), np.concatenate([p["pos"] for p in done]) if done else [])
     if done and not ctx.quiet:
-        print(f"ray: {len(data) - len(todo)} of {len(data)} samples from finished shards in {shard_dir}",
+        print(f"ray: {total - len(todo)} of {total} samples from finished shards in {shard_dir}",
               file=sys.stderr, flush=True)
     started = _connect(ray, options)
     try:
         if len(todo):
-            done += _map_on_ray(ray, todo, studies, data, selections, ctx, options, model_spec, model, shard_dir,
-                                deliver)
+            done += _map_on_ray(ray, todo, total, studies, data, selections, extras, ctx, options, model_spec, model,
+                                shard_dir, deliver)
     finally:
         if started:
             ray.shutdown()
-    _check_every_sample(done, data)
+    _check_every_sample(done, total, _namer(data, studies, ctx, extras))
     results = {}
     for study in studies:
-        results[study.name] = _reduce(study, done, data, selections[study.name], ctx, model)
+        results[study.name] = _reduce(study, done, data, selections[study.name], ctx, extras)
         if on_result is not None:
             on_result(results[study.name])
     return results
+
+
+def _extra_ranges(studies: list[Study], ctx: AuditContext, *, first: int) -> Extras:
+    """Each prepared study's extra samples as a range of pool positions from ``first`` on."""
+    extras: Extras = {}
+    for study in studies:
+        extra = study.extra_data(ctx)
+        if extra is not None and len(extra):
+            extras[study.name] = (first, len(extra))
+            first += len(extra)
+    return extras
+
+
+def _namer(data: Dataset, studies: list[Study], ctx: AuditContext, extras: Extras) -> Callable[[int], str]:
+    """The id of a pool position, for errors: an audit sample's, or ``<study> extra <its id>``."""
+    def name(pos: int) -> str:
+        if pos < len(data):
+            return str(data.ids[pos])
+        for study in studies:
+            first, count = extras.get(study.name, (0, 0))
+            extra = study.extra_data(ctx) if first <= pos < first + count else None
+            if extra is not None:
+                return f"{study.name} extra {extra.ids[pos - first]}"
+        return f"position {pos}"
+    return name
 
 
 def _connect(ray: Any, options: RayOptions) -> bool:
@@ -260,8 +303,8 @@ def _quiet(ray: Any) -> None:
     logging.getLogger("ray.data").setLevel(logging.CRITICAL)
 
 
-def _map_on_ray(ray: Any, todo: np.ndarray, studies: list[Study], data: Dataset,
-                selections: dict[str, np.ndarray], ctx: AuditContext, options: RayOptions,
+def _map_on_ray(ray: Any, todo: np.ndarray, total: int, studies: list[Study], data: Dataset,
+                selections: dict[str, np.ndarray], extras: Extras, ctx: AuditContext, options: RayOptions,
                 model_spec: dict[str, Any], model: ModelAdapter, shard_dir: Path | None,
                 deliver: Delivery | None = None) -> list[Payload]:
     bs = int(options.batch_size or model.batch_size)
@@ -273,7 +316,7 @@ def _map_on_ray(ray: Any, todo: np.ndarray, studies: list[Study], data: Dataset,
         compute=ray.data.ActorPoolStrategy(size=options.workers),
         fn_constructor_kwargs={
             "model_spec": model_spec, "studies": studies, "data": data, "selections": selections,
-            "seed": ctx.seed, "threads": int(max(1, options.cpus_per_worker)),
+            "extras": extras, "seed": ctx.seed, "threads": int(max(1, options.cpus_per_worker)),
         },
         num_cpus=options.cpus_per_worker,
         num_gpus=options.gpus_per_worker or None,
@@ -293,8 +336,8 @@ def _map_on_ray(ray: Any, todo: np.ndarray, studies: list[Study], data: Dataset,
                 got.append(payload)
                 bar.update(len(sig))
         except ray.exceptions.RayError as exc:  # what Ray could not recover: a node, an agent, an object lost
-            done = len(data) - len(todo) + sum(len(sig) for sig in seen)
-            raise _cluster_failed(exc, done=done, total=len(data), shard_dir=shard_dir) from None
+            done = total - len(todo) + sum(len(sig) for sig in seen)
+            raise _cluster_failed(exc, done=done, total=total, shard_dir=shard_dir) from None
     return got
 
 
@@ -317,35 +360,44 @@ def _cluster_failed(exc: BaseException, *, done: int, total: int, shard_dir: Pat
     return ClusterError(f"ray engine: the Ray cluster failed mid-audit and Ray could not recover ({said}); {kept}.")
 
 
-def _check_every_sample(payloads: list[Payload], data: Dataset) -> None:
+def _check_every_sample(payloads: list[Payload], total: int, name: Callable[[int], str]) -> None:
     """Raise a one-line error naming the samples (ids) that no finished batch covers."""
     covered = np.concatenate([np.asarray(p["pos"], dtype=np.int64) for p in payloads] or [np.zeros(0, np.int64)])
-    missing = np.setdiff1d(np.arange(len(data)), covered)
+    missing = np.setdiff1d(np.arange(total), covered)
     if len(missing):
-        named = ", ".join(repr(str(data.ids[i])) for i in missing[:5])
+        named = ", ".join(repr(name(int(i))) for i in missing[:5])
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise RobustkitError(f"ray engine: expected records of every sample, got none for {len(missing)} of "
-                             f"{len(data)}: {named}{more}; re-run into the same folder to map them.")
+                             f"{total}: {named}{more}; re-run into the same folder to map them.")
 
 
-def _reduce(study: Study, payloads: list[dict[str, Any]], data: Dataset, selected: np.ndarray,
-            ctx: AuditContext, model: ModelAdapter) -> StudyResult:
-    """Merge the study's records in sample order and reduce them. Its ``seconds`` are the map
-    time summed over the workers (worker-seconds, as in one process) plus the reduce."""
+def _reduce(study: Study, payloads: list[Payload], data: Dataset, selected: np.ndarray, ctx: AuditContext,
+            extras: Extras) -> StudyResult:
+    """Merge the study's records (and its extra samples' records, under :data:`EXTRA` keys) in
+    sample order and reduce them. Its ``seconds`` are the map time summed over the workers
+    (worker-seconds, as in one process) plus the reduce."""
     start = time.perf_counter()
-    mapped = sum(float(p.get("seconds", {}).get(study.name, 0.0)) for p in payloads)
-    parts = [p["studies"][study.name] for p in payloads if study.name in p["studies"]]
-    errors = [rec for pos, rec in parts if pos is None]
+    keys = [study.name] + ([EXTRA + study.name] if study.name in extras else [])
+    mapped = sum(float(p.get("seconds", {}).get(k, 0.0)) for p in payloads for k in keys)
+    parts = {k: [p["studies"][k] for p in payloads if k in p["studies"]] for k in keys}
+    errors = [rec for k in keys for pos, rec in parts[k] if pos is None]
     if errors:
         return _failed(study, errors[0], time.perf_counter() - start)
+    sub = data.subset(selected)
+    records = _merged(parts[study.name], len(sub), study.name)
+    if study.name in extras:
+        extra = _merged(parts[EXTRA + study.name], extras[study.name][1], study.name)
+        records.update({EXTRA + k: v for k, v in extra.items()})
+    result = study.reduce(records, sub, ctx)
+    return study.finalize(result, selected, mapped + time.perf_counter() - start)
+
+
+def _merged(parts: list[Any], n: int, name: str) -> dict[str, np.ndarray]:
+    """One set of records from batches given as ``(local positions, records)``, each batch once."""
     unique: dict[tuple[int, ...], Any] = {}
     for pos, rec in parts:
         unique.setdefault(tuple(int(i) for i in pos), (pos, rec))
-    sub = data.subset(selected)
-    records = merge_records(list(unique.values()), len(sub), study=study.name)
-    records.update(study.map_extra(model, ctx))  # extra samples (OOD sets) are mapped on the driver for now
-    result = study.reduce(records, sub, ctx)
-    return study.finalize(result, selected, mapped + time.perf_counter() - start)
+    return merge_records(list(unique.values()), n, study=name)
 
 
 def _failed(study: Study, error: dict[str, str], seconds: float) -> StudyResult:
