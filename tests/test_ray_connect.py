@@ -96,6 +96,23 @@ def test_a_port_that_answers_but_is_no_cluster_stops_at_the_deadline(silent_port
 
 
 @pytest.mark.slow
+def test_a_running_cluster_is_joined() -> None:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    assert not ray.is_initialized()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        address = check_address(cluster.address, timeout=30)
+        assert address == cluster.address
+        join_cluster(ray, address, timeout=60)
+        assert ray.is_initialized() and ray.cluster_resources().get("CPU") == 1.0  # the head's CPU, not ours
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.mark.slow
 def test_the_cli_fails_in_bounded_time_with_one_line_and_exit_2(toy_model: Path, toy_data: Path,
                                                                  tmp_path: Path) -> None:
     port = _free_port()
