@@ -105,7 +105,8 @@ def check_address(given: str | None, *, timeout: float = CONNECT_TIMEOUT) -> str
 def _unreachable(address: str, source: str, outcome: dict[str, str | None], timeout: float) -> str:
     said = [f"{hp}{', the form Ray dials,' if k and len(outcome) > 1 else ''} {why or 'answered'}"
             for k, (hp, why) in enumerate(outcome.items())]
-    hint = " On the head machine itself use --ray-address auto." if not address.startswith(("ray://", "auto")) else ""
+    local = address.startswith(("127.", "localhost:"))  # Ray dials this node's address instead
+    hint = " On the head machine itself use --ray-address auto." if local else ""
     return (f"ray engine: no Ray cluster answers at {source} {address!r} (TCP connections within {timeout:g} s, "
             f"--ray-connect-timeout: {'; '.join(said)}).{hint}")
 
