@@ -238,3 +238,17 @@ def test_the_ood_sets_are_mapped_by_the_workers_with_the_in_process_numbers(
     shards = [np.load(f) for f in (tmp_path / SHARDS).rglob("*.npz")]
     extra_rows = sorted(int(i) for z in shards if f"{EXTRA}ood|" in z.files for i in z[f"{EXTRA}ood|"])
     assert extra_rows == list(range(n_extra))  # each extra sample mapped once, by a worker
+
+
+def test_a_checkpoint_a_worker_cannot_read_is_bad_input_not_a_cluster_failure(setup: dict[str, Any],
+                                                                               tmp_path: Path) -> None:
+    from robustkit.errors import ClusterError, ModelError
+
+    missing = tmp_path / "elsewhere.keras"  # e.g. a path the driver sees and a node does not
+    with pytest.raises(ModelError) as caught:
+        run_studies_ray(_studies(), setup["model"], setup["data"], AuditContext(seed=1),
+                        options=RayOptions(workers=1, batch_size=BATCH), model_spec={"path": str(missing)},
+                        out=tmp_path)
+    assert not isinstance(caught.value, ClusterError)
+    assert str(caught.value) == f"a Ray worker: {missing}: expected a model checkpoint, got no such file."
+    assert not list((tmp_path / SHARDS).rglob("*.npz"))

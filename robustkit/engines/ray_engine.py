@@ -120,17 +120,22 @@ class _StudyMapper:
         _limit_threads(threads)
         from robustkit.model.adapter import load_model
 
-        self.model = load_model(**model_spec)
         self.studies = studies
         self.data = data
         self.selections = {k: _lookup(v) for k, v in selections.items()}
         self.extras = extras
+        self.broken: dict[str, str] | None = None
+        try:
+            self.model = load_model(**model_spec)
+        except RobustkitError as exc:  # bad input on this worker (a checkpoint it cannot read): told to the
+            self.broken = _error(exc)  # driver with its first batch; raised, Ray would retry it as a crash
+            return
         self.ctx = AuditContext(seed=seed, model_info=self.model.describe())
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         positions = np.asarray(batch["pos"], dtype=np.int64)
-        payload: Payload = {"pos": positions, "studies": {}, "seconds": {}}
-        for study in self.studies:
+        payload: Payload = {"pos": positions, "studies": {}, "seconds": {}, "broken": self.broken}
+        for study in self.studies if self.broken is None else []:
             local = self.selections[study.name](positions)  # positions in the study's own subset
             self._map(payload, study.name, study, self.data, positions, local)
             if study.name in self.extras:
@@ -323,10 +328,14 @@ def _map_on_ray(ray: Any, todo: np.ndarray, total: int, studies: list[Study], da
     )  # Ray Data's actor pools restart dead actors and retry their tasks by default
     got: list[Payload] = []
     seen: set[tuple[int, ...]] = set()
+    broken: dict[str, str] | None = None
     stream = (pickle.loads(b["payload"][0]) for b in mapped.iter_batches(batch_size=1, batch_format="numpy"))
     with ctx.bar(len(todo), "ray") as bar:
         try:
             for payload in deliver(stream) if deliver is not None else stream:
+                if payload.get("broken"):  # a worker that could not start: bad input, said once the stream ends
+                    broken = payload["broken"]
+                    continue
                 sig = tuple(int(p) for p in payload["pos"])
                 if sig in seen:  # a retried batch that also finished the first time
                     continue
@@ -338,6 +347,8 @@ def _map_on_ray(ray: Any, todo: np.ndarray, total: int, studies: list[Study], da
         except ray.exceptions.RayError as exc:  # what Ray could not recover: a node, an agent, an object lost
             done = total - len(todo) + sum(len(sig) for sig in seen)
             raise _cluster_failed(exc, done=done, total=total, shard_dir=shard_dir) from None
+    if broken is not None:  # the other workers' batches are in the shards; a re-run maps the rest
+        raise (_error_class(broken) or RobustkitError)("a Ray worker: " + broken["text"])
     return got
 
 
@@ -400,12 +411,18 @@ def _merged(parts: list[Any], n: int, name: str) -> dict[str, np.ndarray]:
     return merge_records(list(unique.values()), n, study=name)
 
 
-def _failed(study: Study, error: dict[str, str], seconds: float) -> StudyResult:
-    """A study whose map raised: a robustkit error (bad input) stops the audit as in-process."""
+def _error_class(error: dict[str, str]) -> type[RobustkitError] | None:
+    """The robustkit error class a worker caught (by name), or None for any other exception."""
     from robustkit import errors as E
 
     cls = getattr(E, error["kind"], None) if error["kind"] else None
-    if isinstance(cls, type) and issubclass(cls, E.RobustkitError):
+    return cls if isinstance(cls, type) and issubclass(cls, E.RobustkitError) else None
+
+
+def _failed(study: Study, error: dict[str, str], seconds: float) -> StudyResult:
+    """A study whose map raised: a robustkit error (bad input) stops the audit as in-process."""
+    cls = _error_class(error)
+    if cls is not None:
         raise cls(error["text"])
     return StudyResult(name=study.name, status="failed", seconds=seconds, config=study.config_dict(),
                        error=error["message"])
