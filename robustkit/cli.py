@@ -266,6 +266,8 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
                    help="inprocess (default) or ray: an actor pool on a Ray cluster (pip install \"robustkit[ray]\")")
     g.add_argument("--ray-address", default=None,
                    help="the Ray cluster to join (default: RAY_ADDRESS, else a local instance on this machine's CPUs)")
+    g.add_argument("--ray-connect-timeout", type=float, default=None, metavar="SECONDS",
+                   help="give up on --ray-address (or RAY_ADDRESS) after this many seconds with one line (default 30)")
     g.add_argument("--workers", type=int, default=None, help="Ray actors, each with a copy of the model (default 1)")
     g.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs per Ray actor (default 1)")
     g.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per Ray actor (default 0)")
@@ -315,7 +317,8 @@ def _cmd_audit(a: argparse.Namespace) -> int:
                                      merge_classes=a.merge_classes, masks=a.masks, on_bad_input=a.on_bad_input,
                                      strict_metadata=a.strict_metadata),
                    engine=EngineSpec(name=a.engine, ray_address=a.ray_address, workers=a.workers,
-                                     cpus_per_worker=a.cpus_per_worker, gpus_per_worker=a.gpus_per_worker))
+                                     cpus_per_worker=a.cpus_per_worker, gpus_per_worker=a.gpus_per_worker,
+                                     ray_connect_timeout=a.ray_connect_timeout))
     code = _finish(result, a.out)
     if a.mlflow is not None:
         _log_run(a, a.out)

@@ -208,6 +208,7 @@ class EngineSpec:
         workers: Ray actors, each with a copy of the model.
         cpus_per_worker: CPUs per Ray actor.
         gpus_per_worker: GPUs per Ray actor (a fraction shares a GPU).
+        ray_connect_timeout: seconds to reach ``ray_address`` before a one-line error (default 30).
     """
 
     name: str | None = None
@@ -215,11 +216,14 @@ class EngineSpec:
     workers: int | None = None
     cpus_per_worker: float | None = None
     gpus_per_worker: float | None = None
+    ray_connect_timeout: float | None = None
 
     def table(self) -> dict[str, Any]:
-        """The ``[engine]`` table form (``address`` for ``ray_address``)."""
+        """The ``[engine]`` table form (``address`` for ``ray_address``, ``connect_timeout`` for
+        ``ray_connect_timeout``)."""
         return {"name": self.name, "address": self.ray_address, "workers": self.workers,
-                "cpus_per_worker": self.cpus_per_worker, "gpus_per_worker": self.gpus_per_worker}
+                "cpus_per_worker": self.cpus_per_worker, "gpus_per_worker": self.gpus_per_worker,
+                "connect_timeout": self.ray_connect_timeout}
 
 
 #: each shortcut keyword of ``audit()`` and the group it belongs to
@@ -255,7 +259,7 @@ def group_options(shortcuts: Mapping[str, Any], *, model: ModelSpec | None, inta
     return groups[ModelSpec], groups[DataIntake], groups[EngineSpec]
 
 
-_ENGINE_KEYS = ("name", "address", "workers", "cpus_per_worker", "gpus_per_worker")
+_ENGINE_KEYS = ("name", "address", "workers", "cpus_per_worker", "gpus_per_worker", "connect_timeout")
 
 
 def _check_engine(engine: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "ClusterError",
     "ConfigError",
     "DataError",
     "ModelError",
@@ -37,6 +38,12 @@ class DataError(RobustkitError, ValueError):
 
 class ModelError(RobustkitError, ValueError):
     """A checkpoint that cannot be loaded or is not a classifier."""
+
+
+class ClusterError(RobustkitError):
+    """A compute cluster failed mid-audit (not bad input: exit 1); a re-run resumes."""
+
+    exit_code = 1
 
 
 def _show(value: Any) -> str:

@@ -277,7 +277,8 @@ def audit(
         **shortcuts: any field of the three groups by name (``trust_model``, ``input_scale``,
             ``output``, ``threshold``; ``class_map``, ``exclude_classes``, ``merge_classes``,
             ``masks``, ``on_bad_input``, ``strict_metadata``; ``ray_address``, ``workers``, ``cpus_per_worker``,
-            ``gpus_per_worker``).
+            ``gpus_per_worker``, ``ray_connect_timeout``; ``preprocess``, ``input_mean``, ``input_std``,
+            ``channel_order``, ``model_classes``, ``input_size``, ``input_probe``).
 
     Example:
         >>> result = audit("demo.keras", "data/phantom", profile="quick", out="reports/a")  # doctest: +SKIP
@@ -357,11 +358,13 @@ def _ray_options(cfg: AuditConfig) -> Any:
         if any(v is not None for k, v in engine.items()):
             raise ConfigError(f"The engine options {sorted(engine)} need --engine ray; got the in-process engine.")
         return None
+    from robustkit.engines.ray_connect import check_address
     from robustkit.engines.ray_engine import RayOptions, require_ray
 
     require_ray()
     options = RayOptions(batch_size=cfg.batch_size, **engine)
     options.validate()
+    check_address(options.address, timeout=options.connect_timeout)  # before the model and data load
     return options
 
 

@@ -80,7 +80,7 @@ def test_audit_option_groups_and_their_shortcuts_meet() -> None:
     assert intake == DataIntake(masks="lung")
     assert engine == EngineSpec(name="ray", workers=3)
     assert engine.table() == {"name": "ray", "address": None, "workers": 3, "cpus_per_worker": None,
-                              "gpus_per_worker": None}
+                              "gpus_per_worker": None, "connect_timeout": None}
     with pytest.raises(TypeError, match="'mask'"):
         group_options({"mask": "lung"}, model=None, intake=None, engine=None)
     with pytest.raises(TypeError, match="give one"):

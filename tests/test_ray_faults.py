@@ -4,7 +4,9 @@ Ray Data re-runs the batches of a dead actor, so a batch can reach the driver tw
 a lost block can leave one out; batches arrive in whatever order the actors finish. Whatever
 happens, every sample is counted exactly once and the records equal the in-process engine's,
 or the audit stops with a one-line error naming the missing sample. Each fault is planted in
-the stream of finished batches the driver reads (the hook is off in normal runs).
+the stream of finished batches the driver reads (the hook is off in normal runs). A failure
+Ray cannot recover is a worker that ends its actor on purpose: one line, and a re-run resumes.
+The OOD study's extra samples (reference and OOD sets) are mapped by the workers, not the driver.
 
 Marked slow (a local Ray instance and TensorFlow in an actor); skipped without Ray.
 """
@@ -160,3 +162,93 @@ def test_a_missing_batch_is_an_error_naming_its_samples(setup: dict[str, Any], t
     resumed, progress = _run(setup, out=tmp_path)  # a re-run maps only the missing batch
     assert progress.counted == {"ray": BATCH}
     _assert_same_as_in_process(resumed, setup["local"])
+
+
+def _exiting_clean(flag: Path, shards: Path) -> Any:
+    """The clean study, except that the first worker to find two finished shards under ``shards``
+    (and no ``flag``) ends its actor on purpose: Ray neither restarts it nor retries its batch,
+    and the driver gets an ``ActorDiedError``, as when a node's agent is lost. Defined here, so
+    Ray ships the class to the workers by value."""
+    from robustkit.studies.clean import CleanStudy
+
+    class ExitingClean(CleanStudy):
+        def map(self, model: Any, batch: Any, ctx: AuditContext) -> dict[str, np.ndarray]:
+            if not flag.exists() and len(list(shards.rglob("*.npz"))) >= 2:
+                flag.touch()
+                ray.actor.exit_actor()
+            return super().map(model, batch, ctx)
+
+    return ExitingClean.configure("quick", STUDIES["clean"])
+
+
+def test_a_failure_ray_cannot_recover_is_one_line_and_a_re_run_resumes(setup: dict[str, Any],
+                                                                        tmp_path: Path) -> None:
+    from robustkit.errors import ClusterError
+
+    data, n = setup["data"], len(setup["data"])
+
+    def run() -> tuple[dict[str, Any], _Counting]:
+        progress = _Counting()
+        studies = [_exiting_clean(tmp_path / "exited", tmp_path / SHARDS), _studies()[1]]
+        results = run_studies_ray(studies, setup["model"], data, AuditContext(seed=1, quiet=False, progress=progress),
+                                  options=RayOptions(workers=1, batch_size=BATCH), model_spec=setup["spec"],
+                                  out=tmp_path)
+        return results, progress
+
+    with pytest.raises(ClusterError) as caught:
+        run()
+    message = str(caught.value)
+    assert caught.value.exit_code == 1 and "\n" not in message, message
+    assert "the Ray cluster failed mid-audit and Ray could not recover (ActorDiedError: " in message
+    shards = {f: f.stat().st_mtime_ns for f in (tmp_path / SHARDS).rglob("*.npz")}
+    kept = sorted(int(p) for f in shards for p in np.load(f)["pos"])
+    assert len(kept) >= 2 * BATCH and len(kept) == len(set(kept)) < n
+    folder = next(iter(shards)).parent
+    assert f"{len(kept)} of {n} samples are kept in {folder}: re-run the same command to resume" in message
+
+    resumed, progress = run()
+    assert progress.counted == {"ray": n - len(kept)}  # only the samples no shard holds are mapped again
+    assert all(f.stat().st_mtime_ns == t for f, t in shards.items())  # the kept shards are read, not rewritten
+    _assert_same_as_in_process(resumed, setup["local"])
+
+
+OOD = {"sets": ["ct", "synthetic", "inverted"], "n_per_set": 4, "n_bootstrap": 20, "n_gallery": 0}
+
+
+def test_the_ood_sets_are_mapped_by_the_workers_with_the_in_process_numbers(
+        setup: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from robustkit.studies.base import EXTRA
+
+    model, data = setup["model"], setup["data"]
+    local = get_study("ood").configure("quick", OOD).execute(model, data, AuditContext(seed=1))
+
+    def driver_forward(*args: Any, **kw: Any) -> Any:
+        raise AssertionError("the driver ran the model: the extra samples belong to the workers")
+
+    monkeypatch.setattr(model, "logits_and_features", driver_forward)
+    progress = _Counting()
+    study = get_study("ood").configure("quick", OOD)
+    results = run_studies_ray([study], model, data, AuditContext(seed=1, quiet=False, progress=progress),
+                              options=RayOptions(workers=1, batch_size=BATCH), model_spec=setup["spec"],
+                              out=tmp_path)
+    _assert_same_as_in_process(results, {"ood": local})
+    n_extra = len(study.extra_data(AuditContext(seed=1)))  # reference split + 3 sets of 4
+    assert n_extra >= 12
+    assert progress.counted == {"ray": len(data) + n_extra}
+    shards = [np.load(f) for f in (tmp_path / SHARDS).rglob("*.npz")]
+    extra_rows = sorted(int(i) for z in shards if f"{EXTRA}ood|" in z.files for i in z[f"{EXTRA}ood|"])
+    assert extra_rows == list(range(n_extra))  # each extra sample mapped once, by a worker
+
+
+def test_a_checkpoint_a_worker_cannot_read_is_bad_input_not_a_cluster_failure(setup: dict[str, Any],
+                                                                               tmp_path: Path) -> None:
+    from robustkit.errors import ClusterError, ModelError
+
+    missing = tmp_path / "elsewhere.keras"  # e.g. a path the driver sees and a node does not
+    with pytest.raises(ModelError) as caught:
+        run_studies_ray(_studies(), setup["model"], setup["data"], AuditContext(seed=1),
+                        options=RayOptions(workers=1, batch_size=BATCH), model_spec={"path": str(missing)},
+                        out=tmp_path)
+    assert not isinstance(caught.value, ClusterError)
+    assert str(caught.value) == f"a Ray worker: {missing}: expected a model checkpoint, got no such file."
+    assert not list((tmp_path / SHARDS).rglob("*.npz"))
