@@ -60,6 +60,7 @@ def _comparable(result) -> dict:
     obj = json.loads(json.dumps(result.to_json()))
     obj["config"].pop("engine")
     obj.pop("created"), obj.pop("seconds", None)
+    obj["model"].get("input_probe", {}).pop("seconds", None)
     for s in obj["studies"].values():
         s.pop("seconds")
     return obj

@@ -306,7 +306,8 @@ class ModelAdapter:
     def _resolve_class_names(self, class_names: list[str] | None) -> tuple[list[str], str]:
         """The output names and where their order came from (``--model-classes``, the sidecar,
         or not known yet: the runner then takes the data's class names and says so)."""
-        source = "--model-classes/model_classes" if class_names is not None else "the checkpoint's .meta.json"
+        source = ("declared (--model-classes or the config's [model] table)" if class_names is not None
+                  else "the checkpoint's .meta.json")
         names = class_names if class_names is not None else self.meta.get("class_names")
         if names is None:
             return [f"class_{k}" for k in range(self.num_classes)], "unknown (no sidecar, no --model-classes)"
@@ -627,7 +628,7 @@ def _declared_preprocess(model: keras.Model, preprocess: Preprocess | dict[str, 
     shape = tuple(model.inputs[0].shape) if getattr(model, "inputs", None) else ()
     c = int(shape[-1]) if len(shape) == 4 and shape[-1] in (1, 3) else 3
     return resolve_preprocess(preset=preset, mean=mean, std=std, order=channels, channels=c,
-                              source="--preprocess/--input-mean/--input-std/--channel-order")
+                              source="declared (--preprocess or the config's [model] table)")
 
 
 def with_input_size(model: keras.Model, size: tuple[int, int], *, name: str = "model") -> keras.Model:

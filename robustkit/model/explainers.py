@@ -88,20 +88,32 @@ def _rank4(layer: Any) -> bool:
 
 
 def find_gradcam_layer(model: keras.Model) -> str:
-    """Name (``a/b`` when nested) of the Grad-CAM layer: the last layer with a 4-D output whose
-    map is more than one pixel in height or width.
+    """Name (``a/b`` when nested) of the Grad-CAM layer: the last layer with a 4-D output, or,
+    when that map is 1 x 1, the last block output (a layer every path passes) with a map more
+    than one pixel high or wide.
 
     For robustkit's InceptionV3 this is ``mixed10`` (a Concatenate), the last feature map
     before global pooling. Heads that pool and then apply 1 x 1 convolutions (MobileNetV3's
-    ``Logits``) end in 4-D outputs of 1 x 1, on which Grad-CAM is one uniform value; they are
-    passed over for the last map with a spatial extent.
+    ``Logits``), or small inputs that pool a network down to 1 x 1 (InceptionV3's ``mixed10``
+    at 75 px), end in maps on which Grad-CAM is one uniform value; they are passed over.
     """
     candidates = [(p, layer) for p, layer in flat_layers(model)
                   if _rank4(layer) and not isinstance(layer, keras.layers.InputLayer)]
     if not candidates:
         raise ConfigError(f"{model.name}: expected a layer with a 4-D feature map for Grad-CAM, got none.")
-    spatial = [p for p, layer in candidates if any(d is None or d > 1 for d in tuple(layer.output.shape)[1:3])]
-    return "/".join(spatial[-1] if spatial else candidates[-1][0])
+    last, layer = candidates[-1]
+    if _spatial(layer):
+        return "/".join(last)
+    cuts = [p for p, cut in _cut_layers(model, prefix=last[:-1])  # block outputs every path passes through
+            if _rank4(cut) and _spatial(cut)
+            and not isinstance(cut, (keras.layers.InputLayer, keras.Model, keras.layers.ZeroPadding2D))]
+    spatial = [p for p, other in candidates if _spatial(other)]
+    return "/".join(cuts[-1] if cuts else spatial[-1] if spatial else last)
+
+
+def _spatial(layer: Any) -> bool:
+    """Whether a 4-D output is more than one pixel high or wide."""
+    return any(d is None or d > 1 for d in tuple(layer.output.shape)[1:3])
 
 
 def _resolve(model: keras.Model, name: str) -> Path_:

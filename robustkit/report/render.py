@@ -236,12 +236,11 @@ def _setup_rows(m: Mapping[str, Any]) -> list[tuple[str, Any]]:
     if probe.get("skipped"):
         rows.append(("Input probe", f"skipped ({probe['skipped']})"))
     elif probe:
-        scores = "; ".join(f"{r['setup']} ({r['flags']}) {r['score']:.2f}"
-                           + (f", {r['score_in_order']:.2f} in the order {', '.join(r['order'])}" if r["order"] else "")
-                           for r in probe["rows"])
-        rows.append(("Input probe", f"{probe['verdict'].upper()}: {probe['message']}. {probe['metric'].capitalize()} on "
-                     f"{probe['n']} stratified audit images (chance {probe['chance']:.2f}) under each setup: {scores}. "
-                     f"Rule: {probe['rule']}."))
+        scores = ", ".join(f"{r['setup']} {r['score']:.2f}" for r in probe["rows"])
+        rows.append(("Input probe", f"{probe['verdict'].upper()}: {probe['message']}. Before any study, "
+                     f"{probe['n']} stratified audit images scored under each preprocessing ({probe['metric']}; "
+                     f"chance {probe['chance']:.2f}): {scores}; a clearly better setup would have stopped the "
+                     "audit (the rule and each setup's best class order: results.json, model.input_probe)."))
     return rows
 
 
