@@ -145,8 +145,6 @@ def _carry_state(study, name: str, small, big, src) -> None:
 def _jitter(v, m: int, rng):
     """The drawn copies (rows from ``m`` on) of a float record, each value moved by a relative
     1e-3, so that scores are distinct as in real data (ties would flatter the sorts)."""
-    import numpy as np
-
     if v.dtype.kind != "f" or len(v) <= m:
         return v
     out = v.copy()
@@ -222,7 +220,8 @@ def _slope(rows: list[dict], key: str) -> list[float | None]:
 
 
 def _fmt(v: float | None, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
+    """``v`` formatted by ``spec`` (``"9.2f"``); a missing value as ``-`` in the same width."""
+    return format("-", f">{spec.split('.')[0]}") if v is None else format(v, spec)
 
 
 def _print_table(rows: list[dict], studies: list[str]) -> None:
