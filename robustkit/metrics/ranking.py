@@ -182,10 +182,11 @@ def sort_scores(scores: np.ndarray, positive: np.ndarray, *, sample: np.ndarray 
     )
 
 
-def _cumulative_at(w: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """Cumulative sums of the rows of ``w`` ``(b, m)`` read after ``index`` ``(P,)`` entries (0 for 0)."""
-    cum = np.concatenate([np.zeros((len(w), 1)), np.cumsum(w, axis=1)], axis=1)
-    return cum[:, index]
+def _cumulative(w: np.ndarray) -> np.ndarray:
+    """``(b, m + 1)``: column ``j`` the sum of the first ``j`` entries of each row of ``w`` ``(b, m)``."""
+    cum = np.zeros((len(w), w.shape[1] + 1))
+    np.cumsum(w, axis=1, out=cum[:, 1:])
+    return cum
 
 
 def weighted_ranking(sorted_scores: SortedScores, weights: np.ndarray, *,
@@ -216,11 +217,11 @@ def weighted_ranking(sorted_scores: SortedScores, weights: np.ndarray, *,
     """
     col = sorted_scores
     w = np.asarray(weights, dtype=np.float64)
-    wp, wn = w[:, col.pos], w[:, col.neg]
-    n_pos, n_neg = wp.sum(axis=1), wn.sum(axis=1)
-    tp = _cumulative_at(wp, col.pos_end + 1)  # (b, P) positives at or above each positive's threshold
-    fp = _cumulative_at(wn, col.neg_tied_above)  # negatives at or above it
-    above = _cumulative_at(wn, col.neg_above)  # negatives strictly above it
+    wp = w[:, col.pos]
+    cum_pos, cum_neg = _cumulative(wp), _cumulative(w[:, col.neg])
+    n_pos, n_neg = cum_pos[:, -1], cum_neg[:, -1]
+    tp = cum_pos[:, col.pos_end + 1]  # (b, P) positives at or above each positive's threshold
+    fp, above = cum_neg[:, col.neg_tied_above], cum_neg[:, col.neg_above]  # negatives at or above it, strictly above
     with np.errstate(divide="ignore", invalid="ignore"):
         below = n_neg[:, None] - (fp + above) / 2  # negatives below, ties one half
         auroc = np.einsum("bp,bp->b", wp, below) / (n_pos * n_neg)
