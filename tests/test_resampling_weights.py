@@ -138,3 +138,15 @@ def test_clean_intervals_from_counts_lie_within_monte_carlo_error_of_the_index_s
     assert np.all(tol > 0) and np.all(tol < 0.05)  # a Monte Carlo error, not a free pass
     assert np.all(np.abs(new_lo - old_lo) <= tol[0]), dict(zip(keys, np.abs(new_lo - old_lo) / tol[0]))
     assert np.all(np.abs(new_hi - old_hi) <= tol[1]), dict(zip(keys, np.abs(new_hi - old_hi) / tol[1]))
+
+
+def test_the_site_probe_resamples_equal_its_auroc_of_the_drawn_rows() -> None:
+    from robustkit.metrics import slices as S
+
+    rng = np.random.default_rng(8)
+    t = rng.integers(0, 3, 150)
+    probs = rng.dirichlet(np.ones(3), 150) + 0.3 * np.eye(3)[t]
+    got = S._probe_resamples(t, probs, n_boot=70, seed=4)
+    w = np.concatenate(list(bootstrap_weights(150, 70, seed=4)))
+    want = [S._auroc(t[rows], probs[rows]) for rows in (np.repeat(np.arange(150), r.astype(int)) for r in w)]
+    np.testing.assert_allclose(got, want, rtol=1e-12)

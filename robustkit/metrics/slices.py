@@ -43,6 +43,8 @@ from robustkit.metrics.calibration import ece_compute, ece_update
 from robustkit.metrics.classification import bootstrap_indices, roc_auc_ovr
 from robustkit.metrics.paired import bh_qvalues  # the multiple-testing home (with Holm)
 from robustkit.metrics.ranking import auroc as per_output_auroc
+from robustkit.metrics.ranking import sort_scores, weighted_ranking
+from robustkit.metrics.resampling import bootstrap_weights
 
 __all__ = [
     "SLICE_METRICS",
@@ -270,6 +272,17 @@ def _auroc(t: np.ndarray, probs: np.ndarray) -> float:
     return float(auc[1]) if probs.shape[1] == 2 else nan_mean(auc)
 
 
+def _probe_resamples(t: np.ndarray, probs: np.ndarray, *, n_boot: int, seed: int) -> np.ndarray:
+    """:func:`_auroc` of each bootstrap resample ``(n_boot,)``, from resampled counts in blocks
+    (:func:`~robustkit.metrics.resampling.bootstrap_weights`; each class column sorted once)."""
+    cols = [sort_scores(probs[:, k], t == k) for k in range(probs.shape[1])]
+    parts = []
+    for w in bootstrap_weights(len(t), n_boot, seed=seed):
+        auc = np.stack([weighted_ranking(c, w)["auroc"] for c in cols], axis=1)
+        parts.append(auc[:, 1] if probs.shape[1] == 2 else nan_mean(auc, axis=1))
+    return np.concatenate(parts) if parts else np.empty(0)
+
+
 def site_probe(features: np.ndarray, target: np.ndarray, *, folds: int = 5, seed: int = 0,
                n_boot: int = 1000, groups: np.ndarray | None = None) -> dict[str, Any]:
     """How well ``target`` (the site) can be read from the model's features.
@@ -307,8 +320,7 @@ def site_probe(features: np.ndarray, target: np.ndarray, *, folds: int = 5, seed
         for v in np.unique(g):
             x[g == v] -= x[g == v].mean(axis=0)
     probs = _oof_probs(x, t, folds, seed)
-    boot = bootstrap_indices(len(t), n_boot, seed=seed)
-    values = np.asarray([_auroc(t[r], probs[r]) for r in boot])
+    values = _probe_resamples(t, probs, n_boot=n_boot, seed=seed)
     values = values[np.isfinite(values)]
     low, high = (np.quantile(values, [0.025, 0.975]) if len(values) else (math.nan, math.nan))
     return {**base, "auroc": _auroc(t, probs), "low": float(low), "high": float(high)}
