@@ -150,3 +150,15 @@ def test_the_site_probe_resamples_equal_its_auroc_of_the_drawn_rows() -> None:
     w = np.concatenate(list(bootstrap_weights(150, 70, seed=4)))
     want = [S._auroc(t[rows], probs[rows]) for rows in (np.repeat(np.arange(150), r.astype(int)) for r in w)]
     np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_the_multilabel_slice_resamples_equal_the_per_output_auroc_of_the_drawn_rows() -> None:
+    from robustkit.metrics import slices as S
+
+    rng = np.random.default_rng(9)
+    t, p = rng.random((120, 3)) < 0.35, rng.random((120, 3))
+    strata = S.finding_sets(t)
+    got = S._resampled(t, p, strata, 70, 5)
+    w = np.concatenate(list(bootstrap_weights(120, 70, seed=5, strata=strata)))
+    want = np.stack([R.auroc(t[rows], p[rows]) for rows in (np.repeat(np.arange(120), r.astype(int)) for r in w)])
+    np.testing.assert_allclose(got, want, rtol=1e-12)

@@ -332,9 +332,13 @@ def finding_sets(targets: np.ndarray) -> np.ndarray:
 
 
 def _resampled(t: np.ndarray, p: np.ndarray, strata: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
-    """Per-output AUROC of each bootstrap resample ``(n_boot, K)``."""
-    idx = bootstrap_indices(len(t), n_boot, seed=seed, strata=strata)
-    return np.stack([per_output_auroc(t[i], p[i]) for i in idx]) if len(t) else np.full((n_boot, t.shape[1]), np.nan)
+    """Per-output AUROC of each bootstrap resample ``(n_boot, K)``, from resampled counts in
+    blocks (:func:`~robustkit.metrics.resampling.bootstrap_weights`; each output sorted once)."""
+    if not len(t):
+        return np.full((n_boot, t.shape[1]), np.nan)
+    cols = [sort_scores(p[:, k], t[:, k]) for k in range(t.shape[1])]
+    return np.concatenate([np.stack([weighted_ranking(c, w)["auroc"] for c in cols], axis=1)
+                           for w in bootstrap_weights(len(t), n_boot, seed=seed, strata=strata)])
 
 
 def _interval(values: np.ndarray) -> list[float]:
