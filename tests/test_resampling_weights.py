@@ -162,3 +162,16 @@ def test_the_multilabel_slice_resamples_equal_the_per_output_auroc_of_the_drawn_
     w = np.concatenate(list(bootstrap_weights(120, 70, seed=5, strata=strata)))
     want = np.stack([R.auroc(t[rows], p[rows]) for rows in (np.repeat(np.arange(120), r.astype(int)) for r in w)])
     np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_slice_statistics_from_counts_equal_those_of_the_drawn_rows() -> None:
+    """Accuracy, sensitivity, specificity and ECE of a slice (its interval's statistics)."""
+    from robustkit.metrics import slices as S
+
+    rng = np.random.default_rng(10)
+    n = 140
+    y, pred, conf = rng.integers(0, 3, n), rng.integers(0, 3, n), rng.uniform(0.34, 1.0, n)
+    w = np.concatenate(list(bootstrap_weights(n, 80, seed=6)))
+    rows = np.stack([np.repeat(np.arange(n), r.astype(int)) for r in w])
+    np.testing.assert_allclose(S._weighted_stats(w, y, pred, conf, 0, 15), S._stats(rows, y, pred, conf, 0, 15),
+                               rtol=1e-10, atol=1e-12)

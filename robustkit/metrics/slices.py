@@ -39,8 +39,8 @@ import numpy as np
 
 from robustkit.errors import ConfigError
 from robustkit.metrics.average import nan_mean
-from robustkit.metrics.calibration import ece_compute, ece_update
-from robustkit.metrics.classification import bootstrap_indices, roc_auc_ovr
+from robustkit.metrics.calibration import ece_compute, ece_compute_counts, ece_update
+from robustkit.metrics.classification import roc_auc_ovr
 from robustkit.metrics.paired import bh_qvalues  # the multiple-testing home (with Holm)
 from robustkit.metrics.ranking import auroc as per_output_auroc
 from robustkit.metrics.ranking import sort_scores, weighted_ranking
@@ -167,6 +167,21 @@ def _stats(rows: np.ndarray, y: np.ndarray, pred: np.ndarray, conf: np.ndarray, 
     ], axis=1)
 
 
+def _weighted_stats(w: np.ndarray, y: np.ndarray, pred: np.ndarray, conf: np.ndarray, positive: int,
+                    n_bins: int) -> np.ndarray:
+    """:func:`_stats` under rows of resampling counts ``(b, n)``: weighted sums, one matrix product each."""
+    hit = pred == y
+    pos, said = y == positive, pred == positive
+    bins, gap = ece_update(conf, hit, n_bins=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.stack([
+            w @ hit / w.sum(axis=1),
+            w @ (said & pos) / (w @ pos),
+            w @ (~said & ~pos) / (w @ ~pos),
+            ece_compute_counts(bins, gap, w, n_bins=n_bins),
+        ], axis=1)
+
+
 def slice_metrics(y: np.ndarray, pred: np.ndarray, conf: np.ndarray, mask: np.ndarray, *, positive: int = 0,
                   n_bins: int = 15, n_boot: int = 1000, seed: int = 0,
                   level: float = 0.95) -> tuple[dict[str, float], dict[str, list[float]]]:
@@ -190,7 +205,8 @@ def slice_metrics(y: np.ndarray, pred: np.ndarray, conf: np.ndarray, mask: np.nd
     values = {k: float(v) for k, v in zip(SLICE_METRICS, point)}
     if n_boot < 1 or len(idx) < 2:
         return values, {}
-    boot = _stats(bootstrap_indices(len(idx), n_boot, seed=seed), yy, pp, cc, positive, n_bins)
+    boot = np.concatenate([_weighted_stats(w, yy, pp, cc, positive, n_bins)
+                           for w in bootstrap_weights(len(idx), n_boot, seed=seed)])
     alpha = (1.0 - level) / 2.0
     out = {}
     for j, k in enumerate(SLICE_METRICS):
