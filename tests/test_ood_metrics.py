@@ -113,7 +113,7 @@ def test_a_reference_set_without_a_class_is_refused_in_one_line() -> None:
 
 
 def test_intervals_equal_a_slow_loop_over_the_same_resamples() -> None:
-    from robustkit.metrics.classification import bootstrap_interval
+    from robustkit.metrics.resampling import weighted_bootstrap_interval
 
     rng = np.random.default_rng(5)
     id_s, ood_s = np.round(rng.normal(1, 1, 40), 1), np.round(rng.normal(0, 1, 25), 1)
@@ -128,7 +128,10 @@ def test_intervals_equal_a_slow_loop_over_the_same_resamples() -> None:
         return np.array([roc_auc_score(yy, ss), average_precision_score(yy, ss), average_precision_score(~yy, -ss),
                          fpr[np.searchsorted(tpr, 0.95)], fpr_o[np.searchsorted(tpr_o, 0.95)]])
 
-    lo, hi = bootstrap_interval(slow, len(s), n_boot=60, seed=9, strata=y)
-    fast = O.ood_intervals(id_s, ood_s, n_boot=60, seed=9, chunk=7)
+    def slow_counts(w: np.ndarray) -> np.ndarray:  # each row of counts as the rows it draws
+        return np.stack([slow(np.repeat(np.arange(len(s)), row.astype(int))) for row in w])
+
+    lo, hi = weighted_bootstrap_interval(slow_counts, len(s), n_boot=60, seed=9, strata=y)
+    fast = O.ood_intervals(id_s, ood_s, n_boot=60, seed=9)
     for k, a, b in zip(keys, lo, hi):
         assert fast[k] == pytest.approx([a, b], abs=1e-12), k

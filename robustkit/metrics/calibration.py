@@ -35,6 +35,7 @@ __all__ = [
     "debiased_l2_ce",
     "ece",
     "ece_compute",
+    "ece_compute_counts",
     "ece_equal_mass",
     "ece_update",
     "equal_mass_bins",
@@ -156,6 +157,22 @@ def ece_compute(bins: np.ndarray, gap: np.ndarray, rows: np.ndarray, *, n_bins: 
     with np.errstate(invalid="ignore", divide="ignore"):
         n = weight[rows].sum(axis=1)
         return np.where(n > 0, np.abs(sums.reshape(rows.shape[0], n_bins)).sum(axis=1) / n, np.nan)
+
+
+def ece_compute_counts(bins: np.ndarray, gap: np.ndarray, weights: np.ndarray, *, n_bins: int) -> np.ndarray:
+    """Second stage under rows of sample weights ``(b, N)`` (bootstrap counts,
+    :func:`robustkit.metrics.resampling.bootstrap_weights`): :func:`ece_compute` of the rows the
+    counts draw, ``sum_b |sum_{i in b} w_i gap_i| / sum_i w_i``, one matrix product per block.
+
+    Returns:
+        ``(b,)`` errors; NaN for a row of zero weight.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    onehot = np.zeros((len(gap), n_bins))
+    onehot[np.arange(len(gap)), bins] = gap
+    with np.errstate(invalid="ignore", divide="ignore"):
+        n = w.sum(axis=1)
+        return np.where(n > 0, np.abs(w @ onehot).sum(axis=1) / n, np.nan)
 
 
 # ---------------------------------------------------------------- top-label calibration

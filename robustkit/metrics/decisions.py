@@ -45,11 +45,19 @@ class DecisionCounts:
         return DecisionCounts(*(np.atleast_1d(np.sum(c)) for c in (self.tp, self.fp, self.tn, self.fn)))
 
 
-def decision_counts(targets: np.ndarray, called: np.ndarray) -> DecisionCounts:
-    """Counts per output of targets ``(N, K)`` bool against the calls ``(N, K)`` bool."""
+def decision_counts(targets: np.ndarray, called: np.ndarray, *, weights: np.ndarray | None = None) -> DecisionCounts:
+    """Counts per output of targets ``(N, K)`` bool against the calls ``(N, K)`` bool.
+
+    With ``weights`` ``(b, N)`` (bootstrap counts, one row per resample) each count is the
+    weighted sum, ``(b, K)``: one matrix product per outcome; :func:`decision_scores` with
+    ``average=None`` then gives ``(b, K)`` rates.
+    """
     t, c = np.asarray(targets, dtype=bool), np.asarray(called, dtype=bool)
-    return DecisionCounts(*((a & b).sum(axis=0).astype(np.float64)
-                            for a, b in ((c, t), (c, ~t), (~c, ~t), (~c, t))))
+    pairs = ((c, t), (c, ~t), (~c, ~t), (~c, t))
+    if weights is None:
+        return DecisionCounts(*((a & b).sum(axis=0).astype(np.float64) for a, b in pairs))
+    w = np.asarray(weights, dtype=np.float64)
+    return DecisionCounts(*(w @ (a & b).astype(np.float64) for a, b in pairs))
 
 
 def counts_from_confusion(cm: np.ndarray) -> DecisionCounts:

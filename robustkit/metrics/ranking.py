@@ -12,7 +12,12 @@ statistic, and adds one step to the precision-recall curve). From those counts:
 * :func:`average_precision` / :func:`auprc`: ``sum_n (R_n - R_{n-1}) P_n`` over the distinct
   scores (scikit-learn's ``average_precision_score``);
 * :func:`ranking_rows`: the three at once for many rows ``(B, n)`` (bootstrap resamples, OOD
-  sets, the columns of a multi-label head), FPR at 95% TPR included.
+  sets, the columns of a multi-label head), FPR at 95% TPR included;
+* :func:`sort_scores` and :func:`weighted_ranking`: the same three for one column of scores
+  under many rows of sample weights ``(b, n)`` (bootstrap counts,
+  :func:`robustkit.metrics.resampling.bootstrap_weights`): the column is sorted once, each
+  row of weights only gathered and summed cumulatively. With integer counts every number
+  equals :func:`ranking_rows` of the resampled indices (a sample drawn twice is two tied rows).
 
 Per-output scores take ``average=`` as scikit-learn does: None (one value per output),
 ``"macro"`` (:func:`robustkit.metrics.average.nan_mean` of the defined values),
@@ -48,6 +53,8 @@ __all__ = [
     "ranking_counts",
     "ranking_rows",
     "roc_curve",
+    "sort_scores",
+    "weighted_ranking",
 ]
 
 
@@ -134,6 +141,98 @@ def ranking_rows(scores: np.ndarray, positive: np.ndarray, *, tpr_level: float =
     """
     c = ranking_counts(scores, positive)
     return {"auroc": _auroc(c), "ap": _average_precision(c), "fpr95": _fpr_at_tpr(c, tpr_level)}
+
+
+@dataclass(frozen=True)
+class SortedScores:
+    """One column of scores sorted once, for :func:`weighted_ranking`: the positives' and the
+    negatives' samples high to low, and where each positive stands among them.
+
+    Attributes:
+        pos, neg: ``(P,)``, ``(Q,)`` the sample (weight index) of each positive / negative
+            score, sorted high to low (stable).
+        pos_end: ``(P,)`` index of the last positive tied with each positive's score.
+        neg_above: ``(P,)`` negatives with a strictly higher score than each positive.
+        neg_tied_above: ``(P,)`` negatives with a score at or above each positive's.
+    """
+
+    pos: np.ndarray
+    neg: np.ndarray
+    pos_end: np.ndarray
+    neg_above: np.ndarray
+    neg_tied_above: np.ndarray
+
+
+def sort_scores(scores: np.ndarray, positive: np.ndarray, *, sample: np.ndarray | None = None) -> SortedScores:
+    """Sort ``scores`` ``(m,)`` with their 0/1 ``positive`` ``(m,)`` once (tied scores form
+    one threshold, as in :func:`ranking_counts`). ``sample`` ``(m,)``: the sample each score's
+    weight comes from when several scores share one (the pooled image-output pairs of a micro
+    average); by default score ``i`` is sample ``i``."""
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    y = np.asarray(positive, dtype=bool).reshape(-1)
+    owner = np.arange(len(s)) if sample is None else np.asarray(sample).reshape(-1)
+    order = np.argsort(-s, kind="stable")
+    sp, sn = s[order][y[order]], s[order][~y[order]]
+    neg_desc = -sn  # ascending, for searchsorted
+    return SortedScores(
+        pos=owner[order][y[order]], neg=owner[order][~y[order]],
+        pos_end=np.searchsorted(-sp, -sp, side="right") - 1,
+        neg_above=np.searchsorted(neg_desc, -sp, side="left"),
+        neg_tied_above=np.searchsorted(neg_desc, -sp, side="right"),
+    )
+
+
+def _cumulative(w: np.ndarray) -> np.ndarray:
+    """``(b, m + 1)``: column ``j`` the sum of the first ``j`` entries of each row of ``w`` ``(b, m)``."""
+    cum = np.zeros((len(w), w.shape[1] + 1))
+    np.cumsum(w, axis=1, out=cum[:, 1:])
+    return cum
+
+
+def weighted_ranking(sorted_scores: SortedScores, weights: np.ndarray, *,
+                     tpr_level: float = 0.95) -> dict[str, np.ndarray]:
+    """AUROC, average precision and FPR at ``tpr_level`` TPR under each row of sample weights.
+
+    The counts' form of :func:`ranking_rows`' curve: at each positive's threshold (the last
+    row of its score), the weight of positives at or above it ``tp`` and of negatives at or
+    above it ``fp``; AUROC is the weighted Mann-Whitney statistic (a tied negative counts one
+    half), average precision ``sum w_pos * tp / (tp + fp) / P``, FPR the ``fp / Q`` of the
+    first threshold whose ``tp / P`` reaches the level.
+
+    Args:
+        sorted_scores: the column (:func:`sort_scores`).
+        weights: ``(b, n)`` non-negative weights per sample (bootstrap counts), in the
+            samples' order.
+        tpr_level: the TPR of ``fpr95``.
+
+    Returns:
+        ``{"auroc", "ap", "fpr95"}``, each ``(b,)``, equal to :func:`ranking_rows` of the rows
+        the weights count (a weight of 2: the sample twice); NaN where a class is missing.
+        Cost: two gathers and two cumulative sums per row over the column.
+
+    Example:
+        >>> col = sort_scores(np.array([0.9, 0.5, 0.1]), np.array([1, 0, 1]))
+        >>> weighted_ranking(col, np.array([[1.0, 1.0, 1.0], [2.0, 1.0, 0.0]]))["auroc"].tolist()
+        [0.5, 1.0]
+    """
+    col = sorted_scores
+    w = np.asarray(weights, dtype=np.float64)
+    wp = w[:, col.pos]
+    cum_pos, cum_neg = _cumulative(wp), _cumulative(w[:, col.neg])
+    n_pos, n_neg = cum_pos[:, -1], cum_neg[:, -1]
+    tp = cum_pos[:, col.pos_end + 1]  # (b, P) positives at or above each positive's threshold
+    fp, above = cum_neg[:, col.neg_tied_above], cum_neg[:, col.neg_above]  # negatives at or above it, strictly above
+    with np.errstate(divide="ignore", invalid="ignore"):
+        below = n_neg[:, None] - (fp + above) / 2  # negatives below, ties one half
+        auroc = np.einsum("bp,bp->b", wp, below) / (n_pos * n_neg)
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+        ap = np.einsum("bp,bp->b", wp, precision) / n_pos
+        reach = tp / n_pos[:, None] >= tpr_level - 1e-12
+        first = reach.argmax(axis=1) if col.pos.size else np.zeros(len(w), dtype=np.int64)
+        fpr = (fp[np.arange(len(w)), first] if col.pos.size else np.zeros(len(w))) / n_neg
+    both = (n_pos > 0) & (n_neg > 0)
+    return {"auroc": np.where(both, auroc, np.nan), "ap": np.where(n_pos > 0, ap, np.nan),
+            "fpr95": np.where(both, fpr, np.nan)}
 
 
 def roc_curve(y_bin: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -5,6 +5,11 @@ intervals, and the paired bootstrap of a difference.
   (every class keeps its count);
 * :func:`bootstrap_interval`: the percentile interval of any statistic of the indices
   (:func:`percentile_interval` of values resampled elsewhere);
+* :func:`bootstrap_weights` and :func:`weighted_bootstrap_interval`: the same resampling as
+  counts ``(b, n)`` (how many times each sample is drawn: multinomial within each stratum),
+  in blocks of :data:`BOOTSTRAP_BLOCK` resamples, so that memory is bounded by the block and
+  every metric of a study is a weighted sum over one shared set of resamples (a matrix
+  product per block instead of one ``(B, n)`` gather per metric);
 * :func:`resample_indices` and :func:`paired_bootstrap`: the same resamples for two models'
   paired samples, the interval and a p-value of ``second - first`` (Efron and Tibshirani
   1993, ch. 16).
@@ -21,15 +26,19 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from robustkit.errors import check_range
 
-__all__ = ["BootstrapResult", "bootstrap_indices", "bootstrap_interval", "paired_bootstrap", "percentile_interval",
-           "resample_indices"]
+__all__ = ["BOOTSTRAP_BLOCK", "BootstrapResult", "bootstrap_indices", "bootstrap_interval", "bootstrap_weights",
+           "paired_bootstrap", "percentile_interval", "resample_indices", "weighted_bootstrap_interval"]
+
+#: resamples per block of :func:`bootstrap_weights`: each block has its own seeded stream, so
+#: the draws depend on the seed and this constant only (not on N, the workers or the caller)
+BOOTSTRAP_BLOCK = 64
 
 
 def bootstrap_indices(n: int, n_boot: int, *, seed: int, strata: np.ndarray | None = None) -> np.ndarray:
@@ -71,6 +80,58 @@ def bootstrap_interval(
     """
     idx = bootstrap_indices(n, n_boot, seed=seed, strata=strata)
     return percentile_interval(np.asarray([np.asarray(stat(row), dtype=np.float64) for row in idx]), level=level)
+
+
+def bootstrap_weights(n: int, n_boot: int, *, seed: int, strata: np.ndarray | None = None) -> Iterator[np.ndarray]:
+    """Resampling counts in blocks: ``(b, n)`` float64 arrays, ``b <= BOOTSTRAP_BLOCK``, ``n_boot`` rows in all.
+
+    Row ``r`` holds how many times each sample is drawn in resample ``r``: ``n`` draws with
+    replacement (within each stratum if ``strata`` is given, so every stratum keeps its count),
+    i.e. multinomial counts. A statistic of the counts (a weighted sum) equals the same
+    statistic of the resampled indices; block ``j`` draws from
+    ``numpy.random.default_rng([seed, j])``, so the resamples do not depend on how they are
+    consumed. Memory: one block, ``BOOTSTRAP_BLOCK * n`` values.
+
+    Example:
+        >>> w = next(bootstrap_weights(5, 3, seed=0, strata=np.array([0, 0, 1, 1, 1])))
+        >>> w.shape, w[:, :2].sum(axis=1).tolist(), w[:, 2:].sum(axis=1).tolist()
+        ((3, 5), [2.0, 2.0, 2.0], [3.0, 3.0, 3.0])
+    """
+    groups = [np.arange(n)] if strata is None else [np.flatnonzero(strata == s) for s in np.unique(strata)]
+    for j, start in enumerate(range(0, n_boot, BOOTSTRAP_BLOCK)):
+        b = min(BOOTSTRAP_BLOCK, n_boot - start)
+        rng = np.random.default_rng([seed, j])
+        counts = np.zeros((b, n), dtype=np.float64)
+        for pos in groups:
+            m = len(pos)
+            drawn = rng.integers(0, m, size=(b, m)) + (np.arange(b) * m)[:, None]
+            counts[:, pos] = np.bincount(drawn.ravel(), minlength=b * m).reshape(b, m)
+        yield counts
+
+
+def weighted_bootstrap_interval(
+    stat: Callable[[np.ndarray], np.ndarray],
+    n: int,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    strata: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap interval of ``stat(weights)`` over :func:`bootstrap_weights`.
+
+    Args:
+        stat: maps resampling counts ``(b, n)`` to values ``(b, ...)`` (one row per resample;
+            NaN where undefined), e.g. ``lambda w: w @ x / w.sum(axis=1, keepdims=True)``.
+        n, n_boot, seed, level, strata: as :func:`bootstrap_interval`.
+
+    Returns:
+        ``(low, high)``, each ``stat``'s shape without the first axis; NaN where the statistic
+        was undefined in more than half of the resamples.
+    """
+    values = np.concatenate([np.asarray(stat(w), dtype=np.float64)
+                             for w in bootstrap_weights(n, n_boot, seed=seed, strata=strata)])
+    return percentile_interval(values, level=level)
 
 
 def percentile_interval(values: np.ndarray, *, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:

@@ -39,10 +39,12 @@ import numpy as np
 
 from robustkit.errors import ConfigError
 from robustkit.metrics.average import nan_mean
-from robustkit.metrics.calibration import ece_compute, ece_update
-from robustkit.metrics.classification import bootstrap_indices, roc_auc_ovr
+from robustkit.metrics.calibration import ece_compute, ece_compute_counts, ece_update
+from robustkit.metrics.classification import roc_auc_ovr
 from robustkit.metrics.paired import bh_qvalues  # the multiple-testing home (with Holm)
 from robustkit.metrics.ranking import auroc as per_output_auroc
+from robustkit.metrics.ranking import sort_scores, weighted_ranking
+from robustkit.metrics.resampling import bootstrap_weights
 
 __all__ = [
     "SLICE_METRICS",
@@ -192,6 +194,21 @@ def _stats(rows: np.ndarray, y: np.ndarray, pred: np.ndarray, conf: np.ndarray, 
     ], axis=1)
 
 
+def _weighted_stats(w: np.ndarray, y: np.ndarray, pred: np.ndarray, conf: np.ndarray, positive: int,
+                    n_bins: int) -> np.ndarray:
+    """:func:`_stats` under rows of resampling counts ``(b, n)``: weighted sums, one matrix product each."""
+    hit = pred == y
+    pos, said = y == positive, pred == positive
+    bins, gap = ece_update(conf, hit, n_bins=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.stack([
+            w @ hit / w.sum(axis=1),
+            w @ (said & pos) / (w @ pos),
+            w @ (~said & ~pos) / (w @ ~pos),
+            ece_compute_counts(bins, gap, w, n_bins=n_bins),
+        ], axis=1)
+
+
 def slice_metrics(y: np.ndarray, pred: np.ndarray, conf: np.ndarray, mask: np.ndarray, *, positive: int = 0,
                   n_bins: int = 15, n_boot: int = 1000, seed: int = 0,
                   level: float = 0.95) -> tuple[dict[str, float], dict[str, list[float]]]:
@@ -215,7 +232,8 @@ def slice_metrics(y: np.ndarray, pred: np.ndarray, conf: np.ndarray, mask: np.nd
     values = {k: float(v) for k, v in zip(SLICE_METRICS, point)}
     if n_boot < 1 or len(idx) < 2:
         return values, {}
-    boot = _stats(bootstrap_indices(len(idx), n_boot, seed=seed), yy, pp, cc, positive, n_bins)
+    boot = np.concatenate([_weighted_stats(w, yy, pp, cc, positive, n_bins)
+                           for w in bootstrap_weights(len(idx), n_boot, seed=seed)])
     alpha = (1.0 - level) / 2.0
     out = {}
     for j, k in enumerate(SLICE_METRICS):
@@ -297,6 +315,17 @@ def _auroc(t: np.ndarray, probs: np.ndarray) -> float:
     return float(auc[1]) if probs.shape[1] == 2 else nan_mean(auc)
 
 
+def _probe_resamples(t: np.ndarray, probs: np.ndarray, *, n_boot: int, seed: int) -> np.ndarray:
+    """:func:`_auroc` of each bootstrap resample ``(n_boot,)``, from resampled counts in blocks
+    (:func:`~robustkit.metrics.resampling.bootstrap_weights`; each class column sorted once)."""
+    cols = [sort_scores(probs[:, k], t == k) for k in range(probs.shape[1])]
+    parts = []
+    for w in bootstrap_weights(len(t), n_boot, seed=seed):
+        auc = np.stack([weighted_ranking(c, w)["auroc"] for c in cols], axis=1)
+        parts.append(auc[:, 1] if probs.shape[1] == 2 else nan_mean(auc, axis=1))
+    return np.concatenate(parts) if parts else np.empty(0)
+
+
 def site_probe(features: np.ndarray, target: np.ndarray, *, folds: int = 5, seed: int = 0,
                n_boot: int = 1000, groups: np.ndarray | None = None) -> dict[str, Any]:
     """How well ``target`` (the site) can be read from the model's features.
@@ -334,8 +363,7 @@ def site_probe(features: np.ndarray, target: np.ndarray, *, folds: int = 5, seed
         for v in np.unique(g):
             x[g == v] -= x[g == v].mean(axis=0)
     probs = _oof_probs(x, t, folds, seed)
-    boot = bootstrap_indices(len(t), n_boot, seed=seed)
-    values = np.asarray([_auroc(t[r], probs[r]) for r in boot])
+    values = _probe_resamples(t, probs, n_boot=n_boot, seed=seed)
     values = values[np.isfinite(values)]
     low, high = (np.quantile(values, [0.025, 0.975]) if len(values) else (math.nan, math.nan))
     return {**base, "auroc": _auroc(t, probs), "low": float(low), "high": float(high)}
@@ -347,9 +375,13 @@ def finding_sets(targets: np.ndarray) -> np.ndarray:
 
 
 def _resampled(t: np.ndarray, p: np.ndarray, strata: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
-    """Per-output AUROC of each bootstrap resample ``(n_boot, K)``."""
-    idx = bootstrap_indices(len(t), n_boot, seed=seed, strata=strata)
-    return np.stack([per_output_auroc(t[i], p[i]) for i in idx]) if len(t) else np.full((n_boot, t.shape[1]), np.nan)
+    """Per-output AUROC of each bootstrap resample ``(n_boot, K)``, from resampled counts in
+    blocks (:func:`~robustkit.metrics.resampling.bootstrap_weights`; each output sorted once)."""
+    if not len(t):
+        return np.full((n_boot, t.shape[1]), np.nan)
+    cols = [sort_scores(p[:, k], t[:, k]) for k in range(t.shape[1])]
+    return np.concatenate([np.stack([weighted_ranking(c, w)["auroc"] for c in cols], axis=1)
+                           for w in bootstrap_weights(len(t), n_boot, seed=seed, strata=strata)])
 
 
 def _interval(values: np.ndarray) -> list[float]:

@@ -10,7 +10,8 @@ label per image) adds its block: accuracy, balanced accuracy (the macro sensitiv
 F1, the confusion matrix and a gallery of examples. The predicted class is the arg-max of the
 model's output (the original notebook rounded the probabilities first, which sent every
 uncertain case to class 0). Every metric has a stratified bootstrap 95% interval, from the
-same resamples.
+same resamples (drawn as resampled counts in blocks, so the reduce's memory does not grow
+with the number of resamples).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from robustkit.metrics.average import nan_mean
 from robustkit.metrics.decisions import decision_counts, decision_scores
 from robustkit.metrics.outputs import probabilities
 from robustkit.metrics.ranking import roc_curve
+from robustkit.metrics.resampling import weighted_bootstrap_interval
 from robustkit.results import Check, StudyResult
 from robustkit.studies import register
 from robustkit.studies.base import AuditContext, Study, StudyConfig
@@ -113,15 +115,8 @@ class CleanStudy(Study[CleanConfig]):
         y, pred = np.asarray(data.labels), probs.argmax(axis=1)
         called = targets_of(pred, len(names)) if thresholds is None else probs >= thresholds[None, :]
 
-        def flat(idx: np.ndarray) -> dict[str, float]:
-            out = _ranking(targets[idx], probs[idx], names)
-            keep = idx[thresholded[idx]]
-            out.update(_decisions(targets[keep], called[keep], names))
-            if exclusive:
-                out.update(_exclusive(y[idx], pred[idx], out, names))
-            return out
-
-        metrics = flat(np.arange(len(probs)))
+        flat = _Flat(targets, probs, called, thresholded, pred == y if exclusive else None, names)
+        metrics = {k: float(v[0]) for k, v in flat(np.ones((1, len(probs)))).items()}
         intervals = self._intervals(flat, list(metrics), len(probs), data, ctx)
         metrics.update(n_samples=float(len(probs)), n_thresholded=float(thresholded.sum()))
         result = StudyResult(name=self.name, metrics=metrics, intervals=intervals)
@@ -144,13 +139,18 @@ class CleanStudy(Study[CleanConfig]):
             result.records.update(correct=called == targets)
         return result
 
-    def _intervals(self, flat: Any, keys: list[str], n: int, data: Dataset, ctx: AuditContext) -> dict[str, list[float]]:
-        """Stratified bootstrap 95% intervals of every metric of ``flat``, from one set of resamples."""
+    def _intervals(self, flat: _Flat, keys: list[str], n: int, data: Dataset, ctx: AuditContext) -> dict[str, list[float]]:
+        """Stratified bootstrap 95% intervals of every metric of ``flat``, from one set of
+        resamples (resampled counts in blocks: :func:`~robustkit.metrics.resampling.bootstrap_weights`)."""
         if n < 2:
             return {}
-        lo, hi = M.bootstrap_interval(lambda idx: np.array([flat(idx)[k] for k in keys]), n,
-                                      n_boot=self.config.n_bootstrap, seed=ctx.seed_for("clean", "bootstrap"),
-                                      strata=data.labels)
+        def stat(w: np.ndarray) -> np.ndarray:
+            values = flat(w)  # once per block (each metric read from the same pass)
+            return np.stack([values[k] for k in keys], axis=1)
+
+        lo, hi = weighted_bootstrap_interval(stat, n,
+                                             n_boot=self.config.n_bootstrap, seed=ctx.seed_for("clean", "bootstrap"),
+                                             strata=data.labels)
         return {k: [float(a), float(b)] for k, a, b in zip(keys, lo, hi)}
 
 
@@ -159,30 +159,57 @@ def targets_of(labels: np.ndarray, k: int) -> np.ndarray:
     return np.eye(k, dtype=bool)[np.asarray(labels, dtype=np.int64)]
 
 
-def _ranking(targets: np.ndarray, probs: np.ndarray, names: list[str]) -> dict[str, float]:
-    """Per output and macro/micro: AUROC and AUPRC (threshold-free)."""
-    out: dict[str, float] = {}
-    for key, fn in (("auroc", R.auroc), ("auprc", R.auprc)):
-        values = np.asarray(fn(targets, probs))
-        out.update({f"{key}.{name}": float(v) for name, v in zip(names, values)})
-        out[f"{key}.macro"], out[f"{key}.micro"] = nan_mean(values), float(fn(targets, probs, average="micro"))
-    return out
+class _Flat:
+    """Every metric of the study under rows of sample weights ``(b, N)``: ones for the point
+    metrics, bootstrap counts for the intervals (the same code, so the interval of a metric
+    resamples exactly its point computation). Each score column is sorted once."""
+
+    def __init__(self, targets: np.ndarray, probs: np.ndarray, called: np.ndarray, thresholded: np.ndarray,
+                 correct: np.ndarray | None, names: list[str]) -> None:
+        self.targets, self.called, self.names = targets, called, names
+        self.thresholded, self.correct = thresholded.astype(np.float64), correct
+        self.columns = [R.sort_scores(probs[:, k], targets[:, k]) for k in range(len(names))]
+        k = len(names)  # micro: every image-output pair, weighted by its image's weight
+        self.pooled = R.sort_scores(probs.ravel(), targets.ravel(), sample=np.repeat(np.arange(len(probs)), k))
+
+    def __call__(self, w: np.ndarray) -> dict[str, np.ndarray]:
+        out = self._ranking(w)
+        out.update(_decisions(self.targets, self.called, self.names, w * self.thresholded[None, :]))
+        if self.correct is not None:
+            out.update(_exclusive(self.correct, out, self.names, w))
+        return out
+
+    def _ranking(self, w: np.ndarray) -> dict[str, np.ndarray]:
+        """Per output and macro/micro: AUROC and AUPRC (threshold-free), each ``(b,)``."""
+        per = [R.weighted_ranking(col, w) for col in self.columns]
+        micro = R.weighted_ranking(self.pooled, w)
+        out: dict[str, np.ndarray] = {}
+        for key, part in (("auroc", "auroc"), ("auprc", "ap")):
+            values = np.stack([p[part] for p in per], axis=1)
+            out.update({f"{key}.{name}": values[:, k] for k, name in enumerate(self.names)})
+            out[f"{key}.macro"], out[f"{key}.micro"] = nan_mean(values, axis=1), micro[part]
+        return out
 
 
-def _decisions(targets: np.ndarray, called: np.ndarray, names: list[str]) -> dict[str, float]:
-    """Per output: sensitivity, specificity, precision, F1 of the calls; macro sensitivity and specificity."""
-    rates = decision_scores(decision_counts(targets, called))
-    out: dict[str, float] = {}
+def _decisions(targets: np.ndarray, called: np.ndarray, names: list[str], w: np.ndarray) -> dict[str, np.ndarray]:
+    """Per output: sensitivity, specificity, precision, F1 of the calls; macro sensitivity and
+    specificity; each ``(b,)`` under the weights ``w`` ``(b, N)``."""
+    rates = decision_scores(decision_counts(targets, called, weights=w))
+    out: dict[str, np.ndarray] = {}
     for key in ("sensitivity", "specificity", "precision", "f1"):
-        out.update({f"{key}.{name}": float(v) for name, v in zip(names, rates[key])})
-    out["sensitivity.macro"], out["specificity.macro"] = nan_mean(rates["sensitivity"]), nan_mean(rates["specificity"])
+        out.update({f"{key}.{name}": rates[key][:, k] for k, name in enumerate(names)})
+    out["sensitivity.macro"] = nan_mean(rates["sensitivity"], axis=1)
+    out["specificity.macro"] = nan_mean(rates["specificity"], axis=1)
     return out
 
 
-def _exclusive(y: np.ndarray, pred: np.ndarray, per_output: dict[str, float], names: list[str]) -> dict[str, float]:
-    """The exclusive block: accuracy, balanced accuracy (the macro sensitivity) and macro F1."""
-    return {"accuracy": M.accuracy(y, pred), "balanced_accuracy": per_output["sensitivity.macro"],
-            "macro_f1": nan_mean(np.array([per_output[f"f1.{n}"] for n in names]))}
+def _exclusive(correct: np.ndarray, per_output: dict[str, np.ndarray], names: list[str],
+               w: np.ndarray) -> dict[str, np.ndarray]:
+    """The exclusive block: accuracy, balanced accuracy (the macro sensitivity) and macro F1, each ``(b,)``."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        accuracy = (w @ correct.astype(np.float64)) / w.sum(axis=1)
+    return {"accuracy": accuracy, "balanced_accuracy": per_output["sensitivity.macro"],
+            "macro_f1": nan_mean(np.stack([per_output[f"f1.{n}"] for n in names], axis=1), axis=1)}
 
 
 def _per_output_table(targets: np.ndarray, names: list[str], metrics: dict[str, float],

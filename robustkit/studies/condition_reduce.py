@@ -46,6 +46,7 @@ from robustkit.data.transforms import get_transform
 from robustkit.metrics import classification as M
 from robustkit.metrics import ranking as R
 from robustkit.metrics.average import nan_mean
+from robustkit.metrics.resampling import weighted_bootstrap_interval
 from robustkit.results import Check, StudyResult
 from robustkit.studies.clean import finding_thresholds
 from robustkit.studies.condition_plan import Plan, condition_name, describe_transform, param_text
@@ -237,8 +238,10 @@ def _exclusive_block(study: ConditionStudy, result: StudyResult, probs: np.ndarr
     result.metrics.update(_summary_metrics(result.metrics, plan, clean_pred == y))
     result.metrics.update(corruption_errors(result.metrics, ctx.reference, study.name, plan))
     if study.config.n_bootstrap and len(y) >= 2:
-        lo, hi = M.bootstrap_interval(lambda idx: correct[idx].mean(axis=0), len(y), n_boot=study.config.n_bootstrap,
-                                      seed=ctx.seed_for(study.name, "bootstrap"), strata=y)
+        hits = correct.astype(np.float64)  # the accuracy of a resample: its counts' weighted mean
+        lo, hi = weighted_bootstrap_interval(lambda w: (w @ hits) / w.sum(axis=1, keepdims=True), len(y),
+                                             n_boot=study.config.n_bootstrap, seed=ctx.seed_for(study.name, "bootstrap"),
+                                             strata=y)
         result.intervals = {f"accuracy.{c}": [float(a), float(b)] for c, a, b in zip(names, lo, hi)}
     result.checks = study._checks(result.metrics, plan, clean_acc)
     result.tables["conditions"] = [_exclusive_row(result.metrics, t, s) for t, s in plan.conditions]

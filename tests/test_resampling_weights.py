@@ -1,0 +1,177 @@
+"""The bootstrap as resampled counts (``bootstrap_weights``): the same statistic as the index
+bootstrap for the same resample, the same distribution, and intervals within Monte Carlo error
+of the index scheme's (the scheme the clean and condition studies used before)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from robustkit.metrics import ranking as R
+from robustkit.metrics.decisions import decision_counts, decision_scores
+from robustkit.metrics.resampling import (
+    BOOTSTRAP_BLOCK,
+    bootstrap_indices,
+    bootstrap_interval,
+    bootstrap_weights,
+    percentile_interval,
+    weighted_bootstrap_interval,
+)
+from robustkit.studies.clean import _Flat
+
+
+def _counts(idx: np.ndarray, n: int) -> np.ndarray:
+    """Counts ``(B, n)`` of index rows ``(B, n)``: how often each sample was drawn."""
+    return np.stack([np.bincount(row, minlength=n) for row in idx]).astype(np.float64)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("ties", [True, False])
+def test_weighted_ranking_equals_ranking_rows_of_the_same_resamples(seed: int, ties: bool) -> None:
+    rng = np.random.default_rng(seed)
+    n = 257
+    scores = np.round(rng.random(n), 1) if ties else rng.random(n)
+    y = rng.random(n) < 0.3
+    idx = rng.integers(0, n, size=(40, n))
+    want = R.ranking_rows(scores[idx], y[idx])
+    got = R.weighted_ranking(R.sort_scores(scores, y), _counts(idx, n))
+    for key in ("auroc", "ap", "fpr95"):
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-12, atol=1e-12, err_msg=key)
+
+
+def test_pooled_pairs_share_their_image_weight_as_the_micro_average_does() -> None:
+    rng = np.random.default_rng(3)
+    n, k = 120, 3
+    probs, targets = rng.random((n, k)), rng.random((n, k)) < 0.4
+    idx = rng.integers(0, n, size=(20, n))
+    col = R.sort_scores(probs.ravel(), targets.ravel(), sample=np.repeat(np.arange(n), k))
+    got = R.weighted_ranking(col, _counts(idx, n))
+    want = [R.auroc(targets[row], probs[row], average="micro") for row in idx]
+    np.testing.assert_allclose(got["auroc"], want, rtol=1e-12)
+
+
+def test_weighted_ranking_is_nan_without_both_classes() -> None:
+    col = R.sort_scores(np.array([0.2, 0.4, 0.9]), np.array([1, 1, 1]))
+    got = R.weighted_ranking(col, np.ones((2, 3)))
+    assert np.isnan(got["auroc"]).all() and np.isnan(got["fpr95"]).all()
+    np.testing.assert_allclose(got["ap"], 1.0)
+
+
+def test_weighted_decision_counts_equal_the_counts_of_the_resampled_rows() -> None:
+    rng = np.random.default_rng(4)
+    n = 90
+    t, c = rng.random((n, 3)) < 0.4, rng.random((n, 3)) < 0.5
+    idx = rng.integers(0, n, size=(15, n))
+    got = decision_scores(decision_counts(t, c, weights=_counts(idx, n)))
+    for r, row in enumerate(idx):
+        want = decision_scores(decision_counts(t[row], c[row]))
+        for key in want:
+            np.testing.assert_allclose(got[key][r], want[key], rtol=1e-12, equal_nan=True)
+
+
+def test_counts_keep_every_stratum_size_and_do_not_depend_on_how_they_are_read() -> None:
+    strata = np.repeat([0, 1, 2], [5, 30, 65])
+    blocks = list(bootstrap_weights(100, 150, seed=7, strata=strata))
+    assert [len(b) for b in blocks] == [BOOTSTRAP_BLOCK, BOOTSTRAP_BLOCK, 150 - 2 * BOOTSTRAP_BLOCK]
+    w = np.concatenate(blocks)
+    for s, size in ((0, 5), (1, 30), (2, 65)):
+        np.testing.assert_array_equal(w[:, strata == s].sum(axis=1), size)
+    assert (w >= 0).all() and np.array_equal(w, np.round(w))
+    again = np.concatenate(list(bootstrap_weights(100, 150, seed=7, strata=strata)))
+    np.testing.assert_array_equal(w, again)
+    fewer = np.concatenate(list(bootstrap_weights(100, 70, seed=7, strata=strata)))
+    np.testing.assert_array_equal(fewer[:BOOTSTRAP_BLOCK], w[:BOOTSTRAP_BLOCK])  # each block has its own stream
+
+
+def test_the_weights_bootstrap_of_the_mean_equals_the_index_bootstrap_in_distribution() -> None:
+    """Multinomial counts are the index bootstrap: the resampled means of both schemes come
+    from one distribution (two-sample Kolmogorov-Smirnov), with the same mean and spread."""
+    rng = np.random.default_rng(5)
+    n, b = 200, 4000
+    x = rng.exponential(size=n)
+    by_index = x[bootstrap_indices(n, b, seed=11)].mean(axis=1)
+    by_weight = np.concatenate([w @ x / n for w in bootstrap_weights(n, b, seed=12)])
+    assert stats.ks_2samp(by_index, by_weight).pvalue > 0.01
+    se = x.std() / np.sqrt(n)  # the bootstrap standard error of the mean, analytically
+    assert abs(by_weight.std() - se) < 0.05 * se and abs(by_weight.mean() - x.mean()) < 0.1 * se
+
+
+def _mc_tolerance(values: np.ndarray, level: float = 0.95) -> np.ndarray:
+    """How far an interval end may move between two independent sets of ``B = len(values)``
+    resamples: the span of the resampled values between the probabilities ``a -/+ 3 se``
+    around each end's ``a``, with ``se = sqrt(a (1 - a) / B)`` the order statistic's error
+    (6 se wide, against the 4 sqrt(2) se that bounds a difference of two ends; on a lattice
+    of values, such as a sensitivity over few images, it spans the steps a quantile jumps by)."""
+    b = len(values)
+    out = []
+    for a in ((1 - level) / 2, (1 + level) / 2):
+        d = 3 * np.sqrt(a * (1 - a) / b)
+        lo, hi = np.nanquantile(values, [max(a - d, 0), min(a + d, 1)], axis=0)
+        out.append(hi - lo)
+    return np.stack(out)
+
+
+def test_clean_intervals_from_counts_lie_within_monte_carlo_error_of_the_index_scheme() -> None:
+    """The clean study's metrics under the index bootstrap (the scheme before: ``B`` rows of
+    resampled indices, seeded by the study seed) and under block counts: every interval end
+    agrees within four Monte Carlo standard errors."""
+    rng = np.random.default_rng(6)
+    n, k, b = 300, 3, 1000
+    y = rng.integers(0, k, n)
+    logits = rng.standard_normal((n, k)) + 1.2 * np.eye(k)[y]
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    targets, pred = np.eye(k, dtype=bool)[y], probs.argmax(axis=1)
+    flat = _Flat(targets, probs, np.eye(k, dtype=bool)[pred], np.ones(n, bool), pred == y, ["a", "b", "c"])
+    keys = list(flat(np.ones((1, n))))
+
+    def stat(w: np.ndarray) -> np.ndarray:
+        values = flat(w)
+        return np.stack([values[key] for key in keys], axis=1)
+
+    old = np.concatenate([stat(_counts(idx[None, :], n)) for idx in bootstrap_indices(n, b, seed=0, strata=y)])
+    old_lo, old_hi = percentile_interval(old)
+    np.testing.assert_array_equal((old_lo, old_hi), bootstrap_interval(lambda i: stat(_counts(i[None, :], n))[0], n,
+                                                                         n_boot=b, seed=0, strata=y))
+    new_lo, new_hi = weighted_bootstrap_interval(stat, n, n_boot=b, seed=0, strata=y)
+    tol = _mc_tolerance(old)
+    assert np.all(tol > 0) and np.all(tol < 0.05)  # a Monte Carlo error, not a free pass
+    assert np.all(np.abs(new_lo - old_lo) <= tol[0]), dict(zip(keys, np.abs(new_lo - old_lo) / tol[0]))
+    assert np.all(np.abs(new_hi - old_hi) <= tol[1]), dict(zip(keys, np.abs(new_hi - old_hi) / tol[1]))
+
+
+def test_the_site_probe_resamples_equal_its_auroc_of_the_drawn_rows() -> None:
+    from robustkit.metrics import slices as S
+
+    rng = np.random.default_rng(8)
+    t = rng.integers(0, 3, 150)
+    probs = rng.dirichlet(np.ones(3), 150) + 0.3 * np.eye(3)[t]
+    got = S._probe_resamples(t, probs, n_boot=70, seed=4)
+    w = np.concatenate(list(bootstrap_weights(150, 70, seed=4)))
+    want = [S._auroc(t[rows], probs[rows]) for rows in (np.repeat(np.arange(150), r.astype(int)) for r in w)]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_the_multilabel_slice_resamples_equal_the_per_output_auroc_of_the_drawn_rows() -> None:
+    from robustkit.metrics import slices as S
+
+    rng = np.random.default_rng(9)
+    t, p = rng.random((120, 3)) < 0.35, rng.random((120, 3))
+    strata = S.finding_sets(t)
+    got = S._resampled(t, p, strata, 70, 5)
+    w = np.concatenate(list(bootstrap_weights(120, 70, seed=5, strata=strata)))
+    want = np.stack([R.auroc(t[rows], p[rows]) for rows in (np.repeat(np.arange(120), r.astype(int)) for r in w)])
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_slice_statistics_from_counts_equal_those_of_the_drawn_rows() -> None:
+    """Accuracy, sensitivity, specificity and ECE of a slice (its interval's statistics)."""
+    from robustkit.metrics import slices as S
+
+    rng = np.random.default_rng(10)
+    n = 140
+    y, pred, conf = rng.integers(0, 3, n), rng.integers(0, 3, n), rng.uniform(0.34, 1.0, n)
+    w = np.concatenate(list(bootstrap_weights(n, 80, seed=6)))
+    rows = np.stack([np.repeat(np.arange(n), r.astype(int)) for r in w])
+    np.testing.assert_allclose(S._weighted_stats(w, y, pred, conf, 0, 15), S._stats(rows, y, pred, conf, 0, 15),
+                               rtol=1e-10, atol=1e-12)
