@@ -63,6 +63,7 @@ def test_sidecar_keys_declare_the_preprocessing() -> None:
     p = resolve_preprocess(channels=3, meta={"preprocess": "caffe"})
     assert p.preset == "caffe" and p.channels == "bgr" and not p.assumed and "meta.json" in p.source
     assert resolve_preprocess(channels=3, meta={"input_scale": "symmetric"}).preset == "tf"
+    assert not resolve_preprocess(channels=3, meta={"input_range": [0, 1]}).assumed  # robustkit train's sidecar
     assert resolve_preprocess(channels=3, meta={}).assumed
     assert set(p.table()) == {"preprocess", "channel_order"} and set(PRESETS) >= {"unit", "255", "tf", "torch", "caffe"}
 

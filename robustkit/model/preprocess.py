@@ -164,15 +164,17 @@ def resolve_preprocess(
             ``rgb`` for three channels and ``gray`` for one.
         channels: the model's input channels (1 or 3).
         source: how to name the options in messages and in :attr:`Preprocess.source`.
-        meta: the checkpoint's sidecar (``preprocess``/``input_scale``, ``input_mean``,
+        meta: the checkpoint's sidecar (``preprocess``/``input_scale``/``input_range``, ``input_mean``,
             ``input_std``, ``channel_order``), read when no option is given.
     """
     given = any(v is not None for v in (preset, mean, std, order))
     if not given and meta:
-        keys = ("preprocess", "input_scale", "input_mean", "input_std", "channel_order")
+        keys = ("preprocess", "input_scale", "input_range", "input_mean", "input_std", "channel_order")
         if any(k in meta for k in keys):
+            ranges = {(0, 1): "unit", (0, 255): "255", (-1, 1): "tf"}  # robustkit train's "input_range"
+            by_range = ranges.get(tuple(meta["input_range"])) if isinstance(meta.get("input_range"), list) else None
             return resolve_preprocess(
-                preset=meta.get("preprocess", meta.get("input_scale")), mean=meta.get("input_mean"),
+                preset=meta.get("preprocess", meta.get("input_scale", by_range)), mean=meta.get("input_mean"),
                 std=meta.get("input_std"), order=meta.get("channel_order"), channels=channels,
                 source="the checkpoint's .meta.json")
     name = _ALIASES.get(str(preset), preset) if preset is not None else "unit"

@@ -562,7 +562,7 @@ def _finish(model: keras.Model, log: _EpochLog, ds: Any, xt: np.ndarray, xv: np.
     })
     _plot_history(log.rows, plot_path)
     _write_json(meta_path, {"class_names": class_names, "input_size": input_size, "channels": 3, "arch": arch,
-                            "input_range": [0, 1], "output": output, "noise_sigma": float(recipe["noise_sigma"]),
+                            "input_range": [0, 1], "preprocess": "unit", "channel_order": "rgb", "output": output, "noise_sigma": float(recipe["noise_sigma"]),
                             "robustkit_version": _version()})
     if not quiet:
         auroc = f" val_auroc {best_val_auroc:.4f}" if best_val_auroc is not None else ""
