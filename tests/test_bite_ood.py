@@ -22,6 +22,7 @@ from robustkit.data.ood_sets import ArrayDataset
 from robustkit.errors import ConfigError
 from robustkit.metrics import ood as O
 from robustkit.metrics.classification import bootstrap_indices
+from robustkit.metrics.resampling import bootstrap_weights
 from robustkit.metrics.slices import cramers_v, enumerate_slices, slice_metrics, slice_test
 from robustkit.results import StudyResult
 from robustkit.studies.base import AuditContext
@@ -76,8 +77,15 @@ def test_slice_intervals_are_the_two_sided_percentiles_of_a_slow_bootstrap() -> 
     conf, mask = rng.uniform(0.4, 1.0, 300), rng.random(300) < 0.5
     _, intervals = slice_metrics(y, pred, conf, mask, positive=0, n_boot=400, seed=3, level=0.9)
     idx = np.flatnonzero(mask)
-    accuracy = [np.mean(y[idx][r] == pred[idx][r]) for r in bootstrap_indices(len(idx), 400, seed=3)]
+    # the same resamples (counts per sample), turned back into index lists and scored one by one
+    resamples = [np.repeat(np.arange(len(idx)), row.astype(int))
+                 for block in bootstrap_weights(len(idx), 400, seed=3) for row in block]
+    assert all(len(r) == len(idx) for r in resamples)
+    accuracy = [np.mean(y[idx][r] == pred[idx][r]) for r in resamples]
     assert intervals["accuracy"] == pytest.approx(np.quantile(accuracy, [0.05, 0.95]).tolist())
+    # and within Monte Carlo error of the older index bootstrap's interval
+    older = [np.mean(y[idx][r] == pred[idx][r]) for r in bootstrap_indices(len(idx), 400, seed=3)]
+    assert np.allclose(intervals["accuracy"], np.quantile(older, [0.05, 0.95]), atol=0.03)
 
 
 # ---------------------------------------------------------------- ViM: the paper's definition
