@@ -133,8 +133,14 @@ def _hint(inside: list[dict[str, Any]]) -> str:
                 "--preprocess (keras.applications' DenseNet: torch, ResNet50: caffe, InceptionV3: tf)")
     first = inside[0]
     scale = first.get("scale")
-    if first["class"] == "Rescaling" and isinstance(scale, float) and abs(scale - 1 / 255) < 1e-6:
-        return "the model rescales by 1/255 itself: it takes pixels in [0, 255] (--preprocess 255)"
+    offset = first.get("offset")
+    if first["class"] == "Rescaling" and isinstance(scale, float) and isinstance(offset, float):
+        if abs(scale - 1 / 255) < 1e-6 and offset == 0:
+            return "the model rescales by 1/255 itself: it takes pixels in [0, 255] (--preprocess 255)"
+        if abs(scale - 1 / 127.5) < 1e-6 and offset == -1:
+            return "the model maps [0, 255] to [-1, 1] itself: it takes pixels in [0, 255] (--preprocess 255)"
+        if scale == 2 and offset == -1:
+            return "the model maps [0, 1] to [-1, 1] itself: it takes pixels in [0, 1] (--preprocess unit)"
     mean = first.get("mean")
     if first["class"] == "Normalization" and mean is not None and float(np.max(mean)) > 2:
         return "the model normalises 0-255 values itself (means above 2): it takes [0, 255] (--preprocess 255)"

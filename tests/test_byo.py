@@ -268,6 +268,15 @@ def test_inspect_finds_rescaling_and_lambda_layers(capsys: pytest.CaptureFixture
     assert "--preprocess 255" in report["preprocessing_hint"]
 
 
+@pytest.mark.parametrize(("scale", "offset", "flag"), [(1 / 255, 0.0, "--preprocess 255"),
+                                                       (1 / 127.5, -1.0, "--preprocess 255"),
+                                                       (2.0, -1.0, "--preprocess unit")])
+def test_inspect_reads_what_a_rescaling_layer_implies(scale: float, offset: float, flag: str) -> None:
+    from robustkit.inspection import _hint
+
+    assert flag in _hint([{"name": "r", "class": "Rescaling", "scale": scale, "offset": offset}])
+
+
 def test_undefined_input_size_needs_input_size(tmp_path: Path, toy_data: Path) -> None:
     from robustkit import audit
     from robustkit._tf import keras
