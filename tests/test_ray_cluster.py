@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from robustkit.data.loader import load_dataset
@@ -150,7 +151,7 @@ def _slow_clean(seconds: float) -> Any:
 def test_a_node_removed_mid_audit_and_the_audit_completes_on_the_other(cluster: Cluster, batches: _Batches,
                                                                         toy_model: Path, toy_data: Path,
                                                                         tmp_path: Path) -> None:
-    from robustkit.engines.ray_engine import RayOptions, run_studies_ray
+    from robustkit.engines.ray_engine import SHARDS, RayOptions, run_studies_ray
     from tests.test_ray_faults import _assert_same_as_in_process
 
     head, second = _node_ids(cluster)
@@ -179,3 +180,5 @@ def test_a_node_removed_mid_audit_and_the_audit_completes_on_the_other(cluster: 
     assert head in after, batches.batches  # the head went on (batches the second node had finished may
     _each_sample_once(batches.batches, len(data))  # still arrive after it went; each is counted once)
     _assert_same_as_in_process(results, local)
+    shards = [np.load(f) for f in (tmp_path / SHARDS).rglob("*.npz")]  # the same nodes, kept for resume
+    assert sorted((tuple(z["pos"]), str(z["node"])) for z in shards) == sorted(batches.batches)
