@@ -11,7 +11,9 @@ back to the driver as one payload (positions + records per study), is written to
 ``<out>/shards/`` as it arrives (a killed driver resumes from there) and the records are put
 in sample order with :func:`~robustkit.studies.base.merge_records` before each study's
 ``reduce``. Since every random draw of a map is keyed by sample id, the result equals the
-in-process engine's.
+in-process engine's. Each batch names the Ray node that mapped it: a DEBUG line on the driver
+(logger ``robustkit.engines.ray_engine``, with ``positions`` and ``node`` on the record) and a
+``node`` entry in its shard.
 
 Faults: Ray Data restarts a dead actor and re-runs its unfinished batches (its actor pools
 default to unlimited ``max_restarts`` and ``max_task_retries``); a batch that comes back twice
