@@ -11,7 +11,9 @@ back to the driver as one payload (positions + records per study), is written to
 ``<out>/shards/`` as it arrives (a killed driver resumes from there) and the records are put
 in sample order with :func:`~robustkit.studies.base.merge_records` before each study's
 ``reduce``. Since every random draw of a map is keyed by sample id, the result equals the
-in-process engine's.
+in-process engine's. Each batch names the Ray node that mapped it: a DEBUG line on the driver
+(logger ``robustkit.engines.ray_engine``, with ``positions`` and ``node`` on the record) and a
+``node`` entry in its shard.
 
 Faults: Ray Data restarts a dead actor and re-runs its unfinished batches (its actor pools
 default to unlimited ``max_restarts`` and ``max_task_retries``); a batch that comes back twice
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import pickle
 import sys
@@ -51,6 +54,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Delivery", "RayOptions", "require_ray", "run_studies_ray"]
 
+#: One DEBUG line per batch the driver receives: its positions and the Ray node that mapped it.
+log = logging.getLogger(__name__)
 INSTALL = 'pip install "robustkit[ray]"'
 SHARDS = "shards"
 
@@ -125,6 +130,7 @@ class _StudyMapper:
         self.selections = {k: _lookup(v) for k, v in selections.items()}
         self.extras = extras
         self.broken: dict[str, str] | None = None
+        self.node = _node_id()
         try:
             self.model = load_model(**model_spec)
         except RobustkitError as exc:  # bad input on this worker (a checkpoint it cannot read): told to the
@@ -134,7 +140,8 @@ class _StudyMapper:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         positions = np.asarray(batch["pos"], dtype=np.int64)
-        payload: Payload = {"pos": positions, "studies": {}, "seconds": {}, "broken": self.broken}
+        payload: Payload = {"pos": positions, "studies": {}, "seconds": {}, "broken": self.broken,
+                            "node": self.node}
         for study in self.studies if self.broken is None else []:
             local = self.selections[study.name](positions)  # positions in the study's own subset
             self._map(payload, study.name, study, self.data, positions, local)
@@ -167,6 +174,13 @@ def _error(exc: Exception) -> dict[str, str]:
 
     kind = type(exc).__name__ if isinstance(exc, RobustkitError) else ""
     return {"kind": kind, "message": f"{type(exc).__name__}: {exc}"[:2000], "text": str(exc)}
+
+
+def _node_id() -> str:
+    """The id (hex) of the Ray node this actor runs on ("" outside Ray)."""
+    import ray
+
+    return str(ray.get_runtime_context().get_node_id()) if ray.is_initialized() else ""
 
 
 def _lookup(selected: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
@@ -340,6 +354,9 @@ def _map_on_ray(ray: Any, todo: np.ndarray, total: int, studies: list[Study], da
                 if sig in seen:  # a retried batch that also finished the first time
                     continue
                 seen.add(sig)
+                node = payload.get("node", "")
+                log.debug("batch of %d samples from position %d mapped on node %s", len(sig), min(sig), node,
+                          extra={"positions": sig, "node": node})
                 if shard_dir is not None:
                     _save_shard(shard_dir, payload)
                 got.append(payload)
@@ -438,10 +455,11 @@ def _run_key(studies: list[Study], model: ModelAdapter, data: Dataset, seed: int
 
 
 def _save_shard(folder: Path, payload: dict[str, Any]) -> None:
-    """One finished batch as ``.npz`` (no pickles on disk): ``pos`` and ``<study>|<record>``."""
+    """One finished batch as ``.npz`` (no pickles on disk): ``pos``, ``node`` (the Ray node that
+    mapped it) and ``<study>|<record>``."""
     folder.mkdir(parents=True, exist_ok=True)
     pos = np.asarray(payload["pos"], dtype=np.int64)
-    arrays: dict[str, np.ndarray] = {"pos": pos}
+    arrays: dict[str, np.ndarray] = {"pos": pos, "node": np.asarray(str(payload.get("node", "")))}
     for name, (local, records) in payload["studies"].items():
         if local is None:  # a failed map is re-run on resume, not stored
             continue
@@ -472,8 +490,9 @@ def _load_shards(folder: Path | None) -> list[dict[str, Any]]:
             name, _, rec = key.partition("|")
             if rec == "seconds|":
                 seconds[name] = float(arrays[key])
-            elif key != "pos" and not rec:
+            elif key not in ("pos", "node") and not rec:
                 studies[name] = (arrays[key], {k.partition("|")[2]: v for k, v in arrays.items()
                                                if k.startswith(name + "|") and k not in (key, f"{name}|seconds|")})
-        out.append({"pos": arrays["pos"], "studies": studies, "seconds": seconds})
+        out.append({"pos": arrays["pos"], "studies": studies, "seconds": seconds,
+                    "node": str(arrays["node"]) if "node" in arrays else ""})
     return out
