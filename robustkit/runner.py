@@ -297,6 +297,8 @@ def audit(
     plan = plan_studies(cfg)
     adapter = model if isinstance(model, ModelAdapter) else _load(model, spec, cfg)
     _check_output_kind(adapter, output)
+    if isinstance(model, ModelAdapter):
+        _refuse_load_options(spec)
     if cfg.batch_size:
         adapter.batch_size = cfg.batch_size
     dataset = data if isinstance(data, Dataset) else _load_data(data, cfg, on_bad_input)
@@ -387,6 +389,15 @@ def _check_output_kind(adapter: ModelAdapter, output: str | None) -> None:
     if output is not None and output != adapter.output_kind:
         raise ConfigError(f"--output {output}: expected it on the ModelAdapter (ModelAdapter(output=...)) when "
                           f"auditing an adapter, got an adapter of kind {adapter.output_kind!r}.")
+
+
+def _refuse_load_options(spec: ModelSpec) -> None:
+    """An adapter is already loaded: options that say how to load a checkpoint would be ignored."""
+    given = [k for k in ("input_scale", "preprocess", "input_mean", "input_std", "channel_order", "model_classes",
+                         "input_size") if getattr(spec, k) is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)}: expected them when auditing a checkpoint path, got a loaded "
+                          "ModelAdapter (pass them to load_model or ModelAdapter instead).")
 
 
 def _write_exports(result: AuditResult, out: Path, plan: list[Study] | None = None) -> None:

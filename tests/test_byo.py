@@ -309,3 +309,13 @@ def test_load_spec_rebuilds_the_same_adapter(vendor_model: Path) -> None:
     x = np.random.default_rng(1).random((3, SIZE, SIZE, 3), dtype=np.float32)
     assert again.preprocess == adapter.preprocess and again.class_names == list(VENDOR_ORDER)
     np.testing.assert_array_equal(again.logits(x), adapter.logits(x))
+
+
+def test_load_options_beside_a_loaded_adapter_are_refused(vendor_model: Path, toy_data: Path) -> None:
+    """They would be silently ignored: the adapter is already read."""
+    from robustkit import audit
+    from robustkit.model.adapter import load_model
+
+    with pytest.raises(ConfigError, match="preprocess, model_classes: expected them when auditing a checkpoint"):
+        audit(load_model(vendor_model), toy_data, studies=["clean"], preprocess="caffe",
+              model_classes=list(VENDOR_ORDER))

@@ -87,7 +87,7 @@ def run_probe(model: ModelAdapter, x: np.ndarray, y: np.ndarray) -> dict[str, An
         z = model.logits_of_inputs(np.asarray(prep.apply(x), dtype=np.float32))
         row, hits[label] = (_multilabel_row if multilabel else _exclusive_row)(label, prep, z, y, names)
         rows.append(row)
-    table = _verdict(rows, hits, y, multilabel, names)
+    table = _verdict(rows, hits, y, multilabel)
     return {"n": len(x), "metric": "macro AUROC" if multilabel else "accuracy", **table,
             "rows": [r.to_json() for r in rows], "rule": RULE, "seconds": time.perf_counter() - start}
 
@@ -145,8 +145,7 @@ def _multilabel_row(label: str, prep: Preprocess, z: np.ndarray, y: np.ndarray,
     return ProbeRow(label, prep.flags(), declared, [names[i] for i in means], assigned), np.zeros(0, bool)
 
 
-def _verdict(rows: list[ProbeRow], hits: dict[str, np.ndarray], y: np.ndarray, multilabel: bool,
-             names: list[str]) -> dict[str, Any]:
+def _verdict(rows: list[ProbeRow], hits: dict[str, np.ndarray], y: np.ndarray, multilabel: bool) -> dict[str, Any]:
     """The best row and the rule's verdict, with the message that names the better flags."""
     declared = rows[0]
     best = max(rows, key=lambda r: (round(r.score_in_order, 9), r is declared))
