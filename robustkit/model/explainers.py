@@ -185,50 +185,55 @@ class Explainer:
         h, w, c = adapter.input_shape
         img = tf.TensorSpec((None, h, w, c), tf.float32)
         vec, ints = tf.TensorSpec((None,), tf.float32), tf.TensorSpec((None,), tf.int32)
-        sig = [img, img, vec, vec, vec, ints, tf.TensorSpec((), tf.int32), ints]
-        self._grad_sum = tf.function(lambda *a: self._grad_sum_graph(*a, noisy=False), input_signature=sig)
-        self._grad_sum_noisy = tf.function(lambda *a: self._grad_sum_graph(*a, noisy=True), input_signature=sig)
+        flag = tf.TensorSpec((), tf.bool)
+        sig = [img, img, vec, vec, vec, ints, tf.TensorSpec((), tf.int32), ints, flag, flag]
         self._groups: dict[int | None, list[tuple[str, list[Any]]]] = {}
         self._baseline: dict[float, np.ndarray] = {}
         self._cam_tap = _tap(adapter, [tuple(self.layer.split("/"))])
-        self._cam = tf.function(self._cam_graph, input_signature=[img, ints])
+        # one graph for every method: the model and its gradient are traced once per input shape
+        self._passes = tf.function(self._passes_graph, input_signature=sig, autograph=False)
 
     # graphs ---------------------------------------------------------------------------
-    def _grad_sum_graph(self, x: Any, base: Any, alphas: Any, weights: Any, sigma: Any, seeds: Any, first: Any,
-                        target: Any, *, noisy: bool):
-        """Sum over s of weights[s] * grad at base + alphas[s] (x - base) (+ sigma * noise).
+    def _passes_graph(self, x: Any, base: Any, alphas: Any, weights: Any, sigma: Any, seeds: Any, first: Any,
+                      target: Any, noisy: Any, cam: Any):
+        """Sum over s of weights[s] * grad at base + alphas[s] (x - base) (+ sigma * noise if ``noisy``),
+        the logits at the points and, if ``cam``, the Grad-CAM map of the last point of each image.
 
         The noise of image i at point s is drawn from the stateless seed ``(seeds[i], first + s)``.
+        Vanilla gradient, SmoothGrad, integrated gradients and Grad-CAM are this one graph with
+        other inputs (the two flags are graph conditionals), so the model's forward and backward
+        pass is traced once per explainer instead of once per method.
         """
         shape = tf.shape(x)
         s = tf.shape(alphas)[0]
         pts = base[None] + alphas[:, None, None, None, None] * (x - base)[None]
         pts = tf.reshape(pts, tf.concat([[s * shape[0]], shape[1:]], 0))
-        if noisy:
+
+        def add_noise() -> Any:
             pair = tf.stack([tf.tile(seeds, [s]), tf.repeat(first + tf.range(s), shape[0])], axis=1)
             noise = tf.map_fn(lambda sd: tf.random.stateless_normal(shape[1:], sd), pair,
                               fn_output_signature=tf.float32)
-            pts = pts + noise * tf.tile(sigma, [s])[:, None, None, None]
+            return pts + noise * tf.tile(sigma, [s])[:, None, None, None]
+
+        pts = tf.cond(noisy, add_noise, lambda: pts)
         tgt = tf.tile(target, [s])
         with tf.GradientTape() as tape:
             tape.watch(pts)
-            z = self.adapter.logits_graph(pts)
+            feats, z = self._cam_tap(self.adapter.scale_input(pts))
+            z = tf.cast(z, tf.float32)
             picked = tf.gather(z, tgt, axis=1, batch_dims=1)
-        g = tf.reshape(tape.gradient(picked, pts), tf.concat([[s], shape], 0))
-        return tf.tensordot(weights, g, axes=1), tf.reshape(z, [s, shape[0], -1])
+        g, g_feat = tape.gradient(picked, [pts, feats[0]])
+        g = tf.reshape(g, tf.concat([[s], shape], 0))
+        h, w, _ = self.adapter.input_shape
 
-    def _cam_graph(self, x: Any, target: Any) -> Any:
-        a = self.adapter
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            feats, z = self._cam_tap(a.scale_input(x))
-            picked = tf.gather(tf.cast(z, tf.float32), target, axis=1, batch_dims=1)
-        fmap = tf.cast(feats[0], tf.float32)
-        grads = tape.gradient(picked, feats[0])
-        alpha = tf.reduce_mean(tf.cast(grads, tf.float32), axis=[1, 2], keepdims=True)
-        cam = tf.nn.relu(tf.reduce_sum(alpha * fmap, axis=-1, keepdims=True))
-        h, w, _ = a.input_shape
-        return tf.image.resize(cam, (h, w), method="bilinear")[..., 0]
+        def cam_map() -> Any:
+            fmap = tf.cast(feats[0][-shape[0]:], tf.float32)
+            alpha = tf.reduce_mean(tf.cast(g_feat[-shape[0]:], tf.float32), axis=[1, 2], keepdims=True)
+            heat = tf.nn.relu(tf.reduce_sum(alpha * fmap, axis=-1, keepdims=True))
+            return tf.image.resize(heat, (h, w), method="bilinear")[..., 0]
+
+        maps = tf.cond(cam, cam_map, lambda: tf.zeros([0, h, w], tf.float32))
+        return tf.tensordot(weights, g, axes=1), tf.reshape(z, [s, shape[0], -1]), maps
 
     # numpy API ------------------------------------------------------------------------
     def gradient_sum(
@@ -250,7 +255,6 @@ class Explainer:
         sigma = np.zeros(len(x), np.float32) if sigma is None else np.asarray(sigma, np.float32)
         seeds = np.broadcast_to(np.asarray(seed, np.int64) % (2**31 - 1), (len(x),)).astype(np.int32)
         t = np.asarray(target, np.int32)
-        fn = self._grad_sum_noisy if noisy else self._grad_sum
         s_all, bs = len(alphas), self.adapter.batch_size
         per_img = max(1, bs // s_all)
         step = min(s_all, bs)
@@ -260,8 +264,9 @@ class Explainer:
             sl = slice(i, min(len(x), i + per_img))
             for j in range(0, s_all, step):
                 k = slice(j, min(s_all, j + step))
-                g, z = fn(x[sl], base[sl], np.asarray(alphas[k], np.float32), np.asarray(weights[k], np.float32),
-                          sigma[sl], seeds[sl], np.int32(j), t[sl])
+                g, z, _ = self._passes(x[sl], base[sl], np.asarray(alphas[k], np.float32),
+                                       np.asarray(weights[k], np.float32), sigma[sl], seeds[sl], np.int32(j), t[sl],
+                                       noisy, False)
                 out[sl] += g.numpy()
                 logits[k, sl] = z.numpy()
                 self.grad_points += (sl.stop - sl.start) * (k.stop - k.start)
@@ -291,11 +296,15 @@ class Explainer:
 
     def gradcam(self, x: np.ndarray, target: np.ndarray) -> np.ndarray:
         """Grad-CAM maps ``(N, H, W)`` (relu, upsampled; not rescaled)."""
-        out = []
+        out, one = [], np.ones(1, np.float32)
+        x = np.asarray(x, np.float32)
         for i in range(0, len(x), self.adapter.batch_size):
             sl = slice(i, i + self.adapter.batch_size)
-            out.append(self._cam(np.asarray(x[sl], np.float32), np.asarray(target[sl], np.int32)).numpy())
-            self.grad_points += len(x[sl])
+            n = len(x[sl])
+            _, _, maps = self._passes(x[sl], x[sl], one, one, np.zeros(n, np.float32), np.zeros(n, np.int32),
+                                      np.int32(0), np.asarray(target[sl], np.int32), False, True)
+            out.append(maps.numpy())
+            self.grad_points += n
         return np.concatenate(out) if out else np.zeros((0, *self.adapter.input_shape[:2]), np.float32)
 
     def logits(self, x: np.ndarray) -> np.ndarray:
