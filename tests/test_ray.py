@@ -7,6 +7,7 @@ where Ray is not installed (``pip install "robustkit[ray]"``).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -81,9 +82,24 @@ def _close(a, b, where="") -> None:
         assert a == b, f"{where}: {a!r} != {b!r}"
 
 
-def test_ray_audit_equals_the_in_process_audit(toy_model: Path, bigger_data: Path, tmp_path: Path) -> None:
-    local = _audit(toy_model, bigger_data, tmp_path / "local")
-    distributed = _audit(toy_model, bigger_data, tmp_path / "ray", engine="ray", workers=2)
+def test_ray_audit_equals_the_in_process_audit(toy_model: Path, bigger_data: Path, tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, logger="robustkit"):
+        local = _audit(toy_model, bigger_data, tmp_path / "local")
+        phases_local = [r.phases for r in caplog.records if hasattr(r, "phases")]
+        caplog.clear()
+        distributed = _audit(toy_model, bigger_data, tmp_path / "ray", engine="ray", workers=2)
+    # each study's map and reduce told apart (in process: within the study's own time) and each actor's start
+    assert [p["study"] for p in phases_local] == list(local.studies)
+    for p in phases_local:
+        assert 0 <= p["map_s"] and 0 <= p["reduce_s"]
+        assert p["map_s"] + p["reduce_s"] <= local.studies[p["study"]].seconds + 1e-3
+    assert sorted(r.phases["study"] for r in caplog.records if hasattr(r, "phases")) == sorted(distributed.studies)
+    starts = [r.actor_start for r in caplog.records if hasattr(r, "actor_start")]
+    assert 1 <= len(starts) <= 2  # one line per actor, with its first batch (an actor may get none)
+    for s in starts:
+        assert min(s["placed_s"], s["tensorflow_s"], s["load_s"], s["trace_s"]) >= 0
+        assert s["placed_s"] + s["tensorflow_s"] + s["load_s"] + s["trace_s"] <= s["ready_s"] + 0.05
     assert distributed.to_json()["config"]["engine"] == {"name": "ray", "workers": 2}
     assert all(s.status == "ok" for s in distributed.studies.values()), {
         n: s.error for n, s in distributed.studies.items()}

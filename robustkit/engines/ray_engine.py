@@ -46,7 +46,7 @@ import numpy as np
 from robustkit.engines.ray_connect import CONNECT_TIMEOUT, check_address, join_cluster
 from robustkit.errors import ClusterError, ConfigError, RobustkitError, check_range, param_error
 from robustkit.results import StudyResult, atomic_write_bytes
-from robustkit.studies.base import EXTRA, AuditContext, Study, merge_records
+from robustkit.studies.base import EXTRA, AuditContext, Study, log_phases, merge_records
 
 if TYPE_CHECKING:
     from robustkit.data.dataset import Dataset
@@ -122,7 +122,9 @@ class _StudyMapper:
 
     def __init__(self, *, model_spec: dict[str, Any], studies: list[Study], data: Dataset,
                  selections: dict[str, np.ndarray], extras: Extras, seed: int, threads: int) -> None:
-        _limit_threads(threads)
+        entered = time.time()  # after Ray placed the actor and unpickled these arguments (importing robustkit)
+        _limit_threads(threads)  # imports TensorFlow
+        set_up = time.time()
         from robustkit.model.adapter import load_model
 
         self.studies = studies
@@ -131,17 +133,26 @@ class _StudyMapper:
         self.extras = extras
         self.broken: dict[str, str] | None = None
         self.node = _node_id()
+        self.start: dict[str, float] | None = {"entered": entered, "tensorflow_s": set_up - entered}
         try:
+            t = time.perf_counter()
             self.model = load_model(**model_spec)
+            loaded = time.perf_counter()
+            # the forward graph traced on one image now, so that the first batch pays only its own passes
+            self.model.logits(np.zeros((1, *self.model.input_shape), np.float32))
+            self.start.update(load_s=loaded - t, trace_s=time.perf_counter() - loaded)
         except RobustkitError as exc:  # bad input on this worker (a checkpoint it cannot read): told to the
             self.broken = _error(exc)  # driver with its first batch; raised, Ray would retry it as a crash
             return
+        t = time.perf_counter()
         self.ctx = AuditContext(seed=seed, model_info=self.model.describe())
+        self.start.update(describe_s=time.perf_counter() - t, ready=time.time())
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         positions = np.asarray(batch["pos"], dtype=np.int64)
         payload: Payload = {"pos": positions, "studies": {}, "seconds": {}, "broken": self.broken,
-                            "node": self.node}
+                            "node": self.node, "start": self.start}
+        self.start = None  # told once, with the actor's first batch
         for study in self.studies if self.broken is None else []:
             local = self.selections[study.name](positions)  # positions in the study's own subset
             self._map(payload, study.name, study, self.data, positions, local)
@@ -342,6 +353,7 @@ def _map_on_ray(ray: Any, todo: np.ndarray, total: int, studies: list[Study], da
     )  # Ray Data's actor pools restart dead actors and retry their tasks by default
     got: list[Payload] = []
     seen: set[tuple[int, ...]] = set()
+    began = time.time()
     broken: dict[str, str] | None = None
     stream = (pickle.loads(b["payload"][0]) for b in mapped.iter_batches(batch_size=1, batch_format="numpy"))
     with ctx.bar(len(todo), "ray") as bar:
@@ -350,6 +362,8 @@ def _map_on_ray(ray: Any, todo: np.ndarray, total: int, studies: list[Study], da
                 if payload.get("broken"):  # a worker that could not start: bad input, said once the stream ends
                     broken = payload["broken"]
                     continue
+                if payload.get("start"):
+                    _log_start(payload["start"], payload.get("node", ""), began)
                 sig = tuple(int(p) for p in payload["pos"])
                 if sig in seen:  # a retried batch that also finished the first time
                     continue
@@ -367,6 +381,24 @@ def _map_on_ray(ray: Any, todo: np.ndarray, total: int, studies: list[Study], da
     if broken is not None:  # the other workers' batches are in the shards; a re-run maps the rest
         raise (_error_class(broken) or RobustkitError)("a Ray worker: " + broken["text"])
     return got
+
+
+def _log_start(start: dict[str, float], node: str, began: float) -> None:
+    """One DEBUG line per actor: what its start cost, measured apart (``actor_start`` on the record:
+    ``placed_s`` from the map's start to the actor's constructor, which covers Ray's scheduling, the
+    worker process and unpickling the studies (importing robustkit), ``tensorflow_s`` importing and
+    setting up TensorFlow, ``load_s`` the checkpoint, ``trace_s`` the first forward pass on one image
+    (graph tracing), ``describe_s`` the model's description, ``ready_s`` from the map's start to a
+    ready actor; wall clocks of driver and worker, so across machines it
+    assumes synchronised clocks)."""
+    nan = float("nan")
+    parts = {"placed_s": start["entered"] - began, "tensorflow_s": start.get("tensorflow_s", nan),
+             "load_s": start.get("load_s", nan), "trace_s": start.get("trace_s", nan),
+             "describe_s": start.get("describe_s", nan), "ready_s": start.get("ready", nan) - began}
+    log.debug("actor on node %s ready %.1f s after the map started (placed %.1f s, TensorFlow %.1f s, checkpoint "
+              "%.1f s, tracing %.1f s, description %.1f s)", node, parts["ready_s"], parts["placed_s"],
+              parts["tensorflow_s"], parts["load_s"], parts["trace_s"], parts["describe_s"],
+              extra={"actor_start": parts, "node": node})
 
 
 def _cluster_failed(exc: BaseException, *, done: int, total: int, shard_dir: Path | None) -> RobustkitError:
@@ -416,7 +448,9 @@ def _reduce(study: Study, payloads: list[Payload], data: Dataset, selected: np.n
     if study.name in extras:
         extra = _merged(parts[EXTRA + study.name], extras[study.name][1], study.name)
         records.update({EXTRA + k: v for k, v in extra.items()})
+    reducing = time.perf_counter()
     result = study.reduce(records, sub, ctx)
+    log_phases(study.name, len(sub), mapped, time.perf_counter() - reducing)
     return study.finalize(result, selected, mapped + time.perf_counter() - start)
 
 

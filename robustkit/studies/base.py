@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import time
 import types
 import typing
@@ -48,7 +49,19 @@ if TYPE_CHECKING:
     from robustkit.data.dataset import Dataset
     from robustkit.model.adapter import ModelAdapter
 
-__all__ = ["EXTRA", "PROFILES", "AuditContext", "Records", "Study", "StudyConfig", "merge_records", "split_extra"]
+__all__ = ["EXTRA", "PROFILES", "AuditContext", "Records", "Study", "StudyConfig", "log_phases", "merge_records",
+           "split_extra"]
+
+#: One DEBUG line per study run: its map and reduce seconds (``phases`` on the record).
+log = logging.getLogger(__name__)
+
+
+def log_phases(study: str, n: int, map_s: float, reduce_s: float) -> None:
+    """Tell a study's map time (prepare and every batch; on Ray, summed over the workers) and its
+    reduce time apart: a DEBUG line with ``phases`` = ``{"study", "n", "map_s", "reduce_s"}``."""
+    log.debug("study %s on %d samples: map %.2f s, reduce %.2f s", study, n, map_s, reduce_s,
+              extra={"phases": {"study": study, "n": n, "map_s": map_s, "reduce_s": reduce_s}})
+
 
 #: Per-sample records: name -> array whose first axis is the sample.
 Records = dict[str, np.ndarray]
@@ -240,7 +253,9 @@ class Study(ABC, Generic[C]):
             self.prepare(sub, ctx)
             records = self.map_all(model, sub, ctx, batch_size=batch_size)
             records.update(self.map_extra(model, ctx, batch_size=batch_size))
+            mapped = time.perf_counter()
             result = self.reduce(records, sub, ctx)
+            log_phases(self.name, len(sub), mapped - start, time.perf_counter() - mapped)
         return self.finalize(result, index, time.perf_counter() - start)
 
     def map_all(
