@@ -2,7 +2,10 @@
 
 Each loads with its family's preset, gives the probabilities of ``model.predict`` on images
 preprocessed by keras.applications' own ``preprocess_input``, and audits with the clean,
-adversarial and saliency studies with Grad-CAM's layer found without ``--layer``. MobileNetV3,
+saliency studies with Grad-CAM's layer found without ``--layer`` (and the adversarial study for
+the two families in :data:`ATTACKED`: tracing an attack loop through a deep graph costs up to
+20 s a model, and the path through the preprocessing, a channel reorder and the model's own
+preprocessing layers is the same for every family). MobileNetV3,
 EfficientNet and ConvNeXt carry their own preprocessing layers (Keras 3), so their preset is
 ``255``; ResNet50 runs at a non-square size (one-channel models: every toy model of the suite).
 """
@@ -25,6 +28,9 @@ ZOO = {
     "ConvNeXtTiny": ("ConvNeXtTiny", "convnext", "255", (64, 64, 3)),
     "InceptionV3": ("InceptionV3", "inception_v3", "tf", (75, 75, 3)),
 }
+# the attacked families: ResNet50 (caffe: reorder to BGR, mean; non-square) and MobileNetV3Small
+# (preprocessing layers of its own inside the graph)
+ATTACKED = ("ResNet50", "MobileNetV3Small")
 # the leanest settings that still run every part of the three studies
 LEAN = {"clean": {"n_bootstrap": 20},
         "adversarial": {"max_samples": 3, "steps": 2, "epsilons_linf": [0.01], "check_samples": 3, "fgsm": False,
@@ -67,9 +73,9 @@ def test_zoo_model_loads_predicts_like_keras_and_audits(name: str, zoo_data: Pat
     np.testing.assert_allclose(adapter.probs(x), model.predict(own, verbose=0), rtol=1e-4, atol=1e-5)
 
     layer = find_gradcam_layer(model)
-    result = audit(path, zoo_data, studies=["clean", "adversarial", "saliency"], profile="quick", config=LEAN,
-                   preprocess=preset, input_probe=False)
-    assert {s: r.status for s, r in result.studies.items()} == {"clean": "ok", "adversarial": "ok", "saliency": "ok"}
+    studies = ["clean", "adversarial", "saliency"] if name in ATTACKED else ["clean", "saliency"]
+    result = audit(path, zoo_data, studies=studies, profile="quick", config=LEAN, preprocess=preset, input_probe=False)
+    assert {s: r.status for s, r in result.studies.items()} == dict.fromkeys(studies, "ok")
     assert result.studies["saliency"].data["parameters"]["gradcam_layer"] == layer
     assert result.model["preprocess"]["preset"] == preset and result.model["input_shape"] == [h, w, c]
     spatial = tuple(model.get_layer(layer.split("/")[-1]).output.shape[1:3]) if "/" not in layer else (2, 2)
