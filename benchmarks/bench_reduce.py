@@ -16,14 +16,28 @@ itself, so every sample appears), moves the copies' float values by a relative 1
 scores, as in real data: ties would make the sorts cheap), gives the copies new sample ids, carries the study's
 driver-side state over to them (the calibration split, the OOD reference split; fixed-size
 choices such as the adversarial checks' or saliency's sub-studies keep their first-copy
-samples), then times ``study.reduce`` once. The OOD sets (extra records) keep their size:
-they do not grow with the audit.
+samples: saliency's copies are outside its stability, randomisation and activation-panel
+sets, holding what its map writes there), then times ``study.reduce`` once. The OOD sets
+(extra records) keep their size: they do not grow with the audit. The rows are drawn in
+chunks of :data:`CHUNK` (the same numbers as one draw), so that building the records never
+holds a second copy of them.
+
+Memory-mapped records: the studies in :data:`MAPPED` (saliency, whose records keep
+per-sample maps, about 111 KB a sample) get their grown records as ``.npy`` files, written
+chunk by chunk into a temporary folder under ``--records-dir`` (default the system's
+temporary folder; removed after the run) and loaded with ``numpy.load(mmap_mode="r")``, as
+records read per study from disk would be; their size is then checked against that
+folder's free disk space (less 2 GB) instead of ``--max-records-mb``, and ``records_mb``
+is what they take on disk. The pages the reduce reads count in its RSS.
 
 Each (study, N) runs in its own process so that peaks do not mix: ``rss_before`` is the
-peak RSS (``VmHWM``) once the records are built, ``rss_peak`` at the end of the reduce,
-``reduce_mb`` the difference (what the reduce itself added above the records). A run past
+RSS once the records are built (where Linux allows, the peak is then restarted there by
+writing 5 to ``/proc/self/clear_refs``, so that building the records does not hide the
+reduce's own peak; otherwise the peak so far), ``rss_peak`` the peak RSS (``VmHWM``) at the
+end of the reduce, ``reduce_mb`` the difference (what the reduce itself added above the
+records). A run past
 ``--timeout`` seconds is killed and reported as such; a size whose records alone would take
-more than ``--max-records-mb`` is not run (saliency keeps per-sample maps) and said so. The growth exponent is the log-log
+more than ``--max-records-mb`` (or the free disk, for :data:`MAPPED` studies) is not run and said so. The growth exponent is the log-log
 slope of the time (and of ``reduce_mb``) between consecutive sizes: 1 is linear in N.
 
 Target (issue 29): every study's reduce at N = 100,000 in under 60 s and under 4 GB
@@ -45,6 +59,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CRITICAL = "COVID-19"
+#: studies whose grown records are written to disk and memory-mapped (see the module doc)
+MAPPED = ("saliency",)
+#: rows drawn and written at a time
+CHUNK = 512
 
 CHILD = r"""
 import json, pickle, resource, sys, time
@@ -53,13 +71,20 @@ args = json.loads(sys.argv[1])
 sys.path.insert(0, args["repo"])
 sys.path.insert(0, args["bench"])
 from bench_reduce import grow
-study, records, data, ctx = grow(args["seed_dir"], args["study"], args["n"], args["seed"])
-def rss():  # VmHWM: this process's peak RSS (ru_maxrss would carry the parent's peak over fork)
+study, records, data, ctx = grow(args["seed_dir"], args["study"], args["n"], args["seed"], mmap_dir=args["mmap_dir"])
+def rss(field="VmHWM"):  # VmHWM: this process's peak RSS (ru_maxrss would carry the parent's peak over fork)
     for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-before = rss()
+import gc
+gc.collect()
+try:  # restart the peak at the records' RSS, so that building them does not hide the reduce's peak
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = rss("VmRSS")
+except OSError:
+    before = rss()
 t0 = time.perf_counter()
 result = study.reduce(records, data, ctx)
 seconds = time.perf_counter() - t0
@@ -142,18 +167,62 @@ def _carry_state(study, name: str, small, big, src) -> None:
         study._ref_pos, study._ref_labels, study._ref_targets = pos, big.labels[pos], big.targets[pos]
 
 
-def _jitter(v, m: int, rng):
-    """The drawn copies (rows from ``m`` on) of a float record, each value moved by a relative
-    1e-3, so that scores are distinct as in real data (ties would flatter the sorts)."""
-    if v.dtype.kind != "f" or len(v) <= m:
-        return v
-    out = v.copy()
-    out[m:] *= (1 + 1e-3 * rng.standard_normal(out[m:].shape)).astype(v.dtype)
-    return out
+def _jitter(part, first: int, rng) -> None:
+    """Move each value of a float record's drawn copies (``part``'s rows from ``first`` on) by a
+    relative 1e-3, in place, so that scores are distinct as in real data (ties would flatter the sorts)."""
+    if part.dtype.kind == "f" and first < len(part):
+        part[first:] *= (1 + 1e-3 * rng.standard_normal(part[first:].shape)).astype(part.dtype)
 
 
-def grow(seed_dir: str, name: str, n: int, seed: int):
-    """``(study, records, data, ctx)`` for ``n`` samples drawn from the seed records (see the module doc)."""
+def _outside_sub_studies(name: str, key: str, part) -> None:
+    """Set ``part`` (copies' rows of record ``key``) to what the map writes for a sample outside
+    the study's fixed-size sub-studies (saliency: stability, randomisation, activation panel)."""
+    import numpy as np
+
+    if name != "saliency" or not len(part):
+        return
+    if key in ("stability_role", "rand_role", "act_role", "stability_changed"):
+        part[:] = 0
+    elif key == "act_channels":
+        part[:] = -1
+    elif key in ("stability_spearman", "stability_ssim", "stability_topk", "max_sensitivity", "act_maps") or (
+            key.startswith("rand_") and key != "rand_steps"):
+        part[:] = np.nan
+
+
+def _chunks(name: str, key: str, v, src, m: int, rng):
+    """Record ``key`` of the grown samples, ``v[src]``, in chunks of :data:`CHUNK` rows: the
+    copies (rows from ``m`` on) jittered and outside the sub-studies."""
+    for lo in range(0, len(src), CHUNK):
+        part = v[src[lo:lo + CHUNK]]
+        first = max(m - lo, 0)
+        _jitter(part, first, rng)
+        _outside_sub_studies(name, key, part[first:])
+        yield part
+
+
+def _grown(name: str, key: str, v, src, m: int, rng, mmap_dir: Path | None):
+    """One grown record, in memory, or written to ``mmap_dir/key.npy`` and memory-mapped."""
+    import numpy as np
+
+    shape = (len(src), *v.shape[1:])
+    if mmap_dir is None:
+        out = np.empty(shape, v.dtype)
+        for lo, part in zip(range(0, len(src), CHUNK), _chunks(name, key, v, src, m, rng)):
+            out[lo:lo + len(part)] = part
+        return out
+    path = mmap_dir / f"{key}.npy"
+    with open(path, "wb") as f:  # plain writes: the file's pages never enter this process's RSS
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(v.dtype),
+                                                 "fortran_order": False, "shape": shape})
+        for part in _chunks(name, key, v, src, m, rng):
+            f.write(np.ascontiguousarray(part).tobytes())
+    return np.load(path, mmap_mode="r")
+
+
+def grow(seed_dir: str, name: str, n: int, seed: int, *, mmap_dir: str | None = None):
+    """``(study, records, data, ctx)`` for ``n`` samples drawn from the seed records (see the
+    module doc); with ``mmap_dir``, the grown records are ``.npy`` files there, memory-mapped."""
     import dataclasses
 
     import numpy as np
@@ -173,7 +242,8 @@ def grow(seed_dir: str, name: str, n: int, seed: int):
     big = small._derive(samples)
     _carry_state(study, name, small, big, src)
     rng = np.random.default_rng([seed, 1])
-    records = {k: (v if k.startswith(EXTRA) else _jitter(v[src], m, rng)) for k, v in base.items()}
+    where = None if mmap_dir is None else Path(mmap_dir)
+    records = {k: (v if k.startswith(EXTRA) else _grown(name, k, v, src, m, rng, where)) for k, v in base.items()}
     info = context["model_info"]
     ctx = AuditContext(seed=0, model_info=info, task=_task(info, list(info["class_names"])))
     return study, records, big, ctx
@@ -191,9 +261,9 @@ def _records_mb(seed_dir: Path, name: str, n: int) -> float:
                for k, v in arrays.items()) / 2**20
 
 
-def _child(seed_dir: Path, name: str, n: int, seed: int, timeout: float) -> dict:
+def _child(seed_dir: Path, name: str, n: int, seed: int, timeout: float, mmap_dir: Path | None = None) -> dict:
     args = {"repo": str(REPO), "bench": str(Path(__file__).resolve().parent), "seed_dir": str(seed_dir),
-            "study": name, "n": n, "seed": seed}
+            "study": name, "n": n, "seed": seed, "mmap_dir": None if mmap_dir is None else str(mmap_dir)}
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(REPO))
     t0 = time.perf_counter()
     try:
@@ -206,6 +276,27 @@ def _child(seed_dir: Path, name: str, n: int, seed: int, timeout: float) -> dict
                 "seconds": None, "wall": time.perf_counter() - t0}
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     out.update(study=name, n=n, reduce_mb=out["rss_peak"] - out["rss_before"])
+    return out
+
+
+def _run(seed_dir: Path, name: str, n: int, a: argparse.Namespace) -> dict:
+    """One (study, N) child, its records in memory or (:data:`MAPPED`) memory-mapped from disk."""
+    import shutil
+
+    need = _records_mb(seed_dir, name, n)
+    if name not in MAPPED:
+        if need > a.max_records_mb:
+            return {"study": name, "n": n, "seconds": None, "records_mb": need,
+                    "status": f"not run: its records alone take {need:.0f} MB (--max-records-mb)"}
+        return _child(seed_dir, name, n, a.seed, a.timeout)
+    a.records_dir.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(a.records_dir).free / 2**20 - 2048
+    if need > free:
+        return {"study": name, "n": n, "seconds": None, "records_mb": need,
+                "status": f"not run: its records take {need:.0f} MB, {free:.0f} MB free in {a.records_dir}"}
+    with tempfile.TemporaryDirectory(prefix="rk-bench-records-", dir=a.records_dir) as where:
+        out = _child(seed_dir, name, n, a.seed, a.timeout, Path(where))
+    out["status"] += " (records memory-mapped)" if out["status"] == "ok" else ""
     return out
 
 
@@ -251,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-records-mb", type=float, default=3000.0,
                         help="skip a size whose records alone take more (default 3000)")
     parser.add_argument("--seed-dir", type=Path, help="reuse (or write) the mapped seed records here")
+    parser.add_argument("--records-dir", type=Path, default=Path(tempfile.gettempdir()),
+                        help=f"where the memory-mapped records of {', '.join(MAPPED)} are written (default %(default)s)")
     parser.add_argument("--out", type=Path, help="write the rows and slopes as JSON here")
     a = parser.parse_args(argv)
     studies = [s for s in a.studies.split(",") if s]
@@ -264,10 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for name in studies:
             for n in sizes:
-                need = _records_mb(seed_dir, name, n)
-                r = (_child(seed_dir, name, n, a.seed, a.timeout) if need <= a.max_records_mb else
-                     {"study": name, "n": n, "seconds": None, "records_mb": need,
-                      "status": f"not run: its records alone take {need:.0f} MB"})
+                r = _run(seed_dir, name, n, a)
                 rows.append(r)
                 print(f"  {name} N={n}: {_fmt(r.get('seconds'), '.2f')} s, peak RSS "
                       f"{_fmt(r.get('rss_peak'), '.0f')} MB ({r['status']})", flush=True)

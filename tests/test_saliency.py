@@ -281,15 +281,31 @@ _FAST = {"smoothgrad_n": 6, "ig_steps": 16, "max_samples": 18, "stability_sample
 
 
 @pytest.fixture(scope="module")
-def study_runs(toy_model: Path, toy_data: Path):
+def mapped(toy_model: Path, toy_data: Path):
+    """The study's records of the toy data, prepared and mapped as ``Study.execute`` does, kept
+    for the reduce-only tests: ``(study, records, samples, ctx, index, adapter, data)``."""
     from robustkit.data.loader import load_dataset
     from robustkit.model.adapter import load_model
     from robustkit.studies import AuditContext, get_study
 
     adapter, data = load_model(toy_model), load_dataset(toy_data)
     study = get_study("saliency").configure("standard", _FAST)
+    ctx = AuditContext(seed=4)
+    ctx.model_info = adapter.describe()
+    index = study.select(data, ctx)
+    sub = data.subset(index)
+    study.prepare(sub, ctx)
+    return study, study.map_all(adapter, sub, ctx), sub, ctx, index, adapter, data
+
+
+@pytest.fixture(scope="module")
+def study_runs(mapped):
+    """Two independent runs of the study: ``Study.execute``, and the kept records reduced."""
+    from robustkit.studies import AuditContext
+
+    study, records, sub, ctx, index, adapter, data = mapped
     first = study.execute(adapter, data, AuditContext(seed=4))
-    second = study.execute(adapter, data, AuditContext(seed=4))
+    second = study.finalize(study.reduce(records, sub, ctx), index, 0.0)
     return first, second, data
 
 
@@ -361,6 +377,50 @@ def test_single_label_localisation_is_the_predicted_class_map_against_the_image_
             assert key not in result.metrics
     outputs = {r["output"] for r in result.tables["localization per output"]}
     assert outputs == {"COVID-19", "Viral Pneumonia"}  # NORMAL's masks are empty
+
+
+def test_reduce_of_memory_mapped_records_is_the_same_and_copies_no_map(mapped, tmp_path: Path) -> None:
+    """Records read from ``.npy`` files with ``mmap_mode="r"`` give the same result, and the
+    per-sample maps pass through to the result's records without a copy (the reduce's memory
+    does not hold them)."""
+    import json
+
+    study, records, sub, ctx, *_ = mapped
+    for key, value in records.items():
+        np.save(tmp_path / f"{key}.npy", value)
+    on_disk = {key: np.load(tmp_path / f"{key}.npy", mmap_mode="r") for key in records}
+    here, there = study.reduce(records, sub, ctx), study.reduce(on_disk, sub, ctx)
+    assert json.dumps(there.metrics, sort_keys=True) == json.dumps(here.metrics, sort_keys=True)
+    assert json.dumps([there.tables, there.data, [repr(c) for c in there.checks]], sort_keys=True) == \
+        json.dumps([here.tables, here.data, [repr(c) for c in here.checks]], sort_keys=True)
+    assert there.records.keys() == here.records.keys()
+    for key, value in there.records.items():
+        np.testing.assert_array_equal(value, here.records[key], err_msg=key)
+    for key, source in (("map_thumbs", "thumbs"), ("activation_maps", "act_maps")):
+        assert there.records[key] is on_disk[source], key
+
+
+def test_report_data_reads_the_dataset_once_and_shows_each_rows_sample(mapped, monkeypatch) -> None:
+    """Each gallery and panel image is its own row's sample (id and class from ``Dataset.samples``),
+    and ``Dataset.ids``/``Dataset.targets`` (a pass over every sample each) are read once, not once
+    per image shown (which made the reduce quadratic in the number of samples)."""
+    from robustkit.data.dataset import Dataset
+    from robustkit.studies.saliency.report_data import report_data
+
+    study, records, sub, ctx, *_ = mapped
+    reads = {"ids": 0, "targets": 0}
+    for name in reads:
+        prop = getattr(Dataset, name)
+        monkeypatch.setattr(Dataset, name, property(
+            lambda self, _p=prop, _n=name: (reads.__setitem__(_n, reads[_n] + 1), _p.fget(self))[1]))
+    out = report_data(records, sub, list(study.config.methods), study.config, ctx)
+    assert reads == {"ids": 1, "targets": 1}
+    shown = [(it["row"], it) for g in out["gallery"] for it in g["items"]]
+    shown += [(im["layers"][0]["channels"][0]["at"][0], im) for im in out["activations"]["images"]]
+    assert len(shown) >= 2 * len(out["gallery"]) + 1
+    for row, item in shown:
+        sample = sub.samples[row]
+        assert (item["id"], item["label"]) == (sample.id, sub.class_names[sample.label])
 
 
 @pytest.mark.parametrize("override", [
