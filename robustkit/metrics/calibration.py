@@ -29,19 +29,25 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "binned_sums_counts",
     "brier",
     "classwise_ece",
     "classwise_ece_adaptive",
+    "compact_counts",
     "debiased_l2_ce",
+    "debiased_l2_of_sums",
     "ece",
     "ece_compute",
     "ece_compute_counts",
     "ece_equal_mass",
     "ece_update",
     "equal_mass_bins",
+    "equal_mass_sums_counts",
     "equal_width_bins",
+    "l1_of_sums",
     "log_softmax",
     "mce",
+    "mce_counts",
     "nll",
     "reliability_bins",
     "sample_nll",
@@ -173,6 +179,104 @@ def ece_compute_counts(bins: np.ndarray, gap: np.ndarray, weights: np.ndarray, *
     with np.errstate(invalid="ignore", divide="ignore"):
         n = w.sum(axis=1)
         return np.where(n > 0, np.abs(w @ onehot).sum(axis=1) / n, np.nan)
+
+
+def binned_sums_counts(bins: np.ndarray, values: np.ndarray, weights: np.ndarray, *, n_bins: int) -> np.ndarray:
+    """Per-bin weighted sums ``(b, n_bins, V)`` of ``values`` ``(N, V)`` under rows of sample
+    weights ``(b, N)`` (bootstrap counts), for fixed bins ``(N,)`` (the full sample's: equal-width
+    bins do not depend on the resample): one matrix product per block."""
+    v = np.asarray(values, dtype=np.float64).reshape(len(bins), -1)
+    onehot = np.zeros((len(bins), n_bins, v.shape[1]))
+    onehot[np.arange(len(bins)), bins] = v
+    w = np.asarray(weights, dtype=np.float64)
+    return (w @ onehot.reshape(len(bins), -1)).reshape(len(w), n_bins, v.shape[1])
+
+
+def compact_counts(weights: np.ndarray) -> np.ndarray:
+    """Integer counts ``(b, N)`` in the smallest unsigned type that holds them (uint8 for any
+    ordinary bootstrap): gathering them in a sorted order moves an eighth of the float64 bytes."""
+    w = np.asarray(weights)
+    return w.astype(np.min_scalar_type(int(w.max()) if w.size else 0))
+
+
+def equal_mass_sums_counts(order: np.ndarray, values: np.ndarray, weights: np.ndarray,
+                           *, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Equal-mass bins of each resample given as counts: per-bin count and sums of ``values``.
+
+    A resample with counts ``w`` (``w_i`` copies of sample i, ``n = sum_i w_i``) sorted by
+    confidence is the samples in the order ``order`` (``np.argsort(conf, kind="mergesort")``,
+    computed once by the caller), each repeated ``w_i`` times; :func:`equal_mass_bins` cuts it at
+    the bounds of ``np.array_split(n, n_bins)``. The cumulative counts give every sample's
+    positions, so the sorted sample straddling each cut is found with one ``searchsorted``; a
+    bin's sum is the sum over the samples wholly inside it (``np.add.reduceat``) plus the copies
+    of the straddling samples that fall inside (they are split between bins as the copies are).
+    Equal to the sums over :func:`equal_mass_bins` of the drawn rows up to float rounding, up to
+    the order of distinct samples with exactly tied confidences (sorted here by sample position,
+    in the drawn rows by draw position).
+
+    Args:
+        order: ``(N,)`` the samples by increasing confidence (stable).
+        values: ``(N, V)`` or ``(N,)`` per-sample values (in the samples' own order).
+        weights: ``(b, N)`` integer counts (any numeric dtype; :func:`compact_counts` is fastest).
+        n_bins: number of bins.
+
+    Returns:
+        ``(count, sums)``: ``(b, n_bins)`` samples per bin and ``(b, n_bins, V)`` sums.
+    """
+    v = np.asarray(values, dtype=np.float64).reshape(len(order), -1)[order]
+    w = np.asarray(weights)[:, order]
+    b, n = w.shape
+    pos = np.cumsum(w, axis=1, dtype=np.int64)  # pos[:, j]: copies of the sorted samples 0..j
+    total = pos[:, -1]
+    q, r = np.divmod(total, n_bins)
+    m = np.arange(n_bins + 1)
+    cuts = m * q[:, None] + np.minimum(m, r[:, None])  # (b, n_bins + 1): np.array_split's bounds
+    rows = np.arange(b)[:, None]
+    step = int(total.max()) + 1  # rows laid end to end stay sorted
+    k = np.searchsorted((pos + step * rows).ravel(), (cuts + step * rows).ravel(), side="right").reshape(cuts.shape)
+    k -= n * rows  # k[:, m]: sorted samples wholly before cut m; sample k straddles it
+    partial = cuts - np.where(k > 0, pos[rows, np.maximum(k - 1, 0)], 0)  # its copies before the cut
+    straddler = np.minimum(k, n - 1)
+    starts = (k[:, :-1] + (n + 1) * rows).ravel()  # rows padded by a zero: every start is in range
+    inside = k[:, 1:] > k[:, :-1]  # a bin with a whole sample in it (else reduceat gives one element)
+    sums, product = np.empty((b, n_bins, v.shape[1])), np.zeros((b, n + 1))
+    for j in range(v.shape[1]):
+        np.multiply(w, v[:, j], out=product[:, :n])
+        whole = np.add.reduceat(product.ravel(), starts).reshape(b, n_bins)
+        edge = partial * v[straddler, j]
+        sums[:, :, j] = np.where(inside, whole, 0.0) + edge[:, 1:] - edge[:, :-1]
+    return np.diff(cuts, axis=1), sums
+
+
+def l1_of_sums(count: np.ndarray, gap_sums: np.ndarray) -> np.ndarray:
+    """The binned L1 error of per-bin sums: ``sum_b |sum_{i in b} gap_i| / n`` per row ``(b,)``
+    (``count`` and ``gap_sums`` ``(b, n_bins)``; NaN for a row without samples). With the sums of
+    :func:`equal_mass_sums_counts` it is :func:`ece_equal_mass` (or one class's term of
+    :func:`classwise_ece_adaptive`) of each resample."""
+    n = count.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, np.abs(gap_sums).sum(axis=1) / n, np.nan)
+
+
+def mce_counts(bins: np.ndarray, conf: np.ndarray, hit: np.ndarray, weights: np.ndarray, *, n_bins: int) -> np.ndarray:
+    """:func:`mce` (equal-width ``bins`` of :func:`equal_width_bins`) under rows of counts ``(b, N)``: ``(b,)``."""
+    gap = np.asarray(hit, dtype=np.float64) - np.asarray(conf, dtype=np.float64)
+    sums = binned_sums_counts(bins, np.stack([np.ones(len(bins)), gap], axis=1), weights, n_bins=n_bins)
+    count, gaps = sums[:, :, 0], sums[:, :, 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(count > 0, np.abs(gaps) / count, -np.inf).max(axis=1)
+    return np.where(np.isfinite(out), out, np.nan)
+
+
+def debiased_l2_of_sums(count: np.ndarray, conf_sums: np.ndarray, hit_sums: np.ndarray) -> np.ndarray:
+    """:func:`debiased_l2_ce` of per-bin counts and sums ``(b, n_bins)`` (those of
+    :func:`equal_mass_sums_counts` for each resample): ``(b,)``."""
+    keep = count >= 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mc, mh = conf_sums / count, hit_sums / count
+        err = (mc - mh) ** 2 - mh * (1.0 - mh) / (count - 1.0)
+        total = np.where(keep, count * err, 0.0).sum(axis=1) / count.sum(axis=1)
+    return np.sqrt(np.maximum(total, 0.0))
 
 
 # ---------------------------------------------------------------- top-label calibration

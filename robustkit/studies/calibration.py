@@ -45,6 +45,8 @@ from robustkit.metrics import classification as M
 from robustkit.metrics import multilabel as ML
 from robustkit.metrics import outputs as OUT
 from robustkit.metrics import selective as SEL
+from robustkit.metrics.average import nan_mean
+from robustkit.metrics.resampling import weighted_bootstrap_interval
 from robustkit.metrics.temperature import TemperatureFit, fit_temperature
 from robustkit.results import Check, StudyResult
 from robustkit.studies import register
@@ -340,18 +342,124 @@ def _top_label_scores(e: _EvalSet, idx: np.ndarray, cfg: CalibrationConfig, name
 
 def _intervals(e: _EvalSet, cfg: CalibrationConfig, names: list[str], positive: int | None, exclusive: bool,
                ctx: AuditContext) -> dict[str, list[float]]:
-    """Stratified bootstrap 95% intervals over the evaluation split (T held fixed)."""
+    """Stratified bootstrap 95% intervals over the evaluation split (T held fixed): one set of
+    resamples as counts in blocks (:func:`~robustkit.metrics.resampling.bootstrap_weights`),
+    every metric of :func:`_scores` computed from the counts by :class:`_Resampled`."""
     if len(e.y) < 2:
         return {}
     keys = list(_scores(e, np.arange(len(e.y)), cfg, names, positive, exclusive))
+    resampled = _Resampled(e, cfg, names, positive, exclusive)
 
-    def stat(idx: np.ndarray) -> np.ndarray:
-        s = _scores(e, idx, cfg, names, positive, exclusive)
-        return np.array([s[k] for k in keys])
+    def stat(w: np.ndarray) -> np.ndarray:
+        s = resampled(w)
+        return np.stack([s[k] for k in keys], axis=1)
 
-    lo, hi = M.bootstrap_interval(stat, len(e.y), n_boot=cfg.n_bootstrap,
-                                  seed=ctx.seed_for("calibration", "bootstrap"), strata=e.y)
+    lo, hi = weighted_bootstrap_interval(stat, len(e.y), n_boot=cfg.n_bootstrap,
+                                         seed=ctx.seed_for("calibration", "bootstrap"), strata=e.y)
     return {k: [float(a), float(c)] for k, a, c in zip(keys, lo, hi) if np.isfinite(a) and np.isfinite(c)}
+
+
+class _Resampled:
+    """Every metric of :func:`_scores` under rows of resampling counts ``(b, n)`` of the
+    evaluation split, vectorised over the rows: fixed-bin metrics (equal-width ECE and MCE,
+    classwise ECE, Brier, NLL, accuracy) are weighted bin sums (a matrix product per block);
+    sort-based ones (equal-mass ECE, adaptive classwise ECE, debiased L2, AURC, coverage and
+    sensitivity at risk) read each resample as the samples in one order sorted once here, each
+    repeated by its count (:func:`robustkit.metrics.calibration.equal_mass_sums_counts`,
+    :mod:`robustkit.metrics.selective`'s ``*_counts``). The values equal :func:`_scores` on the
+    drawn rows (``np.repeat(np.arange(n), counts)``) up to float rounding, up to the order of
+    distinct samples with exactly tied confidences."""
+
+    def __init__(self, e: _EvalSet, cfg: CalibrationConfig, names: list[str], positive: int | None,
+                 exclusive: bool) -> None:
+        self.names, self.positive, self.exclusive, self.b = names, positive, exclusive, cfg.n_bins
+        self.target_risks = list(cfg.target_risks)
+        t = e.t.astype(np.float64)
+        self.sides = {suffix: self._side(p, t, e.y, nll, exclusive)
+                      for suffix, p, nll in (("", e.p, e.nll), ("_ts", e.p_ts, e.nll_ts))}
+        if exclusive:
+            self.pred = e.p_ts.argmax(axis=1)
+            self.conf = e.p_ts.max(axis=1)
+            self.correct = (self.pred == e.y).astype(np.float64)
+            self.y = e.y
+            self.descending = np.argsort(-self.conf, kind="mergesort")
+
+    def _side(self, p: np.ndarray, t: np.ndarray, y: np.ndarray, nll: np.ndarray, exclusive: bool) -> dict[str, Any]:
+        """What one side (before or after scaling) needs: bins, gaps and sort orders, once."""
+        b = self.b
+        side: dict[str, Any] = {
+            "outputs": [CM.ece_update(p[:, k], t[:, k], n_bins=b) for k in range(p.shape[1])],
+            "means": np.column_stack([(p - t) ** 2, nll]),  # brier per output, nll
+        }
+        if exclusive:
+            conf, hit = p.max(axis=1), (p.argmax(axis=1) == y).astype(np.float64)
+            onehot = np.eye(p.shape[1])[y]
+            side.update(
+                conf=conf, hit=hit, bins=CM.equal_width_bins(conf, b), order=np.argsort(conf, kind="mergesort"),
+                classes=[CM.ece_update(p[:, k], onehot[:, k], n_bins=b) for k in range(p.shape[1])],
+                class_orders=[np.argsort(p[:, k], kind="mergesort") for k in range(p.shape[1])],
+                brier=np.sum((p - onehot) ** 2, axis=1),
+            )
+        return side
+
+    def __call__(self, w: np.ndarray) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        n, counts = w.sum(axis=1), CM.compact_counts(w)  # the sorted reads gather the compact counts
+        for suffix, side in self.sides.items():
+            out.update(self._outputs(suffix, side, w, n))
+            if self.exclusive:
+                out.update(self._top_label(suffix, side, w, counts, n))
+        if self.exclusive:
+            out.update(self._selective(w, counts, n))
+        return out
+
+    def _outputs(self, suffix: str, side: dict[str, Any], w: np.ndarray, n: np.ndarray) -> dict[str, np.ndarray]:
+        """ECE and Brier per output, their macro means, the NLL (:func:`_output_scores`)."""
+        b, k = self.b, len(self.names)
+        ece = np.stack([CM.ece_compute_counts(bins, gap, w, n_bins=b) for bins, gap in side["outputs"]], axis=1)
+        means = (w @ side["means"]) / n[:, None]
+        out = {f"nll{suffix}": means[:, k]}
+        for root, values in (("ece", ece), ("brier", means[:, :k])):
+            out.update({f"{root}{suffix}.{name}": values[:, j] for j, name in enumerate(self.names)})
+            out[f"{root}{suffix}.macro"] = nan_mean(values, axis=1)
+        return out
+
+    def _top_label(self, suffix: str, side: dict[str, Any], w: np.ndarray, counts: np.ndarray,
+                   n: np.ndarray) -> dict[str, np.ndarray]:
+        """The top-label and classwise estimators and the multi-class Brier (:func:`_top_label_scores`)."""
+        b, conf, hit = self.b, side["conf"], side["hit"]
+        count, sums = CM.equal_mass_sums_counts(side["order"], np.stack([conf, hit], axis=1), counts, n_bins=b)
+        adaptive = [CM.l1_of_sums(*_gap_sums(CM.equal_mass_sums_counts(order, gap, counts, n_bins=b)))
+                    for order, (_, gap) in zip(side["class_orders"], side["classes"])]
+        return {
+            "ece" + suffix: CM.ece_compute_counts(side["bins"], hit - conf, w, n_bins=b),
+            "ece_equal_mass" + suffix: CM.l1_of_sums(count, sums[:, :, 1] - sums[:, :, 0]),
+            "mce" + suffix: CM.mce_counts(side["bins"], conf, hit, w, n_bins=b),
+            "classwise_ece" + suffix: np.mean([CM.ece_compute_counts(bins, gap, w, n_bins=b)
+                                               for bins, gap in side["classes"]], axis=0),
+            "classwise_ece_adaptive" + suffix: np.mean(adaptive, axis=0),
+            "debiased_l2_ce" + suffix: CM.debiased_l2_of_sums(count, sums[:, :, 0], sums[:, :, 1]),
+            "brier" + suffix: w @ side["brier"] / n,
+        }
+
+    def _selective(self, w: np.ndarray, counts: np.ndarray, n: np.ndarray) -> dict[str, np.ndarray]:
+        """Accuracy and selective prediction of the scaled max probability (:func:`_top_label_scores`)."""
+        ranked = SEL.sort_counts(self.descending, self.correct, counts)
+        aurc = SEL.aurc_counts(ranked)
+        out = {"accuracy": w @ self.correct / n, "aurc": aurc, "e_aurc": aurc - SEL.optimal_aurc_counts(self.correct, w)}
+        coverage, threshold = SEL.coverage_at_risk_counts(ranked, self.conf, self.target_risks)
+        for j, r in enumerate(self.target_risks):
+            out[f"coverage_at_risk.{_r(r)}"] = coverage[j]
+            if self.positive is not None:
+                out[f"sensitivity_at_risk.{self.names[self.positive]}.{_r(r)}"] = SEL.selective_sensitivity_counts(
+                    self.conf, self.y, self.pred, self.positive, threshold[j], w)
+        return out
+
+
+def _gap_sums(count_sums: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``(count, sums (b, bins, 1))`` -> ``(count, sums (b, bins))``."""
+    count, sums = count_sums
+    return count, sums[:, :, 0]
 
 
 # ---------------------------------------------------------------- what the report draws
