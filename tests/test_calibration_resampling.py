@@ -42,9 +42,9 @@ CASES = [(False, 0, 0), (False, None, 1), (True, None, 2)]
 @pytest.mark.parametrize(("multilabel", "positive", "seed"), CASES)
 def test_every_metric_from_counts_equals_the_scores_of_the_drawn_rows(multilabel: bool, positive: int | None,
                                                                       seed: int) -> None:
-    e = _toy(200, seed, multilabel=multilabel)
+    e = _toy(700, seed, multilabel=multilabel)  # several chunks of equal_mass_sums_counts
     cfg = CalibrationConfig(n_bins=7, target_risks=(0.02, 0.1, 0.3))
-    w = np.concatenate(list(bootstrap_weights(200, 24, seed=seed, strata=e.y)))
+    w = np.concatenate(list(bootstrap_weights(700, 20, seed=seed, strata=e.y)))
     got = _Resampled(e, cfg, NAMES, positive, not multilabel)(w)
     want = [_scores(e, rows, cfg, NAMES, positive, not multilabel) for rows in _rows(w)]
     assert set(got) == set(want[0]) and len(got) >= (14 if multilabel else 38)
@@ -108,22 +108,31 @@ def _mc_tolerance(values: np.ndarray, level: float = 0.95) -> np.ndarray:
 
 
 def test_intervals_from_counts_lie_within_monte_carlo_error_of_the_index_bootstrap() -> None:
-    """The index bootstrap before (``B`` rows of stratified indices, ``_scores`` per row) and the
-    counts now: every interval end agrees within the Monte Carlo tolerance (zero, so equal, for
-    an end at a bound every resample nearly reaches, such as a sensitivity of 1)."""
-    n, b = 250, 300
+    """The index bootstrap before (``B`` rows of stratified indices, seeded by the study seed) and
+    the block counts now, at N = 1,000: every interval end agrees within the Monte Carlo tolerance
+    (zero, so equal, for an end at a bound every resample nearly reaches, such as a sensitivity
+    of 1). The index rows are scored through their counts, which the test above shows equal to
+    ``_scores`` of the rows themselves; one row of them is checked here again."""
+    n, b = 1000, 1000
     e = _toy(n, 7)
-    cfg = CalibrationConfig(n_bins=5, target_risks=(0.05, 0.2))
+    cfg = CalibrationConfig(n_bins=15, target_risks=(0.05, 0.2))
     keys = list(_scores(e, np.arange(n), cfg, NAMES, 0, True))
-    old = np.array([[s[k] for k in keys] for s in (_scores(e, rows, cfg, NAMES, 0, True)
-                                                   for rows in bootstrap_indices(n, b, seed=0, strata=e.y))])
-    old_lo, old_hi = percentile_interval(old)
     resampled = _Resampled(e, cfg, NAMES, 0, True)
-    new_lo, new_hi = weighted_bootstrap_interval(lambda w: np.stack([resampled(w)[k] for k in keys], axis=1), n,
-                                                 n_boot=b, seed=0, strata=e.y)
+
+    def stat(w: np.ndarray) -> np.ndarray:
+        values = resampled(w)
+        return np.stack([values[k] for k in keys], axis=1)
+
+    idx = bootstrap_indices(n, b, seed=0, strata=e.y)
+    counts = np.stack([np.bincount(row, minlength=n) for row in idx]).astype(np.float64)
+    old = np.concatenate([stat(counts[i:i + 64]) for i in range(0, b, 64)])
+    again = _scores(e, idx[0], cfg, NAMES, 0, True)
+    np.testing.assert_allclose(old[0], [again[k] for k in keys], rtol=1e-9, atol=1e-12)
+    old_lo, old_hi = percentile_interval(old)
+    new_lo, new_hi = weighted_bootstrap_interval(stat, n, n_boot=b, seed=0, strata=e.y)
     tol = _mc_tolerance(old)
-    width = np.maximum(old_hi - old_lo, 1e-12)  # a Monte Carlo error (a fraction of the width), not a free pass:
-    assert np.median(tol / width) < 0.4 and np.all(tol < 0.3) and np.mean(tol > 0) > 0.9  # MCE's sparse bins are wide
+    width = np.maximum(old_hi - old_lo, 1e-12)  # a Monte Carlo error (a fraction of the width), not a free pass
+    assert np.median(tol / width) < 0.3 and np.all(tol < 0.1) and np.mean(tol > 0) > 0.9
     assert np.all(np.abs(new_lo - old_lo) <= tol[0]), {k: v for k, v in zip(keys, np.abs(new_lo - old_lo) / tol[0])
                                                         if v > 1}
     assert np.all(np.abs(new_hi - old_hi) <= tol[1]), {k: v for k, v in zip(keys, np.abs(new_hi - old_hi) / tol[1])

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "binned_sums_counts",
+    "bin_indicator",
     "brier",
     "classwise_ece",
     "classwise_ece_adaptive",
@@ -47,7 +47,7 @@ __all__ = [
     "l1_of_sums",
     "log_softmax",
     "mce",
-    "mce_counts",
+    "mce_of_sums",
     "nll",
     "reliability_bins",
     "sample_nll",
@@ -174,22 +174,16 @@ def ece_compute_counts(bins: np.ndarray, gap: np.ndarray, weights: np.ndarray, *
         ``(b,)`` errors; NaN for a row of zero weight.
     """
     w = np.asarray(weights, dtype=np.float64)
-    onehot = np.zeros((len(gap), n_bins))
-    onehot[np.arange(len(gap)), bins] = gap
-    with np.errstate(invalid="ignore", divide="ignore"):
-        n = w.sum(axis=1)
-        return np.where(n > 0, np.abs(w @ onehot).sum(axis=1) / n, np.nan)
+    return l1_of_sums(w @ bin_indicator(bins, gap, n_bins=n_bins), w.sum(axis=1))
 
 
-def binned_sums_counts(bins: np.ndarray, values: np.ndarray, weights: np.ndarray, *, n_bins: int) -> np.ndarray:
-    """Per-bin weighted sums ``(b, n_bins, V)`` of ``values`` ``(N, V)`` under rows of sample
-    weights ``(b, N)`` (bootstrap counts), for fixed bins ``(N,)`` (the full sample's: equal-width
-    bins do not depend on the resample): one matrix product per block."""
-    v = np.asarray(values, dtype=np.float64).reshape(len(bins), -1)
-    onehot = np.zeros((len(bins), n_bins, v.shape[1]))
-    onehot[np.arange(len(bins)), bins] = v
-    w = np.asarray(weights, dtype=np.float64)
-    return (w @ onehot.reshape(len(bins), -1)).reshape(len(w), n_bins, v.shape[1])
+def bin_indicator(bins: np.ndarray, values: np.ndarray, *, n_bins: int) -> np.ndarray:
+    """``(N, n_bins)`` matrix holding ``values[i]`` in column ``bins[i]``: ``weights @`` it gives the
+    per-bin weighted sums ``(b, n_bins)`` of each row of sample weights (bins fixed by the full
+    sample, as equal-width bins are)."""
+    onehot = np.zeros((len(bins), n_bins))
+    onehot[np.arange(len(bins)), bins] = values
+    return onehot
 
 
 def compact_counts(weights: np.ndarray) -> np.ndarray:
@@ -197,6 +191,11 @@ def compact_counts(weights: np.ndarray) -> np.ndarray:
     ordinary bootstrap): gathering them in a sorted order moves an eighth of the float64 bytes."""
     w = np.asarray(weights)
     return w.astype(np.min_scalar_type(int(w.max()) if w.size else 0))
+
+
+#: samples per chunk of :func:`equal_mass_sums_counts`: sums over chunks are fast reductions,
+#: and only the chunk holding a cut is read sample by sample
+_CHUNK = 256
 
 
 def equal_mass_sums_counts(order: np.ndarray, values: np.ndarray, weights: np.ndarray,
@@ -207,12 +206,13 @@ def equal_mass_sums_counts(order: np.ndarray, values: np.ndarray, weights: np.nd
     confidence is the samples in the order ``order`` (``np.argsort(conf, kind="mergesort")``,
     computed once by the caller), each repeated ``w_i`` times; :func:`equal_mass_bins` cuts it at
     the bounds of ``np.array_split(n, n_bins)``. The cumulative counts give every sample's
-    positions, so the sorted sample straddling each cut is found with one ``searchsorted``; a
-    bin's sum is the sum over the samples wholly inside it (``np.add.reduceat``) plus the copies
-    of the straddling samples that fall inside (they are split between bins as the copies are).
-    Equal to the sums over :func:`equal_mass_bins` of the drawn rows up to float rounding, up to
-    the order of distinct samples with exactly tied confidences (sorted here by sample position,
-    in the drawn rows by draw position).
+    positions: the sorted samples are read in chunks of :data:`_CHUNK`, the chunk holding each
+    cut is found from the chunks' cumulative counts and only it is summed sample by sample, so a
+    cut's prefix sum (the samples wholly before it, plus the copies before it of the sample that
+    straddles it) costs a few reductions over the block. Equal to the sums over
+    :func:`equal_mass_bins` of the drawn rows up to float rounding, up to the order of distinct
+    samples with exactly tied confidences (sorted here by sample position, in the drawn rows by
+    draw position).
 
     Args:
         order: ``(N,)`` the samples by increasing confidence (stable).
@@ -226,45 +226,51 @@ def equal_mass_sums_counts(order: np.ndarray, values: np.ndarray, weights: np.nd
     v = np.asarray(values, dtype=np.float64).reshape(len(order), -1)[order]
     w = np.asarray(weights)[:, order]
     b, n = w.shape
-    pos = np.cumsum(w, axis=1, dtype=np.int64)  # pos[:, j]: copies of the sorted samples 0..j
-    total = pos[:, -1]
+    size = _CHUNK
+    chunks = -(-n // size)
+    w = np.pad(w, ((0, 0), (0, chunks * size - n))).reshape(b, chunks, size)  # zero counts pad the last chunk
+    v = np.pad(v, ((0, chunks * size - n), (0, 0))).reshape(chunks, size, -1)
+    ends = np.cumsum(w.sum(axis=2, dtype=np.int64), axis=1)  # (b, chunks): copies up to each chunk's end
+    total = ends[:, -1]
     q, r = np.divmod(total, n_bins)
     m = np.arange(n_bins + 1)
     cuts = m * q[:, None] + np.minimum(m, r[:, None])  # (b, n_bins + 1): np.array_split's bounds
     rows = np.arange(b)[:, None]
     step = int(total.max()) + 1  # rows laid end to end stay sorted
-    k = np.searchsorted((pos + step * rows).ravel(), (cuts + step * rows).ravel(), side="right").reshape(cuts.shape)
-    k -= n * rows  # k[:, m]: sorted samples wholly before cut m; sample k straddles it
-    partial = cuts - np.where(k > 0, pos[rows, np.maximum(k - 1, 0)], 0)  # its copies before the cut
-    straddler = np.minimum(k, n - 1)
-    starts = (k[:, :-1] + (n + 1) * rows).ravel()  # rows padded by a zero: every start is in range
-    inside = k[:, 1:] > k[:, :-1]  # a bin with a whole sample in it (else reduceat gives one element)
-    sums, product = np.empty((b, n_bins, v.shape[1])), np.zeros((b, n + 1))
-    for j in range(v.shape[1]):
-        np.multiply(w, v[:, j], out=product[:, :n])
-        whole = np.add.reduceat(product.ravel(), starts).reshape(b, n_bins)
-        edge = partial * v[straddler, j]
-        sums[:, :, j] = np.where(inside, whole, 0.0) + edge[:, 1:] - edge[:, :-1]
+    g = np.searchsorted((ends + step * rows).ravel(), (cuts + step * rows).ravel(), side="right").reshape(cuts.shape)
+    g = np.minimum(g - chunks * rows, chunks - 1)  # the chunk holding each cut (the last one for a cut at n)
+    start = np.where(g > 0, ends[rows, np.maximum(g - 1, 0)], 0)  # copies before that chunk
+    held = w[rows, g]  # (b, n_bins + 1, size) the counts of each cut's chunk
+    inner = np.cumsum(held, axis=2, dtype=np.int64) + start[..., None]
+    before = inner <= cuts[..., None]  # the chunk's samples wholly before the cut
+    k = before.sum(axis=2)
+    partial = cuts - np.where(k > 0, np.take_along_axis(inner, np.maximum(k - 1, 0)[..., None], 2)[..., 0], start)
+    straddler = np.minimum(k, size - 1)  # the sample with copies on both sides (none when k == size)
+    sums = np.empty((b, n_bins, v.shape[2]))
+    for j in range(v.shape[2]):
+        chunk_sums = np.cumsum(np.einsum("rcs,cs->rc", w, v[:, :, j]), axis=1)
+        prefix = np.where(g > 0, chunk_sums[rows, np.maximum(g - 1, 0)], 0.0)
+        vj = v[g, :, j]  # (b, n_bins + 1, size)
+        prefix = prefix + (held * vj * before).sum(axis=2)
+        prefix += partial * np.take_along_axis(vj, straddler[..., None], 2)[..., 0]
+        sums[:, :, j] = np.diff(prefix, axis=1)
     return np.diff(cuts, axis=1), sums
 
 
-def l1_of_sums(count: np.ndarray, gap_sums: np.ndarray) -> np.ndarray:
-    """The binned L1 error of per-bin sums: ``sum_b |sum_{i in b} gap_i| / n`` per row ``(b,)``
-    (``count`` and ``gap_sums`` ``(b, n_bins)``; NaN for a row without samples). With the sums of
+def l1_of_sums(gap_sums: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """The binned L1 error of per-bin sums of ``hit - conf`` ``(b, n_bins)`` over ``n`` ``(b,)``
+    samples: ``sum_b |gap sum of bin b| / n`` (NaN where ``n == 0``). With the sums of
     :func:`equal_mass_sums_counts` it is :func:`ece_equal_mass` (or one class's term of
-    :func:`classwise_ece_adaptive`) of each resample."""
-    n = count.sum(axis=1)
+    :func:`classwise_ece_adaptive`) of each resample; with equal-width ones, :func:`ece`."""
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(n > 0, np.abs(gap_sums).sum(axis=1) / n, np.nan)
 
 
-def mce_counts(bins: np.ndarray, conf: np.ndarray, hit: np.ndarray, weights: np.ndarray, *, n_bins: int) -> np.ndarray:
-    """:func:`mce` (equal-width ``bins`` of :func:`equal_width_bins`) under rows of counts ``(b, N)``: ``(b,)``."""
-    gap = np.asarray(hit, dtype=np.float64) - np.asarray(conf, dtype=np.float64)
-    sums = binned_sums_counts(bins, np.stack([np.ones(len(bins)), gap], axis=1), weights, n_bins=n_bins)
-    count, gaps = sums[:, :, 0], sums[:, :, 1]
+def mce_of_sums(count: np.ndarray, gap_sums: np.ndarray) -> np.ndarray:
+    """:func:`mce` of per-bin counts and sums of ``hit - conf`` ``(b, n_bins)``: the largest
+    ``|gap sum| / count`` over populated bins, ``(b,)`` (NaN for a row without samples)."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(count > 0, np.abs(gaps) / count, -np.inf).max(axis=1)
+        out = np.where(count > 0, np.abs(gap_sums) / count, -np.inf).max(axis=1)
     return np.where(np.isfinite(out), out, np.nan)
 
 

@@ -151,8 +151,8 @@ class SortedCounts:
         order: ``(N,)`` the samples by decreasing confidence (stable).
         counts: ``(b, N)`` each resample's counts in that order.
         wrong: ``(N,)`` 1 for an error, in that order.
-        kept: ``(b, N)`` int64 copies of the first j + 1 sorted samples (the coverage count).
-        errors: ``(b, N)`` int64 errors among them.
+        kept: ``(b, N)`` integer copies of the first j + 1 sorted samples (the coverage count).
+        errors: ``(b, N)`` integer errors among them.
     """
 
     order: np.ndarray
@@ -170,8 +170,9 @@ def sort_counts(order: np.ndarray, correct: np.ndarray, weights: np.ndarray) -> 
     if not np.issubdtype(w.dtype, np.integer):
         w = w.astype(np.int64)
     wrong = (~np.asarray(correct, dtype=bool)[order]).astype(np.int64)
-    return SortedCounts(order, w, wrong, np.cumsum(w, axis=1, dtype=np.int64),
-                        np.cumsum(w * wrong.astype(w.dtype), axis=1, dtype=np.int64))
+    dtype = np.int32 if w.shape[1] and int(w.sum(axis=1).max()) < 2**31 else np.int64  # exact either way
+    return SortedCounts(order, w, wrong, np.cumsum(w, axis=1, dtype=dtype),
+                        np.cumsum(w * wrong.astype(w.dtype), axis=1, dtype=dtype))
 
 
 def aurc_counts(ranked: SortedCounts) -> np.ndarray:
@@ -210,8 +211,11 @@ def coverage_at_risk_counts(ranked: SortedCounts, conf: np.ndarray,
     """
     s = np.asarray(conf, dtype=np.float64)[ranked.order]
     ends = np.r_[np.flatnonzero(np.diff(s) != 0), len(s) - 1]
-    kept, wrong = ranked.kept[:, ends], ranked.errors[:, ends]
-    present = np.diff(kept, axis=1, prepend=0) > 0
+    if len(ends) == len(s):  # no tied confidences: every sample is its own group
+        kept, wrong, present = ranked.kept, ranked.errors, ranked.counts > 0
+    else:
+        kept, wrong = ranked.kept[:, ends], ranked.errors[:, ends]
+        present = np.diff(kept, axis=1, prepend=0) > 0
     n, rows = kept[:, -1], np.arange(len(kept))
     with np.errstate(invalid="ignore", divide="ignore"):
         risk = wrong / kept

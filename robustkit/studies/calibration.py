@@ -37,11 +37,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from scipy.sparse import csr_array
 
 from robustkit.data.dataset import stratified_split
 from robustkit.errors import DataError, ModelError, check_range, param_error
 from robustkit.metrics import calibration as CM
-from robustkit.metrics import classification as M
 from robustkit.metrics import multilabel as ML
 from robustkit.metrics import outputs as OUT
 from robustkit.metrics import selective as SEL
@@ -385,61 +385,70 @@ class _Resampled:
             self.descending = np.argsort(-self.conf, kind="mergesort")
 
     def _side(self, p: np.ndarray, t: np.ndarray, y: np.ndarray, nll: np.ndarray, exclusive: bool) -> dict[str, Any]:
-        """What one side (before or after scaling) needs: bins, gaps and sort orders, once."""
-        b = self.b
-        side: dict[str, Any] = {
-            "outputs": [CM.ece_update(p[:, k], t[:, k], n_bins=b) for k in range(p.shape[1])],
-            "means": np.column_stack([(p - t) ** 2, nll]),  # brier per output, nll
-        }
+        """What one side (before or after scaling) needs, once: a sparse design whose product with
+        the counts gives every fixed-bin sum and mean (per output: ECE bins of ``t - p`` and
+        ``(p - t)^2``; the NLL; exclusive: classwise ECE bins, the top-label bin counts and gaps,
+        the multi-class Brier), and the orders and values of the equal-mass estimators."""
+        b, k = self.b, p.shape[1]
+        columns = [CM.ece_update(p[:, j], t[:, j], n_bins=b) for j in range(k)]  # (bins, gap) per output
+        means = [*((p - t) ** 2).T, nll]
+        side: dict[str, Any] = {}
         if exclusive:
             conf, hit = p.max(axis=1), (p.argmax(axis=1) == y).astype(np.float64)
-            onehot = np.eye(p.shape[1])[y]
-            side.update(
-                conf=conf, hit=hit, bins=CM.equal_width_bins(conf, b), order=np.argsort(conf, kind="mergesort"),
-                classes=[CM.ece_update(p[:, k], onehot[:, k], n_bins=b) for k in range(p.shape[1])],
-                class_orders=[np.argsort(p[:, k], kind="mergesort") for k in range(p.shape[1])],
-                brier=np.sum((p - onehot) ** 2, axis=1),
-            )
+            onehot = np.eye(k)[y]
+            classes = [CM.ece_update(p[:, j], onehot[:, j], n_bins=b) for j in range(k)]
+            top = CM.equal_width_bins(conf, b)
+            columns += [*classes, (top, np.ones(len(conf))), (top, hit - conf)]
+            means.append(np.sum((p - onehot) ** 2, axis=1))
+            side.update(top=(np.argsort(conf, kind="mergesort"), np.stack([conf, hit], axis=1)),
+                        adaptive=[(np.argsort(p[:, j], kind="mergesort"), gap) for j, (_, gap) in enumerate(classes)])
+        n = len(p)
+        rows = np.tile(np.arange(n), len(columns) + len(means))
+        cols = np.concatenate([i * b + bins for i, (bins, _) in enumerate(columns)]
+                              + [np.full(n, len(columns) * b + i) for i in range(len(means))])
+        vals = np.concatenate([gap for _, gap in columns] + means)
+        side["design"] = csr_array((vals, (cols, rows)), shape=(len(columns) * b + len(means), n))  # transposed
         return side
 
     def __call__(self, w: np.ndarray) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
         n, counts = w.sum(axis=1), CM.compact_counts(w)  # the sorted reads gather the compact counts
         for suffix, side in self.sides.items():
-            out.update(self._outputs(suffix, side, w, n))
+            sums = (side["design"] @ w.T).T  # (b, columns): every fixed-bin sum, one sparse product
+            out.update(self._outputs(suffix, sums, n))
             if self.exclusive:
-                out.update(self._top_label(suffix, side, w, counts, n))
+                out.update(self._top_label(suffix, side, sums, counts, n))
         if self.exclusive:
             out.update(self._selective(w, counts, n))
         return out
 
-    def _outputs(self, suffix: str, side: dict[str, Any], w: np.ndarray, n: np.ndarray) -> dict[str, np.ndarray]:
+    def _outputs(self, suffix: str, sums: np.ndarray, n: np.ndarray) -> dict[str, np.ndarray]:
         """ECE and Brier per output, their macro means, the NLL (:func:`_output_scores`)."""
         b, k = self.b, len(self.names)
-        ece = np.stack([CM.ece_compute_counts(bins, gap, w, n_bins=b) for bins, gap in side["outputs"]], axis=1)
-        means = (w @ side["means"]) / n[:, None]
+        ece = np.stack([CM.l1_of_sums(sums[:, j * b:(j + 1) * b], n) for j in range(k)], axis=1)
+        means = sums[:, -(k + 2 if self.exclusive else k + 1):] / n[:, None]  # brier per output, nll(, brier)
         out = {f"nll{suffix}": means[:, k]}
         for root, values in (("ece", ece), ("brier", means[:, :k])):
             out.update({f"{root}{suffix}.{name}": values[:, j] for j, name in enumerate(self.names)})
             out[f"{root}{suffix}.macro"] = nan_mean(values, axis=1)
         return out
 
-    def _top_label(self, suffix: str, side: dict[str, Any], w: np.ndarray, counts: np.ndarray,
+    def _top_label(self, suffix: str, side: dict[str, Any], sums: np.ndarray, counts: np.ndarray,
                    n: np.ndarray) -> dict[str, np.ndarray]:
         """The top-label and classwise estimators and the multi-class Brier (:func:`_top_label_scores`)."""
-        b, conf, hit = self.b, side["conf"], side["hit"]
-        count, sums = CM.equal_mass_sums_counts(side["order"], np.stack([conf, hit], axis=1), counts, n_bins=b)
-        adaptive = [CM.l1_of_sums(*_gap_sums(CM.equal_mass_sums_counts(order, gap, counts, n_bins=b)))
-                    for order, (_, gap) in zip(side["class_orders"], side["classes"])]
+        b, k = self.b, len(self.names)
+        block = [sums[:, j * b:(j + 1) * b] for j in range(2 * k + 2)]  # outputs, classes, top count, top gap
+        count, mass = CM.equal_mass_sums_counts(*side["top"], counts, n_bins=b)
+        adaptive = [CM.l1_of_sums(CM.equal_mass_sums_counts(order, gap, counts, n_bins=b)[1][:, :, 0], n)
+                    for order, gap in side["adaptive"]]
         return {
-            "ece" + suffix: CM.ece_compute_counts(side["bins"], hit - conf, w, n_bins=b),
-            "ece_equal_mass" + suffix: CM.l1_of_sums(count, sums[:, :, 1] - sums[:, :, 0]),
-            "mce" + suffix: CM.mce_counts(side["bins"], conf, hit, w, n_bins=b),
-            "classwise_ece" + suffix: np.mean([CM.ece_compute_counts(bins, gap, w, n_bins=b)
-                                               for bins, gap in side["classes"]], axis=0),
+            "ece" + suffix: CM.l1_of_sums(block[-1], n),
+            "ece_equal_mass" + suffix: CM.l1_of_sums(mass[:, :, 1] - mass[:, :, 0], n),
+            "mce" + suffix: CM.mce_of_sums(block[-2], block[-1]),
+            "classwise_ece" + suffix: np.mean([CM.l1_of_sums(g, n) for g in block[k:2 * k]], axis=0),
             "classwise_ece_adaptive" + suffix: np.mean(adaptive, axis=0),
-            "debiased_l2_ce" + suffix: CM.debiased_l2_of_sums(count, sums[:, :, 0], sums[:, :, 1]),
-            "brier" + suffix: w @ side["brier"] / n,
+            "debiased_l2_ce" + suffix: CM.debiased_l2_of_sums(count, mass[:, :, 0], mass[:, :, 1]),
+            "brier" + suffix: sums[:, -1] / n,
         }
 
     def _selective(self, w: np.ndarray, counts: np.ndarray, n: np.ndarray) -> dict[str, np.ndarray]:
@@ -454,12 +463,6 @@ class _Resampled:
                 out[f"sensitivity_at_risk.{self.names[self.positive]}.{_r(r)}"] = SEL.selective_sensitivity_counts(
                     self.conf, self.y, self.pred, self.positive, threshold[j], w)
         return out
-
-
-def _gap_sums(count_sums: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """``(count, sums (b, bins, 1))`` -> ``(count, sums (b, bins))``."""
-    count, sums = count_sums
-    return count, sums[:, :, 0]
 
 
 # ---------------------------------------------------------------- what the report draws
