@@ -438,7 +438,8 @@ class _Resampled:
         """The top-label and classwise estimators and the multi-class Brier (:func:`_top_label_scores`)."""
         b, k = self.b, len(self.names)
         block = [sums[:, j * b:(j + 1) * b] for j in range(2 * k + 2)]  # outputs, classes, top count, top gap
-        count, mass = CM.equal_mass_sums_counts(*side["top"], counts, n_bins=b)
+        order, values = side["top"]
+        count, mass = CM.equal_mass_sums_counts(order, values, counts, n_bins=b)
         adaptive = [CM.l1_of_sums(CM.equal_mass_sums_counts(order, gap, counts, n_bins=b)[1][:, :, 0], n)
                     for order, gap in side["adaptive"]]
         return {
