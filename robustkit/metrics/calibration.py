@@ -193,11 +193,6 @@ def compact_counts(weights: np.ndarray) -> np.ndarray:
     return w.astype(np.min_scalar_type(int(w.max()) if w.size else 0))
 
 
-#: samples per chunk of :func:`equal_mass_sums_counts`: sums over chunks are fast reductions,
-#: and only the chunk holding a cut is read sample by sample
-_CHUNK = 256
-
-
 def equal_mass_sums_counts(order: np.ndarray, values: np.ndarray, weights: np.ndarray,
                            *, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
     """Equal-mass bins of each resample given as counts: per-bin count and sums of ``values``.
@@ -206,8 +201,9 @@ def equal_mass_sums_counts(order: np.ndarray, values: np.ndarray, weights: np.nd
     confidence is the samples in the order ``order`` (``np.argsort(conf, kind="mergesort")``,
     computed once by the caller), each repeated ``w_i`` times; :func:`equal_mass_bins` cuts it at
     the bounds of ``np.array_split(n, n_bins)``. The cumulative counts give every sample's
-    positions: the sorted samples are read in chunks of :data:`_CHUNK`, the chunk holding each
-    cut is found from the chunks' cumulative counts and only it is summed sample by sample, so a
+    positions: the sorted samples are read in chunks (about ``sqrt(N / n_bins)`` samples), the
+    chunk holding each cut is found from the chunks' cumulative counts and only it is summed
+    sample by sample, so a
     cut's prefix sum (the samples wholly before it, plus the copies before it of the sample that
     straddles it) costs a few reductions over the block. Equal to the sums over
     :func:`equal_mass_bins` of the drawn rows up to float rounding, up to the order of distinct
@@ -226,7 +222,7 @@ def equal_mass_sums_counts(order: np.ndarray, values: np.ndarray, weights: np.nd
     v = np.asarray(values, dtype=np.float64).reshape(len(order), -1)[order]
     w = np.asarray(weights)[:, order]
     b, n = w.shape
-    size = _CHUNK
+    size = max(8, int(np.sqrt(n / (n_bins + 1))))  # balances the chunk sums and the cuts' chunks
     chunks = -(-n // size)
     w = np.pad(w, ((0, 0), (0, chunks * size - n))).reshape(b, chunks, size)  # zero counts pad the last chunk
     v = np.pad(v, ((0, chunks * size - n), (0, 0))).reshape(chunks, size, -1)
