@@ -29,6 +29,18 @@ evaluation samples, the logits under every shift condition (a random transform d
 get NaN there, with no model pass. ``reduce`` fits the temperature on the calibration
 split and computes every metric, interval, table and check. The split is stratified by
 ``Dataset.labels`` (a multi-label sample's first finding).
+
+Intervals: percentile bootstrap 95% intervals over the evaluation split, T held fixed, drawn
+as resampled counts (:func:`robustkit.metrics.resampling.bootstrap_weights`, stratified by the
+labels, blocks of 64 resamples) shared by every metric. Each metric is computed from the counts
+for a whole block at once (:class:`_Resampled`): the fixed-bin ones (equal-width ECE, MCE,
+classwise ECE, Brier, NLL, accuracy) as weighted bin sums, the sort-based ones (equal-mass ECE,
+adaptive classwise ECE, debiased L2, AURC, E-AURC, coverage and sensitivity at risk) from one
+sort of the split and cumulative counts. On a given resample they equal :func:`_scores` of the
+drawn rows up to float rounding (up to the order of exactly tied confidences, which the index
+version breaks by draw position); against the index bootstrap this replaced, the intervals agree
+within Monte Carlo error, not exactly (``tests/test_calibration_resampling.py`` checks both).
+The point metrics are :func:`_scores` of the split itself, as before.
 """
 
 from __future__ import annotations
