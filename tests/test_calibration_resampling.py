@@ -108,7 +108,7 @@ def _mc_tolerance(values: np.ndarray, level: float = 0.95) -> np.ndarray:
 
 
 def test_intervals_from_counts_lie_within_monte_carlo_error_of_the_index_bootstrap() -> None:
-    """The index bootstrap before (``B`` rows of stratified indices, seeded by the study seed) and
+    """The index bootstrap before (``B`` rows of stratified indices, ``bootstrap_indices``) and
     the block counts now, at N = 1,000: every interval end agrees within the Monte Carlo tolerance
     (zero, so equal, for an end at a bound every resample nearly reaches, such as a sensitivity
     of 1). The index rows are scored through their counts, which the test above shows equal to
