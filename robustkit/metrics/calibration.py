@@ -29,19 +29,25 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "bin_indicator",
     "brier",
     "classwise_ece",
     "classwise_ece_adaptive",
+    "compact_counts",
     "debiased_l2_ce",
+    "debiased_l2_of_sums",
     "ece",
     "ece_compute",
     "ece_compute_counts",
     "ece_equal_mass",
     "ece_update",
     "equal_mass_bins",
+    "equal_mass_sums_counts",
     "equal_width_bins",
+    "l1_of_sums",
     "log_softmax",
     "mce",
+    "mce_of_sums",
     "nll",
     "reliability_bins",
     "sample_nll",
@@ -168,11 +174,111 @@ def ece_compute_counts(bins: np.ndarray, gap: np.ndarray, weights: np.ndarray, *
         ``(b,)`` errors; NaN for a row of zero weight.
     """
     w = np.asarray(weights, dtype=np.float64)
-    onehot = np.zeros((len(gap), n_bins))
-    onehot[np.arange(len(gap)), bins] = gap
+    return l1_of_sums(w @ bin_indicator(bins, gap, n_bins=n_bins), w.sum(axis=1))
+
+
+def bin_indicator(bins: np.ndarray, values: np.ndarray, *, n_bins: int) -> np.ndarray:
+    """``(N, n_bins)`` matrix holding ``values[i]`` in column ``bins[i]``: ``weights @`` it gives the
+    per-bin weighted sums ``(b, n_bins)`` of each row of sample weights (bins fixed by the full
+    sample, as equal-width bins are)."""
+    onehot = np.zeros((len(bins), n_bins))
+    onehot[np.arange(len(bins)), bins] = values
+    return onehot
+
+
+def compact_counts(weights: np.ndarray) -> np.ndarray:
+    """Integer counts ``(b, N)`` in the smallest unsigned type that holds them (uint8 for any
+    ordinary bootstrap): gathering them in a sorted order moves an eighth of the float64 bytes."""
+    w = np.asarray(weights)
+    return w.astype(np.min_scalar_type(int(w.max()) if w.size else 0))
+
+
+def equal_mass_sums_counts(order: np.ndarray, values: np.ndarray, weights: np.ndarray,
+                           *, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Equal-mass bins of each resample given as counts: per-bin count and sums of ``values``.
+
+    A resample with counts ``w`` (``w_i`` copies of sample i, ``n = sum_i w_i``) sorted by
+    confidence is the samples in the order ``order`` (``np.argsort(conf, kind="mergesort")``,
+    computed once by the caller), each repeated ``w_i`` times; :func:`equal_mass_bins` cuts it at
+    the bounds of ``np.array_split(n, n_bins)``. The cumulative counts give every sample's
+    positions: the sorted samples are read in chunks (about ``sqrt(N / n_bins)`` samples), the
+    chunk holding each cut is found from the chunks' cumulative counts and only it is summed
+    sample by sample, so a
+    cut's prefix sum (the samples wholly before it, plus the copies before it of the sample that
+    straddles it) costs a few reductions over the block. Equal to the sums over
+    :func:`equal_mass_bins` of the drawn rows up to float rounding, up to the order of distinct
+    samples with exactly tied confidences (sorted here by sample position, in the drawn rows by
+    draw position).
+
+    Args:
+        order: ``(N,)`` the samples by increasing confidence (stable).
+        values: ``(N, V)`` or ``(N,)`` per-sample values (in the samples' own order).
+        weights: ``(b, N)`` integer counts (any numeric dtype; :func:`compact_counts` is fastest).
+        n_bins: number of bins.
+
+    Returns:
+        ``(count, sums)``: ``(b, n_bins)`` samples per bin and ``(b, n_bins, V)`` sums.
+    """
+    v = np.asarray(values, dtype=np.float64).reshape(len(order), -1)[order]
+    w = np.asarray(weights)[:, order]
+    b, n = w.shape
+    size = max(8, int(np.sqrt(n / (n_bins + 1))))  # balances the chunk sums and the cuts' chunks
+    chunks = -(-n // size)
+    w = np.pad(w, ((0, 0), (0, chunks * size - n))).reshape(b, chunks, size)  # zero counts pad the last chunk
+    v = np.pad(v, ((0, chunks * size - n), (0, 0))).reshape(chunks, size, -1)
+    ends = np.cumsum(w.sum(axis=2, dtype=np.int64), axis=1)  # (b, chunks): copies up to each chunk's end
+    total = ends[:, -1]
+    q, r = np.divmod(total, n_bins)
+    m = np.arange(n_bins + 1)
+    cuts = m * q[:, None] + np.minimum(m, r[:, None])  # (b, n_bins + 1): np.array_split's bounds
+    rows = np.arange(b)[:, None]
+    step = int(total.max()) + 1  # rows laid end to end stay sorted
+    g = np.searchsorted((ends + step * rows).ravel(), (cuts + step * rows).ravel(), side="right").reshape(cuts.shape)
+    g = np.minimum(g - chunks * rows, chunks - 1)  # the chunk holding each cut (the last one for a cut at n)
+    start = np.where(g > 0, ends[rows, np.maximum(g - 1, 0)], 0)  # copies before that chunk
+    held = w[rows, g]  # (b, n_bins + 1, size) the counts of each cut's chunk
+    inner = np.cumsum(held, axis=2, dtype=np.int64) + start[..., None]
+    before = inner <= cuts[..., None]  # the chunk's samples wholly before the cut
+    k = before.sum(axis=2)
+    partial = cuts - np.where(k > 0, np.take_along_axis(inner, np.maximum(k - 1, 0)[..., None], 2)[..., 0], start)
+    straddler = np.minimum(k, size - 1)  # the sample with copies on both sides (none when k == size)
+    sums = np.empty((b, n_bins, v.shape[2]))
+    for j in range(v.shape[2]):
+        chunk_sums = np.cumsum(np.einsum("rcs,cs->rc", w, v[:, :, j]), axis=1)
+        prefix = np.where(g > 0, chunk_sums[rows, np.maximum(g - 1, 0)], 0.0)
+        vj = v[g, :, j]  # (b, n_bins + 1, size)
+        prefix = prefix + (held * vj * before).sum(axis=2)
+        prefix += partial * np.take_along_axis(vj, straddler[..., None], 2)[..., 0]
+        sums[:, :, j] = np.diff(prefix, axis=1)
+    return np.diff(cuts, axis=1), sums
+
+
+def l1_of_sums(gap_sums: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """The binned L1 error of per-bin sums of ``hit - conf`` ``(b, n_bins)`` over ``n`` ``(b,)``
+    samples: ``sum_b |gap sum of bin b| / n`` (NaN where ``n == 0``). With the sums of
+    :func:`equal_mass_sums_counts` it is :func:`ece_equal_mass` (or one class's term of
+    :func:`classwise_ece_adaptive`) of each resample; with equal-width ones, :func:`ece`."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        n = w.sum(axis=1)
-        return np.where(n > 0, np.abs(w @ onehot).sum(axis=1) / n, np.nan)
+        return np.where(n > 0, np.abs(gap_sums).sum(axis=1) / n, np.nan)
+
+
+def mce_of_sums(count: np.ndarray, gap_sums: np.ndarray) -> np.ndarray:
+    """:func:`mce` of per-bin counts and sums of ``hit - conf`` ``(b, n_bins)``: the largest
+    ``|gap sum| / count`` over populated bins, ``(b,)`` (NaN for a row without samples)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(count > 0, np.abs(gap_sums) / count, -np.inf).max(axis=1)
+    return np.where(np.isfinite(out), out, np.nan)
+
+
+def debiased_l2_of_sums(count: np.ndarray, conf_sums: np.ndarray, hit_sums: np.ndarray) -> np.ndarray:
+    """:func:`debiased_l2_ce` of per-bin counts and sums ``(b, n_bins)`` (those of
+    :func:`equal_mass_sums_counts` for each resample): ``(b,)``."""
+    keep = count >= 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mc, mh = conf_sums / count, hit_sums / count
+        err = (mc - mh) ** 2 - mh * (1.0 - mh) / (count - 1.0)
+        total = np.where(keep, count * err, 0.0).sum(axis=1) / count.sum(axis=1)
+    return np.sqrt(np.maximum(total, 0.0))
 
 
 # ---------------------------------------------------------------- top-label calibration
