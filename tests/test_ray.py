@@ -108,6 +108,26 @@ def test_ray_audit_equals_the_in_process_audit(toy_model: Path, bigger_data: Pat
     assert not (tmp_path / "ray" / "shards").exists()  # spent once every study is saved
 
 
+def test_a_multilabel_audit_on_ray_equals_the_in_process_audit(toy_multilabel_model: Path, toy_multilabel: Path,
+                                                                tmp_path: Path) -> None:
+    """One task model through both engines: a sigmoid model's per-finding studies, the OOD study's
+    reference split and slices included, give the in-process results.json and records on Ray."""
+    studies = ["clean", "perturbation", "noise", "calibration", "slices", "ood"]
+    config = {**{k: v for k, v in CONFIG.items() if k in studies}, "slices": {"n_bootstrap": 20},
+              "ood": {"n_bootstrap": 20}}
+
+    def run(out: Path, **kw):
+        return audit(toy_multilabel_model, toy_multilabel, studies=studies, profile="quick", config=config, seed=1,
+                     out=out, report=False, batch_size=8, **kw)
+
+    local = run(tmp_path / "local")
+    distributed = run(tmp_path / "ray", engine="ray", workers=1)
+    assert local.task["exclusive"] is False  # a multi-label task, decided per finding
+    assert {n: s.status for n, s in distributed.studies.items()} == dict.fromkeys(studies, "ok")
+    _close(_comparable(local), _comparable(distributed))
+    _same_records(load_results(tmp_path / "local"), load_results(tmp_path / "ray"), studies)
+
+
 def _same_records(a, b, names) -> None:
     """Every study's per-sample records equal (integers exactly, floats to 1e-5), same keys."""
     for name in names:
