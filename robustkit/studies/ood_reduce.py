@@ -2,7 +2,9 @@
 
 Pure numpy over the records (the study's :meth:`~robustkit.studies.ood.OODStudy.map` gave
 logits, features and the final layer's parameters for the audit samples and, under the
-``extra/`` keys, for the reference and OOD sets).
+``extra/`` keys, for the reference and OOD sets). Every audit sample and OOD image is scored
+once, in one pass (:func:`_score_together`); the detection intervals of every score and set
+share one resampling (:func:`robustkit.metrics.ood.detection_intervals`).
 """
 
 from __future__ import annotations
