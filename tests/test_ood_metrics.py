@@ -88,6 +88,24 @@ def test_mahalanobis_and_knn_match_a_direct_computation() -> None:
         np.testing.assert_allclose(-O.knn_score(f, f_ref, k, chunk=7), dist[:, k - 1], atol=1e-10)
 
 
+@pytest.mark.parametrize("k", [1, 7, 30])
+def test_knn_windows_give_the_brute_force_on_tight_clusters_duplicates_and_ties(k: int) -> None:
+    rng = np.random.default_rng(11)
+    # a bank of tight clusters stored cluster by cluster (neighbours sit in narrow windows of
+    # the projection, the probe of a block may miss them), exact duplicates and a zero row
+    centres = rng.standard_normal((6, 12)) + 2.0
+    bank = np.repeat(centres, 500, axis=0) * (1 + 1e-3 * rng.standard_normal((3000, 12)))
+    bank[2000:2100] = bank[:100]
+    bank[5] = 0.0
+    queries = np.r_[bank[:40], np.repeat(centres, 20, axis=0) * (1 + 1e-3 * rng.standard_normal((120, 12))),
+                    rng.standard_normal((40, 12)), np.zeros((1, 12))]
+    b = bank / np.maximum(np.linalg.norm(bank, axis=1, keepdims=True), 1e-12)
+    q = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+    brute = -np.sort(1.0 - q @ b.T, axis=1)[:, k - 1]  # the earlier implementation: every pair, then a sort
+    for chunk in (5, 128):
+        np.testing.assert_allclose(O.knn_score(queries, bank, k, chunk=chunk), brute, rtol=0, atol=1e-12)
+
+
 def test_vim_and_react_reduce_to_energy_when_nothing_is_removed() -> None:
     rng = np.random.default_rng(4)
     f_ref, f = np.abs(rng.standard_normal((80, 6))), np.abs(rng.standard_normal((10, 6)))
@@ -112,6 +130,14 @@ def test_a_reference_set_without_a_class_is_refused_in_one_line() -> None:
         O.knn_score(np.zeros((2, 2)), np.ones((3, 2)), 4)
 
 
+def _slow_metrics(y: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """The five detection metrics of labelled scores by scikit-learn (ID positive)."""
+    fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
+    fpr_o, tpr_o, _ = roc_curve(~y, -s, drop_intermediate=False)
+    return np.array([roc_auc_score(y, s), average_precision_score(y, s), average_precision_score(~y, -s),
+                     fpr[np.searchsorted(tpr, 0.95)], fpr_o[np.searchsorted(tpr_o, 0.95)]])
+
+
 def test_intervals_equal_a_slow_loop_over_the_same_resamples() -> None:
     from robustkit.metrics.resampling import weighted_bootstrap_interval
 
@@ -121,17 +147,52 @@ def test_intervals_equal_a_slow_loop_over_the_same_resamples() -> None:
     s = np.r_[id_s, ood_s]
     keys = list(O.DETECTION_METRICS)
 
-    def slow(idx: np.ndarray) -> np.ndarray:
-        yy, ss = y[idx], s[idx]
-        fpr, tpr, _ = roc_curve(yy, ss, drop_intermediate=False)
-        fpr_o, tpr_o, _ = roc_curve(~yy, -ss, drop_intermediate=False)
-        return np.array([roc_auc_score(yy, ss), average_precision_score(yy, ss), average_precision_score(~yy, -ss),
-                         fpr[np.searchsorted(tpr, 0.95)], fpr_o[np.searchsorted(tpr_o, 0.95)]])
-
     def slow_counts(w: np.ndarray) -> np.ndarray:  # each row of counts as the rows it draws
-        return np.stack([slow(np.repeat(np.arange(len(s)), row.astype(int))) for row in w])
+        return np.stack([_slow_metrics(y[idx], s[idx]) for idx in (np.repeat(np.arange(len(s)), row.astype(int))
+                                                                    for row in w)])
 
     lo, hi = weighted_bootstrap_interval(slow_counts, len(s), n_boot=60, seed=9, strata=y)
     fast = O.ood_intervals(id_s, ood_s, n_boot=60, seed=9)
     for k, a, b in zip(keys, lo, hi):
         assert fast[k] == pytest.approx([a, b], abs=1e-12), k
+
+
+def _scores_and_sets(rng: np.random.Generator, n_id: int, sizes: dict[str, int]):
+    """Two scores of ``n_id`` ID images and of each OOD set (rounded: ties across and within groups)."""
+    ids = {"a": np.round(rng.normal(1, 1, n_id), 1), "b": np.round(rng.normal(0.5, 2, n_id), 1)}
+    sets = {name: {"a": np.round(rng.normal(0, 1, n), 1), "b": np.round(rng.normal(0, 2, n), 1)}
+            for name, n in sizes.items()}
+    return ids, sets
+
+
+def test_shared_intervals_equal_the_metrics_of_the_same_resamples_one_by_one() -> None:
+    from robustkit.metrics.resampling import bootstrap_weights, percentile_interval
+
+    ids, sets = _scores_and_sets(np.random.default_rng(7), 40, {"near": 25, "far": 3})
+    seeds = {"near": 11, "far": 12}
+    got = O.detection_intervals(ids, sets, n_boot=70, id_seed=10, set_seeds=seeds)  # two blocks: 64 + 6
+    # the same counts, turned back into index lists, and every resample scored one by one
+    # (ood_metrics: the sorted-rows kernel, checked against scikit-learn above)
+    w_id = np.concatenate(list(bootstrap_weights(40, 70, seed=10)))
+    for name, by_score in sets.items():
+        w_set = np.concatenate(list(bootstrap_weights(len(by_score["a"]), 70, seed=seeds[name])))
+        for sc in ids:
+            values = np.stack([list(O.ood_metrics(ids[sc][np.repeat(np.arange(40), a.astype(int))],
+                                                  by_score[sc][np.repeat(np.arange(len(b)), b.astype(int))]).values())
+                               for a, b in zip(w_id, w_set)])
+            lo, hi = percentile_interval(values)
+            for k, a, b in zip(O.DETECTION_METRICS, lo, hi):
+                assert got[(sc, name)][k] == pytest.approx([a, b], abs=1e-12), (sc, name, k)
+
+
+def test_shared_intervals_within_monte_carlo_error_of_one_resampling_per_pair() -> None:
+    ids, sets = _scores_and_sets(np.random.default_rng(8), 300, {"near": 150})
+    shared = O.detection_intervals(ids, sets, n_boot=400, id_seed=1, set_seeds={"near": 2})
+    for sc in ids:
+        per_pair = O.ood_intervals(ids[sc], sets["near"][sc], n_boot=400, seed=3)
+        for k in O.DETECTION_METRICS:
+            (lo, hi), (a, b) = per_pair[k], shared[(sc, "near")][k]
+            # a 2.5% quantile of 400 resamples moves by about 0.035 of the interval's width
+            # between two draws (0.05 for a difference): 5 of those
+            assert abs(a - lo) <= 0.25 * (hi - lo) and abs(b - hi) <= 0.25 * (hi - lo), (sc, k, (lo, hi), (a, b))
+            assert shared[(sc, "near")][k] != per_pair[k]  # other draws of the same bootstrap

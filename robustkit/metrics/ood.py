@@ -15,11 +15,18 @@ Scores (``(N,)`` from logits ``(N, K)`` and features ``(N, D)``):
   a shared covariance (Lee et al., NeurIPS 2018), fitted by :func:`fit_gaussian` (shrunk by
   ``shrinkage = 0.01`` by default: the OOD study's ``mahalanobis_shrinkage``);
 * :func:`knn_score`: minus the cosine distance to the k-th nearest reference feature
-  (Sun et al., ICML 2022);
+  (Sun et al., ICML 2022), exact, comparing each feature only with the bank rows a bound
+  leaves possible (the bank sorted along its principal axis);
 * :func:`vim_score`: energy minus the scaled norm of the feature's residual outside the
   principal subspace (ViM, Wang et al., CVPR 2022), fitted by :func:`fit_vim`;
 * :func:`react_score`: energy of the logits recomputed from features clipped at a
   percentile of the reference activations (ReAct, Sun et al., NeurIPS 2021).
+
+Detection metrics (:func:`ood_metrics`, ID positive) and their percentile bootstrap
+intervals: :func:`ood_intervals` for one score and set (its own resampling), and
+:func:`detection_intervals` for every score and set over one shared resampling of resampled
+counts (the OOD study's; the two agree within Monte Carlo error, and each equals
+:func:`ood_metrics` of the resampled indices on the same counts).
 
 Example:
     >>> import numpy as np
@@ -34,15 +41,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from robustkit.errors import check_range, param_error
 from robustkit.metrics.outputs import probabilities
 from robustkit.metrics.ranking import ranking_rows, sort_scores, weighted_ranking
-from robustkit.metrics.resampling import weighted_bootstrap_interval
+from robustkit.metrics.resampling import (
+    bootstrap_weights,
+    percentile_interval,
+    weighted_bootstrap_interval,
+)
 
 __all__ = [
     "DETECTION_METRICS",
     "ViMFit",
+    "detection_intervals",
     "energy_score",
     "fit_gaussian",
     "fit_vim",
@@ -145,17 +158,88 @@ def _unit(f: np.ndarray) -> np.ndarray:
     return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
 
 
-def knn_score(features: np.ndarray, bank: np.ndarray, k: int, *, chunk: int = 1024) -> np.ndarray:
+def knn_score(features: np.ndarray, bank: np.ndarray, k: int, *, chunk: int = 128) -> np.ndarray:
     """Minus the cosine distance ``(N,)`` to the ``k``-th nearest of the reference ``bank``
-    ``(M, D)`` (both L2-normalised)."""
+    ``(M, D)`` (both L2-normalised).
+
+    Exact (the float64 brute force to float rounding), without comparing every feature with
+    every bank row where a bound rules rows out: bank and features are sorted by their
+    projection on the bank's first principal axis ``u``, and since unit vectors ``q``, ``b``
+    have ``q . b <= 1 - ((q - b) . u)^2 / 2``, a bank row whose projection is farther than
+    ``sqrt(2 (1 - t))`` from a feature's cannot reach a similarity ``t``. Each block of
+    ``chunk`` features (consecutive in that order) takes ``t`` from a probe (the
+    :data:`_KNN_PROBE` bank rows nearest in projection: their ``k``-th largest similarity is
+    a lower bound of the ``k``-th over the bank), and compares itself with the bank rows of
+    its window only (:func:`_kth_similarity`). The cost depends on the data: near neighbours
+    (a large bank, tight clusters) give narrow windows; spread features fall back to every
+    pair, as before.
+    """
     check_range("k", k, low=1, high=max(len(bank), 1), integer=True, where="knn_score")
-    b = _unit(bank)
-    f = _unit(features)
+    b, f = _unit(bank), _unit(features)
+    axis = _principal_axis(b)
+    by = np.argsort(b @ axis, kind="stable")
+    b = b[by]
+    pb, pf = b @ axis, f @ axis
     out = np.empty(len(f))
-    for s in range(0, len(f), chunk):
-        dist = 1.0 - f[s:s + chunk] @ b.T
-        out[s:s + chunk] = np.partition(dist, k - 1, axis=1)[:, k - 1]
-    return -out
+    order = np.argsort(pf, kind="stable")
+    # one BLAS thread: a block's (chunk, D) @ (D, window) products are too small to share out, and
+    # the hand-off between threads cost more than they brought (bench_reduce at N = 100,000 on a
+    # busy 2-core machine: 7 s against 22 to 48 s). threadpoolctl comes with scikit-learn.
+    with threadpool_limits(limits=1, user_api="blas"):
+        for s in range(0, len(f), chunk):
+            rows = order[s:s + chunk]
+            out[rows] = _kth_similarity(f[rows], pf[rows], b, pb, k)
+    return -(1.0 - out)
+
+
+#: bank rows (nearest in projection) whose ``k``-th largest similarity bounds a block's window,
+#: and the columns of the window (spread) that bound each row's candidates
+_KNN_PROBE = 512
+
+
+def _principal_axis(b: np.ndarray, steps: int = 12) -> np.ndarray:
+    """A unit vector ``(D,)`` along which the rows of ``b`` spread most (power iteration on
+    their covariance; any unit vector keeps :func:`knn_score` exact, this one makes it fast)."""
+    c = b - b.mean(axis=0)
+    v = c[np.argmax((c * c).sum(axis=1))] if len(c) else np.zeros(b.shape[1])
+    for _ in range(steps):
+        v = c.T @ (c @ v)
+        v = v / max(float(np.linalg.norm(v)), 1e-300)
+    return v if np.linalg.norm(v) > 0.5 else np.eye(b.shape[1])[0]
+
+
+def _kth_similarity(f: np.ndarray, pf: np.ndarray, b: np.ndarray, pb: np.ndarray, k: int) -> np.ndarray:
+    """The ``k``-th largest similarity ``(c,)`` of unit rows ``f`` ``(c, D)`` (projections ``pf``)
+    to the unit bank ``b`` ``(M, D)`` sorted by projection ``pb`` (see :func:`knn_score`).
+    NaN for a row with fewer than ``k`` finite similarities."""
+    m = min(len(b), max(k, _KNN_PROBE))
+    lo = int(np.clip(np.searchsorted(pb, np.median(pf)) - m // 2, 0, len(b) - m))
+    probe = f @ b[lo:lo + m].T
+    bound = np.partition(probe, m - k, axis=1)[:, m - k] - 1e-12  # below float rounding of the same products
+    reach = np.sqrt(2 * np.maximum(1.0 - bound, 0.0)) + 1e-7
+    ok = np.isfinite(reach) & np.isfinite(pf)
+    if not ok.any():
+        return np.full(len(f), np.nan)
+    start = np.searchsorted(pb, np.min((pf - reach)[ok]), side="left")
+    stop = np.searchsorted(pb, np.max((pf + reach)[ok]), side="right")
+    sims = f @ b[start:stop].T
+    every = sims[:, ::max(1, sims.shape[1] // _KNN_PROBE)]  # a tighter bound per row: a spread subset of the window
+    if every.shape[1] >= k:
+        bound = np.maximum(bound, np.partition(every, every.shape[1] - k, axis=1)[:, every.shape[1] - k])
+    idx = np.flatnonzero(sims >= bound[:, None])
+    return _kth_by_row(idx // max(sims.shape[1], 1), sims.ravel()[idx], k, len(f))
+
+
+def _kth_by_row(rows: np.ndarray, values: np.ndarray, k: int, n_rows: int) -> np.ndarray:
+    """The ``k``-th largest of ``values`` in each row ``(n_rows,)`` (``rows`` ascending, as
+    ``flatnonzero`` gives them): one partition of the rows padded to the longest; NaN for a row
+    with fewer than ``k`` values."""
+    counts = np.bincount(rows, minlength=n_rows)
+    width = max(int(counts.max(initial=0)), k)
+    padded = np.full((n_rows, width), -np.inf)
+    padded[rows, np.arange(len(rows)) - np.r_[0, np.cumsum(counts)[:-1]][rows]] = values
+    kth = np.partition(padded, width - k, axis=1)[:, width - k]
+    return np.where(counts >= k, kth, np.nan)
 
 
 @dataclass(frozen=True)
@@ -278,3 +362,156 @@ def ood_intervals(id_scores: np.ndarray, ood_scores: np.ndarray, *, n_boot: int,
 
     lo, hi = weighted_bootstrap_interval(stat, len(s), n_boot=n_boot, seed=seed, level=level, strata=y)
     return {k: [float(a), float(b)] for k, a, b in zip(DETECTION_METRICS, lo, hi)}
+
+
+# -- detection intervals of every score and set over one shared resampling --------------------
+@dataclass(frozen=True)
+class _IdColumn:
+    """One score's ID values sorted high to low (stable), for :func:`detection_intervals`.
+
+    Attributes:
+        order: ``(P,)`` the ID sample at each sorted position.
+        desc: ``(P,)`` the sorted scores negated (ascending, for ``searchsorted``).
+        end: ``(P,)`` the last position tied with each position's score (its threshold).
+    """
+
+    order: np.ndarray
+    desc: np.ndarray
+    end: np.ndarray
+
+    @classmethod
+    def of(cls, scores: np.ndarray) -> _IdColumn:
+        s = np.asarray(scores, dtype=np.float64)
+        order = np.argsort(-s, kind="stable")
+        desc = -s[order]
+        return cls(order, desc, np.searchsorted(desc, desc, side="right") - 1)
+
+
+@dataclass(frozen=True)
+class _OodColumn:
+    """One OOD set's values of a score, sorted high to low and placed among the ID values.
+
+    Attributes:
+        order: ``(Q,)`` the OOD sample at each sorted position.
+        id_above, id_at_or_above: ``(Q,)`` ID samples with a higher score than each sorted
+            OOD score (strictly; or tied).
+        ood_above: ``(Q,)`` OOD samples with a strictly higher score than each.
+        ood_at_or_above: ``(P,)`` OOD samples at or above each sorted ID position's score.
+    """
+
+    order: np.ndarray
+    id_above: np.ndarray
+    id_at_or_above: np.ndarray
+    ood_above: np.ndarray
+    ood_at_or_above: np.ndarray
+
+    @classmethod
+    def of(cls, scores: np.ndarray, ids: _IdColumn) -> _OodColumn:
+        s = np.asarray(scores, dtype=np.float64)
+        order = np.argsort(-s, kind="stable")
+        desc = -s[order]
+        return cls(order, np.searchsorted(ids.desc, desc, side="left"), np.searchsorted(ids.desc, desc, side="right"),
+                   np.searchsorted(desc, desc, side="left"), np.searchsorted(desc, ids.desc, side="right"))
+
+
+@dataclass(frozen=True)
+class _IdBlock:
+    """One score's ID side under a block of ID counts ``(b, P)``, shared by every OOD set.
+
+    Attributes:
+        weights: ``(b, P)`` the counts in sorted order.
+        cum: ``(b, P + 1)`` their cumulative sums (column ``j``: the first ``j`` positions).
+        tp: ``(b, P)`` the ID weight at or above each position's threshold.
+        first: ``(b,)`` the first position whose TPR reaches the level (FPR@95's threshold).
+    """
+
+    weights: np.ndarray
+    cum: np.ndarray
+    tp: np.ndarray
+    first: np.ndarray
+
+    @classmethod
+    def of(cls, col: _IdColumn, w_id: np.ndarray, tpr_level: float) -> _IdBlock:
+        weights = w_id[:, col.order]
+        cum = np.zeros((len(weights), weights.shape[1] + 1))
+        np.cumsum(weights, axis=1, out=cum[:, 1:])
+        tp = cum[:, col.end + 1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            first = (tp / cum[:, -1:] >= tpr_level - 1e-12).argmax(axis=1)
+        return cls(weights, cum, tp, first)
+
+
+def _weighted_detection(ids: _IdBlock, ood: _OodColumn, w_ood: np.ndarray, tpr_level: float) -> np.ndarray:
+    """:data:`DETECTION_METRICS` ``(b, 5)`` of one score and set under ID counts (``ids``) and
+    OOD counts ``(b, Q)``: the weighted form of :func:`ood_metrics` (a count of 2: the sample
+    twice; the same curves as :func:`~robustkit.metrics.ranking.weighted_ranking`), equal to it
+    on the resampled indices to float rounding. Cost: ``O(b P)`` for AUPR-in, ``O(b Q)`` else."""
+    cum, n_id, rows = ids.cum, ids.cum[:, -1], np.arange(len(w_ood))
+    wo = w_ood[:, ood.order]
+    cum_o = np.zeros((len(wo), wo.shape[1] + 1))
+    np.cumsum(wo, axis=1, out=cum_o[:, 1:])
+    n_ood = cum_o[:, -1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # ID positive. AUROC from the OOD side: the ID weight above each OOD score, ties one half
+        auroc = np.einsum("bq,bq->b", wo, cum[:, ood.id_above] + cum[:, ood.id_at_or_above]) / (2 * n_id * n_ood)
+        ratio = cum_o[:, ood.ood_at_or_above]  # (b, P) false positives at each ID threshold
+        fpr95 = ratio[rows, ids.first] / n_ood
+        ratio += ids.tp
+        np.divide(ids.tp, np.maximum(ratio, np.finfo(np.float64).tiny, out=ratio), out=ratio)  # precision
+        aupr_in = np.einsum("bp,bp->b", ids.weights, ratio) / n_id
+        # OOD positive (the score negated): at each OOD score, the OOD and ID weight at or below it
+        tp_o = n_ood[:, None] - cum_o[:, ood.ood_above]
+        fp_o = n_id[:, None] - cum[:, ood.id_above]
+        aupr_out = np.einsum("bq,bq->b", wo, tp_o / np.maximum(tp_o + fp_o, np.finfo(np.float64).tiny)) / n_ood
+        first_o = (tp_o[:, ::-1] / n_ood[:, None] >= tpr_level - 1e-12).argmax(axis=1)  # from the lowest score up
+        fpr95_openood = fp_o[:, ::-1][rows, first_o] / n_id
+    both = (n_id > 0) & (n_ood > 0)
+    values = np.stack([auroc, aupr_in, aupr_out, fpr95, fpr95_openood], axis=1)
+    return np.where(both[:, None], values, np.nan)
+
+
+def detection_intervals(id_scores: dict[str, np.ndarray], ood_scores: dict[str, dict[str, np.ndarray]], *,
+                        n_boot: int, id_seed: int, set_seeds: dict[str, int], level: float = 0.95,
+                        tpr_level: float = 0.95) -> dict[tuple[str, str], dict[str, list[float]]]:
+    """Percentile bootstrap intervals of :func:`ood_metrics` for every score and OOD set over one
+    shared resampling, vectorised over the resamples of a block.
+
+    The ID images are resampled once for every score and set (counts from
+    :func:`~robustkit.metrics.resampling.bootstrap_weights` seeded ``id_seed``), each OOD set
+    once for all its scores (seeded ``set_seeds[set]``); each score's ID values are sorted
+    once and their cumulative counts shared by the sets. ID and OOD are resampled apart, as in
+    :func:`ood_intervals`, whose stratified draws (one stream for both groups, one resampling
+    per score and set) are other draws of the same bootstrap: the intervals agree within
+    Monte Carlo error. On the same counts, every resampled value equals :func:`ood_metrics` of
+    the resampled indices to float rounding (tests/test_ood_metrics.py checks both).
+
+    Args:
+        id_scores: score name -> ID scores ``(P,)``, higher = more ID (every score the same ``P``).
+        ood_scores: set name -> score name -> the set's scores ``(Q,)``; a score without ID
+            scores, and an empty set, are left out.
+        n_boot, level: resamples and coverage; ``tpr_level``: the TPR of ``fpr95``.
+        id_seed, set_seeds: the seeds of the ID resampling and of each set's.
+
+    Returns:
+        ``(score, set)`` -> metric -> ``[low, high]``; NaN where undefined in more than half of
+        the resamples. Memory: a few ``(64, P)`` arrays (:data:`~robustkit.metrics.resampling.BOOTSTRAP_BLOCK`).
+    """
+    pairs = [(sc, s) for s, by_score in ood_scores.items() for sc, v in by_score.items()
+             if sc in id_scores and len(v) and len(id_scores[sc])]
+    if not pairs:
+        return {}
+    id_cols = {sc: _IdColumn.of(id_scores[sc]) for sc, _ in pairs}
+    ood_cols = {(sc, s): _OodColumn.of(ood_scores[s][sc], id_cols[sc]) for sc, s in pairs}
+    streams = {s: bootstrap_weights(len(ood_scores[s][sc]), n_boot, seed=set_seeds[s]) for sc, s in pairs}
+    values: dict[tuple[str, str], list[np.ndarray]] = {p: [] for p in pairs}
+    for w_id in bootstrap_weights(len(id_scores[pairs[0][0]]), n_boot, seed=id_seed):
+        w_sets = {s: next(stream) for s, stream in streams.items()}
+        for sc, col in id_cols.items():
+            ids = _IdBlock.of(col, w_id, tpr_level)
+            for s in (s for sc2, s in pairs if sc2 == sc):
+                values[(sc, s)].append(_weighted_detection(ids, ood_cols[(sc, s)], w_sets[s], tpr_level))
+    out = {}
+    for p, blocks in values.items():
+        lo, hi = percentile_interval(np.concatenate(blocks), level=level)
+        out[p] = {k: [float(a), float(b)] for k, a, b in zip(DETECTION_METRICS, lo, hi)}
+    return out

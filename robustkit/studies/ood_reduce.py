@@ -2,7 +2,9 @@
 
 Pure numpy over the records (the study's :meth:`~robustkit.studies.ood.OODStudy.map` gave
 logits, features and the final layer's parameters for the audit samples and, under the
-``extra/`` keys, for the reference and OOD sets).
+``extra/`` keys, for the reference and OOD sets). Every audit sample and OOD image is scored
+once, in one pass (:func:`_score_together`); the detection intervals of every score and set
+share one resampling (:func:`robustkit.metrics.ood.detection_intervals`).
 """
 
 from __future__ import annotations
@@ -104,6 +106,16 @@ def _score(part: _Part, fit: _Fit, kind: str) -> dict[str, np.ndarray]:
     }
 
 
+def _score_together(parts: list[_Part], fit: _Fit, kind: str) -> list[dict[str, np.ndarray]]:
+    """:func:`_score` of every part in one pass (the audit samples and the OOD sets: the kNN
+    bank is sorted once for all of them), split back per part."""
+    joined = _score(_Part(np.concatenate([p.logits for p in parts]), np.concatenate([p.features for p in parts])),
+                    fit, kind)
+    cuts = np.cumsum([len(p.logits) for p in parts])[:-1]
+    split = {s: np.split(v, cuts) for s, v in joined.items()}
+    return [{s: split[s][i] for s in joined} for i in range(len(parts))]
+
+
 #: how each score reads a multi-label (sigmoid) head; stated in the result and the report
 MULTILABEL_SCORES = {
     "msp": "the largest sigmoid output",
@@ -145,8 +157,9 @@ def reduce_ood(study: OODStudy, records: Records, data: Dataset, ctx: AuditConte
     ref, ref_y, test, sets, is_ref = _parts(study, records)
     fit = _fit(ref, ref_y, len(names), _head(records, len(names)), cfg,
                study._ref_targets if multilabel else None)
-    id_scores = _score(test, fit, kind)
-    set_scores = {s: _score(p, fit, kind) for s, p in sets.items()}
+    all_scores, *scored = _score_together([_Part(records["logits"], records["features"]), *sets.values()], fit, kind)
+    id_scores = {s: v[~is_ref] for s, v in all_scores.items()}
+    set_scores = dict(zip(sets, scored))
     kinds = {str(i["name"]): str(i["kind"]) for i in study.sets_info}
     pooled = _pools(set_scores, kinds)
     result = StudyResult(name=study.name)
@@ -175,7 +188,6 @@ def reduce_ood(study: OODStudy, records: Records, data: Dataset, ctx: AuditConte
     result.checks = _checks(study, result, recommended, fit.vim)
     if not multilabel and pos is None:
         result.checks.append(critical_missing_check("the confident critical rate per set"))
-    all_scores = _score(_Part(records["logits"], records["features"]), fit, kind)
     result.records.update({f"score_{s}": all_scores[s].astype(np.float32) for s in SCORES})
     result.records["reference"] = is_ref
     return result
@@ -192,15 +204,19 @@ def _pools(set_scores: dict[str, dict[str, np.ndarray]], kinds: dict[str, str]) 
 
 def _detection(result: StudyResult, id_scores: dict[str, np.ndarray], sets: dict[str, dict[str, np.ndarray]],
                n_boot: int, ctx: AuditContext) -> None:
+    """Every score's detection metrics per set, their intervals over one shared resampling
+    (:func:`robustkit.metrics.ood.detection_intervals`: the ID images resampled once for every
+    score and set, each set once for its seven scores)."""
+    usable = {sc: v for sc, v in id_scores.items() if np.all(np.isfinite(v))}
+    intervals = O.detection_intervals(usable, sets, n_boot=n_boot, id_seed=ctx.seed_for("ood", "resample", "id"),
+                                      set_seeds={s: ctx.seed_for("ood", "resample", s) for s in sets})
+    undefined = [float("nan")] * 2
     for set_name, scores in sets.items():
-        for sc in SCORES:
-            if not np.all(np.isfinite(id_scores[sc])) or not len(scores[sc]):
-                continue
-            point = O.ood_metrics(id_scores[sc], scores[sc])
-            ivs = O.ood_intervals(id_scores[sc], scores[sc], n_boot=n_boot, seed=ctx.seed_for("ood", sc, set_name))
-            for m, v in point.items():
+        for sc in (sc for sc in SCORES if sc in usable and len(scores[sc])):
+            ivs = intervals.get((sc, set_name), {})
+            for m, v in O.ood_metrics(usable[sc], scores[sc]).items():
                 result.metrics[f"{m}.{sc}.{set_name}"] = v
-                result.intervals[f"{m}.{sc}.{set_name}"] = ivs[m]
+                result.intervals[f"{m}.{sc}.{set_name}"] = ivs.get(m, undefined)
 
 
 def vim_runs_forward(vim: O.ViMFit | None) -> bool:
