@@ -17,7 +17,8 @@ statistic, and adds one step to the precision-recall curve). From those counts:
   under many rows of sample weights ``(b, n)`` (bootstrap counts,
   :func:`robustkit.metrics.resampling.bootstrap_weights`): the column is sorted once, each
   row of weights only gathered and summed cumulatively. With integer counts every number
-  equals :func:`ranking_rows` of the resampled indices (a sample drawn twice is two tied rows).
+  equals :func:`ranking_rows` of the resampled indices (a sample drawn twice is two tied rows);
+  :func:`weighted_auroc` is its AUROC alone, cheaper where only the AUROC is read.
 
 Per-output scores take ``average=`` as scikit-learn does: None (one value per output),
 ``"macro"`` (:func:`robustkit.metrics.average.nan_mean` of the defined values),
@@ -54,6 +55,7 @@ __all__ = [
     "ranking_rows",
     "roc_curve",
     "sort_scores",
+    "weighted_auroc",
     "weighted_ranking",
 ]
 
@@ -189,6 +191,37 @@ def _cumulative(w: np.ndarray) -> np.ndarray:
     return cum
 
 
+def _mann_whitney(col: SortedScores, wp: np.ndarray, cum_neg: np.ndarray,
+                  n_pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The weighted Mann-Whitney AUROC ``(b,)`` (a tied negative counts one half; not yet NaN
+    where a class is missing) and the weight of negatives at or above each positive ``(b, P)``,
+    from the positives' weights ``wp`` ``(b, P)``, the negatives' cumulative weights ``cum_neg``
+    ``(b, Q + 1)`` (:func:`_cumulative`) and the positives' total ``n_pos`` ``(b,)``."""
+    fp, above = cum_neg[:, col.neg_tied_above], cum_neg[:, col.neg_above]  # negatives at or above it, strictly above
+    n_neg = cum_neg[:, -1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        below = n_neg[:, None] - (fp + above) / 2  # negatives below, ties one half
+        return np.einsum("bp,bp->b", wp, below) / (n_pos * n_neg), fp
+
+
+def weighted_auroc(sorted_scores: SortedScores, weights: np.ndarray) -> np.ndarray:
+    """:func:`weighted_ranking`'s AUROC ``(b,)`` alone (NaN where a class is missing), at about
+    two thirds of its cost: one cumulative sum per row instead of two, no precision or FPR.
+
+    Example:
+        >>> col = sort_scores(np.array([0.9, 0.5, 0.1]), np.array([1, 0, 1]))
+        >>> weighted_auroc(col, np.array([[1.0, 1.0, 1.0], [2.0, 1.0, 0.0]])).tolist()
+        [0.5, 1.0]
+    """
+    col = sorted_scores
+    w = np.asarray(weights, dtype=np.float64)
+    wp = w[:, col.pos]
+    cum_neg = _cumulative(w[:, col.neg])
+    n_pos = wp.sum(axis=1)
+    auroc, _ = _mann_whitney(col, wp, cum_neg, n_pos)
+    return np.where((n_pos > 0) & (cum_neg[:, -1] > 0), auroc, np.nan)
+
+
 def weighted_ranking(sorted_scores: SortedScores, weights: np.ndarray, *,
                      tpr_level: float = 0.95) -> dict[str, np.ndarray]:
     """AUROC, average precision and FPR at ``tpr_level`` TPR under each row of sample weights.
@@ -221,10 +254,8 @@ def weighted_ranking(sorted_scores: SortedScores, weights: np.ndarray, *,
     cum_pos, cum_neg = _cumulative(wp), _cumulative(w[:, col.neg])
     n_pos, n_neg = cum_pos[:, -1], cum_neg[:, -1]
     tp = cum_pos[:, col.pos_end + 1]  # (b, P) positives at or above each positive's threshold
-    fp, above = cum_neg[:, col.neg_tied_above], cum_neg[:, col.neg_above]  # negatives at or above it, strictly above
+    auroc, fp = _mann_whitney(col, wp, cum_neg, n_pos)
     with np.errstate(divide="ignore", invalid="ignore"):
-        below = n_neg[:, None] - (fp + above) / 2  # negatives below, ties one half
-        auroc = np.einsum("bp,bp->b", wp, below) / (n_pos * n_neg)
         precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
         ap = np.einsum("bp,bp->b", wp, precision) / n_pos
         reach = tp / n_pos[:, None] >= tpr_level - 1e-12
