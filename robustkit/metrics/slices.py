@@ -5,14 +5,26 @@ conjunction of ``column=value`` conditions over the per-sample metadata (``site=
 ``site=B&view=AP``); numeric columns with many values are binned (age in decades:
 ``age=40-49``). Per slice: accuracy, sensitivity and specificity of the positive class
 (the audit's critical class) and the top-label ECE (:mod:`robustkit.metrics.calibration`'s binning), each with
-a percentile bootstrap interval over the slice's samples; the accuracy gap to the complement
-is tested with Fisher's exact test (the two groups are disjoint), and the p-values of all
-slices are adjusted with Benjamini-Hochberg (1995). Directions: accuracy, sensitivity,
-specificity higher is better; ECE lower; the gap higher (negative = worse than the rest).
+a percentile bootstrap interval; the accuracy gap to the complement is tested with Fisher's
+exact test (the two groups are disjoint), and the p-values of all slices are adjusted with
+Benjamini-Hochberg (1995). Directions: accuracy, sensitivity, specificity higher is better;
+ECE lower; the gap higher (negative = worse than the rest).
+
+The per-slice intervals (:func:`metrics_per_slice`) share one resampling of all ``N`` samples
+(counts in blocks, :func:`~robustkit.metrics.resampling.bootstrap_weights`): a slice's
+resample is the drawn samples that fall in it, so its size varies between resamples. The
+slices cut the samples into cells (the samples in exactly the same slices); per block of
+resamples one sparse product gives every cell's weighted counts of (right, positive, called
+positive) and ECE gap per bin, and each slice sums its cells: the cost is about that of one
+resampling of ``N``, whatever the number of slices. Until this scheme each slice drew its own
+``n_s`` samples from itself with its own seed; the point values are unchanged and the
+intervals agree within Monte Carlo error (``tests/test_resampling_weights.py``).
 
 The probe (:func:`site_probe`) asks whether a column (the site) can be read from the model's
 penultimate features: a cross-validated logistic regression, its out-of-fold AUROC and a
-bootstrap interval, against chance 0.5 (DeGrave et al. 2021 on the source shortcut).
+bootstrap interval, against chance 0.5 (DeGrave et al. 2021 on the source shortcut);
+:func:`site_probes` fits the plain and the within-class probe and resamples both from the
+same counts (the numbers of one :func:`site_probe` call each).
 
 Per output, for every task (single-label with one-hot targets): :func:`slice_aurocs` scores a
 slice by each output's ROC AUC on its images and their macro mean (outputs without both

@@ -5,7 +5,8 @@ a model can learn *where* an image came from instead of what is in the lungs (De
 al. 2021; Roberts et al. 2021). This study slices the audited samples by their metadata
 columns (site, view, sex, age binned in decades, ...; each value and pairs of columns where
 at least ``min_size`` samples remain on both sides), reports per slice accuracy, the critical class's
-sensitivity and specificity and ECE with bootstrap intervals, tests each slice's accuracy
+sensitivity and specificity and ECE with bootstrap intervals (one resampling of all the
+samples shared by the slices: :func:`robustkit.metrics.slices.metrics_per_slice`), tests each slice's accuracy
 against its complement (Fisher's exact test) and adjusts over the slices with
 Benjamini-Hochberg (1995). A slice is flagged only when it is worse than the rest by more
 than ``effect_size`` *and* its q-value is below ``alpha``. The value ``missing`` (an image
