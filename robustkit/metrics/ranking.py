@@ -191,22 +191,14 @@ def _cumulative(w: np.ndarray) -> np.ndarray:
     return cum
 
 
-def _mann_whitney(col: SortedScores, wp: np.ndarray, cum_neg: np.ndarray,
-                  n_pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The weighted Mann-Whitney AUROC ``(b,)`` (a tied negative counts one half; not yet NaN
-    where a class is missing) and the weight of negatives at or above each positive ``(b, P)``,
-    from the positives' weights ``wp`` ``(b, P)``, the negatives' cumulative weights ``cum_neg``
-    ``(b, Q + 1)`` (:func:`_cumulative`) and the positives' total ``n_pos`` ``(b,)``."""
-    fp, above = cum_neg[:, col.neg_tied_above], cum_neg[:, col.neg_above]  # negatives at or above it, strictly above
-    n_neg = cum_neg[:, -1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        below = n_neg[:, None] - (fp + above) / 2  # negatives below, ties one half
-        return np.einsum("bp,bp->b", wp, below) / (n_pos * n_neg), fp
-
-
 def weighted_auroc(sorted_scores: SortedScores, weights: np.ndarray) -> np.ndarray:
-    """:func:`weighted_ranking`'s AUROC ``(b,)`` alone (NaN where a class is missing), at about
-    two thirds of its cost: one cumulative sum per row instead of two, no precision or FPR.
+    """:func:`weighted_ranking`'s AUROC ``(b,)`` alone (NaN where a class is missing), the same
+    numbers at under half its cost where it is all that is read.
+
+    Integer weights (bootstrap counts) are summed as integers with the samples along the first
+    axis (each sample's ``b`` weights contiguous, so that gathering samples in score order moves
+    whole rows): every sum is exact, and so the AUROC equals :func:`weighted_ranking`'s to the
+    bit. Other weights go through :func:`weighted_ranking` itself.
 
     Example:
         >>> col = sort_scores(np.array([0.9, 0.5, 0.1]), np.array([1, 0, 1]))
@@ -215,11 +207,27 @@ def weighted_auroc(sorted_scores: SortedScores, weights: np.ndarray) -> np.ndarr
     """
     col = sorted_scores
     w = np.asarray(weights, dtype=np.float64)
-    wp = w[:, col.pos]
-    cum_neg = _cumulative(w[:, col.neg])
-    n_pos = wp.sum(axis=1)
-    auroc, _ = _mann_whitney(col, wp, cum_neg, n_pos)
-    return np.where((n_pos > 0) & (cum_neg[:, -1] > 0), auroc, np.nan)
+    counts = _small_counts(w)
+    if counts is None:  # not small integers: weighted_ranking's float sums
+        return weighted_ranking(col, w)["auroc"]
+    by_sample = np.ascontiguousarray(counts.T)  # (n, b)
+    wp = by_sample[col.pos]
+    cum = np.zeros((len(col.neg) + 1, len(w)), dtype=np.int32)
+    np.cumsum(by_sample[col.neg], axis=0, out=cum[1:])
+    n_pos, n_neg = wp.sum(axis=0, dtype=np.int64), cum[-1].astype(np.int64)
+    twice_below = 2 * cum[-1:] - cum[col.neg_tied_above] - cum[col.neg_above]  # negatives below, ties one half
+    with np.errstate(divide="ignore", invalid="ignore"):
+        auroc = (wp * twice_below).sum(axis=0, dtype=np.int64) / (2.0 * n_pos * n_neg)
+    return np.where((n_pos > 0) & (n_neg > 0), auroc, np.nan)
+
+
+def _small_counts(w: np.ndarray) -> np.ndarray | None:
+    """``w`` ``(b, n)`` as int32 when every weight is a non-negative integer small enough that a
+    weight times twice a row's total stays below 2**31 (bootstrap counts); None otherwise."""
+    if not w.size or w.min() < 0 or w.max() * 2.0 * w.sum(axis=1).max() >= 2**31:
+        return None
+    counts = w.astype(np.int32)
+    return counts if np.array_equal(counts, w) else None
 
 
 def weighted_ranking(sorted_scores: SortedScores, weights: np.ndarray, *,
@@ -254,8 +262,10 @@ def weighted_ranking(sorted_scores: SortedScores, weights: np.ndarray, *,
     cum_pos, cum_neg = _cumulative(wp), _cumulative(w[:, col.neg])
     n_pos, n_neg = cum_pos[:, -1], cum_neg[:, -1]
     tp = cum_pos[:, col.pos_end + 1]  # (b, P) positives at or above each positive's threshold
-    auroc, fp = _mann_whitney(col, wp, cum_neg, n_pos)
+    fp, above = cum_neg[:, col.neg_tied_above], cum_neg[:, col.neg_above]  # negatives at or above it, strictly above
     with np.errstate(divide="ignore", invalid="ignore"):
+        below = n_neg[:, None] - (fp + above) / 2  # negatives below, ties one half
+        auroc = np.einsum("bp,bp->b", wp, below) / (n_pos * n_neg)
         precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
         ap = np.einsum("bp,bp->b", wp, precision) / n_pos
         reach = tp / n_pos[:, None] >= tpr_level - 1e-12
