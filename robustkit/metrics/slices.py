@@ -55,7 +55,7 @@ from robustkit.metrics.calibration import ece_compute, ece_update
 from robustkit.metrics.classification import roc_auc_ovr
 from robustkit.metrics.paired import bh_qvalues  # the multiple-testing home (with Holm)
 from robustkit.metrics.ranking import auroc as per_output_auroc
-from robustkit.metrics.ranking import sort_scores, weighted_auroc
+from robustkit.metrics.ranking import sort_scores, weighted_aurocs
 from robustkit.metrics.resampling import bootstrap_weights
 
 __all__ = [
@@ -409,16 +409,14 @@ def _probe_resamples(t: np.ndarray, probs: Sequence[np.ndarray], *, n_boot: int,
     """:func:`_auroc` of each bootstrap resample ``(n_boot, len(probs))`` for each matrix of
     probabilities ``(N, L)``, all from the same resampled counts in blocks
     (:func:`~robustkit.metrics.resampling.bootstrap_weights`; each class column sorted once)."""
-    cols = [[sort_scores(p[:, k], t == k) for k in range(p.shape[1])] for p in probs]
+    # binary: the AUROC of class 1 alone (class 0's is the same ranking reversed)
+    read = [[1] if p.shape[1] == 2 else list(range(p.shape[1])) for p in probs]
+    cols = [sort_scores(p[:, k], t == k) for p, ks in zip(probs, read) for k in ks]
+    ends = np.cumsum([0] + [len(ks) for ks in read])
     parts = []
     for w in bootstrap_weights(len(t), n_boot, seed=seed):
-        block = []
-        for p, c in zip(probs, cols):
-            if p.shape[1] == 2:  # binary: the AUROC of class 1 (class 0's is the same ranking reversed)
-                block.append(weighted_auroc(c[1], w))
-            else:
-                block.append(nan_mean(np.stack([weighted_auroc(ck, w) for ck in c], axis=1), axis=1))
-        parts.append(np.stack(block, axis=1))
+        auc = weighted_aurocs(cols, w)
+        parts.append(np.stack([nan_mean(auc[:, a:b], axis=1) for a, b in zip(ends, ends[1:])], axis=1))
     return np.concatenate(parts) if parts else np.empty((0, len(probs)))
 
 
@@ -494,7 +492,7 @@ def _resampled(t: np.ndarray, p: np.ndarray, strata: np.ndarray, n_boot: int, se
     if not len(t):
         return np.full((n_boot, t.shape[1]), np.nan)
     cols = [sort_scores(p[:, k], t[:, k]) for k in range(t.shape[1])]
-    return np.concatenate([np.stack([weighted_auroc(c, w) for c in cols], axis=1)
+    return np.concatenate([weighted_aurocs(cols, w)
                            for w in bootstrap_weights(len(t), n_boot, seed=seed, strata=strata)])
 
 
