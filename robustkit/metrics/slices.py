@@ -176,13 +176,16 @@ def enumerate_slices(labels: Mapping[str, np.ndarray], *, depth: int = 2, min_si
     """
     cols = sorted(labels)
     n = len(labels[cols[0]]) if cols else 0
+    coded = {c: np.unique(np.asarray(labels[c]), return_inverse=True) for c in cols}  # (values, code (N,))
     out: list[Slice] = []
     for k in range(1, depth + 1):
         for group in combinations(cols, k):
-            keys = np.stack([labels[c] for c in group], axis=1)
-            for combo in sorted({tuple(r) for r in keys.tolist()}):
-                conditions = tuple(zip(group, map(str, combo)))
-                mask = slice_mask(labels, conditions)
+            shape = tuple(len(coded[c][0]) for c in group)
+            key = np.ravel_multi_index(tuple(coded[c][1].reshape(-1) for c in group), shape)
+            for combo in np.unique(key):  # in the order of the sorted value tuples
+                values = np.unravel_index(combo, shape)
+                conditions = tuple((c, str(coded[c][0][v])) for c, v in zip(group, values))
+                mask = key == combo
                 if mask.sum() >= min_size and n - mask.sum() >= min_size:
                     out.append(Slice(_name(conditions), conditions, mask))
     return out
