@@ -384,8 +384,8 @@ def _oof_probs(x: np.ndarray, t: np.ndarray, folds: int, seed: int) -> np.ndarra
 
     The fits run on one BLAS thread: their products are skinny (``(n, D)`` by ``(D, L)``, a
     handful of levels), which one thread does about as fast, while several threads contend for
-    the cores with whatever else runs (measured at N = 100,000 on a shared 2-core machine: the
-    whole slices reduce in 30 s instead of 57 s)."""
+    the cores with whatever else runs (``benchmarks/bench_reduce.py``, slices at N = 100,000 on a
+    shared 2-core machine: 30 s on one BLAS thread against 57 s on two, side by side)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
     from sklearn.pipeline import make_pipeline

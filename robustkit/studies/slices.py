@@ -379,8 +379,9 @@ def _probes(records: Records, data: Dataset, cfg: SlicesConfig, ctx: AuditContex
     for col in cols:
         target = S.discretize(meta[col], bin_width=cfg.bin_width, missing=MISSING)
         seed = ctx.seed_for("slices", "probe", col)
-        res, res["within_class"] = S.site_probes(records["features"], target, [None, y], folds=cfg.probe_folds,
-                                                 seed=seed, n_boot=cfg.n_bootstrap)
+        res, within = S.site_probes(records["features"], target, [None, y], folds=cfg.probe_folds, seed=seed,
+                                    n_boot=cfg.n_bootstrap)  # plain and centred within y, the same resamples
+        res["within_class"] = within
         res["confound"] = S.cramers_v(y, target)
         res["dependence"] = S.dependence_within(pred, target, y)
         out[col] = res
