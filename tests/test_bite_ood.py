@@ -77,13 +77,15 @@ def test_slice_intervals_are_the_two_sided_percentiles_of_a_slow_bootstrap() -> 
     conf, mask = rng.uniform(0.4, 1.0, 300), rng.random(300) < 0.5
     _, intervals = slice_metrics(y, pred, conf, mask, positive=0, n_boot=400, seed=3, level=0.9)
     idx = np.flatnonzero(mask)
-    # the same resamples (counts per sample), turned back into index lists and scored one by one
-    resamples = [np.repeat(np.arange(len(idx)), row.astype(int))
-                 for block in bootstrap_weights(len(idx), 400, seed=3) for row in block]
-    assert all(len(r) == len(idx) for r in resamples)
-    accuracy = [np.mean(y[idx][r] == pred[idx][r]) for r in resamples]
+    # the same resamples of all 300 samples (counts per sample), the slice's drawn samples turned
+    # back into index lists and scored one by one: the slice's size varies between resamples
+    resamples = [np.repeat(idx, row[idx].astype(int)) for block in bootstrap_weights(300, 400, seed=3)
+                 for row in block]
+    assert len({len(r) for r in resamples}) > 1 and np.mean([len(r) for r in resamples]) == pytest.approx(
+        len(idx), rel=0.02)
+    accuracy = [np.mean(y[r] == pred[r]) for r in resamples]
     assert intervals["accuracy"] == pytest.approx(np.quantile(accuracy, [0.05, 0.95]).tolist())
-    # and within Monte Carlo error of the older index bootstrap's interval
+    # and within Monte Carlo error of the older index bootstrap's interval (the slice's samples alone)
     older = [np.mean(y[idx][r] == pred[idx][r]) for r in bootstrap_indices(len(idx), 400, seed=3)]
     assert np.allclose(intervals["accuracy"], np.quantile(older, [0.05, 0.95]), atol=0.03)
 

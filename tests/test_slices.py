@@ -5,6 +5,7 @@ the site probe, per-slice McNemar in compare, the phantom's sites, and the one-l
 from __future__ import annotations
 
 import csv
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,24 @@ def test_discretize_and_enumerate_respect_bins_min_size_and_depth() -> None:
     assert "age=20-29" in names and "sex=F" in names and "age=20-29&sex=F" not in names  # 5 < 10
     assert all(s.mask.sum() >= 10 and (~s.mask).sum() >= 10 for s in found)
     assert not any("&" in s.name for s in S.enumerate_slices({"age": labels, "sex": sex}, depth=1, min_size=2))
+
+
+def test_enumerate_slices_equals_a_loop_over_the_value_tuples() -> None:
+    """Every conjunction of up to ``depth`` columns, in the order of the sorted value tuples, with
+    its membership, against a loop over the samples (the enumeration codes the values once)."""
+    rng = np.random.default_rng(4)
+    labels = {"site": rng.choice(["B", "A", "C"], 300), "sex": rng.choice(["M", "F", "missing"], 300),
+              "view": rng.choice(["PA", "AP"], 300, p=[0.9, 0.1])}
+    want = []
+    for k in (1, 2, 3):
+        for group in combinations(sorted(labels), k):
+            for combo in sorted({tuple(str(labels[c][i]) for c in group) for i in range(300)}):
+                mask = np.array([all(labels[c][i] == v for c, v in zip(group, combo)) for i in range(300)])
+                if 12 <= mask.sum() <= 300 - 12:
+                    want.append(("&".join(f"{c}={v}" for c, v in zip(group, combo)), mask))
+    got = S.enumerate_slices(labels, depth=3, min_size=12)
+    assert [s.name for s in got] == [name for name, _ in want] and len(got) > 12
+    assert all(np.array_equal(s.mask, mask) for s, (_, mask) in zip(got, want))
 
 
 def test_cramers_v_equals_scipy() -> None:

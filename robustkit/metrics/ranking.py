@@ -17,7 +17,9 @@ statistic, and adds one step to the precision-recall curve). From those counts:
   under many rows of sample weights ``(b, n)`` (bootstrap counts,
   :func:`robustkit.metrics.resampling.bootstrap_weights`): the column is sorted once, each
   row of weights only gathered and summed cumulatively. With integer counts every number
-  equals :func:`ranking_rows` of the resampled indices (a sample drawn twice is two tied rows).
+  equals :func:`ranking_rows` of the resampled indices (a sample drawn twice is two tied rows);
+  :func:`weighted_auroc` (:func:`weighted_aurocs`: several columns) is its AUROC alone,
+  cheaper where only the AUROC is read.
 
 Per-output scores take ``average=`` as scikit-learn does: None (one value per output),
 ``"macro"`` (:func:`robustkit.metrics.average.nan_mean` of the defined values),
@@ -35,6 +37,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import overload
 
@@ -54,6 +57,8 @@ __all__ = [
     "ranking_rows",
     "roc_curve",
     "sort_scores",
+    "weighted_auroc",
+    "weighted_aurocs",
     "weighted_ranking",
 ]
 
@@ -187,6 +192,55 @@ def _cumulative(w: np.ndarray) -> np.ndarray:
     cum = np.zeros((len(w), w.shape[1] + 1))
     np.cumsum(w, axis=1, out=cum[:, 1:])
     return cum
+
+
+def weighted_auroc(sorted_scores: SortedScores, weights: np.ndarray) -> np.ndarray:
+    """:func:`weighted_ranking`'s AUROC ``(b,)`` alone (NaN where a class is missing), the same
+    numbers at under half its cost where it is all that is read (:func:`weighted_aurocs` of one column).
+
+    Example:
+        >>> col = sort_scores(np.array([0.9, 0.5, 0.1]), np.array([1, 0, 1]))
+        >>> weighted_auroc(col, np.array([[1.0, 1.0, 1.0], [2.0, 1.0, 0.0]])).tolist()
+        [0.5, 1.0]
+    """
+    return weighted_aurocs([sorted_scores], weights)[:, 0]
+
+
+def weighted_aurocs(columns: Sequence[SortedScores], weights: np.ndarray) -> np.ndarray:
+    """:func:`weighted_auroc` of several columns ``(b, len(columns))`` under the same weights ``(b, n)``.
+
+    Integer weights (bootstrap counts) are turned once into int32 with the samples along the
+    first axis (each sample's ``b`` weights contiguous, so that gathering samples in score order
+    moves whole rows) and summed as integers: every sum is exact, and so each AUROC equals
+    :func:`weighted_ranking`'s to the bit. Other weights go through :func:`weighted_ranking` itself.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    counts = _small_counts(w)
+    if counts is None:  # not small integers: weighted_ranking's float sums
+        return np.stack([weighted_ranking(col, w)["auroc"] for col in columns], axis=1).reshape(len(w), len(columns))
+    by_sample = np.ascontiguousarray(counts.T)  # (n, b)
+    return np.stack([_counted_auroc(col, by_sample) for col in columns], axis=1).reshape(len(w), len(columns))
+
+
+def _counted_auroc(col: SortedScores, by_sample: np.ndarray) -> np.ndarray:
+    """The AUROC ``(b,)`` under int32 counts ``(n, b)`` (:func:`weighted_aurocs`)."""
+    wp = by_sample[col.pos]
+    cum = np.zeros((len(col.neg) + 1, by_sample.shape[1]), dtype=np.int32)
+    np.cumsum(by_sample[col.neg], axis=0, out=cum[1:])
+    n_pos, n_neg = wp.sum(axis=0, dtype=np.int64), cum[-1].astype(np.int64)
+    twice_below = 2 * cum[-1:] - cum[col.neg_tied_above] - cum[col.neg_above]  # negatives below, ties one half
+    with np.errstate(divide="ignore", invalid="ignore"):
+        auroc = (wp * twice_below).sum(axis=0, dtype=np.int64) / (2.0 * n_pos * n_neg)
+    return np.where((n_pos > 0) & (n_neg > 0), auroc, np.nan)
+
+
+def _small_counts(w: np.ndarray) -> np.ndarray | None:
+    """``w`` ``(b, n)`` as int32 when every weight is a non-negative integer small enough that a
+    weight times twice a row's total stays below 2**31 (bootstrap counts); None otherwise."""
+    if not w.size or w.min() < 0 or w.max() * 2.0 * w.sum(axis=1).max() >= 2**31:
+        return None
+    counts = w.astype(np.int32)
+    return counts if np.array_equal(counts, w) else None
 
 
 def weighted_ranking(sorted_scores: SortedScores, weights: np.ndarray, *,

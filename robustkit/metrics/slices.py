@@ -5,14 +5,26 @@ conjunction of ``column=value`` conditions over the per-sample metadata (``site=
 ``site=B&view=AP``); numeric columns with many values are binned (age in decades:
 ``age=40-49``). Per slice: accuracy, sensitivity and specificity of the positive class
 (the audit's critical class) and the top-label ECE (:mod:`robustkit.metrics.calibration`'s binning), each with
-a percentile bootstrap interval over the slice's samples; the accuracy gap to the complement
-is tested with Fisher's exact test (the two groups are disjoint), and the p-values of all
-slices are adjusted with Benjamini-Hochberg (1995). Directions: accuracy, sensitivity,
-specificity higher is better; ECE lower; the gap higher (negative = worse than the rest).
+a percentile bootstrap interval; the accuracy gap to the complement is tested with Fisher's
+exact test (the two groups are disjoint), and the p-values of all slices are adjusted with
+Benjamini-Hochberg (1995). Directions: accuracy, sensitivity, specificity higher is better;
+ECE lower; the gap higher (negative = worse than the rest).
+
+The per-slice intervals (:func:`metrics_per_slice`) share one resampling of all ``N`` samples
+(counts in blocks, :func:`~robustkit.metrics.resampling.bootstrap_weights`): a slice's
+resample is the drawn samples that fall in it, so its size varies between resamples. The
+slices cut the samples into cells (the samples in exactly the same slices); per block of
+resamples one sparse product gives every cell's weighted counts of (right, positive, called
+positive) and ECE gap per bin, and each slice sums its cells: the cost is about that of one
+resampling of ``N``, whatever the number of slices. Until this scheme each slice drew its own
+``n_s`` samples from itself with its own seed; the point values are unchanged and the
+intervals agree within Monte Carlo error (``tests/test_resampling_weights.py``).
 
 The probe (:func:`site_probe`) asks whether a column (the site) can be read from the model's
 penultimate features: a cross-validated logistic regression, its out-of-fold AUROC and a
-bootstrap interval, against chance 0.5 (DeGrave et al. 2021 on the source shortcut).
+bootstrap interval, against chance 0.5 (DeGrave et al. 2021 on the source shortcut);
+:func:`site_probes` fits the plain and the within-class probe and resamples both from the
+same counts (the numbers of one :func:`site_probe` call each).
 
 Per output, for every task (single-label with one-hot targets): :func:`slice_aurocs` scores a
 slice by each output's ROC AUC on its images and their macro mean (outputs without both
@@ -39,11 +51,11 @@ import numpy as np
 
 from robustkit.errors import ConfigError
 from robustkit.metrics.average import nan_mean
-from robustkit.metrics.calibration import ece_compute, ece_compute_counts, ece_update
+from robustkit.metrics.calibration import ece_compute, ece_update
 from robustkit.metrics.classification import roc_auc_ovr
 from robustkit.metrics.paired import bh_qvalues  # the multiple-testing home (with Holm)
 from robustkit.metrics.ranking import auroc as per_output_auroc
-from robustkit.metrics.ranking import sort_scores, weighted_ranking
+from robustkit.metrics.ranking import sort_scores, weighted_aurocs
 from robustkit.metrics.resampling import bootstrap_weights
 
 __all__ = [
@@ -55,8 +67,10 @@ __all__ = [
     "discretize",
     "enumerate_slices",
     "finding_sets",
+    "metrics_per_slice",
     "parse_slice",
     "site_probe",
+    "site_probes",
     "slice_aurocs",
     "slice_mask",
     "slice_metrics",
@@ -162,13 +176,16 @@ def enumerate_slices(labels: Mapping[str, np.ndarray], *, depth: int = 2, min_si
     """
     cols = sorted(labels)
     n = len(labels[cols[0]]) if cols else 0
+    coded = {c: np.unique(np.asarray(labels[c]), return_inverse=True) for c in cols}  # (values, code (N,))
     out: list[Slice] = []
     for k in range(1, depth + 1):
         for group in combinations(cols, k):
-            keys = np.stack([labels[c] for c in group], axis=1)
-            for combo in sorted({tuple(r) for r in keys.tolist()}):
-                conditions = tuple(zip(group, map(str, combo)))
-                mask = slice_mask(labels, conditions)
+            shape = tuple(len(coded[c][0]) for c in group)
+            key = np.ravel_multi_index(tuple(coded[c][1].reshape(-1) for c in group), shape)
+            for combo in np.unique(key):  # in the order of the sorted value tuples
+                values = np.unravel_index(combo, shape)
+                conditions = tuple((c, str(coded[c][0][v])) for c, v in zip(group, values))
+                mask = key == combo
                 if mask.sum() >= min_size and n - mask.sum() >= min_size:
                     out.append(Slice(_name(conditions), conditions, mask))
     return out
@@ -194,53 +211,122 @@ def _stats(rows: np.ndarray, y: np.ndarray, pred: np.ndarray, conf: np.ndarray, 
     ], axis=1)
 
 
-def _weighted_stats(w: np.ndarray, y: np.ndarray, pred: np.ndarray, conf: np.ndarray, positive: int,
-                    n_bins: int) -> np.ndarray:
-    """:func:`_stats` under rows of resampling counts ``(b, n)``: weighted sums, one matrix product each."""
+def _cells(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The finest partition the slices ``(S, N)`` cut the samples into: the cell ``(N,)`` of each
+    sample and the membership ``(C, S)`` of each cell (a cell lies wholly inside or outside a slice)."""
+    rows = np.ascontiguousarray(np.packbits(masks, axis=0).T)  # (N, ceil(S / 8)): each sample's slices
+    _, first, cell = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+    return cell.reshape(-1), masks[:, first].T
+
+
+def _design(y: np.ndarray, pred: np.ndarray, conf: np.ndarray, cell: np.ndarray, n_cells: int, positive: int,
+            n_bins: int) -> Any:
+    """Sparse ``(N, C * (8 + n_bins))``: a sample's 1 at its (cell, right, positive, called positive)
+    column and its signed ECE gap at its (cell, ECE bin) column, so that resampling counts ``w``
+    ``(b, N)`` give every cell's weighted sums as one product ``w @ design``."""
+    from scipy.sparse import csr_array
+
     hit = pred == y
-    pos, said = y == positive, pred == positive
+    combo = hit.astype(np.int64) + 2 * (y == positive) + 4 * (pred == positive)
     bins, gap = ece_update(conf, hit, n_bins=n_bins)
+    n = len(y)
+    cols = np.stack([cell * 8 + combo, n_cells * 8 + cell * n_bins + bins], axis=1).reshape(-1)
+    vals = np.stack([np.ones(n), gap], axis=1).reshape(-1)
+    return csr_array((vals, cols, np.arange(0, 2 * n + 1, 2)), shape=(n, n_cells * (8 + n_bins)))
+
+
+#: the (right, positive, called positive) combinations (bits 1, 2, 4) summed by each rate's numerator
+#: and denominator: accuracy, sensitivity (called positive among positives), specificity
+_RIGHT, _POS, _CALLED_POS, _NEG, _CALLED_NEG = [1, 3, 5, 7], [2, 3, 6, 7], [6, 7], [0, 1, 4, 5], [0, 1]
+
+
+def _slice_stats(sums: np.ndarray, member: np.ndarray, n_bins: int) -> np.ndarray:
+    """Accuracy, sensitivity, specificity, ECE ``(b, S, 4)`` of every slice from the cells' weighted
+    sums ``(b, C * (8 + n_bins))`` (``w @`` :func:`_design`) and their membership ``(C, S)``."""
+    n_cells = len(member)
+    counts = np.einsum("bck,cs->bsk", sums[:, : 8 * n_cells].reshape(len(sums), n_cells, 8), member)
+    gaps = np.einsum("bck,cs->bsk", sums[:, 8 * n_cells:].reshape(len(sums), n_cells, n_bins), member)
+    total = counts.sum(axis=2)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.stack([
-            w @ hit / w.sum(axis=1),
-            w @ (said & pos) / (w @ pos),
-            w @ (~said & ~pos) / (w @ ~pos),
-            ece_compute_counts(bins, gap, w, n_bins=n_bins),
-        ], axis=1)
+            counts[..., _RIGHT].sum(axis=2) / total,
+            counts[..., _CALLED_POS].sum(axis=2) / counts[..., _POS].sum(axis=2),
+            counts[..., _CALLED_NEG].sum(axis=2) / counts[..., _NEG].sum(axis=2),
+            np.abs(gaps).sum(axis=2) / total,
+        ], axis=2)
+
+
+def _resampled_slices(y: np.ndarray, pred: np.ndarray, conf: np.ndarray, masks: np.ndarray, *, positive: int,
+                      n_bins: int, n_boot: int, seed: int) -> np.ndarray:
+    """:func:`_stats` of every slice ``(S, N)`` in each resample ``(n_boot, S, 4)``: one resampling
+    of all ``N`` samples (:func:`~robustkit.metrics.resampling.bootstrap_weights`), a slice's
+    resample being the counts of its own samples; per block one sparse product and two small sums."""
+    cell, member = _cells(masks)
+    design = _design(y, pred, conf, cell, len(member), positive, n_bins)
+    member = member.astype(np.float64)
+    return np.concatenate([_slice_stats(np.asarray(w @ design), member, n_bins)
+                           for w in bootstrap_weights(len(y), n_boot, seed=seed)])
+
+
+def metrics_per_slice(y: np.ndarray, pred: np.ndarray, conf: np.ndarray, masks: np.ndarray, *, positive: int = 0,
+                      n_bins: int = 15, n_boot: int = 1000, seed: int = 0,
+                      level: float = 0.95) -> list[tuple[dict[str, float], dict[str, list[float]]]]:
+    """Every slice's metrics (:data:`SLICE_METRICS`) and their percentile bootstrap intervals.
+
+    The resampling is shared: each resample draws ``N`` samples with replacement from all the
+    samples (counts, :func:`~robustkit.metrics.resampling.bootstrap_weights` with ``seed``), and a
+    slice's statistic is that of the drawn samples that fall in it, so its size varies between
+    resamples as it would in a new sample of ``N``. (Before, each slice drew its own ``n_s``
+    samples from itself with a seed of its own; both are percentile bootstraps of the same
+    statistic and agree within Monte Carlo error for slices of tens of samples or more, as a
+    test checks.) A resample where a metric is undefined (no positive drawn) is left out; an
+    interval needs at least half the resamples defined, and a slice at least two samples.
+
+    Args:
+        y, pred: ``(N,)`` labels and predicted classes (ints).
+        conf: ``(N,)`` top-label confidence.
+        masks: ``(S, N)`` bool slice membership (each slice at least one sample).
+        positive: the class whose sensitivity and specificity are reported.
+        n_bins: ECE bins (equal width).
+        n_boot: bootstrap resamples of all the samples (0: no intervals).
+        seed: resampling seed.
+
+    Returns:
+        Per slice ``({metric: value}, {metric: [low, high]})``; NaN where undefined (no positives).
+        The values are exactly those of the slice's own samples (:func:`_stats`).
+    """
+    y, pred = np.asarray(y), np.asarray(pred)
+    conf, masks = np.asarray(conf, dtype=np.float64), np.asarray(masks, dtype=bool).reshape(-1, len(y))
+    out: list[tuple[dict[str, float], dict[str, list[float]]]] = []
+    for mask in masks:
+        idx = np.flatnonzero(mask)
+        point = _stats(np.arange(len(idx))[None], y[idx], pred[idx], conf[idx], positive, n_bins)[0]
+        out.append(({k: float(v) for k, v in zip(SLICE_METRICS, point)}, {}))
+    if n_boot < 1 or not len(masks):
+        return out
+    boot = _resampled_slices(y, pred, conf, masks, positive=positive, n_bins=n_bins, n_boot=n_boot, seed=seed)
+    alpha = (1.0 - level) / 2.0
+    for s, (_, intervals) in enumerate(out):
+        if masks[s].sum() < 2:
+            continue
+        for j, k in enumerate(SLICE_METRICS):
+            col = boot[:, s, j][np.isfinite(boot[:, s, j])]
+            if len(col) >= n_boot / 2:
+                intervals[k] = [float(np.quantile(col, alpha)), float(np.quantile(col, 1 - alpha))]
+    return out
 
 
 def slice_metrics(y: np.ndarray, pred: np.ndarray, conf: np.ndarray, mask: np.ndarray, *, positive: int = 0,
                   n_bins: int = 15, n_boot: int = 1000, seed: int = 0,
                   level: float = 0.95) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """The slice's metrics (:data:`SLICE_METRICS`) and their percentile bootstrap intervals.
-
-    Args:
-        y, pred: ``(N,)`` labels and predicted classes (ints).
-        conf: ``(N,)`` top-label confidence.
-        mask: ``(N,)`` bool slice membership (at least one sample).
-        positive: the class whose sensitivity and specificity are reported.
-        n_bins: ECE bins (equal width).
-        n_boot: bootstrap resamples of the slice's samples (0: no intervals).
-        seed: resampling seed.
+    """One slice's :func:`metrics_per_slice` (``mask`` ``(N,)``): its metrics and intervals, the
+    resamples drawn from all ``N`` samples.
 
     Returns:
         ``({metric: value}, {metric: [low, high]})``; NaN where undefined (no positives).
     """
-    idx = np.flatnonzero(mask)
-    yy, pp, cc = np.asarray(y)[idx], np.asarray(pred)[idx], np.asarray(conf, dtype=np.float64)[idx]
-    point = _stats(np.arange(len(idx))[None], yy, pp, cc, positive, n_bins)[0]
-    values = {k: float(v) for k, v in zip(SLICE_METRICS, point)}
-    if n_boot < 1 or len(idx) < 2:
-        return values, {}
-    boot = np.concatenate([_weighted_stats(w, yy, pp, cc, positive, n_bins)
-                           for w in bootstrap_weights(len(idx), n_boot, seed=seed)])
-    alpha = (1.0 - level) / 2.0
-    out = {}
-    for j, k in enumerate(SLICE_METRICS):
-        col = boot[:, j][np.isfinite(boot[:, j])]
-        if len(col) >= n_boot / 2:
-            out[k] = [float(np.quantile(col, alpha)), float(np.quantile(col, 1 - alpha))]
-    return values, out
+    return metrics_per_slice(y, pred, conf, np.asarray(mask, dtype=bool)[None], positive=positive, n_bins=n_bins,
+                             n_boot=n_boot, seed=seed, level=level)[0]
 
 
 def slice_test(correct: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
@@ -294,15 +380,22 @@ def dependence_within(pred: np.ndarray, column: np.ndarray, groups: np.ndarray) 
 
 
 def _oof_probs(x: np.ndarray, t: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Out-of-fold probabilities ``(N, L)`` of the probe.
+
+    The fits run on one BLAS thread: their products are skinny (``(n, D)`` by ``(D, L)``, a
+    handful of levels), which one thread does about as fast, while several threads contend for
+    the cores with whatever else runs (``benchmarks/bench_reduce.py``, slices at N = 100,000 on a
+    shared 2-core machine: 30 s on one BLAS thread against 57 s on two, side by side)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
 
     out = np.zeros((len(t), int(t.max()) + 1))
     for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, t):
         clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
             warnings.simplefilter("ignore")  # convergence chatter on tiny folds
             clf.fit(x[train], t[train])
         out[np.ix_(test, clf.classes_)] = clf.predict_proba(x[test])
@@ -315,15 +408,29 @@ def _auroc(t: np.ndarray, probs: np.ndarray) -> float:
     return float(auc[1]) if probs.shape[1] == 2 else nan_mean(auc)
 
 
-def _probe_resamples(t: np.ndarray, probs: np.ndarray, *, n_boot: int, seed: int) -> np.ndarray:
-    """:func:`_auroc` of each bootstrap resample ``(n_boot,)``, from resampled counts in blocks
+def _probe_resamples(t: np.ndarray, probs: Sequence[np.ndarray], *, n_boot: int, seed: int) -> np.ndarray:
+    """:func:`_auroc` of each bootstrap resample ``(n_boot, len(probs))`` for each matrix of
+    probabilities ``(N, L)``, all from the same resampled counts in blocks
     (:func:`~robustkit.metrics.resampling.bootstrap_weights`; each class column sorted once)."""
-    cols = [sort_scores(probs[:, k], t == k) for k in range(probs.shape[1])]
+    # binary: the AUROC of class 1 alone (class 0's is the same ranking reversed)
+    read = [[1] if p.shape[1] == 2 else list(range(p.shape[1])) for p in probs]
+    cols = [sort_scores(p[:, k], t == k) for p, ks in zip(probs, read) for k in ks]
+    ends = np.cumsum([0] + [len(ks) for ks in read])
     parts = []
     for w in bootstrap_weights(len(t), n_boot, seed=seed):
-        auc = np.stack([weighted_ranking(c, w)["auroc"] for c in cols], axis=1)
-        parts.append(auc[:, 1] if probs.shape[1] == 2 else nan_mean(auc, axis=1))
-    return np.concatenate(parts) if parts else np.empty(0)
+        auc = weighted_aurocs(cols, w)
+        parts.append(np.stack([nan_mean(auc[:, a:b], axis=1) for a, b in zip(ends, ends[1:])], axis=1))
+    return np.concatenate(parts) if parts else np.empty((0, len(probs)))
+
+
+def _centred(x: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
+    """``x`` ``(N, D)`` less the mean of its group in each group (a copy); ``x`` itself without groups."""
+    if groups is None:
+        return x
+    out, g = x.copy(), np.asarray(groups)
+    for v in np.unique(g):
+        out[g == v] -= out[g == v].mean(axis=0)
+    return out
 
 
 def site_probe(features: np.ndarray, target: np.ndarray, *, folds: int = 5, seed: int = 0,
@@ -350,23 +457,31 @@ def site_probe(features: np.ndarray, target: np.ndarray, *, folds: int = 5, seed
         ``{"auroc", "low", "high", "folds", "n", "levels"}``; ``auroc`` NaN (and a ``note``)
         when a level has fewer than 2 samples or there is only one level.
     """
+    return site_probes(features, target, [groups], folds=folds, seed=seed, n_boot=n_boot)[0]
+
+
+def site_probes(features: np.ndarray, target: np.ndarray, groupings: Sequence[np.ndarray | None], *,
+                folds: int = 5, seed: int = 0, n_boot: int = 1000) -> list[dict[str, Any]]:
+    """:func:`site_probe` once per entry of ``groupings`` (None: the features as they are; labels
+    ``(N,)``: centred within them), the same folds and the same bootstrap resamples for all (one
+    draw of the counts): each result equals its own :func:`site_probe` call with that ``groups``.
+    """
     levels, t = np.unique(np.asarray(target).astype(str), return_inverse=True)
     counts = np.bincount(t)
     folds = int(min(folds, counts.min())) if len(counts) else 0
     base: dict[str, Any] = {"n": int(len(t)), "levels": levels.tolist(), "folds": folds,
                             "auroc": math.nan, "low": math.nan, "high": math.nan}
     if len(levels) < 2 or folds < 2:
-        return {**base, "note": "needs two values with at least two samples each"}
+        return [{**base, "note": "needs two values with at least two samples each"} for _ in groupings]
     x = np.asarray(features, dtype=np.float64).reshape(len(t), -1)
-    if groups is not None:
-        g = np.asarray(groups)
-        for v in np.unique(g):
-            x[g == v] -= x[g == v].mean(axis=0)
-    probs = _oof_probs(x, t, folds, seed)
-    values = _probe_resamples(t, probs, n_boot=n_boot, seed=seed)
-    values = values[np.isfinite(values)]
-    low, high = (np.quantile(values, [0.025, 0.975]) if len(values) else (math.nan, math.nan))
-    return {**base, "auroc": _auroc(t, probs), "low": float(low), "high": float(high)}
+    probs = [_oof_probs(_centred(x, g), t, folds, seed) for g in groupings]
+    resampled = _probe_resamples(t, probs, n_boot=n_boot, seed=seed)
+    out = []
+    for p, values in zip(probs, resampled.T):
+        values = values[np.isfinite(values)]
+        low, high = (np.quantile(values, [0.025, 0.975]) if len(values) else (math.nan, math.nan))
+        out.append({**base, "auroc": _auroc(t, p), "low": float(low), "high": float(high)})
+    return out
 
 
 def finding_sets(targets: np.ndarray) -> np.ndarray:
@@ -380,7 +495,7 @@ def _resampled(t: np.ndarray, p: np.ndarray, strata: np.ndarray, n_boot: int, se
     if not len(t):
         return np.full((n_boot, t.shape[1]), np.nan)
     cols = [sort_scores(p[:, k], t[:, k]) for k in range(t.shape[1])]
-    return np.concatenate([np.stack([weighted_ranking(c, w)["auroc"] for c in cols], axis=1)
+    return np.concatenate([weighted_aurocs(cols, w)
                            for w in bootstrap_weights(len(t), n_boot, seed=seed, strata=strata)])
 
 

@@ -5,7 +5,8 @@ a model can learn *where* an image came from instead of what is in the lungs (De
 al. 2021; Roberts et al. 2021). This study slices the audited samples by their metadata
 columns (site, view, sex, age binned in decades, ...; each value and pairs of columns where
 at least ``min_size`` samples remain on both sides), reports per slice accuracy, the critical class's
-sensitivity and specificity and ECE with bootstrap intervals, tests each slice's accuracy
+sensitivity and specificity and ECE with bootstrap intervals (one resampling of all the
+samples shared by the slices: :func:`robustkit.metrics.slices.metrics_per_slice`), tests each slice's accuracy
 against its complement (Fisher's exact test) and adjusts over the slices with
 Benjamini-Hochberg (1995). A slice is flagged only when it is worse than the rest by more
 than ``effect_size`` *and* its q-value is below ``alpha``. The value ``missing`` (an image
@@ -282,12 +283,14 @@ def _all_slices(labels: dict[str, np.ndarray], cfg: SlicesConfig) -> list[S.Slic
 
 def _slice_rows(slices: list[S.Slice], y: np.ndarray, pred: np.ndarray, conf: np.ndarray, correct: np.ndarray,
                 positive: int | None, cfg: SlicesConfig, ctx: AuditContext) -> list[dict[str, Any]]:
-    """Per slice its metrics with intervals, the gap to the rest and its test (q-values over
-    slices); without a critical class (``positive`` None) no sensitivity or specificity."""
+    """Per slice its metrics with intervals (one resampling of all the samples shared by the
+    slices, :func:`S.metrics_per_slice`), the gap to the rest and its test (q-values over slices);
+    without a critical class (``positive`` None) no sensitivity or specificity."""
     rows: list[dict[str, Any]] = []
-    for s in slices:
-        values, intervals = S.slice_metrics(y, pred, conf, s.mask, positive=positive or 0, n_bins=cfg.n_bins,
-                                            n_boot=cfg.n_bootstrap, seed=ctx.seed_for("slices", s.name))
+    masks = np.stack([s.mask for s in slices]) if slices else np.zeros((0, len(y)), dtype=bool)
+    per_slice = S.metrics_per_slice(y, pred, conf, masks, positive=positive or 0, n_bins=cfg.n_bins,
+                                    n_boot=cfg.n_bootstrap, seed=ctx.seed_for("slices", "resamples"))
+    for s, (values, intervals) in zip(slices, per_slice):
         if positive is None:
             for key in ("sensitivity", "specificity"):
                 values.pop(key, None)
@@ -376,9 +379,9 @@ def _probes(records: Records, data: Dataset, cfg: SlicesConfig, ctx: AuditContex
     for col in cols:
         target = S.discretize(meta[col], bin_width=cfg.bin_width, missing=MISSING)
         seed = ctx.seed_for("slices", "probe", col)
-        res = S.site_probe(records["features"], target, folds=cfg.probe_folds, seed=seed, n_boot=cfg.n_bootstrap)
-        res["within_class"] = S.site_probe(records["features"], target, folds=cfg.probe_folds, seed=seed,
-                                           n_boot=cfg.n_bootstrap, groups=y)
+        res, within = S.site_probes(records["features"], target, [None, y], folds=cfg.probe_folds, seed=seed,
+                                    n_boot=cfg.n_bootstrap)  # plain and centred within y, the same resamples
+        res["within_class"] = within
         res["confound"] = S.cramers_v(y, target)
         res["dependence"] = S.dependence_within(pred, target, y)
         out[col] = res
