@@ -19,7 +19,9 @@ statistic, and adds one step to the precision-recall curve). From those counts:
   row of weights only gathered and summed cumulatively. With integer counts every number
   equals :func:`ranking_rows` of the resampled indices (a sample drawn twice is two tied rows);
   :func:`weighted_auroc` (:func:`weighted_aurocs`: several columns) is its AUROC alone,
-  cheaper where only the AUROC is read.
+  cheaper where only the AUROC is read; :func:`counted_mann_whitney` the exact integers behind it
+  (twice U, the positives' and negatives' weights), for statistics that add and subtract the U
+  of subsets (a slice's and its rest's, :mod:`robustkit.metrics.slices`).
 
 Per-output scores take ``average=`` as scikit-learn does: None (one value per output),
 ``"macro"`` (:func:`robustkit.metrics.average.nan_mean` of the defined values),
@@ -52,6 +54,7 @@ __all__ = [
     "auroc",
     "average_precision",
     "binary_auroc",
+    "counted_mann_whitney",
     "one_hot",
     "ranking_counts",
     "ranking_rows",
@@ -224,14 +227,28 @@ def weighted_aurocs(columns: Sequence[SortedScores], weights: np.ndarray) -> np.
 
 def _counted_auroc(col: SortedScores, by_sample: np.ndarray) -> np.ndarray:
     """The AUROC ``(b,)`` under int32 counts ``(n, b)`` (:func:`weighted_aurocs`)."""
-    wp = by_sample[col.pos]
-    cum = np.zeros((len(col.neg) + 1, by_sample.shape[1]), dtype=np.int32)
-    np.cumsum(by_sample[col.neg], axis=0, out=cum[1:])
-    n_pos, n_neg = wp.sum(axis=0, dtype=np.int64), cum[-1].astype(np.int64)
-    twice_below = 2 * cum[-1:] - cum[col.neg_tied_above] - cum[col.neg_above]  # negatives below, ties one half
+    twice_u, n_pos, n_neg = counted_mann_whitney(col, by_sample)
     with np.errstate(divide="ignore", invalid="ignore"):
-        auroc = (wp * twice_below).sum(axis=0, dtype=np.int64) / (2.0 * n_pos * n_neg)
+        auroc = twice_u / (2.0 * n_pos * n_neg)
     return np.where((n_pos > 0) & (n_neg > 0), auroc, np.nan)
+
+
+def counted_mann_whitney(col: SortedScores, by_sample: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Twice the Mann-Whitney U, the positives' and the negatives' total weight, each ``(b,)`` int64,
+    of one column under integer counts ``by_sample`` ``(n, b)`` (samples along the first axis, int32
+    where every product stays below 2**31: :func:`weighted_aurocs`' check): the exact integers
+    whose ratio ``2U / (2 P Q)`` is the AUROC (a tied pair counts one half, so twice U is whole).
+
+    Example:
+        >>> col = sort_scores(np.array([0.9, 0.5, 0.5, 0.1]), np.array([1, 0, 1, 0]))
+        >>> [v.tolist() for v in counted_mann_whitney(col, np.ones((4, 1), dtype=np.int32))]
+        [[7], [2], [2]]
+    """
+    wp = by_sample[col.pos]
+    cum = np.zeros((len(col.neg) + 1, by_sample.shape[1]), dtype=by_sample.dtype)
+    np.cumsum(by_sample[col.neg], axis=0, out=cum[1:])
+    twice_below = 2 * cum[-1:] - cum[col.neg_tied_above] - cum[col.neg_above]  # negatives below, ties one half
+    return (wp * twice_below).sum(axis=0, dtype=np.int64), wp.sum(axis=0, dtype=np.int64), cum[-1].astype(np.int64)
 
 
 def _small_counts(w: np.ndarray) -> np.ndarray | None:
