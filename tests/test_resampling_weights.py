@@ -179,6 +179,21 @@ def test_the_site_probes_equal_one_site_probe_call_each() -> None:
     np.testing.assert_array_equal(features, kept)  # centring works on a copy
 
 
+@pytest.mark.parametrize("shape", [(300, 64), (300, 40), (7, 3), (0, 4)])
+def test_cumulative_counts_equal_numpy_cumsum_whatever_the_shape_and_size(shape: tuple[int, int]) -> None:
+    """Two int32 columns per int64 word (even widths) or a plain cumsum (odd widths, negative or
+    large values): the same integers as ``np.cumsum`` with a leading row of zeros."""
+    rng = np.random.default_rng(shape[0] + shape[1])
+    one_large = rng.poisson(2.0, shape).astype(np.int32)
+    one_large.reshape(-1)[:1] = 2**23  # rows * max past 2**31: the plain path
+    for w in (rng.poisson(2.0, shape).astype(np.int32), rng.integers(-3, 4, shape).astype(np.int32), one_large,
+              np.full(shape, 2**22, dtype=np.int32), rng.poisson(2.0, shape).astype(np.int64)):
+        got = R.cumulative_counts(w)
+        want = np.concatenate([np.zeros((1, shape[1]), np.int64), np.cumsum(w, axis=0, dtype=np.int64)])
+        assert got.dtype == w.dtype and got.shape == (shape[0] + 1, shape[1])
+        np.testing.assert_array_equal(got, want)
+
+
 def _finding_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Multi-label targets ``(N, 3)``, informative scores rounded to two decimals (many ties) and
     overlapping slices ``(S, N)`` (three sites, two sexes, the six pairs)."""

@@ -55,6 +55,7 @@ __all__ = [
     "average_precision",
     "binary_auroc",
     "counted_mann_whitney",
+    "cumulative_counts",
     "one_hot",
     "ranking_counts",
     "ranking_rows",
@@ -245,10 +246,33 @@ def counted_mann_whitney(col: SortedScores, by_sample: np.ndarray) -> tuple[np.n
         [[7], [2], [2]]
     """
     wp = by_sample[col.pos]
-    cum = np.zeros((len(col.neg) + 1, by_sample.shape[1]), dtype=by_sample.dtype)
-    np.cumsum(by_sample[col.neg], axis=0, out=cum[1:])
-    twice_below = 2 * cum[-1:] - cum[col.neg_tied_above] - cum[col.neg_above]  # negatives below, ties one half
-    return (wp * twice_below).sum(axis=0, dtype=np.int64), wp.sum(axis=0, dtype=np.int64), cum[-1].astype(np.int64)
+    cum = cumulative_counts(by_sample[col.neg])
+    n_pos, n_neg = wp.sum(axis=0, dtype=np.int64), cum[-1].astype(np.int64)
+    twice_above = cum[col.neg_tied_above]  # (P, b): negatives above each positive, ties one half, twice
+    twice_above += cum[col.neg_above]
+    np.multiply(wp, twice_above, out=twice_above)
+    return 2 * n_pos * n_neg - twice_above.sum(axis=0, dtype=np.int64), n_pos, n_neg  # pairs less those out of order
+
+
+def cumulative_counts(counts: np.ndarray) -> np.ndarray:
+    """``(m + 1, b)``: row ``j`` the sum of the first ``j`` rows of integer counts ``(m, b)`` (its dtype).
+
+    For non-negative int32 counts with an even ``b`` whose sums surely stay below 2**31
+    (``m * max < 2**31``: a block of bootstrap counts) two columns are summed per int64 word: the
+    low half never carries into the high half, so the words hold the same two running sums, for
+    half the additions (about three times as fast as int32 ``cumsum`` along the first axis).
+
+    Example:
+        >>> cumulative_counts(np.array([[1, 2], [3, 4]], dtype=np.int32)).tolist()
+        [[0, 0], [1, 2], [4, 6]]
+    """
+    w = np.ascontiguousarray(counts)
+    cum = np.zeros((len(w) + 1, w.shape[1]), dtype=w.dtype)
+    if w.dtype == np.int32 and w.shape[1] % 2 == 0 and w.size and w.min() >= 0 and int(w.max()) * len(w) < 2**31:
+        np.cumsum(w.view(np.int64), axis=0, out=cum[1:].view(np.int64))
+    else:
+        np.cumsum(w, axis=0, out=cum[1:])
+    return cum
 
 
 def _small_counts(w: np.ndarray) -> np.ndarray | None:
