@@ -553,7 +553,7 @@ def _slice_and_rest_aurocs(r: _Ranked, by_sample: np.ndarray) -> tuple[np.ndarra
 
     The whole set's U counts every (positive, negative) pair once (twice U: a tie counts 1, a
     pair in order 2). The rest's pairs are all the pairs less those whose positive is in the
-    slice, less those whose negative is, plus those with both (the slice's own U, counted twice):
+    slice, less those whose negative is, plus those with both, taken away twice (the slice's own U):
     ``U_rest = U_all - touch_pos - touch_neg + U_slice``. ``touch_pos`` sums, over the slice's
     positives, each one's weight times the negatives below it in the whole set (read from one
     cumulative sum over the sorted negatives), ``touch_neg`` likewise over its negatives; one
