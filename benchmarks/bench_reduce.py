@@ -5,6 +5,7 @@ Usage (from the repository root)::
 
     python benchmarks/bench_reduce.py --out reduce.json
     python benchmarks/bench_reduce.py --studies clean,ood --sizes 1000,10000 --timeout 120
+    python benchmarks/bench_reduce.py --multilabel --studies slices --seed-dir /tmp/rk-seed-ml
 
 How the records are made: a small phantom (``--per-class`` images per class, 64 px, three
 sites of metadata) and an untrained small CNN are mapped once by every study (the demo's
@@ -39,6 +40,15 @@ records). A run past
 ``--timeout`` seconds is killed and reported as such; a size whose records alone would take
 more than ``--max-records-mb`` (or the free disk, for :data:`MAPPED` studies) is not run and said so. The growth exponent is the log-log
 slope of the time (and of ``reduce_mb``) between consecutive sizes: 1 is linear in N.
+
+Multi-label (``--multilabel``): the phantom is the multi-label one (``generate_phantom(...,
+multilabel=True)``: ``4 * --per-class`` images with co-occurring findings, the same three sites
+of metadata) and the CNN has a sigmoid head with one output per finding (sidecar ``"output":
+"multilabel"``, no critical class), so a study's reduce takes its multi-label path (the slices
+study: every slice's per-finding AUROC intervals and its gap test against the rest). Only the
+slices study is measured this way so far; others may run too. Keep a separate ``--seed-dir``
+for it (the seed records of the two kinds differ; ``context.json`` records which kind it holds
+and a mismatch is refused).
 
 Target (issue 29): every study's reduce at N = 100,000 in under 60 s and under 4 GB
 (``rss_peak``) on a 2-core machine.
@@ -94,9 +104,11 @@ print(json.dumps({"seconds": seconds, "rss_before": before, "rss_peak": rss(), "
 """
 
 
-def _make_model(path: Path, size: int) -> Path:
-    """An untrained small CNN at ``size`` px (the reduce's cost does not depend on its weights)."""
+def _make_model(path: Path, size: int, *, multilabel: bool = False) -> Path:
+    """An untrained small CNN at ``size`` px (the reduce's cost does not depend on its weights):
+    a softmax over the three classes, or (``multilabel``) a sigmoid per finding."""
     from robustkit._tf import keras
+    from robustkit.data.phantom import FINDINGS
 
     keras.utils.set_random_seed(0)
     inp = keras.Input((size, size, 1))
@@ -106,9 +118,10 @@ def _make_model(path: Path, size: int) -> Path:
         x = keras.layers.MaxPooling2D()(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     x = keras.layers.Dense(16, activation="relu")(x)
-    out = keras.layers.Dense(3, activation="softmax", name="predictions")(x)
+    names = list(FINDINGS) if multilabel else ["COVID-19", "NORMAL", "Viral Pneumonia"]
+    out = keras.layers.Dense(len(names), activation="sigmoid" if multilabel else "softmax", name="predictions")(x)
     keras.Model(inp, out, name="bench_cnn").save(path)
-    meta = {"class_names": ["COVID-19", "NORMAL", "Viral Pneumonia"], "arch": "bench_cnn"}
+    meta: dict = {"class_names": names, "arch": "bench_cnn", **({"output": "multilabel"} if multilabel else {})}
     path.with_name(path.stem + ".meta.json").write_text(json.dumps(meta))
     return path
 
@@ -120,12 +133,13 @@ def _config(name: str) -> dict:
 
 
 def _task(model_info: dict, names: list[str]):
+    """The demo's critical class for the single-label model; none for the findings of the multi-label one."""
     from robustkit.task import Task
 
-    return Task.from_results(model_info, names, {"critical_class": CRITICAL})
+    return Task.from_results(model_info, names, {"critical_class": CRITICAL if CRITICAL in names else None})
 
 
-def seed_records(seed_dir: Path, studies: list[str], *, per_class: int, size: int) -> None:
+def seed_records(seed_dir: Path, studies: list[str], *, per_class: int, size: int, multilabel: bool = False) -> None:
     """Map the small phantom once per study; write its records, its prepared state and the context."""
     from robustkit.data import load_dataset
     from robustkit.data.phantom import generate_phantom
@@ -133,11 +147,14 @@ def seed_records(seed_dir: Path, studies: list[str], *, per_class: int, size: in
     from robustkit.studies import get_study
     from robustkit.studies.base import EXTRA, AuditContext
 
-    root = generate_phantom(seed_dir / "data", per_class=per_class, size=size, seed=0, sites=3)
-    model = load_model(_make_model(seed_dir / "bench.keras", size))
+    root = generate_phantom(seed_dir / "data", per_class=per_class, size=size, seed=0, sites=3, multilabel=multilabel)
+    root = root / "manifest.csv" if multilabel else root  # the multi-label form is read from its manifest
+    model = load_model(_make_model(seed_dir / "bench.keras", size, multilabel=multilabel))
     data = load_dataset(root, class_names=list(model.class_names))
     info = model.describe()
-    (seed_dir / "context.json").write_text(json.dumps({"root": str(root), "model_info": info}, default=str))
+    if not (seed_dir / "context.json").exists():
+        (seed_dir / "context.json").write_text(json.dumps({"root": str(root), "model_info": info,
+                                                           "multilabel": multilabel}, default=str))
     for name in studies:
         t0 = time.perf_counter()
         ctx = AuditContext(seed=0, model_info=info, task=_task(info, list(model.class_names)))
@@ -329,6 +346,15 @@ def _print_table(rows: list[dict], studies: list[str]) -> None:
               f"reduce memory: {', '.join(_fmt(s, '.2f') for s in mems)}")
 
 
+def _check_kind(seed_dir: Path, multilabel: bool) -> None:
+    """Refuse a seed folder that holds the other kind of records (single-label or multi-label)."""
+    context = seed_dir / "context.json"
+    if context.exists() and bool(json.loads(context.read_text()).get("multilabel", False)) != multilabel:
+        held = "multi-label" if not multilabel else "single-label"
+        raise SystemExit(f"--seed-dir {seed_dir}: expected seed records of the kind asked for, got {held} ones "
+                         f"(give {'--multilabel' if not multilabel else 'no --multilabel'} or another folder).")
+
+
 def main(argv: list[str] | None = None) -> int:
     from robustkit.studies import available
 
@@ -344,16 +370,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed-dir", type=Path, help="reuse (or write) the mapped seed records here")
     parser.add_argument("--records-dir", type=Path, default=Path(tempfile.gettempdir()),
                         help=f"where the memory-mapped records of {', '.join(MAPPED)} are written (default %(default)s)")
+    parser.add_argument("--multilabel", action="store_true",
+                        help="a multi-label phantom and a sigmoid model (see the module doc; use its own --seed-dir)")
     parser.add_argument("--out", type=Path, help="write the rows and slopes as JSON here")
     a = parser.parse_args(argv)
     studies = [s for s in a.studies.split(",") if s]
     sizes = sorted(int(n) for n in a.sizes.split(","))
     with tempfile.TemporaryDirectory(prefix="rk-bench-reduce-") as tmp:
         seed_dir = a.seed_dir or Path(tmp)
+        _check_kind(seed_dir, a.multilabel)
         todo = [s for s in studies if not (seed_dir / f"{s}.npz").exists()]
         if todo:
             seed_dir.mkdir(parents=True, exist_ok=True)
-            seed_records(seed_dir, todo, per_class=a.per_class, size=a.size)
+            seed_records(seed_dir, todo, per_class=a.per_class, size=a.size, multilabel=a.multilabel)
         rows = []
         for name in studies:
             for n in sizes:

@@ -19,7 +19,9 @@ statistic, and adds one step to the precision-recall curve). From those counts:
   row of weights only gathered and summed cumulatively. With integer counts every number
   equals :func:`ranking_rows` of the resampled indices (a sample drawn twice is two tied rows);
   :func:`weighted_auroc` (:func:`weighted_aurocs`: several columns) is its AUROC alone,
-  cheaper where only the AUROC is read.
+  cheaper where only the AUROC is read; :func:`counted_mann_whitney` the exact integers behind it
+  (twice U, the positives' and negatives' weights), for statistics that add and subtract the U
+  of subsets (a slice's and its rest's, :mod:`robustkit.metrics.slices`).
 
 Per-output scores take ``average=`` as scikit-learn does: None (one value per output),
 ``"macro"`` (:func:`robustkit.metrics.average.nan_mean` of the defined values),
@@ -52,6 +54,8 @@ __all__ = [
     "auroc",
     "average_precision",
     "binary_auroc",
+    "counted_mann_whitney",
+    "cumulative_counts",
     "one_hot",
     "ranking_counts",
     "ranking_rows",
@@ -224,14 +228,51 @@ def weighted_aurocs(columns: Sequence[SortedScores], weights: np.ndarray) -> np.
 
 def _counted_auroc(col: SortedScores, by_sample: np.ndarray) -> np.ndarray:
     """The AUROC ``(b,)`` under int32 counts ``(n, b)`` (:func:`weighted_aurocs`)."""
-    wp = by_sample[col.pos]
-    cum = np.zeros((len(col.neg) + 1, by_sample.shape[1]), dtype=np.int32)
-    np.cumsum(by_sample[col.neg], axis=0, out=cum[1:])
-    n_pos, n_neg = wp.sum(axis=0, dtype=np.int64), cum[-1].astype(np.int64)
-    twice_below = 2 * cum[-1:] - cum[col.neg_tied_above] - cum[col.neg_above]  # negatives below, ties one half
+    twice_u, n_pos, n_neg = counted_mann_whitney(col, by_sample)
     with np.errstate(divide="ignore", invalid="ignore"):
-        auroc = (wp * twice_below).sum(axis=0, dtype=np.int64) / (2.0 * n_pos * n_neg)
+        auroc = twice_u / (2.0 * n_pos * n_neg)
     return np.where((n_pos > 0) & (n_neg > 0), auroc, np.nan)
+
+
+def counted_mann_whitney(col: SortedScores, by_sample: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Twice the Mann-Whitney U, the positives' and the negatives' total weight, each ``(b,)`` int64,
+    of one column under integer counts ``by_sample`` ``(n, b)`` (samples along the first axis, int32
+    where every product stays below 2**31: :func:`weighted_aurocs`' check): the exact integers
+    whose ratio ``2U / (2 P Q)`` is the AUROC (a tied pair counts one half, so twice U is whole).
+
+    Example:
+        >>> col = sort_scores(np.array([0.9, 0.5, 0.5, 0.1]), np.array([1, 0, 1, 0]))
+        >>> [v.tolist() for v in counted_mann_whitney(col, np.ones((4, 1), dtype=np.int32))]
+        [[7], [2], [2]]
+    """
+    wp = by_sample[col.pos]
+    cum = cumulative_counts(by_sample[col.neg])
+    n_pos, n_neg = wp.sum(axis=0, dtype=np.int64), cum[-1].astype(np.int64)
+    twice_above = cum[col.neg_tied_above]  # (P, b): negatives above each positive, ties one half, twice
+    twice_above += cum[col.neg_above]
+    np.multiply(wp, twice_above, out=twice_above)
+    return 2 * n_pos * n_neg - twice_above.sum(axis=0, dtype=np.int64), n_pos, n_neg  # pairs less those out of order
+
+
+def cumulative_counts(counts: np.ndarray) -> np.ndarray:
+    """``(m + 1, b)``: row ``j`` the sum of the first ``j`` rows of integer counts ``(m, b)`` (its dtype).
+
+    For non-negative int32 counts with an even ``b`` whose sums surely stay below 2**31
+    (``m * max < 2**31``: a block of bootstrap counts) two columns are summed per int64 word: the
+    low half never carries into the high half, so the words hold the same two running sums, for
+    half the additions (about three times as fast as int32 ``cumsum`` along the first axis).
+
+    Example:
+        >>> cumulative_counts(np.array([[1, 2], [3, 4]], dtype=np.int32)).tolist()
+        [[0, 0], [1, 2], [4, 6]]
+    """
+    w = np.ascontiguousarray(counts)
+    cum = np.zeros((len(w) + 1, w.shape[1]), dtype=w.dtype)
+    if w.dtype == np.int32 and w.shape[1] % 2 == 0 and w.size and w.min() >= 0 and int(w.max()) * len(w) < 2**31:
+        np.cumsum(w.view(np.int64), axis=0, out=cum[1:].view(np.int64))
+    else:
+        np.cumsum(w, axis=0, out=cum[1:])
+    return cum
 
 
 def _small_counts(w: np.ndarray) -> np.ndarray | None:

@@ -26,12 +26,19 @@ bootstrap interval, against chance 0.5 (DeGrave et al. 2021 on the source shortc
 :func:`site_probes` fits the plain and the within-class probe and resamples both from the
 same counts (the numbers of one :func:`site_probe` call each).
 
-Per output, for every task (single-label with one-hot targets): :func:`slice_aurocs` scores a
-slice by each output's ROC AUC on its images and their macro mean (outputs without both
-positive and negative images in the slice left out), each with a percentile bootstrap 95%
-interval (resampled within a stratification key), and tests the slice's macro AUROC against
-the rest's: the gap's two-sided p-value comes from the same resamples, the slice and the rest
-resampled independently (``p = 2 min(P*(gap <= 0), P*(gap >= 0))``, with the +1 correction).
+Per output, for every task (single-label with one-hot targets): :func:`aurocs_per_slice`
+(:func:`slice_aurocs`: one slice) scores each slice by each output's ROC AUC on its images and
+their macro mean (outputs without both positive and negative images in the slice left out), each
+with a percentile bootstrap 95% interval, and tests the slice's macro AUROC against the rest's:
+the gap's two-sided p-value (``p = 2 min(P*(gap <= 0), P*(gap >= 0))``, with the +1 correction)
+comes from the same resamples. They too share one resampling of all ``N`` samples (within a
+stratification key): every output sorted once, per block one cumulative sum over all the samples
+for the whole set's Mann-Whitney U, and per slice its own U; the rest's U is the whole set's less
+the pairs touching the slice plus the slice's own (:func:`_slice_and_rest_aurocs`, exact integer
+sums), about ``N + sum of the slice sizes`` per resample and output. Until this scheme the slice
+and its rest were resampled separately and independently (each from itself, seeds of their own);
+the points are unchanged, the intervals and p-values agree within Monte Carlo error
+(``tests/test_resampling_weights.py``).
 
 Example:
     >>> [round(q, 3) for q in bh_qvalues([0.01, 0.04, 0.03, 0.5])]
@@ -54,13 +61,20 @@ from robustkit.metrics.average import nan_mean
 from robustkit.metrics.calibration import ece_compute, ece_update
 from robustkit.metrics.classification import roc_auc_ovr
 from robustkit.metrics.paired import bh_qvalues  # the multiple-testing home (with Holm)
+from robustkit.metrics.ranking import (
+    SortedScores,
+    counted_mann_whitney,
+    cumulative_counts,
+    sort_scores,
+    weighted_aurocs,
+)
 from robustkit.metrics.ranking import auroc as per_output_auroc
-from robustkit.metrics.ranking import sort_scores, weighted_aurocs
 from robustkit.metrics.resampling import bootstrap_weights
 
 __all__ = [
     "SLICE_METRICS",
     "Slice",
+    "aurocs_per_slice",
     "bh_qvalues",
     "cramers_v",
     "dependence_within",
@@ -489,16 +503,6 @@ def finding_sets(targets: np.ndarray) -> np.ndarray:
     return np.unique(np.asarray(targets, bool), axis=0, return_inverse=True)[1].reshape(-1)
 
 
-def _resampled(t: np.ndarray, p: np.ndarray, strata: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
-    """Per-output AUROC of each bootstrap resample ``(n_boot, K)``, from resampled counts in
-    blocks (:func:`~robustkit.metrics.resampling.bootstrap_weights`; each output sorted once)."""
-    if not len(t):
-        return np.full((n_boot, t.shape[1]), np.nan)
-    cols = [sort_scores(p[:, k], t[:, k]) for k in range(t.shape[1])]
-    return np.concatenate([weighted_aurocs(cols, w)
-                           for w in bootstrap_weights(len(t), n_boot, seed=seed, strata=strata)])
-
-
 def _interval(values: np.ndarray) -> list[float]:
     """Percentile 95% interval of resampled values ``(n_boot,)``; NaN when more than half are undefined."""
     ok = np.isfinite(values)
@@ -508,39 +512,165 @@ def _interval(values: np.ndarray) -> list[float]:
     return [float(lo), float(hi)]
 
 
-def slice_aurocs(targets: np.ndarray, probs: np.ndarray, mask: np.ndarray, strata: np.ndarray, *,
-                 n_boot: int, seed: int) -> dict[str, Any]:
-    """One slice against the rest: per-output AUROC ``(K,)`` and macro AUROC of the slice with
+@dataclass(frozen=True)
+class _Ranked:
+    """One output's scores sorted once for :func:`_slice_and_rest_aurocs`.
+
+    Attributes:
+        all: every sample (:func:`~robustkit.metrics.ranking.sort_scores`).
+        swapped: the same with the classes swapped (for each negative, the positives above it).
+        own: each slice's own samples (weights still indexed by sample).
+        member_pos, member_neg: sparse ``(S, P)``, ``(S, Q)`` int64: whether each positive
+            (negative) of ``all``, in its sorted order, is in each slice.
+    """
+
+    all: SortedScores
+    swapped: SortedScores
+    own: list[SortedScores]
+    member_pos: Any
+    member_neg: Any
+
+
+def _ranked(scores: np.ndarray, positive: np.ndarray, masks: np.ndarray) -> _Ranked:
+    """:class:`_Ranked` of one output's ``scores`` ``(N,)`` and ``positive`` ``(N,)`` for the slices ``(S, N)``."""
+    from scipy.sparse import csr_array
+
+    col = sort_scores(scores, positive)
+    own = [sort_scores(scores[idx], positive[idx], sample=idx) for idx in (np.flatnonzero(m) for m in masks)]
+    return _Ranked(col, sort_scores(scores, ~positive), own, csr_array(masks[:, col.pos].astype(np.int64)),
+                   csr_array(masks[:, col.neg].astype(np.int64)))
+
+
+def _ratio(twice_u: np.ndarray, n_pos: np.ndarray, n_neg: np.ndarray) -> np.ndarray:
+    """AUROC ``2U / (2 P Q)``; NaN where a class is missing."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where((n_pos > 0) & (n_neg > 0), twice_u / (2.0 * n_pos * n_neg), np.nan)
+
+
+def _slice_and_rest_aurocs(r: _Ranked, by_sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One output's AUROC of every slice and of its rest ``(S, b)``, ``(S, b)`` under the counts
+    ``by_sample`` ``(N, b)`` (integers; samples along the first axis).
+
+    The whole set's U counts every (positive, negative) pair once (twice U: a tie counts 1, a
+    pair in order 2). The rest's pairs are all the pairs less those whose positive is in the
+    slice, less those whose negative is, plus those with both, taken away twice (the slice's own U):
+    ``U_rest = U_all - touch_pos - touch_neg + U_slice``. ``touch_pos`` sums, over the slice's
+    positives, each one's weight times the negatives below it in the whole set (read from one
+    cumulative sum over the sorted negatives), ``touch_neg`` likewise over its negatives; one
+    sparse product gives them for every slice. The slice's own U needs its own cumulative sum
+    (:func:`~robustkit.metrics.ranking.counted_mann_whitney`, a gather of its samples). All sums
+    are integers, exact."""
+    wp, wn = by_sample[r.all.pos], by_sample[r.all.neg]
+    cum_neg, cum_pos = cumulative_counts(wn), cumulative_counts(wp)
+    below = 2 * cum_neg[-1:] - cum_neg[r.all.neg_tied_above] - cum_neg[r.all.neg_above]  # (P, b)
+    above = cum_pos[r.swapped.neg_above] + cum_pos[r.swapped.neg_tied_above]  # (Q, b): positives above, ties 1/2
+    pairs_pos, pairs_neg = (wp * below).astype(np.int64), (wn * above).astype(np.int64)
+    u_all, p_all, n_all = pairs_pos.sum(axis=0), cum_pos[-1].astype(np.int64), cum_neg[-1].astype(np.int64)
+    touch_pos, touch_neg = np.asarray(r.member_pos @ pairs_pos), np.asarray(r.member_neg @ pairs_neg)
+    own = [counted_mann_whitney(c, by_sample) for c in r.own]
+    u_in, p_in, n_in = (np.stack([o[i] for o in own]) if own else np.zeros((0, len(u_all)), np.int64)
+                        for i in range(3))
+    u_rest = u_all[None] - touch_pos - touch_neg + u_in
+    return _ratio(u_in, p_in, n_in), _ratio(u_rest, p_all[None] - p_in, n_all[None] - n_in)
+
+
+def _as_counts(w: np.ndarray) -> np.ndarray:
+    """Bootstrap counts ``(b, N)`` as integers ``(N, b)`` (int32 where every product of a count and
+    twice a row's total fits, as :func:`~robustkit.metrics.ranking.weighted_aurocs` does; int64 otherwise)."""
+    small = w.size == 0 or w.max() * 2.0 * w.sum(axis=1).max() < 2**31
+    return np.ascontiguousarray(w.T.astype(np.int32 if small else np.int64))
+
+
+def _resampled_aurocs(ranked: list[_Ranked], strata: np.ndarray, *, n_boot: int,
+                      seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-output AUROC of every slice and of its rest in each resample, ``(n_boot, S, K)`` each:
+    one stratified resampling of all ``N = len(strata)`` samples in blocks
+    (:func:`~robustkit.metrics.resampling.bootstrap_weights`), shared by every slice; each
+    output (``ranked``: :func:`_ranked`) sorted once (:func:`_slice_and_rest_aurocs`)."""
+    inside, rest = [], []
+    for w in bootstrap_weights(len(strata), n_boot, seed=seed, strata=strata):
+        by_sample = _as_counts(w)
+        pairs = [_slice_and_rest_aurocs(r, by_sample) for r in ranked]  # K of ((S, b), (S, b))
+        inside.append(np.stack([a for a, _ in pairs], axis=-1).transpose(1, 0, 2))
+        rest.append(np.stack([b for _, b in pairs], axis=-1).transpose(1, 0, 2))
+    empty = np.empty((0, ranked[0].member_pos.shape[0] if ranked else 0, len(ranked)))
+    return (np.concatenate(inside), np.concatenate(rest)) if inside else (empty, empty)
+
+
+def _gap_p(gaps: np.ndarray) -> float:
+    """Two-sided bootstrap p-value of a gap from its resampled values (NaN left out; +1 correction)."""
+    gaps = gaps[np.isfinite(gaps)]
+    if not len(gaps):
+        return math.nan
+    tail = min(int((gaps <= 0).sum()), int((gaps >= 0).sum()))
+    return float(min(1.0, 2 * (tail + 1) / (len(gaps) + 1)))
+
+
+def aurocs_per_slice(targets: np.ndarray, probs: np.ndarray, masks: np.ndarray, strata: np.ndarray, *,
+                     n_boot: int, seed: int) -> list[dict[str, Any]]:
+    """Every slice against its rest: per-output AUROC ``(K,)`` and macro AUROC of the slice with
     bootstrap intervals, the rest's macro AUROC, the gap and its bootstrap p-value.
+
+    The values are those of the slice's (the rest's) own samples: the slice's from
+    :func:`~robustkit.metrics.ranking.auroc`, the rest's from the whole set's U less the slice's
+    terms under unit weights (:func:`_slice_and_rest_aurocs`), the same whole U divided by the same
+    ``P Q``, so equal to ``auroc`` of the rest's samples to the bit (tested). The resampling is shared: each resample draws
+    ``N`` samples with replacement from all the samples within ``strata`` (counts,
+    :func:`~robustkit.metrics.resampling.bootstrap_weights` with ``seed``), and a slice's and
+    its rest's statistics are those of the drawn samples that fall in each, so both come from the
+    same draw and their sizes vary between resamples, as in a new sample of ``N``. The gap's
+    two-sided p-value is ``2 min(P*(gap <= 0), P*(gap >= 0))`` over the resamples (+1 correction).
+    Cost: per block of resamples and per output one cumulative sum over all ``N`` and one over
+    each slice (:func:`_slice_and_rest_aurocs`), so about ``N + sum of the slice sizes`` per
+    resample and output. (Before, each slice drew ``n_s`` samples from itself and its rest
+    ``N - n_s`` from itself, independently, with seeds of their own: the points are the same and
+    the intervals and p-values agree within Monte Carlo error, as a test checks.)
 
     Args:
         targets: bool ``(N, K)`` (one-hot for a single-label task).
         probs: ``(N, K)`` probabilities.
-        mask: bool ``(N,)``: the slice.
+        masks: bool ``(S, N)``: the slices.
         strata: ``(N,)`` resampling strata.
         n_boot: bootstrap resamples (0: the point values only, no intervals or test).
-        seed: seed of the slice's resamples (the rest's: ``seed + 1``).
+        seed: seed of the shared resampling.
+
+    Returns:
+        Per slice ``{"auroc", "macro", "auroc_intervals", "macro_interval", "rest_macro", "gap", "p"}``
+        (NaN where undefined; the rest's fields NaN for a slice of every sample).
     """
     t, p = np.asarray(targets, bool), np.asarray(probs, np.float64)
-    inside, rest = np.flatnonzero(mask), np.flatnonzero(~np.asarray(mask, bool))
-    auroc = per_output_auroc(t[inside], p[inside])
-    out: dict[str, Any] = {"auroc": auroc, "macro": nan_mean(auroc),
-                           "auroc_intervals": [[math.nan, math.nan]] * t.shape[1],
-                           "macro_interval": [math.nan, math.nan], "rest_macro": math.nan, "gap": math.nan,
-                           "p": math.nan}
-    if not n_boot:
+    masks = np.asarray(masks, dtype=bool).reshape(-1, len(t))
+    out: list[dict[str, Any]] = []
+    for mask in masks:
+        auroc = per_output_auroc(t[mask], p[mask])
+        out.append({"auroc": auroc, "macro": nan_mean(auroc), "auroc_intervals": [[math.nan, math.nan]] * t.shape[1],
+                    "macro_interval": [math.nan, math.nan], "rest_macro": math.nan, "gap": math.nan, "p": math.nan})
+    if not n_boot or not len(masks):
         return out
-    boot_in = _resampled(t[inside], p[inside], strata[inside], n_boot, seed)
-    macro_in_b = nan_mean(boot_in, axis=-1)
-    out.update(auroc_intervals=[_interval(boot_in[:, k]) for k in range(t.shape[1])],
-               macro_interval=_interval(macro_in_b))
-    if not len(rest):
-        return out
-    rest_macro = nan_mean(per_output_auroc(t[rest], p[rest]))
-    gaps = macro_in_b - nan_mean(_resampled(t[rest], p[rest], strata[rest], n_boot, seed + 1), axis=-1)
-    gaps = gaps[np.isfinite(gaps)]
-    if len(gaps):
-        tail = min(int((gaps <= 0).sum()), int((gaps >= 0).sum()))
-        out["p"] = float(min(1.0, 2 * (tail + 1) / (len(gaps) + 1)))
-    out.update(rest_macro=rest_macro, gap=out["macro"] - rest_macro)
+    ranked = [_ranked(p[:, k], t[:, k], masks) for k in range(t.shape[1])]
+    unit = np.ones((len(t), 1), dtype=np.int32)  # the samples themselves: the rest's own AUROCs (S, K)
+    rest_values = np.stack([_slice_and_rest_aurocs(r, unit)[1][:, 0] for r in ranked], axis=1)
+    inside, rest = _resampled_aurocs(ranked, np.asarray(strata), n_boot=n_boot, seed=seed)
+    macro_in, macro_rest = nan_mean(inside, axis=-1), nan_mean(rest, axis=-1)  # (n_boot, S)
+    for s, (mask, row) in enumerate(zip(masks, out)):
+        row.update(auroc_intervals=[_interval(inside[:, s, k]) for k in range(t.shape[1])],
+                   macro_interval=_interval(macro_in[:, s]))
+        if mask.all():
+            continue
+        rest_macro = nan_mean(rest_values[s])
+        row.update(rest_macro=rest_macro, gap=row["macro"] - rest_macro, p=_gap_p(macro_in[:, s] - macro_rest[:, s]))
     return out
+
+
+def slice_aurocs(targets: np.ndarray, probs: np.ndarray, mask: np.ndarray, strata: np.ndarray, *,
+                 n_boot: int, seed: int) -> dict[str, Any]:
+    """One slice's :func:`aurocs_per_slice` (``mask`` ``(N,)``), the resamples drawn from all ``N`` samples.
+
+    Example:
+        >>> t = np.array([[1], [0], [1], [0], [1], [0]], dtype=bool)
+        >>> r = slice_aurocs(t, np.array([[0.9], [0.2], [0.4], [0.6], [0.8], [0.1]]),
+        ...                  np.array([1, 1, 1, 1, 0, 0], bool), np.zeros(6, int), n_boot=0, seed=0)
+        >>> float(r["macro"]), r["p"]
+        (0.75, nan)
+    """
+    return aurocs_per_slice(targets, probs, np.asarray(mask, dtype=bool)[None], strata, n_boot=n_boot, seed=seed)[0]

@@ -21,9 +21,10 @@ information carried only by the class does not count.
 
 One reduce for every task kind (single-label is the multi-label case with one-hot targets):
 each slice is scored by every output's AUROC and their macro mean (``auroc.<slice>.<output>``,
-``auroc.<slice>.macro``; :func:`robustkit.metrics.slices.slice_aurocs`). The slice-vs-rest
+``auroc.<slice>.macro``; :func:`robustkit.metrics.slices.aurocs_per_slice`). The slice-vs-rest
 test reads the accuracy for an exclusive task (the block above) and the macro AUROC for a
-multi-label one, whose slices' AUROCs carry bootstrap intervals and whose probe reads "within
+multi-label one, whose slices' AUROCs carry bootstrap intervals (one stratified resampling of
+all the samples, shared by every slice and its rest) and whose probe reads "within
 class" as within each set of findings, the dependence being that of the called findings (at the
 audit's thresholds) on the column within those sets.
 
@@ -186,9 +187,10 @@ class SlicesStudy(Study[SlicesConfig]):
         if task.exclusive:
             positive = ctx.critical_index  # per-slice sensitivity and specificity are the critical class's
             rows = _slice_rows(slices, y, pred, conf, pred == y, positive, cfg, ctx)
-            by_name = {s.name: s for s in slices}
+            fields = {s.name: f for s, (f, _, _) in zip(slices, _auroc_fields(slices, targets, probs, names, strata,
+                                                                              ctx, n_boot=0))}
             for row in rows:  # the per-output AUROC of each slice, without intervals (results.json stays small)
-                row.update(_auroc_fields(by_name[row["slice"]], targets, probs, names, strata, ctx, n_boot=0)[0])
+                row.update(fields[row["slice"]])
         else:
             positive = None
             rows = _finding_rows(slices, targets, probs, names, strata, cfg, ctx)
@@ -301,15 +303,21 @@ def _slice_rows(slices: list[S.Slice], y: np.ndarray, pred: np.ndarray, conf: np
     return _ranked(rows, cfg)
 
 
-def _auroc_fields(s: S.Slice, targets: np.ndarray, probs: np.ndarray, names: list[str], strata: np.ndarray,
-                  ctx: AuditContext, *, n_boot: int) -> tuple[dict[str, Any], dict[str, list[float]], dict[str, Any]]:
-    """A slice's per-output and macro AUROC (row fields ``auroc.<output>`` and ``auroc``: the macro
-    mean), their intervals (with ``n_boot`` resamples) and the gap test of :func:`S.slice_aurocs`."""
-    r = S.slice_aurocs(targets, probs, s.mask, strata, n_boot=n_boot, seed=ctx.seed_for("slices", s.name))
-    fields = {"auroc": r["macro"], **{f"auroc.{n}": float(v) for n, v in zip(names, r["auroc"])}}
-    intervals = {f"auroc.{n}": iv for n, iv in zip(names, r["auroc_intervals"])}
-    intervals["auroc.macro"] = r["macro_interval"]
-    return fields, intervals, r
+def _auroc_fields(slices: list[S.Slice], targets: np.ndarray, probs: np.ndarray, names: list[str],
+                  strata: np.ndarray, ctx: AuditContext, *,
+                  n_boot: int) -> list[tuple[dict[str, Any], dict[str, list[float]], dict[str, Any]]]:
+    """Per slice its per-output and macro AUROC (row fields ``auroc.<output>`` and ``auroc``: the
+    macro mean), their intervals (with ``n_boot`` resamples, one resampling shared by the slices)
+    and the gap test of :func:`S.aurocs_per_slice`."""
+    masks = np.stack([s.mask for s in slices]) if slices else np.zeros((0, len(targets)), dtype=bool)
+    out = []
+    for r in S.aurocs_per_slice(targets, probs, masks, strata, n_boot=n_boot,
+                                seed=ctx.seed_for("slices", "auroc resamples")):
+        fields = {"auroc": r["macro"], **{f"auroc.{n}": float(v) for n, v in zip(names, r["auroc"])}}
+        intervals = {f"auroc.{n}": iv for n, iv in zip(names, r["auroc_intervals"])}
+        intervals["auroc.macro"] = r["macro_interval"]
+        out.append((fields, intervals, r))
+    return out
 
 
 def _finding_rows(slices: list[S.Slice], targets: np.ndarray, probs: np.ndarray, names: list[str],
@@ -317,8 +325,8 @@ def _finding_rows(slices: list[S.Slice], targets: np.ndarray, probs: np.ndarray,
     """Multi-label: one row per slice (n, per-finding and macro AUROC with intervals, the gap of the
     macro AUROC to the rest's and its p-value), ranked by :func:`_ranked`."""
     rows: list[dict[str, Any]] = []
-    for s in slices:
-        fields, intervals, r = _auroc_fields(s, targets, probs, names, strata, ctx, n_boot=cfg.n_bootstrap)
+    for s, (fields, intervals, r) in zip(slices, _auroc_fields(slices, targets, probs, names, strata, ctx,
+                                                               n_boot=cfg.n_bootstrap)):
         rows.append({"slice": s.name, "conditions": [list(c) for c in s.conditions], "n": int(s.mask.sum()),
                      **fields, "rest": r["rest_macro"], "intervals": intervals, "gap": r["gap"], "p": r["p"]})
     return _ranked(rows, cfg)
