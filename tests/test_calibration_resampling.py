@@ -16,7 +16,13 @@ from robustkit.metrics.resampling import (
     percentile_interval,
     weighted_bootstrap_interval,
 )
-from robustkit.studies.calibration import CalibrationConfig, _EvalSet, _Resampled, _scores
+from robustkit.studies.calibration import CalibrationConfig
+from robustkit.studies.calibration_scores import EvalSet as _EvalSet
+from robustkit.studies.calibration_scores import Resampled as _Resampled
+from robustkit.studies.calibration_scores import scores as _scores
+from tests.test_resampling_weights import (
+    _mc_tolerance,  # the order statistic's Monte Carlo tolerance
+)
 
 NAMES = ["a", "b", "c"]
 
@@ -92,19 +98,6 @@ def test_selective_counts_equal_the_drawn_rows_with_tied_confidences() -> None:
                                    equal_nan=True)
         np.testing.assert_allclose(aurc[r], SEL.aurc(conf[rows], correct[rows]), rtol=1e-12)
         np.testing.assert_allclose(best[r], SEL.optimal_aurc(correct[rows]), rtol=1e-12)
-
-
-def _mc_tolerance(values: np.ndarray, level: float = 0.95) -> np.ndarray:
-    """How far an interval end may move between two independent sets of ``B`` resamples: the
-    span of the resampled values between the probabilities ``a -/+ 3 se`` around each end's
-    ``a`` (``se = sqrt(a (1 - a) / B)``), as in ``tests/test_resampling_weights.py``."""
-    b = len(values)
-    out = []
-    for a in ((1 - level) / 2, (1 + level) / 2):
-        d = 3 * np.sqrt(a * (1 - a) / b)
-        lo, hi = np.nanquantile(values, [max(a - d, 0), min(a + d, 1)], axis=0)
-        out.append(hi - lo)
-    return np.stack(out)
 
 
 def test_intervals_from_counts_lie_within_monte_carlo_error_of_the_index_bootstrap() -> None:
