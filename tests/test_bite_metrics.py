@@ -88,3 +88,24 @@ def test_sigmoid_temperature_gradient_at_a_bound_equals_a_finite_difference() ->
     numeric = (mean_nll(s + h) - mean_nll(s - h)) / (2 * h)
     assert numeric > 1e-3  # the NLL rises with T here: the sign is visible
     assert fit.grad_log_t == pytest.approx(numeric, rel=1e-4)
+
+
+def test_percentile_interval_is_two_sided_and_leaves_out_undefined_resamples() -> None:
+    """Known answer: 0..1000 resampled values give the 2.5 % and 97.5 % points 25 and 975
+    (not the one-tailed 50 and 950); a column undefined in most resamples gives NaN, one with
+    a few undefined resamples the quantiles of its finite ones."""
+    from robustkit.metrics.resampling import percentile_interval
+
+    rng = np.random.default_rng(3)
+    base = np.arange(1001, dtype=np.float64)
+    few = rng.permutation(base)
+    few[:100] = np.nan
+    most = base.copy()
+    most[:600] = np.inf
+    lo, hi = percentile_interval(np.stack([base, few, most], axis=1), level=0.95)
+    np.testing.assert_allclose([lo[0], hi[0]], [25.0, 975.0], rtol=1e-12)
+    finite = few[np.isfinite(few)]
+    np.testing.assert_allclose([lo[1], hi[1]], np.quantile(finite, [0.025, 0.975]))
+    assert np.isnan(lo[2]) and np.isnan(hi[2])
+    lo90, hi90 = percentile_interval(base[:, None], level=0.9)
+    np.testing.assert_allclose([lo90[0], hi90[0]], [50.0, 950.0], rtol=1e-12)
