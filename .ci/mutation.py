@@ -1,7 +1,8 @@
 """Named mutations over the pure modules: does the test suite notice a deliberate fault?
 
 Each mutation replaces one exact snippet of a source file (it must occur exactly once, so
-a stale mutation is an error, not a silent "survived"), runs a fast test selection in a
+a stale mutation is an error, not a silent "survived"; ``tests/test_mutation_list.py`` checks
+that in the default test run), runs a fast test selection in a
 scratch copy of the repository, and counts the mutant killed when the tests fail. The
 working tree is never touched. Run on demand, not in the default CI run::
 
