@@ -39,8 +39,8 @@ def test_weighted_ranking_equals_ranking_rows_of_the_same_resamples(seed: int, t
     for key in ("auroc", "ap", "fpr95"):
         np.testing.assert_allclose(got[key], want[key], rtol=1e-12, atol=1e-12, err_msg=key)
     # the AUROC alone: integer sums, equal to the bit; counts scaled past int32 (same AUROC) in floats
-    np.testing.assert_array_equal(R.weighted_auroc(R.sort_scores(scores, y), _counts(idx, n)), got["auroc"])
-    np.testing.assert_allclose(R.weighted_auroc(R.sort_scores(scores, y), _counts(idx, n) * 2.0**24), want["auroc"],
+    np.testing.assert_array_equal(R.weighted_aurocs([R.sort_scores(scores, y)], _counts(idx, n))[:, 0], got["auroc"])
+    np.testing.assert_allclose(R.weighted_aurocs([R.sort_scores(scores, y)], _counts(idx, n) * 2.0**24)[:, 0], want["auroc"],
                                rtol=1e-12)
 
 

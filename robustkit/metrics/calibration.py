@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "bin_indicator",
     "brier",
     "classwise_ece",
     "classwise_ece_adaptive",
@@ -38,7 +37,6 @@ __all__ = [
     "debiased_l2_of_sums",
     "ece",
     "ece_compute",
-    "ece_compute_counts",
     "ece_equal_mass",
     "ece_update",
     "equal_mass_bins",
@@ -163,27 +161,6 @@ def ece_compute(bins: np.ndarray, gap: np.ndarray, rows: np.ndarray, *, n_bins: 
     with np.errstate(invalid="ignore", divide="ignore"):
         n = weight[rows].sum(axis=1)
         return np.where(n > 0, np.abs(sums.reshape(rows.shape[0], n_bins)).sum(axis=1) / n, np.nan)
-
-
-def ece_compute_counts(bins: np.ndarray, gap: np.ndarray, weights: np.ndarray, *, n_bins: int) -> np.ndarray:
-    """Second stage under rows of sample weights ``(b, N)`` (bootstrap counts,
-    :func:`robustkit.metrics.resampling.bootstrap_weights`): :func:`ece_compute` of the rows the
-    counts draw, ``sum_b |sum_{i in b} w_i gap_i| / sum_i w_i``, one matrix product per block.
-
-    Returns:
-        ``(b,)`` errors; NaN for a row of zero weight.
-    """
-    w = np.asarray(weights, dtype=np.float64)
-    return l1_of_sums(w @ bin_indicator(bins, gap, n_bins=n_bins), w.sum(axis=1))
-
-
-def bin_indicator(bins: np.ndarray, values: np.ndarray, *, n_bins: int) -> np.ndarray:
-    """``(N, n_bins)`` matrix holding ``values[i]`` in column ``bins[i]``: ``weights @`` it gives the
-    per-bin weighted sums ``(b, n_bins)`` of each row of sample weights (bins fixed by the full
-    sample, as equal-width bins are)."""
-    onehot = np.zeros((len(bins), n_bins))
-    onehot[np.arange(len(bins)), bins] = values
-    return onehot
 
 
 def compact_counts(weights: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ statistic, and adds one step to the precision-recall curve). From those counts:
   :func:`robustkit.metrics.resampling.bootstrap_weights`): the column is sorted once, each
   row of weights only gathered and summed cumulatively. With integer counts every number
   equals :func:`ranking_rows` of the resampled indices (a sample drawn twice is two tied rows);
-  :func:`weighted_auroc` (:func:`weighted_aurocs`: several columns) is its AUROC alone,
+  :func:`weighted_aurocs` is its AUROC alone (of several columns),
   cheaper where only the AUROC is read; :func:`counted_mann_whitney` the exact integers behind it
   (twice U, the positives' and negatives' weights), for statistics that add and subtract the U
   of subsets (a slice's and its rest's, :mod:`robustkit.metrics.slices`).
@@ -61,7 +61,6 @@ __all__ = [
     "ranking_rows",
     "roc_curve",
     "sort_scores",
-    "weighted_auroc",
     "weighted_aurocs",
     "weighted_ranking",
 ]
@@ -198,25 +197,19 @@ def _cumulative(w: np.ndarray) -> np.ndarray:
     return cum
 
 
-def weighted_auroc(sorted_scores: SortedScores, weights: np.ndarray) -> np.ndarray:
-    """:func:`weighted_ranking`'s AUROC ``(b,)`` alone (NaN where a class is missing), the same
-    numbers at under half its cost where it is all that is read (:func:`weighted_aurocs` of one column).
-
-    Example:
-        >>> col = sort_scores(np.array([0.9, 0.5, 0.1]), np.array([1, 0, 1]))
-        >>> weighted_auroc(col, np.array([[1.0, 1.0, 1.0], [2.0, 1.0, 0.0]])).tolist()
-        [0.5, 1.0]
-    """
-    return weighted_aurocs([sorted_scores], weights)[:, 0]
-
-
 def weighted_aurocs(columns: Sequence[SortedScores], weights: np.ndarray) -> np.ndarray:
-    """:func:`weighted_auroc` of several columns ``(b, len(columns))`` under the same weights ``(b, n)``.
+    """:func:`weighted_ranking`'s AUROC alone ``(b, len(columns))`` of several columns under the same
+    weights ``(b, n)`` (NaN where a class is missing), at under half its cost where it is all that is read.
 
     Integer weights (bootstrap counts) are turned once into int32 with the samples along the
     first axis (each sample's ``b`` weights contiguous, so that gathering samples in score order
     moves whole rows) and summed as integers: every sum is exact, and so each AUROC equals
     :func:`weighted_ranking`'s to the bit. Other weights go through :func:`weighted_ranking` itself.
+
+    Example:
+        >>> col = sort_scores(np.array([0.9, 0.5, 0.1]), np.array([1, 0, 1]))
+        >>> weighted_aurocs([col], np.array([[1.0, 1.0, 1.0], [2.0, 1.0, 0.0]]))[:, 0].tolist()
+        [0.5, 1.0]
     """
     w = np.asarray(weights, dtype=np.float64)
     counts = _small_counts(w)

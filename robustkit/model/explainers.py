@@ -189,7 +189,7 @@ class Explainer:
         sig = [img, img, vec, vec, vec, ints, tf.TensorSpec((), tf.int32), ints, flag, flag]
         self._groups: dict[int | None, list[tuple[str, list[Any]]]] = {}
         self._baseline: dict[float, np.ndarray] = {}
-        self._cam_tap = _tap(adapter, [tuple(self.layer.split("/"))])
+        self._tapped = _tap(adapter, [tuple(self.layer.split("/"))])
         # one graph for every method: the model and its gradient are traced once per input shape
         self._passes = tf.function(self._passes_graph, input_signature=sig, autograph=False)
 
@@ -219,7 +219,7 @@ class Explainer:
         tgt = tf.tile(target, [s])
         with tf.GradientTape() as tape:
             tape.watch(pts)
-            feats, z = self._cam_tap(self.adapter.scale_input(pts))
+            feats, z = self._tapped(self.adapter.scale_input(pts))
             z = tf.cast(z, tf.float32)
             picked = tf.gather(z, tgt, axis=1, batch_dims=1)
         g, g_feat = tape.gradient(picked, [pts, feats[0]])
